@@ -1,0 +1,1 @@
+//! Adapters: other protocols turned into HTTP requests for a `Deliver` sink.

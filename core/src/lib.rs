@@ -1,0 +1,16 @@
+//! The parts of Droid that both ends of a tunnel share.
+//!
+//! - [`protocol`]: the wire protocol: control messages on the first stream, the
+//!   header line on every data stream, the version, and the frame limits.
+//!   `PROTOCOL.md` at the top of the repository describes the same thing in prose.
+//! - [`session`]: a yamux session driven by one task, with a cloneable
+//!   [`session::Opener`] for outbound streams and a channel of inbound ones.
+//! - [`deliver`]: the [`deliver::Deliver`] seam through which adapters hand an
+//!   HTTP request to a sink (a tunnel or a plain URL) and get the answer back.
+//!
+//! This crate knows no server, client or adapter.
+#![warn(missing_docs)]
+
+pub mod deliver;
+pub mod protocol;
+pub mod session;

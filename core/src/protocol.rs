@@ -1,0 +1,343 @@
+//! The wire protocol, version 1.
+//!
+//! A client opens one connection and runs a yamux session on it as the client
+//! side. The first stream it opens is the *control stream*: newline-delimited
+//! JSON [`ControlMessage`]s, at most [`MAX_CONTROL_LINE`] bytes each. Every other
+//! stream is opened by the server and starts with one JSON [`StreamHeader`]
+//! line, followed by the bytes of an HTTP/1.1 exchange.
+//!
+//! Both ends ignore fields they do not know, and unknown control messages
+//! decode as [`ControlMessage::Unknown`], so the protocol can grow without a
+//! version bump. A change that old peers cannot ignore bumps
+//! [`PROTOCOL_VERSION`].
+
+use std::io;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The protocol version spoken by this build. Sent in `hello` and `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The longest control message accepted, newline excluded.
+pub const MAX_CONTROL_LINE: usize = 64 * 1024;
+
+/// The longest stream header accepted, newline excluded.
+pub const MAX_HEADER_LINE: usize = 4 * 1024;
+
+/// How long a peer may take to complete the hello/welcome handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The client's default interval between heartbeats.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A peer that has sent nothing for this long is dead.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A message on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    /// Client → server, first message: who I am and which tunnels I want.
+    Hello(Hello),
+    /// Server → client: the tunnels granted, and the secret that resumes them.
+    Welcome(Welcome),
+    /// Either way: a fatal error; the sender closes the session after it.
+    Error(ErrorMessage),
+    /// Client → server heartbeat. The server answers with [`ControlMessage::Pong`].
+    Ping,
+    /// Server → client answer to a ping.
+    Pong,
+    /// Client → server: I am leaving for good; release my names now.
+    Release,
+    /// A message type this build does not know. It is ignored.
+    #[serde(other)]
+    Unknown,
+}
+
+/// The client's opening message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The client's protocol version.
+    pub version: u32,
+    /// An auth token, if the server requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The secret from an earlier `welcome`, proving the client owns the names
+    /// it asks for again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
+    /// The tunnels wanted on this session; at least one.
+    pub tunnels: Vec<TunnelRequest>,
+}
+
+/// One tunnel asked for in [`Hello`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelRequest {
+    /// The name wanted; `None` asks the server for a random one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The server's answer to a successful [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The server's protocol version.
+    pub version: u32,
+    /// An id for this session, for logs.
+    pub session: String,
+    /// The secret that resumes these names after a disconnect. Keep it private.
+    pub resume: String,
+    /// The tunnels granted, in the order asked.
+    pub tunnels: Vec<TunnelGrant>,
+    /// How often the client should send a ping, in milliseconds.
+    pub heartbeat_ms: u64,
+}
+
+/// One tunnel granted in [`Welcome`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelGrant {
+    /// The tunnel's name, the first label of its host name.
+    pub name: String,
+    /// The public URL that reaches it.
+    pub url: String,
+    /// The mail domain that reaches it, when the server runs an SMTP adapter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<String>,
+}
+
+/// A fatal error on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    /// A stable, machine-readable code, see [`ErrorCode`].
+    pub code: ErrorCode,
+    /// A sentence for the user.
+    pub message: String,
+}
+
+/// The codes an [`ErrorMessage`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The name asked for belongs to someone else (live, resuming or quarantined).
+    NameTaken,
+    /// The name asked for is not a valid DNS label, or is reserved.
+    BadName,
+    /// The peer speaks a protocol version this build cannot serve.
+    Version,
+    /// The token is missing or wrong.
+    Unauthorized,
+    /// The message was malformed or out of order.
+    BadRequest,
+    /// A limit of the server was reached; trying again later may work.
+    Unavailable,
+    /// A code this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// The header line that starts every server-opened stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StreamHeader {
+    /// A visitor's HTTP connection, forwarded as it is.
+    Http {
+        /// The tunnel the visitor asked for.
+        tunnel: String,
+        /// The visitor's address, `ip:port`.
+        remote: String,
+    },
+    /// A request built by an adapter (for example a mail turned into a POST).
+    Delivery {
+        /// The tunnel it is for.
+        tunnel: String,
+        /// The adapter that built it, e.g. `smtp`.
+        adapter: String,
+        /// The delivery id; the same on every retry of one delivery.
+        id: String,
+    },
+    /// A stream kind this build does not know; the client closes such streams.
+    #[serde(other)]
+    Unknown,
+}
+
+impl StreamHeader {
+    /// The tunnel the stream is for, if the kind is known.
+    pub fn tunnel(&self) -> Option<&str> {
+        match self {
+            StreamHeader::Http { tunnel, .. } | StreamHeader::Delivery { tunnel, .. } => {
+                Some(tunnel)
+            }
+            StreamHeader::Unknown => None,
+        }
+    }
+}
+
+/// Errors reading or writing protocol lines.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The underlying stream failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    /// The peer closed the stream before a complete line.
+    #[error("the peer closed the stream")]
+    Closed,
+    /// A line was longer than allowed.
+    #[error("line longer than {0} bytes")]
+    TooLong(usize),
+    /// A line was not the JSON expected.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Encodes a message as one line of JSON, newline included.
+pub fn encode_line<T: Serialize>(message: &T) -> Vec<u8> {
+    // Serializing these plain structs into a Vec cannot fail: no map has
+    // non-string keys and no Serialize impl is hand-written.
+    let mut line = serde_json::to_vec(message).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    line
+}
+
+/// Decodes one line (without its newline) as a message.
+pub fn decode_line<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, ProtocolError> {
+    Ok(serde_json::from_slice(line)?)
+}
+
+/// Writes one message as a JSON line and flushes it.
+pub async fn write_message<W, T>(writer: &mut W, message: &T) -> Result<(), ProtocolError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    writer.write_all(&encode_line(message)).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Reads one line of at most `max` bytes (newline excluded), consuming no more
+/// than that line from `reader`. Memory stays bounded by `max` whatever the
+/// peer sends. Returns `Ok(None)` on a clean end of stream before any byte.
+pub async fn read_line<R>(reader: &mut R, max: usize) -> Result<Option<Vec<u8>>, ProtocolError>
+where
+    R: AsyncBufRead + Unpin,
+{
+    let mut line = Vec::new();
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return if line.is_empty() {
+                Ok(None)
+            } else {
+                Err(ProtocolError::Closed)
+            };
+        }
+        let (taken, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        let content = if done { taken - 1 } else { taken };
+        if line.len() + content > max {
+            return Err(ProtocolError::TooLong(max));
+        }
+        line.extend_from_slice(&buf[..content]);
+        reader.consume(taken);
+        if done {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(Some(line));
+        }
+    }
+}
+
+/// Reads one message line and decodes it.
+pub async fn read_message<R, T>(reader: &mut R, max: usize) -> Result<T, ProtocolError>
+where
+    R: AsyncBufRead + Unpin,
+    T: for<'de> Deserialize<'de>,
+{
+    let line = read_line(reader, max).await?.ok_or(ProtocolError::Closed)?;
+    decode_line(&line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, BufReader};
+
+    #[test]
+    fn unknown_message_types_and_fields_are_ignored() {
+        let m: ControlMessage = decode_line(br#"{"type":"metrics","x":1}"#).unwrap();
+        assert_eq!(m, ControlMessage::Unknown);
+        let m: ControlMessage =
+            decode_line(br#"{"type":"hello","version":1,"tunnels":[{"name":"a","future":true}],"extra":[]}"#)
+                .unwrap();
+        assert_eq!(
+            m,
+            ControlMessage::Hello(Hello {
+                version: 1,
+                tunnels: vec![TunnelRequest { name: Some("a".into()) }],
+                ..Hello::default()
+            })
+        );
+        let h: StreamHeader = decode_line(br#"{"kind":"ssh","tunnel":"a"}"#).unwrap();
+        assert_eq!(h, StreamHeader::Unknown);
+        let e: ErrorMessage = decode_line(br#"{"code":"new_code","message":"m"}"#).unwrap();
+        assert_eq!(e.code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn messages_round_trip_as_one_line() {
+        let h = StreamHeader::Http { tunnel: "quiet-otter-42".into(), remote: "1.2.3.4:5".into() };
+        let line = encode_line(&h);
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            "{\"kind\":\"http\",\"tunnel\":\"quiet-otter-42\",\"remote\":\"1.2.3.4:5\"}\n"
+        );
+        let back: StreamHeader = decode_line(&line[..line.len() - 1]).unwrap();
+        assert_eq!(back, h);
+    }
+
+    #[tokio::test]
+    async fn read_line_leaves_the_rest_of_the_stream() {
+        let (mut a, b) = tokio::io::duplex(8);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            a.write_all(b"{\"type\":\"ping\"}\r\nGET / HTTP/1.1\r\n").await.unwrap();
+        });
+        let mut r = BufReader::new(b);
+        let m: ControlMessage = read_message(&mut r, 100).await.unwrap();
+        assert_eq!(m, ControlMessage::Ping);
+        let mut rest = String::new();
+        r.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(rest, "GET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn read_line_bounds_memory() {
+        let (mut a, b) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let chunk = vec![b'x'; 1024];
+            for _ in 0..1024 {
+                if a.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut r = BufReader::new(b);
+        let err = read_line(&mut r, 4096).await.unwrap_err();
+        assert!(matches!(err, ProtocolError::TooLong(4096)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn eof_before_a_line_is_none_and_mid_line_is_closed() {
+        let mut empty: &[u8] = b"";
+        assert!(read_line(&mut empty, 10).await.unwrap().is_none());
+        let mut partial: &[u8] = b"abc";
+        assert!(matches!(read_line(&mut partial, 10).await, Err(ProtocolError::Closed)));
+    }
+}

@@ -1,0 +1,322 @@
+//! A yamux session as tokio streams.
+//!
+//! yamux 0.14 has no control handle: whoever owns the `Connection` must keep
+//! polling `poll_next_inbound`, on both sides, because that call is what moves
+//! bytes on the socket. [`Session::start`] spawns one task that owns the
+//! connection and does exactly that; other tasks open streams through a
+//! cloneable [`Opener`], and inbound streams arrive on a channel.
+//!
+//! Two yamux pitfalls are handled here rather than by every caller:
+//! - going past the peer's stream limit kills the whole session, so [`Opener`]
+//!   holds a semaphore far below [`MAX_STREAMS`] and a stream carries its
+//!   permit until it is dropped;
+//! - dropping a stream without closing it sends RST, so callers should
+//!   `shutdown()` a [`Stream`] when they are done writing.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace};
+
+/// The yamux stream limit both ends configure. Far above what [`Opener`] lets
+/// be open at once, so streams that linger half-closed never reach it.
+pub const MAX_STREAMS: usize = 8192;
+
+/// The default number of streams an [`Opener`] lets be open at once.
+pub const DEFAULT_CONCURRENT_STREAMS: usize = 1024;
+
+/// Which end of the session this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The end that dialed: the Droid client.
+    Client,
+    /// The end that accepted: the Droid server.
+    Server,
+}
+
+/// Errors from a session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The session has ended; no stream can be opened on it.
+    #[error("the tunnel session is closed")]
+    Closed,
+    /// yamux refused to open a stream.
+    #[error("could not open a stream: {0}")]
+    Open(String),
+}
+
+type OpenReply = oneshot::Sender<Result<yamux::Stream, SessionError>>;
+
+/// A running yamux session: an [`Opener`] for outbound streams and the
+/// channel of inbound ones. Dropping it does not end the session: call
+/// [`Opener::close`].
+pub struct Session {
+    /// Opens outbound streams; clone it freely.
+    pub opener: Opener,
+    /// Streams the peer opened, in order.
+    pub inbound: mpsc::UnboundedReceiver<Stream>,
+}
+
+impl Session {
+    /// Starts a yamux session over `io` and spawns the task that drives it.
+    /// At most `concurrent_streams` outbound streams are open at once; more
+    /// wait in [`Opener::open`].
+    pub fn start<T>(io: T, side: Side, concurrent_streams: usize) -> Session
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut config = yamux::Config::default();
+        // yamux panics when the connection window is below streams × 256 KiB,
+        // so the window grows first. It is a credit, not an allocation.
+        config.set_max_connection_receive_window(Some(MAX_STREAMS * 256 * 1024));
+        config.set_max_num_streams(MAX_STREAMS);
+        let mode = match side {
+            Side::Client => yamux::Mode::Client,
+            Side::Server => yamux::Mode::Server,
+        };
+        let connection = yamux::Connection::new(io.compat(), config, mode);
+        let (open_tx, open_rx) = mpsc::unbounded_channel();
+        let (inbound_tx, inbound) = mpsc::unbounded_channel();
+        let closing = CancellationToken::new();
+        let ended = CancellationToken::new();
+        let limit = Arc::new(Semaphore::new(concurrent_streams.max(1)));
+        tokio::spawn(drive(connection, open_rx, inbound_tx, closing.clone(), ended.clone()));
+        Session {
+            opener: Opener { open_tx, closing, ended, limit },
+            inbound,
+        }
+    }
+}
+
+/// Opens streams on a session, and closes it. Cheap to clone.
+#[derive(Clone)]
+pub struct Opener {
+    open_tx: mpsc::UnboundedSender<OpenReply>,
+    closing: CancellationToken,
+    ended: CancellationToken,
+    limit: Arc<Semaphore>,
+}
+
+impl Opener {
+    /// Opens a new outbound stream, waiting while the concurrent-stream limit
+    /// is reached.
+    pub async fn open(&self) -> Result<Stream, SessionError> {
+        let permit = tokio::select! {
+            permit = self.limit.clone().acquire_owned() => permit.map_err(|_| SessionError::Closed)?,
+            () = self.ended.cancelled() => return Err(SessionError::Closed),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.open_tx.send(tx).map_err(|_| SessionError::Closed)?;
+        let stream = rx.await.map_err(|_| SessionError::Closed)??;
+        Ok(Stream { inner: stream.compat(), _permit: Some(permit) })
+    }
+
+    /// Streams that may still be opened before [`Opener::open`] waits.
+    pub fn available_streams(&self) -> usize {
+        self.limit.available_permits()
+    }
+
+    /// Asks the session to close: yamux sends GoAway and the socket closes.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Whether the session has ended.
+    pub fn is_ended(&self) -> bool {
+        self.ended.is_cancelled()
+    }
+
+    /// Resolves once the session has ended, for whatever reason.
+    pub async fn ended(&self) {
+        self.ended.cancelled().await;
+    }
+}
+
+/// One yamux stream as a tokio `AsyncRead + AsyncWrite`.
+pub struct Stream {
+    inner: Compat<yamux::Stream>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Stream {
+    fn inbound(stream: yamux::Stream) -> Stream {
+        Stream { inner: stream.compat(), _permit: None }
+    }
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Stream({})", self.inner.get_ref().id())
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Owns the connection: answers open requests, hands out inbound streams, and
+/// keeps bytes moving until the connection ends or `closing` fires.
+async fn drive<T>(
+    mut connection: yamux::Connection<Compat<T>>,
+    mut open_rx: mpsc::UnboundedReceiver<OpenReply>,
+    inbound_tx: mpsc::UnboundedSender<Stream>,
+    closing: CancellationToken,
+    ended: CancellationToken,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut waiting: VecDeque<OpenReply> = VecDeque::new();
+    let closing_fut = closing.cancelled();
+    tokio::pin!(closing_fut);
+    let result: Result<(), yamux::ConnectionError> = poll_fn(|cx| {
+        if closing_fut.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        // Outbound: take requests while yamux can open streams.
+        loop {
+            if waiting.is_empty() {
+                match open_rx.poll_recv(cx) {
+                    Poll::Ready(Some(reply)) => waiting.push_back(reply),
+                    Poll::Ready(None) | Poll::Pending => break,
+                }
+            }
+            match connection.poll_new_outbound(cx) {
+                Poll::Ready(Ok(stream)) => {
+                    if let Some(reply) = waiting.pop_front() {
+                        // The opener may have given up; the stream is then dropped.
+                        let _ = reply.send(Ok(stream));
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    if let Some(reply) = waiting.pop_front() {
+                        let _ = reply.send(Err(SessionError::Open(e.to_string())));
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        // Inbound: this is also what drives the socket.
+        loop {
+            match connection.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => {
+                    trace!(id = %stream.id(), "inbound stream");
+                    // A receiver that is gone does not want streams: drop them.
+                    let _ = inbound_tx.send(Stream::inbound(stream));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    match result {
+        Ok(()) => debug!("session ended"),
+        Err(e) => debug!(error = %e, "session failed"),
+    }
+    ended.cancel();
+    // Wake everyone waiting for a stream, then say goodbye if we still can.
+    open_rx.close();
+    drop(waiting);
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        poll_fn(|cx| connection.poll_close(cx)),
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn streams_flow_both_ways_and_many_at_once() {
+        let (a, b) = tokio::io::duplex(8);
+        let client = Session::start(a, Side::Client, 16);
+        let mut server = Session::start(b, Side::Server, 16);
+        tokio::spawn(async move {
+            while let Some(mut s) = server.inbound.recv().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    s.read_to_end(&mut buf).await.unwrap();
+                    s.write_all(&buf).await.unwrap();
+                    s.shutdown().await.unwrap();
+                });
+            }
+        });
+        let mut tasks = Vec::new();
+        for i in 0..64u32 {
+            let opener = client.opener.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = opener.open().await.unwrap();
+                let msg = format!("hello {i}").repeat(100);
+                s.write_all(msg.as_bytes()).await.unwrap();
+                s.shutdown().await.unwrap();
+                let mut back = String::new();
+                s.read_to_string(&mut back).await.unwrap();
+                assert_eq!(back, msg);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // the limit of 16 held: every permit is back
+        assert_eq!(client.opener.available_streams(), 16);
+    }
+
+    #[tokio::test]
+    async fn closing_one_side_ends_both() {
+        let (a, b) = tokio::io::duplex(1024);
+        let client = Session::start(a, Side::Client, 4);
+        let server = Session::start(b, Side::Server, 4);
+        client.opener.close();
+        server.opener.ended().await;
+        client.opener.ended().await;
+        assert!(matches!(client.opener.open().await, Err(SessionError::Closed)));
+    }
+}
