@@ -1,1 +1,209 @@
-fn main() {}
+//! `droid`: a public URL for a local web server.
+//!
+//! This binary only reads arguments, wires the crates together, sets up
+//! tracing and prints what a user needs to see; the protocol lives in
+//! `droid-core`, the server in `droid-server`, the client in `droid-client`.
+
+mod embedded;
+mod output;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use droid_client::{ClientConfig, HostHeader, Target, TunnelSpec};
+use droid_server::{NamePolicy, Server, ServerConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "droid",
+    version,
+    about = "A public URL for a local web server, with no sign-up"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Expose a local web server at a public URL.
+    ///
+    /// Without --server, droid starts a server inside this process and prints
+    /// a *.localhost URL that works on this machine.
+    Http(HttpArgs),
+    /// Run a public droid server that clients connect to.
+    Server(ServerArgs),
+}
+
+#[derive(clap::Args)]
+struct HttpArgs {
+    /// The local app: a port (3000), HOST:PORT, or an http:// URL.
+    target: Target,
+    /// The droid server to use, HOST:PORT of its control port.
+    #[arg(long, env = "DROID_SERVER")]
+    server: Option<String>,
+    /// The name wanted (NAME.domain); a random one by default.
+    #[arg(long)]
+    name: Option<String>,
+    /// Keep the public Host header, or rewrite it to the target's host:port.
+    #[arg(long, value_enum, default_value_t = HostHeaderArg::Preserve)]
+    host_header: HostHeaderArg,
+    /// An auth token, if the server requires one.
+    #[arg(long, env = "DROID_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Without --server: where the embedded server listens for HTTP; when the
+    /// port is taken, the next free one is used.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HostHeaderArg {
+    /// The app sees Host: NAME.domain.
+    Preserve,
+    /// The app sees Host: its own host:port.
+    Rewrite,
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Tunnels are served at NAME.DOMAIN.
+    #[arg(long)]
+    domain: String,
+    /// The public HTTP listener.
+    #[arg(long, default_value = "0.0.0.0:80")]
+    http: SocketAddr,
+    /// The listener clients connect to.
+    #[arg(long, default_value = "0.0.0.0:7835")]
+    control: SocketAddr,
+    /// The port public URLs carry (default: the --http port; none for 80).
+    #[arg(long)]
+    public_port: Option<u16>,
+    /// How long a dropped client's names are kept for it alone.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// How long a released name is kept from new users.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    quarantine: Duration,
+    /// A client silent for this long is dead.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    heartbeat_timeout: Duration,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Server(_) => "info",
+        Command::Http(_) => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let shutdown = shutdown_on_signal();
+    let result = match cli.command {
+        Command::Http(args) => http(args, shutdown).await,
+        Command::Server(args) => server(args, shutdown).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("droid: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        cancel.cancel();
+    });
+    token
+}
+
+async fn server(args: ServerArgs, shutdown: CancellationToken) -> Result<()> {
+    let http = TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", args.http))?;
+    let control = TcpListener::bind(args.control)
+        .await
+        .with_context(|| format!("cannot listen for clients on {}", args.control))?;
+    let http_port = http.local_addr()?.port();
+    let mut config = ServerConfig::new(&args.domain);
+    config.public_port = args.public_port.or(Some(http_port)).filter(|&p| p != 80);
+    config.names = NamePolicy {
+        grace: args.grace,
+        quarantine: args.quarantine,
+        ..NamePolicy::default()
+    };
+    config.heartbeat_timeout = args.heartbeat_timeout;
+    tracing::info!(
+        domain = %config.domain,
+        http = %http.local_addr()?,
+        control = %control.local_addr()?,
+        "droid server listening"
+    );
+    Server::new(config).run(http, control, shutdown).await;
+    Ok(())
+}
+
+async fn http(args: HttpArgs, shutdown: CancellationToken) -> Result<()> {
+    let spec = TunnelSpec {
+        name: args.name,
+        target: args.target.clone(),
+        host_header: match args.host_header {
+            HostHeaderArg::Preserve => HostHeader::Preserve,
+            HostHeaderArg::Rewrite => HostHeader::Rewrite,
+        },
+    };
+    let (server_addr, state_server, embedded) = match args.server {
+        Some(server) => (server.clone(), server, None),
+        None => {
+            let embedded = embedded::start(args.http, shutdown.clone()).await?;
+            let key = format!("localhost:{}", embedded.http.port());
+            (embedded.control.to_string(), key, Some(embedded))
+        }
+    };
+    let mut config = ClientConfig::new(server_addr, vec![spec]);
+    config.token = args.token;
+    config.state_key = ClientConfig::default_state_key(&state_server, &config.tunnels);
+    output::banner(&args.target, embedded.as_ref());
+    output::check_target(&args.target).await;
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let printer = tokio::spawn(output::print_events(events_rx));
+    let result = droid_client::run(config, Some(events_tx), shutdown.clone()).await;
+    let _ = printer.await;
+    if let Some(embedded) = embedded {
+        shutdown.cancel();
+        embedded.stopped().await;
+    }
+    result.map_err(anyhow::Error::from)
+}

@@ -56,7 +56,10 @@ pub enum DeliverErrorKind {
 impl DeliverError {
     /// Builds an error of the given kind.
     pub fn new(kind: DeliverErrorKind, message: impl Into<String>) -> DeliverError {
-        DeliverError { kind, message: message.into() }
+        DeliverError {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// Whether trying the same delivery later may succeed. Every failure

@@ -5,6 +5,8 @@
 //!   `PROTOCOL.md` at the top of the repository describes the same thing in prose.
 //! - [`session`]: a yamux session driven by one task, with a cloneable
 //!   [`session::Opener`] for outbound streams and a channel of inbound ones.
+//! - [`proxy`]: HTTP forwarding both ends do alike: hop-by-hop headers,
+//!   upgrades (websockets), error pages.
 //! - [`deliver`]: the [`deliver::Deliver`] seam through which adapters hand an
 //!   HTTP request to a sink (a tunnel or a plain URL) and get the answer back.
 //!
@@ -13,4 +15,5 @@
 
 pub mod deliver;
 pub mod protocol;
+pub mod proxy;
 pub mod session;

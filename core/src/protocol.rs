@@ -14,8 +14,11 @@
 use std::io;
 use std::time::Duration;
 
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 /// The protocol version spoken by this build. Sent in `hello` and `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -262,6 +265,34 @@ where
     decode_line(&line)
 }
 
+/// Reads newline-delimited messages from the control stream. Unlike
+/// [`read_message`], [`MessageReader::next`] is cancel-safe (a message is
+/// never half consumed), so it can wait in a `select!` beside timers.
+pub struct MessageReader<R> {
+    frames: FramedRead<R, LinesCodec>,
+}
+
+impl<R: AsyncRead + Unpin> MessageReader<R> {
+    /// Reads lines of at most `max` bytes from `reader`.
+    pub fn new(reader: R, max: usize) -> MessageReader<R> {
+        MessageReader {
+            frames: FramedRead::new(reader, LinesCodec::new_with_max_length(max)),
+        }
+    }
+
+    /// The next message; [`ProtocolError::Closed`] at the end of the stream.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<T, ProtocolError> {
+        match self.frames.next().await {
+            None => Err(ProtocolError::Closed),
+            Some(Ok(line)) => decode_line(line.as_bytes()),
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                Err(ProtocolError::TooLong(self.frames.decoder().max_length()))
+            }
+            Some(Err(LinesCodecError::Io(e))) => Err(ProtocolError::Io(e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,14 +302,17 @@ mod tests {
     fn unknown_message_types_and_fields_are_ignored() {
         let m: ControlMessage = decode_line(br#"{"type":"metrics","x":1}"#).unwrap();
         assert_eq!(m, ControlMessage::Unknown);
-        let m: ControlMessage =
-            decode_line(br#"{"type":"hello","version":1,"tunnels":[{"name":"a","future":true}],"extra":[]}"#)
-                .unwrap();
+        let m: ControlMessage = decode_line(
+            br#"{"type":"hello","version":1,"tunnels":[{"name":"a","future":true}],"extra":[]}"#,
+        )
+        .unwrap();
         assert_eq!(
             m,
             ControlMessage::Hello(Hello {
                 version: 1,
-                tunnels: vec![TunnelRequest { name: Some("a".into()) }],
+                tunnels: vec![TunnelRequest {
+                    name: Some("a".into())
+                }],
                 ..Hello::default()
             })
         );
@@ -290,7 +324,10 @@ mod tests {
 
     #[test]
     fn messages_round_trip_as_one_line() {
-        let h = StreamHeader::Http { tunnel: "quiet-otter-42".into(), remote: "1.2.3.4:5".into() };
+        let h = StreamHeader::Http {
+            tunnel: "quiet-otter-42".into(),
+            remote: "1.2.3.4:5".into(),
+        };
         let line = encode_line(&h);
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         assert_eq!(
@@ -306,7 +343,9 @@ mod tests {
         let (mut a, b) = tokio::io::duplex(8);
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
-            a.write_all(b"{\"type\":\"ping\"}\r\nGET / HTTP/1.1\r\n").await.unwrap();
+            a.write_all(b"{\"type\":\"ping\"}\r\nGET / HTTP/1.1\r\n")
+                .await
+                .unwrap();
         });
         let mut r = BufReader::new(b);
         let m: ControlMessage = read_message(&mut r, 100).await.unwrap();
@@ -334,10 +373,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn message_reader_survives_cancellation_mid_line() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut reader = MessageReader::new(b, 100);
+        use tokio::io::AsyncWriteExt;
+        a.write_all(b"{\"type\":").await.unwrap();
+        // a timer wins while half a line has arrived
+        let r = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            reader.next::<ControlMessage>(),
+        )
+        .await;
+        assert!(r.is_err());
+        a.write_all(b"\"pong\"}\n").await.unwrap();
+        assert_eq!(
+            reader.next::<ControlMessage>().await.unwrap(),
+            ControlMessage::Pong
+        );
+        drop(a);
+        assert!(matches!(
+            reader.next::<ControlMessage>().await,
+            Err(ProtocolError::Closed)
+        ));
+    }
+
+    #[tokio::test]
     async fn eof_before_a_line_is_none_and_mid_line_is_closed() {
         let mut empty: &[u8] = b"";
         assert!(read_line(&mut empty, 10).await.unwrap().is_none());
         let mut partial: &[u8] = b"abc";
-        assert!(matches!(read_line(&mut partial, 10).await, Err(ProtocolError::Closed)));
+        assert!(matches!(
+            read_line(&mut partial, 10).await,
+            Err(ProtocolError::Closed)
+        ));
     }
 }

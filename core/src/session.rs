@@ -88,9 +88,20 @@ impl Session {
         let closing = CancellationToken::new();
         let ended = CancellationToken::new();
         let limit = Arc::new(Semaphore::new(concurrent_streams.max(1)));
-        tokio::spawn(drive(connection, open_rx, inbound_tx, closing.clone(), ended.clone()));
+        tokio::spawn(drive(
+            connection,
+            open_rx,
+            inbound_tx,
+            closing.clone(),
+            ended.clone(),
+        ));
         Session {
-            opener: Opener { open_tx, closing, ended, limit },
+            opener: Opener {
+                open_tx,
+                closing,
+                ended,
+                limit,
+            },
             inbound,
         }
     }
@@ -116,7 +127,10 @@ impl Opener {
         let (tx, rx) = oneshot::channel();
         self.open_tx.send(tx).map_err(|_| SessionError::Closed)?;
         let stream = rx.await.map_err(|_| SessionError::Closed)??;
-        Ok(Stream { inner: stream.compat(), _permit: Some(permit) })
+        Ok(Stream {
+            inner: stream.compat(),
+            _permit: Some(permit),
+        })
     }
 
     /// Streams that may still be opened before [`Opener::open`] waits.
@@ -140,6 +154,14 @@ impl Opener {
     }
 }
 
+impl std::fmt::Debug for Opener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opener")
+            .field("ended", &self.is_ended())
+            .finish()
+    }
+}
+
 /// One yamux stream as a tokio `AsyncRead + AsyncWrite`.
 pub struct Stream {
     inner: Compat<yamux::Stream>,
@@ -148,7 +170,10 @@ pub struct Stream {
 
 impl Stream {
     fn inbound(stream: yamux::Stream) -> Stream {
-        Stream { inner: stream.compat(), _permit: None }
+        Stream {
+            inner: stream.compat(),
+            _permit: None,
+        }
     }
 }
 
@@ -317,6 +342,9 @@ mod tests {
         client.opener.close();
         server.opener.ended().await;
         client.opener.ended().await;
-        assert!(matches!(client.opener.open().await, Err(SessionError::Closed)));
+        assert!(matches!(
+            client.opener.open().await,
+            Err(SessionError::Closed)
+        ));
     }
 }

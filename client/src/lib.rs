@@ -1,0 +1,450 @@
+//! Droid's client: keeps a session with a server up and forwards every
+//! stream the server opens to the tunnel's local target.
+//!
+//! - [`target`]: the local target (a port, `HOST:PORT` or a URL).
+//! - [`state`]: the resume secret and names kept in the user's state dir.
+//! - `local`: one stream forwarded to the local app.
+//!
+//! [`run`] connects, says hello, answers heartbeats and reconnects with
+//! exponential backoff and jitter, asking for the same names with the resume
+//! secret, until its shutdown token fires; then it tells the server to
+//! release the names at once.
+#![warn(missing_docs)]
+
+mod local;
+pub mod state;
+pub mod target;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use droid_core::protocol::{
+    self, ControlMessage, ErrorCode, ErrorMessage, Hello, PROTOCOL_VERSION, ProtocolError,
+    TunnelGrant, TunnelRequest, Welcome,
+};
+use droid_core::session::{Opener, Session, Side, Stream};
+use rand::RngExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use target::Target;
+
+/// Whether the local app sees the public Host or its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HostHeader {
+    /// Keep the visitor's Host (`NAME.domain`); the default.
+    #[default]
+    Preserve,
+    /// Set Host to the target's `host:port`, for apps that check it.
+    Rewrite,
+}
+
+/// One tunnel the client asks for.
+#[derive(Debug, Clone)]
+pub struct TunnelSpec {
+    /// The name wanted; `None` for a random one (remembered between runs).
+    pub name: Option<String>,
+    /// Where requests go.
+    pub target: Target,
+    /// Whether to rewrite Host.
+    pub host_header: HostHeader,
+}
+
+/// What a client needs to know.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The server's control address, `HOST:PORT`.
+    pub server: String,
+    /// An auth token, when the server requires one.
+    pub token: Option<String>,
+    /// The tunnels, all carried by one session.
+    pub tunnels: Vec<TunnelSpec>,
+    /// Where the resume secret is kept; `None` keeps it in memory only.
+    pub state_dir: Option<PathBuf>,
+    /// What names the record in the state dir; the same command gets the
+    /// same key (see [`ClientConfig::default_state_key`]).
+    pub state_key: String,
+    /// A server silent for this long is dead.
+    pub heartbeat_timeout: Duration,
+    /// The first delay before reconnecting; it doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// The longest delay between reconnects.
+    pub max_backoff: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration with defaults: state in the user's state directory,
+    /// 30 s heartbeat timeout, backoff from 0.5 s to 30 s.
+    pub fn new(server: impl Into<String>, tunnels: Vec<TunnelSpec>) -> ClientConfig {
+        let server = server.into();
+        let state_key = ClientConfig::default_state_key(&server, &tunnels);
+        ClientConfig {
+            server,
+            token: None,
+            tunnels,
+            state_dir: state::default_state_dir(),
+            state_key,
+            heartbeat_timeout: protocol::DEFAULT_HEARTBEAT_TIMEOUT,
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+
+    /// The state key of a command: its server and its tunnels.
+    pub fn default_state_key(server: &str, tunnels: &[TunnelSpec]) -> String {
+        let mut key = server.to_string();
+        for t in tunnels {
+            key.push_str(&format!(
+                "+{}={}",
+                t.name.as_deref().unwrap_or("random"),
+                t.target
+            ));
+        }
+        key
+    }
+}
+
+/// What the client reports as it runs, for the command line to print.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The session is up; one grant per tunnel, in order.
+    Connected {
+        /// The tunnels granted.
+        tunnels: Vec<TunnelGrant>,
+        /// Whether this is a reconnection.
+        reconnected: bool,
+    },
+    /// The session is down; the client tries again after `retry_in`.
+    Disconnected {
+        /// Why.
+        reason: String,
+        /// The delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// A request went through a tunnel.
+    Request {
+        /// The tunnel's name.
+        tunnel: String,
+        /// The method.
+        method: String,
+        /// Path and query.
+        path: String,
+        /// The status sent back.
+        status: u16,
+        /// Time to the response's head.
+        elapsed: Duration,
+    },
+    /// A request found nothing listening at the target.
+    TargetDown {
+        /// The tunnel's name.
+        tunnel: String,
+        /// The target, `host:port`.
+        target: String,
+        /// The connect error.
+        error: String,
+    },
+}
+
+/// Where events go; a closed receiver just drops them.
+#[derive(Clone)]
+pub(crate) struct Events(Option<mpsc::UnboundedSender<ClientEvent>>);
+
+impl Events {
+    fn send(&self, event: ClientEvent) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(event);
+        }
+    }
+}
+
+/// Why a client gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server refused the hello for a reason retrying will not change.
+    #[error("the server refused: {}", .0.message)]
+    Refused(ErrorMessage),
+    /// The configuration cannot work.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Runs the client until `shutdown` fires (then releases its names and
+/// returns `Ok`) or the server refuses it for good.
+pub async fn run(
+    config: ClientConfig,
+    events: Option<mpsc::UnboundedSender<ClientEvent>>,
+    shutdown: CancellationToken,
+) -> Result<(), ClientError> {
+    if config.tunnels.is_empty() {
+        return Err(ClientError::Config("no tunnel to open".into()));
+    }
+    let events = Events(events);
+    let (state_file, mut remembered) = open_state(&config);
+    let mut backoff = config.min_backoff;
+    let mut connected_before = false;
+    loop {
+        let hello = hello_for(&config, &remembered);
+        let attempt = tokio::select! {
+            attempt = connect(&config, hello) => attempt,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let reason = match attempt {
+            Ok(mut live) => {
+                backoff = config.min_backoff;
+                remembered.secret = Some(live.welcome.resume.clone());
+                remembered.names = live
+                    .welcome
+                    .tunnels
+                    .iter()
+                    .map(|t| t.name.clone())
+                    .collect();
+                if let Some(file) = &state_file
+                    && let Err(e) = file.save(&remembered)
+                {
+                    warn!(error = %e, "could not save the resume secret; a restart will get new names");
+                }
+                events.send(ClientEvent::Connected {
+                    tunnels: live.welcome.tunnels.clone(),
+                    reconnected: connected_before,
+                });
+                connected_before = true;
+                let routes: Arc<Vec<(String, TunnelSpec)>> = Arc::new(
+                    live.welcome
+                        .tunnels
+                        .iter()
+                        .map(|t| t.name.clone())
+                        .zip(config.tunnels.iter().cloned())
+                        .collect(),
+                );
+                let end = live.serve(&config, routes, &events, &shutdown).await;
+                match end {
+                    SessionEnd::Shutdown => return Ok(()),
+                    SessionEnd::Lost(reason) => reason,
+                }
+            }
+            Err(Failure::Refused(e))
+                if e.code == ErrorCode::NameTaken && forget_random(&config, &mut remembered) =>
+            {
+                info!(reason = %e.message, "a remembered name is no longer ours; asking for a new one");
+                continue;
+            }
+            Err(Failure::Refused(e)) if e.code == ErrorCode::Unavailable => e.message,
+            Err(Failure::Refused(e)) => return Err(ClientError::Refused(e)),
+            Err(Failure::Transient(reason)) => reason,
+        };
+        let delay = jitter(backoff);
+        events.send(ClientEvent::Disconnected {
+            reason: reason.clone(),
+            retry_in: delay,
+        });
+        info!(%reason, retry_in = ?delay, "tunnel down; reconnecting");
+        tokio::select! {
+            () = sleep(delay) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(config.max_backoff);
+    }
+}
+
+fn open_state(config: &ClientConfig) -> (Option<state::StateFile>, state::Remembered) {
+    let Some(dir) = &config.state_dir else {
+        return (None, state::Remembered::default());
+    };
+    match state::StateFile::open(dir, &config.state_key) {
+        Ok(Some((file, remembered))) => (Some(file), remembered),
+        Ok(None) => {
+            info!("another droid runs the same command; this one gets names of its own");
+            (None, state::Remembered::default())
+        }
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "cannot use the state directory; names will not survive a restart");
+            (None, state::Remembered::default())
+        }
+    }
+}
+
+/// Drops remembered random names (not the ones the user asked for).
+/// Returns whether there was any to drop.
+fn forget_random(config: &ClientConfig, remembered: &mut state::Remembered) -> bool {
+    let had = config
+        .tunnels
+        .iter()
+        .zip(&remembered.names)
+        .any(|(spec, _)| spec.name.is_none());
+    remembered.names.clear();
+    had
+}
+
+fn hello_for(config: &ClientConfig, remembered: &state::Remembered) -> Hello {
+    let reuse = remembered.names.len() == config.tunnels.len();
+    Hello {
+        version: PROTOCOL_VERSION,
+        token: config.token.clone(),
+        resume: remembered.secret.clone(),
+        tunnels: config
+            .tunnels
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| TunnelRequest {
+                name: spec
+                    .name
+                    .clone()
+                    .or_else(|| reuse.then(|| remembered.names[i].clone())),
+            })
+            .collect(),
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.5..1.5))
+}
+
+enum Failure {
+    Refused(ErrorMessage),
+    Transient(String),
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+struct Live {
+    welcome: Welcome,
+    opener: Opener,
+    inbound: mpsc::UnboundedReceiver<Stream>,
+    reader: protocol::MessageReader<ReadHalf<Stream>>,
+    writer: WriteHalf<Stream>,
+}
+
+async fn connect(config: &ClientConfig, hello: Hello) -> Result<Live, Failure> {
+    let server = &config.server;
+    let tcp = match timeout(
+        protocol::HANDSHAKE_TIMEOUT,
+        TcpStream::connect(server.as_str()),
+    )
+    .await
+    {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            return Err(Failure::Transient(format!(
+                "cannot reach the server {server}: {e}"
+            )));
+        }
+        Err(_) => {
+            return Err(Failure::Transient(format!(
+                "the server {server} did not answer in time"
+            )));
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    handshake(tcp, hello).await
+}
+
+async fn handshake<IO>(io: IO, hello: Hello) -> Result<Live, Failure>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let session = Session::start(io, Side::Client, 4);
+    let lost = |e: &dyn std::fmt::Display| {
+        Failure::Transient(format!("handshake with the server failed: {e}"))
+    };
+    let result = timeout(protocol::HANDSHAKE_TIMEOUT, async {
+        let control = session.opener.open().await.map_err(|e| lost(&e))?;
+        let (read, mut writer) = tokio::io::split(control);
+        let mut reader = protocol::MessageReader::new(read, protocol::MAX_CONTROL_LINE);
+        protocol::write_message(&mut writer, &ControlMessage::Hello(hello))
+            .await
+            .map_err(|e| lost(&e))?;
+        loop {
+            match reader.next().await {
+                Ok(ControlMessage::Welcome(welcome)) => return Ok((welcome, reader, writer)),
+                Ok(ControlMessage::Error(e)) => return Err(Failure::Refused(e)),
+                Ok(other) => debug!(message = ?other, "ignored before welcome"),
+                Err(e) => return Err(lost(&e)),
+            }
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok((welcome, reader, writer))) => Ok(Live {
+            welcome,
+            opener: session.opener,
+            inbound: session.inbound,
+            reader,
+            writer,
+        }),
+        Ok(Err(failure)) => {
+            session.opener.close();
+            Err(failure)
+        }
+        Err(_) => {
+            session.opener.close();
+            Err(Failure::Transient(
+                "the server did not answer the hello in time".into(),
+            ))
+        }
+    }
+}
+
+impl Live {
+    /// Forwards streams and keeps the heartbeat until the session ends.
+    async fn serve(
+        &mut self,
+        config: &ClientConfig,
+        routes: Arc<Vec<(String, TunnelSpec)>>,
+        events: &Events,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        let interval = Duration::from_millis(self.welcome.heartbeat_ms.max(100));
+        let quiet_limit = config.heartbeat_timeout;
+        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut deadline = Instant::now() + quiet_limit;
+        let end = loop {
+            tokio::select! {
+                stream = self.inbound.recv() => match stream {
+                    Some(stream) => {
+                        tokio::spawn(local::serve_stream(stream, routes.clone(), events.clone()));
+                    }
+                    None => break SessionEnd::Lost("the server closed the connection".into()),
+                },
+                message = self.reader.next::<ControlMessage>() => {
+                    deadline = Instant::now() + quiet_limit;
+                    match message {
+                        Ok(ControlMessage::Error(e)) => break SessionEnd::Lost(format!("the server closed the session: {}", e.message)),
+                        Ok(_) => {}
+                        Err(ProtocolError::Closed) => break SessionEnd::Lost("the server closed the connection".into()),
+                        Err(e) => break SessionEnd::Lost(format!("the control stream failed: {e}")),
+                    }
+                }
+                _ = ping.tick() => {
+                    if let Err(e) = protocol::write_message(&mut self.writer, &ControlMessage::Ping).await {
+                        break SessionEnd::Lost(format!("the connection to the server failed: {e}"));
+                    }
+                }
+                () = sleep_until(deadline) => {
+                    break SessionEnd::Lost(format!("no heartbeat from the server for {}s", quiet_limit.as_secs_f32()));
+                }
+                () = shutdown.cancelled() => {
+                    // Say goodbye so the server releases the names at once.
+                    let _ = timeout(Duration::from_secs(2), async {
+                        let _ = protocol::write_message(&mut self.writer, &ControlMessage::Release).await;
+                        let _ = self.writer.shutdown().await;
+                        // the server closes the session once it has read the release
+                        self.opener.ended().await;
+                    })
+                    .await;
+                    break SessionEnd::Shutdown;
+                }
+            }
+        };
+        self.opener.close();
+        end
+    }
+}

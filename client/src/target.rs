@@ -1,0 +1,137 @@
+//! The local target a tunnel forwards to: a port, `HOST:PORT`, or a URL.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Where a tunnel's requests go on the developer's machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// A host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// The TCP port.
+    pub port: u16,
+}
+
+impl Target {
+    /// The `Host` header value that names this target (port omitted when 80).
+    pub fn host_header(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == 80 {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    /// `3000` is `127.0.0.1:3000`; `HOST:PORT` and `http://HOST[:PORT][/]`
+    /// name another host.
+    fn from_str(s: &str) -> Result<Target, String> {
+        let s = s.trim();
+        if let Ok(port) = s.parse::<u16>() {
+            return check(Target {
+                host: "127.0.0.1".into(),
+                port,
+            });
+        }
+        let (rest, default_port) = if let Some(rest) = s.strip_prefix("http://") {
+            (rest, Some(80))
+        } else if s.starts_with("https://") {
+            return Err(format!(
+                "{s}: https targets are not supported; point droid at the app's plain http port"
+            ));
+        } else if s.contains("://") {
+            return Err(format!("{s}: only http:// URLs can be targets"));
+        } else {
+            (s, None)
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let (host, port) = split_host_port(authority)
+            .ok_or_else(|| format!("{s}: expected a port, HOST:PORT or http://HOST[:PORT]"))?;
+        let port = match (port, default_port) {
+            (Some(p), _) => p
+                .parse::<u16>()
+                .map_err(|_| format!("{s}: {p} is not a port number"))?,
+            (None, Some(d)) => d,
+            (None, None) => return Err(format!("{s}: give a port, e.g. {authority}:3000")),
+        };
+        check(Target {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = after.strip_prefix(':');
+        return Some((host, port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host, Some(port))),
+        None => Some((authority, None)),
+    }
+}
+
+fn check(target: Target) -> Result<Target, String> {
+    if target.host.is_empty() {
+        return Err("the target has no host".into());
+    }
+    if target.port == 0 {
+        return Err("the target's port must not be 0".into());
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Target {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn targets_parse_from_ports_host_ports_and_urls() {
+        assert_eq!(t("3000").to_string(), "127.0.0.1:3000");
+        assert_eq!(t("192.168.1.5:3000").to_string(), "192.168.1.5:3000");
+        assert_eq!(t("http://127.0.0.1:5173").to_string(), "127.0.0.1:5173");
+        assert_eq!(t("http://localhost/").to_string(), "localhost:80");
+        assert_eq!(t("http://[::1]:8000/app").to_string(), "[::1]:8000");
+        assert_eq!(t("[::1]:8000").host, "::1");
+        assert_eq!(t("http://localhost").host_header(), "localhost");
+        assert_eq!(t("localhost:5173").host_header(), "localhost:5173");
+    }
+
+    #[test]
+    fn bad_targets_say_why() {
+        for (bad, why) in [
+            ("https://x:443", "https targets are not supported"),
+            ("ftp://x", "only http://"),
+            ("localhost", "give a port"),
+            ("x:99999", "not a port number"),
+            ("0", "must not be 0"),
+        ] {
+            let e = bad.parse::<Target>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}

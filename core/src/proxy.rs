@@ -1,0 +1,227 @@
+//! HTTP forwarding that both ends of a tunnel do the same way.
+//!
+//! The server forwards a visitor's request into a tunnel stream; the client
+//! forwards it from the stream to the local app. Both hops speak HTTP/1.1 with
+//! hyper, drop hop-by-hop headers (RFC 9110 §7.6.1), carry protocol upgrades
+//! (websockets) through, and answer with the same short error pages.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+/// The body of every response Droid sends: forwarded from the other side, or
+/// a page Droid wrote itself.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// How long an upgraded connection (a websocket) may sit with no byte in
+/// either direction before Droid closes it. Long: websockets idle a lot.
+pub const UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Starts an HTTP/1.1 client connection over `io` and spawns its driver.
+pub async fn handshake<IO>(io: IO) -> Result<SendRequest<Incoming>, hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends `request` on `sender` as a proxy would: hop-by-hop headers removed,
+/// origin-form URI, HTTP/1.1. When the request asks for an upgrade and the
+/// other side agrees (101), the two upgraded connections are spliced together
+/// in a task of their own.
+pub async fn forward(
+    sender: &mut SendRequest<Incoming>,
+    mut request: Request<Incoming>,
+) -> Result<Response<Incoming>, hyper::Error> {
+    let upgrading = is_upgrade(request.headers());
+    let downstream = upgrading.then(|| hyper::upgrade::on(&mut request));
+    strip_hop_by_hop(request.headers_mut(), upgrading);
+    if request.uri().scheme().is_some() {
+        // Absolute-form (a proxy-style request line): keep only path and query.
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(uri) = path.parse() {
+            *request.uri_mut() = uri;
+        }
+    }
+    *request.version_mut() = Version::HTTP_11;
+    sender.ready().await?;
+    let mut response = sender.send_request(request).await?;
+    // The next hop answers in its own version; hyper adapts 1.1 to the
+    // visitor (down to 1.0 when the visitor spoke 1.0).
+    *response.version_mut() = Version::HTTP_11;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(downstream) = downstream {
+            let upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(splice(downstream, upstream));
+        }
+    } else {
+        strip_hop_by_hop(response.headers_mut(), false);
+    }
+    Ok(response)
+}
+
+async fn splice(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    match tokio::time::timeout(
+        UPGRADE_IDLE_TIMEOUT,
+        tokio::io::copy_bidirectional(&mut down, &mut up),
+    )
+    .await
+    {
+        Ok(Ok((a, b))) => debug!(down_to_up = a, up_to_down = b, "upgraded connection closed"),
+        Ok(Err(e)) => debug!(error = %e, "upgraded connection failed"),
+        Err(_) => debug!("upgraded connection idle too long"),
+    }
+}
+
+/// Whether the headers ask to switch protocols (`Connection: upgrade` and an
+/// `Upgrade` header).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Removes the headers that describe one hop, not the message: those RFC 9110
+/// lists and those named in `Connection`. An upgrade keeps `Connection:
+/// upgrade` and `Upgrade`, which the next hop needs to agree to it.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && (!keep_upgrade || t != "upgrade"))
+        .collect();
+    for name in &named {
+        headers.remove(name.as_str());
+    }
+    for name in ["keep-alive", "proxy-connection", "te", "trailer"] {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// A short error page: HTML for browsers, one line of text for everyone else.
+/// `reason` is one sentence and is what a user reads first.
+pub fn error_page(status: StatusCode, reason: &str, wants_html: bool) -> Response<Body> {
+    let (body, content_type) = if wants_html {
+        let title = status.canonical_reason().unwrap_or("Error");
+        let reason = escape_html(reason);
+        (
+            format!(
+                "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\n\
+                 <body><h1>{code} {title}</h1>\n<p>{reason}</p>\n<hr><p>droid</p></body></html>\n",
+                code = status.as_u16()
+            ),
+            "text/html; charset=utf-8",
+        )
+    } else {
+        (format!("{reason}\n"), "text/plain; charset=utf-8")
+    };
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Whether a request's `Accept` header prefers an HTML page.
+pub fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Adapts a handler that cannot fail to hyper's service shape.
+pub fn infallible<T>(value: T) -> Result<T, Infallible> {
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-hop"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-end", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-end"));
+    }
+
+    #[test]
+    fn an_upgrade_keeps_what_the_next_hop_needs() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn error_pages_are_one_line_or_escaped_html() {
+        let r = error_page(StatusCode::NOT_FOUND, "no tunnel named <x>", false);
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+        let r = error_page(StatusCode::BAD_GATEWAY, "a <b>", true);
+        assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    }
+}

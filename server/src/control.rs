@@ -1,0 +1,225 @@
+//! The control side of a client's session: handshake, heartbeats, goodbye.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use droid_core::protocol::{
+    self, ControlMessage, ErrorCode, ErrorMessage, Hello, PROTOCOL_VERSION, ProtocolError,
+    TunnelGrant, Welcome,
+};
+use droid_core::session::{Session, Side};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::Shared;
+use crate::registry::Tunnel;
+
+/// The most tunnels one session may ask for.
+pub const MAX_TUNNELS_PER_SESSION: usize = 64;
+
+/// Serves one client connection on the control port, from handshake to end.
+pub(crate) async fn serve<IO>(
+    shared: Arc<Shared>,
+    io: IO,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut session = Session::start(io, Side::Server, shared.config.max_streams_per_tunnel);
+    let opener = session.opener.clone();
+    let control = match timeout(protocol::HANDSHAKE_TIMEOUT, session.inbound.recv()).await {
+        Ok(Some(stream)) => stream,
+        Ok(None) => {
+            debug!("connection closed before the control stream opened");
+            return;
+        }
+        Err(_) => {
+            debug!("no control stream within the handshake timeout");
+            opener.close();
+            return;
+        }
+    };
+    // Only the server opens data streams: any other inbound stream is dropped.
+    drop(session.inbound);
+    let (read, write) = tokio::io::split(control);
+    let mut control = Control {
+        reader: protocol::MessageReader::new(read, protocol::MAX_CONTROL_LINE),
+        writer: write,
+    };
+
+    let hello = match timeout(protocol::HANDSHAKE_TIMEOUT, control.read()).await {
+        Ok(Ok(ControlMessage::Hello(hello))) => hello,
+        Ok(Ok(other)) => {
+            let e = refuse(
+                ErrorCode::BadRequest,
+                format!("expected hello, got {other:?}"),
+            );
+            control.fail(e).await;
+            opener.close();
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "handshake failed");
+            opener.close();
+            return;
+        }
+        Err(_) => {
+            debug!("no hello within the handshake timeout");
+            opener.close();
+            return;
+        }
+    };
+    let session_id = shared.registry.next_session_id();
+    let tunnels = match grant(&shared, &hello, session_id, &opener) {
+        Ok((welcome, tunnels)) => {
+            if let Err(e) = control.write(&ControlMessage::Welcome(welcome)).await {
+                debug!(error = %e, "could not send welcome");
+                shared.registry.release(&tunnels, false);
+                opener.close();
+                return;
+            }
+            tunnels
+        }
+        Err(e) => {
+            info!(%peer, code = ?e.code, reason = %e.message, "refused a client");
+            control.fail(e).await;
+            opener.close();
+            return;
+        }
+    };
+    let names: Vec<&str> = tunnels.iter().map(|t| t.name.as_str()).collect();
+    info!(%peer, session = session_id, ?names, "tunnels up");
+
+    let clean = heartbeat(&shared, &mut control, &opener, &shutdown).await;
+    shared.registry.release(&tunnels, clean);
+    info!(%peer, session = session_id, ?names, clean, "tunnels down");
+    let _ = control.writer.shutdown().await;
+    opener.close();
+}
+
+/// Answers pings until the client leaves, goes quiet or the server stops.
+/// Returns whether the client said goodbye (a clean release).
+async fn heartbeat<R, W>(
+    shared: &Shared,
+    control: &mut Control<R, W>,
+    opener: &droid_core::session::Opener,
+    shutdown: &CancellationToken,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let quiet_limit = shared.config.heartbeat_timeout;
+    let mut deadline = Instant::now() + quiet_limit;
+    loop {
+        tokio::select! {
+            message = control.read() => {
+                deadline = Instant::now() + quiet_limit;
+                match message {
+                    Ok(ControlMessage::Ping) => {
+                        if control.write(&ControlMessage::Pong).await.is_err() {
+                            return false;
+                        }
+                    }
+                    Ok(ControlMessage::Release) => return true,
+                    Ok(other) => debug!(message = ?other, "ignored a control message"),
+                    Err(ProtocolError::Malformed(e)) => {
+                        warn!(error = %e, "malformed control message; closing the session");
+                        return false;
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "control stream ended");
+                        return false;
+                    }
+                }
+            }
+            () = sleep_until(deadline) => {
+                warn!(quiet = ?quiet_limit, "client sent no heartbeat; closing its session");
+                return false;
+            }
+            () = opener.ended() => return false,
+            () = shutdown.cancelled() => return false,
+        }
+    }
+}
+
+fn grant(
+    shared: &Shared,
+    hello: &Hello,
+    session: u64,
+    opener: &droid_core::session::Opener,
+) -> Result<(Welcome, Vec<Arc<Tunnel>>), ErrorMessage> {
+    if hello.version < 1 {
+        return Err(refuse(
+            ErrorCode::Version,
+            format!(
+                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                hello.version
+            ),
+        ));
+    }
+    if hello.tunnels.is_empty() || hello.tunnels.len() > MAX_TUNNELS_PER_SESSION {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            format!("ask for 1 to {MAX_TUNNELS_PER_SESSION} tunnels per connection"),
+        ));
+    }
+    let grant = shared
+        .registry
+        .claim(&hello.tunnels, hello.resume.as_deref(), session, opener)?;
+    let welcome = Welcome {
+        version: PROTOCOL_VERSION,
+        session: format!("{session}"),
+        resume: grant.secret,
+        tunnels: grant
+            .tunnels
+            .iter()
+            .map(|t| TunnelGrant {
+                name: t.name.clone(),
+                url: shared.config.url_for(&t.name),
+                smtp: None,
+            })
+            .collect(),
+        heartbeat_ms: duration_ms(shared.config.heartbeat_interval),
+    };
+    Ok((welcome, grant.tunnels))
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn refuse(code: ErrorCode, message: String) -> ErrorMessage {
+    ErrorMessage { code, message }
+}
+
+struct Control<R, W> {
+    reader: protocol::MessageReader<R>,
+    writer: W,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Control<R, W> {
+    async fn read(&mut self) -> Result<ControlMessage, ProtocolError> {
+        self.reader.next().await
+    }
+
+    async fn write(&mut self, message: &ControlMessage) -> Result<(), ProtocolError> {
+        protocol::write_message(&mut self.writer, message).await
+    }
+
+    /// Sends a fatal error and closes the stream, so the client reads it
+    /// before the session goes away.
+    async fn fail(&mut self, error: ErrorMessage) {
+        let _ = timeout(Duration::from_secs(2), async {
+            let _ = self.write(&ControlMessage::Error(error)).await;
+            let _ = self.writer.shutdown().await;
+            // Wait for the client to close its side (or the timeout).
+            let _ = self.read().await;
+        })
+        .await;
+    }
+}

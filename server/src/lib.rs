@@ -1,0 +1,147 @@
+//! Droid's public server.
+//!
+//! - [`registry`]: who holds which name (live, resuming, quarantined).
+//! - [`names`]: valid names, and random readable ones.
+//! - `control`: a client's session: handshake, heartbeats, goodbye.
+//! - `http_front`: the public HTTP listener, routing by Host into tunnels.
+//! - `listener`: the accept loop every listener shares.
+//!
+//! Every listener-owning function takes a bound listener and a cancellation
+//! token, so tests bind port 0 and run in parallel, and the binary decides
+//! where to listen.
+#![warn(missing_docs)]
+
+mod control;
+mod http_front;
+mod listener;
+pub mod names;
+pub mod registry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use droid_core::protocol;
+use droid_core::session::DEFAULT_CONCURRENT_STREAMS;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use registry::{NamePolicy, Registry};
+
+/// What a server needs to know; every field has a sensible default but the domain.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Tunnels live at `NAME.domain`.
+    pub domain: String,
+    /// The port public URLs carry; `None` when it is the scheme's default.
+    pub public_port: Option<u16>,
+    /// How long names are kept for their owners.
+    pub names: NamePolicy,
+    /// How often clients are told to send a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A client silent for this long is dead.
+    pub heartbeat_timeout: Duration,
+    /// Streams open at once per tunnel session; more requests wait.
+    pub max_streams_per_tunnel: usize,
+    /// How long a request waits for a free stream before a 503.
+    pub stream_open_timeout: Duration,
+    /// How long a visitor may take to send a request's headers.
+    pub header_read_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// A configuration with defaults for everything but the domain.
+    pub fn new(domain: impl Into<String>) -> ServerConfig {
+        ServerConfig {
+            domain: domain.into().trim_end_matches('.').to_ascii_lowercase(),
+            public_port: None,
+            names: NamePolicy::default(),
+            heartbeat_interval: protocol::DEFAULT_HEARTBEAT_INTERVAL,
+            heartbeat_timeout: protocol::DEFAULT_HEARTBEAT_TIMEOUT,
+            max_streams_per_tunnel: DEFAULT_CONCURRENT_STREAMS,
+            stream_open_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The public URL of a tunnel.
+    pub fn url_for(&self, name: &str) -> String {
+        match self.public_port {
+            Some(port) => format!("http://{name}.{}:{port}", self.domain),
+            None => format!("http://{name}.{}", self.domain),
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    config: ServerConfig,
+    registry: Registry,
+}
+
+/// A Droid server. Cheap to clone; clones share the registry.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// A server with an empty registry.
+    pub fn new(config: ServerConfig) -> Server {
+        let registry = Registry::new(config.names.clone());
+        Server {
+            shared: Arc::new(Shared { config, registry }),
+        }
+    }
+
+    /// The registry of names.
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.shared.config
+    }
+
+    /// Accepts clients on the control port until `shutdown`.
+    pub async fn serve_control(&self, listener: TcpListener, shutdown: CancellationToken) {
+        let shared = self.shared.clone();
+        let token = shutdown.clone();
+        listener::accept_loop(listener, "control", shutdown, move |stream, peer| {
+            let _ = stream.set_nodelay(true);
+            control::serve(shared.clone(), stream, peer, token.clone())
+        })
+        .await;
+    }
+
+    /// Accepts visitors on the public HTTP port until `shutdown`.
+    pub async fn serve_http(&self, listener: TcpListener, shutdown: CancellationToken) {
+        let shared = self.shared.clone();
+        listener::accept_loop(listener, "http", shutdown, move |stream, peer| {
+            http_front::serve(shared.clone(), stream, peer)
+        })
+        .await;
+    }
+
+    /// Runs the control and HTTP listeners, and forgets expired names now and
+    /// then, until `shutdown`.
+    pub async fn run(&self, http: TcpListener, control: TcpListener, shutdown: CancellationToken) {
+        let prune = {
+            let server = self.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => server.registry().prune(),
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        };
+        tokio::join!(
+            self.serve_http(http, shutdown.clone()),
+            self.serve_control(control, shutdown.clone()),
+            prune
+        );
+    }
+}

@@ -1,0 +1,569 @@
+//! Who holds which name.
+//!
+//! A name is in one of three states:
+//! - **live**: a connected session holds it and requests reach that session;
+//! - **resuming**: its session dropped without saying goodbye; only its owner
+//!   (proven by the resume secret) may take it, until the grace period ends;
+//! - **quarantined**: its owner released it, or did not come back in time;
+//!   the owner may still reclaim it, nobody else may take it until the
+//!   quarantine ends, so old links never reach a new user.
+//!
+//! Released names (resuming and quarantined) are remembered in FIFO queues
+//! ordered by expiry, capped at `max_released` entries: memory stays bounded
+//! whatever the churn, and expired entries are dropped on every change and by
+//! [`Registry::prune`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use droid_core::protocol::{ErrorCode, ErrorMessage, TunnelRequest};
+use droid_core::session::Opener;
+use rand::RngExt;
+use subtle::ConstantTimeEq;
+use tracing::{debug, info};
+
+use crate::names::{self, NameGenerator};
+
+/// How long names are kept for their owners, and how many are remembered.
+#[derive(Debug, Clone)]
+pub struct NamePolicy {
+    /// How long a dropped session's names wait for it (default 10 minutes).
+    pub grace: Duration,
+    /// How long a released name is kept from new users (default 7 days).
+    pub quarantine: Duration,
+    /// The most released names remembered at once; the oldest go first.
+    pub max_released: usize,
+}
+
+impl Default for NamePolicy {
+    fn default() -> Self {
+        NamePolicy {
+            grace: Duration::from_secs(10 * 60),
+            quarantine: Duration::from_secs(7 * 24 * 3600),
+            max_released: 100_000,
+        }
+    }
+}
+
+/// A live tunnel: a name served by a session.
+#[derive(Debug)]
+pub struct Tunnel {
+    /// The tunnel's name, the first label of its host name.
+    pub name: String,
+    /// The session that serves it.
+    pub session: u64,
+    /// Opens streams to the client.
+    pub opener: Opener,
+}
+
+/// The owner of a name: the holder of its resume secret.
+#[derive(Clone)]
+struct Owner(Arc<str>);
+
+impl Owner {
+    fn is(&self, secret: &str) -> bool {
+        self.0.as_bytes().ct_eq(secret.as_bytes()).into()
+    }
+}
+
+enum Claim {
+    Live { owner: Owner, tunnel: Arc<Tunnel> },
+    Resuming { owner: Owner, until: Instant },
+    Quarantined { owner: Owner, until: Instant },
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A session serves the name.
+    Live(Arc<Tunnel>),
+    /// The name's session dropped and may come back.
+    Resuming,
+    /// Nobody serves the name.
+    Absent,
+}
+
+/// What a successful claim gives the session.
+#[derive(Debug)]
+pub struct Grant {
+    /// The owner's resume secret, to send in `welcome`.
+    pub secret: String,
+    /// The tunnels, in the order asked.
+    pub tunnels: Vec<Arc<Tunnel>>,
+}
+
+/// The registry of names. One per server; cheap to share behind an `Arc`.
+pub struct Registry {
+    policy: NamePolicy,
+    generator: NameGenerator,
+    next_session: AtomicU64,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    claims: HashMap<String, Claim>,
+    resuming: VecDeque<(Instant, String)>,
+    quarantined: VecDeque<(Instant, String)>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(policy: NamePolicy) -> Registry {
+        Registry {
+            policy,
+            generator: NameGenerator::default(),
+            next_session: AtomicU64::new(1),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// A fresh id for a new session.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated
+        // in a way that matters more than losing the server: keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Finds who serves `name`.
+    pub fn lookup(&self, name: &str) -> Lookup {
+        match self.lock().claims.get(name) {
+            Some(Claim::Live { tunnel, .. }) => Lookup::Live(tunnel.clone()),
+            Some(Claim::Resuming { until, .. }) if *until > Instant::now() => Lookup::Resuming,
+            _ => Lookup::Absent,
+        }
+    }
+
+    /// Whether `name` is live or resuming: mail for it may be accepted.
+    pub fn is_held(&self, name: &str) -> bool {
+        !matches!(self.lookup(name), Lookup::Absent)
+    }
+
+    /// The number of live tunnels.
+    pub fn live_count(&self) -> usize {
+        self.lock()
+            .claims
+            .values()
+            .filter(|c| matches!(c, Claim::Live { .. }))
+            .count()
+    }
+
+    /// The number of released names remembered (resuming and quarantined).
+    pub fn released_count(&self) -> usize {
+        let state = self.lock();
+        state.claims.len()
+            - state
+                .claims
+                .values()
+                .filter(|c| matches!(c, Claim::Live { .. }))
+                .count()
+    }
+
+    /// Gives a session the names it asks for, all or none. `resume` proves
+    /// ownership of names held for an earlier session; a session that asks
+    /// for a name its owner still holds live takes it over (the old session
+    /// is closed): that is a client reconnecting before the server noticed the
+    /// old connection died.
+    pub fn claim(
+        &self,
+        requests: &[TunnelRequest],
+        resume: Option<&str>,
+        session: u64,
+        opener: &Opener,
+    ) -> Result<Grant, ErrorMessage> {
+        let secret = match resume {
+            Some(s) if is_secret(s) => s.to_string(),
+            Some(_) => {
+                return Err(error(
+                    ErrorCode::BadRequest,
+                    "the resume secret is malformed",
+                ));
+            }
+            None => new_secret(),
+        };
+        let now = Instant::now();
+        let mut state = self.lock();
+        self.expire(&mut state, now);
+
+        let mut chosen: Vec<String> = Vec::with_capacity(requests.len());
+        let mut wanted = HashSet::new();
+        let mut takeovers = Vec::new();
+        for request in requests {
+            let Some(name) = &request.name else { continue };
+            names::validate(name).map_err(|m| error(ErrorCode::BadName, m))?;
+            if !wanted.insert(name.as_str()) {
+                return Err(error(
+                    ErrorCode::BadRequest,
+                    format!("the name {name} is asked for twice"),
+                ));
+            }
+            match state.claims.get(name) {
+                None => {}
+                Some(Claim::Live { owner, tunnel }) if owner.is(&secret) => {
+                    takeovers.push(tunnel.clone());
+                }
+                Some(Claim::Resuming { owner, .. } | Claim::Quarantined { owner, .. })
+                    if owner.is(&secret) => {}
+                Some(Claim::Live { .. }) => {
+                    return Err(error(
+                        ErrorCode::NameTaken,
+                        format!("the name {name} is in use by another client"),
+                    ));
+                }
+                Some(Claim::Resuming { until, .. }) => {
+                    return Err(error(
+                        ErrorCode::NameTaken,
+                        format!(
+                            "the name {name} belongs to a client that is reconnecting; \
+                             it is held for it for {} more",
+                            human(until.saturating_duration_since(now))
+                        ),
+                    ));
+                }
+                Some(Claim::Quarantined { .. }) => {
+                    return Err(error(
+                        ErrorCode::NameTaken,
+                        format!(
+                            "the name {name} was in use recently and is kept for its \
+                             previous owner; choose another name"
+                        ),
+                    ));
+                }
+            }
+        }
+        for request in requests {
+            match &request.name {
+                Some(name) => chosen.push(name.clone()),
+                None => {
+                    let name = (0..64)
+                        .map(|_| self.generator.generate())
+                        .find(|n| !state.claims.contains_key(n) && !wanted.contains(n.as_str()))
+                        .ok_or_else(|| {
+                            error(
+                                ErrorCode::Unavailable,
+                                "no free random name was found; try again",
+                            )
+                        })?;
+                    chosen.push(name);
+                }
+            }
+        }
+
+        let owner = Owner(Arc::from(secret.as_str()));
+        let tunnels: Vec<Arc<Tunnel>> = chosen
+            .into_iter()
+            .map(|name| {
+                let tunnel = Arc::new(Tunnel {
+                    name: name.clone(),
+                    session,
+                    opener: opener.clone(),
+                });
+                state.claims.insert(
+                    name,
+                    Claim::Live {
+                        owner: owner.clone(),
+                        tunnel: tunnel.clone(),
+                    },
+                );
+                tunnel
+            })
+            .collect();
+        drop(state);
+        for old in takeovers {
+            info!(name = %old.name, old_session = old.session, session, "owner reconnected; closing its old session");
+            old.opener.close();
+        }
+        Ok(Grant { secret, tunnels })
+    }
+
+    /// Ends a session's hold on its tunnels. A clean release (the client said
+    /// goodbye) quarantines the names at once; otherwise they wait for their
+    /// owner for the grace period first. Names another session has since
+    /// taken over are left alone.
+    pub fn release(&self, tunnels: &[Arc<Tunnel>], clean: bool) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        for tunnel in tunnels {
+            let owner = match state.claims.get(&tunnel.name) {
+                Some(Claim::Live { owner, tunnel: t }) if t.session == tunnel.session => {
+                    owner.clone()
+                }
+                _ => continue,
+            };
+            if clean {
+                let until = now + self.policy.quarantine;
+                state
+                    .claims
+                    .insert(tunnel.name.clone(), Claim::Quarantined { owner, until });
+                state.quarantined.push_back((until, tunnel.name.clone()));
+            } else {
+                let until = now + self.policy.grace;
+                state
+                    .claims
+                    .insert(tunnel.name.clone(), Claim::Resuming { owner, until });
+                state.resuming.push_back((until, tunnel.name.clone()));
+            }
+            debug!(name = %tunnel.name, clean, "name released");
+        }
+        self.expire(&mut state, now);
+    }
+
+    /// Forgets expired names. Called on every change; call it now and then
+    /// too, so memory is given back on an idle server.
+    pub fn prune(&self) {
+        let mut state = self.lock();
+        self.expire(&mut state, Instant::now());
+    }
+
+    fn expire(&self, state: &mut State, now: Instant) {
+        // Resuming names whose grace ended go to quarantine.
+        while let Some((until, _)) = state.resuming.front() {
+            if *until > now {
+                break;
+            }
+            let Some((until, name)) = state.resuming.pop_front() else {
+                break;
+            };
+            if let Some(Claim::Resuming { owner, until: u }) = state.claims.get(&name)
+                && *u == until
+            {
+                let owner = owner.clone();
+                let q = until + self.policy.quarantine;
+                state
+                    .claims
+                    .insert(name.clone(), Claim::Quarantined { owner, until: q });
+                state.quarantined.push_back((q, name));
+            }
+        }
+        // Quarantined names whose time ended are forgotten.
+        while let Some((until, _)) = state.quarantined.front() {
+            if *until > now {
+                break;
+            }
+            let Some((until, name)) = state.quarantined.pop_front() else {
+                break;
+            };
+            forget_if(state, &name, until);
+        }
+        // Over the cap: forget the oldest quarantined names, then the oldest resuming.
+        let mut released = state.resuming.len() + state.quarantined.len();
+        while released > self.policy.max_released {
+            let Some((until, name)) = state
+                .quarantined
+                .pop_front()
+                .or_else(|| state.resuming.pop_front())
+            else {
+                break;
+            };
+            forget_if(state, &name, until);
+            released -= 1;
+        }
+    }
+}
+
+/// Removes `name` if it is still released with the deadline `until` (queue
+/// entries go stale when a name is reclaimed or moves on).
+fn forget_if(state: &mut State, name: &str, until: Instant) {
+    let stale = match state.claims.get(name) {
+        Some(Claim::Resuming { until: u, .. } | Claim::Quarantined { until: u, .. }) => *u == until,
+        _ => false,
+    };
+    if stale {
+        state.claims.remove(name);
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> ErrorMessage {
+    ErrorMessage {
+        code,
+        message: message.into(),
+    }
+}
+
+/// A new resume secret: 256 random bits as 64 hex digits.
+fn new_secret() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_secret(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 120 {
+        format!("{} minutes", secs.div_ceil(60))
+    } else {
+        format!("{secs} seconds")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use droid_core::session::{Session, Side};
+
+    fn opener() -> Opener {
+        let (a, _b) = tokio::io::duplex(64);
+        Session::start(a, Side::Server, 4).opener
+    }
+
+    fn want(names: &[Option<&str>]) -> Vec<TunnelRequest> {
+        names
+            .iter()
+            .map(|n| TunnelRequest {
+                name: n.map(str::to_string),
+            })
+            .collect()
+    }
+
+    fn policy(grace_ms: u64, quarantine_ms: u64, max: usize) -> NamePolicy {
+        NamePolicy {
+            grace: Duration::from_millis(grace_ms),
+            quarantine: Duration::from_millis(quarantine_ms),
+            max_released: max,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_live_name_is_never_given_to_another_client() {
+        let r = Registry::new(NamePolicy::default());
+        let a = r
+            .claim(&want(&[Some("myapp")]), None, 1, &opener())
+            .unwrap();
+        let e = r
+            .claim(&want(&[Some("myapp")]), None, 2, &opener())
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::NameTaken);
+        assert!(
+            e.message.contains("in use by another client"),
+            "{}",
+            e.message
+        );
+        // a wrong secret does not help either
+        let wrong = "0".repeat(64);
+        let e = r
+            .claim(&want(&[Some("myapp")]), Some(&wrong), 3, &opener())
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::NameTaken);
+        assert!(matches!(r.lookup("myapp"), Lookup::Live(t) if t.session == 1));
+        assert_eq!(a.tunnels[0].name, "myapp");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_session_keeps_its_names_for_its_owner_only() {
+        let r = Registry::new(NamePolicy::default());
+        let g = r
+            .claim(&want(&[None, Some("api")]), None, 1, &opener())
+            .unwrap();
+        let random = g.tunnels[0].name.clone();
+        r.release(&g.tunnels, false);
+        assert!(matches!(r.lookup("api"), Lookup::Resuming));
+        assert!(r.is_held("api"));
+        let e = r
+            .claim(&want(&[Some(&random)]), None, 2, &opener())
+            .unwrap_err();
+        assert!(e.message.contains("reconnecting"), "{}", e.message);
+        let back = r
+            .claim(
+                &want(&[Some(&random), Some("api")]),
+                Some(&g.secret),
+                3,
+                &opener(),
+            )
+            .unwrap();
+        assert_eq!(back.secret, g.secret);
+        assert!(matches!(r.lookup("api"), Lookup::Live(t) if t.session == 3));
+    }
+
+    #[tokio::test]
+    async fn the_owner_takes_over_its_live_names_and_the_old_release_is_ignored() {
+        let r = Registry::new(NamePolicy::default());
+        let old_opener = opener();
+        let g = r
+            .claim(&want(&[Some("web")]), None, 1, &old_opener)
+            .unwrap();
+        let g2 = r
+            .claim(&want(&[Some("web")]), Some(&g.secret), 2, &opener())
+            .unwrap();
+        // the old session's late release must not touch the new session's name
+        r.release(&g.tunnels, false);
+        assert!(matches!(r.lookup("web"), Lookup::Live(t) if t.session == 2));
+        r.release(&g2.tunnels, true);
+        assert!(matches!(r.lookup("web"), Lookup::Absent));
+    }
+
+    #[tokio::test]
+    async fn a_released_name_is_quarantined_then_forgotten() {
+        let r = Registry::new(policy(10, 50, 100));
+        let g = r.claim(&want(&[Some("gone")]), None, 1, &opener()).unwrap();
+        r.release(&g.tunnels, true);
+        let e = r
+            .claim(&want(&[Some("gone")]), None, 2, &opener())
+            .unwrap_err();
+        assert!(
+            e.message.contains("kept for its previous owner"),
+            "{}",
+            e.message
+        );
+        // its owner may reclaim it at any time
+        let g = r
+            .claim(&want(&[Some("gone")]), Some(&g.secret), 3, &opener())
+            .unwrap();
+        r.release(&g.tunnels, false);
+        // grace (10 ms) then quarantine (50 ms) pass; the name is free again
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        r.prune();
+        assert_eq!(r.released_count(), 0);
+        r.claim(&want(&[Some("gone")]), None, 4, &opener()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn memory_of_released_names_is_bounded() {
+        let r = Registry::new(policy(60_000, 60_000, 100));
+        for i in 0..1000 {
+            let g = r
+                .claim(&want(&[Some(&format!("n{i}"))]), None, i, &opener())
+                .unwrap();
+            r.release(&g.tunnels, i % 2 == 0);
+        }
+        assert_eq!(r.released_count(), 100);
+        assert_eq!(r.live_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_whole() {
+        let r = Registry::new(NamePolicy::default());
+        let e = r
+            .claim(&want(&[Some("Bad.Name")]), None, 1, &opener())
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadName);
+        let e = r
+            .claim(&want(&[Some("a"), Some("a")]), None, 1, &opener())
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        r.claim(&want(&[Some("taken")]), None, 1, &opener())
+            .unwrap();
+        let e = r
+            .claim(&want(&[Some("free"), Some("taken")]), None, 2, &opener())
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::NameTaken);
+        assert!(
+            matches!(r.lookup("free"), Lookup::Absent),
+            "a refused claim took nothing"
+        );
+        let e = r
+            .claim(&want(&[None]), Some("short"), 3, &opener())
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+}

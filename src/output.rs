@@ -1,0 +1,85 @@
+//! What `droid http` prints: the URL on a line of its own, then one line per
+//! request, like ngrok. Logs go to stderr through tracing; this is stdout.
+
+use std::io::Write;
+use std::time::Duration;
+
+use droid_client::{ClientEvent, Target};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::embedded::Embedded;
+
+pub fn banner(target: &Target, embedded: Option<&Embedded>) {
+    match embedded {
+        Some(e) => say(&format!(
+            "droid: forwarding to http://{target} through a local server on {} (use --server HOST:PORT for a public one)",
+            e.http
+        )),
+        None => say(&format!("droid: forwarding to http://{target}")),
+    }
+}
+
+/// Says plainly when nothing listens at the target yet; the tunnel comes up
+/// anyway and requests reach the app as soon as it starts.
+pub async fn check_target(target: &Target) {
+    let probe = TcpStream::connect((target.host.as_str(), target.port));
+    match tokio::time::timeout(Duration::from_secs(2), probe).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => say(&format!(
+            "droid: nothing listens on {target} yet ({e}); waiting for your app, visitors get a 502 until it starts"
+        )),
+        Err(_) => say(&format!(
+            "droid: {target} does not answer yet; waiting for your app"
+        )),
+    }
+}
+
+pub async fn print_events(mut events: mpsc::UnboundedReceiver<ClientEvent>) {
+    while let Some(event) = events.recv().await {
+        match event {
+            ClientEvent::Connected {
+                tunnels,
+                reconnected,
+            } => {
+                for t in tunnels {
+                    if reconnected {
+                        say(&format!("droid: reconnected, {} is up again", t.url));
+                    } else {
+                        say(&t.url);
+                    }
+                }
+            }
+            ClientEvent::Disconnected { reason, retry_in } => {
+                say(&format!(
+                    "droid: tunnel down: {reason}; retrying in {:.1}s",
+                    retry_in.as_secs_f32()
+                ));
+            }
+            ClientEvent::Request {
+                method,
+                path,
+                status,
+                elapsed,
+                ..
+            } => {
+                say(&format!(
+                    "{method:<7} {path:<40} {status} {:>8.1} ms",
+                    elapsed.as_secs_f64() * 1e3
+                ));
+            }
+            ClientEvent::TargetDown { target, error, .. } => {
+                say(&format!(
+                    "droid: the tunnel is up but nothing answers at {target} ({error})"
+                ));
+            }
+        }
+    }
+}
+
+/// Prints a line and flushes, so scripts reading a pipe see it at once.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
