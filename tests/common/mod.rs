@@ -1,0 +1,530 @@
+//! The test harness: a real origin, a real server and real clients, all on
+//! 127.0.0.1 port 0, and a TCP "cutter" between client and server that can
+//! drop or black-hole the connection. Nothing here sleeps to synchronize:
+//! every wait is for an event, with a deadline.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use droid_client::{ClientConfig, ClientError, ClientEvent, HostHeader, Target, TunnelSpec};
+use droid_core::protocol::TunnelGrant;
+use droid_server::{Server, ServerConfig};
+use futures::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Barrier, Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const DOMAIN: &str = "droid.test";
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Waits for `fut`, failing the test with `what` after [`WAIT`].
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+// ---------------------------------------------------------------- origin
+
+/// A local app to tunnel to. Its routes:
+/// - `/echo`: the request body back, streamed;
+/// - `/headers`: the request line and headers as JSON;
+/// - `/bytes/N`: N bytes (chunked), generated as they are sent;
+/// - `/sse`: one event, then a second one once `sse_next` is notified;
+/// - `/hang`: notifies `hang_started`, then never answers;
+/// - `/gather`: answers once `gather` requests are in flight at once;
+/// - `/ws`: a websocket echo;
+/// - `/status/N`: status N;
+/// - anything else: `origin LABEL PATH`.
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub sse_next: Arc<Notify>,
+    pub hang_started: Arc<Notify>,
+    pub target: Target,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+struct OriginState {
+    label: String,
+    sse_next: Arc<Notify>,
+    hang_started: Arc<Notify>,
+    gather: Option<Arc<Barrier>>,
+}
+
+pub async fn origin(label: &str) -> Origin {
+    origin_with(label, None).await
+}
+
+pub async fn origin_with(label: &str, gather: Option<usize>) -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(OriginState {
+        label: label.to_string(),
+        sse_next: Arc::new(Notify::new()),
+        hang_started: Arc::new(Notify::new()),
+        gather: gather.map(|n| Arc::new(Barrier::new(n))),
+    });
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let s = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                a = listener.accept() => a.unwrap(),
+                () = token.cancelled() => return,
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let s = s.clone();
+                    async move { Ok::<_, Infallible>(route(s, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Origin {
+        addr,
+        sse_next: state.sse_next.clone(),
+        hang_started: state.hang_started.clone(),
+        target: Target {
+            host: "127.0.0.1".into(),
+            port: addr.port(),
+        },
+        shutdown,
+    }
+}
+
+async fn route(s: Arc<OriginState>, req: Request<Incoming>) -> Response<TestBody> {
+    let path = req.uri().path().to_string();
+    if path == "/echo" {
+        return Response::new(req.into_body().map_err(Into::into).boxed());
+    }
+    if path == "/headers" {
+        let headers: serde_json::Map<String, serde_json::Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+            .collect();
+        let body = serde_json::json!({
+            "method": req.method().as_str(),
+            "uri": req.uri().to_string(),
+            "version": format!("{:?}", req.version()),
+            "headers": headers,
+        });
+        return Response::new(full(body.to_string()));
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let total: usize = n.parse().unwrap();
+        return Response::new(pattern_body(total));
+    }
+    if path == "/sse" {
+        let next = s.sse_next.clone();
+        let (tx, rx) =
+            mpsc::channel::<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(4);
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(Frame::data(Bytes::from("data: one\n\n")))).await;
+            next.notified().await;
+            let _ = tx.send(Ok(Frame::data(Bytes::from("data: two\n\n")))).await;
+        });
+        let stream = tokio_stream_from(rx);
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        r.headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
+        return r;
+    }
+    if path == "/hang" {
+        s.hang_started.notify_one();
+        std::future::pending::<()>().await;
+    }
+    if path == "/gather" {
+        if let Some(b) = &s.gather {
+            b.wait().await;
+        }
+        return Response::new(full(format!(
+            "gathered {}",
+            req.uri().query().unwrap_or("")
+        )));
+    }
+    if path == "/ws" {
+        return websocket_echo(req);
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let mut r = Response::new(full(format!("status {code}")));
+        *r.status_mut() = StatusCode::from_u16(code.parse().unwrap()).unwrap();
+        return r;
+    }
+    Response::new(full(format!("origin {} {}", s.label, path)))
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The byte at offset `i` of every generated body.
+pub fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// A body of `total` pattern bytes, made 64 KiB at a time as it is read.
+pub fn pattern_body(total: usize) -> TestBody {
+    const CHUNK: usize = 64 * 1024;
+    let stream = futures::stream::unfold(0usize, move |sent| async move {
+        if sent >= total {
+            return None;
+        }
+        let n = CHUNK.min(total - sent);
+        let chunk: Vec<u8> = (sent..sent + n).map(pattern).collect();
+        Some((
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from(chunk))),
+            sent + n,
+        ))
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+fn websocket_echo(mut req: Request<Incoming>) -> Response<TestBody> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let Some(key) = req.headers().get("sec-websocket-key") else {
+        let mut r = Response::new(full("not a websocket request"));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = on_upgrade.await.unwrap();
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if msg.is_text() || msg.is_binary() {
+                ws.send(msg).await.unwrap();
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(empty())
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- server
+
+pub struct TestServer {
+    pub server: Server,
+    pub http: SocketAddr,
+    pub control: SocketAddr,
+    pub shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn server() -> TestServer {
+    server_with(|_| {}).await
+}
+
+pub async fn server_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = ServerConfig::new(DOMAIN);
+    config.public_port = Some(http.local_addr().unwrap().port());
+    tweak(&mut config);
+    let server = Server::new(config);
+    let shutdown = CancellationToken::new();
+    let (h, c) = (http.local_addr().unwrap(), control.local_addr().unwrap());
+    let s = server.clone();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { s.run(http, control, token).await });
+    TestServer {
+        server,
+        http: h,
+        control: c,
+        shutdown,
+        task,
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+pub struct TestClient {
+    pub events: mpsc::UnboundedReceiver<ClientEvent>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), ClientError>>,
+    pub grants: Vec<TunnelGrant>,
+}
+
+impl TestClient {
+    pub fn name(&self) -> &str {
+        &self.grants[0].name
+    }
+
+    pub fn host(&self) -> String {
+        format!("{}.{DOMAIN}", self.grants[0].name)
+    }
+
+    /// Waits for the next event that `pick` accepts.
+    pub async fn wait_for<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&ClientEvent) -> Option<T>,
+    ) -> T {
+        within(what, async {
+            loop {
+                let event = self
+                    .events
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| panic!("client stopped before: {what}"));
+                if let Some(t) = pick(&event) {
+                    return t;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Stops cleanly (the client releases its names) and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        within("client stop", &mut self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn spec(name: Option<&str>, target: &Target) -> TunnelSpec {
+    TunnelSpec {
+        name: name.map(str::to_string),
+        target: target.clone(),
+        host_header: HostHeader::Preserve,
+    }
+}
+
+/// A client config with no state dir and quick reconnects.
+pub fn client_config(server: SocketAddr, specs: Vec<TunnelSpec>) -> ClientConfig {
+    let mut config = ClientConfig::new(server.to_string(), specs);
+    config.state_dir = None;
+    config.min_backoff = Duration::from_millis(20);
+    config.max_backoff = Duration::from_millis(200);
+    config
+}
+
+/// Starts a client and waits until its tunnels are up.
+pub async fn client(config: ClientConfig) -> TestClient {
+    let mut c = client_unchecked(config);
+    let grants = c
+        .wait_for("tunnels up", |e| match e {
+            ClientEvent::Connected { tunnels, .. } => Some(tunnels.clone()),
+            _ => None,
+        })
+        .await;
+    c.grants = grants;
+    c
+}
+
+/// Starts a client without waiting for anything.
+pub fn client_unchecked(config: ClientConfig) -> TestClient {
+    let (tx, events) = mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(droid_client::run(config, Some(tx), shutdown.clone()));
+    TestClient {
+        events,
+        shutdown,
+        task,
+        grants: Vec::new(),
+    }
+}
+
+// ---------------------------------------------------------------- requests
+
+/// Sends one request on a new connection to `addr`.
+pub async fn send(addr: SocketAddr, req: Request<TestBody>) -> Response<Incoming> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    sender.send_request(req).await.unwrap()
+}
+
+pub fn get_request(host: &str, path: &str) -> Request<TestBody> {
+    Request::get(path)
+        .header("host", host)
+        .body(empty())
+        .unwrap()
+}
+
+/// GETs `path` from `host` through the server; status and whole body.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
+    let response = send(addr, get_request(host, path)).await;
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Writes raw bytes to `addr` and reads the whole answer.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = within("raw answer", stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------- cutter
+
+/// A TCP proxy between a client and the server that can fail like a
+/// network: [`Cutter::cut`] closes every current connection (what the OS does
+/// when a process dies), [`Cutter::blackhole`] silently drops every byte of
+/// the current connections (a cable pulled: no FIN, no RST). New connections
+/// after either are forwarded normally.
+pub struct Cutter {
+    pub addr: SocketAddr,
+    generation: Arc<std::sync::Mutex<Generation>>,
+}
+
+#[derive(Clone)]
+struct Generation {
+    cut: CancellationToken,
+    blackholed: Arc<AtomicBool>,
+}
+
+impl Generation {
+    fn new() -> Generation {
+        Generation {
+            cut: CancellationToken::new(),
+            blackholed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Cutter {
+    pub async fn start(upstream: SocketAddr) -> Cutter {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let generation = Arc::new(std::sync::Mutex::new(Generation::new()));
+        let g = generation.clone();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let current = g.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let Ok(up) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    let a = pump(dr, uw, current.clone());
+                    let b = pump(ur, dw, current.clone());
+                    tokio::select! {
+                        _ = async { tokio::join!(a, b) } => {}
+                        () = current.cut.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Cutter { addr, generation }
+    }
+
+    pub fn cut(&self) {
+        let mut g = self.generation.lock().unwrap();
+        g.cut.cancel();
+        *g = Generation::new();
+    }
+
+    pub fn blackhole(&self) {
+        let mut g = self.generation.lock().unwrap();
+        g.blackholed.store(true, Ordering::SeqCst);
+        *g = Generation::new();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    g: Generation,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if g.blackholed.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    if !g.blackholed.load(Ordering::SeqCst) {
+        let _ = to.shutdown().await;
+    } else {
+        // hold the socket open, as a dead network would
+        g.cut.cancelled().await;
+    }
+}
+
+/// A port on 127.0.0.1 where nothing listens.
+pub async fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}

@@ -1,0 +1,204 @@
+//! Names are never pulled from a live user, come back to their owner after a
+//! drop, a crash or a clean exit, and dead peers are noticed by heartbeats.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use droid_client::{ClientError, ClientEvent};
+use droid_core::protocol::ErrorCode;
+use droid_server::registry::Lookup;
+
+/// A client started with `name` that must be refused because it is taken.
+async fn refused(
+    control: std::net::SocketAddr,
+    name: &str,
+    target: &droid_client::Target,
+) -> String {
+    let mut c = client_unchecked(client_config(control, vec![spec(Some(name), target)]));
+    match within("refusal", &mut c.task).await.unwrap() {
+        Err(ClientError::Refused(e)) => {
+            assert_eq!(e.code, ErrorCode::NameTaken, "{}", e.message);
+            e.message
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_taken_name_gets_a_clear_error_not_another_name() {
+    let app = origin("app").await;
+    let srv = server().await;
+    let first = client(client_config(
+        srv.control,
+        vec![spec(Some("myapp"), &app.target)],
+    ))
+    .await;
+    let message = refused(srv.control, "myapp", &app.target).await;
+    assert_eq!(message, "the name myapp is in use by another client");
+    // the first client still has it
+    assert_eq!(get(srv.http, &first.host(), "/").await.1, "origin app /");
+}
+
+#[tokio::test]
+async fn a_dropped_connection_reconnects_by_itself_with_the_same_names() {
+    let app = origin("app").await;
+    let srv = server().await;
+    let cutter = Cutter::start(srv.control).await;
+    let mut c = client(client_config(
+        cutter.addr,
+        vec![spec(None, &app.target), spec(Some("fixed"), &app.target)],
+    ))
+    .await;
+    let before: Vec<String> = c.grants.iter().map(|g| g.name.clone()).collect();
+    cutter.cut();
+    c.wait_for("disconnect", |e| {
+        matches!(e, ClientEvent::Disconnected { .. }).then_some(())
+    })
+    .await;
+    let after = c
+        .wait_for("reconnect", |e| match e {
+            ClientEvent::Connected {
+                tunnels,
+                reconnected: true,
+            } => Some(tunnels.clone()),
+            _ => None,
+        })
+        .await;
+    let after: Vec<String> = after.iter().map(|g| g.name.clone()).collect();
+    assert_eq!(before, after);
+    assert_eq!(
+        get(srv.http, &c.host(), "/back").await.1,
+        "origin app /back"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_client_restarted_by_its_user_gets_its_names_back_and_nobody_else_can() {
+    let app = origin("app").await;
+    let srv = server().await;
+    let state = tempfile::tempdir().unwrap();
+    let cutter = Cutter::start(srv.control).await;
+    let mut config = client_config(cutter.addr, vec![spec(None, &app.target)]);
+    config.state_dir = Some(state.path().to_path_buf());
+    config.state_key = "same command".into();
+    let killed = client(config.clone()).await;
+    let name = killed.name().to_string();
+    // kill -9: no goodbye, the socket just closes
+    killed.task.abort();
+    cutter.cut();
+    within("server notices", async {
+        while !matches!(srv.server.registry().lookup(&name), Lookup::Resuming) {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // someone else asking for it during the grace period is refused
+    let message = refused(srv.control, &name, &app.target).await;
+    assert!(message.contains("reconnecting"), "{message}");
+    // the same user runs the same command again: same name, at once
+    let again = client(config).await;
+    assert_eq!(again.name(), name);
+    assert_eq!(get(srv.http, &again.host(), "/").await.1, "origin app /");
+}
+
+#[tokio::test]
+async fn a_clean_exit_releases_the_name_for_its_owner_only() {
+    let app = origin("app").await;
+    let srv = server().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = client_config(srv.control, vec![spec(None, &app.target)]);
+    config.state_dir = Some(state.path().to_path_buf());
+    let first = client(config.clone()).await;
+    let name = first.name().to_string();
+    first.stop().await;
+    // released at once: the server no longer routes it...
+    assert!(matches!(
+        srv.server.registry().lookup(&name),
+        Lookup::Absent
+    ));
+    let (status, _) = get(srv.http, &format!("{name}.{DOMAIN}"), "/").await;
+    assert_eq!(status, 404);
+    // ...nobody else may take it...
+    let message = refused(srv.control, &name, &app.target).await;
+    assert!(message.contains("kept for its previous owner"), "{message}");
+    // ...and running the same command again gets it back
+    let again = client(config).await;
+    assert_eq!(again.name(), name);
+}
+
+#[tokio::test]
+async fn a_second_copy_of_the_same_command_gets_its_own_name() {
+    let app = origin("app").await;
+    let srv = server().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = client_config(srv.control, vec![spec(None, &app.target)]);
+    config.state_dir = Some(state.path().to_path_buf());
+    let one = client(config.clone()).await;
+    let two = client(config).await;
+    assert_ne!(one.name(), two.name());
+    assert_eq!(srv.server.registry().live_count(), 2);
+}
+
+#[tokio::test]
+async fn heartbeats_detect_a_silent_network_on_both_sides() {
+    let app = origin("app").await;
+    let srv = server_with(|c| {
+        c.heartbeat_interval = Duration::from_millis(100);
+        c.heartbeat_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let cutter = Cutter::start(srv.control).await;
+    let mut config = client_config(cutter.addr, vec![spec(None, &app.target)]);
+    config.heartbeat_timeout = Duration::from_millis(800);
+    let mut c = client(config).await;
+    let name = c.name().to_string();
+    // the cable is pulled: no FIN, no RST, bytes just vanish
+    cutter.blackhole();
+    let reason = c
+        .wait_for("client notices", |e| match e {
+            ClientEvent::Disconnected { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(reason.contains("no heartbeat"), "{reason}");
+    // the client reconnects over a fresh connection and keeps its name; the
+    // server noticed the old session died (or the owner took it over)
+    let back = c
+        .wait_for("reconnect", |e| match e {
+            ClientEvent::Connected { tunnels, .. } => Some(tunnels[0].name.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(back, name);
+    assert_eq!(get(srv.http, &c.host(), "/").await.1, "origin app /");
+}
+
+#[tokio::test]
+async fn the_server_removes_a_silent_client() {
+    let app = origin("app").await;
+    let srv = server_with(|c| {
+        c.heartbeat_interval = Duration::from_secs(60);
+        c.heartbeat_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let cutter = Cutter::start(srv.control).await;
+    let mut config = client_config(cutter.addr, vec![spec(None, &app.target)]);
+    config.heartbeat_timeout = Duration::from_secs(60);
+    let c = client(config).await;
+    let name = c.name().to_string();
+    cutter.blackhole();
+    within("server drops the silent session", async {
+        while !matches!(srv.server.registry().lookup(&name), Lookup::Resuming) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(srv.server.registry().live_count(), 0);
+    let (status, body) = get(srv.http, &c.host(), "/").await;
+    assert_eq!(status, 502);
+    assert!(body.contains("reconnecting"), "{body}");
+}
