@@ -165,11 +165,11 @@ async fn server(args: ServerArgs, shutdown: CancellationToken) -> Result<()> {
         ..NamePolicy::default()
     };
     config.heartbeat_timeout = args.heartbeat_timeout;
-    tracing::info!(
-        domain = %config.domain,
-        http = %http.local_addr()?,
-        control = %control.local_addr()?,
-        "droid server listening"
+    println!(
+        "droid server: domain {}, http on {}, control on {}",
+        config.domain,
+        http.local_addr()?,
+        control.local_addr()?
     );
     Server::new(config).run(http, control, shutdown).await;
     Ok(())
@@ -188,8 +188,13 @@ async fn http(args: HttpArgs, shutdown: CancellationToken) -> Result<()> {
         Some(server) => (server.clone(), server, None),
         None => {
             let embedded = embedded::start(args.http, shutdown.clone()).await?;
-            let key = format!("localhost:{}", embedded.http.port());
-            (embedded.control.to_string(), key, Some(embedded))
+            // Not the port: the same command gets the same name even when
+            // the embedded server had to take another port.
+            (
+                embedded.control.to_string(),
+                "localhost".to_string(),
+                Some(embedded),
+            )
         }
     };
     let mut config = ClientConfig::new(server_addr, vec![spec]);
