@@ -1,14 +1,17 @@
 //! The server `droid http` starts in its own process when no --server is
-//! given: `*.localhost` URLs on this machine, no setup at all.
+//! given: `*.localhost` URLs and mail addresses on this machine, no setup.
 
 use std::io;
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
+use droid_adapters::{ConnLimits, bind_listener};
 use droid_server::{Server, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::mail::SmtpArgs;
 
 /// How many ports after the asked one are tried when it is taken.
 const PORT_TRIES: u16 = 20;
@@ -19,19 +22,28 @@ pub struct Embedded {
     pub http: SocketAddr,
     /// Where its control port listens (loopback, ephemeral).
     pub control: SocketAddr,
-    task: JoinHandle<()>,
+    /// Where it accepts mail, and where undeliverable mail waits.
+    pub smtp: Option<(SocketAddr, String)>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Embedded {
     /// Waits for the server to stop after its shutdown token fired.
     pub async fn stopped(self) {
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }
 
-/// Starts a server for `*.localhost` on `http` (or the next free port).
-pub async fn start(http: SocketAddr, shutdown: CancellationToken) -> Result<Embedded> {
-    let http_listener = bind_next_free(http).await?;
+/// Starts a server for `*.localhost` on `http` (or the next free port), and
+/// SMTP on `smtp` (or the next free port) unless it is `None`.
+pub async fn start(
+    http: SocketAddr,
+    smtp: Option<(SocketAddr, &SmtpArgs)>,
+    shutdown: CancellationToken,
+) -> Result<Embedded> {
+    let http_listener = bind_next_free(http, "HTTP").await?;
     let control_listener = TcpListener::bind((http.ip(), 0))
         .await
         .context("cannot open the embedded server's control port")?;
@@ -39,31 +51,53 @@ pub async fn start(http: SocketAddr, shutdown: CancellationToken) -> Result<Embe
     let control = control_listener.local_addr()?;
     let mut config = ServerConfig::new("localhost");
     config.public_port = Some(http.port()).filter(|&p| p != 80);
+    config.smtp = smtp.is_some();
     let server = Server::new(config);
-    let task =
-        tokio::spawn(async move { server.run(http_listener, control_listener, shutdown).await });
+    let mut tasks = Vec::new();
+    let smtp = match smtp {
+        Some((addr, args)) => {
+            let listener = bind_next_free(addr, "SMTP").await?;
+            let bound = listener.local_addr()?;
+            let spool = args.open_spool()?;
+            let described = crate::mail::describe_spool(spool.as_ref());
+            let (server, config, shutdown) = (server.clone(), args.config(), shutdown.clone());
+            tasks.push(tokio::spawn(async move {
+                server
+                    .serve_smtp(listener, config, spool, ConnLimits::default(), shutdown)
+                    .await;
+            }));
+            Some((bound, described))
+        }
+        None => None,
+    };
+    tasks.push(tokio::spawn(async move {
+        server.run(http_listener, control_listener, shutdown).await;
+    }));
     Ok(Embedded {
         http,
         control,
-        task,
+        smtp,
+        tasks,
     })
 }
 
-async fn bind_next_free(first: SocketAddr) -> Result<TcpListener> {
+/// Binds `first`, or the next free port after it (port 0 binds once).
+async fn bind_next_free(first: SocketAddr, what: &str) -> Result<TcpListener> {
     let mut addr = first;
     let tries = if first.port() == 0 { 1 } else { PORT_TRIES };
     for _ in 0..tries {
-        match TcpListener::bind(addr).await {
+        match bind_listener(addr).await {
             Ok(listener) => return Ok(listener),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                 addr.set_port(addr.port().saturating_add(1));
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot listen for HTTP on {addr}")),
+            Err(e) => return Err(e).with_context(|| format!("cannot listen for {what} on {addr}")),
         }
     }
     anyhow::bail!(
-        "ports {} to {} are all taken; pass --http 127.0.0.1:PORT",
+        "{what} ports {} to {} are all taken; pass --{} 127.0.0.1:PORT",
         first.port(),
-        first.port().saturating_add(tries - 1)
+        first.port().saturating_add(tries - 1),
+        what.to_ascii_lowercase()
     )
 }

@@ -5,6 +5,7 @@
 //! `droid-core`, the server in `droid-server`, the client in `droid-client`.
 
 mod embedded;
+mod mail;
 mod output;
 
 use std::net::SocketAddr;
@@ -12,7 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use droid_client::{ClientConfig, HostHeader, Target, TunnelSpec};
+use droid_adapters::{ConnLimits, Format, MailOptions, bind_listener};
+use droid_client::{ClientConfig, HostHeader, MailSettings, Target, TunnelSpec};
 use droid_server::{NamePolicy, Server, ServerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +40,8 @@ enum Command {
     Http(HttpArgs),
     /// Run a public droid server that clients connect to.
     Server(ServerArgs),
+    /// Receive mail and POST each message to a URL, with no tunnel.
+    Smtp(SmtpStandaloneArgs),
 }
 
 #[derive(clap::Args)]
@@ -60,6 +64,46 @@ struct HttpArgs {
     /// port is taken, the next free one is used.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// Without --server: where the embedded server accepts mail; when the
+    /// port is taken, the next free one is used.
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    smtp: SocketAddr,
+    /// Without --server: do not accept mail.
+    #[arg(long)]
+    no_smtp: bool,
+    /// The path mail is POSTed to.
+    #[arg(long, default_value = "/")]
+    mail_path: String,
+    /// The body of mail POSTs: json, multipart or raw.
+    #[arg(long, default_value = "json", value_parser = mail::format)]
+    mail_format: Format,
+    /// The key of the Droid-Signature HMAC on mail POSTs (default: one made
+    /// for you, remembered, and printed).
+    #[arg(long, env = "DROID_MAIL_SECRET", hide_env_values = true)]
+    mail_secret: Option<String>,
+    #[command(flatten)]
+    smtp_options: mail::SmtpArgs,
+}
+
+#[derive(clap::Args)]
+struct SmtpStandaloneArgs {
+    /// Where to accept mail.
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    listen: SocketAddr,
+    /// The URL each mail is POSTed to, e.g. http://localhost:3000/inbound.
+    #[arg(long)]
+    post: String,
+    /// Accept mail only for *@DOMAIN (default: any recipient).
+    #[arg(long)]
+    domain: Option<String>,
+    /// The body of mail POSTs: json, multipart or raw.
+    #[arg(long, default_value = "json", value_parser = mail::format)]
+    format: Format,
+    /// The key of the Droid-Signature HMAC.
+    #[arg(long, env = "DROID_MAIL_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    #[command(flatten)]
+    smtp_options: mail::SmtpArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -93,13 +137,18 @@ struct ServerArgs {
     /// A client silent for this long is dead.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     heartbeat_timeout: Duration,
+    /// Accept mail for *@NAME.DOMAIN here and deliver it through NAME's tunnel.
+    #[arg(long)]
+    smtp: Option<SocketAddr>,
+    #[command(flatten)]
+    smtp_options: mail::SmtpArgs,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Server(_) => "info",
+        Command::Server(_) | Command::Smtp(_) => "info",
         Command::Http(_) => "warn",
     };
     tracing_subscriber::fmt()
@@ -112,6 +161,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Http(args) => http(args, shutdown).await,
         Command::Server(args) => server(args, shutdown).await,
+        Command::Smtp(args) => smtp(args, shutdown).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -165,14 +215,71 @@ async fn server(args: ServerArgs, shutdown: CancellationToken) -> Result<()> {
         ..NamePolicy::default()
     };
     config.heartbeat_timeout = args.heartbeat_timeout;
+    config.smtp = args.smtp.is_some();
     println!(
         "droid server: domain {}, http on {}, control on {}",
         config.domain,
         http.local_addr()?,
         control.local_addr()?
     );
-    Server::new(config).run(http, control, shutdown).await;
+    let server = Server::new(config);
+    let smtp = match args.smtp {
+        Some(addr) => {
+            let listener = bind_listener(addr)
+                .await
+                .with_context(|| format!("cannot listen for SMTP on {addr}"))?;
+            let spool = args.smtp_options.open_spool()?;
+            println!(
+                "droid server: smtp on {}, mail to *@NAME.{}, {}",
+                listener.local_addr()?,
+                server.config().domain,
+                mail::describe_spool(spool.as_ref())
+            );
+            let (server, config, shutdown) =
+                (server.clone(), args.smtp_options.config(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                server
+                    .serve_smtp(listener, config, spool, ConnLimits::default(), shutdown)
+                    .await;
+            }))
+        }
+        None => None,
+    };
+    server.run(http, control, shutdown).await;
+    if let Some(smtp) = smtp {
+        let _ = smtp.await;
+    }
     Ok(())
+}
+
+async fn smtp(args: SmtpStandaloneArgs, shutdown: CancellationToken) -> Result<()> {
+    let listener = bind_listener(args.listen)
+        .await
+        .with_context(|| format!("cannot listen for SMTP on {}", args.listen))?;
+    let accepts = args
+        .domain
+        .as_deref()
+        .map_or("any recipient".to_string(), |d| format!("*@{d}"));
+    println!(
+        "droid smtp: listening on {}, mail to {accepts} is POSTed to {} as {}",
+        listener.local_addr()?,
+        args.post,
+        args.format
+    );
+    let options = MailOptions {
+        format: args.format,
+        secret: args.secret.unwrap_or_default().into_bytes(),
+        ..MailOptions::default()
+    };
+    mail::standalone(
+        listener,
+        &args.post,
+        args.domain,
+        options,
+        &args.smtp_options,
+        shutdown,
+    )
+    .await
 }
 
 async fn http(args: HttpArgs, shutdown: CancellationToken) -> Result<()> {
@@ -183,11 +290,20 @@ async fn http(args: HttpArgs, shutdown: CancellationToken) -> Result<()> {
             HostHeaderArg::Preserve => HostHeader::Preserve,
             HostHeaderArg::Rewrite => HostHeader::Rewrite,
         },
+        mail: MailSettings {
+            path: Some(args.mail_path.clone()),
+            format: Some(args.mail_format.to_string()),
+            secret: args.mail_secret.clone(),
+        },
     };
+    if !args.mail_path.starts_with('/') {
+        anyhow::bail!("--mail-path must start with /, e.g. /inbound");
+    }
     let (server_addr, state_server, embedded) = match args.server {
         Some(server) => (server.clone(), server, None),
         None => {
-            let embedded = embedded::start(args.http, shutdown.clone()).await?;
+            let smtp = (!args.no_smtp).then_some((args.smtp, &args.smtp_options));
+            let embedded = embedded::start(args.http, smtp, shutdown.clone()).await?;
             // Not the port: the same command gets the same name even when
             // the embedded server had to take another port.
             (
@@ -203,7 +319,14 @@ async fn http(args: HttpArgs, shutdown: CancellationToken) -> Result<()> {
     output::banner(&args.target, embedded.as_ref());
     output::check_target(&args.target).await;
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let printer = tokio::spawn(output::print_events(events_rx));
+    let mail = output::MailDisplay {
+        smtp: embedded
+            .as_ref()
+            .and_then(|e| e.smtp.as_ref().map(|(addr, _)| *addr)),
+        path: args.mail_path.clone(),
+        format: args.mail_format.to_string(),
+    };
+    let printer = tokio::spawn(output::print_events(events_rx, mail));
     let result = droid_client::run(config, Some(events_tx), shutdown.clone()).await;
     let _ = printer.await;
     if let Some(embedded) = embedded {

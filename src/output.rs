@@ -2,6 +2,7 @@
 //! request, like ngrok. Logs go to stderr through tracing; this is stdout.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use droid_client::{ClientEvent, Target};
@@ -12,12 +13,27 @@ use crate::embedded::Embedded;
 
 pub fn banner(target: &Target, embedded: Option<&Embedded>) {
     match embedded {
-        Some(e) => say(&format!(
-            "droid: forwarding to http://{target} through a local server on {} (use --server HOST:PORT for a public one)",
-            e.http
-        )),
+        Some(e) => {
+            say(&format!(
+                "droid: forwarding to http://{target} through a local server on {} (use --server HOST:PORT for a public one)",
+                e.http
+            ));
+            if let Some((_, spool)) = &e.smtp {
+                say(&format!("droid: mail {spool}"));
+            }
+        }
         None => say(&format!("droid: forwarding to http://{target}")),
     }
+}
+
+/// How mail reaches the app, for the lines printed when the tunnel is up.
+pub struct MailDisplay {
+    /// The embedded server's SMTP listener, if any.
+    pub smtp: Option<SocketAddr>,
+    /// Where mail is POSTed.
+    pub path: String,
+    /// The POST's format.
+    pub format: String,
 }
 
 /// Says plainly when nothing listens at the target yet; the tunnel comes up
@@ -35,19 +51,32 @@ pub async fn check_target(target: &Target) {
     }
 }
 
-pub async fn print_events(mut events: mpsc::UnboundedReceiver<ClientEvent>) {
+pub async fn print_events(mut events: mpsc::UnboundedReceiver<ClientEvent>, mail: MailDisplay) {
     while let Some(event) = events.recv().await {
         match event {
             ClientEvent::Connected {
                 tunnels,
                 reconnected,
+                mail_secret,
             } => {
-                for t in tunnels {
+                for t in &tunnels {
                     if reconnected {
                         say(&format!("droid: reconnected, {} is up again", t.url));
-                    } else {
-                        say(&t.url);
+                        continue;
                     }
+                    say(&t.url);
+                    if let Some(domain) = &t.smtp {
+                        let via = mail.smtp.map(|a| format!("smtp {a}, ")).unwrap_or_default();
+                        say(&format!(
+                            "{via}mail to anything@{domain} arrives as POST {} ({})",
+                            mail.path, mail.format
+                        ));
+                    }
+                }
+                if !reconnected && tunnels.iter().any(|t| t.smtp.is_some()) {
+                    say(&format!(
+                        "droid: mail POSTs are signed (Droid-Signature) with the secret {mail_secret}"
+                    ));
                 }
             }
             ClientEvent::Disconnected { reason, retry_in } => {

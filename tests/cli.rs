@@ -21,6 +21,10 @@ impl Droid {
             .args(args)
             .env("DROID_STATE_DIR", state_dir)
             .env_remove("DROID_SERVER")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -201,4 +205,125 @@ async fn a_public_server_and_a_named_client_in_separate_processes() {
 
     assert!(client.interrupt().await.success());
     assert!(server.interrupt().await.success());
+}
+
+#[tokio::test]
+async fn droid_http_prints_an_smtp_address_whose_mail_reaches_the_app_signed() {
+    let mut app = origin("app").await;
+    let state = tempfile::tempdir().unwrap();
+    let port = app.addr.port().to_string();
+    let mut droid = Droid::start(
+        &[
+            "http",
+            &port,
+            "--http",
+            "127.0.0.1:0",
+            "--smtp",
+            "127.0.0.1:0",
+            "--mail-path",
+            "/inbound/mail",
+        ],
+        state.path(),
+    );
+    let (smtp, domain) = droid
+        .line("the mail line", |l| {
+            let rest = l.strip_prefix("smtp ")?;
+            let addr: std::net::SocketAddr = rest.split(',').next()?.parse().ok()?;
+            let domain = rest
+                .split("anything@")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .to_string();
+            Some((addr, domain))
+        })
+        .await;
+    assert!(domain.ends_with(".localhost"), "{domain}");
+    let secret = droid
+        .line("the secret", |l| {
+            l.split("with the secret ").nth(1).map(str::to_string)
+        })
+        .await;
+    let to = format!("me@{domain}");
+    assert_eq!(
+        smtplib_send(smtp, "a@example.com", &[&to], "hi", "text").await,
+        "SENT"
+    );
+    let mail = app.next_mail().await;
+    assert_eq!(mail.path, "/inbound/mail");
+    assert_eq!(mail.json()["subject"], "hi");
+    assert!(droid_adapters::verify_signature(
+        secret.as_bytes(),
+        &mail.header("droid-timestamp"),
+        &mail.body,
+        &mail.header("droid-signature")
+    ));
+    let line = droid
+        .line("the delivery's request line", |l| {
+            l.starts_with("POST").then(|| l.to_string())
+        })
+        .await;
+    assert!(
+        line.contains("/inbound/mail") && line.contains("200"),
+        "{line}"
+    );
+    assert!(droid.interrupt().await.success());
+}
+
+#[tokio::test]
+async fn droid_smtp_posts_mail_to_a_url_with_no_tunnel() {
+    let mut app = origin("app").await;
+    let state = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}/inbound/standalone", app.addr.port());
+    let mut droid = Droid::start(
+        &[
+            "smtp",
+            "--listen",
+            "127.0.0.1:0",
+            "--post",
+            &url,
+            "--domain",
+            "example.com",
+            "--format",
+            "multipart",
+            "--secret",
+            "s",
+        ],
+        state.path(),
+    );
+    let smtp: std::net::SocketAddr = droid
+        .line("the listening line", |l| {
+            l.split("listening on ")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .await;
+    let out = smtplib_send(
+        smtp,
+        "a@other.org",
+        &["support@example.com", "x@elsewhere.org"],
+        "form",
+        "body",
+    )
+    .await;
+    assert_eq!(out, "REFUSED x@elsewhere.org 550");
+    let mail = app.next_mail().await;
+    assert_eq!(mail.path, "/inbound/standalone");
+    assert!(
+        mail.header("content-type")
+            .starts_with("multipart/form-data"),
+        "{}",
+        mail.header("content-type")
+    );
+    assert!(String::from_utf8_lossy(&mail.body).contains("report.pdf"));
+    assert!(droid_adapters::verify_signature(
+        b"s",
+        &mail.header("droid-timestamp"),
+        &mail.body,
+        &mail.header("droid-signature")
+    ));
+    assert!(droid.interrupt().await.success());
 }

@@ -63,6 +63,7 @@ async fn a_dropped_connection_reconnects_by_itself_with_the_same_names() {
             ClientEvent::Connected {
                 tunnels,
                 reconnected: true,
+                ..
             } => Some(tunnels.clone()),
             _ => None,
         })

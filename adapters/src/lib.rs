@@ -1,1 +1,44 @@
-//! Adapters: other protocols turned into HTTP requests for a `Deliver` sink.
+//! Adapters: other protocols turned into HTTP POSTs for a [`Deliver`] sink.
+//!
+//! An adapter owns one protocol and nothing else. The runtime around it owns
+//! the listener, the connection limits and shutdown; the sink it delivers
+//! through is either a tunnel (the server's business) or a plain URL
+//! ([`UrlSink`], the standalone mode). No adapter touches yamux.
+//!
+//! Module map:
+//! - [`adapter`]: the [`Adapter`] trait and [`run_adapter`], the accept loop
+//!   with per-IP and total connection caps, back-off and graceful shutdown.
+//! - [`route`]: who a recipient belongs to: [`MailRouter`], [`Route`],
+//!   [`MailOptions`], and [`UrlRouter`] for the standalone mode.
+//! - [`url_sink`]: [`UrlSink`], a [`Deliver`] that POSTs to an `http://` URL.
+//! - [`sign`]: the `Droid-*` delivery headers, the HMAC-SHA256 signature and
+//!   [`verify_signature`] for apps.
+//! - [`mail`]: an email (raw bytes plus [`Envelope`]) turned into a JSON,
+//!   multipart/form-data or raw `message/rfc822` request body.
+//! - [`delivery`]: one message for one destination ([`Delivery`]), how it
+//!   is attempted and how the app's answer is classified.
+//! - [`spool`]: the durable [`Spool`]: fsynced files, retries with
+//!   exponential back-off, wake-ups on reconnect, dead letters.
+//! - [`smtp`]: the SMTP adapter, a tokio loop over Stalwart's sans-IO
+//!   `smtp-proto` parser.
+//!
+//! [`Deliver`]: droid_core::deliver::Deliver
+#![warn(missing_docs)]
+
+pub mod adapter;
+pub mod delivery;
+pub mod mail;
+pub mod route;
+pub mod sign;
+pub mod smtp;
+pub mod spool;
+pub mod url_sink;
+
+pub use adapter::{Adapter, ConnLimits, Refusal, bind_listener, run_adapter};
+pub use delivery::{Attempt, Delivery};
+pub use mail::{Envelope, Format};
+pub use route::{MailOptions, MailRouter, Route, UrlRouter};
+pub use sign::verify_signature;
+pub use smtp::{SmtpAdapter, SmtpConfig};
+pub use spool::{RetryPolicy, Spool, SpoolConfig, SpoolError};
+pub use url_sink::{UrlSink, UrlSinkError};

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use droid_core::protocol::MailSettings;
 use droid_core::protocol::{
     self, ControlMessage, ErrorCode, ErrorMessage, Hello, PROTOCOL_VERSION, ProtocolError,
     TunnelGrant, TunnelRequest, Welcome,
@@ -53,6 +54,9 @@ pub struct TunnelSpec {
     pub target: Target,
     /// Whether to rewrite Host.
     pub host_header: HostHeader,
+    /// How the server should POST this tunnel's mail. A missing secret is
+    /// generated once and remembered in the state directory.
+    pub mail: MailSettings,
 }
 
 /// What a client needs to know.
@@ -118,6 +122,9 @@ pub enum ClientEvent {
         tunnels: Vec<TunnelGrant>,
         /// Whether this is a reconnection.
         reconnected: bool,
+        /// The secret that signs mail deliveries of tunnels that were not
+        /// given one.
+        mail_secret: String,
     },
     /// The session is down; the client tries again after `retry_in`.
     Disconnected {
@@ -185,6 +192,14 @@ pub async fn run(
     }
     let events = Events(events);
     let (state_file, mut remembered) = open_state(&config);
+    let mail_secret = remembered
+        .mail_secret
+        .get_or_insert_with(new_mail_secret)
+        .clone();
+    let mut config = config;
+    for spec in &mut config.tunnels {
+        spec.mail.secret.get_or_insert_with(|| mail_secret.clone());
+    }
     let mut backoff = config.min_backoff;
     let mut connected_before = false;
     loop {
@@ -211,6 +226,7 @@ pub async fn run(
                 events.send(ClientEvent::Connected {
                     tunnels: live.welcome.tunnels.clone(),
                     reconnected: connected_before,
+                    mail_secret: mail_secret.clone(),
                 });
                 connected_before = true;
                 let routes: Arc<Vec<(String, TunnelSpec)>> = Arc::new(
@@ -295,9 +311,16 @@ fn hello_for(config: &ClientConfig, remembered: &state::Remembered) -> Hello {
                     .name
                     .clone()
                     .or_else(|| reuse.then(|| remembered.names[i].clone())),
+                mail: Some(spec.mail.clone()),
             })
             .collect(),
     }
+}
+
+/// A new secret for signing mail deliveries: 128 random bits in hex.
+fn new_mail_secret() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn jitter(d: Duration) -> Duration {

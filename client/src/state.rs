@@ -20,6 +20,9 @@ pub struct Remembered {
     pub secret: Option<String>,
     /// The names granted, one per tunnel, in order.
     pub names: Vec<String>,
+    /// The secret that signs mail deliveries, unless one is configured.
+    #[serde(default)]
+    pub mail_secret: Option<String>,
 }
 
 /// A locked record in the state directory.
@@ -115,6 +118,7 @@ mod tests {
         let saved = Remembered {
             secret: Some("ab".repeat(32)),
             names: vec!["quiet-otter-42".into()],
+            mail_secret: Some("cd".repeat(16)),
         };
         file.save(&saved).unwrap();
         // a second client with the same command starts afresh

@@ -81,6 +81,33 @@ pub struct TunnelRequest {
     /// The name wanted; `None` asks the server for a random one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// How mail for this tunnel is delivered, when the server accepts mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<MailSettings>,
+}
+
+/// How a tunnel wants its mail: the POST the server's SMTP adapter builds.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailSettings {
+    /// The path mail is POSTed to (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `json` (default), `multipart` or `raw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// The key of the `Droid-Signature` HMAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for MailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailSettings")
+            .field("path", &self.path)
+            .field("format", &self.format)
+            .field("secret", &self.secret.as_ref().map(|_| "MASKED"))
+            .finish()
+    }
 }
 
 /// The server's answer to a successful [`Hello`].
@@ -311,7 +338,8 @@ mod tests {
             ControlMessage::Hello(Hello {
                 version: 1,
                 tunnels: vec![TunnelRequest {
-                    name: Some("a".into())
+                    name: Some("a".into()),
+                    mail: None
                 }],
                 ..Hello::default()
             })

@@ -27,9 +27,12 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 pub const UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Starts an HTTP/1.1 client connection over `io` and spawns its driver.
-pub async fn handshake<IO>(io: IO) -> Result<SendRequest<Incoming>, hyper::Error>
+pub async fn handshake<IO, B>(io: IO) -> Result<SendRequest<B>, hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(io))

@@ -93,6 +93,7 @@ pub(crate) async fn serve<IO>(
     };
     let names: Vec<&str> = tunnels.iter().map(|t| t.name.as_str()).collect();
     info!(%peer, session = session_id, ?names, "tunnels up");
+    shared.wake_mail(&tunnels);
 
     let clean = heartbeat(&shared, &mut control, &opener, &shutdown).await;
     shared.registry.release(&tunnels, clean);
@@ -181,7 +182,10 @@ fn grant(
             .map(|t| TunnelGrant {
                 name: t.name.clone(),
                 url: shared.config.url_for(&t.name),
-                smtp: None,
+                smtp: shared
+                    .config
+                    .smtp
+                    .then(|| format!("{}.{}", t.name, shared.config.domain)),
             })
             .collect(),
         heartbeat_ms: duration_ms(shared.config.heartbeat_interval),

@@ -5,6 +5,8 @@
 //! - `control`: a client's session: handshake, heartbeats, goodbye.
 //! - `http_front`: the public HTTP listener, routing by Host into tunnels.
 //! - `listener`: the accept loop every listener shares.
+//! - `mail`: routes `*@NAME.domain` to tunnels for the SMTP adapter, and
+//!   delivers its POSTs through them.
 //!
 //! Every listener-owning function takes a bound listener and a cancellation
 //! token, so tests bind port 0 and run in parallel, and the binary decides
@@ -14,12 +16,14 @@
 mod control;
 mod http_front;
 mod listener;
+mod mail;
 pub mod names;
 pub mod registry;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use droid_adapters::{ConnLimits, MailRouter, SmtpAdapter, SmtpConfig, Spool};
 use droid_core::protocol;
 use droid_core::session::DEFAULT_CONCURRENT_STREAMS;
 use tokio::net::TcpListener;
@@ -46,6 +50,9 @@ pub struct ServerConfig {
     pub stream_open_timeout: Duration,
     /// How long a visitor may take to send a request's headers.
     pub header_read_timeout: Duration,
+    /// Whether this server accepts mail for its tunnels; the welcome then
+    /// tells each tunnel its mail domain.
+    pub smtp: bool,
 }
 
 impl ServerConfig {
@@ -60,6 +67,7 @@ impl ServerConfig {
             max_streams_per_tunnel: DEFAULT_CONCURRENT_STREAMS,
             stream_open_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
+            smtp: false,
         }
     }
 
@@ -75,6 +83,19 @@ impl ServerConfig {
 pub(crate) struct Shared {
     config: ServerConfig,
     registry: Registry,
+    /// The mail spool, once SMTP runs: woken when an owner reconnects.
+    spool: OnceLock<Arc<Spool>>,
+}
+
+impl Shared {
+    /// Retries the spooled mail of these tunnels now: their owner is back.
+    fn wake_mail(&self, tunnels: &[Arc<registry::Tunnel>]) {
+        if let Some(spool) = self.spool.get() {
+            for tunnel in tunnels {
+                spool.wake(&mail::owner_key(tunnel));
+            }
+        }
+    }
 }
 
 /// A Droid server. Cheap to clone; clones share the registry.
@@ -88,7 +109,11 @@ impl Server {
     pub fn new(config: ServerConfig) -> Server {
         let registry = Registry::new(config.names.clone());
         Server {
-            shared: Arc::new(Shared { config, registry }),
+            shared: Arc::new(Shared {
+                config,
+                registry,
+                spool: OnceLock::new(),
+            }),
         }
     }
 
@@ -120,6 +145,36 @@ impl Server {
             http_front::serve(shared.clone(), stream, peer)
         })
         .await;
+    }
+
+    /// The router the SMTP adapter uses: `*@NAME.domain` to NAME's tunnel.
+    pub fn mail_router(&self) -> Arc<dyn MailRouter> {
+        Arc::new(mail::TunnelRouter {
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Accepts mail for the tunnels until `shutdown`. With a spool, mail
+    /// the app cannot take now is kept and retried (and retried at once
+    /// when its owner reconnects); without one, such mail gets a 451.
+    pub async fn serve_smtp(
+        &self,
+        listener: TcpListener,
+        config: SmtpConfig,
+        spool: Option<Arc<Spool>>,
+        limits: ConnLimits,
+        shutdown: CancellationToken,
+    ) {
+        let router = self.mail_router();
+        let retries = spool.clone().map(|spool| {
+            let _ = self.shared.spool.set(spool.clone());
+            tokio::spawn(spool.run(router.clone(), shutdown.clone()))
+        });
+        let adapter = Arc::new(SmtpAdapter::new(config, router, spool));
+        droid_adapters::run_adapter(listener, adapter, limits, shutdown).await;
+        if let Some(retries) = retries {
+            let _ = retries.await;
+        }
     }
 
     /// Runs the control and HTTP listeners, and forgets expired names now and

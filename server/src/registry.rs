@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use droid_core::protocol::{ErrorCode, ErrorMessage, TunnelRequest};
+use droid_core::protocol::{ErrorCode, ErrorMessage, MailSettings, TunnelRequest};
 use droid_core::session::Opener;
 use rand::RngExt;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::{debug, info};
 
@@ -56,6 +57,11 @@ pub struct Tunnel {
     pub session: u64,
     /// Opens streams to the client.
     pub opener: Opener,
+    /// Who owns it: a hash of the resume secret, safe to log and store
+    /// (spooled mail belongs to it, not to the bare name).
+    pub owner_id: String,
+    /// How the client wants this tunnel's mail.
+    pub mail: MailSettings,
 }
 
 /// The owner of a name: the holder of its resume secret.
@@ -69,9 +75,21 @@ impl Owner {
 }
 
 enum Claim {
-    Live { owner: Owner, tunnel: Arc<Tunnel> },
-    Resuming { owner: Owner, until: Instant },
-    Quarantined { owner: Owner, until: Instant },
+    Live {
+        owner: Owner,
+        tunnel: Arc<Tunnel>,
+    },
+    /// `tunnel` is the dropped session's record, kept so that mail for the
+    /// name can still be accepted (and spooled) for its owner.
+    Resuming {
+        owner: Owner,
+        until: Instant,
+        tunnel: Arc<Tunnel>,
+    },
+    Quarantined {
+        owner: Owner,
+        until: Instant,
+    },
 }
 
 /// What a lookup found.
@@ -144,7 +162,19 @@ impl Registry {
 
     /// Whether `name` is live or resuming: mail for it may be accepted.
     pub fn is_held(&self, name: &str) -> bool {
-        !matches!(self.lookup(name), Lookup::Absent)
+        self.holder(name).is_some()
+    }
+
+    /// The tunnel record of a live or resuming name: who owns it and how it
+    /// wants its mail (its opener is dead while resuming).
+    pub fn holder(&self, name: &str) -> Option<Arc<Tunnel>> {
+        match self.lock().claims.get(name) {
+            Some(Claim::Live { tunnel, .. }) => Some(tunnel.clone()),
+            Some(Claim::Resuming { until, tunnel, .. }) if *until > Instant::now() => {
+                Some(tunnel.clone())
+            }
+            _ => None,
+        }
     }
 
     /// The number of live tunnels.
@@ -193,7 +223,7 @@ impl Registry {
         let mut state = self.lock();
         self.expire(&mut state, now);
 
-        let mut chosen: Vec<String> = Vec::with_capacity(requests.len());
+        let mut chosen: Vec<(String, MailSettings)> = Vec::with_capacity(requests.len());
         let mut wanted = HashSet::new();
         let mut takeovers = Vec::new();
         for request in requests {
@@ -240,8 +270,9 @@ impl Registry {
             }
         }
         for request in requests {
+            let mail = request.mail.clone().unwrap_or_default();
             match &request.name {
-                Some(name) => chosen.push(name.clone()),
+                Some(name) => chosen.push((name.clone(), mail)),
                 None => {
                     let name = (0..64)
                         .map(|_| self.generator.generate())
@@ -252,19 +283,22 @@ impl Registry {
                                 "no free random name was found; try again",
                             )
                         })?;
-                    chosen.push(name);
+                    chosen.push((name, mail));
                 }
             }
         }
 
         let owner = Owner(Arc::from(secret.as_str()));
+        let owner_id = owner_id(&secret);
         let tunnels: Vec<Arc<Tunnel>> = chosen
             .into_iter()
-            .map(|name| {
+            .map(|(name, mail)| {
                 let tunnel = Arc::new(Tunnel {
                     name: name.clone(),
                     session,
                     opener: opener.clone(),
+                    owner_id: owner_id.clone(),
+                    mail,
                 });
                 state.claims.insert(
                     name,
@@ -306,10 +340,16 @@ impl Registry {
                 state.quarantined.push_back((until, tunnel.name.clone()));
             } else {
                 let until = now + self.policy.grace;
-                state
-                    .claims
-                    .insert(tunnel.name.clone(), Claim::Resuming { owner, until });
-                state.resuming.push_back((until, tunnel.name.clone()));
+                let name = tunnel.name.clone();
+                state.claims.insert(
+                    name.clone(),
+                    Claim::Resuming {
+                        owner,
+                        until,
+                        tunnel: tunnel.clone(),
+                    },
+                );
+                state.resuming.push_back((until, name));
             }
             debug!(name = %tunnel.name, clean, "name released");
         }
@@ -332,7 +372,9 @@ impl Registry {
             let Some((until, name)) = state.resuming.pop_front() else {
                 break;
             };
-            if let Some(Claim::Resuming { owner, until: u }) = state.claims.get(&name)
+            if let Some(Claim::Resuming {
+                owner, until: u, ..
+            }) = state.claims.get(&name)
                 && *u == until
             {
                 let owner = owner.clone();
@@ -388,6 +430,14 @@ fn error(code: ErrorCode, message: impl Into<String>) -> ErrorMessage {
     }
 }
 
+/// The public id of the holder of `secret`: the first 128 bits of its
+/// SHA-256, in hex. It identifies an owner in logs and in the mail spool
+/// without revealing the secret.
+pub fn owner_id(secret: &str) -> String {
+    let digest = Sha256::digest(format!("droid owner {secret}").as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A new resume secret: 256 random bits as 64 hex digits.
 fn new_secret() -> String {
     let bytes: [u8; 32] = rand::rng().random();
@@ -422,6 +472,7 @@ mod tests {
             .iter()
             .map(|n| TunnelRequest {
                 name: n.map(str::to_string),
+                mail: None,
             })
             .collect()
     }

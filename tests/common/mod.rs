@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,7 +66,39 @@ pub struct Origin {
     pub sse_next: Arc<Notify>,
     pub hang_started: Arc<Notify>,
     pub target: Target,
+    /// Every request to `/inbound*`: a mail delivery.
+    pub inbox: mpsc::UnboundedReceiver<Received>,
+    /// The status `/inbound*` answers with (200 unless set).
+    pub inbox_status: Arc<AtomicU16>,
     shutdown: CancellationToken,
+}
+
+/// A request the origin received at `/inbound*`.
+#[derive(Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+impl Origin {
+    /// The next mail delivery the app received.
+    pub async fn next_mail(&mut self) -> Received {
+        within("a mail delivery", self.inbox.recv()).await.unwrap()
+    }
 }
 
 impl Drop for Origin {
@@ -77,6 +109,8 @@ impl Drop for Origin {
 
 struct OriginState {
     label: String,
+    inbox: mpsc::UnboundedSender<Received>,
+    inbox_status: Arc<AtomicU16>,
     sse_next: Arc<Notify>,
     hang_started: Arc<Notify>,
     gather: Option<Arc<Barrier>>,
@@ -89,8 +123,12 @@ pub async fn origin(label: &str) -> Origin {
 pub async fn origin_with(label: &str, gather: Option<usize>) -> Origin {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let (inbox_tx, inbox) = mpsc::unbounded_channel();
+    let inbox_status = Arc::new(AtomicU16::new(200));
     let state = Arc::new(OriginState {
         label: label.to_string(),
+        inbox: inbox_tx,
+        inbox_status: inbox_status.clone(),
         sse_next: Arc::new(Notify::new()),
         hang_started: Arc::new(Notify::new()),
         gather: gather.map(|n| Arc::new(Barrier::new(n))),
@@ -125,12 +163,29 @@ pub async fn origin_with(label: &str, gather: Option<usize>) -> Origin {
             host: "127.0.0.1".into(),
             port: addr.port(),
         },
+        inbox,
+        inbox_status,
         shutdown,
     }
 }
 
 async fn route(s: Arc<OriginState>, req: Request<Incoming>) -> Response<TestBody> {
     let path = req.uri().path().to_string();
+    if path.starts_with("/inbound") {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let status = s.inbox_status.load(Ordering::SeqCst);
+        if status < 300 {
+            let _ = s.inbox.send(Received {
+                path: path.clone(),
+                headers: parts.headers,
+                body,
+            });
+        }
+        let mut r = Response::new(full(format!("inbox says {status}")));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        return r;
+    }
     if path == "/echo" {
         return Response::new(req.into_body().map_err(Into::into).boxed());
     }
@@ -261,8 +316,20 @@ pub struct TestServer {
     pub server: Server,
     pub http: SocketAddr,
     pub control: SocketAddr,
+    /// The SMTP listener, for servers made by [`mail_server`].
+    pub smtp: Option<SocketAddr>,
     pub shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Stops the server and waits until every listener is closed.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        for task in std::mem::take(&mut self.tasks) {
+            within("server stop", task).await.unwrap();
+        }
+    }
 }
 
 impl Drop for TestServer {
@@ -291,9 +358,41 @@ pub async fn server_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
         server,
         http: h,
         control: c,
+        smtp: None,
         shutdown,
-        task,
+        tasks: vec![task],
     }
+}
+
+/// A server that also accepts mail, spooling to `spool` when given.
+pub async fn mail_server(spool: Option<&std::path::Path>) -> TestServer {
+    let mut srv = server_with(|c| c.smtp = true).await;
+    let listener = droid_adapters::bind_listener("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    srv.smtp = Some(listener.local_addr().unwrap());
+    let spool = spool.map(|dir| {
+        let mut config = droid_adapters::SpoolConfig::default();
+        config.retry.first_delay = Duration::from_millis(50);
+        config.retry.max_delay = Duration::from_millis(200);
+        droid_adapters::Spool::open(dir, config).unwrap()
+    });
+    let (s, token) = (srv.server.clone(), srv.shutdown.clone());
+    let smtp_config = droid_adapters::SmtpConfig {
+        deliver_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    srv.tasks.push(tokio::spawn(async move {
+        s.serve_smtp(
+            listener,
+            smtp_config,
+            spool,
+            droid_adapters::ConnLimits::default(),
+            token,
+        )
+        .await;
+    }));
+    srv
 }
 
 // ---------------------------------------------------------------- client
@@ -356,6 +455,7 @@ pub fn spec(name: Option<&str>, target: &Target) -> TunnelSpec {
         name: name.map(str::to_string),
         target: target.clone(),
         host_header: HostHeader::Preserve,
+        mail: droid_client::MailSettings::default(),
     }
 }
 
@@ -392,6 +492,71 @@ pub fn client_unchecked(config: ClientConfig) -> TestClient {
         task,
         grants: Vec::new(),
     }
+}
+
+// ---------------------------------------------------------------- mail
+
+/// Runs `python3 -c script args...`; returns (ok, stdout, stderr).
+pub async fn python(script: &str, args: &[&str]) -> (bool, String, String) {
+    let out = within(
+        "python",
+        tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Sends one mail with Python's smtplib to `smtp`; prints each recipient's
+/// refusal as `REFUSED rcpt code`, or `SENT` when all were accepted, or
+/// `ERROR code message` when the whole mail was refused.
+pub async fn smtplib_send(
+    smtp: SocketAddr,
+    from: &str,
+    to: &[&str],
+    subject: &str,
+    body: &str,
+) -> String {
+    const SCRIPT: &str = r#"
+import smtplib, sys
+from email.message import EmailMessage
+host, port, sender, subject, body = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+rcpts = sys.argv[6:]
+m = EmailMessage()
+m['From'] = sender
+m['To'] = ', '.join(rcpts)
+m['Subject'] = subject
+m.set_content(body)
+m.add_attachment(b'%PDF-1.4 binary \x00\x01\x02', maintype='application', subtype='pdf', filename='report.pdf')
+try:
+    with smtplib.SMTP(host, port, timeout=30) as s:
+        refused = s.send_message(m, from_addr=sender, to_addrs=rcpts)
+        for r, (code, msg) in refused.items():
+            print('REFUSED', r, code)
+        if not refused:
+            print('SENT')
+except smtplib.SMTPRecipientsRefused as e:
+    for r, (code, msg) in e.recipients.items():
+        print('REFUSED', r, code)
+except smtplib.SMTPResponseException as e:
+    print('ERROR', e.smtp_code, e.smtp_error.decode())
+"#;
+    let port = smtp.port().to_string();
+    let ip = smtp.ip().to_string();
+    let mut args = vec![ip.as_str(), port.as_str(), from, subject, body];
+    args.extend_from_slice(to);
+    let (ok, out, err) = python(SCRIPT, &args).await;
+    assert!(ok, "smtplib failed: {err}");
+    out.trim().to_string()
 }
 
 // ---------------------------------------------------------------- requests

@@ -1,0 +1,262 @@
+//! One message for one destination, and what the app said to it.
+//!
+//! A [`Delivery`] is what the SMTP adapter tries during DATA and what the
+//! spool keeps for retries: the raw message, the envelope restricted to the
+//! destination's recipients, the destination's options, and a delivery id
+//! (a ULID) that stays the same on every attempt. Each attempt renders the
+//! body afresh and signs it with a new timestamp.
+//!
+//! The app's answer is classified once, here ([`classify`]): 2xx accepts;
+//! 4xx other than 408 and 429 rejects (the sender gets a 550 with the app's
+//! reason, or the spool dead-letters it); everything else (5xx, 408, 429,
+//! timeout, offline, broken exchange) is worth a retry.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use droid_core::deliver::{Deliver, DeliverError, DeliverErrorKind};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
+
+use crate::mail::{self, Envelope, Format};
+use crate::route::MailOptions;
+use crate::sign;
+
+/// One message on its way to one destination.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The delivery id (a ULID), the same on every retry.
+    pub id: String,
+    /// The owner key of the destination (see [`crate::route::Route::owner`]).
+    pub owner: String,
+    /// The readable destination name.
+    pub destination: String,
+    /// How the request is built.
+    pub options: MailOptions,
+    /// The envelope, with only this destination's recipients.
+    pub envelope: Envelope,
+    /// The message as received.
+    pub raw: Bytes,
+}
+
+/// The outcome of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// The app answered 2xx.
+    Accepted,
+    /// The app refused the message (4xx other than 408/429).
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// The first line of the app's answer, sanitised.
+        reason: String,
+    },
+    /// Worth trying again later.
+    Retry {
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+/// Now, in unix seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A new delivery id.
+pub fn new_id() -> String {
+    ulid::Ulid::generate().to_string()
+}
+
+/// The first non-empty line of an app's answer, as printable ASCII, at
+/// most 200 characters: safe to put in an SMTP reply.
+pub fn app_reason(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let clean: String = line
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(200)
+        .collect();
+    clean.trim().to_string()
+}
+
+/// Classifies the app's answer.
+pub fn classify(status: http::StatusCode, body: &[u8]) -> Attempt {
+    let code = status.as_u16();
+    if status.is_success() {
+        Attempt::Accepted
+    } else if status.is_client_error() && code != 408 && code != 429 {
+        let mut reason = app_reason(body);
+        if reason.is_empty() {
+            reason = format!("rejected by the app ({code})");
+        }
+        Attempt::Rejected {
+            status: code,
+            reason,
+        }
+    } else {
+        Attempt::Retry {
+            reason: format!("app answered {code} {}", app_reason(body))
+                .trim()
+                .to_string(),
+        }
+    }
+}
+
+impl Delivery {
+    /// Builds the signed request for an attempt made at `timestamp`.
+    pub fn request(&self, timestamp: u64) -> http::Request<Bytes> {
+        let body = mail::render(
+            self.options.format,
+            &self.raw,
+            &self.envelope,
+            self.options.max_attachment_inline,
+        );
+        let ts = timestamp.to_string();
+        let signature = sign::sign(&self.options.secret, &ts, &body.bytes);
+        let mut request = http::Request::new(Bytes::from(body.bytes));
+        *request.method_mut() = http::Method::POST;
+        let path = if self.options.path.starts_with('/') {
+            self.options.path.clone()
+        } else {
+            format!("/{}", self.options.path)
+        };
+        *request.uri_mut() =
+            http::Uri::try_from(path).unwrap_or_else(|_| http::Uri::from_static("/"));
+        let mut headers = vec![
+            (CONTENT_TYPE, body.content_type),
+            (CONTENT_LENGTH, request.body().len().to_string()),
+            (
+                USER_AGENT,
+                concat!("droid-smtp/", env!("CARGO_PKG_VERSION")).to_string(),
+            ),
+            (
+                HeaderName::from_static(sign::DELIVERY_ID_HEADER),
+                self.id.clone(),
+            ),
+            (HeaderName::from_static(sign::TIMESTAMP_HEADER), ts),
+            (HeaderName::from_static(sign::SIGNATURE_HEADER), signature),
+            (HeaderName::from_static("droid-adapter"), "smtp".to_string()),
+        ];
+        if self.options.format == Format::Raw {
+            for (name, value) in mail::raw_envelope_headers(&self.envelope) {
+                headers.push((HeaderName::from_static(name), value));
+            }
+        }
+        for (name, value) in headers {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                request.headers_mut().insert(name, value);
+            }
+        }
+        request
+    }
+
+    /// Makes one attempt through `sink`, bounded by `timeout`.
+    pub async fn attempt(&self, sink: &dyn Deliver, timeout: Duration) -> Attempt {
+        let request = self.request(unix_now());
+        let result = match tokio::time::timeout(timeout, sink.deliver(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(DeliverError::new(
+                DeliverErrorKind::Timeout,
+                format!("no answer within {timeout:?}"),
+            )),
+        };
+        match result {
+            Ok(response) => classify(response.status(), response.body()),
+            Err(error) => Attempt::Retry {
+                reason: error.to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        use http::StatusCode as S;
+        assert_eq!(classify(S::OK, b""), Attempt::Accepted);
+        assert_eq!(classify(S::NO_CONTENT, b""), Attempt::Accepted);
+        assert_eq!(
+            classify(
+                S::UNPROCESSABLE_ENTITY,
+                b"\n  unknown user \x01 here\r\nmore"
+            ),
+            Attempt::Rejected {
+                status: 422,
+                reason: "unknown user ? here".into()
+            }
+        );
+        assert!(matches!(
+            classify(S::NOT_FOUND, b""),
+            Attempt::Rejected { status: 404, .. }
+        ));
+        assert!(matches!(
+            classify(S::TOO_MANY_REQUESTS, b""),
+            Attempt::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(S::REQUEST_TIMEOUT, b""),
+            Attempt::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(S::BAD_GATEWAY, b""),
+            Attempt::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(S::MOVED_PERMANENTLY, b""),
+            Attempt::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn request_is_signed() {
+        let d = Delivery {
+            id: new_id(),
+            owner: "o".into(),
+            destination: "d".into(),
+            options: MailOptions {
+                secret: b"s3cret".to_vec(),
+                path: "inbound".into(),
+                ..Default::default()
+            },
+            envelope: Envelope {
+                mail_from: String::new(),
+                rcpt_to: vec!["a@b".into()],
+                client_ip: "::1".into(),
+                helo: "h".into(),
+                tls: false,
+                received_at: 1,
+            },
+            raw: Bytes::from_static(b"Subject: hi\r\n\r\nbody\r\n"),
+        };
+        let r = d.request(1_700_000_000);
+        assert_eq!(r.uri().path(), "/inbound");
+        let h = |n: &str| r.headers().get(n).unwrap().to_str().unwrap().to_string();
+        assert_eq!(h("droid-timestamp"), "1700000000");
+        assert_eq!(h("droid-delivery-id"), d.id);
+        assert!(sign::verify_signature(
+            b"s3cret",
+            "1700000000",
+            r.body(),
+            &h("droid-signature")
+        ));
+        let json: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(json["subject"], "hi");
+        assert_eq!(json["envelope"]["mail_from"], "");
+    }
+}

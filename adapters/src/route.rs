@@ -1,0 +1,156 @@
+//! Who a recipient belongs to, and how its mail is delivered.
+//!
+//! A [`MailRouter`] answers two questions: at `RCPT TO`, which destination
+//! takes this recipient ([`MailRouter::resolve`]; `None` means 550, so the
+//! adapter is never an open relay), and, when the spool retries, which sink
+//! reaches a given owner now ([`MailRouter::sink`]).
+//!
+//! The server implements it over its tunnel registry: the owner is the
+//! tunnel's owner id (derived from its resume secret), so a spooled message
+//! never reaches a later holder of the same name. [`UrlRouter`] is the
+//! standalone mode: one URL for every accepted recipient.
+
+use std::fmt;
+use std::sync::Arc;
+
+use droid_core::deliver::Deliver;
+use serde::{Deserialize, Serialize};
+
+use crate::mail::Format;
+
+/// How mail for one destination is delivered.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailOptions {
+    /// The request path, e.g. `/` or `/inbound`.
+    pub path: String,
+    /// The body format.
+    pub format: Format,
+    /// The HMAC-SHA256 key for `Droid-Signature`.
+    #[serde(with = "hex_bytes")]
+    pub secret: Vec<u8>,
+    /// Attachments larger than this (decoded bytes) are listed in JSON
+    /// without their content.
+    pub max_attachment_inline: usize,
+}
+
+impl Default for MailOptions {
+    fn default() -> MailOptions {
+        MailOptions {
+            path: "/".into(),
+            format: Format::Json,
+            secret: Vec::new(),
+            max_attachment_inline: 10 * 1024 * 1024,
+        }
+    }
+}
+
+impl fmt::Debug for MailOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailOptions")
+            .field("path", &self.path)
+            .field("format", &self.format)
+            .field("secret", &"MASKED")
+            .field("max_attachment_inline", &self.max_attachment_inline)
+            .finish()
+    }
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::sign::hex(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::sign::unhex(&text).ok_or_else(|| D::Error::custom("secret is not hex"))
+    }
+}
+
+/// Where the mail for one recipient goes.
+#[derive(Clone)]
+pub struct Route {
+    /// An opaque key of whoever owns the destination. A spooled message
+    /// belongs to it: retries ask [`MailRouter::sink`] for this owner.
+    pub owner: String,
+    /// A readable name for logs and grouping (e.g. the tunnel name).
+    pub destination: String,
+    /// The sink to try during the SMTP session.
+    pub sink: Arc<dyn Deliver>,
+    /// How to build the request.
+    pub options: MailOptions,
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("owner", &self.owner)
+            .field("destination", &self.destination)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps recipients to destinations and owners to sinks.
+pub trait MailRouter: Send + Sync {
+    /// The route for `recipient` (the address from `RCPT TO`, as given), or
+    /// `None` to refuse it with 550.
+    fn resolve(&self, recipient: &str) -> Option<Route>;
+
+    /// The sink that reaches `owner` now, or `None` while it is offline.
+    fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>>;
+}
+
+/// The standalone router: every accepted recipient goes to one sink.
+///
+/// With a domain, only `*@domain` (case-insensitive) is accepted; without
+/// one, any recipient is.
+pub struct UrlRouter {
+    sink: Arc<dyn Deliver>,
+    options: MailOptions,
+    domain: Option<String>,
+    destination: String,
+}
+
+/// The owner key [`UrlRouter`] gives every route.
+pub const URL_OWNER: &str = "url";
+
+impl UrlRouter {
+    /// A router that sends all accepted mail to `sink` with `options`.
+    /// `destination` names the sink in logs (e.g. the URL).
+    pub fn new(
+        sink: Arc<dyn Deliver>,
+        destination: impl Into<String>,
+        options: MailOptions,
+        domain: Option<String>,
+    ) -> UrlRouter {
+        UrlRouter {
+            sink,
+            options,
+            domain: domain.map(|d| d.trim_start_matches('@').to_ascii_lowercase()),
+            destination: destination.into(),
+        }
+    }
+}
+
+impl MailRouter for UrlRouter {
+    fn resolve(&self, recipient: &str) -> Option<Route> {
+        let (_, domain) = recipient.rsplit_once('@')?;
+        if let Some(wanted) = &self.domain
+            && !domain.eq_ignore_ascii_case(wanted)
+        {
+            return None;
+        }
+        Some(Route {
+            owner: URL_OWNER.into(),
+            destination: self.destination.clone(),
+            sink: self.sink.clone(),
+            options: self.options.clone(),
+        })
+    }
+
+    fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>> {
+        (owner == URL_OWNER).then(|| self.sink.clone())
+    }
+}
