@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufWriter, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,15 @@ use tracing::{debug, trace};
 /// The yamux stream limit both ends configure. Far above what [`Opener`] lets
 /// be open at once, so streams that linger half-closed never reach it.
 pub const MAX_STREAMS: usize = 8192;
+
+/// The write buffer under yamux: a full data frame (16 KiB) and its header.
+const WRITE_BUFFER: usize = 32 * 1024;
+
+/// The read buffer under yamux: a few frames per read.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// The socket as yamux sees it.
+type Buffered<T> = BufReader<BufWriter<T>>;
 
 /// The default number of streams an [`Opener`] lets be open at once.
 pub const DEFAULT_CONCURRENT_STREAMS: usize = 1024;
@@ -82,6 +91,11 @@ impl Session {
             Side::Client => yamux::Mode::Client,
             Side::Server => yamux::Mode::Server,
         };
+        // yamux reads and writes a frame's 12-byte header and its body
+        // separately, and flushes after every frame: buffers on both sides
+        // make one syscall carry a whole frame (or, reading, several), and
+        // never hold bytes past a flush.
+        let io = BufReader::with_capacity(READ_BUFFER, BufWriter::with_capacity(WRITE_BUFFER, io));
         let connection = yamux::Connection::new(io.compat(), config, mode);
         let (open_tx, open_rx) = mpsc::unbounded_channel();
         let (inbound_tx, inbound) = mpsc::unbounded_channel();
@@ -210,23 +224,18 @@ impl AsyncWrite for Stream {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
+    /// yamux has no vectored write: each buffer would become a frame of its
+    /// own (and a syscall). Saying so makes hyper flatten a message's head and
+    /// body into one buffer, so a small exchange is one frame each way.
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        false
     }
 }
 
 /// Owns the connection: answers open requests, hands out inbound streams, and
 /// keeps bytes moving until the connection ends or `closing` fires.
 async fn drive<T>(
-    mut connection: yamux::Connection<Compat<T>>,
+    mut connection: yamux::Connection<Compat<Buffered<T>>>,
     mut open_rx: mpsc::UnboundedReceiver<OpenReply>,
     inbound_tx: mpsc::UnboundedSender<Stream>,
     closing: CancellationToken,
