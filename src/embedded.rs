@@ -5,13 +5,13 @@ use std::io;
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
-use droid_adapters::{ConnLimits, bind_listener};
+use droid_adapters::bind_listener;
 use droid_server::{Server, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::mail::SmtpArgs;
+use crate::mail::SmtpSetup;
 
 /// How many ports after the asked one are tried when it is taken.
 const PORT_TRIES: u16 = 20;
@@ -40,7 +40,7 @@ impl Embedded {
 /// SMTP on `smtp` (or the next free port) unless it is `None`.
 pub async fn start(
     http: SocketAddr,
-    smtp: Option<(SocketAddr, &SmtpArgs)>,
+    smtp: Option<(SocketAddr, &SmtpSetup)>,
     shutdown: CancellationToken,
 ) -> Result<Embedded> {
     let http_listener = bind_next_free(http, "HTTP").await?;
@@ -55,15 +55,20 @@ pub async fn start(
     let server = Server::new(config);
     let mut tasks = Vec::new();
     let smtp = match smtp {
-        Some((addr, args)) => {
+        Some((addr, setup)) => {
             let listener = bind_next_free(addr, "SMTP").await?;
             let bound = listener.local_addr()?;
-            let spool = args.open_spool()?;
+            let spool = setup.spool.open()?;
             let described = crate::mail::describe_spool(spool.as_ref());
-            let (server, config, shutdown) = (server.clone(), args.config(), shutdown.clone());
+            let (server, config, limits, shutdown) = (
+                server.clone(),
+                setup.config.clone(),
+                setup.limits,
+                shutdown.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 server
-                    .serve_smtp(listener, config, spool, ConnLimits::default(), shutdown)
+                    .serve_smtp(listener, config, spool, limits, shutdown)
                     .await;
             }));
             Some((bound, described))

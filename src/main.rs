@@ -4,18 +4,21 @@
 //! tracing and prints what a user needs to see; the protocol lives in
 //! `droid-core`, the server in `droid-server`, the client in `droid-client`.
 
+mod config;
 mod embedded;
 mod mail;
 mod output;
+mod settings;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use droid_adapters::{ConnLimits, Format, MailOptions, bind_listener};
-use droid_client::{ClientConfig, HostHeader, MailSettings, Target, TunnelSpec};
-use droid_server::{NamePolicy, Server, ServerConfig};
+use droid_adapters::{Format, MailOptions, bind_listener};
+use droid_client::{ClientConfig, Target};
+use droid_server::Server;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -38,10 +41,51 @@ enum Command {
     /// Without --server, droid starts a server inside this process and prints
     /// a *.localhost URL that works on this machine.
     Http(HttpArgs),
+    /// Start the tunnels of a config file, all over one connection.
+    Start(StartArgs),
     /// Run a public droid server that clients connect to.
     Server(ServerArgs),
     /// Receive mail and POST each message to a URL, with no tunnel.
     Smtp(SmtpStandaloneArgs),
+    /// Check a config file, or print a commented example of one.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(clap::Args)]
+struct StartArgs {
+    /// The client config file (see `droid config example client`).
+    #[arg(long)]
+    config: PathBuf,
+    /// The tunnels to start, by name (default: all of them).
+    names: Vec<String>,
+    /// Start every tunnel in the file (the default).
+    #[arg(long, conflicts_with = "names")]
+    all: bool,
+    /// The droid server to use, HOST:PORT; overrides the file's `server`.
+    #[arg(long, env = "DROID_SERVER")]
+    server: Option<String>,
+    /// An auth token; overrides the file's `token`.
+    #[arg(long, env = "DROID_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a config file without starting anything.
+    Check {
+        /// The file.
+        file: PathBuf,
+        /// What the file configures (default: told by its keys).
+        #[arg(long, value_enum)]
+        kind: Option<config::Kind>,
+    },
+    /// Print a commented example file.
+    Example {
+        /// Which one.
+        #[arg(value_enum)]
+        kind: config::Kind,
+    },
 }
 
 #[derive(clap::Args)]
@@ -87,18 +131,22 @@ struct HttpArgs {
 
 #[derive(clap::Args)]
 struct SmtpStandaloneArgs {
-    /// Where to accept mail.
-    #[arg(long, default_value = "127.0.0.1:2525")]
-    listen: SocketAddr,
+    /// A standalone smtp config file (see `droid config example smtp`);
+    /// options given here override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where to accept mail [default: 127.0.0.1:2525].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// The URL each mail is POSTed to, e.g. http://localhost:3000/inbound.
     #[arg(long)]
-    post: String,
+    post: Option<String>,
     /// Accept mail only for *@DOMAIN (default: any recipient).
     #[arg(long)]
     domain: Option<String>,
-    /// The body of mail POSTs: json, multipart or raw.
-    #[arg(long, default_value = "json", value_parser = mail::format)]
-    format: Format,
+    /// The body of mail POSTs: json, multipart or raw [default: json].
+    #[arg(long, value_parser = mail::format)]
+    format: Option<Format>,
     /// The key of the Droid-Signature HMAC.
     #[arg(long, env = "DROID_MAIL_SECRET", hide_env_values = true)]
     secret: Option<String>,
@@ -116,27 +164,31 @@ enum HostHeaderArg {
 
 #[derive(clap::Args)]
 struct ServerArgs {
-    /// Tunnels are served at NAME.DOMAIN.
+    /// A server config file (see `droid config example server`); options
+    /// given here override it.
     #[arg(long)]
-    domain: String,
-    /// The public HTTP listener.
-    #[arg(long, default_value = "0.0.0.0:80")]
-    http: SocketAddr,
-    /// The listener clients connect to.
-    #[arg(long, default_value = "0.0.0.0:7835")]
-    control: SocketAddr,
+    config: Option<PathBuf>,
+    /// Tunnels are served at NAME.DOMAIN (required, here or in the file).
+    #[arg(long)]
+    domain: Option<String>,
+    /// The public HTTP listener [default: 0.0.0.0:80].
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// The listener clients connect to [default: 0.0.0.0:7835].
+    #[arg(long)]
+    control: Option<SocketAddr>,
     /// The port public URLs carry (default: the --http port; none for 80).
     #[arg(long)]
     public_port: Option<u16>,
-    /// How long a dropped client's names are kept for it alone.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
-    grace: Duration,
-    /// How long a released name is kept from new users.
-    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
-    quarantine: Duration,
-    /// A client silent for this long is dead.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    heartbeat_timeout: Duration,
+    /// How long a dropped client's names are kept for it alone [default: 10m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    grace: Option<Duration>,
+    /// How long a released name is kept from new users [default: 7d].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    quarantine: Option<Duration>,
+    /// A client silent for this long is dead [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat_timeout: Option<Duration>,
     /// Accept mail for *@NAME.DOMAIN here and deliver it through NAME's tunnel.
     #[arg(long)]
     smtp: Option<SocketAddr>,
@@ -144,31 +196,90 @@ struct ServerArgs {
     smtp_options: mail::SmtpArgs,
 }
 
+/// A command with its files read and checked, ready to run.
+enum Ready {
+    Tunnels(settings::TunnelSettings),
+    Server(settings::ServerSettings),
+    Smtp(settings::StandaloneSettings),
+}
+
+impl Ready {
+    fn log_level(&self) -> &str {
+        match self {
+            Ready::Tunnels(s) => &s.log_level,
+            Ready::Server(s) => &s.log_level,
+            Ready::Smtp(s) => &s.log_level,
+        }
+    }
+}
+
+/// Reads the config file, if any, and merges the command line over it.
+/// Nothing has started yet when this fails.
+fn prepare(command: Command) -> Result<Ready> {
+    Ok(match command {
+        Command::Http(args) => Ready::Tunnels(settings::http(&args)?),
+        Command::Start(args) => {
+            let file = config::load(&args.config)?;
+            Ready::Tunnels(settings::start(&args, file)?)
+        }
+        Command::Server(args) => {
+            let file = args.config.as_deref().map(config::load).transpose()?;
+            Ready::Server(settings::server(&args, file)?)
+        }
+        Command::Smtp(args) => {
+            let file = args.config.as_deref().map(config::load).transpose()?;
+            Ready::Smtp(settings::standalone(&args, file)?)
+        }
+        Command::Config(_) => unreachable!("config commands start nothing"),
+    })
+}
+
+/// `droid config check|example`.
+fn config_command(command: ConfigCommand) -> Result<()> {
+    match command {
+        ConfigCommand::Check { file, kind } => {
+            println!("{}", config::check(&file, kind)?);
+        }
+        ConfigCommand::Example { kind } => print!("{}", config::example(kind)),
+    }
+    Ok(())
+}
+
+fn fail(e: &anyhow::Error) -> std::process::ExitCode {
+    eprintln!("droid: {e:#}");
+    std::process::ExitCode::FAILURE
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let default_level = match cli.command {
-        Command::Server(_) | Command::Smtp(_) => "info",
-        Command::Http(_) => "warn",
+    let ready = match cli.command {
+        Command::Config(command) => {
+            return match config_command(command) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            };
+        }
+        command => match prepare(command) {
+            Ok(ready) => ready,
+            Err(e) => return fail(&e),
+        },
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(ready.log_level())),
         )
         .with_writer(std::io::stderr)
         .init();
     let shutdown = shutdown_on_signal();
-    let result = match cli.command {
-        Command::Http(args) => http(args, shutdown).await,
-        Command::Server(args) => server(args, shutdown).await,
-        Command::Smtp(args) => smtp(args, shutdown).await,
+    let result = match ready {
+        Ready::Tunnels(settings) => tunnels(settings, shutdown).await,
+        Ready::Server(settings) => server(settings, shutdown).await,
+        Ready::Smtp(settings) => smtp(settings, shutdown).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("droid: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => fail(&e),
     }
 }
 
@@ -199,23 +310,16 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-async fn server(args: ServerArgs, shutdown: CancellationToken) -> Result<()> {
-    let http = TcpListener::bind(args.http)
+async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Result<()> {
+    let http = TcpListener::bind(s.http)
         .await
-        .with_context(|| format!("cannot listen for HTTP on {}", args.http))?;
-    let control = TcpListener::bind(args.control)
+        .with_context(|| format!("cannot listen for HTTP on {}", s.http))?;
+    let control = TcpListener::bind(s.control)
         .await
-        .with_context(|| format!("cannot listen for clients on {}", args.control))?;
+        .with_context(|| format!("cannot listen for clients on {}", s.control))?;
     let http_port = http.local_addr()?.port();
-    let mut config = ServerConfig::new(&args.domain);
-    config.public_port = args.public_port.or(Some(http_port)).filter(|&p| p != 80);
-    config.names = NamePolicy {
-        grace: args.grace,
-        quarantine: args.quarantine,
-        ..NamePolicy::default()
-    };
-    config.heartbeat_timeout = args.heartbeat_timeout;
-    config.smtp = args.smtp.is_some();
+    let mut config = s.config;
+    config.public_port = s.public_port.or(Some(http_port)).filter(|&p| p != 80);
     println!(
         "droid server: domain {}, http on {}, control on {}",
         config.domain,
@@ -223,23 +327,22 @@ async fn server(args: ServerArgs, shutdown: CancellationToken) -> Result<()> {
         control.local_addr()?
     );
     let server = Server::new(config);
-    let smtp = match args.smtp {
-        Some(addr) => {
+    let smtp = match s.smtp {
+        Some((addr, setup)) => {
             let listener = bind_listener(addr)
                 .await
                 .with_context(|| format!("cannot listen for SMTP on {addr}"))?;
-            let spool = args.smtp_options.open_spool()?;
+            let spool = setup.spool.open()?;
             println!(
                 "droid server: smtp on {}, mail to *@NAME.{}, {}",
                 listener.local_addr()?,
                 server.config().domain,
                 mail::describe_spool(spool.as_ref())
             );
-            let (server, config, shutdown) =
-                (server.clone(), args.smtp_options.config(), shutdown.clone());
+            let (server, shutdown) = (server.clone(), shutdown.clone());
             Some(tokio::spawn(async move {
                 server
-                    .serve_smtp(listener, config, spool, ConnLimits::default(), shutdown)
+                    .serve_smtp(listener, setup.config, spool, setup.limits, shutdown)
                     .await;
             }))
         }
@@ -252,58 +355,36 @@ async fn server(args: ServerArgs, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-async fn smtp(args: SmtpStandaloneArgs, shutdown: CancellationToken) -> Result<()> {
-    let listener = bind_listener(args.listen)
+async fn smtp(s: settings::StandaloneSettings, shutdown: CancellationToken) -> Result<()> {
+    let listener = bind_listener(s.listen)
         .await
-        .with_context(|| format!("cannot listen for SMTP on {}", args.listen))?;
-    let accepts = args
+        .with_context(|| format!("cannot listen for SMTP on {}", s.listen))?;
+    let accepts = s
         .domain
         .as_deref()
         .map_or("any recipient".to_string(), |d| format!("*@{d}"));
     println!(
         "droid smtp: listening on {}, mail to {accepts} is POSTed to {} as {}",
         listener.local_addr()?,
-        args.post,
-        args.format
+        s.post,
+        s.format
     );
     let options = MailOptions {
-        format: args.format,
-        secret: args.secret.unwrap_or_default().into_bytes(),
+        format: s.format,
+        secret: s.secret.unwrap_or_default().into_bytes(),
         ..MailOptions::default()
     };
-    mail::standalone(
-        listener,
-        &args.post,
-        args.domain,
-        options,
-        &args.smtp_options,
-        shutdown,
-    )
-    .await
+    mail::standalone(listener, &s.post, s.domain, options, &s.setup, shutdown).await
 }
 
-async fn http(args: HttpArgs, shutdown: CancellationToken) -> Result<()> {
-    let spec = TunnelSpec {
-        name: args.name,
-        target: args.target.clone(),
-        host_header: match args.host_header {
-            HostHeaderArg::Preserve => HostHeader::Preserve,
-            HostHeaderArg::Rewrite => HostHeader::Rewrite,
-        },
-        mail: MailSettings {
-            path: Some(args.mail_path.clone()),
-            format: Some(args.mail_format.to_string()),
-            secret: args.mail_secret.clone(),
-        },
-    };
-    if !args.mail_path.starts_with('/') {
-        anyhow::bail!("--mail-path must start with /, e.g. /inbound");
-    }
-    let (server_addr, state_server, embedded) = match args.server {
+/// `droid http` and `droid start`: one or more tunnels over one connection,
+/// through `--server` or an embedded server.
+async fn tunnels(s: settings::TunnelSettings, shutdown: CancellationToken) -> Result<()> {
+    let (server_addr, state_server, embedded) = match s.server {
         Some(server) => (server.clone(), server, None),
         None => {
-            let smtp = (!args.no_smtp).then_some((args.smtp, &args.smtp_options));
-            let embedded = embedded::start(args.http, smtp, shutdown.clone()).await?;
+            let smtp = s.embedded_smtp.as_ref().map(|(addr, setup)| (*addr, setup));
+            let embedded = embedded::start(s.embedded_http, smtp, shutdown.clone()).await?;
             // Not the port: the same command gets the same name even when
             // the embedded server had to take another port.
             (
@@ -313,18 +394,22 @@ async fn http(args: HttpArgs, shutdown: CancellationToken) -> Result<()> {
             )
         }
     };
-    let mut config = ClientConfig::new(server_addr, vec![spec]);
-    config.token = args.token;
+    let mut config = ClientConfig::new(server_addr, s.tunnels);
+    config.token = s.token;
+    if let Some(timeout) = s.heartbeat_timeout {
+        config.heartbeat_timeout = timeout;
+    }
     config.state_key = ClientConfig::default_state_key(&state_server, &config.tunnels);
-    output::banner(&args.target, embedded.as_ref());
-    output::check_target(&args.target).await;
+    output::banner(&config.tunnels, embedded.as_ref());
+    for spec in &config.tunnels {
+        output::check_target(&spec.target).await;
+    }
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let mail = output::MailDisplay {
         smtp: embedded
             .as_ref()
             .and_then(|e| e.smtp.as_ref().map(|(addr, _)| *addr)),
-        path: args.mail_path.clone(),
-        format: args.mail_format.to_string(),
+        tunnels: config.tunnels.iter().map(|t| t.mail.clone()).collect(),
     };
     let printer = tokio::spawn(output::print_events(events_rx, mail));
     let result = droid_client::run(config, Some(events_tx), shutdown.clone()).await;

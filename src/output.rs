@@ -5,35 +5,60 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use droid_client::{ClientEvent, Target};
+use droid_client::{ClientEvent, MailSettings, Target, TunnelSpec};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::embedded::Embedded;
 
-pub fn banner(target: &Target, embedded: Option<&Embedded>) {
+pub fn banner(tunnels: &[TunnelSpec], embedded: Option<&Embedded>) {
+    let target = match tunnels {
+        [one] => format!("http://{}", one.target),
+        many => many
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} to http://{}",
+                    t.name.as_deref().unwrap_or("a random name"),
+                    t.target
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
     match embedded {
         Some(e) => {
             say(&format!(
-                "droid: forwarding to http://{target} through a local server on {} (use --server HOST:PORT for a public one)",
+                "droid: forwarding {target} through a local server on {} (use --server HOST:PORT for a public one)",
                 e.http
             ));
             if let Some((_, spool)) = &e.smtp {
                 say(&format!("droid: mail {spool}"));
             }
         }
-        None => say(&format!("droid: forwarding to http://{target}")),
+        None => say(&format!("droid: forwarding {target}")),
     }
 }
 
-/// How mail reaches the app, for the lines printed when the tunnel is up.
+/// How mail reaches the app, for the lines printed when the tunnels are up.
 pub struct MailDisplay {
     /// The embedded server's SMTP listener, if any.
     pub smtp: Option<SocketAddr>,
-    /// Where mail is POSTed.
-    pub path: String,
-    /// The POST's format.
-    pub format: String,
+    /// Each tunnel's mail settings, in the order of the grants.
+    pub tunnels: Vec<MailSettings>,
+}
+
+/// `POST /inbound (json)`, and the routes when there are any.
+fn describe_mail(mail: &MailSettings) -> String {
+    let mut line = format!(
+        "POST {} ({})",
+        mail.path.as_deref().unwrap_or("/"),
+        mail.format.as_deref().unwrap_or("json")
+    );
+    for route in &mail.routes {
+        line.push_str(&format!(", {} to {}", route.pattern, route.path));
+    }
+    line
 }
 
 /// Says plainly when nothing listens at the target yet; the tunnel comes up
@@ -59,7 +84,7 @@ pub async fn print_events(mut events: mpsc::UnboundedReceiver<ClientEvent>, mail
                 reconnected,
                 mail_secret,
             } => {
-                for t in &tunnels {
+                for (i, t) in tunnels.iter().enumerate() {
                     if reconnected {
                         say(&format!("droid: reconnected, {} is up again", t.url));
                         continue;
@@ -67,10 +92,8 @@ pub async fn print_events(mut events: mpsc::UnboundedReceiver<ClientEvent>, mail
                     say(&t.url);
                     if let Some(domain) = &t.smtp {
                         let via = mail.smtp.map(|a| format!("smtp {a}, ")).unwrap_or_default();
-                        say(&format!(
-                            "{via}mail to anything@{domain} arrives as POST {} ({})",
-                            mail.path, mail.format
-                        ));
+                        let how = mail.tunnels.get(i).map(describe_mail).unwrap_or_default();
+                        say(&format!("{via}mail to anything@{domain} arrives as {how}"));
                     }
                 }
                 if !reconnected && tunnels.iter().any(|t| t.smtp.is_some()) {

@@ -23,6 +23,7 @@ fn mail_spec(
         path: Some(path.into()),
         format: None,
         secret: Some(secret.into()),
+        routes: Vec::new(),
     };
     s
 }

@@ -98,6 +98,57 @@ pub struct MailSettings {
     /// The key of the `Droid-Signature` HMAC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Recipient patterns to paths, tried in order; the first match gives
+    /// the path, and a recipient no route matches goes to `path`. An
+    /// addition old servers ignore (all mail then goes to `path`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<MailRoute>,
+}
+
+/// One mail route: recipients matching `pattern` are POSTed to `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailRoute {
+    /// A recipient address pattern, case-insensitive, where `*` matches any
+    /// run of characters: `support@*`, `*+orders@*`, `*`.
+    pub pattern: String,
+    /// The path the matching mail is POSTed to, e.g. `/support`.
+    pub path: String,
+}
+
+impl MailRoute {
+    /// Whether `recipient` (a bare address, `<>` optional) matches the pattern.
+    pub fn matches(&self, recipient: &str) -> bool {
+        let recipient = recipient
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_ascii_lowercase();
+        glob(&self.pattern.to_ascii_lowercase(), &recipient)
+    }
+}
+
+/// `*`-only wildcard matching, linear in practice (greedy with backtracking
+/// to the last star).
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 impl std::fmt::Debug for MailSettings {
@@ -106,6 +157,7 @@ impl std::fmt::Debug for MailSettings {
             .field("path", &self.path)
             .field("format", &self.format)
             .field("secret", &self.secret.as_ref().map(|_| "MASKED"))
+            .field("routes", &self.routes)
             .finish()
     }
 }
@@ -324,6 +376,27 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, BufReader};
+
+    #[test]
+    fn mail_routes_match_recipient_patterns() {
+        let route = |pattern: &str| MailRoute {
+            pattern: pattern.into(),
+            path: "/p".into(),
+        };
+        assert!(route("support@*").matches("Support@Shop.Example.com"));
+        assert!(route("support@*").matches("<support@x>"));
+        assert!(!route("support@*").matches("support+tag@x"));
+        assert!(route("*+orders@*").matches("ann+orders@x"));
+        assert!(route("*").matches("anyone@anywhere"));
+        assert!(route("a*b*c@x").matches("abxbyc@x"));
+        assert!(!route("a*b*c@x").matches("abxbyd@x"));
+        assert!(!route("exact@x").matches("exact@xy"));
+        // an old server ignores routes; a new one reads a hello without them
+        let m: MailSettings = serde_json::from_str(r#"{"path":"/in"}"#).unwrap();
+        assert!(m.routes.is_empty());
+        let json = serde_json::to_string(&MailSettings::default()).unwrap();
+        assert_eq!(json, "{}");
+    }
 
     #[test]
     fn unknown_message_types_and_fields_are_ignored() {

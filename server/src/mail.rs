@@ -41,15 +41,27 @@ impl MailRouter for TunnelRouter {
     fn resolve(&self, recipient: &str) -> Option<Route> {
         let name = tunnel_of(recipient, &self.shared.config.domain)?;
         let tunnel = self.shared.registry.holder(&name)?;
+        let mut options = mail_options(&tunnel.mail);
+        // With mail routes, each path is a destination of its own, so the
+        // adapter delivers once per path; the owner (what the spool retries
+        // through) stays the tunnel's.
+        let destination = if tunnel.mail.routes.is_empty() {
+            tunnel.name.clone()
+        } else {
+            if let Some(path) = routed_path(&tunnel.mail, recipient) {
+                options.path = path.to_string();
+            }
+            format!("{}{}", tunnel.name, options.path)
+        };
         Some(Route {
             owner: owner_key(&tunnel),
-            destination: tunnel.name.clone(),
+            destination,
             sink: Arc::new(TunnelSink {
                 shared: self.shared.clone(),
                 name: tunnel.name.clone(),
                 owner_id: tunnel.owner_id.clone(),
             }),
-            options: mail_options(&tunnel.mail),
+            options,
         })
     }
 
@@ -76,6 +88,17 @@ fn tunnel_of(recipient: &str, domain: &str) -> Option<String> {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let name = host.strip_suffix(domain)?.strip_suffix('.')?;
     (!name.is_empty() && !name.contains('.')).then(|| name.to_string())
+}
+
+/// The path of the first mail route `recipient` matches (routes whose path
+/// does not start with `/` are skipped), if any.
+fn routed_path<'a>(settings: &'a MailSettings, recipient: &str) -> Option<&'a str> {
+    settings
+        .routes
+        .iter()
+        .filter(|r| r.path.starts_with('/'))
+        .find(|r| r.matches(recipient))
+        .map(|r| r.path.as_str())
 }
 
 /// The adapter's options from what the client asked for.
@@ -208,6 +231,7 @@ mod tests {
             path: Some("/inbound".into()),
             format: Some("multipart".into()),
             secret: Some("s3cret".into()),
+            routes: Vec::new(),
         });
         assert_eq!(o.path, "/inbound");
         assert_eq!(o.format, Format::Multipart);
@@ -215,5 +239,26 @@ mod tests {
         let o = mail_options(&MailSettings::default());
         assert_eq!(o.path, "/");
         assert_eq!(o.format, Format::Json);
+    }
+
+    #[test]
+    fn the_first_matching_route_gives_the_path() {
+        let route = |pattern: &str, path: &str| protocol::MailRoute {
+            pattern: pattern.into(),
+            path: path.into(),
+        };
+        let settings = MailSettings {
+            path: Some("/fallback".into()),
+            routes: vec![
+                route("bad@*", "no-slash"),
+                route("support@*", "/support"),
+                route("*", "/inbound"),
+            ],
+            ..MailSettings::default()
+        };
+        assert_eq!(routed_path(&settings, "support@shop.x"), Some("/support"));
+        assert_eq!(routed_path(&settings, "sales@shop.x"), Some("/inbound"));
+        assert_eq!(routed_path(&settings, "bad@shop.x"), Some("/inbound"));
+        assert_eq!(routed_path(&MailSettings::default(), "a@b"), None);
     }
 }

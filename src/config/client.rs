@@ -1,0 +1,108 @@
+//! The client file: `droid start --config droid.toml [NAMES...]`.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::smtp::{SmtpFile, SpoolFile};
+use super::values::{Addr, Dur, Local, LogLevel, MailFormat, NonEmpty, TunnelName, UrlPath};
+
+/// A client's settings: a server and named tunnels over one connection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    /// The server's control address, `HOST:PORT`; absent starts a local
+    /// server in the same process, as `droid http` does.
+    pub server: Option<NonEmpty>,
+    /// An auth token, if the server requires one.
+    pub token: Option<NonEmpty>,
+    /// A server silent for this long is dead.
+    pub heartbeat_timeout: Option<Dur>,
+    /// The log level when `RUST_LOG` is unset.
+    pub log_level: Option<LogLevel>,
+    /// The tunnels, all carried by one connection.
+    pub tunnels: Spanned<Vec<TunnelFile>>,
+    /// The local server used when `server` is absent.
+    pub embedded: Option<Spanned<EmbeddedFile>>,
+    /// The embedded server's mail spool.
+    pub spool: Option<Spanned<SpoolFile>>,
+}
+
+/// One `[[tunnels]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelFile {
+    /// The name: the URL's first label, and what `droid start NAME` selects.
+    pub name: Spanned<TunnelName>,
+    /// The local app: a port, `HOST:PORT` or an `http://` URL.
+    pub local: Local,
+    /// `preserve` (the app sees the public Host) or `rewrite`.
+    #[serde(default)]
+    pub host_header: HostHeaderFile,
+    /// How mail to this tunnel is POSTed.
+    pub mail: Option<TunnelMailFile>,
+}
+
+/// `host_header`.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostHeaderFile {
+    /// Keep the visitor's Host.
+    #[default]
+    Preserve,
+    /// Set Host to the target's host:port.
+    Rewrite,
+}
+
+/// `[tunnels.mail]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelMailFile {
+    /// The path mail is POSTed to when no route matches.
+    pub path: Option<UrlPath>,
+    /// `json`, `multipart` or `raw`.
+    pub format: Option<MailFormat>,
+    /// The key of the Droid-Signature HMAC.
+    pub secret: Option<NonEmpty>,
+    /// Recipient patterns to paths, first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+/// One mail route: `{ pattern = "support@*", path = "/support" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// A recipient pattern; `*` matches any run of characters.
+    pub pattern: NonEmpty,
+    /// The path matching mail goes to.
+    pub path: UrlPath,
+}
+
+/// `[embedded]`: the local server `droid start` runs when `server` is absent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedFile {
+    /// Where it serves HTTP (`--http` of `droid http`).
+    pub http: Option<Addr>,
+    /// Its SMTP listener and limits.
+    pub smtp: Option<SmtpFile>,
+}
+
+impl ClientFile {
+    /// The standalone-only SMTP key set in `[embedded.smtp]`, if any.
+    pub fn misplaced_smtp_key(&self) -> Option<(&'static str, std::ops::Range<usize>)> {
+        self.embedded
+            .as_ref()
+            .and_then(|e| e.get_ref().smtp.as_ref())
+            .and_then(SmtpFile::standalone_key)
+    }
+
+    /// The names of the tunnels, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.tunnels
+            .get_ref()
+            .iter()
+            .map(|t| t.name.get_ref().0.clone())
+            .collect()
+    }
+}

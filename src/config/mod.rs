@@ -1,0 +1,288 @@
+//! Config files: one TOML file for a server, one for a client, one for a
+//! standalone SMTP adapter. Each key is the command-line option of the same
+//! name with `_` for `-`, grouped in tables by concern; the command line
+//! overrides the file.
+//!
+//! - [`values`]: the value types, each checked as it is read (addresses,
+//!   durations, targets, `${VAR}` expansion, settings not supported yet).
+//! - [`error`]: [`ConfigError`]: the file, line, column and key of the
+//!   first problem, with a "did you mean" hint.
+//! - [`server`], [`client`], [`smtp`]: the three files.
+//!
+//! Reading a file is [`load`]: TOML with every table `deny_unknown_fields`,
+//! then the checks serde cannot make (duplicate tunnel names, keys in the
+//! wrong kind of file).
+
+pub mod client;
+pub mod error;
+pub mod server;
+pub mod smtp;
+pub mod values;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+pub use client::ClientFile;
+pub use error::ConfigError;
+pub use server::ServerFile;
+pub use smtp::StandaloneFile;
+
+/// The three kinds of file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// `droid server --config`.
+    Server,
+    /// `droid start --config`.
+    Client,
+    /// `droid smtp --config`: mail POSTed to a URL, no tunnel.
+    Smtp,
+}
+
+/// The commented examples `droid config example` prints; the same files are
+/// in `examples/configs/` and the tests check them.
+pub fn example(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Server => include_str!("../../examples/configs/server.toml"),
+        Kind::Client => include_str!("../../examples/configs/droid.toml"),
+        Kind::Smtp => include_str!("../../examples/configs/smtp.toml"),
+    }
+}
+
+/// Checks serde cannot make, with the source for positions.
+pub trait Validate {
+    /// The first problem, if any.
+    fn validate(&self, file: &Path, source: &str) -> Result<(), ConfigError>;
+}
+
+/// Reads and checks a config file.
+pub fn load<T: DeserializeOwned + Validate>(file: &Path) -> Result<T, ConfigError> {
+    let source = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::whole(file, format!("cannot read the config file: {e}")))?;
+    parse(file, &source)
+}
+
+/// Parses and checks `source`, read from `file`.
+pub fn parse<T: DeserializeOwned + Validate>(file: &Path, source: &str) -> Result<T, ConfigError> {
+    let document = toml::de::Deserializer::parse(source)
+        .map_err(|e| ConfigError::from_toml(file, source, None, &e))?;
+    let value: T = serde_path_to_error::deserialize(document).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::from_toml(file, source, Some(path), e.inner())
+    })?;
+    value.validate(file, source)?;
+    Ok(value)
+}
+
+/// Which kind of file `source` is, from its top-level keys.
+pub fn detect(file: &Path, source: &str) -> Result<Kind, ConfigError> {
+    let table: toml::Table = match source.parse() {
+        Ok(table) => table,
+        // a syntax error: report it as any kind would
+        Err(_) => return Ok(Kind::Client),
+    };
+    let has = |keys: &[&str]| keys.iter().any(|k| table.contains_key(*k));
+    if has(&[
+        "domain",
+        "http",
+        "control",
+        "public_port",
+        "heartbeat_interval",
+        "names",
+        "limits",
+        "tokens",
+    ]) {
+        Ok(Kind::Server)
+    } else if has(&["server", "token", "tunnels", "embedded"]) {
+        Ok(Kind::Client)
+    } else if has(&["adapters"]) {
+        Ok(Kind::Smtp)
+    } else {
+        Err(ConfigError::whole(
+            file,
+            "cannot tell whether this is a server, client or smtp file; pass --kind server|client|smtp",
+        ))
+    }
+}
+
+/// `droid config check`: reads the file as `kind` (or the kind its keys
+/// say) and describes what it would start.
+pub fn check(file: &Path, kind: Option<Kind>) -> Result<String, ConfigError> {
+    let source = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::whole(file, format!("cannot read the config file: {e}")))?;
+    let kind = match kind {
+        Some(kind) => kind,
+        None => detect(file, &source)?,
+    };
+    let name = file.display();
+    Ok(match kind {
+        Kind::Server => {
+            let f: ServerFile = parse(file, &source)?;
+            let smtp = f.adapters.as_ref().and_then(|a| a.smtp.as_ref());
+            let mail = match smtp {
+                Some(s) if s.enabled != Some(false) => "with smtp",
+                _ => "no smtp",
+            };
+            format!("{name}: ok: a server for *.{}, {mail}", f.domain.0)
+        }
+        Kind::Client => {
+            let f: ClientFile = parse(file, &source)?;
+            let server = f
+                .server
+                .as_ref()
+                .map_or("a local embedded server".to_string(), |s| s.0.clone());
+            let tunnels: Vec<String> = f
+                .tunnels
+                .get_ref()
+                .iter()
+                .map(|t| format!("{} -> {}", t.name.get_ref().0, t.local.0))
+                .collect();
+            format!(
+                "{name}: ok: a client of {server}, tunnels {}",
+                tunnels.join(", ")
+            )
+        }
+        Kind::Smtp => {
+            let f: StandaloneFile = parse(file, &source)?;
+            let post = f
+                .adapters
+                .smtp
+                .get_ref()
+                .post
+                .as_ref()
+                .map(|p| p.get_ref().0.clone())
+                .unwrap_or_default();
+            format!("{name}: ok: a standalone smtp adapter posting to {post}")
+        }
+    })
+}
+
+impl Validate for ServerFile {
+    fn validate(&self, file: &Path, source: &str) -> Result<(), ConfigError> {
+        let smtp = self.adapters.as_ref().and_then(|a| a.smtp.as_ref());
+        if let Some((key, span)) = smtp.and_then(smtp::SmtpFile::standalone_key) {
+            return Err(ConfigError::at(
+                file,
+                source,
+                Some(span),
+                Some(format!("adapters.smtp.{key}")),
+                format!(
+                    "`{key}` belongs in a standalone smtp file (droid smtp --config); on a server each client's tunnel says where its mail goes"
+                ),
+            ));
+        }
+        if let (None, Some(spool)) = (smtp, &self.spool) {
+            return Err(ConfigError::at(
+                file,
+                source,
+                Some(spool.span()),
+                Some("spool".into()),
+                "[spool] holds mail, but this server runs no [adapters.smtp]; add one or remove [spool]",
+            ));
+        }
+        if let Some(max) = self
+            .limits
+            .as_ref()
+            .and_then(|l| l.max_streams_per_tunnel.as_ref())
+            && *max.get_ref() == 0
+        {
+            return Err(ConfigError::at(
+                file,
+                source,
+                Some(max.span()),
+                Some("limits.max_streams_per_tunnel".into()),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for ClientFile {
+    fn validate(&self, file: &Path, source: &str) -> Result<(), ConfigError> {
+        let tunnels = self.tunnels.get_ref();
+        if tunnels.is_empty() {
+            return Err(ConfigError::at(
+                file,
+                source,
+                Some(self.tunnels.span()),
+                Some("tunnels".into()),
+                "no tunnels: add at least one [[tunnels]] table with a name and a local target",
+            ));
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, t) in tunnels.iter().enumerate() {
+            let name = t.name.get_ref().0.as_str();
+            if let Some(&first) = seen.get(name) {
+                let first_line =
+                    ConfigError::at(file, source, Some(tunnels[first].name.span()), None, "")
+                        .line()
+                        .unwrap_or(0);
+                return Err(ConfigError::at(
+                    file,
+                    source,
+                    Some(t.name.span()),
+                    Some(format!("tunnels[{i}].name")),
+                    format!(
+                        "two tunnels are named `{name}` (the first on line {first_line}); names must be unique"
+                    ),
+                ));
+            }
+            seen.insert(name, i);
+        }
+        if let Some((key, span)) = self.misplaced_smtp_key() {
+            return Err(ConfigError::at(
+                file,
+                source,
+                Some(span),
+                Some(format!("embedded.smtp.{key}")),
+                format!(
+                    "`{key}` belongs in a standalone smtp file (droid smtp --config); here each tunnel's [tunnels.mail] says where its mail goes"
+                ),
+            ));
+        }
+        let unused = match (&self.embedded, &self.spool) {
+            (Some(e), _) => Some(("embedded", e.span())),
+            (None, Some(s)) => Some(("spool", s.span())),
+            (None, None) => None,
+        };
+        if let (Some(_), Some((what, span))) = (&self.server, unused) {
+            return Err(ConfigError::at(
+                file,
+                source,
+                Some(span),
+                Some(what.to_string()),
+                format!(
+                    "[{what}] configures the local server droid starts when `server` is absent; with `server` set it would do nothing, so remove one of them"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for StandaloneFile {
+    fn validate(&self, file: &Path, source: &str) -> Result<(), ConfigError> {
+        let smtp = &self.adapters.smtp;
+        if smtp.get_ref().post.is_none() {
+            return Err(ConfigError::at(
+                file,
+                source,
+                Some(smtp.span()),
+                Some("adapters.smtp".into()),
+                "missing required key `post` in `[adapters.smtp]`: the URL each mail is POSTed to",
+            ));
+        }
+        if smtp.get_ref().enabled == Some(false) {
+            return Err(ConfigError::at(
+                file,
+                source,
+                Some(smtp.span()),
+                Some("adapters.smtp.enabled".into()),
+                "`enabled = false` leaves a standalone smtp file nothing to run",
+            ));
+        }
+        Ok(())
+    }
+}

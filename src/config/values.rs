@@ -1,0 +1,255 @@
+//! The value types of config files. Each checks itself while the file is
+//! read, so a bad value is reported with its line and column: strings with
+//! `${VAR}` expanded, addresses, durations, local targets, paths, names, and
+//! [`Unsupported`] for settings nothing enforces yet.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use droid_adapters::Format;
+use droid_client::Target;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+/// Replaces each `${NAME}` with the environment variable NAME; `$${` is a
+/// literal `${`. An unset variable is an error that names it.
+pub fn expand(raw: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("`${{` without a closing `}}` in \"{raw}\""))?;
+            let name = &body[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!(
+                    "`${{{name}}}` is not a variable name (letters, digits and _)"
+                ));
+            }
+            match std::env::var(name) {
+                Ok(value) => out.push_str(&value),
+                Err(std::env::VarError::NotPresent) => {
+                    return Err(format!("environment variable {name} is not set"));
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(format!("environment variable {name} is not valid UTF-8"));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Reads a string, expands it and parses it with `parse`.
+fn parsed<'de, D, T>(d: D, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let raw = String::deserialize(d)?;
+    let text = expand(&raw).map_err(de::Error::custom)?;
+    parse(&text).map_err(de::Error::custom)
+}
+
+/// A string value, `${VAR}` expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |s| Ok(Text(s.to_string())))
+    }
+}
+
+/// A non-empty string value, `${VAR}` expanded (a token, a secret, a URL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonEmpty(pub String);
+
+impl<'de> Deserialize<'de> for NonEmpty {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |s| {
+            if s.is_empty() {
+                Err("must not be empty".to_string())
+            } else {
+                Ok(NonEmpty(s.to_string()))
+            }
+        })
+    }
+}
+
+/// A socket address, `IP:PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addr(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |s| {
+            s.parse().map(Addr).map_err(|_| {
+                format!(
+                    "`{s}` is not an address; expected IP:PORT, like 0.0.0.0:80 or 127.0.0.1:2525"
+                )
+            })
+        })
+    }
+}
+
+/// A duration: `30s`, `10m`, `7d`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |s| {
+            humantime::parse_duration(s)
+                .map(Dur)
+                .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 30s, 10m or 7d"))
+        })
+    }
+}
+
+/// A URL path: starts with `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlPath(pub String);
+
+impl<'de> Deserialize<'de> for UrlPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |s| {
+            if s.starts_with('/') {
+                Ok(UrlPath(s.to_string()))
+            } else {
+                Err(format!("`{s}` must start with /, e.g. /{s}"))
+            }
+        })
+    }
+}
+
+/// A tunnel name: one DNS label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelName(pub String);
+
+impl<'de> Deserialize<'de> for TunnelName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |s| {
+            droid_server::names::validate(s)
+                .map(|()| TunnelName(s.to_string()))
+                .map_err(|why| format!("`{s}` is not a tunnel name: {why}"))
+        })
+    }
+}
+
+/// The body format of mail POSTs: `json`, `multipart` or `raw`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailFormat(pub Format);
+
+impl<'de> Deserialize<'de> for MailFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |s| {
+            Format::from_str(s).map(MailFormat).map_err(|_| {
+                format!("unknown value `{s}`, expected one of `json`, `multipart`, `raw`")
+            })
+        })
+    }
+}
+
+/// A log level or `RUST_LOG`-style filter: `info`, `droid_server=debug,warn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLevel(pub String);
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |s| {
+            tracing_subscriber::EnvFilter::try_new(s)
+                .map(|_| LogLevel(s.to_string()))
+                .map_err(|_| {
+                    format!(
+                        "`{s}` is not a log level; expected error, warn, info, debug, trace, or a filter like droid_server=debug"
+                    )
+                })
+        })
+    }
+}
+
+/// A local target: a port (`3000`), `HOST:PORT`, or an `http://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local(pub Target);
+
+impl<'de> Deserialize<'de> for Local {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct LocalVisitor;
+        impl Visitor<'_> for LocalVisitor {
+            type Value = Local;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port (3000), HOST:PORT or an http:// URL")
+            }
+            fn visit_i64<E: de::Error>(self, port: i64) -> Result<Local, E> {
+                let port = u16::try_from(port)
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| E::custom(format!("{port} is not a port (1 to 65535)")))?;
+                Target::from_str(&port.to_string())
+                    .map(Local)
+                    .map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, port: u64) -> Result<Local, E> {
+                self.visit_i64(i64::try_from(port).unwrap_or(-1))
+            }
+            fn visit_str<E: de::Error>(self, raw: &str) -> Result<Local, E> {
+                let text = expand(raw).map_err(E::custom)?;
+                Target::from_str(&text).map(Local).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(LocalVisitor)
+    }
+}
+
+/// A setting this version of Droid parses and checks but does not enforce
+/// yet. Rather than accept a setting that would do nothing, reading one
+/// fails, with the value's position.
+#[derive(Debug)]
+pub struct Unsupported<T>(PhantomData<T>);
+
+/// What [`Unsupported`] says.
+pub const NOT_SUPPORTED: &str = "is not supported yet: this version of droid would not enforce it, \
+     and droid refuses a setting it would ignore; remove it (it arrives with token auth and rate limits)";
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Unsupported<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d)?;
+        Err(de::Error::custom(NOT_SUPPORTED))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_expand_and_unset_ones_are_named() {
+        assert_eq!(expand("plain").unwrap(), "plain");
+        assert_eq!(
+            expand("$HOME stays, $${x} is literal").unwrap(),
+            "$HOME stays, ${x} is literal"
+        );
+        assert_eq!(
+            expand("${DROID_SURELY_UNSET_VAR_42}").unwrap_err(),
+            "environment variable DROID_SURELY_UNSET_VAR_42 is not set"
+        );
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(expand("a${PATH}b").unwrap(), format!("a{path}b"));
+        assert!(expand("${unclosed").is_err());
+        assert!(expand("${bad-name}").is_err());
+    }
+}

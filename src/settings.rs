@@ -1,0 +1,315 @@
+//! What each command runs with: the command line over the config file over
+//! the defaults. The file is already checked ([`crate::config`]); what is
+//! left to check here is what only the combination can say (a server with
+//! no domain, a standalone adapter with no URL, an unknown tunnel name).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use droid_adapters::Format;
+use droid_client::{HostHeader, MailSettings, TunnelSpec};
+use droid_core::protocol::MailRoute;
+use droid_server::{NamePolicy, ServerConfig};
+
+use crate::config::client::HostHeaderFile;
+use crate::config::{ClientFile, ServerFile, StandaloneFile};
+use crate::mail::SmtpSetup;
+use crate::{HostHeaderArg, HttpArgs, ServerArgs, SmtpStandaloneArgs, StartArgs};
+
+/// The default HTTP address of the embedded server.
+const EMBEDDED_HTTP: &str = "127.0.0.1:8080";
+/// The default SMTP address of the embedded server and of `droid smtp`.
+const LOCAL_SMTP: &str = "127.0.0.1:2525";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// `droid server`.
+pub struct ServerSettings {
+    /// The public HTTP listener.
+    pub http: SocketAddr,
+    /// The control listener.
+    pub control: SocketAddr,
+    /// The port URLs carry; `None`: the HTTP listener's.
+    pub public_port: Option<u16>,
+    /// Everything else the server library takes.
+    pub config: ServerConfig,
+    /// The SMTP listener, when mail is on.
+    pub smtp: Option<(SocketAddr, SmtpSetup)>,
+    /// The log level, when `RUST_LOG` is unset.
+    pub log_level: String,
+}
+
+/// `droid server [--config FILE]`.
+pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSettings> {
+    let Some(domain) = args
+        .domain
+        .clone()
+        .or_else(|| file.as_ref().map(|f| f.domain.0.clone()))
+    else {
+        bail!(
+            "a server needs a domain: --domain tunnel.example.com, or `domain` in a --config file"
+        );
+    };
+    let f = file.as_ref();
+    let limits = f.and_then(|f| f.limits.as_ref());
+    let names = f.and_then(|f| f.names.as_ref());
+    let mut config = ServerConfig::new(domain);
+    let defaults = NamePolicy::default();
+    config.names = NamePolicy {
+        grace: args
+            .grace
+            .or(names.and_then(|n| n.grace.map(|d| d.0)))
+            .unwrap_or(defaults.grace),
+        quarantine: args
+            .quarantine
+            .or(names.and_then(|n| n.quarantine.map(|d| d.0)))
+            .unwrap_or(defaults.quarantine),
+        max_released: names
+            .and_then(|n| n.max_released)
+            .unwrap_or(defaults.max_released),
+    };
+    if let Some(d) = f.and_then(|f| f.heartbeat_interval) {
+        config.heartbeat_interval = d.0;
+    }
+    if let Some(d) = args
+        .heartbeat_timeout
+        .or(f.and_then(|f| f.heartbeat_timeout.map(|d| d.0)))
+    {
+        config.heartbeat_timeout = d;
+    }
+    if let Some(l) = limits {
+        if let Some(n) = &l.max_streams_per_tunnel {
+            config.max_streams_per_tunnel = *n.get_ref();
+        }
+        if let Some(d) = l.stream_open_timeout {
+            config.stream_open_timeout = d.0;
+        }
+        if let Some(d) = l.header_read_timeout {
+            config.header_read_timeout = d.0;
+        }
+    }
+    let smtp_file = f.and_then(|f| f.adapters.as_ref()?.smtp.as_ref());
+    let smtp_addr = args.smtp.or_else(|| {
+        let s = smtp_file.filter(|s| s.enabled != Some(false))?;
+        Some(s.listen.map_or(addr("0.0.0.0:25"), |a| a.0))
+    });
+    let spool_file = f.and_then(|f| f.spool.as_ref().map(|s| s.get_ref()));
+    let smtp = smtp_addr.map(|a| (a, args.smtp_options.resolve(smtp_file, spool_file)));
+    config.smtp = smtp.is_some();
+    Ok(ServerSettings {
+        http: args
+            .http
+            .or(f.and_then(|f| f.http.map(|a| a.0)))
+            .unwrap_or(addr("0.0.0.0:80")),
+        control: args
+            .control
+            .or(f.and_then(|f| f.control.map(|a| a.0)))
+            .unwrap_or(addr("0.0.0.0:7835")),
+        public_port: args.public_port.or(f.and_then(|f| f.public_port)),
+        config,
+        smtp,
+        log_level: f
+            .and_then(|f| f.log_level.as_ref().map(|l| l.0.clone()))
+            .unwrap_or_else(|| "info".into()),
+    })
+}
+
+/// `droid http` and `droid start`: tunnels, and where they connect.
+pub struct TunnelSettings {
+    /// The server's control address; `None` starts an embedded server.
+    pub server: Option<String>,
+    /// The auth token.
+    pub token: Option<String>,
+    /// A server silent this long is dead.
+    pub heartbeat_timeout: Option<Duration>,
+    /// The tunnels, in order.
+    pub tunnels: Vec<TunnelSpec>,
+    /// The embedded server's HTTP address.
+    pub embedded_http: SocketAddr,
+    /// The embedded server's SMTP address and settings; `None`: no mail.
+    pub embedded_smtp: Option<(SocketAddr, SmtpSetup)>,
+    /// The log level, when `RUST_LOG` is unset.
+    pub log_level: String,
+}
+
+/// `droid http TARGET ...`: one tunnel from the command line.
+pub fn http(args: &HttpArgs) -> Result<TunnelSettings> {
+    if !args.mail_path.starts_with('/') {
+        bail!("--mail-path must start with /, e.g. /inbound");
+    }
+    let spec = TunnelSpec {
+        name: args.name.clone(),
+        target: args.target.clone(),
+        host_header: match args.host_header {
+            HostHeaderArg::Preserve => HostHeader::Preserve,
+            HostHeaderArg::Rewrite => HostHeader::Rewrite,
+        },
+        mail: MailSettings {
+            path: Some(args.mail_path.clone()),
+            format: Some(args.mail_format.to_string()),
+            secret: args.mail_secret.clone(),
+            routes: Vec::new(),
+        },
+    };
+    Ok(TunnelSettings {
+        server: args.server.clone(),
+        token: args.token.clone(),
+        heartbeat_timeout: None,
+        tunnels: vec![spec],
+        embedded_http: args.http,
+        embedded_smtp: (!args.no_smtp).then(|| (args.smtp, args.smtp_options.resolve(None, None))),
+        log_level: "warn".into(),
+    })
+}
+
+/// `droid start --config FILE [NAMES...]`: the file's tunnels, or the
+/// ones named.
+pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
+    let all = file.names();
+    for wanted in &args.names {
+        if !all.contains(wanted) {
+            let hint = crate::config::error::hint(wanted, &all)
+                .map(|h| format!("; {h}"))
+                .unwrap_or_default();
+            bail!(
+                "{}: no tunnel is named `{wanted}`{hint}",
+                args.config.display()
+            );
+        }
+    }
+    let tunnels: Vec<TunnelSpec> = file
+        .tunnels
+        .get_ref()
+        .iter()
+        .filter(|t| args.names.is_empty() || args.names.contains(&t.name.get_ref().0))
+        .map(|t| {
+            let mail = t.mail.as_ref();
+            TunnelSpec {
+                name: Some(t.name.get_ref().0.clone()),
+                target: t.local.0.clone(),
+                host_header: match t.host_header {
+                    HostHeaderFile::Preserve => HostHeader::Preserve,
+                    HostHeaderFile::Rewrite => HostHeader::Rewrite,
+                },
+                mail: MailSettings {
+                    path: Some(
+                        mail.and_then(|m| m.path.as_ref().map(|p| p.0.clone()))
+                            .unwrap_or_else(|| "/".into()),
+                    ),
+                    format: Some(
+                        mail.and_then(|m| m.format.map(|f| f.0))
+                            .unwrap_or(Format::Json)
+                            .to_string(),
+                    ),
+                    secret: mail.and_then(|m| m.secret.as_ref().map(|s| s.0.clone())),
+                    routes: mail
+                        .map(|m| {
+                            m.routes
+                                .iter()
+                                .map(|r| MailRoute {
+                                    pattern: r.pattern.0.clone(),
+                                    path: r.path.0.clone(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                },
+            }
+        })
+        .collect();
+    let embedded = file.embedded.as_ref().map(|e| e.get_ref());
+    let smtp_file = embedded.and_then(|e| e.smtp.as_ref());
+    let spool_file = file.spool.as_ref().map(|s| s.get_ref());
+    let embedded_smtp = match smtp_file {
+        Some(s) if s.enabled == Some(false) => None,
+        _ => Some((
+            smtp_file
+                .and_then(|s| s.listen)
+                .map_or(addr(LOCAL_SMTP), |a| a.0),
+            crate::mail::SmtpArgs::default().resolve(smtp_file, spool_file),
+        )),
+    };
+    Ok(TunnelSettings {
+        server: args
+            .server
+            .clone()
+            .or_else(|| file.server.as_ref().map(|s| s.0.clone())),
+        token: args
+            .token
+            .clone()
+            .or_else(|| file.token.as_ref().map(|t| t.0.clone())),
+        heartbeat_timeout: file.heartbeat_timeout.map(|d| d.0),
+        tunnels,
+        embedded_http: embedded
+            .and_then(|e| e.http)
+            .map_or(addr(EMBEDDED_HTTP), |a| a.0),
+        embedded_smtp,
+        log_level: file
+            .log_level
+            .as_ref()
+            .map_or_else(|| "warn".into(), |l| l.0.clone()),
+    })
+}
+
+/// `droid smtp`: mail to a URL.
+pub struct StandaloneSettings {
+    /// Where mail is accepted.
+    pub listen: SocketAddr,
+    /// Where it is POSTed.
+    pub post: String,
+    /// Accept `*@domain` only.
+    pub domain: Option<String>,
+    /// The POST's body.
+    pub format: Format,
+    /// The signing key.
+    pub secret: Option<String>,
+    /// The adapter's settings.
+    pub setup: SmtpSetup,
+    /// The log level, when `RUST_LOG` is unset.
+    pub log_level: String,
+}
+
+/// `droid smtp [--config FILE]`.
+pub fn standalone(
+    args: &SmtpStandaloneArgs,
+    file: Option<StandaloneFile>,
+) -> Result<StandaloneSettings> {
+    let f = file.as_ref().map(|f| f.adapters.smtp.get_ref());
+    let Some(post) = args
+        .post
+        .clone()
+        .or_else(|| f.and_then(|f| f.post.as_ref().map(|p| p.get_ref().0.clone())))
+    else {
+        bail!(
+            "where should mail go? --post http://localhost:3000/inbound, or `post` in a --config file's [adapters.smtp]"
+        );
+    };
+    let spool = file.as_ref().and_then(|f| f.spool.as_ref());
+    Ok(StandaloneSettings {
+        listen: args
+            .listen
+            .or(f.and_then(|f| f.listen.map(|a| a.0)))
+            .unwrap_or(addr(LOCAL_SMTP)),
+        post,
+        domain: args
+            .domain
+            .clone()
+            .or_else(|| f.and_then(|f| f.domain.as_ref().map(|d| d.get_ref().0.clone()))),
+        format: args
+            .format
+            .or(f.and_then(|f| f.format.as_ref().map(|x| x.get_ref().0)))
+            .unwrap_or(Format::Json),
+        secret: args
+            .secret
+            .clone()
+            .or_else(|| f.and_then(|f| f.secret.as_ref().map(|s| s.get_ref().0.clone()))),
+        setup: args.smtp_options.resolve(f, spool),
+        log_level: file
+            .as_ref()
+            .and_then(|f| f.log_level.as_ref().map(|l| l.0.clone()))
+            .unwrap_or_else(|| "info".into()),
+    })
+}
