@@ -1,0 +1,779 @@
+//! Run with: `cargo run --release --example bench -- [http|smtp|all] [--secs N] [--max-mails N]`
+//!
+//! Droid against the same work without Droid, in one process and one run,
+//! everything on 127.0.0.1 port 0. It is a report, not a test: nothing here
+//! passes or fails on a number.
+//!
+//! - `smtp`: 10 KiB mails per second at 1 and 32 concurrent SMTP sessions;
+//!   p50/p99 are per mail, from `MAIL FROM` to the `250` after the body. Each session
+//!   says EHLO once, then pipelines `MAIL`/`RCPT`/`DATA` and sends the body,
+//!   over and over. Droid answers `250` only once the app took the POST, so
+//!   for the last two targets every counted mail is a POST the app answered.
+//!   Targets:
+//!   - `bare sink`: a minimal SMTP server in this file that discards each
+//!     mail (no parser, no limits): the ceiling of the load client and TCP;
+//!   - `droid smtp, discard raw`: Droid's SMTP adapter with a sink that
+//!     answers 200 at once and a raw body (no MIME parsing, no HTTP): the
+//!     limit of Droid's SMTP side, as in `adapters/tests/bench.rs`;
+//!   - `droid smtp, discard json`: the same, plus the JSON conversion and
+//!     the signature: what a delivery costs before any HTTP;
+//!   - `standalone`: `droid smtp --post`: the adapter and `UrlSink` POSTing
+//!     JSON to a hyper app;
+//!   - `tunnel`: `droid server --smtp` and `droid http` (in-process
+//!     `droid_server::Server::serve_smtp` and `droid_client::run`) in front of
+//!     the same app.
+//!
+//!   `/bare` and `/droid` are each row's rate over the bare sink's and over
+//!   Droid's discard (raw) sink at the same session count.
+//! - `http`: GETs of 100-byte bodies over 64 keep-alive connections and of
+//!   1 MiB bodies over 16, straight to a hyper app and through an in-process
+//!   Droid server and client (one yamux session). `x direct` is the tunnel's
+//!   rate over the direct one (1.00 = free); for p50 and p99 it is the
+//!   tunnel's latency over the direct latency (1.00 = no added delay).
+//!
+//! Everything (load, app, server, client) shares one tokio runtime, so the
+//! load generator takes CPU from what it measures, as `wrk` on the same
+//! machine would: compare ratios, not absolute numbers, and rerun on a quiet
+//! machine. `../shared/bench/peers.sh` runs the `droid` binary as separate
+//! processes beside bore, rathole and nginx with `wrk`. A short warm-up
+//! (a fifth of `--secs`, at most 1 s) runs before each measurement and is
+//! not counted.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use droid_adapters::{
+    ConnLimits, Format, MailOptions, MailRouter, SmtpAdapter, SmtpConfig, UrlRouter, UrlSink,
+};
+use droid_client::{ClientConfig, ClientEvent, HostHeader, MailSettings, Target, TunnelSpec};
+use droid_core::deliver::{Deliver, DeliverFuture};
+use droid_server::{Server, ServerConfig};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+const DOMAIN: &str = "bench.test";
+const NAME: &str = "bench";
+const SECRET: &str = "bench-secret";
+const MAIL_SIZE: usize = 10 * 1024;
+const SMALL: usize = 100;
+const BIG: usize = 1024 * 1024;
+/// The longest wait for one SMTP reply or one HTTP response.
+const STALL: Duration = Duration::from_secs(30);
+
+struct Args {
+    http: bool,
+    smtp: bool,
+    secs: f64,
+    max_mails: u64,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        http: true,
+        smtp: true,
+        secs: 5.0,
+        max_mails: 1_000_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "http" => (a.http, a.smtp) = (true, false),
+            "smtp" => (a.http, a.smtp) = (false, true),
+            "all" => (a.http, a.smtp) = (true, true),
+            "--secs" => {
+                a.secs = it.next().context("--secs N")?.parse()?;
+                if !(a.secs > 0.0 && a.secs < 3600.0) {
+                    bail!("--secs must be between 0 and 3600");
+                }
+            }
+            "--max-mails" => a.max_mails = it.next().context("--max-mails N")?.parse()?,
+            other => bail!(
+                "unknown argument {other:?}; usage: bench [http|smtp|all] [--secs N] [--max-mails N]"
+            ),
+        }
+    }
+    Ok(a)
+}
+
+/// When counting starts and stops.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn new(secs: f64) -> Window {
+        let run = Duration::from_secs_f64(secs);
+        let warm = (run / 5).min(Duration::from_secs(1));
+        let start = Instant::now() + warm;
+        Window {
+            start,
+            end: start + run,
+        }
+    }
+
+    /// Whether an operation from `t0` to `t1` counts.
+    fn counts(&self, t0: Instant, t1: Instant) -> bool {
+        t0 >= self.start && t1 <= self.end
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    println!(
+        "droid bench: {} s per row after warm-up, {} cores, one process, loopback",
+        args.secs,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let app = App::start().await?;
+    let tunnel = Tunnel::start(&app).await?;
+    if args.smtp {
+        smtp_bench(&args, &app, &tunnel).await?;
+    }
+    if args.http {
+        http_bench(&args, &app, &tunnel).await?;
+    }
+    tunnel.stop.cancel();
+    app.stop.cancel();
+    Ok(())
+}
+
+// ---------------------------------------------------------------- the app
+
+/// The local app: `/small` (100 B), `/big` (1 MiB), `/inbound` (takes a
+/// mail POST, answers 200), anything else 404.
+struct App {
+    addr: SocketAddr,
+    posts: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+impl App {
+    async fn start() -> anyhow::Result<App> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let posts = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let small = Bytes::from(vec![b's'; SMALL]);
+        let big = Bytes::from(vec![b'b'; BIG]);
+        let (p, token) = (posts.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let io = tokio::select! {
+                    a = listener.accept() => match a { Ok((io, _)) => io, Err(_) => continue },
+                    () = token.cancelled() => return,
+                };
+                let _ = io.set_nodelay(true);
+                let (small, big, p) = (small.clone(), big.clone(), p.clone());
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (small, big, p) = (small.clone(), big.clone(), p.clone());
+                    async move {
+                        let body = match req.uri().path() {
+                            "/small" => small,
+                            "/big" => big,
+                            "/inbound" => {
+                                let _ = req.into_body().collect().await;
+                                p.fetch_add(1, Ordering::Relaxed);
+                                Bytes::from_static(b"ok")
+                            }
+                            _ => {
+                                let mut r = Response::new(Full::new(Bytes::new()));
+                                *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                                return Ok::<_, Infallible>(r);
+                            }
+                        };
+                        Ok(Response::new(Full::new(body)))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(io), service),
+                );
+            }
+        });
+        Ok(App { addr, posts, stop })
+    }
+}
+
+// ---------------------------------------------------------------- the tunnel
+
+/// An in-process Droid server (HTTP, control and SMTP listeners) and one
+/// client with one tunnel to the app, its mail POSTed to `/inbound`.
+struct Tunnel {
+    http: SocketAddr,
+    smtp: SocketAddr,
+    host: String,
+    stop: CancellationToken,
+}
+
+impl Tunnel {
+    async fn start(app: &App) -> anyhow::Result<Tunnel> {
+        let stop = CancellationToken::new();
+        let http = TcpListener::bind("127.0.0.1:0").await?;
+        let control = TcpListener::bind("127.0.0.1:0").await?;
+        let smtp = droid_adapters::bind_listener("127.0.0.1:0".parse()?).await?;
+        let (http_addr, control_addr, smtp_addr) = (
+            http.local_addr()?,
+            control.local_addr()?,
+            smtp.local_addr()?,
+        );
+        let mut config = ServerConfig::new(DOMAIN);
+        config.public_port = Some(http_addr.port());
+        config.smtp = true;
+        let server = Server::new(config);
+        let (s, token) = (server.clone(), stop.clone());
+        tokio::spawn(async move { s.run(http, control, token).await });
+        let (s, token) = (server.clone(), stop.clone());
+        tokio::spawn(async move {
+            s.serve_smtp(smtp, SmtpConfig::default(), None, smtp_limits(), token)
+                .await;
+        });
+
+        let spec = TunnelSpec {
+            name: Some(NAME.into()),
+            target: Target {
+                host: "127.0.0.1".into(),
+                port: app.addr.port(),
+            },
+            host_header: HostHeader::Preserve,
+            mail: MailSettings {
+                path: Some("/inbound".into()),
+                format: None,
+                secret: Some(SECRET.into()),
+                ..MailSettings::default()
+            },
+        };
+        let mut config = ClientConfig::new(control_addr.to_string(), vec![spec]);
+        config.state_dir = None;
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(droid_client::run(config, Some(tx), stop.clone()));
+        let grant = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(event) = events.recv().await {
+                match event {
+                    ClientEvent::Connected { tunnels, .. } => return Ok(tunnels),
+                    ClientEvent::Disconnected { reason, .. } => bail!("tunnel down: {reason}"),
+                    _ => {}
+                }
+            }
+            bail!("the client stopped")
+        })
+        .await
+        .context("no tunnel within 20 s")??;
+        // The client reports every request: keep the channel empty.
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        Ok(Tunnel {
+            http: http_addr,
+            smtp: smtp_addr,
+            host: format!("{}.{DOMAIN}", grant[0].name),
+            stop,
+        })
+    }
+}
+
+/// Room for 32 sessions from one IP, for every SMTP target alike.
+fn smtp_limits() -> ConnLimits {
+    ConnLimits {
+        max_connections: 1000,
+        max_per_ip: 100,
+    }
+}
+
+// ---------------------------------------------------------------- smtp
+
+/// Answers 200 at once, without looking at the request.
+struct Discard;
+
+impl Deliver for Discard {
+    fn deliver(&self, _request: http::Request<Bytes>) -> DeliverFuture<'_> {
+        Box::pin(async { Ok(http::Response::new(Bytes::new())) })
+    }
+}
+
+/// Droid's SMTP adapter on 127.0.0.1:0 delivering through `router`.
+async fn droid_smtp(
+    router: Arc<dyn MailRouter>,
+    stop: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = droid_adapters::bind_listener("127.0.0.1:0".parse()?).await?;
+    let addr = listener.local_addr()?;
+    let adapter = Arc::new(SmtpAdapter::new(SmtpConfig::default(), router, None));
+    tokio::spawn(droid_adapters::run_adapter(
+        listener,
+        adapter,
+        smtp_limits(),
+        stop.clone(),
+    ));
+    Ok(addr)
+}
+
+/// The smallest SMTP server that works with the load client: it answers
+/// every command with 250 (354 for DATA), skips the body up to `.`, and
+/// writes its replies once it has read all that was pipelined.
+async fn bare_sink(stop: &CancellationToken) -> anyhow::Result<SocketAddr> {
+    let listener = droid_adapters::bind_listener("127.0.0.1:0".parse()?).await?;
+    let addr = listener.local_addr()?;
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let io = tokio::select! {
+                a = listener.accept() => match a { Ok((io, _)) => io, Err(_) => continue },
+                () = stop.cancelled() => return,
+            };
+            tokio::spawn(async move {
+                let _ = io.set_nodelay(true);
+                let (r, mut w) = io.into_split();
+                let mut r = BufReader::with_capacity(64 * 1024, r);
+                let mut out = b"220 bare ESMTP\r\n".to_vec();
+                let (mut line, mut in_data) = (Vec::new(), false);
+                loop {
+                    if r.buffer().is_empty() && !out.is_empty() {
+                        if w.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        out.clear();
+                    }
+                    line.clear();
+                    match r.read_until(b'\n', &mut line).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    if in_data {
+                        if line == b".\r\n" {
+                            in_data = false;
+                            out.extend_from_slice(b"250 ok\r\n");
+                        }
+                        continue;
+                    }
+                    let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+                    match &verb[..] {
+                        b"EHLO" => out.extend_from_slice(b"250-bare\r\n250 PIPELINING\r\n"),
+                        b"DATA" => {
+                            in_data = true;
+                            out.extend_from_slice(b"354 go on\r\n");
+                        }
+                        b"QUIT" => {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        }
+                        _ => out.extend_from_slice(b"250 ok\r\n"),
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A 10 KiB message (headers and text), ending in the `.` line.
+fn message() -> Bytes {
+    let mut m = String::from(
+        "From: Ann <ann@example.com>\r\nTo: inbox@example.com\r\nSubject: bench\r\n\
+         Message-ID: <bench@example.com>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
+    );
+    let line = "The quick brown fox jumps over the lazy dog, 0123456789.\r\n";
+    while m.len() + line.len() <= MAIL_SIZE {
+        m.push_str(line);
+    }
+    m.push_str(&"x".repeat(MAIL_SIZE - m.len() - 2));
+    m.push_str("\r\n");
+    assert_eq!(m.len(), MAIL_SIZE);
+    m.push_str(".\r\n");
+    Bytes::from(m)
+}
+
+#[derive(Default)]
+struct Measured {
+    /// Operations that started and ended inside the window.
+    done: u64,
+    /// Body bytes of those (HTTP only).
+    bytes: u64,
+    errors: u64,
+    first_error: Option<String>,
+    /// Latency of each counted operation, in microseconds.
+    latencies: Vec<u32>,
+}
+
+impl Measured {
+    fn merge(&mut self, other: Measured) {
+        self.done += other.done;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.latencies.extend(other.latencies);
+    }
+
+    fn error(&mut self, e: impl std::fmt::Display) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(e.to_string());
+        }
+    }
+
+    fn percentile(&self, q: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        Duration::from_micros(u64::from(self.latencies[i]))
+    }
+}
+
+/// Reads one SMTP reply (all its lines) and checks its code.
+async fn reply(
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    line: &mut String,
+    want: &str,
+) -> anyhow::Result<()> {
+    loop {
+        line.clear();
+        let n = tokio::time::timeout(STALL, r.read_line(line))
+            .await
+            .context("no SMTP reply within 30 s")??;
+        if n == 0 {
+            bail!("the server closed the connection (waiting for {want})");
+        }
+        if !line.starts_with(want) {
+            bail!("wanted {want}, got {}", line.trim_end());
+        }
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok(());
+        }
+    }
+}
+
+/// One SMTP session: EHLO once, then mails until the window closes or
+/// `budget` runs out.
+async fn smtp_session(
+    addr: SocketAddr,
+    rcpt: Arc<str>,
+    mail: Bytes,
+    window: Window,
+    budget: Arc<AtomicU64>,
+) -> Measured {
+    let mut m = Measured::default();
+    if let Err(e) = smtp_mails(addr, &rcpt, &mail, window, &budget, &mut m).await {
+        m.error(e);
+    }
+    m
+}
+
+async fn smtp_mails(
+    addr: SocketAddr,
+    rcpt: &str,
+    mail: &[u8],
+    window: Window,
+    budget: &AtomicU64,
+    m: &mut Measured,
+) -> anyhow::Result<()> {
+    let io = TcpStream::connect(addr).await?;
+    io.set_nodelay(true)?;
+    let (r, mut w) = io.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    reply(&mut r, &mut line, "220").await?;
+    w.write_all(b"EHLO bench.example.com\r\n").await?;
+    reply(&mut r, &mut line, "250").await?;
+    let envelope = format!("MAIL FROM:<ann@example.com>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n");
+    while Instant::now() < window.end && budget.fetch_sub(1, Ordering::Relaxed) > 0 {
+        let t0 = Instant::now();
+        w.write_all(envelope.as_bytes()).await?;
+        for want in ["250", "250", "354"] {
+            reply(&mut r, &mut line, want).await?;
+        }
+        w.write_all(mail).await?;
+        reply(&mut r, &mut line, "250").await?;
+        let t1 = Instant::now();
+        if window.counts(t0, t1) {
+            m.done += 1;
+            m.latencies
+                .push(u32::try_from((t1 - t0).as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+    w.write_all(b"QUIT\r\n").await?;
+    Ok(())
+}
+
+async fn smtp_load(
+    addr: SocketAddr,
+    rcpt: &str,
+    sessions: usize,
+    args: &Args,
+) -> anyhow::Result<(Measured, f64)> {
+    let (rcpt, mail) = (Arc::<str>::from(rcpt), message());
+    let budget = Arc::new(AtomicU64::new(args.max_mails));
+    let window = Window::new(args.secs);
+    let mut set = JoinSet::new();
+    for _ in 0..sessions {
+        set.spawn(smtp_session(
+            addr,
+            rcpt.clone(),
+            mail.clone(),
+            window,
+            budget.clone(),
+        ));
+    }
+    let mut all = Measured::default();
+    while let Some(m) = set.join_next().await {
+        all.merge(m?);
+    }
+    all.latencies.sort_unstable();
+    // A count-bounded run may end before the window does.
+    let secs = (Instant::now().min(window.end) - window.start).as_secs_f64();
+    Ok((all, secs.max(1e-3)))
+}
+
+async fn smtp_bench(args: &Args, app: &App, tunnel: &Tunnel) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let raw = MailOptions {
+        format: Format::Raw,
+        secret: SECRET.into(),
+        ..MailOptions::default()
+    };
+    let json = MailOptions {
+        secret: SECRET.into(),
+        ..MailOptions::default()
+    };
+    let discard = |options| -> Arc<dyn MailRouter> {
+        Arc::new(UrlRouter::new(Arc::new(Discard), "discard", options, None))
+    };
+    let url = format!("http://{}/inbound", app.addr);
+    let sink = UrlSink::new(&url)?.with_timeout(STALL);
+    let standalone = Arc::new(UrlRouter::new(
+        Arc::new(sink),
+        url.clone(),
+        MailOptions {
+            path: "/inbound".into(),
+            ..json.clone()
+        },
+        None,
+    ));
+    let targets: Vec<(&str, SocketAddr, String, bool)> = vec![
+        (
+            "bare sink",
+            bare_sink(&stop).await?,
+            "inbox@example.com".into(),
+            false,
+        ),
+        (
+            "droid smtp, discard raw",
+            droid_smtp(discard(raw), &stop).await?,
+            "inbox@example.com".into(),
+            false,
+        ),
+        (
+            "droid smtp, discard json",
+            droid_smtp(discard(json), &stop).await?,
+            "inbox@example.com".into(),
+            false,
+        ),
+        (
+            "standalone -> app",
+            droid_smtp(standalone, &stop).await?,
+            "inbox@example.com".into(),
+            true,
+        ),
+        (
+            "tunnel -> app",
+            tunnel.smtp,
+            format!("inbox@{}", tunnel.host),
+            true,
+        ),
+    ];
+
+    println!();
+    println!("SMTP: 10 KiB mails, accept to app POST (250 after DATA)");
+    println!(
+        "{:<26} {:>8} {:>9} {:>6} {:>6} {:>9} {:>9} {:>7}",
+        "target", "sessions", "mails/s", "/bare", "/droid", "p50", "p99", "errors"
+    );
+    for sessions in [1, 32] {
+        let mut rows = Vec::new();
+        for (label, addr, rcpt, posts) in &targets {
+            let before = app.posts.load(Ordering::Relaxed);
+            let (m, secs) = smtp_load(*addr, rcpt, sessions, args).await?;
+            let got = app.posts.load(Ordering::Relaxed) - before;
+            let short = *posts && got < m.done;
+            rows.push((label, m.done as f64 / secs, m, short, got));
+        }
+        let (bare, droid) = (rows[0].1, rows[1].1);
+        for (label, rate, m, short, got) in rows {
+            println!(
+                "{:<26} {:>8} {:>9.0} {:>6.2} {:>6.2} {:>9} {:>9} {:>7}",
+                label,
+                sessions,
+                rate,
+                ratio(rate, bare),
+                ratio(rate, droid),
+                ms(m.percentile(0.5)),
+                ms(m.percentile(0.99)),
+                m.errors
+            );
+            if let Some(e) = &m.first_error {
+                println!("    first error: {e}");
+            }
+            if short {
+                println!("    only {got} POSTs reached the app for {} mails", m.done);
+            }
+        }
+    }
+    stop.cancel();
+    Ok(())
+}
+
+// ---------------------------------------------------------------- http
+
+/// One keep-alive connection GETting `path` until the window closes;
+/// reconnects after an error.
+async fn http_conn(
+    addr: SocketAddr,
+    host: Arc<str>,
+    path: &'static str,
+    window: Window,
+) -> Measured {
+    let mut m = Measured::default();
+    while Instant::now() < window.end {
+        if let Err(e) = http_requests(addr, &host, path, window, &mut m).await {
+            m.error(e);
+        }
+    }
+    m
+}
+
+async fn http_requests(
+    addr: SocketAddr,
+    host: &str,
+    path: &'static str,
+    window: Window,
+    m: &mut Measured,
+) -> anyhow::Result<()> {
+    let io = TcpStream::connect(addr).await?;
+    io.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    while Instant::now() < window.end {
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Empty::<Bytes>::new())?;
+        let t0 = Instant::now();
+        let exchange = async {
+            sender.ready().await?;
+            let response = sender.send_request(req).await?;
+            if !response.status().is_success() {
+                bail!("status {}", response.status());
+            }
+            let mut body = response.into_body();
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame?.into_data() {
+                    n += data.len() as u64;
+                }
+            }
+            Ok::<u64, anyhow::Error>(n)
+        };
+        let n = tokio::time::timeout(STALL, exchange)
+            .await
+            .context("no response within 30 s")??;
+        let t1 = Instant::now();
+        if window.counts(t0, t1) {
+            m.done += 1;
+            m.bytes += n;
+            m.latencies
+                .push(u32::try_from((t1 - t0).as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+    Ok(())
+}
+
+async fn http_load(
+    addr: SocketAddr,
+    host: &str,
+    path: &'static str,
+    conns: usize,
+    secs: f64,
+) -> anyhow::Result<Measured> {
+    let host = Arc::<str>::from(host);
+    let window = Window::new(secs);
+    let mut set = JoinSet::new();
+    for _ in 0..conns {
+        set.spawn(http_conn(addr, host.clone(), path, window));
+    }
+    let mut all = Measured::default();
+    while let Some(m) = set.join_next().await {
+        all.merge(m?);
+    }
+    all.latencies.sort_unstable();
+    Ok(all)
+}
+
+async fn http_bench(args: &Args, app: &App, tunnel: &Tunnel) -> anyhow::Result<()> {
+    println!();
+    println!("HTTP: keep-alive GETs; tunnel = in-process droid server + client, one yamux session");
+    println!(
+        "{:<20} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7}   {:>21}",
+        "target", "conns", "req/s", "MiB/s", "p50", "p99", "errors", "x direct: rps p50 p99"
+    );
+    let direct_host = app.addr.to_string();
+    for (size, path, conns) in [("100 B", "/small", 64), ("1 MiB", "/big", 16)] {
+        let direct = http_load(app.addr, &direct_host, path, conns, args.secs).await?;
+        let through = http_load(tunnel.http, &tunnel.host, path, conns, args.secs).await?;
+        let window = args.secs;
+        for (label, m) in [("direct", &direct), ("tunnel", &through)] {
+            let rate = m.done as f64 / window;
+            let ratios = if label == "tunnel" {
+                format!(
+                    "{:.2} {:.2} {:.2}",
+                    ratio(rate, direct.done as f64 / window),
+                    ratio(
+                        m.percentile(0.5).as_secs_f64(),
+                        direct.percentile(0.5).as_secs_f64()
+                    ),
+                    ratio(
+                        m.percentile(0.99).as_secs_f64(),
+                        direct.percentile(0.99).as_secs_f64()
+                    ),
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "{:<20} {:>5} {:>9.0} {:>9.1} {:>9} {:>9} {:>7}   {:>21}",
+                format!("{label} {size}"),
+                conns,
+                rate,
+                m.bytes as f64 / window / (1024.0 * 1024.0),
+                ms(m.percentile(0.5)),
+                ms(m.percentile(0.99)),
+                m.errors,
+                ratios
+            );
+            if let Some(e) = &m.first_error {
+                println!("    first error: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
