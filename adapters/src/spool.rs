@@ -227,6 +227,14 @@ impl Spool {
         for sub in [spool.queue_dir(), spool.dead_dir(), spool.tmp_dir()] {
             fs::create_dir_all(&sub).map_err(io_err("create dir", &sub))?;
         }
+        // The records hold mail and the tunnels' signing secrets: only the
+        // owner may enter the spool.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&spool.dir, fs::Permissions::from_mode(0o700))
+                .map_err(io_err("restrict", &spool.dir))?;
+        }
         let tmp = spool.tmp_dir();
         for entry in fs::read_dir(&tmp)
             .map_err(io_err("read dir", &tmp))?

@@ -309,3 +309,14 @@ async fn half_written_files_are_cleaned_on_open() {
     assert!(!dir.path().join("tmp/01X.eml.123").exists());
     assert!(dir.path().join("dead/01BAD.json").exists());
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn only_the_owner_may_enter_the_spool() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    Spool::open(&spool_dir, SpoolConfig::default()).unwrap();
+    let mode = std::fs::metadata(&spool_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "spool mode {:o}", mode & 0o777);
+}
