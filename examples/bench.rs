@@ -256,6 +256,8 @@ impl Tunnel {
                 secret: Some(SECRET.into()),
                 ..MailSettings::default()
             },
+            auth: None,
+            allow_ip: Vec::new(),
         };
         let mut config = ClientConfig::new(control_addr.to_string(), vec![spec]);
         config.state_dir = None;

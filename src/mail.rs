@@ -33,6 +33,13 @@ pub struct SmtpArgs {
     /// Recipients per message; the next one gets 452 [default: 100].
     #[arg(long)]
     pub max_recipients: Option<usize>,
+    /// SMTP connections at once; more wait to be accepted [default: 1000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// SMTP connections at once from one IP address; more get 421
+    /// [default: 100].
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
     /// How long retries of a spooled mail go on before it is dead-lettered
     /// [default: 3d].
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -91,9 +98,13 @@ impl SmtpArgs {
         };
         let limit_defaults = ConnLimits::default();
         let limits = ConnLimits {
-            max_connections: f.max_connections.unwrap_or(limit_defaults.max_connections),
-            max_per_ip: f
+            max_connections: self
+                .max_connections
+                .or(f.max_connections)
+                .unwrap_or(limit_defaults.max_connections),
+            max_per_ip: self
                 .max_connections_per_ip
+                .or(f.max_connections_per_ip)
                 .unwrap_or(limit_defaults.max_per_ip),
         };
         let mut spool_config = SpoolConfig {

@@ -9,6 +9,7 @@ mod embedded;
 mod mail;
 mod output;
 mod settings;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ struct StartArgs {
     /// An auth token; overrides the file's `token`.
     #[arg(long, env = "DROID_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    tls: tls::ClientTlsArgs,
 }
 
 #[derive(Subcommand)]
@@ -104,6 +107,21 @@ struct HttpArgs {
     /// An auth token, if the server requires one.
     #[arg(long, env = "DROID_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    tls: tls::ClientTlsArgs,
+    /// Ask every visitor for this user name and password (HTTP basic auth,
+    /// checked by the server before anything reaches your app).
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "DROID_AUTH",
+        hide_env_values = true
+    )]
+    auth: Option<String>,
+    /// Let only visitors from this IP or CIDR block through (repeatable);
+    /// others get a 403.
+    #[arg(long, value_name = "CIDR")]
+    allow_ip: Vec<String>,
     /// Without --server: where the embedded server listens for HTTP; when the
     /// port is taken, the next free one is used.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -177,9 +195,12 @@ struct ServerArgs {
     /// The listener clients connect to [default: 0.0.0.0:7835].
     #[arg(long)]
     control: Option<SocketAddr>,
-    /// The port public URLs carry (default: the --http port; none for 80).
+    /// The port public URLs carry (default: the --https port, else the
+    /// --http port; none for 443 and 80).
     #[arg(long)]
     public_port: Option<u16>,
+    #[command(flatten)]
+    tls: tls::ServerTlsArgs,
     /// How long a dropped client's names are kept for it alone [default: 10m].
     #[arg(long, value_parser = humantime::parse_duration)]
     grace: Option<Duration>,
@@ -189,6 +210,15 @@ struct ServerArgs {
     /// A client silent for this long is dead [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_timeout: Option<Duration>,
+    /// A token clients may send (repeatable); with any, a token is required
+    /// unless --require-token false.
+    #[arg(long = "token", value_name = "TOKEN")]
+    tokens: Vec<String>,
+    /// Whether clients must send a token [default: true when tokens exist].
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    require_token: Option<bool>,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Accept mail for *@NAME.DOMAIN here and deliver it through NAME's tunnel.
     #[arg(long)]
     smtp: Option<SocketAddr>,
@@ -196,10 +226,47 @@ struct ServerArgs {
     smtp_options: mail::SmtpArgs,
 }
 
+/// `droid server` limits; each is also a key of the file's `[limits]`.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Requests in flight per client; more wait, then get a 503 [default: 1024].
+    #[arg(long)]
+    max_streams_per_tunnel: Option<usize>,
+    /// How long a request waits for a free stream before its 503 [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    stream_open_timeout: Option<Duration>,
+    /// A visitor's request headers must arrive within this, and a kept-alive
+    /// connection idle this long is closed [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    header_read_timeout: Option<Duration>,
+    /// The longest pause while a visitor sends a request body; then 408
+    /// [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    body_read_timeout: Option<Duration>,
+    /// Bytes of a request line and headers; more gets a 431 [default: 65536].
+    #[arg(long)]
+    max_header_size: Option<usize>,
+    /// Header fields per request; more gets a 431 [default: 100].
+    #[arg(long)]
+    max_headers: Option<usize>,
+    /// Bytes of a request body; more gets a 413 [default: no limit].
+    #[arg(long)]
+    max_body_size: Option<u64>,
+    /// Tunnels one client connection may ask for [default: 64].
+    #[arg(long)]
+    max_tunnels_per_session: Option<usize>,
+    /// Live tunnels per token [default: no limit].
+    #[arg(long)]
+    max_tunnels_per_token: Option<usize>,
+    /// Live tunnels the clients of one IP address may hold [default: no limit].
+    #[arg(long)]
+    max_tunnels_per_ip: Option<usize>,
+}
+
 /// A command with its files read and checked, ready to run.
 enum Ready {
     Tunnels(settings::TunnelSettings),
-    Server(settings::ServerSettings),
+    Server(Box<settings::ServerSettings>),
     Smtp(settings::StandaloneSettings),
 }
 
@@ -224,7 +291,7 @@ fn prepare(command: Command) -> Result<Ready> {
         }
         Command::Server(args) => {
             let file = args.config.as_deref().map(config::load).transpose()?;
-            Ready::Server(settings::server(&args, file)?)
+            Ready::Server(Box::new(settings::server(&args, file)?))
         }
         Command::Smtp(args) => {
             let file = args.config.as_deref().map(config::load).transpose()?;
@@ -274,7 +341,7 @@ async fn main() -> std::process::ExitCode {
     let shutdown = shutdown_on_signal();
     let result = match ready {
         Ready::Tunnels(settings) => tunnels(settings, shutdown).await,
-        Ready::Server(settings) => server(settings, shutdown).await,
+        Ready::Server(settings) => server(*settings, shutdown).await,
         Ready::Smtp(settings) => smtp(settings, shutdown).await,
     };
     match result {
@@ -317,16 +384,42 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
     let control = TcpListener::bind(s.control)
         .await
         .with_context(|| format!("cannot listen for clients on {}", s.control))?;
+    let https = match s.https {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTPS on {addr}"))?,
+        ),
+        None => None,
+    };
     let http_port = http.local_addr()?.port();
     let mut config = s.config;
-    config.public_port = s.public_port.or(Some(http_port)).filter(|&p| p != 80);
+    // URLs carry the port of the scheme they say: https when HTTPS runs.
+    config.public_port = match &https {
+        Some(https) => s
+            .public_port
+            .or(Some(https.local_addr()?.port()))
+            .filter(|&p| p != 443),
+        None => s.public_port.or(Some(http_port)).filter(|&p| p != 80),
+    };
     println!(
-        "droid server: domain {}, http on {}, control on {}",
+        "droid server: domain {}, http on {}, control on {}{}",
         config.domain,
         http.local_addr()?,
-        control.local_addr()?
+        control.local_addr()?,
+        if config.tls.is_some() { " (TLS)" } else { "" }
     );
+    if let Some(https) = &https {
+        println!(
+            "droid server: https on {}, tunnel URLs say https://",
+            https.local_addr()?
+        );
+    }
     let server = Server::new(config);
+    let https = https.map(|listener| {
+        let (server, shutdown) = (server.clone(), shutdown.clone());
+        tokio::spawn(async move { server.serve_https(listener, shutdown).await })
+    });
     let smtp = match s.smtp {
         Some((addr, setup)) => {
             let listener = bind_listener(addr)
@@ -351,6 +444,9 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
     server.run(http, control, shutdown).await;
     if let Some(smtp) = smtp {
         let _ = smtp.await;
+    }
+    if let Some(https) = https {
+        let _ = https.await;
     }
     Ok(())
 }
@@ -396,6 +492,10 @@ async fn tunnels(s: settings::TunnelSettings, shutdown: CancellationToken) -> Re
     };
     let mut config = ClientConfig::new(server_addr, s.tunnels);
     config.token = s.token;
+    if s.tls.as_ref().map(droid_client::ClientTls::trust) == Some(droid_client::Trust::Insecure) {
+        eprintln!("{}", tls::INSECURE_WARNING);
+    }
+    config.tls = s.tls;
     if let Some(timeout) = s.heartbeat_timeout {
         config.heartbeat_timeout = timeout;
     }

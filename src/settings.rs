@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use droid_adapters::Format;
 use droid_client::{HostHeader, MailSettings, TunnelSpec};
 use droid_core::protocol::MailRoute;
-use droid_server::{NamePolicy, ServerConfig};
+use droid_server::{AuthPolicy, NamePolicy, ServerConfig, TokenRule};
 
 use crate::config::client::HostHeaderFile;
 use crate::config::{ClientFile, ServerFile, StandaloneFile};
@@ -36,6 +36,8 @@ pub struct ServerSettings {
     pub public_port: Option<u16>,
     /// Everything else the server library takes.
     pub config: ServerConfig,
+    /// The public HTTPS listener, when HTTPS is on.
+    pub https: Option<SocketAddr>,
     /// The SMTP listener, when mail is on.
     pub smtp: Option<(SocketAddr, SmtpSetup)>,
     /// The log level, when `RUST_LOG` is unset.
@@ -80,17 +82,98 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
     {
         config.heartbeat_timeout = d;
     }
-    if let Some(l) = limits {
-        if let Some(n) = &l.max_streams_per_tunnel {
-            config.max_streams_per_tunnel = *n.get_ref();
+    let a = &args.limits;
+    let spanned = |v: Option<&toml::Spanned<usize>>| v.map(|n| *n.get_ref());
+    let at_least_one = |flag: &str, v: Option<usize>| match v {
+        Some(0) => bail!("--{flag} must be at least 1"),
+        v => Ok(v),
+    };
+    if let Some(n) = at_least_one("max-streams-per-tunnel", a.max_streams_per_tunnel)?.or(spanned(
+        limits.and_then(|l| l.max_streams_per_tunnel.as_ref()),
+    )) {
+        config.max_streams_per_tunnel = n;
+    }
+    if let Some(d) = a
+        .stream_open_timeout
+        .or(limits.and_then(|l| l.stream_open_timeout.map(|d| d.0)))
+    {
+        config.stream_open_timeout = d;
+    }
+    if let Some(d) = a
+        .header_read_timeout
+        .or(limits.and_then(|l| l.header_read_timeout.map(|d| d.0)))
+    {
+        config.header_read_timeout = d;
+    }
+    if let Some(d) = a
+        .body_read_timeout
+        .or(limits.and_then(|l| l.body_read_timeout.map(|d| d.0)))
+    {
+        config.body_read_timeout = d;
+    }
+    if let Some(n) = at_least_one("max-header-size", a.max_header_size)?
+        .or(spanned(limits.and_then(|l| l.max_header_size.as_ref())))
+    {
+        config.max_header_size = n;
+    }
+    if let Some(n) = at_least_one("max-headers", a.max_headers)?
+        .or(spanned(limits.and_then(|l| l.max_headers.as_ref())))
+    {
+        config.max_headers = n;
+    }
+    config.max_body_size = a.max_body_size.or(limits.and_then(|l| l.max_body_size));
+    let mut tokens: Vec<TokenRule> = f
+        .map(|f| {
+            f.tokens
+                .iter()
+                .map(|t| {
+                    let t = t.get_ref();
+                    TokenRule {
+                        token: t.token.0.clone(),
+                        names: t.names.iter().map(|n| n.0.clone()).collect(),
+                        max_tunnels: t.max_tunnels,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for token in &args.tokens {
+        if token.is_empty() {
+            bail!("--token must not be empty");
         }
-        if let Some(d) = l.stream_open_timeout {
-            config.stream_open_timeout = d.0;
-        }
-        if let Some(d) = l.header_read_timeout {
-            config.header_read_timeout = d.0;
+        if !tokens.iter().any(|t| &t.token == token) {
+            tokens.push(TokenRule {
+                token: token.clone(),
+                ..TokenRule::default()
+            });
         }
     }
+    let require_token = args
+        .require_token
+        .or(f.and_then(|f| f.require_token))
+        .unwrap_or(!tokens.is_empty());
+    if require_token && tokens.is_empty() {
+        bail!("a token is required but none is configured: add --token TOKEN or [[tokens]]");
+    }
+    let defaults = AuthPolicy::default();
+    config.auth = AuthPolicy {
+        tokens,
+        require_token,
+        max_tunnels_per_session: at_least_one(
+            "max-tunnels-per-session",
+            a.max_tunnels_per_session,
+        )?
+        .or(spanned(
+            limits.and_then(|l| l.max_tunnels_per_session.as_ref()),
+        ))
+        .unwrap_or(defaults.max_tunnels_per_session),
+        max_tunnels_per_token: a
+            .max_tunnels_per_token
+            .or(limits.and_then(|l| l.max_tunnels_per_token)),
+        max_tunnels_per_ip: a
+            .max_tunnels_per_ip
+            .or(limits.and_then(|l| l.max_tunnels_per_ip)),
+    };
     let smtp_file = f.and_then(|f| f.adapters.as_ref()?.smtp.as_ref());
     let smtp_addr = args.smtp.or_else(|| {
         let s = smtp_file.filter(|s| s.enabled != Some(false))?;
@@ -99,7 +182,18 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
     let spool_file = f.and_then(|f| f.spool.as_ref().map(|s| s.get_ref()));
     let smtp = smtp_addr.map(|a| (a, args.smtp_options.resolve(smtp_file, spool_file)));
     config.smtp = smtp.is_some();
+    let tls = crate::tls::server(
+        &args.tls,
+        f.and_then(|f| f.tls_cert.as_ref())
+            .map(|c| std::path::Path::new(&c.get_ref().0)),
+        f.and_then(|f| f.tls_key.as_ref())
+            .map(|k| std::path::Path::new(&k.get_ref().0)),
+        f.and_then(|f| f.https.as_ref()).map(|a| a.get_ref().0),
+    )?;
+    config.tls = tls.tls;
+    config.https = tls.https.is_some();
     Ok(ServerSettings {
+        https: tls.https,
         http: args
             .http
             .or(f.and_then(|f| f.http.map(|a| a.0)))
@@ -127,6 +221,8 @@ pub struct TunnelSettings {
     pub heartbeat_timeout: Option<Duration>,
     /// The tunnels, in order.
     pub tunnels: Vec<TunnelSpec>,
+    /// TLS to the server; `None`: plain TCP.
+    pub tls: Option<droid_client::ClientTls>,
     /// The embedded server's HTTP address.
     pub embedded_http: SocketAddr,
     /// The embedded server's SMTP address and settings; `None`: no mail.
@@ -153,8 +249,23 @@ pub fn http(args: &HttpArgs) -> Result<TunnelSettings> {
             secret: args.mail_secret.clone(),
             routes: Vec::new(),
         },
+        auth: args.auth.clone(),
+        allow_ip: args.allow_ip.clone(),
     };
+    if let Some(auth) = &args.auth {
+        crate::config::values::check_credentials(auth)
+            .map_err(|why| anyhow::anyhow!("--auth: {why}"))?;
+    }
+    for block in &args.allow_ip {
+        droid_server::access::IpBlock::parse(block)
+            .map_err(|why| anyhow::anyhow!("--allow-ip: {why}"))?;
+    }
     Ok(TunnelSettings {
+        tls: crate::tls::client(
+            &args.tls,
+            &crate::tls::ClientTlsFile::default(),
+            args.server.is_some(),
+        )?,
         server: args.server.clone(),
         token: args.token.clone(),
         heartbeat_timeout: None,
@@ -217,6 +328,8 @@ pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
                         })
                         .unwrap_or_default(),
                 },
+                auth: t.auth.as_ref().map(|a| a.0.clone()),
+                allow_ip: t.allow_ip.iter().map(|b| b.0.clone()).collect(),
             }
         })
         .collect();
@@ -233,6 +346,11 @@ pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
         )),
     };
     Ok(TunnelSettings {
+        tls: crate::tls::client(
+            &args.tls,
+            &file.tls_settings(),
+            args.server.is_some() || file.server.is_some(),
+        )?,
         server: args
             .server
             .clone()

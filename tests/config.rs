@@ -199,14 +199,24 @@ async fn each_kind_of_bad_input_gives_one_error_naming_file_line_column_and_key(
             "droid.toml:2:9: `token`: environment variable DROID_TEST_SURELY_UNSET is not set",
         ),
         (
-            "a setting not enforced yet",
-            "domain = \"t.example\"\n\n[[tokens]]\ntoken = \"abc\"\nnames = [\"api\"]\n",
-            "droid.toml:3:1: `tokens` is not supported yet",
+            "a limit not enforced yet",
+            "domain = \"t.example\"\n[limits]\nrequests_per_second = 1000\n",
+            "droid.toml:3:23: `limits.requests_per_second` is not supported yet",
         ),
         (
-            "a limit not enforced yet",
-            "domain = \"t.example\"\n[limits]\nmax_body_size = 1000\n",
-            "droid.toml:3:17: `limits.max_body_size` is not supported yet",
+            "a name reserved twice",
+            "domain = \"t.example\"\n[[tokens]]\ntoken = \"a\"\nnames = [\"api\"]\n[[tokens]]\ntoken = \"b\"\nnames = [\"api\"]\n",
+            "droid.toml:5:1: `tokens[1]`: the name `api` is reserved by two tokens",
+        ),
+        (
+            "a bad allow-list entry",
+            "[[tunnels]]\nname = \"api\"\nlocal = 3000\nallow_ip = [\"10.0.0.0/33\"]\n",
+            "droid.toml:4:12: `tunnels[0].allow_ip[0]`: `10.0.0.0/33` is not an IP address or a CIDR block",
+        ),
+        (
+            "basic auth without a password",
+            "[[tunnels]]\nname = \"api\"\nlocal = 3000\nauth = \"ann\"\n",
+            "droid.toml:4:8: `tunnels[0].auth`: expected user:password",
         ),
         (
             "a mail route path",

@@ -25,9 +25,9 @@ use droid_core::protocol::{
     TunnelGrant, TunnelRequest, Welcome,
 };
 use droid_core::session::{Opener, Session, Side, Stream};
+pub use droid_core::transport::{ClientTls, ConnectError, Trust};
 use rand::RngExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -45,8 +45,8 @@ pub enum HostHeader {
     Rewrite,
 }
 
-/// One tunnel the client asks for.
-#[derive(Debug, Clone)]
+/// One tunnel the client asks for. Its `Debug` masks the password.
+#[derive(Clone)]
 pub struct TunnelSpec {
     /// The name wanted; `None` for a random one (remembered between runs).
     pub name: Option<String>,
@@ -57,6 +57,24 @@ pub struct TunnelSpec {
     /// How the server should POST this tunnel's mail. A missing secret is
     /// generated once and remembered in the state directory.
     pub mail: MailSettings,
+    /// HTTP basic auth the server asks of every visitor, `user:password`.
+    pub auth: Option<String>,
+    /// Visitor addresses the server lets through (IPs or CIDR blocks);
+    /// empty lets everyone through.
+    pub allow_ip: Vec<String>,
+}
+
+impl std::fmt::Debug for TunnelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelSpec")
+            .field("name", &self.name)
+            .field("target", &self.target)
+            .field("host_header", &self.host_header)
+            .field("mail", &self.mail)
+            .field("auth", &self.auth.as_ref().map(|_| "MASKED"))
+            .field("allow_ip", &self.allow_ip)
+            .finish()
+    }
 }
 
 /// What a client needs to know.
@@ -64,6 +82,9 @@ pub struct TunnelSpec {
 pub struct ClientConfig {
     /// The server's control address, `HOST:PORT`.
     pub server: String,
+    /// TLS to the server, and whom to trust; `None` connects in plain TCP.
+    /// The server's certificate must be valid for the HOST of `server`.
+    pub tls: Option<ClientTls>,
     /// An auth token, when the server requires one.
     pub token: Option<String>,
     /// The tunnels, all carried by one session.
@@ -89,6 +110,7 @@ impl ClientConfig {
         let state_key = ClientConfig::default_state_key(&server, &tunnels);
         ClientConfig {
             server,
+            tls: None,
             token: None,
             tunnels,
             state_dir: state::default_state_dir(),
@@ -178,6 +200,10 @@ pub enum ClientError {
     /// The configuration cannot work.
     #[error("{0}")]
     Config(String),
+    /// The first connection failed in a way retrying will not fix: the
+    /// server's certificate is not trusted, or TLS is on at one end only.
+    #[error(transparent)]
+    Connect(ConnectError),
 }
 
 /// Runs the client until `shutdown` fires (then releases its names and
@@ -251,6 +277,10 @@ pub async fn run(
             }
             Err(Failure::Refused(e)) if e.code == ErrorCode::Unavailable => e.message,
             Err(Failure::Refused(e)) => return Err(ClientError::Refused(e)),
+            // Before the first success this is a configuration mistake;
+            // after it, the server may be changing and is worth waiting for.
+            Err(Failure::Connect(e)) if !connected_before => return Err(ClientError::Connect(e)),
+            Err(Failure::Connect(e)) => e.to_string(),
             Err(Failure::Transient(reason)) => reason,
         };
         let delay = jitter(backoff);
@@ -312,6 +342,8 @@ fn hello_for(config: &ClientConfig, remembered: &state::Remembered) -> Hello {
                     .clone()
                     .or_else(|| reuse.then(|| remembered.names[i].clone())),
                 mail: Some(spec.mail.clone()),
+                auth: spec.auth.clone(),
+                allow_ip: spec.allow_ip.clone(),
             })
             .collect(),
     }
@@ -329,6 +361,8 @@ fn jitter(d: Duration) -> Duration {
 
 enum Failure {
     Refused(ErrorMessage),
+    /// TLS or address trouble that retrying will not fix.
+    Connect(ConnectError),
     Transient(String),
 }
 
@@ -346,27 +380,16 @@ struct Live {
 }
 
 async fn connect(config: &ClientConfig, hello: Hello) -> Result<Live, Failure> {
-    let server = &config.server;
-    let tcp = match timeout(
-        protocol::HANDSHAKE_TIMEOUT,
-        TcpStream::connect(server.as_str()),
-    )
-    .await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            return Err(Failure::Transient(format!(
-                "cannot reach the server {server}: {e}"
-            )));
-        }
-        Err(_) => {
-            return Err(Failure::Transient(format!(
-                "the server {server} did not answer in time"
-            )));
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-    handshake(tcp, hello).await
+    let conn = droid_core::transport::connect(&config.server, config.tls.as_ref())
+        .await
+        .map_err(|e| {
+            if e.is_permanent() {
+                Failure::Connect(e)
+            } else {
+                Failure::Transient(e.to_string())
+            }
+        })?;
+    handshake(conn, hello).await
 }
 
 async fn handshake<IO>(io: IO, hello: Hello) -> Result<Live, Failure>

@@ -7,6 +7,9 @@
 //!   [`session::Opener`] for outbound streams and a channel of inbound ones.
 //! - [`proxy`]: HTTP forwarding both ends do alike: hop-by-hop headers,
 //!   upgrades (websockets), error pages.
+//! - [`transport`]: the connection a session runs on, plain TCP or TLS
+//!   (rustls): the server's certificate, the client's trust, and errors that
+//!   say which side is misconfigured.
 //! - [`deliver`]: the [`deliver::Deliver`] seam through which adapters hand an
 //!   HTTP request to a sink (a tunnel or a plain URL) and get the answer back.
 //!
@@ -17,3 +20,4 @@ pub mod deliver;
 pub mod protocol;
 pub mod proxy;
 pub mod session;
+pub mod transport;

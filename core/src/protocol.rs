@@ -18,7 +18,7 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 
 /// The protocol version spoken by this build. Sent in `hello` and `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -59,8 +59,9 @@ pub enum ControlMessage {
     Unknown,
 }
 
-/// The client's opening message.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The client's opening message. Its `Debug` masks the token, so a hello
+/// can be logged.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// The client's protocol version.
     pub version: u32,
@@ -75,8 +76,19 @@ pub struct Hello {
     pub tunnels: Vec<TunnelRequest>,
 }
 
-/// One tunnel asked for in [`Hello`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("version", &self.version)
+            .field("token", &self.token.as_ref().map(|_| "MASKED"))
+            .field("resume", &self.resume.as_ref().map(|_| "MASKED"))
+            .field("tunnels", &self.tunnels)
+            .finish()
+    }
+}
+
+/// One tunnel asked for in [`Hello`]. Its `Debug` masks the password.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelRequest {
     /// The name wanted; `None` asks the server for a random one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,6 +96,26 @@ pub struct TunnelRequest {
     /// How mail for this tunnel is delivered, when the server accepts mail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mail: Option<MailSettings>,
+    /// HTTP basic auth the server asks of every visitor, `user:password`.
+    /// The server keeps only a salted hash of it. An addition old servers
+    /// ignore (they then serve the tunnel without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// The visitor addresses allowed, each an IP or a CIDR block
+    /// (`203.0.113.0/24`, `2001:db8::/32`); empty allows everyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_ip: Vec<String>,
+}
+
+impl std::fmt::Debug for TunnelRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelRequest")
+            .field("name", &self.name)
+            .field("mail", &self.mail)
+            .field("auth", &self.auth.as_ref().map(|_| "MASKED"))
+            .field("allow_ip", &self.allow_ip)
+            .finish()
+    }
 }
 
 /// How a tunnel wants its mail: the POST the server's SMTP adapter builds.
@@ -348,14 +380,20 @@ where
 /// [`read_message`], [`MessageReader::next`] is cancel-safe (a message is
 /// never half consumed), so it can wait in a `select!` beside timers.
 pub struct MessageReader<R> {
-    frames: FramedRead<R, LinesCodec>,
+    // Lines as bytes, not `LinesCodec`: that one reports a line that is
+    // not UTF-8 as an I/O error, and a peer's bad bytes are malformed
+    // input (found by the `control_message` fuzz target).
+    frames: FramedRead<R, AnyDelimiterCodec>,
 }
 
 impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// Reads lines of at most `max` bytes from `reader`.
     pub fn new(reader: R, max: usize) -> MessageReader<R> {
         MessageReader {
-            frames: FramedRead::new(reader, LinesCodec::new_with_max_length(max)),
+            frames: FramedRead::new(
+                reader,
+                AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), max),
+            ),
         }
     }
 
@@ -363,11 +401,11 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<T, ProtocolError> {
         match self.frames.next().await {
             None => Err(ProtocolError::Closed),
-            Some(Ok(line)) => decode_line(line.as_bytes()),
-            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+            Some(Ok(line)) => decode_line(line.strip_suffix(b"\r").unwrap_or(&line)),
+            Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
                 Err(ProtocolError::TooLong(self.frames.decoder().max_length()))
             }
-            Some(Err(LinesCodecError::Io(e))) => Err(ProtocolError::Io(e)),
+            Some(Err(AnyDelimiterCodecError::Io(e))) => Err(ProtocolError::Io(e)),
         }
     }
 }
@@ -412,7 +450,7 @@ mod tests {
                 version: 1,
                 tunnels: vec![TunnelRequest {
                     name: Some("a".into()),
-                    mail: None
+                    ..TunnelRequest::default()
                 }],
                 ..Hello::default()
             })
@@ -495,6 +533,37 @@ mod tests {
         assert!(matches!(
             reader.next::<ControlMessage>().await,
             Err(ProtocolError::Closed)
+        ));
+    }
+
+    /// Regression: the `control_message` fuzz target's first crash, bytes
+    /// that are not UTF-8 (`d3 2a`), came out as an I/O error.
+    #[tokio::test]
+    async fn bytes_that_are_not_utf8_are_malformed_not_an_io_error() {
+        let input: &[u8] = b"\xd3\x2a\n{\"type\":\"ping\"}\r\n\xff";
+        let mut reader = MessageReader::new(input, 100);
+        assert!(matches!(
+            reader.next::<ControlMessage>().await,
+            Err(ProtocolError::Malformed(_))
+        ));
+        // the next line still reads, CRLF or not
+        assert_eq!(
+            reader.next::<ControlMessage>().await.unwrap(),
+            ControlMessage::Ping
+        );
+        assert!(matches!(
+            reader.next::<ControlMessage>().await,
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
+            reader.next::<ControlMessage>().await,
+            Err(ProtocolError::Closed)
+        ));
+        let line = "{\"type\":\"hello\",\"version\":1,\"tunnels\":[{\"name\":\"caf\u{e9}\"}]}\n";
+        let mut reader = MessageReader::new(line.as_bytes(), 100);
+        assert!(matches!(
+            reader.next::<ControlMessage>().await,
+            Ok(ControlMessage::Hello(_))
         ));
     }
 

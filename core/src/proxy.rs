@@ -48,11 +48,17 @@ where
 /// Sends `request` on `sender` as a proxy would: hop-by-hop headers removed,
 /// origin-form URI, HTTP/1.1. When the request asks for an upgrade and the
 /// other side agrees (101), the two upgraded connections are spliced together
-/// in a task of their own.
-pub async fn forward(
-    sender: &mut SendRequest<Incoming>,
-    mut request: Request<Incoming>,
-) -> Result<Response<Incoming>, hyper::Error> {
+/// in a task of their own. The request body is any body (the server wraps
+/// a visitor's in limits).
+pub async fn forward<B>(
+    sender: &mut SendRequest<B>,
+    mut request: Request<B>,
+) -> Result<Response<Incoming>, hyper::Error>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let upgrading = is_upgrade(request.headers());
     let downstream = upgrading.then(|| hyper::upgrade::on(&mut request));
     strip_hop_by_hop(request.headers_mut(), upgrading);

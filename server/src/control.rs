@@ -15,10 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Shared;
-use crate::registry::Tunnel;
-
-/// The most tunnels one session may ask for.
-pub const MAX_TUNNELS_PER_SESSION: usize = 64;
+use crate::access::Access;
+use crate::auth::TokenRefusal;
+use crate::registry::{ClaimRules, Tunnel};
 
 /// Serves one client connection on the control port, from handshake to end.
 pub(crate) async fn serve<IO>(
@@ -62,6 +61,18 @@ pub(crate) async fn serve<IO>(
             opener.close();
             return;
         }
+        Ok(Err(e @ (ProtocolError::Malformed(_) | ProtocolError::TooLong(_)))) => {
+            // Say what was wrong (a client of another version, or a bug)
+            // rather than just hanging up.
+            info!(%peer, error = %e, "refused a malformed hello");
+            let e = refuse(
+                ErrorCode::BadRequest,
+                format!("the hello was not understood: {e}"),
+            );
+            control.fail(e).await;
+            opener.close();
+            return;
+        }
         Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");
             opener.close();
@@ -74,7 +85,7 @@ pub(crate) async fn serve<IO>(
         }
     };
     let session_id = shared.registry.next_session_id();
-    let tunnels = match grant(&shared, &hello, session_id, &opener) {
+    let tunnels = match grant(&shared, &hello, session_id, &opener, peer) {
         Ok((welcome, tunnels)) => {
             if let Err(e) = control.write(&ControlMessage::Welcome(welcome)).await {
                 debug!(error = %e, "could not send welcome");
@@ -153,6 +164,7 @@ fn grant(
     hello: &Hello,
     session: u64,
     opener: &droid_core::session::Opener,
+    peer: SocketAddr,
 ) -> Result<(Welcome, Vec<Arc<Tunnel>>), ErrorMessage> {
     if hello.version < 1 {
         return Err(refuse(
@@ -163,15 +175,58 @@ fn grant(
             ),
         ));
     }
-    if hello.tunnels.is_empty() || hello.tunnels.len() > MAX_TUNNELS_PER_SESSION {
+    let caller = shared
+        .auth
+        .identify(hello.token.as_deref())
+        .map_err(|why| {
+            let message = match why {
+                TokenRefusal::Missing => {
+                    "this server requires a token: pass --token (or set DROID_TOKEN)"
+                }
+                TokenRefusal::Unknown => "the token is not valid on this server",
+            };
+            refuse(ErrorCode::Unauthorized, message.to_string())
+        })?;
+    let most = shared.auth.policy.max_tunnels_per_session;
+    if hello.tunnels.is_empty() || hello.tunnels.len() > most {
         return Err(refuse(
             ErrorCode::BadRequest,
-            format!("ask for 1 to {MAX_TUNNELS_PER_SESSION} tunnels per connection"),
+            format!("ask for 1 to {most} tunnels per connection"),
         ));
     }
-    let grant = shared
-        .registry
-        .claim(&hello.tunnels, hello.resume.as_deref(), session, opener)?;
+    let names: Vec<&str> = hello
+        .tunnels
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    let owned = shared.auth.owned_by(caller, &names);
+    if let Some(name) = names
+        .iter()
+        .find(|n| shared.auth.owner_of(n).is_some() && !owned.contains(**n))
+    {
+        return Err(refuse(
+            ErrorCode::BadName,
+            format!("the name {name} is reserved on this server; only its token may claim it"),
+        ));
+    }
+    let access = hello
+        .tunnels
+        .iter()
+        .map(|t| Access::new(t.auth.as_deref(), &t.allow_ip))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|why| refuse(ErrorCode::BadRequest, why))?;
+    let rules = ClaimRules {
+        owned,
+        limits: shared.auth.limit_keys(caller, peer.ip()),
+        access,
+    };
+    let grant = shared.registry.claim_with(
+        &hello.tunnels,
+        hello.resume.as_deref(),
+        session,
+        opener,
+        rules,
+    )?;
     let welcome = Welcome {
         version: PROTOCOL_VERSION,
         session: format!("{session}"),

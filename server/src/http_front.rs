@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use droid_core::protocol::{self, StreamHeader};
 use droid_core::proxy::{self, Body};
-use http::header::{HOST, HeaderValue};
+use http::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, WWW_AUTHENTICATE,
+};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -22,14 +24,30 @@ use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use crate::Shared;
+use crate::access::Verdict;
+use crate::guard::{GuardedBody, Tripped};
 use crate::registry::{Lookup, Tunnel};
 
 /// Serves one visitor connection until it closes.
 pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    serve_io(shared, stream, peer, None).await;
+}
+
+/// Serves one visitor connection, plain or (with the host its TLS
+/// handshake named, `sni`) over HTTPS, until it closes.
+pub(crate) async fn serve_io<IO>(
+    shared: Arc<Shared>,
+    stream: IO,
+    peer: SocketAddr,
+    sni: Option<String>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let visitor = Arc::new(Visitor {
         shared: shared.clone(),
         peer,
+        sni,
         upstream: Mutex::new(None),
     });
     let service = service_fn(move |request| {
@@ -39,6 +57,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.header_read_timeout)
+        .max_headers(shared.config.max_headers)
+        .max_header_size(shared.config.max_header_size)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
         .await;
@@ -50,13 +70,16 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
 struct Visitor {
     shared: Arc<Shared>,
     peer: SocketAddr,
+    /// On HTTPS, the host the TLS handshake named (lowercase): every
+    /// request on the connection must be for it.
+    sni: Option<String>,
     /// The tunnel stream this connection's requests go through, once opened.
     upstream: Mutex<Option<Upstream>>,
 }
 
 struct Upstream {
     tunnel: Arc<Tunnel>,
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<GuardedBody>,
 }
 
 /// Where a Host points.
@@ -73,6 +96,14 @@ enum Route<'a> {
 impl Visitor {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let html = proxy::wants_html(request.headers());
+        if request.headers().get_all(HOST).iter().nth(1).is_some() {
+            // RFC 9112 §3.2: which Host wins is the ambiguity an attacker wants.
+            return proxy::error_page(
+                StatusCode::BAD_REQUEST,
+                "the request has more than one Host header",
+                html,
+            );
+        }
         let Some(host) = request_host(&request) else {
             return proxy::error_page(
                 StatusCode::BAD_REQUEST,
@@ -80,6 +111,19 @@ impl Visitor {
                 html,
             );
         };
+        if let Some(sni) = &self.sni
+            && *sni != host
+        {
+            // RFC 9110 §15.5.20: the certificate and the tunnel were chosen
+            // for the SNI name; another host needs a connection of its own.
+            return proxy::error_page(
+                StatusCode::MISDIRECTED_REQUEST,
+                &format!(
+                    "this connection was opened for {sni}; send requests for {host} on a connection of their own"
+                ),
+                html,
+            );
+        }
         let domain = &self.shared.config.domain;
         let name = match route(&host, domain) {
             Route::Tunnel(name) => name.to_string(),
@@ -115,6 +159,46 @@ impl Visitor {
                 );
             }
         };
+        let authorization = request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        match tunnel.access.check(self.peer.ip(), authorization) {
+            Verdict::Pass => {
+                if tunnel.access.has_auth() {
+                    // Droid's credentials, not the app's: they stop here.
+                    request.headers_mut().remove(AUTHORIZATION);
+                }
+            }
+            Verdict::Forbidden => {
+                return proxy::error_page(
+                    StatusCode::FORBIDDEN,
+                    &format!(
+                        "the tunnel {name} does not accept visitors from {}",
+                        self.peer.ip()
+                    ),
+                    html,
+                );
+            }
+            Verdict::Unauthorized => {
+                let mut page = proxy::error_page(
+                    StatusCode::UNAUTHORIZED,
+                    &format!("the tunnel {name} asks for a user name and password"),
+                    html,
+                );
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("Basic realm=\"{name}\", charset=\"UTF-8\""))
+                {
+                    page.headers_mut().insert(WWW_AUTHENTICATE, v);
+                }
+                return page;
+            }
+        }
+        if let Some(max) = self.shared.config.max_body_size
+            && declared_length(&request).is_some_and(|n| n > max)
+        {
+            return too_large(max, html);
+        }
         self.add_forwarded_headers(&mut request, &host);
         let started = Instant::now();
         let method = request.method().clone();
@@ -135,7 +219,8 @@ impl Visitor {
         if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
             headers.insert("x-forwarded-for", v);
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let proto = if self.sni.is_some() { "https" } else { "http" };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
         if let Ok(v) = HeaderValue::from_str(host) {
             headers.insert("x-forwarded-host", v);
         }
@@ -147,6 +232,16 @@ impl Visitor {
         request: Request<Incoming>,
         html: bool,
     ) -> Response<Body> {
+        let config = &self.shared.config;
+        let tripped = Tripped::default();
+        let request = request.map(|body| {
+            GuardedBody::new(
+                body,
+                config.max_body_size,
+                config.body_read_timeout,
+                tripped.clone(),
+            )
+        });
         let reused = self.take_upstream(tunnel);
         let mut sender = match reused {
             Some(sender) => sender,
@@ -162,6 +257,30 @@ impl Visitor {
                 }
                 response.map(Body::Left)
             }
+            Err(_) if tripped.too_large() => too_large(config.max_body_size.unwrap_or(0), html),
+            Err(_) if tripped.too_slow() => {
+                let mut page = proxy::error_page(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body stopped arriving",
+                    html,
+                );
+                page.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                page
+            }
+            Err(e) if e.is_user() => {
+                // The visitor's own request broke on the way (its body: a
+                // bad chunk size, say): the visitor's fault, not the tunnel's.
+                debug!(tunnel = %tunnel.name, error = %e, "malformed request body");
+                let mut page = proxy::error_page(
+                    StatusCode::BAD_REQUEST,
+                    "the request body is malformed",
+                    html,
+                );
+                page.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                page
+            }
             Err(e) => {
                 info!(tunnel = %tunnel.name, error = %e, "request failed inside the tunnel");
                 proxy::error_page(
@@ -176,14 +295,14 @@ impl Visitor {
         }
     }
 
-    fn take_upstream(&self, tunnel: &Arc<Tunnel>) -> Option<SendRequest<Incoming>> {
+    fn take_upstream(&self, tunnel: &Arc<Tunnel>) -> Option<SendRequest<GuardedBody>> {
         let mut slot = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
         let upstream = slot.take()?;
         (Arc::ptr_eq(&upstream.tunnel, tunnel) && !upstream.sender.is_closed())
             .then_some(upstream.sender)
     }
 
-    fn put_upstream(&self, tunnel: &Arc<Tunnel>, sender: SendRequest<Incoming>) {
+    fn put_upstream(&self, tunnel: &Arc<Tunnel>, sender: SendRequest<GuardedBody>) {
         let mut slot = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
         *slot = Some(Upstream {
             tunnel: tunnel.clone(),
@@ -194,7 +313,7 @@ impl Visitor {
     async fn open_upstream(
         &self,
         tunnel: &Arc<Tunnel>,
-    ) -> Result<SendRequest<Incoming>, Response<Body>> {
+    ) -> Result<SendRequest<GuardedBody>, Response<Body>> {
         let name = &tunnel.name;
         let gone = || {
             proxy::error_page(
@@ -234,6 +353,30 @@ impl Visitor {
     }
 }
 
+/// The body length a request declares, if it declares one.
+fn declared_length<B>(request: &Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A 413 that closes the connection: the rest of the body is not read.
+fn too_large(max: u64, html: bool) -> Response<Body> {
+    let mut page = proxy::error_page(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the request body is larger than this server accepts ({max} bytes)"),
+        html,
+    );
+    page.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    page
+}
+
 /// The host a request is for, lowercased, without port or trailing dot.
 fn request_host<B>(request: &Request<B>) -> Option<String> {
     let raw = match request.uri().host() {
@@ -257,7 +400,9 @@ fn route<'a>(host: &'a str, domain: &str) -> Route<'a> {
         return Route::Apex;
     }
     match host.strip_suffix(domain).and_then(|h| h.strip_suffix('.')) {
-        Some(name) if !name.is_empty() && !name.contains('.') => Route::Tunnel(name),
+        // Anything but a valid name (spaces, `_`, `@`, 64 characters...) is
+        // a host this server does not serve: 400, not a 404 lookup.
+        Some(name) if crate::names::validate(name).is_ok() => Route::Tunnel(name),
         _ => Route::Foreign,
     }
 }

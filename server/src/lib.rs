@@ -4,6 +4,8 @@
 //! - [`names`]: valid names, and random readable ones.
 //! - `control`: a client's session: handshake, heartbeats, goodbye.
 //! - `http_front`: the public HTTP listener, routing by Host into tunnels.
+//! - `tls`: TLS on the control port, and the HTTPS listener (SNI checked
+//!   against the domain, then HTTP as on the plain listener).
 //! - `listener`: the accept loop every listener shares.
 //! - `mail`: routes `*@NAME.domain` to tunnels for the SMTP adapter, and
 //!   delivers its POSTs through them.
@@ -13,12 +15,16 @@
 //! where to listen.
 #![warn(missing_docs)]
 
+pub mod access;
+pub mod auth;
 mod control;
+mod guard;
 mod http_front;
 mod listener;
 mod mail;
 pub mod names;
 pub mod registry;
+mod tls;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -26,9 +32,11 @@ use std::time::Duration;
 use droid_adapters::{ConnLimits, MailRouter, SmtpAdapter, SmtpConfig, Spool};
 use droid_core::protocol;
 use droid_core::session::DEFAULT_CONCURRENT_STREAMS;
+pub use droid_core::transport::ServerTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::{AuthPolicy, TokenRule};
 pub use registry::{NamePolicy, Registry};
 
 /// What a server needs to know; every field has a sensible default but the domain.
@@ -48,11 +56,28 @@ pub struct ServerConfig {
     pub max_streams_per_tunnel: usize,
     /// How long a request waits for a free stream before a 503.
     pub stream_open_timeout: Duration,
-    /// How long a visitor may take to send a request's headers.
+    /// How long a visitor may take to send a request's headers; also how
+    /// long a kept-alive connection may wait idle for its next request.
     pub header_read_timeout: Duration,
+    /// The most bytes of a request line and headers: more gets a 431.
+    pub max_header_size: usize,
+    /// The most header fields in a request: more gets a 431.
+    pub max_headers: usize,
+    /// The largest request body, with Content-Length or chunked: more gets
+    /// a 413. `None`: no limit.
+    pub max_body_size: Option<u64>,
+    /// The longest a visitor may pause while sending a request body.
+    pub body_read_timeout: Duration,
+    /// Tokens, reserved names and tunnel limits.
+    pub auth: AuthPolicy,
     /// Whether this server accepts mail for its tunnels; the welcome then
     /// tells each tunnel its mail domain.
     pub smtp: bool,
+    /// The certificate chain and key of the control port (TLS is then
+    /// required there) and of the HTTPS listener.
+    pub tls: Option<ServerTls>,
+    /// Whether an HTTPS listener runs: welcome URLs then say `https://`.
+    pub https: bool,
 }
 
 impl ServerConfig {
@@ -67,15 +92,23 @@ impl ServerConfig {
             max_streams_per_tunnel: DEFAULT_CONCURRENT_STREAMS,
             stream_open_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
+            max_header_size: 64 * 1024,
+            max_headers: 100,
+            max_body_size: None,
+            body_read_timeout: Duration::from_secs(60),
+            auth: AuthPolicy::default(),
             smtp: false,
+            tls: None,
+            https: false,
         }
     }
 
     /// The public URL of a tunnel.
     pub fn url_for(&self, name: &str) -> String {
+        let scheme = if self.https { "https" } else { "http" };
         match self.public_port {
-            Some(port) => format!("http://{name}.{}:{port}", self.domain),
-            None => format!("http://{name}.{}", self.domain),
+            Some(port) => format!("{scheme}://{name}.{}:{port}", self.domain),
+            None => format!("{scheme}://{name}.{}", self.domain),
         }
     }
 }
@@ -83,6 +116,7 @@ impl ServerConfig {
 pub(crate) struct Shared {
     config: ServerConfig,
     registry: Registry,
+    auth: auth::Auth,
     /// The mail spool, once SMTP runs: woken when an owner reconnects.
     spool: OnceLock<Arc<Spool>>,
 }
@@ -107,11 +141,13 @@ pub struct Server {
 impl Server {
     /// A server with an empty registry.
     pub fn new(config: ServerConfig) -> Server {
-        let registry = Registry::new(config.names.clone());
+        let auth = auth::Auth::new(config.auth.clone());
+        let registry = Registry::with_reserved(config.names.clone(), auth.reserved_names());
         Server {
             shared: Arc::new(Shared {
                 config,
                 registry,
+                auth,
                 spool: OnceLock::new(),
             }),
         }
@@ -132,8 +168,23 @@ impl Server {
         let shared = self.shared.clone();
         let token = shutdown.clone();
         listener::accept_loop(listener, "control", shutdown, move |stream, peer| {
-            let _ = stream.set_nodelay(true);
-            control::serve(shared.clone(), stream, peer, token.clone())
+            tls::serve_control(shared.clone(), stream, peer, token.clone())
+        })
+        .await;
+    }
+
+    /// Accepts visitors on the public HTTPS port until `shutdown`, with the
+    /// certificate of [`ServerConfig::tls`]. A handshake whose SNI is not
+    /// the domain or `NAME.domain` is refused; a request whose Host names
+    /// another host than the SNI gets 421. Without a certificate it logs an
+    /// error and returns.
+    pub async fn serve_https(&self, listener: TcpListener, shutdown: CancellationToken) {
+        let Some(acceptor) = tls::https_acceptor(&self.shared.config) else {
+            return;
+        };
+        let shared = self.shared.clone();
+        listener::accept_loop(listener, "https", shutdown, move |stream, peer| {
+            tls::serve_https(shared.clone(), acceptor.clone(), stream, peer)
         })
         .await;
     }

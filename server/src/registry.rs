@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::{debug, info};
 
+use crate::access::Access;
 use crate::names::{self, NameGenerator};
 
 /// How long names are kept for their owners, and how many are remembered.
@@ -62,6 +63,24 @@ pub struct Tunnel {
     pub owner_id: String,
     /// How the client wants this tunnel's mail.
     pub mail: MailSettings,
+    /// Who may reach it: basic auth and an IP allow-list.
+    pub access: Access,
+    /// The counters it counts against (a token, an address).
+    pub limit_keys: Vec<String>,
+}
+
+/// What a claim must respect besides names held by others.
+#[derive(Debug, Default)]
+pub struct ClaimRules {
+    /// Reserved names the caller's token owns: it may take them even while
+    /// they are quarantined for an earlier owner (never while live or
+    /// resuming).
+    pub owned: HashSet<String>,
+    /// Counters of live tunnels this claim counts against, with their caps.
+    pub limits: Vec<(String, usize)>,
+    /// Each tunnel's access checks, in the order of the requests; missing
+    /// ones are open.
+    pub access: Vec<Access>,
 }
 
 /// The owner of a name: the holder of its resume secret.
@@ -115,6 +134,8 @@ pub struct Grant {
 /// The registry of names. One per server; cheap to share behind an `Arc`.
 pub struct Registry {
     policy: NamePolicy,
+    /// Names kept for tokens: never handed out at random.
+    reserved: HashSet<String>,
     generator: NameGenerator,
     next_session: AtomicU64,
     state: Mutex<State>,
@@ -125,13 +146,35 @@ struct State {
     claims: HashMap<String, Claim>,
     resuming: VecDeque<(Instant, String)>,
     quarantined: VecDeque<(Instant, String)>,
+    /// Live tunnels per limit key (a token, an address).
+    live_by_key: HashMap<String, usize>,
+}
+
+impl State {
+    /// A live tunnel stopped being live: it no longer counts.
+    fn uncount(&mut self, tunnel: &Tunnel) {
+        for key in &tunnel.limit_keys {
+            if let Some(n) = self.live_by_key.get_mut(key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.live_by_key.remove(key);
+                }
+            }
+        }
+    }
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new(policy: NamePolicy) -> Registry {
+        Registry::with_reserved(policy, HashSet::new())
+    }
+
+    /// An empty registry that never gives the `reserved` names at random.
+    pub fn with_reserved(policy: NamePolicy, reserved: HashSet<String>) -> Registry {
         Registry {
             policy,
+            reserved,
             generator: NameGenerator::default(),
             next_session: AtomicU64::new(1),
             state: Mutex::new(State::default()),
@@ -209,6 +252,19 @@ impl Registry {
         session: u64,
         opener: &Opener,
     ) -> Result<Grant, ErrorMessage> {
+        self.claim_with(requests, resume, session, opener, ClaimRules::default())
+    }
+
+    /// [`Registry::claim`], with a token's rights and limits and each
+    /// tunnel's access checks.
+    pub fn claim_with(
+        &self,
+        requests: &[TunnelRequest],
+        resume: Option<&str>,
+        session: u64,
+        opener: &Opener,
+        rules: ClaimRules,
+    ) -> Result<Grant, ErrorMessage> {
         let secret = match resume {
             Some(s) if is_secret(s) => s.to_string(),
             Some(_) => {
@@ -242,6 +298,8 @@ impl Registry {
                 }
                 Some(Claim::Resuming { owner, .. } | Claim::Quarantined { owner, .. })
                     if owner.is(&secret) => {}
+                // A reserved name waits for its token, not for whoever last held it.
+                Some(Claim::Quarantined { .. }) if rules.owned.contains(name) => {}
                 Some(Claim::Live { .. }) => {
                     return Err(error(
                         ErrorCode::NameTaken,
@@ -269,6 +327,23 @@ impl Registry {
                 }
             }
         }
+        for (key, cap) in &rules.limits {
+            let live = state.live_by_key.get(key).copied().unwrap_or(0);
+            let replaced = takeovers
+                .iter()
+                .filter(|t| t.limit_keys.contains(key))
+                .count();
+            let open = live.saturating_sub(replaced);
+            if open + requests.len() > *cap {
+                return Err(error(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "{key} may hold at most {cap} tunnels at once and holds {open}; \
+                         close one or try again later"
+                    ),
+                ));
+            }
+        }
         for request in requests {
             let mail = request.mail.clone().unwrap_or_default();
             match &request.name {
@@ -276,7 +351,11 @@ impl Registry {
                 None => {
                     let name = (0..64)
                         .map(|_| self.generator.generate())
-                        .find(|n| !state.claims.contains_key(n) && !wanted.contains(n.as_str()))
+                        .find(|n| {
+                            !state.claims.contains_key(n)
+                                && !wanted.contains(n.as_str())
+                                && !self.reserved.contains(n)
+                        })
                         .ok_or_else(|| {
                             error(
                                 ErrorCode::Unavailable,
@@ -290,6 +369,8 @@ impl Registry {
 
         let owner = Owner(Arc::from(secret.as_str()));
         let owner_id = owner_id(&secret);
+        let keys: Vec<String> = rules.limits.iter().map(|(k, _)| k.clone()).collect();
+        let mut access = rules.access.into_iter();
         let tunnels: Vec<Arc<Tunnel>> = chosen
             .into_iter()
             .map(|(name, mail)| {
@@ -299,14 +380,22 @@ impl Registry {
                     opener: opener.clone(),
                     owner_id: owner_id.clone(),
                     mail,
+                    access: access.next().unwrap_or_default(),
+                    limit_keys: keys.clone(),
                 });
-                state.claims.insert(
+                for key in &keys {
+                    *state.live_by_key.entry(key.clone()).or_insert(0) += 1;
+                }
+                let before = state.claims.insert(
                     name,
                     Claim::Live {
                         owner: owner.clone(),
                         tunnel: tunnel.clone(),
                     },
                 );
+                if let Some(Claim::Live { tunnel: old, .. }) = before {
+                    state.uncount(&old);
+                }
                 tunnel
             })
             .collect();
@@ -332,6 +421,7 @@ impl Registry {
                 }
                 _ => continue,
             };
+            state.uncount(tunnel);
             if clean {
                 let until = now + self.policy.quarantine;
                 state
@@ -472,7 +562,7 @@ mod tests {
             .iter()
             .map(|n| TunnelRequest {
                 name: n.map(str::to_string),
-                mail: None,
+                ..TunnelRequest::default()
             })
             .collect()
     }
@@ -589,6 +679,67 @@ mod tests {
         }
         assert_eq!(r.released_count(), 100);
         assert_eq!(r.live_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn limit_counters_follow_live_tunnels_through_takeover_and_release() {
+        let r = Registry::new(NamePolicy::default());
+        let rules = || ClaimRules {
+            limits: vec![("address 1.2.3.4".into(), 2)],
+            ..ClaimRules::default()
+        };
+        let g = r
+            .claim_with(&want(&[Some("a"), None]), None, 1, &opener(), rules())
+            .unwrap();
+        let e = r
+            .claim_with(&want(&[None]), None, 2, &opener(), rules())
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(e.message.contains("at most 2"), "{}", e.message);
+        // the owner reconnecting takes over its own two: not counted twice
+        let names: Vec<Option<&str>> = g.tunnels.iter().map(|t| Some(t.name.as_str())).collect();
+        let g2 = r
+            .claim_with(&want(&names), Some(&g.secret), 3, &opener(), rules())
+            .unwrap();
+        r.release(&g.tunnels, false); // the old session's late release: ignored
+        assert!(
+            r.claim_with(&want(&[None]), None, 4, &opener(), rules())
+                .is_err()
+        );
+        r.release(&g2.tunnels, false);
+        r.claim_with(&want(&[None, None]), None, 5, &opener(), rules())
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reserved_name_skips_quarantine_for_its_token_only() {
+        let reserved: HashSet<String> = ["api".to_string()].into();
+        let r = Registry::with_reserved(NamePolicy::default(), reserved.clone());
+        let g = r
+            .claim_with(
+                &want(&[Some("api")]),
+                None,
+                1,
+                &opener(),
+                ClaimRules {
+                    owned: reserved.clone(),
+                    ..ClaimRules::default()
+                },
+            )
+            .unwrap();
+        r.release(&g.tunnels, true);
+        assert!(r.claim(&want(&[Some("api")]), None, 2, &opener()).is_err());
+        r.claim_with(
+            &want(&[Some("api")]),
+            None,
+            3,
+            &opener(),
+            ClaimRules {
+                owned: reserved,
+                ..ClaimRules::default()
+            },
+        )
+        .unwrap();
     }
 
     #[tokio::test]

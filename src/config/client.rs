@@ -4,7 +4,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::smtp::{SmtpFile, SpoolFile};
-use super::values::{Addr, Dur, Local, LogLevel, MailFormat, NonEmpty, TunnelName, UrlPath};
+use super::values::{
+    Addr, Credentials, Dur, IpAllow, Local, LogLevel, MailFormat, NonEmpty, TunnelName, UrlPath,
+};
 
 /// A client's settings: a server and named tunnels over one connection.
 #[derive(Debug, Deserialize)]
@@ -15,6 +17,12 @@ pub struct ClientFile {
     pub server: Option<NonEmpty>,
     /// An auth token, if the server requires one.
     pub token: Option<NonEmpty>,
+    /// Connect over TLS, trusting the system's roots (`--tls`).
+    pub tls: Option<bool>,
+    /// Connect over TLS, trusting only this PEM file's CAs (`--ca`).
+    pub ca: Option<Spanned<NonEmpty>>,
+    /// Connect over TLS, checking no certificate (`--insecure`; development only).
+    pub insecure: Option<bool>,
     /// A server silent for this long is dead.
     pub heartbeat_timeout: Option<Dur>,
     /// The log level when `RUST_LOG` is unset.
@@ -40,6 +48,11 @@ pub struct TunnelFile {
     pub host_header: HostHeaderFile,
     /// How mail to this tunnel is POSTed.
     pub mail: Option<TunnelMailFile>,
+    /// HTTP basic auth the server asks of every visitor (`--auth`).
+    pub auth: Option<Credentials>,
+    /// Visitor addresses let through, IPs or CIDR blocks (`--allow-ip`).
+    #[serde(default)]
+    pub allow_ip: Vec<IpAllow>,
 }
 
 /// `host_header`.
@@ -104,5 +117,70 @@ impl ClientFile {
             .iter()
             .map(|t| t.name.get_ref().0.clone())
             .collect()
+    }
+}
+
+impl ClientFile {
+    /// `ca` loads, does not meet `insecure`, and TLS has a `server` to use.
+    pub fn validate_tls(
+        &self,
+        file: &std::path::Path,
+        source: &str,
+    ) -> Result<(), super::ConfigError> {
+        let insecure = self.insecure == Some(true);
+        if let Some(ca) = &self.ca {
+            let at = |message: String| {
+                Err(super::ConfigError::at(
+                    file,
+                    source,
+                    Some(ca.span()),
+                    Some("ca".into()),
+                    message,
+                ))
+            };
+            if insecure {
+                return at(
+                    "`ca` and `insecure = true` contradict each other: trust the CA, or nothing"
+                        .into(),
+                );
+            }
+            if let Err(e) =
+                droid_client::ClientTls::from_ca_file(std::path::Path::new(&ca.get_ref().0))
+            {
+                return at(e.to_string());
+            }
+        }
+        let wants_tls = self.tls == Some(true) || self.ca.is_some() || insecure;
+        if wants_tls && self.server.is_none() {
+            return Err(super::ConfigError::at(
+                file,
+                source,
+                self.ca.as_ref().map(Spanned::span),
+                Some(
+                    if self.ca.is_some() {
+                        "ca"
+                    } else if insecure {
+                        "insecure"
+                    } else {
+                        "tls"
+                    }
+                    .into(),
+                ),
+                "TLS settings need `server`: the local server droid starts without one speaks plain TCP on loopback",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The TLS keys, for [`crate::tls::client`].
+    pub fn tls_settings(&self) -> crate::tls::ClientTlsFile {
+        crate::tls::ClientTlsFile {
+            tls: self.tls,
+            ca: self
+                .ca
+                .as_ref()
+                .map(|c| std::path::PathBuf::from(&c.get_ref().0)),
+            insecure: self.insecure,
+        }
     }
 }

@@ -92,9 +92,14 @@ pub fn detect(file: &Path, source: &str) -> Result<Kind, ConfigError> {
         "names",
         "limits",
         "tokens",
+        "https",
+        "tls_cert",
+        "tls_key",
     ]) {
         Ok(Kind::Server)
-    } else if has(&["server", "token", "tunnels", "embedded"]) {
+    } else if has(&[
+        "server", "token", "tunnels", "embedded", "tls", "ca", "insecure",
+    ]) {
         Ok(Kind::Client)
     } else if has(&["adapters"]) {
         Ok(Kind::Smtp)
@@ -160,6 +165,7 @@ pub fn check(file: &Path, kind: Option<Kind>) -> Result<String, ConfigError> {
 
 impl Validate for ServerFile {
     fn validate(&self, file: &Path, source: &str) -> Result<(), ConfigError> {
+        self.validate_tls(file, source)?;
         let smtp = self.adapters.as_ref().and_then(|a| a.smtp.as_ref());
         if let Some((key, span)) = smtp.and_then(smtp::SmtpFile::standalone_key) {
             return Err(ConfigError::at(
@@ -181,19 +187,54 @@ impl Validate for ServerFile {
                 "[spool] holds mail, but this server runs no [adapters.smtp]; add one or remove [spool]",
             ));
         }
-        if let Some(max) = self
-            .limits
-            .as_ref()
-            .and_then(|l| l.max_streams_per_tunnel.as_ref())
-            && *max.get_ref() == 0
-        {
-            return Err(ConfigError::at(
-                file,
-                source,
-                Some(max.span()),
-                Some("limits.max_streams_per_tunnel".into()),
-                "must be at least 1",
-            ));
+        if let Some(l) = &self.limits {
+            for (key, value) in [
+                ("max_streams_per_tunnel", &l.max_streams_per_tunnel),
+                ("max_header_size", &l.max_header_size),
+                ("max_headers", &l.max_headers),
+                ("max_tunnels_per_session", &l.max_tunnels_per_session),
+            ] {
+                if let Some(max) = value
+                    && *max.get_ref() == 0
+                {
+                    return Err(ConfigError::at(
+                        file,
+                        source,
+                        Some(max.span()),
+                        Some(format!("limits.{key}")),
+                        "must be at least 1",
+                    ));
+                }
+            }
+        }
+        let mut tokens: HashMap<&str, usize> = HashMap::new();
+        let mut reserved: HashMap<&str, usize> = HashMap::new();
+        for (i, entry) in self.tokens.iter().enumerate() {
+            let t = entry.get_ref();
+            let at = |message: String| {
+                Err(ConfigError::at(
+                    file,
+                    source,
+                    Some(entry.span()),
+                    Some(format!("tokens[{i}]")),
+                    message,
+                ))
+            };
+            if let Some(first) = tokens.insert(t.token.0.as_str(), i) {
+                return at(format!(
+                    "the same token is listed twice (tokens[{first}] and tokens[{i}])"
+                ));
+            }
+            for name in &t.names {
+                if let Some(first) = reserved.insert(name.0.as_str(), i)
+                    && first != i
+                {
+                    return at(format!(
+                        "the name `{}` is reserved by two tokens (tokens[{first}] and tokens[{i}])",
+                        name.0
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -201,6 +242,7 @@ impl Validate for ServerFile {
 
 impl Validate for ClientFile {
     fn validate(&self, file: &Path, source: &str) -> Result<(), ConfigError> {
+        self.validate_tls(file, source)?;
         let tunnels = self.tunnels.get_ref();
         if tunnels.is_empty() {
             return Err(ConfigError::at(

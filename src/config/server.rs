@@ -6,6 +6,9 @@ use toml::Spanned;
 use super::smtp::{SmtpFile, SpoolFile};
 use super::values::{Addr, Dur, LogLevel, NonEmpty, TunnelName, Unsupported};
 
+/// `[[tokens]]`.
+pub type Tokens = Vec<Spanned<TokenFile>>;
+
 /// A public server's settings; each key is the command-line option of the
 /// same name (`--heartbeat-timeout` is `heartbeat_timeout`), grouped by concern.
 #[derive(Debug, Deserialize)]
@@ -17,6 +20,13 @@ pub struct ServerFile {
     pub http: Option<Addr>,
     /// The listener clients connect to.
     pub control: Option<Addr>,
+    /// The public HTTPS listener (`--https`); needs `tls_cert` and `tls_key`.
+    pub https: Option<Spanned<Addr>>,
+    /// The PEM certificate chain of the control port (then TLS only) and
+    /// of HTTPS (`--tls-cert`).
+    pub tls_cert: Option<Spanned<NonEmpty>>,
+    /// Its PEM private key (`--tls-key`).
+    pub tls_key: Option<Spanned<NonEmpty>>,
     /// The port public URLs carry.
     pub public_port: Option<u16>,
     /// How often clients are told to ping.
@@ -29,10 +39,12 @@ pub struct ServerFile {
     pub names: Option<NamesFile>,
     /// Limits.
     pub limits: Option<LimitsFile>,
-    /// Auth tokens and the names each may reserve: not enforced yet.
-    #[allow(dead_code, reason = "checked, then refused: reading one fails")]
+    /// Whether clients must send one of `tokens` (`--require-token`);
+    /// default: true when tokens are listed.
+    pub require_token: Option<bool>,
+    /// Auth tokens, the names each reserves, and each one's tunnel cap.
     #[serde(default)]
-    pub tokens: Option<Unsupported<Vec<TokenFile>>>,
+    pub tokens: Tokens,
     /// The adapters to run.
     pub adapters: Option<ServerAdapters>,
     /// Where mail waits, and its retries.
@@ -61,30 +73,48 @@ pub struct LimitsFile {
     pub stream_open_timeout: Option<Dur>,
     /// How long a visitor may take to send a request's headers.
     pub header_read_timeout: Option<Dur>,
-    /// Not enforced yet.
-    #[allow(dead_code, reason = "checked, then refused: reading one fails")]
-    #[serde(default)]
-    pub max_tunnels_per_token: Option<Unsupported<usize>>,
-    /// Not enforced yet (mail size is `adapters.smtp.max_message_size`).
-    #[allow(dead_code, reason = "checked, then refused: reading one fails")]
-    #[serde(default)]
-    pub max_body_size: Option<Unsupported<u64>>,
+    /// How long a visitor may pause while sending a request body.
+    pub body_read_timeout: Option<Dur>,
+    /// Bytes of a request line and headers; more gets a 431.
+    pub max_header_size: Option<Spanned<usize>>,
+    /// Header fields per request; more gets a 431.
+    pub max_headers: Option<Spanned<usize>>,
+    /// Bytes of a request body; more gets a 413 (mail size is
+    /// `adapters.smtp.max_message_size`).
+    pub max_body_size: Option<u64>,
+    /// Tunnels one client connection may ask for.
+    pub max_tunnels_per_session: Option<Spanned<usize>>,
+    /// Live tunnels per token, unless its `[[tokens]]` entry says otherwise.
+    pub max_tunnels_per_token: Option<usize>,
+    /// Live tunnels the clients of one IP address may hold.
+    pub max_tunnels_per_ip: Option<usize>,
     /// Not enforced yet.
     #[allow(dead_code, reason = "checked, then refused: reading one fails")]
     #[serde(default)]
     pub requests_per_second: Option<Unsupported<u32>>,
 }
 
-/// One `[[tokens]]` entry, checked before it is refused.
-#[allow(dead_code, reason = "checked, then refused: nothing reads it yet")]
-#[derive(Debug, Deserialize)]
+/// One `[[tokens]]` entry. Its `Debug` masks the token.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenFile {
     /// The token clients send.
     pub token: NonEmpty,
-    /// The names it may reserve.
+    /// The names only it may claim.
     #[serde(default)]
     pub names: Vec<TunnelName>,
+    /// The most live tunnels it may hold at once.
+    pub max_tunnels: Option<usize>,
+}
+
+impl std::fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenFile")
+            .field("token", &"MASKED")
+            .field("names", &self.names)
+            .field("max_tunnels", &self.max_tunnels)
+            .finish()
+    }
 }
 
 /// `[adapters]` of a server.
@@ -93,4 +123,59 @@ pub struct TokenFile {
 pub struct ServerAdapters {
     /// Mail for `*@NAME.domain`, delivered through NAME's tunnel.
     pub smtp: Option<SmtpFile>,
+}
+
+impl ServerFile {
+    /// `tls_cert` and `tls_key` come together, load, and `https` has them.
+    pub fn validate_tls(
+        &self,
+        file: &std::path::Path,
+        source: &str,
+    ) -> Result<(), super::ConfigError> {
+        let at = |span, key: &str, message: String| {
+            Err(super::ConfigError::at(
+                file,
+                source,
+                Some(span),
+                Some(key.to_string()),
+                message,
+            ))
+        };
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), None) => {
+                return at(
+                    cert.span(),
+                    "tls_cert",
+                    "`tls_cert` needs `tls_key`, the certificate's private key".into(),
+                );
+            }
+            (None, Some(key)) => {
+                return at(
+                    key.span(),
+                    "tls_key",
+                    "`tls_key` needs `tls_cert`, the certificate chain it belongs to".into(),
+                );
+            }
+            (Some(cert), Some(key)) => {
+                let paths = (
+                    std::path::Path::new(&cert.get_ref().0),
+                    std::path::Path::new(&key.get_ref().0),
+                );
+                if let Err(e) = droid_server::ServerTls::from_pem_files(paths.0, paths.1) {
+                    return at(cert.span(), "tls_cert", e.to_string());
+                }
+            }
+            (None, None) => {
+                if let Some(https) = &self.https {
+                    return at(
+                        https.span(),
+                        "https",
+                        "HTTPS needs a certificate: add `tls_cert` and `tls_key` (for *.DOMAIN)"
+                            .into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -150,6 +150,45 @@ impl<'de> Deserialize<'de> for TunnelName {
     }
 }
 
+/// An IP address or CIDR block: `203.0.113.7`, `10.0.0.0/8`, `2001:db8::/32`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpAllow(pub String);
+
+impl<'de> Deserialize<'de> for IpAllow {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |s| {
+            droid_server::access::IpBlock::parse(s).map(|_| IpAllow(s.trim().to_string()))
+        })
+    }
+}
+
+/// Basic auth credentials, `user:password`. Its `Debug` masks them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials(pub String);
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credentials(MASKED)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Credentials {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |s| {
+            check_credentials(s)?;
+            Ok(Credentials(s.to_string()))
+        })
+    }
+}
+
+/// `user:password` with a non-empty user.
+pub fn check_credentials(s: &str) -> Result<(), String> {
+    match s.split_once(':') {
+        Some((user, _)) if !user.is_empty() => Ok(()),
+        _ => Err("expected user:password, with a non-empty user".to_string()),
+    }
+}
+
 /// The body format of mail POSTs: `json`, `multipart` or `raw`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MailFormat(pub Format);
@@ -223,7 +262,7 @@ pub struct Unsupported<T>(PhantomData<T>);
 
 /// What [`Unsupported`] says.
 pub const NOT_SUPPORTED: &str = "is not supported yet: this version of droid would not enforce it, \
-     and droid refuses a setting it would ignore; remove it (it arrives with token auth and rate limits)";
+     and droid refuses a setting it would ignore; remove it (it arrives with rate limits)";
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Unsupported<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -173,7 +173,10 @@ async fn route(s: Arc<OriginState>, req: Request<Incoming>) -> Response<TestBody
     let path = req.uri().path().to_string();
     if path.starts_with("/inbound") {
         let (parts, body) = req.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
+        let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+            // the visitor's body was cut off: nothing was received
+            return Response::new(full("incomplete body"));
+        };
         let status = s.inbox_status.load(Ordering::SeqCst);
         if status < 300 {
             let _ = s.inbox.send(Received {
@@ -345,6 +348,16 @@ pub async fn server() -> TestServer {
 pub async fn server_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    server_on(http, control, tweak).await
+}
+
+/// A server on listeners bound by the caller: the ports of a server that
+/// was stopped, to restart it.
+pub async fn server_on(
+    http: TcpListener,
+    control: TcpListener,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> TestServer {
     let mut config = ServerConfig::new(DOMAIN);
     config.public_port = Some(http.local_addr().unwrap().port());
     tweak(&mut config);
@@ -456,6 +469,8 @@ pub fn spec(name: Option<&str>, target: &Target) -> TunnelSpec {
         target: target.clone(),
         host_header: HostHeader::Preserve,
         mail: droid_client::MailSettings::default(),
+        auth: None,
+        allow_ip: Vec::new(),
     }
 }
 

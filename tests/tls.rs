@@ -1,0 +1,586 @@
+//! TLS: the tunnel connection over TLS (a trusted CA, a wrong one,
+//! `--insecure`, TLS at one end only), and HTTPS on the public side (SNI
+//! routing, 421 for a Host that is not the SNI, `X-Forwarded-Proto`, https
+//! URLs), in process and through the real binary with its config files.
+//! Every certificate is made here, with rcgen.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::*;
+use droid_client::{ClientError, ClientTls, ConnectError};
+use droid_server::ServerTls;
+use futures::{SinkExt, StreamExt};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
+
+/// A CA and a server certificate it signed for `localhost`, the test domain
+/// and `*.` the test domain, all PEM.
+struct Pki {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("droid test CA {} {n}", std::process::id()),
+        );
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names = vec![
+            "localhost".to_string(),
+            DOMAIN.to_string(),
+            format!("*.{DOMAIN}"),
+        ];
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        Pki {
+            ca: ca_cert.pem(),
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    fn server_tls(&self) -> ServerTls {
+        ServerTls::from_pem(self.cert.as_bytes(), self.key.as_bytes()).unwrap()
+    }
+
+    fn client_tls(&self) -> ClientTls {
+        ClientTls::from_ca_pem(self.ca.as_bytes()).unwrap()
+    }
+
+    /// A rustls client that trusts this CA, for visitors.
+    fn visitor_connector(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        let der = CertificateDer::from_pem_slice(self.ca.as_bytes()).unwrap();
+        roots.add(der).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+use rustls::pki_types::pem::PemObject;
+
+/// The control address by the name the certificate covers.
+fn by_name(addr: SocketAddr) -> String {
+    format!("localhost:{}", addr.port())
+}
+
+/// A TLS server whose control port needs TLS; HTTPS too when `https`.
+async fn tls_server(pki: &Pki, https: bool) -> (TestServer, Option<SocketAddr>) {
+    let tls = pki.server_tls();
+    let srv = server_with(|c| {
+        c.tls = Some(tls);
+        c.https = https;
+    })
+    .await;
+    if !https {
+        return (srv, None);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (server, shutdown) = (srv.server.clone(), srv.shutdown.clone());
+    tokio::spawn(async move { server.serve_https(listener, shutdown).await });
+    (srv, Some(addr))
+}
+
+/// Waits for a client that must give up, and returns why.
+async fn gave_up(c: TestClient) -> ClientError {
+    let mut c = c;
+    within("the client gives up", &mut c.task)
+        .await
+        .unwrap()
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn the_tunnel_runs_over_tls_with_requests_websockets_and_large_bodies() {
+    use tokio_tungstenite::tungstenite::Message;
+    let pki = Pki::new();
+    let app = origin("app").await;
+    let (srv, _) = tls_server(&pki, false).await;
+    let mut config = client_config(srv.control, vec![spec(None, &app.target)]);
+    config.server = by_name(srv.control);
+    config.tls = Some(pki.client_tls());
+    let c = client(config).await;
+
+    let (status, body) = get(srv.http, &c.host(), "/hello").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "origin app /hello")
+    );
+
+    // 8 MiB each way
+    let size = 8 * 1024 * 1024;
+    let response = send(srv.http, get_request(&c.host(), &format!("/bytes/{size}"))).await;
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), size);
+    assert!(body.iter().enumerate().all(|(i, b)| *b == pattern(i)));
+    let upload: Vec<u8> = (0..size).map(pattern).collect();
+    let request = Request::post("/echo")
+        .header("host", c.host())
+        .body(full(upload.clone()))
+        .unwrap();
+    let echoed = send(srv.http, request)
+        .await
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(echoed == upload, "the echoed body differs");
+
+    let tcp = TcpStream::connect(srv.http).await.unwrap();
+    let url = format!("ws://{}/ws", c.host());
+    let (mut ws, _) = within("ws handshake", tokio_tungstenite::client_async(url, tcp))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let back = within("ws echo", ws.next()).await.unwrap().unwrap();
+        assert_eq!(back, Message::text(format!("hello {i}")));
+    }
+    ws.close(None).await.unwrap();
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused_with_a_clear_error() {
+    let pki = Pki::new();
+    let stranger = Pki::new();
+    let (srv, _) = tls_server(&pki, false).await;
+    let app = origin("app").await;
+    let mut config = client_config(srv.control, vec![spec(None, &app.target)]);
+    config.server = by_name(srv.control);
+    config.tls = Some(stranger.client_tls());
+    let e = gave_up(client_unchecked(config)).await;
+    assert!(
+        matches!(e, ClientError::Connect(ConnectError::Untrusted { .. })),
+        "{e}"
+    );
+    let message = e.to_string();
+    assert!(
+        message.contains("unknown CA") && message.contains("--ca"),
+        "{message}"
+    );
+    assert!(!message.contains('\n'));
+
+    // the right CA, but an address the certificate does not name
+    let mut config = client_config(srv.control, vec![spec(None, &app.target)]);
+    config.tls = Some(pki.client_tls());
+    let e = gave_up(client_unchecked(config)).await;
+    assert!(
+        e.to_string().contains("not valid for this host name"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn insecure_accepts_any_certificate() {
+    let pki = Pki::new();
+    let (srv, _) = tls_server(&pki, false).await;
+    let app = origin("app").await;
+    // by IP, which the certificate does not name either
+    let mut config = client_config(srv.control, vec![spec(None, &app.target)]);
+    config.tls = Some(ClientTls::insecure().unwrap());
+    let c = client(config).await;
+    let (status, _) = get(srv.http, &c.host(), "/").await;
+    assert_eq!(status, StatusCode::OK);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn tls_at_one_end_only_fails_at_once_with_one_line_saying_so() {
+    let app = origin("app").await;
+    // a TLS client, a plain server
+    let plain = server().await;
+    let mut config = client_config(plain.control, vec![spec(None, &app.target)]);
+    config.tls = Some(ClientTls::insecure().unwrap());
+    let e = gave_up(client_unchecked(config)).await;
+    assert!(
+        matches!(e, ClientError::Connect(ConnectError::NotTls { .. })),
+        "{e}"
+    );
+    assert!(e.to_string().contains("without --tls"), "{e}");
+    assert!(!e.to_string().contains('\n'));
+
+    // a plain client, a TLS server
+    let pki = Pki::new();
+    let (srv, _) = tls_server(&pki, false).await;
+    let config = client_config(srv.control, vec![spec(None, &app.target)]);
+    let e = gave_up(client_unchecked(config)).await;
+    assert!(matches!(e, ClientError::Refused(_)), "{e}");
+    assert!(e.to_string().contains("requires TLS"), "{e}");
+    assert!(e.to_string().contains("--tls"), "{e}");
+
+    // and both still serve the clients that match them
+    let mut config = client_config(srv.control, vec![spec(None, &app.target)]);
+    config.server = by_name(srv.control);
+    config.tls = Some(pki.client_tls());
+    client(config).await.stop().await;
+    client(client_config(plain.control, vec![spec(None, &app.target)]))
+        .await
+        .stop()
+        .await;
+}
+
+/// Opens an HTTPS connection to `addr` naming `sni`.
+async fn https_connect(
+    pki: &Pki,
+    addr: SocketAddr,
+    sni: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    within("TLS handshake", pki.visitor_connector().connect(name, tcp)).await
+}
+
+/// GETs `path` with `host` over an HTTPS connection that named `sni`.
+async fn https_get(
+    pki: &Pki,
+    addr: SocketAddr,
+    sni: &str,
+    host: &str,
+    path: &str,
+) -> (StatusCode, String) {
+    let tls = https_connect(pki, addr, sni).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let response = within(
+        "https response",
+        sender.send_request(get_request(host, path)),
+    )
+    .await
+    .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn https_routes_by_sni_and_a_host_that_is_not_the_sni_gets_421() {
+    let pki = Pki::new();
+    let app = origin("app").await;
+    let other = origin("other").await;
+    let (srv, https) = tls_server(&pki, true).await;
+    let https = https.unwrap();
+    let mut config = client_config(
+        srv.control,
+        vec![
+            spec(Some("alpha"), &app.target),
+            spec(Some("beta"), &other.target),
+        ],
+    );
+    config.server = by_name(srv.control);
+    config.tls = Some(pki.client_tls());
+    let c = client(config).await;
+    let port = srv.server.config().public_port.unwrap();
+    assert_eq!(c.grants[0].url, format!("https://alpha.{DOMAIN}:{port}"));
+
+    let alpha = format!("alpha.{DOMAIN}");
+    let beta = format!("beta.{DOMAIN}");
+    let (status, body) = https_get(&pki, https, &alpha, &alpha, "/x").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "origin app /x"));
+    let (status, body) = https_get(&pki, https, &beta, &beta, "/y").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "origin other /y"));
+
+    let (_, body) = https_get(&pki, https, &alpha, &format!("{alpha}:443"), "/headers").await;
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+
+    // a connection opened for alpha cannot reach beta
+    let (status, body) = https_get(&pki, https, &alpha, &beta, "/").await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
+    assert!(body.contains("opened for alpha"), "{body}");
+
+    // a name this server does not serve gets no certificate at all
+    let refused = https_connect(&pki, https, "alpha.elsewhere.test").await;
+    assert!(refused.is_err());
+    let refused = https_connect(&pki, https, &format!("a.b.{DOMAIN}")).await;
+    assert!(refused.is_err());
+
+    // plain http still serves, and says http
+    let (_, body) = get(srv.http, &alpha, "/headers").await;
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
+    c.stop().await;
+}
+
+// ------------------------------------------------------------ the binary
+
+const DROID: &str = env!("CARGO_BIN_EXE_droid");
+
+fn droid(args: &[&str], state: &Path) -> Command {
+    let mut command = Command::new(DROID);
+    command
+        .args(args)
+        .env("DROID_STATE_DIR", state)
+        .env_remove("DROID_SERVER")
+        .env_remove("DROID_TOKEN")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    command
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Reads stdout lines until `pick` accepts one.
+async fn line<T>(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    what: &str,
+    mut pick: impl FnMut(&str) -> Option<T>,
+) -> T {
+    within(what, async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("droid exited before: {what}"));
+            if let Some(t) = pick(&line) {
+                return t;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn config_files_set_up_tls_and_https_and_curl_gets_through() {
+    let pki = Pki::new();
+    let app = origin("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write(dir.path(), "cert.pem", &pki.cert);
+    let key = write(dir.path(), "key.pem", &pki.key);
+    let ca = write(dir.path(), "ca.pem", &pki.ca);
+    let server_file = write(
+        dir.path(),
+        "server.toml",
+        &format!(
+            r#"domain = "{DOMAIN}"
+http = "127.0.0.1:0"
+https = "127.0.0.1:0"
+control = "127.0.0.1:0"
+tls_cert = "{cert}"
+tls_key = "{key}"
+"#
+        ),
+    );
+    let check = droid(&["config", "check", &server_file], dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+
+    let mut server = droid(&["server", "--config", &server_file], dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let control: SocketAddr = line(&mut lines, "the control address", |l| {
+        l.split("control on ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+    .await;
+    let https: SocketAddr = line(&mut lines, "the https address", |l| {
+        l.split("https on ").nth(1)?.split(',').next()?.parse().ok()
+    })
+    .await;
+
+    let client_file = write(
+        dir.path(),
+        "droid.toml",
+        &format!(
+            r#"server = "localhost:{}"
+ca = "{ca}"
+[[tunnels]]
+name = "secure"
+local = {}
+"#,
+            control.port(),
+            app.addr.port()
+        ),
+    );
+    let check = droid(&["config", "check", &client_file], dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let mut client = droid(&["start", "--config", &client_file], dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut client_lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let url = line(&mut client_lines, "the tunnel's URL", |l| {
+        l.starts_with("https://").then(|| l.trim().to_string())
+    })
+    .await;
+    assert_eq!(url, format!("https://secure.{DOMAIN}:{}", https.port()));
+
+    let host = format!("secure.{DOMAIN}");
+    let out = within(
+        "curl",
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--resolve",
+                &format!("{host}:{}:127.0.0.1", https.port()),
+                "--cacert",
+                &ca,
+                &format!("{url}/via-curl"),
+            ])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "origin app /via-curl");
+
+    // the same client on the command line, with a CA that did not sign it
+    let stranger = Pki::new();
+    let wrong_ca = write(dir.path(), "wrong-ca.pem", &stranger.ca);
+    let out = within(
+        "droid http with a wrong CA",
+        droid(
+            &[
+                "http",
+                &app.addr.port().to_string(),
+                "--server",
+                &format!("localhost:{}", control.port()),
+                "--ca",
+                &wrong_ca,
+            ],
+            dir.path(),
+        )
+        .output(),
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not trust") && stderr.contains("unknown CA"),
+        "{stderr}"
+    );
+
+    // --insecure connects, after a warning
+    let mut insecure = droid(
+        &[
+            "http",
+            &app.addr.port().to_string(),
+            "--server",
+            &control.to_string(),
+            "--insecure",
+        ],
+        dir.path(),
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut insecure_out = BufReader::new(insecure.stdout.take().unwrap()).lines();
+    line(&mut insecure_out, "the insecure client's URL", |l| {
+        l.starts_with("https://").then_some(())
+    })
+    .await;
+    let mut insecure_err = BufReader::new(insecure.stderr.take().unwrap()).lines();
+    let warning = within("the warning", insecure_err.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(warning.contains("WARNING: --insecure"), "{warning}");
+
+    let _ = insecure.kill().await;
+    let _ = client.kill().await;
+    let _ = server.kill().await;
+}
+
+#[tokio::test]
+async fn bad_tls_settings_in_files_name_the_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "server-no-key.toml",
+            format!("domain = \"{DOMAIN}\"\ntls_cert = \"/nonexistent/cert.pem\"\n"),
+            "tls_cert",
+            "needs `tls_key`",
+        ),
+        (
+            "server-missing-file.toml",
+            format!(
+                "domain = \"{DOMAIN}\"\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n"
+            ),
+            "tls_cert",
+            "/nonexistent/cert.pem",
+        ),
+        (
+            "server-https-no-cert.toml",
+            format!("domain = \"{DOMAIN}\"\nhttps = \"127.0.0.1:0\"\n"),
+            "https",
+            "needs a certificate",
+        ),
+        (
+            "client-ca-insecure.toml",
+            "server = \"localhost:7835\"\nca = \"/nonexistent/ca.pem\"\ninsecure = true\n[[tunnels]]\nname = \"a\"\nlocal = 3000\n".to_string(),
+            "ca",
+            "contradict",
+        ),
+        (
+            "client-no-server.toml",
+            "tls = true\n[[tunnels]]\nname = \"a\"\nlocal = 3000\n".to_string(),
+            "tls",
+            "need `server`",
+        ),
+    ];
+    for (name, text, key, says) in cases {
+        let file = write(dir.path(), name, &text);
+        let out = droid(&["config", "check", &file], dir.path())
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {stderr}");
+        assert!(
+            stderr.contains(name) && stderr.contains(key) && stderr.contains(says),
+            "{name}: {stderr}"
+        );
+    }
+}
