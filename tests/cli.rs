@@ -4,65 +4,8 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-
-struct Droid {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Droid {
-    fn start(args: &[&str], state_dir: &std::path::Path) -> Droid {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_droid"))
-            .args(args)
-            .env("DROID_STATE_DIR", state_dir)
-            .env_remove("DROID_SERVER")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Droid { child, lines }
-    }
-
-    /// The next stdout line that `pick` accepts.
-    async fn line<T>(&mut self, what: &str, mut pick: impl FnMut(&str) -> Option<T>) -> T {
-        within(what, async {
-            loop {
-                let line = self
-                    .lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .unwrap_or_else(|| panic!("droid exited before: {what}"));
-                if let Some(t) = pick(&line) {
-                    return t;
-                }
-            }
-        })
-        .await
-    }
-
-    /// Ctrl-C, and the exit status.
-    async fn interrupt(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().unwrap().to_string();
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .await
-            .unwrap();
-        within("droid exits", self.child.wait()).await.unwrap()
-    }
-}
+use tokio::process::Command;
 
 async fn curl(args: &[&str]) -> String {
     let out = within("curl", Command::new("curl").args(args).output())

@@ -7,78 +7,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-
-const DROID: &str = env!("CARGO_BIN_EXE_droid");
-
-/// A `droid` process whose stdout is read line by line.
-struct Droid {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-fn droid_command(args: &[&str], state_dir: &Path) -> Command {
-    let mut command = Command::new(DROID);
-    command
-        .args(args)
-        .env("DROID_STATE_DIR", state_dir)
-        .env_remove("DROID_SERVER")
-        .env_remove("DROID_TOKEN")
-        .env_remove("DROID_MAIL_SECRET")
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .kill_on_drop(true);
-    command
-}
-
-impl Droid {
-    fn start(args: &[&str], state_dir: &Path, env: &[(&str, &str)]) -> Droid {
-        let mut command = droid_command(args, state_dir);
-        command.envs(env.iter().copied());
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Droid { child, lines }
-    }
-
-    /// The next stdout line that `pick` accepts.
-    async fn line<T>(&mut self, what: &str, mut pick: impl FnMut(&str) -> Option<T>) -> T {
-        within(what, async {
-            loop {
-                let line = self
-                    .lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .unwrap_or_else(|| panic!("droid exited before: {what}"));
-                if let Some(t) = pick(&line) {
-                    return t;
-                }
-            }
-        })
-        .await
-    }
-
-    /// Ctrl-C, and the exit status.
-    async fn interrupt(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().unwrap().to_string();
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .await
-            .unwrap();
-        within("droid exits", self.child.wait()).await.unwrap()
-    }
-}
 
 /// Runs droid to completion.
 async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -294,7 +225,7 @@ dir = "{}"
             spool.display()
         ),
     );
-    let mut server = Droid::start(&["server", "--config", &server_file], dir.path(), &[]);
+    let mut server = Droid::start_with(&["server", "--config", &server_file], dir.path(), &[]);
     let (http, control) = server
         .line("the server's addresses", |l| {
             let http = l.split("http on ").nth(1)?.split(',').next()?.to_string();
@@ -333,7 +264,7 @@ host_header = "rewrite"
             other.addr.port()
         ),
     );
-    let mut client = Droid::start(
+    let mut client = Droid::start_with(
         &["start", "--config", &client_file],
         dir.path(),
         &[("TEST_MAIL_SECRET", "k3y")],
@@ -434,7 +365,7 @@ async fn droid_start_names_a_subset_and_the_command_line_overrides_the_file() {
     );
     // --server wins over the file's unreachable one; only `web` starts
     let control = srv.control.to_string();
-    let mut client = Droid::start(
+    let mut client = Droid::start_with(
         &["start", "--config", &file, "--server", &control, "web"],
         dir.path(),
         &[],
@@ -483,7 +414,7 @@ enabled = false
         ),
     );
     // --format on the command line wins over the file's json
-    let mut droid = Droid::start(
+    let mut droid = Droid::start_with(
         &["smtp", "--config", &file, "--format", "raw"],
         dir.path(),
         &[("TEST_MAIL_SECRET", "s")],

@@ -338,45 +338,10 @@ async fn https_routes_by_sni_and_a_host_that_is_not_the_sni_gets_421() {
 
 // ------------------------------------------------------------ the binary
 
-const DROID: &str = env!("CARGO_BIN_EXE_droid");
-
-fn droid(args: &[&str], state: &Path) -> Command {
-    let mut command = Command::new(DROID);
-    command
-        .args(args)
-        .env("DROID_STATE_DIR", state)
-        .env_remove("DROID_SERVER")
-        .env_remove("DROID_TOKEN")
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true);
-    command
-}
-
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_string()
-}
-
-/// Reads stdout lines until `pick` accepts one.
-async fn line<T>(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    what: &str,
-    mut pick: impl FnMut(&str) -> Option<T>,
-) -> T {
-    within(what, async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .unwrap_or_else(|| panic!("droid exited before: {what}"));
-            if let Some(t) = pick(&line) {
-                return t;
-            }
-        }
-    })
-    .await
 }
 
 #[tokio::test]
@@ -400,18 +365,18 @@ tls_key = "{key}"
 "#
         ),
     );
-    let check = droid(&["config", "check", &server_file], dir.path())
+    let check = droid_command(&["config", "check", &server_file], dir.path())
         .output()
         .await
         .unwrap();
     assert!(check.status.success(), "{check:?}");
 
-    let mut server = droid(&["server", "--config", &server_file], dir.path())
+    let mut server = droid_command(&["server", "--config", &server_file], dir.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let control: SocketAddr = line(&mut lines, "the control address", |l| {
+    let control: SocketAddr = next_line(&mut lines, "the control address", |l| {
         l.split("control on ")
             .nth(1)?
             .split_whitespace()
@@ -420,7 +385,7 @@ tls_key = "{key}"
             .ok()
     })
     .await;
-    let https: SocketAddr = line(&mut lines, "the https address", |l| {
+    let https: SocketAddr = next_line(&mut lines, "the https address", |l| {
         l.split("https on ").nth(1)?.split(',').next()?.parse().ok()
     })
     .await;
@@ -439,17 +404,17 @@ local = {}
             app.addr.port()
         ),
     );
-    let check = droid(&["config", "check", &client_file], dir.path())
+    let check = droid_command(&["config", "check", &client_file], dir.path())
         .output()
         .await
         .unwrap();
     assert!(check.status.success(), "{check:?}");
-    let mut client = droid(&["start", "--config", &client_file], dir.path())
+    let mut client = droid_command(&["start", "--config", &client_file], dir.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut client_lines = BufReader::new(client.stdout.take().unwrap()).lines();
-    let url = line(&mut client_lines, "the tunnel's URL", |l| {
+    let url = next_line(&mut client_lines, "the tunnel's URL", |l| {
         l.starts_with("https://").then(|| l.trim().to_string())
     })
     .await;
@@ -479,7 +444,7 @@ local = {}
     let wrong_ca = write(dir.path(), "wrong-ca.pem", &stranger.ca);
     let out = within(
         "droid http with a wrong CA",
-        droid(
+        droid_command(
             &[
                 "http",
                 &app.addr.port().to_string(),
@@ -502,7 +467,7 @@ local = {}
     );
 
     // --insecure connects, after a warning
-    let mut insecure = droid(
+    let mut insecure = droid_command(
         &[
             "http",
             &app.addr.port().to_string(),
@@ -517,7 +482,7 @@ local = {}
     .spawn()
     .unwrap();
     let mut insecure_out = BufReader::new(insecure.stdout.take().unwrap()).lines();
-    line(&mut insecure_out, "the insecure client's URL", |l| {
+    next_line(&mut insecure_out, "the insecure client's URL", |l| {
         l.starts_with("https://").then_some(())
     })
     .await;
@@ -572,7 +537,7 @@ async fn bad_tls_settings_in_files_name_the_file_line_and_key() {
     ];
     for (name, text, key, says) in cases {
         let file = write(dir.path(), name, &text);
-        let out = droid(&["config", "check", &file], dir.path())
+        let out = droid_command(&["config", "check", &file], dir.path())
             .output()
             .await
             .unwrap();

@@ -708,3 +708,93 @@ pub async fn dead_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap().port()
 }
+
+// ---------------------------------------------------------------- the binary
+
+/// The `droid` binary under test.
+pub const DROID: &str = env!("CARGO_BIN_EXE_droid");
+
+/// A `droid` command with its own state dir and none of the user's
+/// DROID_* settings; logs at `warn` unless RUST_LOG says otherwise.
+pub fn droid_command(args: &[&str], state_dir: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(DROID);
+    command
+        .args(args)
+        .env("DROID_STATE_DIR", state_dir)
+        .env_remove("DROID_SERVER")
+        .env_remove("DROID_TOKEN")
+        .env_remove("DROID_MAIL_SECRET")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .kill_on_drop(true);
+    command
+}
+
+/// Lines of a child's stdout.
+pub type StdoutLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Reads stdout lines until `pick` accepts one.
+pub async fn next_line<T>(
+    lines: &mut StdoutLines,
+    what: &str,
+    mut pick: impl FnMut(&str) -> Option<T>,
+) -> T {
+    within(what, async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("droid exited before: {what}"));
+            if let Some(t) = pick(&line) {
+                return t;
+            }
+        }
+    })
+    .await
+}
+
+/// A `droid` process whose stdout is read line by line.
+pub struct Droid {
+    pub child: tokio::process::Child,
+    pub lines: StdoutLines,
+}
+
+impl Droid {
+    /// Starts `droid ARGS` with `state_dir` as its state directory.
+    pub fn start(args: &[&str], state_dir: &std::path::Path) -> Droid {
+        Droid::start_with(args, state_dir, &[])
+    }
+
+    /// The same, with extra environment variables.
+    pub fn start_with(args: &[&str], state_dir: &std::path::Path, env: &[(&str, &str)]) -> Droid {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut command = droid_command(args, state_dir);
+        command.envs(env.iter().copied());
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Droid { child, lines }
+    }
+
+    /// The next stdout line that `pick` accepts.
+    pub async fn line<T>(&mut self, what: &str, pick: impl FnMut(&str) -> Option<T>) -> T {
+        next_line(&mut self.lines, what, pick).await
+    }
+
+    /// Ctrl-C, and the exit status.
+    pub async fn interrupt(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap().to_string();
+        tokio::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .await
+            .unwrap();
+        within("droid exits", self.child.wait()).await.unwrap()
+    }
+}
