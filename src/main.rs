@@ -261,6 +261,14 @@ struct LimitArgs {
     /// Live tunnels the clients of one IP address may hold [default: no limit].
     #[arg(long)]
     max_tunnels_per_ip: Option<usize>,
+    /// Requests per second each tunnel takes from visitors; more get a 429
+    /// with Retry-After [default: no limit].
+    #[arg(long, value_name = "N")]
+    requests_per_second: Option<u32>,
+    /// Requests a tunnel takes at once after a quiet spell
+    /// [default: --requests-per-second].
+    #[arg(long, value_name = "N")]
+    burst: Option<u32>,
 }
 
 /// A command with its files read and checked, ready to run.

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use droid_adapters::Format;
 use droid_client::{HostHeader, MailSettings, TunnelSpec};
 use droid_core::protocol::MailRoute;
@@ -122,6 +122,21 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
         config.max_headers = n;
     }
     config.max_body_size = a.max_body_size.or(limits.and_then(|l| l.max_body_size));
+    let spanned_u32 = |v: Option<&toml::Spanned<u32>>| v.map(|n| *n.get_ref());
+    let per_second = a.requests_per_second.or(spanned_u32(
+        limits.and_then(|l| l.requests_per_second.as_ref()),
+    ));
+    let burst = a
+        .burst
+        .or(spanned_u32(limits.and_then(|l| l.burst.as_ref())));
+    config.request_rate = match (per_second, burst) {
+        (None, None) => None,
+        (None, Some(_)) => bail!("--burst shapes a request rate: add --requests-per-second N"),
+        (Some(per_second), burst) => Some(
+            droid_server::RequestRate::new(per_second, burst)
+                .context("--requests-per-second and --burst must be at least 1")?,
+        ),
+    };
     let mut tokens: Vec<TokenRule> = f
         .map(|f| {
             f.tokens

@@ -130,9 +130,14 @@ async fn each_kind_of_bad_input_gives_one_error_naming_file_line_column_and_key(
             "droid.toml:2:9: `token`: environment variable DROID_TEST_SURELY_UNSET is not set",
         ),
         (
-            "a limit not enforced yet",
-            "domain = \"t.example\"\n[limits]\nrequests_per_second = 1000\n",
-            "droid.toml:3:23: `limits.requests_per_second` is not supported yet",
+            "a zero request rate",
+            "domain = \"t.example\"\n[limits]\nrequests_per_second = 0\n",
+            "droid.toml:3:23: `limits.requests_per_second`: must be at least 1",
+        ),
+        (
+            "a burst without a rate",
+            "domain = \"t.example\"\n[limits]\nburst = 10\n",
+            "droid.toml:3:9: `limits.burst`: needs `requests_per_second` too",
         ),
         (
             "a name reserved twice",
@@ -216,6 +221,8 @@ heartbeat_timeout = "30s"
 grace = "1m"
 [limits]
 max_streams_per_tunnel = 64
+requests_per_second = 1
+burst = 1
 [adapters.smtp]
 listen = "127.0.0.1:0"
 max_recipients = 10
@@ -225,7 +232,21 @@ dir = "{}"
             spool.display()
         ),
     );
-    let mut server = Droid::start_with(&["server", "--config", &server_file], dir.path(), &[]);
+    // The command line wins over the file's rate of 1 a second, which would
+    // refuse the requests below.
+    let mut server = Droid::start_with(
+        &[
+            "server",
+            "--config",
+            &server_file,
+            "--requests-per-second",
+            "1000",
+            "--burst",
+            "2000",
+        ],
+        dir.path(),
+        &[],
+    );
     let (http, control) = server
         .line("the server's addresses", |l| {
             let http = l.split("http on ").nth(1)?.split(',').next()?.to_string();
@@ -287,10 +308,13 @@ host_header = "rewrite"
         ]
     );
     let http: std::net::SocketAddr = http.parse().unwrap();
-    assert_eq!(
-        get(http, "api.tunnel.test", "/x").await,
-        (http::StatusCode::OK, "origin app /x".to_string())
-    );
+    for i in 0..3 {
+        // three in a row: the file's rate (burst 1) would refuse two
+        assert_eq!(
+            get(http, "api.tunnel.test", &format!("/x{i}")).await,
+            (http::StatusCode::OK, format!("origin app /x{i}"))
+        );
+    }
     let (status, body) = get(http, "web.tunnel.test", "/headers").await;
     assert_eq!(status, http::StatusCode::OK);
     let headers: serde_json::Value = serde_json::from_str(&body).unwrap();

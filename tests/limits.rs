@@ -303,3 +303,85 @@ async fn requests_beyond_the_stream_cap_wait_then_get_503_and_the_session_surviv
     }
     assert_eq!(srv.server.registry().live_count(), 1);
 }
+
+#[tokio::test]
+async fn a_tunnel_over_its_request_rate_gets_429_and_other_tunnels_do_not() {
+    let mut app = origin("app").await;
+    let srv = server_with(|c| c.request_rate = droid_server::RequestRate::new(5, Some(5))).await;
+    let c = client(client_config(
+        srv.control,
+        vec![
+            spec(Some("busy"), &app.target),
+            spec(Some("calm"), &app.target),
+        ],
+    ))
+    .await;
+    let busy = format!("busy.{DOMAIN}");
+    let calm = format!("calm.{DOMAIN}");
+    assert_eq!(c.grants.len(), 2);
+
+    // 20 requests in a row on one kept-alive connection: the burst of 5
+    // passes, then (faster than 5 a second) some are refused.
+    let stream = TcpStream::connect(srv.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..20 {
+        let response = within(
+            "a request",
+            sender.send_request(get_request(&busy, &format!("/inbound/{i}"))),
+        )
+        .await
+        .unwrap();
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        match status.as_u16() {
+            200 => ok += 1,
+            429 => {
+                refused += 1;
+                let secs: u64 = retry_after
+                    .expect("a 429 says when to retry")
+                    .parse()
+                    .unwrap();
+                assert!(secs >= 1);
+                let body = String::from_utf8_lossy(&body);
+                assert!(
+                    body.contains("the tunnel busy gets more requests"),
+                    "{body}"
+                );
+            }
+            other => panic!("request {i}: unexpected {other}"),
+        }
+    }
+    assert!(ok >= 5, "the burst passes: {ok} of 20");
+    assert!(
+        refused >= 1,
+        "some requests are over the rate: {refused} of 20"
+    );
+    assert_eq!(ok + refused, 20);
+
+    // A refused request never entered the tunnel: the app saw the others only.
+    let mut seen = 0;
+    while seen < ok {
+        app.next_mail().await;
+        seen += 1;
+    }
+    assert!(
+        app.inbox.try_recv().is_err(),
+        "the app saw only the {ok} passed"
+    );
+
+    // The other tunnel of the same client has its own bucket, still full.
+    for i in 0..5 {
+        let (status, body) = get(srv.http, &calm, &format!("/calm/{i}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, format!("origin app /calm/{i}"));
+    }
+}

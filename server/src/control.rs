@@ -219,6 +219,7 @@ fn grant(
         owned,
         limits: shared.auth.limit_keys(caller, peer.ip()),
         access,
+        rate: shared.config.request_rate,
     };
     let grant = shared.registry.claim_with(
         &hello.tunnels,

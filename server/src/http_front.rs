@@ -7,12 +7,12 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use droid_core::protocol::{self, StreamHeader};
 use droid_core::proxy::{self, Body};
 use http::header::{
-    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, WWW_AUTHENTICATE,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -26,6 +26,7 @@ use tracing::{debug, info};
 use crate::Shared;
 use crate::access::Verdict;
 use crate::guard::{GuardedBody, Tripped};
+use crate::rate;
 use crate::registry::{Lookup, Tunnel};
 
 /// Serves one visitor connection until it closes.
@@ -198,6 +199,13 @@ impl Visitor {
             && declared_length(&request).is_some_and(|n| n > max)
         {
             return too_large(max, html);
+        }
+        // Last of the checks: a request refused for another reason does
+        // not use up the tunnel's rate.
+        if let Some(rate) = &tunnel.rate
+            && let Err(wait) = rate.check()
+        {
+            return too_many(&name, wait, html);
         }
         self.add_forwarded_headers(&mut request, &host);
         let started = Instant::now();
@@ -374,6 +382,19 @@ fn too_large(max: u64, html: bool) -> Response<Body> {
     );
     page.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
+    page
+}
+
+/// A 429 with `Retry-After`: the tunnel's request rate is used up.
+fn too_many(name: &str, wait: Duration, html: bool) -> Response<Body> {
+    debug!(tunnel = %name, ?wait, "request rate limit reached");
+    let mut page = proxy::error_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("the tunnel {name} gets more requests than this server allows; slow down"),
+        html,
+    );
+    page.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(rate::retry_after_secs(wait)));
     page
 }
 

@@ -7,6 +7,7 @@
 //! - `tls`: TLS on the control port, and the HTTPS listener (SNI checked
 //!   against the domain, then HTTP as on the plain listener).
 //! - `listener`: the accept loop every listener shares.
+//! - [`rate`]: each tunnel's request rate limit (429 past it).
 //! - `mail`: routes `*@NAME.domain` to tunnels for the SMTP adapter, and
 //!   delivers its POSTs through them.
 //!
@@ -23,6 +24,7 @@ mod http_front;
 mod listener;
 mod mail;
 pub mod names;
+pub mod rate;
 pub mod registry;
 mod tls;
 
@@ -37,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{AuthPolicy, TokenRule};
+pub use rate::RequestRate;
 pub use registry::{NamePolicy, Registry};
 
 /// What a server needs to know; every field has a sensible default but the domain.
@@ -68,6 +71,9 @@ pub struct ServerConfig {
     pub max_body_size: Option<u64>,
     /// The longest a visitor may pause while sending a request body.
     pub body_read_timeout: Duration,
+    /// Requests per second (and burst) each tunnel takes from visitors;
+    /// more get a 429 with `Retry-After`. `None`: no limit.
+    pub request_rate: Option<RequestRate>,
     /// Tokens, reserved names and tunnel limits.
     pub auth: AuthPolicy,
     /// Whether this server accepts mail for its tunnels; the welcome then
@@ -96,6 +102,7 @@ impl ServerConfig {
             max_headers: 100,
             max_body_size: None,
             body_read_timeout: Duration::from_secs(60),
+            request_rate: None,
             auth: AuthPolicy::default(),
             smtp: false,
             tls: None,

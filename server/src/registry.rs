@@ -27,6 +27,7 @@ use tracing::{debug, info};
 
 use crate::access::Access;
 use crate::names::{self, NameGenerator};
+use crate::rate::{Limiter, RequestRate};
 
 /// How long names are kept for their owners, and how many are remembered.
 #[derive(Debug, Clone)]
@@ -67,6 +68,9 @@ pub struct Tunnel {
     pub access: Access,
     /// The counters it counts against (a token, an address).
     pub limit_keys: Vec<String>,
+    /// Its request rate limit, if the server sets one: its own bucket,
+    /// gone with the tunnel.
+    pub rate: Option<Limiter>,
 }
 
 /// What a claim must respect besides names held by others.
@@ -81,6 +85,8 @@ pub struct ClaimRules {
     /// Each tunnel's access checks, in the order of the requests; missing
     /// ones are open.
     pub access: Vec<Access>,
+    /// The request rate each granted tunnel gets a bucket for.
+    pub rate: Option<RequestRate>,
 }
 
 /// The owner of a name: the holder of its resume secret.
@@ -382,6 +388,7 @@ impl Registry {
                     mail,
                     access: access.next().unwrap_or_default(),
                     limit_keys: keys.clone(),
+                    rate: rules.rate.map(Limiter::new),
                 });
                 for key in &keys {
                     *state.live_by_key.entry(key.clone()).or_insert(0) += 1;

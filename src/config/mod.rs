@@ -4,7 +4,7 @@
 //! overrides the file.
 //!
 //! - [`values`]: the value types, each checked as it is read (addresses,
-//!   durations, targets, `${VAR}` expansion, settings not supported yet).
+//!   durations, targets, `${VAR}` expansion).
 //! - [`error`]: [`ConfigError`]: the file, line, column and key of the
 //!   first problem, with a "did you mean" hint.
 //! - [`server`], [`client`], [`smtp`]: the three files.
@@ -205,6 +205,31 @@ impl Validate for ServerFile {
                         "must be at least 1",
                     ));
                 }
+            }
+            for (key, value) in [
+                ("requests_per_second", &l.requests_per_second),
+                ("burst", &l.burst),
+            ] {
+                if let Some(n) = value
+                    && *n.get_ref() == 0
+                {
+                    return Err(ConfigError::at(
+                        file,
+                        source,
+                        Some(n.span()),
+                        Some(format!("limits.{key}")),
+                        "must be at least 1 (leave it out for no limit)",
+                    ));
+                }
+            }
+            if let (None, Some(burst)) = (&l.requests_per_second, &l.burst) {
+                return Err(ConfigError::at(
+                    file,
+                    source,
+                    Some(burst.span()),
+                    Some("limits.burst".into()),
+                    "needs `requests_per_second` too: a burst shapes a request rate",
+                ));
             }
         }
         let mut tokens: HashMap<&str, usize> = HashMap::new();

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::smtp::{SmtpFile, SpoolFile};
-use super::values::{Addr, Dur, LogLevel, NonEmpty, TunnelName, Unsupported};
+use super::values::{Addr, Dur, LogLevel, NonEmpty, TunnelName};
 
 /// `[[tokens]]`.
 pub type Tokens = Vec<Spanned<TokenFile>>;
@@ -88,10 +88,10 @@ pub struct LimitsFile {
     pub max_tunnels_per_token: Option<usize>,
     /// Live tunnels the clients of one IP address may hold.
     pub max_tunnels_per_ip: Option<usize>,
-    /// Not enforced yet.
-    #[allow(dead_code, reason = "checked, then refused: reading one fails")]
-    #[serde(default)]
-    pub requests_per_second: Option<Unsupported<u32>>,
+    /// Requests per second each tunnel takes; more get a 429.
+    pub requests_per_second: Option<Spanned<u32>>,
+    /// Requests a tunnel takes at once after a quiet spell (default: the rate).
+    pub burst: Option<Spanned<u32>>,
 }
 
 /// One `[[tokens]]` entry. Its `Debug` masks the token.

@@ -1,10 +1,8 @@
 //! The value types of config files. Each checks itself while the file is
 //! read, so a bad value is reported with its line and column: strings with
-//! `${VAR}` expanded, addresses, durations, local targets, paths, names, and
-//! [`Unsupported`] for settings nothing enforces yet.
+//! `${VAR}` expanded, addresses, durations, local targets, paths and names.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -251,23 +249,6 @@ impl<'de> Deserialize<'de> for Local {
             }
         }
         d.deserialize_any(LocalVisitor)
-    }
-}
-
-/// A setting this version of Droid parses and checks but does not enforce
-/// yet. Rather than accept a setting that would do nothing, reading one
-/// fails, with the value's position.
-#[derive(Debug)]
-pub struct Unsupported<T>(PhantomData<T>);
-
-/// What [`Unsupported`] says.
-pub const NOT_SUPPORTED: &str = "is not supported yet: this version of droid would not enforce it, \
-     and droid refuses a setting it would ignore; remove it (it arrives with rate limits)";
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Unsupported<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        T::deserialize(d)?;
-        Err(de::Error::custom(NOT_SUPPORTED))
     }
 }
 
