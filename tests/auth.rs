@@ -307,17 +307,8 @@ async fn the_command_line_wires_tokens_auth_allow_lists_and_limits() {
     .spawn()
     .unwrap();
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let (http, control) = within("the server's addresses", async {
-        loop {
-            let l = lines.next_line().await.unwrap().unwrap();
-            let http = l.split("http on ").nth(1).and_then(|r| r.split(',').next());
-            let control = l.split("control on ").nth(1);
-            if let (Some(h), Some(c)) = (http, control) {
-                return (h.to_string(), c.trim().to_string());
-            }
-        }
-    })
-    .await;
+    let (http, control) = next_line(&mut lines, "the server's addresses", server_addrs).await;
+    let (http, control) = (http.to_string(), control.to_string());
     let target = app.addr.port().to_string();
 
     // no token: the client exits at once with the reason

@@ -104,13 +104,8 @@ async fn a_public_server_and_a_named_client_in_separate_processes() {
         ],
         state.path(),
     );
-    let (http, control) = server
-        .line("the server's addresses", |l| {
-            let http = l.split("http on ").nth(1)?.split(',').next()?.to_string();
-            let control = l.split("control on ").nth(1)?.trim().to_string();
-            Some((http, control))
-        })
-        .await;
+    let (http, control) = server.line("the server's addresses", server_addrs).await;
+    let (http, control) = (http.to_string(), control.to_string());
     let target = format!("http://127.0.0.1:{}", app.addr.port());
     let mut client = Droid::start(
         &["http", &target, "--server", &control, "--name", "myapp"],
@@ -235,14 +230,7 @@ async fn droid_smtp_posts_mail_to_a_url_with_no_tunnel() {
         state.path(),
     );
     let smtp: std::net::SocketAddr = droid
-        .line("the listening line", |l| {
-            l.split("listening on ")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()
-        })
+        .line("the listening line", |l| addr_after(l, "listening on "))
         .await;
     let out = smtplib_send(
         smtp,

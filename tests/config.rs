@@ -247,17 +247,10 @@ dir = "{}"
         dir.path(),
         &[],
     );
-    let (http, control) = server
-        .line("the server's addresses", |l| {
-            let http = l.split("http on ").nth(1)?.split(',').next()?.to_string();
-            let control = l.split("control on ").nth(1)?.trim().to_string();
-            Some((http, control))
-        })
-        .await;
+    let (http, control) = server.line("the server's addresses", server_addrs).await;
+    let (http, control) = (http.to_string(), control.to_string());
     let smtp: std::net::SocketAddr = server
-        .line("the smtp line", |l| {
-            l.split("smtp on ").nth(1)?.split(',').next()?.parse().ok()
-        })
+        .line("the smtp line", |l| addr_after(l, "smtp on "))
         .await;
 
     let client_file = write(
@@ -444,14 +437,7 @@ enabled = false
         &[("TEST_MAIL_SECRET", "s")],
     );
     let smtp: std::net::SocketAddr = droid
-        .line("the listening line", |l| {
-            l.split("listening on ")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()
-        })
+        .line("the listening line", |l| addr_after(l, "listening on "))
         .await;
     let out = smtplib_send(
         smtp,

@@ -377,16 +377,11 @@ tls_key = "{key}"
         .unwrap();
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
     let control: SocketAddr = next_line(&mut lines, "the control address", |l| {
-        l.split("control on ")
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        addr_after(l, "control on ")
     })
     .await;
     let https: SocketAddr = next_line(&mut lines, "the https address", |l| {
-        l.split("https on ").nth(1)?.split(',').next()?.parse().ok()
+        addr_after(l, "https on ")
     })
     .await;
 

@@ -732,6 +732,26 @@ pub fn droid_command(args: &[&str], state_dir: &std::path::Path) -> tokio::proce
     command
 }
 
+/// The address printed after `label` in one of the binary's stdout lines,
+/// e.g. `addr_after(line, "smtp on ")` for `droid server: smtp on 127.0.0.1:2525, ...`.
+pub fn addr_after(line: &str, label: &str) -> Option<SocketAddr> {
+    line.split(label)
+        .nth(1)?
+        .split([',', ' '])
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `droid server`'s address line: its HTTP and control listeners.
+pub fn server_addrs(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    Some((
+        addr_after(line, "http on ")?,
+        addr_after(line, "control on ")?,
+    ))
+}
+
 /// Lines of a child's stdout.
 pub type StdoutLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
 
