@@ -325,8 +325,7 @@ fn fail(e: &anyhow::Error) -> std::process::ExitCode {
     std::process::ExitCode::FAILURE
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let ready = match cli.command {
         Command::Config(command) => {
@@ -346,12 +345,27 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let shutdown = shutdown_on_signal();
-    let result = match ready {
-        Ready::Tunnels(settings) => tunnels(settings, shutdown).await,
-        Ready::Server(settings) => server(*settings, shutdown).await,
-        Ready::Smtp(settings) => smtp(settings, shutdown).await,
+    // The client serves one user's tunnels: one thread does it with no
+    // wakeups across threads and one allocator arena. A server spreads its
+    // many tunnels over every core.
+    let runtime = match ready {
+        Ready::Tunnels(_) => tokio::runtime::Builder::new_current_thread(),
+        Ready::Server(_) | Ready::Smtp(_) => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&anyhow::Error::new(e).context("cannot start the async runtime")),
     };
+    let result = runtime.block_on(async {
+        let shutdown = shutdown_on_signal();
+        match ready {
+            Ready::Tunnels(settings) => tunnels(settings, shutdown).await,
+            Ready::Server(settings) => server(*settings, shutdown).await,
+            Ready::Smtp(settings) => smtp(settings, shutdown).await,
+        }
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => fail(&e),

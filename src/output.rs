@@ -76,55 +76,77 @@ pub async fn check_target(target: &Target) {
     }
 }
 
+/// Prints events as they come. Under load, the lines of every event already
+/// waiting go out in one write.
 pub async fn print_events(mut events: mpsc::UnboundedReceiver<ClientEvent>, mail: MailDisplay) {
-    while let Some(event) = events.recv().await {
-        match event {
-            ClientEvent::Connected {
-                tunnels,
-                reconnected,
-                mail_secret,
-            } => {
-                for (i, t) in tunnels.iter().enumerate() {
-                    if reconnected {
-                        say(&format!("droid: reconnected, {} is up again", t.url));
-                        continue;
-                    }
-                    say(&t.url);
-                    if let Some(domain) = &t.smtp {
-                        let via = mail.smtp.map(|a| format!("smtp {a}, ")).unwrap_or_default();
-                        let how = mail.tunnels.get(i).map(describe_mail).unwrap_or_default();
-                        say(&format!("{via}mail to anything@{domain} arrives as {how}"));
-                    }
+    let mut lines = String::new();
+    while let Some(first) = events.recv().await {
+        let mut next = Some(first);
+        while let Some(event) = next.take() {
+            describe_event(event, &mail, &mut lines);
+            if lines.len() < 64 * 1024 {
+                next = events.try_recv().ok();
+            }
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(lines.as_bytes());
+        let _ = out.flush();
+        lines.clear();
+    }
+}
+
+/// Appends the lines an event prints to `out`.
+fn describe_event(event: ClientEvent, mail: &MailDisplay, out: &mut String) {
+    let mut say = |line: &str| {
+        out.push_str(line);
+        out.push('\n');
+    };
+    match event {
+        ClientEvent::Connected {
+            tunnels,
+            reconnected,
+            mail_secret,
+        } => {
+            for (i, t) in tunnels.iter().enumerate() {
+                if reconnected {
+                    say(&format!("droid: reconnected, {} is up again", t.url));
+                    continue;
                 }
-                if !reconnected && tunnels.iter().any(|t| t.smtp.is_some()) {
-                    say(&format!(
-                        "droid: mail POSTs are signed (Droid-Signature) with the secret {mail_secret}"
-                    ));
+                say(&t.url);
+                if let Some(domain) = &t.smtp {
+                    let via = mail.smtp.map(|a| format!("smtp {a}, ")).unwrap_or_default();
+                    let how = mail.tunnels.get(i).map(describe_mail).unwrap_or_default();
+                    say(&format!("{via}mail to anything@{domain} arrives as {how}"));
                 }
             }
-            ClientEvent::Disconnected { reason, retry_in } => {
+            if !reconnected && tunnels.iter().any(|t| t.smtp.is_some()) {
                 say(&format!(
-                    "droid: tunnel down: {reason}; retrying in {:.1}s",
-                    retry_in.as_secs_f32()
+                    "droid: mail POSTs are signed (Droid-Signature) with the secret {mail_secret}"
                 ));
             }
-            ClientEvent::Request {
-                method,
-                path,
-                status,
-                elapsed,
-                ..
-            } => {
-                say(&format!(
-                    "{method:<7} {path:<40} {status} {:>8.1} ms",
-                    elapsed.as_secs_f64() * 1e3
-                ));
-            }
-            ClientEvent::TargetDown { target, error, .. } => {
-                say(&format!(
-                    "droid: the tunnel is up but nothing answers at {target} ({error})"
-                ));
-            }
+        }
+        ClientEvent::Disconnected { reason, retry_in } => {
+            say(&format!(
+                "droid: tunnel down: {reason}; retrying in {:.1}s",
+                retry_in.as_secs_f32()
+            ));
+        }
+        ClientEvent::Request {
+            method,
+            path,
+            status,
+            elapsed,
+            ..
+        } => {
+            say(&format!(
+                "{method:<7} {path:<40} {status} {:>8.1} ms",
+                elapsed.as_secs_f64() * 1e3
+            ));
+        }
+        ClientEvent::TargetDown { target, error, .. } => {
+            say(&format!(
+                "droid: the tunnel is up but nothing answers at {target} ({error})"
+            ));
         }
     }
 }

@@ -18,6 +18,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufWriter, ReadBuf};
@@ -37,7 +38,7 @@ const WRITE_BUFFER: usize = 32 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
 
 /// The socket as yamux sees it.
-type Buffered<T> = BufReader<BufWriter<T>>;
+type Buffered<T> = BufReader<Corked<BufWriter<T>>>;
 
 /// The default number of streams an [`Opener`] lets be open at once.
 pub const DEFAULT_CONCURRENT_STREAMS: usize = 1024;
@@ -94,8 +95,16 @@ impl Session {
         // yamux reads and writes a frame's 12-byte header and its body
         // separately, and flushes after every frame: buffers on both sides
         // make one syscall carry a whole frame (or, reading, several), and
-        // never hold bytes past a flush.
-        let io = BufReader::with_capacity(READ_BUFFER, BufWriter::with_capacity(WRITE_BUFFER, io));
+        // the cork holds yamux's flushes until it has no frame left to send,
+        // so one syscall carries every frame that was ready.
+        let corked = Arc::new(AtomicBool::new(false));
+        let io = BufReader::with_capacity(
+            READ_BUFFER,
+            Corked {
+                io: BufWriter::with_capacity(WRITE_BUFFER, io),
+                corked: corked.clone(),
+            },
+        );
         let connection = yamux::Connection::new(io.compat(), config, mode);
         let (open_tx, open_rx) = mpsc::unbounded_channel();
         let (inbound_tx, inbound) = mpsc::unbounded_channel();
@@ -104,6 +113,7 @@ impl Session {
         let limit = Arc::new(Semaphore::new(concurrent_streams.max(1)));
         tokio::spawn(drive(
             connection,
+            corked,
             open_rx,
             inbound_tx,
             closing.clone(),
@@ -236,6 +246,7 @@ impl AsyncWrite for Stream {
 /// keeps bytes moving until the connection ends or `closing` fires.
 async fn drive<T>(
     mut connection: yamux::Connection<Compat<Buffered<T>>>,
+    corked: Arc<AtomicBool>,
     mut open_rx: mpsc::UnboundedReceiver<OpenReply>,
     inbound_tx: mpsc::UnboundedSender<Stream>,
     closing: CancellationToken,
@@ -273,19 +284,16 @@ async fn drive<T>(
                 Poll::Pending => break,
             }
         }
-        // Inbound: this is also what drives the socket.
-        loop {
-            match connection.poll_next_inbound(cx) {
-                Poll::Ready(Some(Ok(stream))) => {
-                    trace!(id = %stream.id(), "inbound stream");
-                    // A receiver that is gone does not want streams: drop them.
-                    let _ = inbound_tx.send(Stream::inbound(stream));
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-            }
+        // Inbound: this is also what drives the socket. The first pass
+        // writes every frame that is ready without flushing; once yamux has
+        // nothing left to do, a second pass flushes them all at once.
+        corked.store(true, Ordering::Relaxed);
+        let first = poll_inbound(&mut connection, &inbound_tx, cx);
+        corked.store(false, Ordering::Relaxed);
+        if first.is_ready() {
+            return first;
         }
+        poll_inbound(&mut connection, &inbound_tx, cx)
     })
     .await;
     match result {
@@ -301,6 +309,68 @@ async fn drive<T>(
         poll_fn(|cx| connection.poll_close(cx)),
     )
     .await;
+}
+
+/// Polls the connection until it has nothing to do: hands out inbound
+/// streams and moves frames both ways. Ready when the connection ends.
+fn poll_inbound<T>(
+    connection: &mut yamux::Connection<T>,
+    inbound_tx: &mpsc::UnboundedSender<Stream>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), yamux::ConnectionError>>
+where
+    T: futures::AsyncRead + futures::AsyncWrite + Unpin,
+{
+    loop {
+        match connection.poll_next_inbound(cx) {
+            Poll::Ready(Some(Ok(stream))) => {
+                trace!(id = %stream.id(), "inbound stream");
+                // A receiver that is gone does not want streams: drop them.
+                let _ = inbound_tx.send(Stream::inbound(stream));
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+            Poll::Ready(None) => return Poll::Ready(Ok(())),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+/// The write side under yamux: while corked, a flush is a no-op and frames
+/// gather in the buffer below (which still writes when it fills up).
+struct Corked<T> {
+    io: T,
+    corked: Arc<AtomicBool>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Corked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Corked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.corked.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
