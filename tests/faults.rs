@@ -310,8 +310,8 @@ async fn an_app_that_closes_without_answering_gives_a_502() {
     assert_eq!(
         body,
         format!(
-            "the local app at {} closed the connection without an answer\n",
-            app.target
+            "the local app of the tunnel {} closed the connection without an answer\n",
+            c.name()
         )
     );
     assert_eq!(get(srv.http, &c.host(), "/next").await.1, "ok /next");

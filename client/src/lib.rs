@@ -344,6 +344,8 @@ fn hello_for(config: &ClientConfig, remembered: &state::Remembered) -> Hello {
                 mail: Some(spec.mail.clone()),
                 auth: spec.auth.clone(),
                 allow_ip: spec.allow_ip.clone(),
+                host_header: (spec.host_header == HostHeader::Rewrite)
+                    .then(|| spec.target.host_header()),
             })
             .collect(),
     }
@@ -464,6 +466,13 @@ impl Live {
                     deadline = Instant::now() + quiet_limit;
                     match message {
                         Ok(ControlMessage::Error(e)) => break SessionEnd::Lost(format!("the server closed the session: {}", e.message)),
+                        Ok(ControlMessage::Request(line)) => events.send(ClientEvent::Request {
+                            tunnel: line.tunnel,
+                            method: line.method,
+                            path: line.path,
+                            status: line.status,
+                            elapsed: Duration::from_micros(line.micros),
+                        }),
                         Ok(_) => {}
                         Err(ProtocolError::Closed) => break SessionEnd::Lost("the server closed the connection".into()),
                         Err(e) => break SessionEnd::Lost(format!("the control stream failed: {e}")),

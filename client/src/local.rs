@@ -1,27 +1,35 @@
 //! Forwards one tunnel stream to the local app.
 //!
-//! The server opens a stream per visitor connection and speaks HTTP/1.1 on it.
-//! The client serves that with hyper and sends each request to the tunnel's
-//! target over a local connection of its own, opened at the first request and
-//! kept while both sides keep the connection alive.
+//! The server opens a stream per visitor connection, writes a header line
+//! naming the tunnel, then the visitor's HTTP/1.1 exactly as the app should
+//! get it: the server has already routed it, checked it and set its
+//! headers. So the client parses nothing: it connects to the tunnel's target
+//! and copies bytes both ways until both sides are done. Only when nothing
+//! answers at the target does it speak HTTP, to say so.
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::Duration;
 
 use droid_core::protocol::{self, StreamHeader};
-use droid_core::proxy::{self, Body};
+use droid_core::proxy;
 use droid_core::session::Stream;
-use http::header::{HOST, HeaderValue};
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
+use http::StatusCode;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::{ClientEvent, Events, HostHeader, TunnelSpec};
+use crate::{ClientEvent, Events, TunnelSpec};
+
+/// The buffer for the app's answers: large enough that a big download goes
+/// into the tunnel in large frames.
+const FROM_APP_BUFFER: usize = 32 * 1024;
+
+/// How long the app may keep sending once the server has closed its side
+/// (the visitor is gone): then both are closed, so an app that never closes
+/// its half of a connection does not hold a stream forever.
+const LINGER: Duration = Duration::from_secs(10);
 
 /// Serves one stream the server opened.
 pub(crate) async fn serve_stream(
@@ -29,10 +37,15 @@ pub(crate) async fn serve_stream(
     tunnels: Arc<Vec<(String, TunnelSpec)>>,
     events: Events,
 ) {
-    let mut reader = BufReader::new(stream);
+    let mut stream = stream;
+    if let Err(e) = stream.acknowledge().await {
+        debug!(error = %e, "the stream closed before it was acknowledged");
+        return;
+    }
+    let mut stream = BufReader::new(stream);
     let header = tokio::time::timeout(
         protocol::HANDSHAKE_TIMEOUT,
-        protocol::read_message::<_, StreamHeader>(&mut reader, protocol::MAX_HEADER_LINE),
+        protocol::read_message::<_, StreamHeader>(&mut stream, protocol::MAX_HEADER_LINE),
     )
     .await;
     let header = match header {
@@ -46,114 +59,90 @@ pub(crate) async fn serve_stream(
             return;
         }
     };
-    let Some(spec) = header
+    let Some((name, spec)) = header
         .tunnel()
         .and_then(|name| tunnels.iter().find(|(n, _)| n == name))
-        .map(|(name, spec)| (name.clone(), spec.clone()))
     else {
         debug!(?header, "stream for an unknown tunnel or kind; closing it");
-        let _ = reader.get_mut().shutdown().await;
+        let _ = stream.get_mut().shutdown().await;
         return;
     };
-    let forwarder = Arc::new(Forwarder {
-        name: spec.0,
-        spec: spec.1,
-        events,
-        local: Mutex::new(None),
-    });
-    let service = service_fn(move |request| {
-        let forwarder = forwarder.clone();
-        async move { proxy::infallible(forwarder.handle(request).await) }
-    });
-    let result = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(reader), service)
-        .with_upgrades()
-        .await;
-    if let Err(e) = result {
-        debug!(error = %e, "tunnel stream ended with an error");
+    let target = &spec.target;
+    let app = match TcpStream::connect((target.host.as_str(), target.port)).await {
+        Ok(app) => app,
+        Err(e) => {
+            let reason = format!("the tunnel is up but nothing answers at {target}");
+            warn!(tunnel = %name, error = %e, "{reason}");
+            events.send(ClientEvent::TargetDown {
+                tunnel: name.clone(),
+                target: target.to_string(),
+                error: e.to_string(),
+            });
+            answer_unreachable(stream, reason).await;
+            return;
+        }
+    };
+    let _ = app.set_nodelay(true);
+    match pipe(stream, app).await {
+        Ok((to_app, from_app)) => debug!(tunnel = %name, to_app, from_app, "stream done"),
+        Err(e) => debug!(tunnel = %name, error = %e, "stream ended with an error"),
     }
 }
 
-struct Forwarder {
-    name: String,
-    spec: TunnelSpec,
-    events: Events,
-    /// The connection to the local app, once opened.
-    local: Mutex<Option<SendRequest<Incoming>>>,
-}
-
-impl Forwarder {
-    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
-        let started = Instant::now();
-        let method = request.method().clone();
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let html = proxy::wants_html(request.headers());
-        if self.spec.host_header == HostHeader::Rewrite
-            && let Ok(v) = HeaderValue::from_str(&self.spec.target.host_header())
-        {
-            request.headers_mut().insert(HOST, v);
-        }
-        let response = match self.sender().await {
-            Ok(mut sender) => match proxy::forward(&mut sender, request).await {
-                Ok(response) => {
-                    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
-                    }
-                    response.map(Body::Left)
+/// Copies bytes between the tunnel stream and the app until both directions
+/// end (or the app lingers past [`LINGER`] after the server left). Returns
+/// the bytes copied each way.
+async fn pipe<S>(stream: BufReader<S>, mut app: TcpStream) -> std::io::Result<(u64, u64)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut from_tunnel, mut to_tunnel) = tokio::io::split(stream);
+    let (app_read, mut to_app) = app.split();
+    let mut from_app = BufReader::with_capacity(FROM_APP_BUFFER, app_read);
+    let up = async {
+        let n = tokio::io::copy(&mut from_tunnel, &mut to_app).await?;
+        to_app.shutdown().await?;
+        Ok::<u64, std::io::Error>(n)
+    };
+    let down = async {
+        let n = tokio::io::copy_buf(&mut from_app, &mut to_tunnel).await?;
+        to_tunnel.shutdown().await?;
+        Ok::<u64, std::io::Error>(n)
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        up_done = &mut up => {
+            let to_app = up_done?;
+            match tokio::time::timeout(LINGER, down).await {
+                Ok(from_app) => Ok((to_app, from_app?)),
+                Err(_) => {
+                    debug!("the app kept its side open after the visitor left; closing it");
+                    Ok((to_app, 0))
                 }
-                Err(e) => {
-                    warn!(tunnel = %self.name, target = %self.spec.target, error = %e, "the local app failed the request");
-                    proxy::error_page(
-                        StatusCode::BAD_GATEWAY,
-                        &format!(
-                            "the local app at {} closed the connection without an answer",
-                            self.spec.target
-                        ),
-                        html,
-                    )
-                }
-            },
-            Err(e) => {
-                let reason = format!(
-                    "the tunnel is up but nothing answers at {}",
-                    self.spec.target
-                );
-                warn!(tunnel = %self.name, error = %e, "{reason}");
-                self.events.send(ClientEvent::TargetDown {
-                    tunnel: self.name.clone(),
-                    target: self.spec.target.to_string(),
-                    error: e.to_string(),
-                });
-                proxy::error_page(StatusCode::BAD_GATEWAY, &reason, html)
             }
-        };
-        self.events.send(ClientEvent::Request {
-            tunnel: self.name.clone(),
-            method: method.to_string(),
-            path,
-            status: response.status().as_u16(),
-            elapsed: started.elapsed(),
-        });
-        response
-    }
-
-    /// The kept connection to the local app, or a new one.
-    async fn sender(&self) -> std::io::Result<SendRequest<Incoming>> {
-        let kept = self.local.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(sender) = kept
-            && !sender.is_closed()
-        {
-            return Ok(sender);
         }
-        let target = &self.spec.target;
-        let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
-        let _ = stream.set_nodelay(true);
-        proxy::handshake(stream)
-            .await
-            .map_err(std::io::Error::other)
+        down_done = &mut down => {
+            let from_app = down_done?;
+            Ok((up.await?, from_app))
+        }
+    }
+}
+
+/// Answers the requests on a stream whose target does not answer with a
+/// 502 saying so, then closes it.
+async fn answer_unreachable<S>(stream: S, reason: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let html = proxy::wants_html(request.headers());
+        let page = proxy::error_page(StatusCode::BAD_GATEWAY, &reason, html);
+        async move { proxy::infallible(page) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = tokio::time::timeout(protocol::HANDSHAKE_TIMEOUT, served).await {
+        debug!(error = %e, "no request came on the stream of an unreachable target");
     }
 }

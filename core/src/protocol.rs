@@ -54,6 +54,10 @@ pub enum ControlMessage {
     Pong,
     /// Client → server: I am leaving for good; release my names now.
     Release,
+    /// Server → client: a request the server answered for one of the
+    /// client's tunnels, for the client to show. Best effort: a server whose
+    /// client reads slowly drops these rather than queue them.
+    Request(RequestLine),
     /// A message type this build does not know. It is ignored.
     #[serde(other)]
     Unknown,
@@ -105,6 +109,11 @@ pub struct TunnelRequest {
     /// (`203.0.113.0/24`, `2001:db8::/32`); empty allows everyone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_ip: Vec<String>,
+    /// The `Host` the local app expects (`127.0.0.1:3000`): the server puts
+    /// it on every request in place of the visitor's, which it keeps in
+    /// `X-Forwarded-Host`. `None` keeps the visitor's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
 }
 
 impl std::fmt::Debug for TunnelRequest {
@@ -114,6 +123,7 @@ impl std::fmt::Debug for TunnelRequest {
             .field("mail", &self.mail)
             .field("auth", &self.auth.as_ref().map(|_| "MASKED"))
             .field("allow_ip", &self.allow_ip)
+            .field("host_header", &self.host_header)
             .finish()
     }
 }
@@ -249,6 +259,22 @@ pub enum ErrorCode {
     /// A code this build does not know.
     #[serde(other)]
     Unknown,
+}
+
+/// One request through a tunnel, as the server saw it: what `droid http`
+/// prints a line for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLine {
+    /// The tunnel's name.
+    pub tunnel: String,
+    /// The method, or `MAIL` for a delivery.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// The status the visitor got.
+    pub status: u16,
+    /// Microseconds from the request's head to the response's.
+    pub micros: u64,
 }
 
 /// The header line that starts every server-opened stream.

@@ -201,6 +201,20 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Acknowledges a stream the peer opened, now rather than with the
+    /// first bytes of the answer. yamux lets a side have at most 256 opened
+    /// streams the other has not acknowledged and makes further opens wait:
+    /// without this, 256 requests waiting on a slow app would stop every
+    /// other request on the tunnel. An empty write is how yamux sends the
+    /// acknowledgement alone (a data frame with no body).
+    pub async fn acknowledge(&mut self) -> io::Result<()> {
+        poll_fn(|cx| Pin::new(&mut self.inner).poll_write(cx, &[]))
+            .await
+            .map(|_| ())
+    }
+}
+
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Stream({})", self.inner.get_ref().id())

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use droid_core::protocol::{
     self, ControlMessage, ErrorCode, ErrorMessage, Hello, PROTOCOL_VERSION, ProtocolError,
-    TunnelGrant, Welcome,
+    RequestLine, TunnelGrant, Welcome,
 };
 use droid_core::session::{Session, Side};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -18,6 +19,7 @@ use crate::Shared;
 use crate::access::Access;
 use crate::auth::TokenRefusal;
 use crate::registry::{ClaimRules, Tunnel};
+use crate::request_log::RequestLog;
 
 /// Serves one client connection on the control port, from handshake to end.
 pub(crate) async fn serve<IO>(
@@ -85,7 +87,8 @@ pub(crate) async fn serve<IO>(
         }
     };
     let session_id = shared.registry.next_session_id();
-    let tunnels = match grant(&shared, &hello, session_id, &opener, peer) {
+    let (log, mut lines) = RequestLog::channel();
+    let tunnels = match grant(&shared, &hello, session_id, &opener, peer, log) {
         Ok((welcome, tunnels)) => {
             if let Err(e) = control.write(&ControlMessage::Welcome(welcome)).await {
                 debug!(error = %e, "could not send welcome");
@@ -106,18 +109,20 @@ pub(crate) async fn serve<IO>(
     info!(%peer, session = session_id, ?names, "tunnels up");
     shared.wake_mail(&tunnels);
 
-    let clean = heartbeat(&shared, &mut control, &opener, &shutdown).await;
+    let clean = heartbeat(&shared, &mut control, &mut lines, &opener, &shutdown).await;
     shared.registry.release(&tunnels, clean);
     info!(%peer, session = session_id, ?names, clean, "tunnels down");
     let _ = control.writer.shutdown().await;
     opener.close();
 }
 
-/// Answers pings until the client leaves, goes quiet or the server stops.
-/// Returns whether the client said goodbye (a clean release).
+/// Answers pings and sends request lines until the client leaves, goes
+/// quiet or the server stops. Returns whether the client said goodbye (a
+/// clean release).
 async fn heartbeat<R, W>(
     shared: &Shared,
     control: &mut Control<R, W>,
+    lines: &mut mpsc::Receiver<RequestLine>,
     opener: &droid_core::session::Opener,
     shutdown: &CancellationToken,
 ) -> bool
@@ -149,6 +154,11 @@ where
                     }
                 }
             }
+            Some(line) = lines.recv() => {
+                if control.write_lines(line, lines).await.is_err() {
+                    return false;
+                }
+            }
             () = sleep_until(deadline) => {
                 warn!(quiet = ?quiet_limit, "client sent no heartbeat; closing its session");
                 return false;
@@ -165,6 +175,7 @@ fn grant(
     session: u64,
     opener: &droid_core::session::Opener,
     peer: SocketAddr,
+    log: RequestLog,
 ) -> Result<(Welcome, Vec<Arc<Tunnel>>), ErrorMessage> {
     if hello.version < 1 {
         return Err(refuse(
@@ -220,6 +231,7 @@ fn grant(
         limits: shared.auth.limit_keys(caller, peer.ip()),
         access,
         rate: shared.config.request_rate,
+        log,
     };
     let grant = shared.registry.claim_with(
         &hello.tunnels,
@@ -269,6 +281,22 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Control<R, W> {
 
     async fn write(&mut self, message: &ControlMessage) -> Result<(), ProtocolError> {
         protocol::write_message(&mut self.writer, message).await
+    }
+
+    /// Sends `first` and every line already waiting behind it in one write.
+    async fn write_lines(
+        &mut self,
+        first: RequestLine,
+        rest: &mut mpsc::Receiver<RequestLine>,
+    ) -> Result<(), ProtocolError> {
+        let mut batch = protocol::encode_line(&ControlMessage::Request(first));
+        while batch.len() < 64 * 1024 {
+            let Ok(line) = rest.try_recv() else { break };
+            batch.extend_from_slice(&protocol::encode_line(&ControlMessage::Request(line)));
+        }
+        self.writer.write_all(&batch).await?;
+        self.writer.flush().await?;
+        Ok(())
     }
 
     /// Sends a fatal error and closes the stream, so the client reads it

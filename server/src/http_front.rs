@@ -95,7 +95,7 @@ enum Route<'a> {
 }
 
 impl Visitor {
-    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let html = proxy::wants_html(request.headers());
         if request.headers().get_all(HOST).iter().nth(1).is_some() {
             // RFC 9112 §3.2: which Host wins is the ambiguity an attacker wants.
@@ -160,6 +160,33 @@ impl Visitor {
                 );
             }
         };
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let response = self.serve_tunnel(&tunnel, request, &host, html).await;
+        let status = response.status().as_u16();
+        let elapsed = started.elapsed();
+        debug!(tunnel = %name, %method, %path, status, ?elapsed, "forwarded");
+        tunnel
+            .log
+            .record(&name, method.as_str(), &path, status, elapsed);
+        response
+    }
+
+    /// The answer for a request routed to `tunnel`: refused by its checks,
+    /// or forwarded through it.
+    async fn serve_tunnel(
+        &self,
+        tunnel: &Arc<Tunnel>,
+        mut request: Request<Incoming>,
+        host: &str,
+        html: bool,
+    ) -> Response<Body> {
+        let name = &tunnel.name;
         let authorization = request
             .headers()
             .get(AUTHORIZATION)
@@ -205,16 +232,13 @@ impl Visitor {
         if let Some(rate) = &tunnel.rate
             && let Err(wait) = rate.check()
         {
-            return too_many(&name, wait, html);
+            return too_many(name, wait, html);
         }
-        self.add_forwarded_headers(&mut request, &host);
-        let started = Instant::now();
-        let method = request.method().clone();
-        let path = request.uri().path().to_string();
-        let response = self.forward(&tunnel, request, html).await;
-        debug!(tunnel = %name, %method, %path, status = response.status().as_u16(),
-            elapsed = ?started.elapsed(), "forwarded");
-        response
+        self.add_forwarded_headers(&mut request, host);
+        if let Some(app_host) = &tunnel.host_header {
+            request.headers_mut().insert(HOST, app_host.clone());
+        }
+        self.forward(tunnel, request, html).await
     }
 
     fn add_forwarded_headers(&self, request: &mut Request<Incoming>, host: &str) {
@@ -288,6 +312,19 @@ impl Visitor {
                 page.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
                 page
+            }
+            Err(e) if !tunnel.opener.is_ended() => {
+                // The client closes the stream when the app closes its
+                // connection: the app hung up without answering.
+                debug!(tunnel = %tunnel.name, error = %e, "the app closed the connection");
+                proxy::error_page(
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "the local app of the tunnel {} closed the connection without an answer",
+                        tunnel.name
+                    ),
+                    html,
+                )
             }
             Err(e) => {
                 info!(tunnel = %tunnel.name, error = %e, "request failed inside the tunnel");

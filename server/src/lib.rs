@@ -26,6 +26,7 @@ mod mail;
 pub mod names;
 pub mod rate;
 pub mod registry;
+pub mod request_log;
 mod tls;
 
 use std::sync::{Arc, OnceLock};

@@ -186,15 +186,28 @@ impl TunnelSink {
             .await
             .map_err(|e| broken(&e))?;
         let (mut parts, body) = request.into_parts();
-        if let Ok(host) =
-            HeaderValue::from_str(&format!("{}.{}", self.name, self.shared.config.domain))
-        {
+        let host = match &tunnel.host_header {
+            Some(app_host) => Some(app_host.clone()),
+            None => {
+                HeaderValue::from_str(&format!("{}.{}", self.name, self.shared.config.domain)).ok()
+            }
+        };
+        if let Some(host) = host {
             parts.headers.insert(HOST, host);
         }
+        let started = std::time::Instant::now();
+        let path = parts.uri.path().to_string();
         let response = sender
             .send_request(http::Request::from_parts(parts, Full::new(body)))
             .await
             .map_err(|e| broken(&e))?;
+        tunnel.log.record(
+            &self.name,
+            "POST",
+            &path,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
         let (parts, body) = response.into_parts();
         let body = match Limited::new(body, MAX_ANSWER).collect().await {
             Ok(collected) => collected.to_bytes(),

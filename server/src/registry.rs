@@ -28,6 +28,7 @@ use tracing::{debug, info};
 use crate::access::Access;
 use crate::names::{self, NameGenerator};
 use crate::rate::{Limiter, RequestRate};
+use crate::request_log::RequestLog;
 
 /// How long names are kept for their owners, and how many are remembered.
 #[derive(Debug, Clone)]
@@ -71,6 +72,11 @@ pub struct Tunnel {
     /// Its request rate limit, if the server sets one: its own bucket,
     /// gone with the tunnel.
     pub rate: Option<Limiter>,
+    /// The `Host` the client's app expects, put on every request in place
+    /// of the visitor's; `None` keeps the visitor's.
+    pub host_header: Option<http::HeaderValue>,
+    /// Where the lines of its requests go: to its client, which prints them.
+    pub log: RequestLog,
 }
 
 /// What a claim must respect besides names held by others.
@@ -87,6 +93,8 @@ pub struct ClaimRules {
     pub access: Vec<Access>,
     /// The request rate each granted tunnel gets a bucket for.
     pub rate: Option<RequestRate>,
+    /// Where the session's request lines go.
+    pub log: RequestLog,
 }
 
 /// The owner of a name: the holder of its resume secret.
@@ -377,6 +385,11 @@ impl Registry {
         let owner_id = owner_id(&secret);
         let keys: Vec<String> = rules.limits.iter().map(|(k, _)| k.clone()).collect();
         let mut access = rules.access.into_iter();
+        let mut host_headers = requests.iter().map(|r| {
+            r.host_header
+                .as_deref()
+                .and_then(|h| http::HeaderValue::from_str(h).ok())
+        });
         let tunnels: Vec<Arc<Tunnel>> = chosen
             .into_iter()
             .map(|(name, mail)| {
@@ -389,6 +402,8 @@ impl Registry {
                     access: access.next().unwrap_or_default(),
                     limit_keys: keys.clone(),
                     rate: rules.rate.map(Limiter::new),
+                    host_header: host_headers.next().flatten(),
+                    log: rules.log.clone(),
                 });
                 for key in &keys {
                     *state.live_by_key.entry(key.clone()).or_insert(0) += 1;
