@@ -26,6 +26,11 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 /// either direction before Droid closes it. Long: websockets idle a lot.
 pub const UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// The most an upstream connection buffers of an answer: hyper grows its
+/// read buffer up to 400 KiB by default, per connection, which a tunnel
+/// stream (already buffered by yamux) does not need.
+const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
+
 /// Starts an HTTP/1.1 client connection over `io` and spawns its driver.
 pub async fn handshake<IO, B>(io: IO) -> Result<SendRequest<B>, hyper::Error>
 where
@@ -35,6 +40,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(UPSTREAM_READ_BUFFER)
         .handshake(TokioIo::new(io))
         .await?;
     tokio::spawn(async move {

@@ -29,6 +29,9 @@ use crate::guard::{GuardedBody, Tripped};
 use crate::rate;
 use crate::registry::{Lookup, Tunnel};
 
+/// hyper's own cap on headers per request.
+const DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Serves one visitor connection until it closes.
 pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
@@ -55,11 +58,17 @@ pub(crate) async fn serve_io<IO>(
         let visitor = visitor.clone();
         async move { proxy::infallible(visitor.handle(request).await) }
     });
-    let result = hyper::server::conn::http1::Builder::new()
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.header_read_timeout)
-        .max_headers(shared.config.max_headers)
-        .max_header_size(shared.config.max_header_size)
+        .max_header_size(shared.config.max_header_size);
+    if shared.config.max_headers != DEFAULT_MAX_HEADERS {
+        // hyper parses into an inline array of 100 unless told otherwise;
+        // any explicit cap costs an array filled per request.
+        builder.max_headers(shared.config.max_headers);
+    }
+    let result = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
         .await;
