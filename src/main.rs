@@ -210,6 +210,9 @@ struct ServerArgs {
     /// A client silent for this long is dead [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_timeout: Option<Duration>,
+    /// Threads that serve tunnels [default: one per core].
+    #[arg(long)]
+    threads: Option<usize>,
     /// A token clients may send (repeatable); with any, a token is required
     /// unless --require-token false.
     #[arg(long = "token", value_name = "TOKEN")]
@@ -350,7 +353,14 @@ fn main() -> std::process::ExitCode {
     // many tunnels over every core.
     let runtime = match ready {
         Ready::Tunnels(_) => tokio::runtime::Builder::new_current_thread(),
-        Ready::Server(_) | Ready::Smtp(_) => tokio::runtime::Builder::new_multi_thread(),
+        Ready::Server(ref settings) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = settings.threads {
+                builder.worker_threads(n);
+            }
+            builder
+        }
+        Ready::Smtp(_) => tokio::runtime::Builder::new_multi_thread(),
     }
     .enable_all()
     .build();

@@ -42,6 +42,8 @@ pub struct ServerSettings {
     pub smtp: Option<(SocketAddr, SmtpSetup)>,
     /// The log level, when `RUST_LOG` is unset.
     pub log_level: String,
+    /// Threads serving tunnels; `None`: one per core.
+    pub threads: Option<usize>,
 }
 
 /// `droid server [--config FILE]`.
@@ -223,6 +225,11 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
         log_level: f
             .and_then(|f| f.log_level.as_ref().map(|l| l.0.clone()))
             .unwrap_or_else(|| "info".into()),
+        threads: match args.threads {
+            Some(0) => bail!("--threads must be at least 1"),
+            Some(n) => Some(n),
+            None => f.and_then(|f| f.threads.as_ref()).map(|n| *n.get_ref()),
+        },
     })
 }
 

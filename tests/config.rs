@@ -130,6 +130,11 @@ async fn each_kind_of_bad_input_gives_one_error_naming_file_line_column_and_key(
             "droid.toml:2:9: `token`: environment variable DROID_TEST_SURELY_UNSET is not set",
         ),
         (
+            "zero threads",
+            "domain = \"t.example\"\nthreads = 0\n",
+            "droid.toml:2:11: `threads`: must be at least 1",
+        ),
+        (
             "a zero request rate",
             "domain = \"t.example\"\n[limits]\nrequests_per_second = 0\n",
             "droid.toml:3:23: `limits.requests_per_second`: must be at least 1",

@@ -187,6 +187,17 @@ impl Validate for ServerFile {
                 "[spool] holds mail, but this server runs no [adapters.smtp]; add one or remove [spool]",
             ));
         }
+        if let Some(threads) = &self.threads
+            && *threads.get_ref() == 0
+        {
+            return Err(ConfigError::at(
+                file,
+                source,
+                Some(threads.span()),
+                Some("threads".into()),
+                "must be at least 1",
+            ));
+        }
         if let Some(l) = &self.limits {
             for (key, value) in [
                 ("max_streams_per_tunnel", &l.max_streams_per_tunnel),

@@ -35,6 +35,8 @@ pub struct ServerFile {
     pub heartbeat_timeout: Option<Dur>,
     /// The log level when `RUST_LOG` is unset.
     pub log_level: Option<LogLevel>,
+    /// Threads that serve tunnels (`--threads`); default: one per core.
+    pub threads: Option<Spanned<usize>>,
     /// How long names are kept for their owners.
     pub names: Option<NamesFile>,
     /// Limits.
