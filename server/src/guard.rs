@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::{Instant, Sleep, sleep};
+use tokio::time::{Instant, Sleep, sleep_until};
 
 /// Which limit a body tripped, shared with the request's handler.
 #[derive(Debug, Clone, Default)]
@@ -58,7 +58,8 @@ pub(crate) struct GuardedBody {
     max: Option<u64>,
     seen: u64,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Made at the first pause: most requests have no body to wait for.
+    timer: Option<Pin<Box<Sleep>>>,
     /// Whether the last poll found nothing: the pause is being timed. A
     /// pause only counts while Droid waits for the visitor, not while the
     /// tunnel is slow to take the bytes.
@@ -78,7 +79,7 @@ impl GuardedBody {
             max,
             seen: 0,
             idle,
-            timer: Box::pin(sleep(idle)),
+            timer: None,
             waiting: false,
             tripped,
         }
@@ -114,9 +115,14 @@ impl Body for GuardedBody {
                 if !this.waiting {
                     this.waiting = true;
                     let deadline = Instant::now() + this.idle;
-                    this.timer.as_mut().reset(deadline);
+                    match &mut this.timer {
+                        Some(timer) => timer.as_mut().reset(deadline),
+                        None => this.timer = Some(Box::pin(sleep_until(deadline))),
+                    }
                 }
-                if this.timer.as_mut().poll(cx).is_ready() {
+                if let Some(timer) = &mut this.timer
+                    && timer.as_mut().poll(cx).is_ready()
+                {
                     this.tripped.set(TOO_SLOW);
                     return Poll::Ready(Some(Err(GuardError::TooSlow(this.idle))));
                 }
