@@ -13,17 +13,20 @@
 //! - dropping a stream without closing it sends RST, so callers should
 //!   `shutdown()` a [`Stream`] when they are done writing.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::thread::LocalKey;
 
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
@@ -37,8 +40,9 @@ const WRITE_BUFFER: usize = 32 * 1024;
 /// The read buffer under yamux: a few frames per read.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// The socket as yamux sees it.
-type Buffered<T> = BufReader<Corked<BufWriter<T>>>;
+/// Buffers of each kind a thread keeps for the next session that has bytes
+/// to move (see [`Spare`]).
+const SPARE_BUFFERS: usize = 4;
 
 /// The default number of streams an [`Opener`] lets be open at once.
 pub const DEFAULT_CONCURRENT_STREAMS: usize = 1024;
@@ -96,15 +100,10 @@ impl Session {
         // separately, and flushes after every frame: buffers on both sides
         // make one syscall carry a whole frame (or, reading, several), and
         // the cork holds yamux's flushes until it has no frame left to send,
-        // so one syscall carries every frame that was ready.
+        // so one syscall carries every frame that was ready. The buffers
+        // exist only while they hold bytes, so an idle session costs none.
         let corked = Arc::new(AtomicBool::new(false));
-        let io = BufReader::with_capacity(
-            READ_BUFFER,
-            Corked {
-                io: BufWriter::with_capacity(WRITE_BUFFER, io),
-                corked: corked.clone(),
-            },
-        );
+        let io = Buffered::new(io, corked.clone());
         let connection = yamux::Connection::new(io.compat(), config, mode);
         let (open_tx, open_rx) = mpsc::unbounded_channel();
         let (inbound_tx, inbound) = mpsc::unbounded_channel();
@@ -269,11 +268,17 @@ async fn drive<T>(
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut waiting: VecDeque<OpenReply> = VecDeque::new();
+    // `None` once nobody takes inbound streams (the server takes only the
+    // control stream): the channel's memory then goes with its last end.
+    let mut inbound_tx = Some(inbound_tx);
     let closing_fut = closing.cancelled();
     tokio::pin!(closing_fut);
     let result: Result<(), yamux::ConnectionError> = poll_fn(|cx| {
         if closing_fut.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Ok(()));
+        }
+        if inbound_tx.as_ref().is_some_and(|tx| tx.is_closed()) {
+            inbound_tx = None;
         }
         // Outbound: take requests while yamux can open streams.
         loop {
@@ -302,12 +307,12 @@ async fn drive<T>(
         // writes every frame that is ready without flushing; once yamux has
         // nothing left to do, a second pass flushes them all at once.
         corked.store(true, Ordering::Relaxed);
-        let first = poll_inbound(&mut connection, &inbound_tx, cx);
+        let first = poll_inbound(&mut connection, &mut inbound_tx, cx);
         corked.store(false, Ordering::Relaxed);
         if first.is_ready() {
             return first;
         }
-        poll_inbound(&mut connection, &inbound_tx, cx)
+        poll_inbound(&mut connection, &mut inbound_tx, cx)
     })
     .await;
     match result {
@@ -329,7 +334,7 @@ async fn drive<T>(
 /// streams and moves frames both ways. Ready when the connection ends.
 fn poll_inbound<T>(
     connection: &mut yamux::Connection<T>,
-    inbound_tx: &mpsc::UnboundedSender<Stream>,
+    inbound_tx: &mut Option<mpsc::UnboundedSender<Stream>>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), yamux::ConnectionError>>
 where
@@ -340,7 +345,11 @@ where
             Poll::Ready(Some(Ok(stream))) => {
                 trace!(id = %stream.id(), "inbound stream");
                 // A receiver that is gone does not want streams: drop them.
-                let _ = inbound_tx.send(Stream::inbound(stream));
+                if let Some(tx) = inbound_tx
+                    && tx.send(Stream::inbound(stream)).is_err()
+                {
+                    *inbound_tx = None;
+                }
             }
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
             Poll::Ready(None) => return Poll::Ready(Ok(())),
@@ -349,41 +358,176 @@ where
     }
 }
 
-/// The write side under yamux: while corked, a flush is a no-op and frames
-/// gather in the buffer below (which still writes when it fills up).
-struct Corked<T> {
+/// The socket as yamux sees it: a read buffer, a write buffer and the cork.
+///
+/// Each buffer is taken when bytes need it and given back as soon as it is
+/// empty at a point where nothing more is coming: the read buffer when the
+/// socket has nothing more to read, the write buffer when a flush has put
+/// everything on the socket. A session that waits for its next heartbeat
+/// holds no buffer at all.
+struct Buffered<T> {
     io: T,
+    /// Bytes read from the socket that yamux has not taken yet:
+    /// `read[read_pos..]`.
+    read: Vec<u8>,
+    read_pos: usize,
+    /// Frames yamux wrote that are not on the socket yet:
+    /// `write[written..]`.
+    write: Vec<u8>,
+    written: usize,
+    /// While corked, a flush is a no-op and frames gather in `write` (which
+    /// still goes to the socket when it fills up).
     corked: Arc<AtomicBool>,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Corked<T> {
+impl<T> Buffered<T> {
+    fn new(io: T, corked: Arc<AtomicBool>) -> Buffered<T> {
+        Buffered {
+            io,
+            read: Vec::new(),
+            read_pos: 0,
+            write: Vec::new(),
+            written: 0,
+            corked,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Buffered<T> {
+    /// Writes `write` out to the socket; keeps its allocation for more.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.write.len() {
+            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..])) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.written += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        self.write.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Buffered<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.read_pos == this.read.len() {
+            // Nothing buffered. A read as large as the buffer gains nothing
+            // from it.
+            this.read_pos = 0;
+            if buf.remaining() >= READ_BUFFER {
+                Spare::READ.give_back(&mut this.read);
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            }
+            this.read.clear();
+            if this.read.capacity() == 0 {
+                this.read = Spare::READ.take();
+            }
+            // Reads into the spare capacity: nothing is zeroed first.
+            let result = poll_read_buf(Pin::new(&mut this.io), cx, &mut this.read);
+            if this.read.is_empty() {
+                // Nothing to read (or the end): an idle session keeps no buffer.
+                Spare::READ.give_back(&mut this.read);
+            }
+            ready!(result)?;
+        }
+        let n = buf.remaining().min(this.read.len() - this.read_pos);
+        buf.put_slice(&this.read[this.read_pos..this.read_pos + n]);
+        this.read_pos += n;
+        Poll::Ready(Ok(()))
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Corked<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Buffered<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.write.len() + buf.len() > WRITE_BUFFER {
+            ready!(this.poll_write_out(cx))?;
+        }
+        if buf.len() >= WRITE_BUFFER {
+            return Pin::new(&mut this.io).poll_write(cx, buf);
+        }
+        if this.write.capacity() == 0 {
+            this.write = Spare::WRITE.take();
+        }
+        this.write.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.corked.load(Ordering::Relaxed) {
+        let this = &mut *self;
+        if this.corked.load(Ordering::Relaxed) {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_flush(cx)
+        ready!(this.poll_write_out(cx))?;
+        // Everything is on the socket: an idle session keeps no buffer.
+        Spare::WRITE.give_back(&mut this.write);
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        ready!(this.poll_write_out(cx))?;
+        Spare::WRITE.give_back(&mut this.write);
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+/// Buffers that sessions gave back, a few per thread, for the next session
+/// that has bytes to move: a busy process does not go to the allocator for
+/// 96 KiB on every wakeup of a session, and what is kept does not grow with
+/// the number of sessions.
+struct Spare {
+    buffers: &'static LocalKey<RefCell<Vec<Vec<u8>>>>,
+    capacity: usize,
+}
+
+thread_local! {
+    static SPARE_READ: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SPARE_WRITE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Spare {
+    const READ: Spare = Spare {
+        buffers: &SPARE_READ,
+        capacity: READ_BUFFER,
+    };
+    const WRITE: Spare = Spare {
+        buffers: &SPARE_WRITE,
+        capacity: WRITE_BUFFER,
+    };
+
+    /// An empty buffer of the full capacity.
+    fn take(&self) -> Vec<u8> {
+        self.buffers
+            .try_with(|spare| spare.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Vec::with_capacity(self.capacity))
+    }
+
+    /// Takes `buffer`'s memory, keeping it for [`Spare::take`] or freeing it.
+    fn give_back(&self, buffer: &mut Vec<u8>) {
+        let mut buffer = std::mem::take(buffer);
+        if buffer.capacity() != self.capacity {
+            return;
+        }
+        buffer.clear();
+        let _ = self.buffers.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buffer);
+            }
+        });
     }
 }
 
@@ -425,6 +569,70 @@ mod tests {
         }
         // the limit of 16 held: every permit is back
         assert_eq!(client.opener.available_streams(), 16);
+    }
+
+    #[tokio::test]
+    async fn large_transfers_cross_the_buffers_whole() {
+        let (a, b) = tokio::io::duplex(4096);
+        let client = Session::start(a, Side::Client, 4);
+        let mut server = Session::start(b, Side::Server, 4);
+        tokio::spawn(async move {
+            let mut s = server.inbound.recv().await.unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.unwrap();
+            s.write_all(&buf).await.unwrap();
+            s.shutdown().await.unwrap();
+        });
+        let sent: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let mut s = client.opener.open().await.unwrap();
+        let (mut read, mut write) = tokio::io::split(&mut s);
+        let writer = async {
+            write.write_all(&sent).await.unwrap();
+            write.shutdown().await.unwrap();
+        };
+        let mut back = Vec::new();
+        let reader = read.read_to_end(&mut back);
+        let ((), got) = tokio::join!(writer, reader);
+        got.unwrap();
+        assert!(back == sent, "the echo differs");
+    }
+
+    #[tokio::test]
+    async fn buffers_are_freed_once_empty() {
+        let (a, mut peer) = tokio::io::duplex(1024);
+        let corked = Arc::new(AtomicBool::new(true));
+        let mut io = Buffered::new(a, corked.clone());
+        assert_eq!((io.read.capacity(), io.write.capacity()), (0, 0));
+        // While corked, frames gather and a flush keeps them.
+        io.write_all(b"header").await.unwrap();
+        io.write_all(b"body").await.unwrap();
+        io.flush().await.unwrap();
+        assert!(io.write.capacity() > 0);
+        // Uncorked, the flush sends them and the buffer goes.
+        corked.store(false, Ordering::Relaxed);
+        io.flush().await.unwrap();
+        assert_eq!(io.write.capacity(), 0);
+        let mut got = [0u8; 10];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"headerbody");
+        // A read takes what is there into a buffer...
+        peer.write_all(b"0123456789").await.unwrap();
+        let mut first = [0u8; 4];
+        io.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"0123");
+        assert!(io.read.capacity() > 0);
+        let mut rest = [0u8; 6];
+        io.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"456789");
+        // ...which goes once the socket has nothing more to read.
+        let mut more = [0u8; 4];
+        let pending = poll_fn(|cx| {
+            let mut buf = ReadBuf::new(&mut more);
+            Poll::Ready(Pin::new(&mut io).poll_read(cx, &mut buf).is_pending())
+        })
+        .await;
+        assert!(pending);
+        assert_eq!(io.read.capacity(), 0);
     }
 
     #[tokio::test]
