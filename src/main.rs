@@ -20,7 +20,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use droid_adapters::{Format, MailOptions, bind_listener};
 use droid_client::{ClientConfig, Target};
 use droid_server::Server;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -410,15 +409,17 @@ fn shutdown_on_signal() -> CancellationToken {
 }
 
 async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Result<()> {
-    let http = TcpListener::bind(s.http)
+    // bind_listener queues 1024 connections, not std's 128: a burst of
+    // visitors (or of clients reconnecting after a restart) is not dropped.
+    let http = bind_listener(s.http)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", s.http))?;
-    let control = TcpListener::bind(s.control)
+    let control = bind_listener(s.control)
         .await
         .with_context(|| format!("cannot listen for clients on {}", s.control))?;
     let https = match s.https {
         Some(addr) => Some(
-            TcpListener::bind(addr)
+            bind_listener(addr)
                 .await
                 .with_context(|| format!("cannot listen for HTTPS on {addr}"))?,
         ),

@@ -122,7 +122,7 @@ pub(crate) async fn serve<IO>(
 async fn heartbeat<R, W>(
     shared: &Shared,
     control: &mut Control<R, W>,
-    lines: &mut mpsc::Receiver<RequestLine>,
+    lines: &mut mpsc::Receiver<Box<RequestLine>>,
     opener: &droid_core::session::Opener,
     shutdown: &CancellationToken,
 ) -> bool
@@ -286,13 +286,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Control<R, W> {
     /// Sends `first` and every line already waiting behind it in one write.
     async fn write_lines(
         &mut self,
-        first: RequestLine,
-        rest: &mut mpsc::Receiver<RequestLine>,
+        first: Box<RequestLine>,
+        rest: &mut mpsc::Receiver<Box<RequestLine>>,
     ) -> Result<(), ProtocolError> {
-        let mut batch = protocol::encode_line(&ControlMessage::Request(first));
+        let mut batch = protocol::encode_line(&ControlMessage::Request(*first));
         while batch.len() < 64 * 1024 {
             let Ok(line) = rest.try_recv() else { break };
-            batch.extend_from_slice(&protocol::encode_line(&ControlMessage::Request(line)));
+            batch.extend_from_slice(&protocol::encode_line(&ControlMessage::Request(*line)));
         }
         self.writer.write_all(&batch).await?;
         self.writer.flush().await?;

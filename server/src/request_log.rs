@@ -12,13 +12,15 @@ use tokio::sync::mpsc;
 pub(crate) const QUEUE: usize = 1024;
 
 /// Where one session's request lines go. Cheap to clone; the default goes
-/// nowhere.
+/// nowhere. Lines travel boxed: the channel keeps room for a block of them
+/// per session from the start, and a pointer's worth is what an idle
+/// session should pay.
 #[derive(Debug, Clone, Default)]
-pub struct RequestLog(Option<mpsc::Sender<RequestLine>>);
+pub struct RequestLog(Option<mpsc::Sender<Box<RequestLine>>>);
 
 impl RequestLog {
     /// A log and the receiving end that the session's control stream drains.
-    pub(crate) fn channel() -> (RequestLog, mpsc::Receiver<RequestLine>) {
+    pub(crate) fn channel() -> (RequestLog, mpsc::Receiver<Box<RequestLine>>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         (RequestLog(Some(tx)), rx)
     }
@@ -33,12 +35,12 @@ impl RequestLog {
         elapsed: Duration,
     ) {
         let Some(tx) = &self.0 else { return };
-        let _ = tx.try_send(RequestLine {
+        let _ = tx.try_send(Box::new(RequestLine {
             tunnel: tunnel.to_string(),
             method: method.to_string(),
             path: path.to_string(),
             status,
             micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-        });
+        }));
     }
 }
