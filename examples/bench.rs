@@ -1,17 +1,28 @@
-//! Run with: `cargo run --release --example bench -- [http|smtp|all] [--secs N] [--max-mails N]`
+//! Run with: `cargo run --release --example bench -- [http|smtp|all] [--secs N] [--max-mails N]
+//! [--only TEXT] [--mode conn|kept]`
 //!
 //! Droid against the same work without Droid, in one process and one run,
 //! everything on 127.0.0.1 port 0. It is a report, not a test: nothing here
 //! passes or fails on a number.
 //!
-//! - `smtp`: 10 KiB mails per second at 1 and 32 concurrent SMTP sessions;
-//!   p50/p99 are per mail, from `MAIL FROM` to the `250` after the body. Each session
-//!   says EHLO once, then pipelines `MAIL`/`RCPT`/`DATA` and sends the body,
-//!   over and over. Droid answers `250` only once the app took the POST, so
-//!   for the last two targets every counted mail is a POST the app answered.
-//!   Targets:
-//!   - `bare sink`: a minimal SMTP server in this file that discards each
-//!     mail (no parser, no limits): the ceiling of the load client and TCP;
+//! - `smtp`: 10 KiB mails per second at 1 and 32 concurrent SMTP sessions,
+//!   delivered two ways to every target alike:
+//!   - `new conn` (the measurement the numbers are about): each mail comes
+//!     on a connection of its own, as a sending MTA delivers to an inbound
+//!     MX: connect, `220`, `EHLO`, then `MAIL`/`RCPT`/`DATA` pipelined, the
+//!     body, the `250`, `QUIT`, `221`, close. p50/p99 run from the connect
+//!     to the `250` after the body: accept to POST;
+//!   - `kept`: each session says EHLO once, then pipelines
+//!     `MAIL`/`RCPT`/`DATA` and sends the body, over and over on one
+//!     connection (a relay with a queue to flush); p50/p99 run from `MAIL
+//!     FROM` to the `250`.
+//!
+//!   Droid answers `250` only once the app took the POST, so for the last
+//!   two targets every counted mail is a POST the app answered. Targets:
+//!   - `bare sink`: a minimal SMTP server in this file that speaks the same
+//!     commands, reads every body to its `.` line and answers `250` (no
+//!     parser, no limits, no delivery): the ceiling of the load client and
+//!     TCP;
 //!   - `droid smtp, discard raw`: Droid's SMTP adapter with a sink that
 //!     answers 200 at once and a raw body (no MIME parsing, no HTTP): the
 //!     limit of Droid's SMTP side, as in `adapters/tests/bench.rs`;
@@ -23,8 +34,15 @@
 //!     `droid_server::Server::serve_smtp` and `droid_client::run`) in front of
 //!     the same app.
 //!
+//!   The last two have a spool, as `droid smtp` and `droid server` do by
+//!   default (in a temporary directory): a mail the app takes at once never
+//!   touches it, and one it does not take is not lost.
+//!
 //!   `/bare` and `/droid` are each row's rate over the bare sink's and over
-//!   Droid's discard (raw) sink at the same session count.
+//!   Droid's discard (raw) sink, in the same mode at the same session count;
+//!   `app conns` counts the connections the app accepted during the row.
+//!   `--only TEXT` runs only the targets whose label contains TEXT (and the
+//!   bare sink, for the ratios); `--mode` runs one of the two modes.
 //! - `http`: GETs of 100-byte bodies over 64 keep-alive connections and of
 //!   1 MiB bodies over 16, straight to a hyper app and through an in-process
 //!   Droid server and client (one yamux session). `x direct` is the tunnel's
@@ -37,7 +55,8 @@
 //! machine. `../shared/bench/peers.sh` runs the `droid` binary as separate
 //! processes beside bore, rathole and nginx with `wrk`. A short warm-up
 //! (a fifth of `--secs`, at most 1 s) runs before each measurement and is
-//! not counted.
+//! not counted. Every wait is bounded (30 s per reply or connect), and so
+//! is every loop, by the window and by `--max-mails` per row.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -48,7 +67,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use droid_adapters::{
-    ConnLimits, Format, MailOptions, MailRouter, SmtpAdapter, SmtpConfig, UrlRouter, UrlSink,
+    ConnLimits, Format, MailOptions, MailRouter, SmtpAdapter, SmtpConfig, Spool, SpoolConfig,
+    UrlRouter, UrlSink,
 };
 use droid_client::{ClientConfig, ClientEvent, HostHeader, MailSettings, Target, TunnelSpec};
 use droid_core::deliver::{Deliver, DeliverFuture};
@@ -69,14 +89,38 @@ const SECRET: &str = "bench-secret";
 const MAIL_SIZE: usize = 10 * 1024;
 const SMALL: usize = 100;
 const BIG: usize = 1024 * 1024;
-/// The longest wait for one SMTP reply or one HTTP response.
+/// The longest wait for one connect, one SMTP reply or one HTTP response.
 const STALL: Duration = Duration::from_secs(30);
+/// The most lines one SMTP reply may have.
+const MAX_REPLY_LINES: usize = 32;
+/// The pause after a failed `accept` (out of file descriptors, say).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 struct Args {
     http: bool,
     smtp: bool,
     secs: f64,
     max_mails: u64,
+    only: Option<String>,
+    modes: Vec<SmtpMode>,
+}
+
+/// How the SMTP load client brings its mails.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SmtpMode {
+    /// One connection per mail: connect, EHLO, one mail, QUIT.
+    Connection,
+    /// One connection per session, EHLO once, mail after mail.
+    Kept,
+}
+
+impl SmtpMode {
+    fn label(self) -> &'static str {
+        match self {
+            SmtpMode::Connection => "new conn",
+            SmtpMode::Kept => "kept",
+        }
+    }
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -85,6 +129,8 @@ fn args() -> anyhow::Result<Args> {
         smtp: true,
         secs: 5.0,
         max_mails: 1_000_000,
+        only: None,
+        modes: vec![SmtpMode::Connection, SmtpMode::Kept],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -99,8 +145,17 @@ fn args() -> anyhow::Result<Args> {
                 }
             }
             "--max-mails" => a.max_mails = it.next().context("--max-mails N")?.parse()?,
+            "--only" => a.only = Some(it.next().context("--only TEXT")?),
+            "--mode" => {
+                a.modes = match it.next().context("--mode conn|kept")?.as_str() {
+                    "conn" => vec![SmtpMode::Connection],
+                    "kept" => vec![SmtpMode::Kept],
+                    other => bail!("--mode {other:?}: conn or kept"),
+                }
+            }
             other => bail!(
-                "unknown argument {other:?}; usage: bench [http|smtp|all] [--secs N] [--max-mails N]"
+                "unknown argument {other:?}; usage: bench [http|smtp|all] [--secs N] \
+                 [--max-mails N] [--only TEXT] [--mode conn|kept]"
             ),
         }
     }
@@ -159,6 +214,8 @@ async fn main() -> anyhow::Result<()> {
 struct App {
     addr: SocketAddr,
     posts: Arc<AtomicU64>,
+    /// Connections it accepted.
+    connections: Arc<AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -167,16 +224,24 @@ impl App {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let posts = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
         let small = Bytes::from(vec![b's'; SMALL]);
         let big = Bytes::from(vec![b'b'; BIG]);
-        let (p, token) = (posts.clone(), stop.clone());
+        let (p, token, accepted) = (posts.clone(), stop.clone(), connections.clone());
         tokio::spawn(async move {
             loop {
                 let io = tokio::select! {
-                    a = listener.accept() => match a { Ok((io, _)) => io, Err(_) => continue },
+                    a = listener.accept() => match a {
+                        Ok((io, _)) => io,
+                        Err(_) => {
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                            continue;
+                        }
+                    },
                     () = token.cancelled() => return,
                 };
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let _ = io.set_nodelay(true);
                 let (small, big, p) = (small.clone(), big.clone(), p.clone());
                 let service = service_fn(move |req: Request<Incoming>| {
@@ -205,7 +270,12 @@ impl App {
                 );
             }
         });
-        Ok(App { addr, posts, stop })
+        Ok(App {
+            addr,
+            posts,
+            connections,
+            stop,
+        })
     }
 }
 
@@ -218,6 +288,8 @@ struct Tunnel {
     smtp: SocketAddr,
     host: String,
     stop: CancellationToken,
+    /// Its mail spool, removed when the bench ends.
+    _spool: tempfile::TempDir,
 }
 
 impl Tunnel {
@@ -237,10 +309,18 @@ impl Tunnel {
         let server = Server::new(config);
         let (s, token) = (server.clone(), stop.clone());
         tokio::spawn(async move { s.run(http, control, token).await });
+        let dir = tempfile::tempdir()?;
+        let spool = Spool::open(dir.path(), SpoolConfig::default())?;
         let (s, token) = (server.clone(), stop.clone());
         tokio::spawn(async move {
-            s.serve_smtp(smtp, SmtpConfig::default(), None, smtp_limits(), token)
-                .await;
+            s.serve_smtp(
+                smtp,
+                SmtpConfig::default(),
+                Some(spool),
+                smtp_limits(),
+                token,
+            )
+            .await;
         });
 
         let spec = TunnelSpec {
@@ -282,6 +362,7 @@ impl Tunnel {
             smtp: smtp_addr,
             host: format!("{}.{DOMAIN}", grant[0].name),
             stop,
+            _spool: dir,
         })
     }
 }
@@ -305,14 +386,19 @@ impl Deliver for Discard {
     }
 }
 
-/// Droid's SMTP adapter on 127.0.0.1:0 delivering through `router`.
+/// Droid's SMTP adapter on 127.0.0.1:0 delivering through `router`, with
+/// `spool` (retried until `stop`) if given.
 async fn droid_smtp(
     router: Arc<dyn MailRouter>,
+    spool: Option<Arc<Spool>>,
     stop: &CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = droid_adapters::bind_listener("127.0.0.1:0".parse()?).await?;
     let addr = listener.local_addr()?;
-    let adapter = Arc::new(SmtpAdapter::new(SmtpConfig::default(), router, None));
+    if let Some(spool) = &spool {
+        tokio::spawn(spool.clone().run(router.clone(), stop.clone()));
+    }
+    let adapter = Arc::new(SmtpAdapter::new(SmtpConfig::default(), router, spool));
     tokio::spawn(droid_adapters::run_adapter(
         listener,
         adapter,
@@ -323,8 +409,9 @@ async fn droid_smtp(
 }
 
 /// The smallest SMTP server that works with the load client: it answers
-/// every command with 250 (354 for DATA), skips the body up to `.`, and
-/// writes its replies once it has read all that was pipelined.
+/// every command with 250 (354 for DATA, 221 for QUIT, then closes), reads
+/// the body up to its `.` line, and writes its replies once it has read all
+/// that was pipelined, as Droid does.
 async fn bare_sink(stop: &CancellationToken) -> anyhow::Result<SocketAddr> {
     let listener = droid_adapters::bind_listener("127.0.0.1:0".parse()?).await?;
     let addr = listener.local_addr()?;
@@ -332,7 +419,13 @@ async fn bare_sink(stop: &CancellationToken) -> anyhow::Result<SocketAddr> {
     tokio::spawn(async move {
         loop {
             let io = tokio::select! {
-                a = listener.accept() => match a { Ok((io, _)) => io, Err(_) => continue },
+                a = listener.accept() => match a {
+                    Ok((io, _)) => io,
+                    Err(_) => {
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
                 () = stop.cancelled() => return,
             };
             tokio::spawn(async move {
@@ -368,7 +461,8 @@ async fn bare_sink(stop: &CancellationToken) -> anyhow::Result<SocketAddr> {
                             out.extend_from_slice(b"354 go on\r\n");
                         }
                         b"QUIT" => {
-                            let _ = w.write_all(b"221 bye\r\n").await;
+                            out.extend_from_slice(b"221 bye\r\n");
+                            let _ = w.write_all(&out).await;
                             return;
                         }
                         _ => out.extend_from_slice(b"250 ok\r\n"),
@@ -437,12 +531,8 @@ impl Measured {
 }
 
 /// Reads one SMTP reply (all its lines) and checks its code.
-async fn reply(
-    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-    line: &mut String,
-    want: &str,
-) -> anyhow::Result<()> {
-    loop {
+async fn reply(r: &mut Reader, line: &mut String, want: &str) -> anyhow::Result<()> {
+    for _ in 0..MAX_REPLY_LINES {
         line.clear();
         let n = tokio::time::timeout(STALL, r.read_line(line))
             .await
@@ -457,64 +547,131 @@ async fn reply(
             return Ok(());
         }
     }
+    bail!("a reply of more than {MAX_REPLY_LINES} lines")
 }
 
-/// One SMTP session: EHLO once, then mails until the window closes or
-/// `budget` runs out.
+/// One SMTP session: mails until the window closes or `budget` runs out, in
+/// `mode`. The first error ends it.
 async fn smtp_session(
     addr: SocketAddr,
     rcpt: Arc<str>,
     mail: Bytes,
     window: Window,
     budget: Arc<AtomicU64>,
+    mode: SmtpMode,
 ) -> Measured {
     let mut m = Measured::default();
-    if let Err(e) = smtp_mails(addr, &rcpt, &mail, window, &budget, &mut m).await {
+    let envelope = format!("MAIL FROM:<ann@example.com>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n");
+    let result = match mode {
+        SmtpMode::Connection => {
+            mails_on_new_connections(addr, &envelope, &mail, window, &budget, &mut m).await
+        }
+        SmtpMode::Kept => {
+            mails_on_one_connection(addr, &envelope, &mail, window, &budget, &mut m).await
+        }
+    };
+    if let Err(e) = result {
         m.error(e);
     }
     m
 }
 
-async fn smtp_mails(
+type Reader = BufReader<tokio::net::tcp::OwnedReadHalf>;
+type Writer = tokio::net::tcp::OwnedWriteHalf;
+
+/// Connects and reads the greeting and the EHLO reply.
+async fn smtp_open(addr: SocketAddr, line: &mut String) -> anyhow::Result<(Reader, Writer)> {
+    let io = tokio::time::timeout(STALL, TcpStream::connect(addr))
+        .await
+        .context("no connection within 30 s")??;
+    io.set_nodelay(true)?;
+    let (r, mut w) = io.into_split();
+    let mut r = BufReader::new(r);
+    reply(&mut r, line, "220").await?;
+    w.write_all(b"EHLO bench.example.com\r\n").await?;
+    reply(&mut r, line, "250").await?;
+    Ok((r, w))
+}
+
+/// Sends one mail (envelope pipelined, then the body) and reads the `250`.
+async fn smtp_mail(
+    r: &mut Reader,
+    w: &mut Writer,
+    line: &mut String,
+    envelope: &str,
+    mail: &[u8],
+) -> anyhow::Result<()> {
+    w.write_all(envelope.as_bytes()).await?;
+    for want in ["250", "250", "354"] {
+        reply(r, line, want).await?;
+    }
+    w.write_all(mail).await?;
+    reply(r, line, "250").await
+}
+
+/// Takes one mail from the row's budget; false once it is spent.
+fn take_one(budget: &AtomicU64) -> bool {
+    budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// Counts one mail from `t0` to `t1` if it falls in the window.
+fn count(m: &mut Measured, window: &Window, t0: Instant, t1: Instant) {
+    if window.counts(t0, t1) {
+        m.done += 1;
+        m.latencies
+            .push(u32::try_from((t1 - t0).as_micros()).unwrap_or(u32::MAX));
+    }
+}
+
+/// Each mail on a connection of its own, as an MTA delivers to an MX.
+async fn mails_on_new_connections(
     addr: SocketAddr,
-    rcpt: &str,
+    envelope: &str,
     mail: &[u8],
     window: Window,
     budget: &AtomicU64,
     m: &mut Measured,
 ) -> anyhow::Result<()> {
-    let io = TcpStream::connect(addr).await?;
-    io.set_nodelay(true)?;
-    let (r, mut w) = io.into_split();
-    let mut r = BufReader::new(r);
     let mut line = String::new();
-    reply(&mut r, &mut line, "220").await?;
-    w.write_all(b"EHLO bench.example.com\r\n").await?;
-    reply(&mut r, &mut line, "250").await?;
-    let envelope = format!("MAIL FROM:<ann@example.com>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n");
-    while Instant::now() < window.end && budget.fetch_sub(1, Ordering::Relaxed) > 0 {
+    while Instant::now() < window.end && take_one(budget) {
         let t0 = Instant::now();
-        w.write_all(envelope.as_bytes()).await?;
-        for want in ["250", "250", "354"] {
-            reply(&mut r, &mut line, want).await?;
-        }
-        w.write_all(mail).await?;
-        reply(&mut r, &mut line, "250").await?;
+        let (mut r, mut w) = smtp_open(addr, &mut line).await?;
+        smtp_mail(&mut r, &mut w, &mut line, envelope, mail).await?;
         let t1 = Instant::now();
-        if window.counts(t0, t1) {
-            m.done += 1;
-            m.latencies
-                .push(u32::try_from((t1 - t0).as_micros()).unwrap_or(u32::MAX));
-        }
+        w.write_all(b"QUIT\r\n").await?;
+        reply(&mut r, &mut line, "221").await?;
+        count(m, &window, t0, t1);
+    }
+    Ok(())
+}
+
+/// EHLO once, then mail after mail on the same connection.
+async fn mails_on_one_connection(
+    addr: SocketAddr,
+    envelope: &str,
+    mail: &[u8],
+    window: Window,
+    budget: &AtomicU64,
+    m: &mut Measured,
+) -> anyhow::Result<()> {
+    let mut line = String::new();
+    let (mut r, mut w) = smtp_open(addr, &mut line).await?;
+    while Instant::now() < window.end && take_one(budget) {
+        let t0 = Instant::now();
+        smtp_mail(&mut r, &mut w, &mut line, envelope, mail).await?;
+        count(m, &window, t0, Instant::now());
     }
     w.write_all(b"QUIT\r\n").await?;
-    Ok(())
+    reply(&mut r, &mut line, "221").await
 }
 
 async fn smtp_load(
     addr: SocketAddr,
     rcpt: &str,
     sessions: usize,
+    mode: SmtpMode,
     args: &Args,
 ) -> anyhow::Result<(Measured, f64)> {
     let (rcpt, mail) = (Arc::<str>::from(rcpt), message());
@@ -528,6 +685,7 @@ async fn smtp_load(
             mail.clone(),
             window,
             budget.clone(),
+            mode,
         ));
     }
     let mut all = Measured::default();
@@ -538,6 +696,16 @@ async fn smtp_load(
     // A count-bounded run may end before the window does.
     let secs = (Instant::now().min(window.end) - window.start).as_secs_f64();
     Ok((all, secs.max(1e-3)))
+}
+
+/// One SMTP target of the bench.
+struct SmtpTarget {
+    label: &'static str,
+    addr: SocketAddr,
+    rcpt: String,
+    /// Whether its mail reaches the app (then every counted mail must be a
+    /// POST the app answered).
+    posts: bool,
 }
 
 async fn smtp_bench(args: &Args, app: &App, tunnel: &Tunnel) -> anyhow::Result<()> {
@@ -554,6 +722,10 @@ async fn smtp_bench(args: &Args, app: &App, tunnel: &Tunnel) -> anyhow::Result<(
     let discard = |options| -> Arc<dyn MailRouter> {
         Arc::new(UrlRouter::new(Arc::new(Discard), "discard", options, None))
     };
+    // Like `droid smtp`, the standalone adapter has a spool; a mail the app
+    // takes at once never touches it.
+    let spool_dir = tempfile::tempdir()?;
+    let spool = Spool::open(spool_dir.path(), SpoolConfig::default())?;
     let url = format!("http://{}/inbound", app.addr);
     let sink = UrlSink::new(&url)?.with_timeout(STALL);
     let standalone = Arc::new(UrlRouter::new(
@@ -565,72 +737,93 @@ async fn smtp_bench(args: &Args, app: &App, tunnel: &Tunnel) -> anyhow::Result<(
         },
         None,
     ));
-    let targets: Vec<(&str, SocketAddr, String, bool)> = vec![
-        (
-            "bare sink",
-            bare_sink(&stop).await?,
-            "inbox@example.com".into(),
-            false,
-        ),
-        (
+    let local = |label, addr, posts| SmtpTarget {
+        label,
+        addr,
+        rcpt: "inbox@example.com".into(),
+        posts,
+    };
+    let mut targets = vec![
+        local("bare sink", bare_sink(&stop).await?, false),
+        local(
             "droid smtp, discard raw",
-            droid_smtp(discard(raw), &stop).await?,
-            "inbox@example.com".into(),
+            droid_smtp(discard(raw), None, &stop).await?,
             false,
         ),
-        (
+        local(
             "droid smtp, discard json",
-            droid_smtp(discard(json), &stop).await?,
-            "inbox@example.com".into(),
+            droid_smtp(discard(json), None, &stop).await?,
             false,
         ),
-        (
+        local(
             "standalone -> app",
-            droid_smtp(standalone, &stop).await?,
-            "inbox@example.com".into(),
+            droid_smtp(standalone, Some(spool), &stop).await?,
             true,
         ),
-        (
-            "tunnel -> app",
-            tunnel.smtp,
-            format!("inbox@{}", tunnel.host),
-            true,
-        ),
+        SmtpTarget {
+            label: "tunnel -> app",
+            addr: tunnel.smtp,
+            rcpt: format!("inbox@{}", tunnel.host),
+            posts: true,
+        },
     ];
+    if let Some(only) = &args.only {
+        targets.retain(|t| t.label == "bare sink" || t.label.contains(only.as_str()));
+    }
 
     println!();
     println!("SMTP: 10 KiB mails, accept to app POST (250 after DATA)");
     println!(
-        "{:<26} {:>8} {:>9} {:>6} {:>6} {:>9} {:>9} {:>7}",
-        "target", "sessions", "mails/s", "/bare", "/droid", "p50", "p99", "errors"
+        "{:<26} {:>8} {:>8} {:>9} {:>6} {:>6} {:>9} {:>9} {:>7} {:>9}",
+        "target",
+        "mode",
+        "sessions",
+        "mails/s",
+        "/bare",
+        "/droid",
+        "p50",
+        "p99",
+        "errors",
+        "app conns"
     );
-    for sessions in [1, 32] {
-        let mut rows = Vec::new();
-        for (label, addr, rcpt, posts) in &targets {
-            let before = app.posts.load(Ordering::Relaxed);
-            let (m, secs) = smtp_load(*addr, rcpt, sessions, args).await?;
-            let got = app.posts.load(Ordering::Relaxed) - before;
-            let short = *posts && got < m.done;
-            rows.push((label, m.done as f64 / secs, m, short, got));
-        }
-        let (bare, droid) = (rows[0].1, rows[1].1);
-        for (label, rate, m, short, got) in rows {
-            println!(
-                "{:<26} {:>8} {:>9.0} {:>6.2} {:>6.2} {:>9} {:>9} {:>7}",
-                label,
-                sessions,
-                rate,
-                ratio(rate, bare),
-                ratio(rate, droid),
-                ms(m.percentile(0.5)),
-                ms(m.percentile(0.99)),
-                m.errors
-            );
-            if let Some(e) = &m.first_error {
-                println!("    first error: {e}");
+    for &mode in &args.modes {
+        for sessions in [1, 32] {
+            let mut rows = Vec::new();
+            for target in &targets {
+                let before = app.posts.load(Ordering::Relaxed);
+                let conns_before = app.connections.load(Ordering::Relaxed);
+                let (m, secs) = smtp_load(target.addr, &target.rcpt, sessions, mode, args).await?;
+                let got = app.posts.load(Ordering::Relaxed) - before;
+                let short = target.posts && got < m.done;
+                let conns = if target.posts {
+                    (app.connections.load(Ordering::Relaxed) - conns_before).to_string()
+                } else {
+                    "-".to_string()
+                };
+                rows.push((target.label, m.done as f64 / secs, m, short, got, conns));
             }
-            if short {
-                println!("    only {got} POSTs reached the app for {} mails", m.done);
+            let rate_of = |label: &str| rows.iter().find(|r| r.0 == label).map_or(0.0, |r| r.1);
+            let (bare, droid) = (rate_of("bare sink"), rate_of("droid smtp, discard raw"));
+            for (label, rate, m, short, got, conns) in &rows {
+                println!(
+                    "{:<26} {:>8} {:>8} {:>9.0} {:>6.2} {:>6.2} {:>9} {:>9} {:>7} {:>9}",
+                    label,
+                    mode.label(),
+                    sessions,
+                    rate,
+                    ratio(*rate, bare),
+                    ratio(*rate, droid),
+                    ms(m.percentile(0.5)),
+                    ms(m.percentile(0.99)),
+                    m.errors,
+                    conns
+                );
+                if let Some(e) = &m.first_error {
+                    println!("    first error: {e}");
+                }
+                if *short {
+                    println!("    only {got} POSTs reached the app for {} mails", m.done);
+                }
             }
         }
     }
@@ -664,7 +857,9 @@ async fn http_requests(
     window: Window,
     m: &mut Measured,
 ) -> anyhow::Result<()> {
-    let io = TcpStream::connect(addr).await?;
+    let io = tokio::time::timeout(STALL, TcpStream::connect(addr))
+        .await
+        .context("no connection within 30 s")??;
     io.set_nodelay(true)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(conn);

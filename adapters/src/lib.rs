@@ -11,6 +11,8 @@
 //! - [`route`]: who a recipient belongs to: [`MailRouter`], [`Route`],
 //!   [`MailOptions`], and [`UrlRouter`] for the standalone mode.
 //! - [`url_sink`]: [`UrlSink`], a [`Deliver`] that POSTs to an `http://` URL.
+//! - [`pool`]: [`Pool`], idle HTTP/1.1 connections a sink keeps for its
+//!   next delivery (the URL sink's, and the server's per tunnel).
 //! - [`sign`]: the `Droid-*` delivery headers, the HMAC-SHA256 signature and
 //!   [`verify_signature`] for apps.
 //! - [`mail`]: an email (raw bytes plus [`Envelope`]) turned into a JSON,
@@ -28,6 +30,7 @@
 pub mod adapter;
 pub mod delivery;
 pub mod mail;
+pub mod pool;
 pub mod route;
 pub mod sign;
 pub mod smtp;
@@ -37,6 +40,7 @@ pub mod url_sink;
 pub use adapter::{Adapter, ConnLimits, Refusal, bind_listener, run_adapter};
 pub use delivery::{Attempt, Delivery};
 pub use mail::{Envelope, Format};
+pub use pool::Pool;
 pub use route::{MailOptions, MailRouter, Route, UrlRouter};
 pub use sign::verify_signature;
 pub use smtp::{SmtpAdapter, SmtpConfig};

@@ -1,10 +1,12 @@
 //! [`UrlSink`]: a [`Deliver`] that POSTs to a plain `http://` URL.
 //!
 //! The standalone mode (`droid smtp --post http://localhost:3000/inbound`)
-//! delivers through it, and tests use it against a real hyper origin. One
-//! HTTP/1.1 connection per delivery: mail rates are low and a fresh
-//! connection never hits a half-closed keep-alive socket.
+//! delivers through it, and tests use it against a real hyper origin.
+//! Connections are kept alive between deliveries in a [`Pool`] (a burst of
+//! mail reuses a few connections instead of opening one per mail) and
+//! closed after a second idle, before the app would close them itself.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,9 +14,15 @@ use droid_core::deliver::{Deliver, DeliverError, DeliverErrorKind, DeliverFuture
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::pool::{self, Pool, SendError, Sender};
 
 /// The response body is read up to this many bytes; the rest is dropped.
 pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// The most idle connections kept to the URL.
+pub const MAX_IDLE: usize = 32;
 
 /// Why a URL cannot be a sink.
 #[derive(Debug, thiserror::Error)]
@@ -31,13 +39,25 @@ pub enum UrlSinkError {
 
 /// POSTs each request to one `http://host:port`, using the request's own
 /// path (set it from [`UrlSink::path`] in [`crate::MailOptions::path`]).
-#[derive(Debug, Clone)]
+/// Clones share their idle connections.
+#[derive(Clone)]
 pub struct UrlSink {
     url: String,
     authority: String,
     connect_to: String,
     path: String,
     timeout: Duration,
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for UrlSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UrlSink")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("idle", &self.pool.idle())
+            .finish()
+    }
 }
 
 impl UrlSink {
@@ -73,6 +93,7 @@ impl UrlSink {
                 .path_and_query()
                 .map_or("/".to_string(), |p| p.to_string()),
             timeout: Duration::from_secs(30),
+            pool: Pool::new(MAX_IDLE, pool::IDLE_TIMEOUT),
         })
     }
 
@@ -92,13 +113,8 @@ impl UrlSink {
         &self.url
     }
 
-    async fn exchange(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, DeliverError> {
-        let transport = |e: hyper::Error| {
-            DeliverError::new(DeliverErrorKind::Transport, format!("{}: {e}", self.url))
-        };
+    /// A new connection to the URL's host.
+    async fn connect(&self) -> Result<Sender, DeliverError> {
         let tcp = TcpStream::connect(&self.connect_to).await.map_err(|e| {
             DeliverError::new(
                 DeliverErrorKind::Unreachable,
@@ -106,23 +122,40 @@ impl UrlSink {
             )
         })?;
         let _ = tcp.set_nodelay(true);
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
-                .await
-                .map_err(transport)?;
-        let driver = tokio::spawn(connection);
-        let _abort = AbortOnDrop(driver);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| self.transport(e))?;
+        // The connection lives as long as its sender: in use, or idle in
+        // the pool. A request dropped half-way (a timeout) closes it.
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "connection to the URL ended with an error");
+            }
+        });
+        Ok(sender)
+    }
 
+    fn transport(&self, e: hyper::Error) -> DeliverError {
+        DeliverError::new(DeliverErrorKind::Transport, format!("{}: {e}", self.url))
+    }
+
+    async fn exchange(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, DeliverError> {
         let (mut parts, body) = request.into_parts();
         if let Ok(host) = http::HeaderValue::from_str(&self.authority) {
             parts.headers.insert(http::header::HOST, host);
         }
-        let response = sender
-            .send_request(http::Request::from_parts(parts, Full::new(body)))
-            .await
-            .map_err(transport)?;
+        let request = http::Request::from_parts(parts, Full::new(body));
+        let (response, sender) = match self.pool.send(request, || self.connect()).await {
+            Ok(sent) => sent,
+            Err(SendError::Connect(e)) => return Err(e),
+            Err(SendError::Http(e)) => return Err(self.transport(e)),
+        };
         let (parts, mut body) = response.into_parts();
         let mut collected = Vec::new();
+        // Past the cap the rest is dropped, and the connection with it.
         while collected.len() < MAX_RESPONSE_BODY {
             match body.frame().await {
                 Some(Ok(frame)) => {
@@ -131,19 +164,14 @@ impl UrlSink {
                         collected.extend_from_slice(&data[..data.len().min(room)]);
                     }
                 }
-                Some(Err(e)) => return Err(transport(e)),
-                None => break,
+                Some(Err(e)) => return Err(self.transport(e)),
+                None => {
+                    self.pool.put(sender);
+                    break;
+                }
             }
         }
         Ok(http::Response::from_parts(parts, Bytes::from(collected)))
-    }
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -5,6 +5,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use base64::Engine;
@@ -529,4 +530,132 @@ async fn idle_client_is_dropped() {
     let mut c = RawClient::connect(smtp.addr).await;
     assert!(c.reply().await.starts_with("220"));
     assert!(c.reply().await.starts_with("421 4.4.2"));
+}
+
+/// Sends `n` mails one after another on one session; returns the replies.
+async fn mails_in_a_row(smtp: &Smtp, n: usize) -> Vec<String> {
+    let mut c = RawClient::connect(smtp.addr).await;
+    assert!(c.reply().await.starts_with("220"));
+    c.send(b"EHLO test\r\n").await;
+    c.reply().await;
+    let mut replies = Vec::new();
+    for i in 0..n {
+        c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+            .await;
+        for _ in 0..3 {
+            c.reply().await;
+        }
+        c.send(format!("Subject: mail {i}\r\n\r\nbody {i}\r\n.\r\n").as_bytes())
+            .await;
+        replies.push(c.reply().await);
+    }
+    c.send(b"QUIT\r\n").await;
+    replies
+}
+
+#[tokio::test]
+async fn mails_in_a_row_share_one_connection_to_the_app() {
+    let mut origin = Origin::start().await;
+    let smtp = simple(&origin, SmtpConfig::default(), None).await;
+    for reply in mails_in_a_row(&smtp, 10).await {
+        assert!(reply.starts_with("250 2.0.0 Ok: delivered"), "{reply}");
+    }
+    for i in 0..10 {
+        assert_eq!(origin.next().await.json()["subject"], format!("mail {i}"));
+    }
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+}
+
+/// An app that answers the first request on each connection and closes
+/// the connection when the next one arrives, without answering it: what an
+/// app that closes idle keep-alive connections does when a request comes
+/// just as it closes. Sends each answered request's `Subject` (the JSON
+/// body's) on the channel.
+async fn app_that_drops_kept_connections() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut io = tokio::io::BufReader::new(io);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if io.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                io.read_exact(&mut body).await.unwrap();
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let _ = tx.send(json["subject"].as_str().unwrap_or_default().to_string());
+                io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+                // The next request gets no answer: the connection closes.
+                let mut next = [0u8; 1];
+                let _ = io.read(&mut next).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_app_drops_loses_no_mail() {
+    let (addr, mut answered) = app_that_drops_kept_connections().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = droid_adapters::SpoolConfig::default();
+    config.retry.first_delay = Duration::from_millis(20);
+    config.retry.max_delay = Duration::from_millis(100);
+    let spool = droid_adapters::Spool::open(dir.path(), config).unwrap();
+    let sink = UrlSink::new(&format!("http://{addr}/inbound"))
+        .unwrap()
+        .with_timeout(Duration::from_secs(5));
+    let router = Arc::new(droid_adapters::UrlRouter::new(
+        Arc::new(sink),
+        "app",
+        options(b"k"),
+        None,
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let retries = tokio::spawn(spool.clone().run(router.clone(), stop.clone()));
+    let smtp = start_smtp(
+        SmtpConfig::default(),
+        router,
+        Some(spool.clone()),
+        ConnLimits::default(),
+    )
+    .await;
+    // The second mail goes out on the kept connection, which the app
+    // closes: it is spooled (or, had the connection been dropped first,
+    // delivered on a new one), never lost, and never answered 250 before
+    // one of the two.
+    for reply in mails_in_a_row(&smtp, 3).await {
+        assert!(reply.starts_with("250 2.0.0 Ok: "), "{reply}");
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let subject = tokio::time::timeout(Duration::from_secs(20), answered.recv())
+            .await
+            .expect("a mail never reached the app")
+            .unwrap();
+        got.push(subject);
+    }
+    got.sort();
+    assert_eq!(got, ["mail 0", "mail 1", "mail 2"]);
+    stop.cancel();
+    retries.await.unwrap();
 }

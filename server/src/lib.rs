@@ -208,9 +208,7 @@ impl Server {
 
     /// The router the SMTP adapter uses: `*@NAME.domain` to NAME's tunnel.
     pub fn mail_router(&self) -> Arc<dyn MailRouter> {
-        Arc::new(mail::TunnelRouter {
-            shared: self.shared.clone(),
-        })
+        Arc::new(mail::TunnelRouter::new(self.shared.clone()))
     }
 
     /// Accepts mail for the tunnels until `shutdown`. With a spool, mail

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,6 +70,8 @@ pub struct Origin {
     pub inbox: mpsc::UnboundedReceiver<Received>,
     /// The status `/inbound*` answers with (200 unless set).
     pub inbox_status: Arc<AtomicU16>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 }
 
@@ -136,12 +138,15 @@ pub async fn origin_with(label: &str, gather: Option<usize>) -> Origin {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let s = state.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
                 a = listener.accept() => a.unwrap(),
                 () = token.cancelled() => return,
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let s = s.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
@@ -165,6 +170,7 @@ pub async fn origin_with(label: &str, gather: Option<usize>) -> Origin {
         },
         inbox,
         inbox_status,
+        connections,
         shutdown,
     }
 }

@@ -315,15 +315,15 @@ pub fn parse(raw: &[u8], envelope: &Envelope, max_attachment_inline: usize) -> M
     };
     let text = collect_parts(&message.text_body, false);
     let html = collect_parts(&message.html_body, true);
-    let reply_source = text.clone().or_else(|| {
-        html.as_deref()
-            .map(mail_parser::decoders::html::html_to_text)
-    });
-    let (reply_text, signature) = match reply_source {
-        Some(source) => {
-            let r = reply::extract(&source);
-            (Some(r.text), r.signature)
-        }
+    let reply = match (&text, &html) {
+        (Some(text), _) => Some(reply::extract(text)),
+        (None, Some(html)) => Some(reply::extract(&mail_parser::decoders::html::html_to_text(
+            html,
+        ))),
+        (None, None) => None,
+    };
+    let (reply_text, signature) = match reply {
+        Some(r) => (Some(r.text), r.signature),
         None => (None, None),
     };
 

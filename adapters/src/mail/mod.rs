@@ -95,9 +95,15 @@ pub fn render(
     match format {
         Format::Json => {
             let mail = json::parse(raw, envelope, max_attachment_inline);
+            // A text mail's JSON is about twice its size (the text and the
+            // reply): room for that at once saves growing the buffer.
+            let mut bytes = Vec::with_capacity((raw.len() * 2 + 1024).min(1 << 20));
+            if serde_json::to_writer(&mut bytes, &mail).is_err() {
+                bytes.clear();
+            }
             Body {
                 content_type: "application/json".into(),
-                bytes: serde_json::to_vec(&mail).unwrap_or_default(),
+                bytes,
             }
         }
         Format::Multipart => multipart::render(raw, envelope, max_attachment_inline),

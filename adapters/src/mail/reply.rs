@@ -41,6 +41,17 @@ fn ends_with_wrote(line: &str) -> bool {
 
 fn is_quote_header(lines: &[&str], i: usize) -> bool {
     let line = lines[i].trim();
+    // Every header below starts with one of these (in either case): most
+    // lines are ruled out without being lowercased.
+    let candidate = line.bytes().next().is_some_and(|b| {
+        matches!(
+            b.to_ascii_lowercase(),
+            b'o' | b'l' | b'a' | b'e' | b'i' | b'd' | b'w' | b'f' | b'-'
+        )
+    });
+    if !candidate {
+        return false;
+    }
     let lower = line.to_lowercase();
     if lower.starts_with('>') {
         return false;
@@ -110,8 +121,10 @@ fn trim_blank_lines(lines: &[&str]) -> String {
 /// Splits `body` (a plain-text mail body) into the visible reply and the
 /// signature.
 pub fn extract(body: &str) -> Reply {
-    let normalized = body.replace("\r\n", "\n");
-    let all: Vec<&str> = normalized.split('\n').collect();
+    let all: Vec<&str> = body
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect();
     // 1. Cut at the first quote header or Outlook separator.
     let mut end = all.len();
     for i in 0..all.len() {

@@ -44,6 +44,8 @@ pub struct Origin {
     pub rx: mpsc::UnboundedReceiver<Received>,
     pub answer: Arc<Mutex<(u16, String)>>,
     pub count: Arc<AtomicUsize>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
 
@@ -58,14 +60,18 @@ impl Origin {
         let (tx, rx) = mpsc::unbounded_channel();
         let answer = Arc::new(Mutex::new((200u16, "ok".to_string())));
         let count = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
         let (answer2, count2, stop2) = (answer.clone(), count.clone(), stop.clone());
+        let connections2 = connections.clone();
         tokio::spawn(async move {
             loop {
                 let (io, _) = tokio::select! {
                     _ = stop2.cancelled() => break,
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                 };
+                connections2.fetch_add(1, Ordering::SeqCst);
+                let stopped = stop2.clone();
                 let (tx, answer, count) = (tx.clone(), answer2.clone(), count2.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -92,9 +98,13 @@ impl Origin {
                             )
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(io), service)
-                        .await;
+                    let serve = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(io), service);
+                    // A stopped app closes its kept connections too.
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = stopped.cancelled() => {}
+                    }
                 });
             }
         });
@@ -103,6 +113,7 @@ impl Origin {
             rx,
             answer,
             count,
+            connections,
             stop,
         }
     }
@@ -123,7 +134,8 @@ impl Origin {
             .expect("origin gone")
     }
 
-    /// Stops accepting (the port then refuses connections).
+    /// Stops accepting (the port then refuses connections) and closes the
+    /// connections it has.
     pub fn stop(&self) {
         self.stop.cancel();
     }
