@@ -1,5 +1,11 @@
 //! Run with: `cargo run --release --example bench -- [http|smtp|all] [--secs N] [--max-mails N]
-//! [--only TEXT] [--mode conn|kept]`
+//! [--only TEXT] [--mode conn|kept]`, or `... --example bench -- peers`.
+//!
+//! - `peers`: the `droid` binary as separate processes under `wrk`, beside
+//!   an nginx origin reached directly and, where they are installed, bore
+//!   and rathole: `../shared/bench/peers.sh` (it installs wrk and nginx on
+//!   first use, builds `target/release/droid`, and prints the table of
+//!   ratios to direct). `--all-peers` asks it to install the peers too.
 //!
 //! Droid against the same work without Droid, in one process and one run,
 //! everything on 127.0.0.1 port 0. It is a report, not a test: nothing here
@@ -188,6 +194,11 @@ impl Window {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if let Some(arg) = std::env::args().nth(1)
+        && arg == "peers"
+    {
+        return peers(std::env::args().skip(2).any(|a| a == "--all-peers"));
+    }
     let args = args()?;
     println!(
         "droid bench: {} s per row after warm-up, {} cores, one process, loopback",
@@ -204,6 +215,48 @@ async fn main() -> anyhow::Result<()> {
     }
     tunnel.stop.cancel();
     app.stop.cancel();
+    Ok(())
+}
+
+/// Runs `../shared/bench/peers.sh` from the checkout's root with Droid,
+/// direct, and the peers it has installed (all of them with `all_peers`).
+fn peers(all_peers: bool) -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = std::env::var_os("DROID_PEERS_SH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("../shared/bench/peers.sh"));
+    if !script.is_file() {
+        bail!(
+            "{} not found: it ships in ../shared beside the checkout (or set DROID_PEERS_SH)",
+            script.display()
+        );
+    }
+    let cache = std::env::var_os("BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/tmp/droid-peerbench".into());
+    let mut targets = vec!["direct", "droid"];
+    for (peer, binary) in [
+        ("bore", "bin-bore/bin/bore"),
+        ("rathole", "bin-rathole/bin/rathole"),
+    ] {
+        if all_peers || cache.join(binary).is_file() {
+            targets.push(peer);
+        }
+    }
+    println!(
+        "droid bench peers: {} (TARGETS=\"{}\")",
+        script.display(),
+        targets.join(" ")
+    );
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .env("TARGETS", targets.join(" "))
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !status.success() {
+        bail!("{} failed: {status}", script.display());
+    }
     Ok(())
 }
 
