@@ -33,11 +33,10 @@ const LINGER: Duration = Duration::from_secs(10);
 
 /// Serves one stream the server opened.
 pub(crate) async fn serve_stream(
-    stream: Stream,
+    mut stream: Stream,
     tunnels: Arc<Vec<(String, TunnelSpec)>>,
     events: Events,
 ) {
-    let mut stream = stream;
     if let Err(e) = stream.acknowledge().await {
         debug!(error = %e, "the stream closed before it was acknowledged");
         return;
