@@ -284,15 +284,8 @@ impl App {
         let (p, token, accepted) = (posts.clone(), stop.clone(), connections.clone());
         tokio::spawn(async move {
             loop {
-                let io = tokio::select! {
-                    a = listener.accept() => match a {
-                        Ok((io, _)) => io,
-                        Err(_) => {
-                            tokio::time::sleep(ACCEPT_BACKOFF).await;
-                            continue;
-                        }
-                    },
-                    () = token.cancelled() => return,
+                let Some(io) = next_connection(&listener, &token).await else {
+                    return;
                 };
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let _ = io.set_nodelay(true);
@@ -465,21 +458,28 @@ async fn droid_smtp(
 /// every command with 250 (354 for DATA, 221 for QUIT, then closes), reads
 /// the body up to its `.` line, and writes its replies once it has read all
 /// that was pipelined, as Droid does.
+/// The next connection on `listener`, or `None` once `stop` fires; a
+/// failed accept (out of file descriptors, say) backs off and tries again.
+async fn next_connection(listener: &TcpListener, stop: &CancellationToken) -> Option<TcpStream> {
+    loop {
+        tokio::select! {
+            a = listener.accept() => match a {
+                Ok((io, _)) => return Some(io),
+                Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+            },
+            () = stop.cancelled() => return None,
+        }
+    }
+}
+
 async fn bare_sink(stop: &CancellationToken) -> anyhow::Result<SocketAddr> {
     let listener = droid_adapters::bind_listener("127.0.0.1:0".parse()?).await?;
     let addr = listener.local_addr()?;
     let stop = stop.clone();
     tokio::spawn(async move {
         loop {
-            let io = tokio::select! {
-                a = listener.accept() => match a {
-                    Ok((io, _)) => io,
-                    Err(_) => {
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        continue;
-                    }
-                },
-                () = stop.cancelled() => return,
+            let Some(io) = next_connection(&listener, &stop).await else {
+                return;
             };
             tokio::spawn(async move {
                 let _ = io.set_nodelay(true);
