@@ -34,8 +34,11 @@ use tracing::{debug, trace};
 /// be open at once, so streams that linger half-closed never reach it.
 pub const MAX_STREAMS: usize = 8192;
 
-/// The write buffer under yamux: a full data frame (16 KiB) and its header.
-const WRITE_BUFFER: usize = 32 * 1024;
+/// The write buffer under yamux: eight full data frames (16 KiB each) and
+/// their headers, so a download reaches the socket 128 KiB per syscall. At
+/// 32 KiB it went one frame per syscall (a frame and the next header fill
+/// it), and each syscall woke the other end.
+const WRITE_BUFFER: usize = 128 * 1024;
 
 /// The read buffer under yamux: a few frames per read.
 const READ_BUFFER: usize = 64 * 1024;
