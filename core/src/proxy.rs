@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -128,6 +128,9 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     })
 }
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Removes the headers that describe one hop, not the message: those RFC 9110
 /// lists and those named in `Connection`. An upgrade keeps `Connection:
 /// upgrade` and `Upgrade`, which the next hop needs to agree to it.
@@ -143,7 +146,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in &named {
         headers.remove(name.as_str());
     }
-    for name in ["keep-alive", "proxy-connection", "te", "trailer"] {
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+    ] {
         headers.remove(name);
     }
     headers.remove(header::CONNECTION);

@@ -5,14 +5,15 @@
 //! so keep-alive visitors cost one stream, not one per request. A visitor that
 //! upgrades (a websocket) keeps its stream for the upgraded bytes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use droid_core::protocol::{self, StreamHeader};
 use droid_core::proxy::{self, Body};
 use http::header::{
-    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -28,6 +29,10 @@ use crate::access::Verdict;
 use crate::guard::{GuardedBody, Tripped};
 use crate::rate;
 use crate::registry::{Lookup, Tunnel};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// hyper's own cap on headers per request.
 const DEFAULT_MAX_HEADERS: usize = 100;
@@ -51,6 +56,7 @@ pub(crate) async fn serve_io<IO>(
     let visitor = Arc::new(Visitor {
         shared: shared.clone(),
         peer,
+        peer_ip: ip_header(peer.ip()),
         sni,
         upstream: Mutex::new(None),
     });
@@ -80,6 +86,8 @@ pub(crate) async fn serve_io<IO>(
 struct Visitor {
     shared: Arc<Shared>,
     peer: SocketAddr,
+    /// The peer's address as a header value, made once per connection.
+    peer_ip: HeaderValue,
     /// On HTTPS, the host the TLS handshake named (lowercase): every
     /// request on the connection must be for it.
     sni: Option<String>,
@@ -136,7 +144,7 @@ impl Visitor {
         }
         let domain = &self.shared.config.domain;
         let name = match route(&host, domain) {
-            Route::Tunnel(name) => name.to_string(),
+            Route::Tunnel(name) => name,
             Route::Apex => {
                 return proxy::error_page(
                     StatusCode::NOT_FOUND,
@@ -152,7 +160,7 @@ impl Visitor {
                 );
             }
         };
-        let tunnel = match self.shared.registry.lookup(&name) {
+        let tunnel = match self.shared.registry.lookup(name) {
             Lookup::Live(tunnel) => tunnel,
             Lookup::Resuming => {
                 return proxy::error_page(
@@ -182,7 +190,7 @@ impl Visitor {
         debug!(tunnel = %name, %method, %path, status, ?elapsed, "forwarded");
         tunnel
             .log
-            .record(&name, method.as_str(), &path, status, elapsed);
+            .record(name, method.as_str(), path, status, elapsed);
         response
     }
 
@@ -252,18 +260,19 @@ impl Visitor {
 
     fn add_forwarded_headers(&self, request: &mut Request<Incoming>, host: &str) {
         let headers = request.headers_mut();
-        let ip = self.peer.ip().to_string();
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {ip}"),
-            _ => ip,
+        let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(earlier) if !earlier.trim().is_empty() => {
+                HeaderValue::from_str(&format!("{earlier}, {}", self.peer.ip())).ok()
+            }
+            _ => Some(self.peer_ip.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert("x-forwarded-for", v);
+        if let Some(v) = forwarded_for {
+            headers.insert(X_FORWARDED_FOR, v);
         }
         let proto = if self.sni.is_some() { "https" } else { "http" };
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert("x-forwarded-host", v);
+            headers.insert(X_FORWARDED_HOST, v);
         }
     }
 
@@ -405,6 +414,12 @@ impl Visitor {
         }
         proxy::handshake(stream).await.map_err(|_| gone())
     }
+}
+
+/// An address as a header value (an address prints as digits, dots, colons
+/// and hex, always a valid value).
+fn ip_header(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The body length a request declares, if it declares one.

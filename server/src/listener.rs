@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug_span, warn};
 
 /// Accepts connections until `shutdown`, spawning `serve` for each one in a
-/// span named after the listener. When `accept` fails (out of file
+/// span named after the listener (a debug span: entering an enabled span on
+/// every poll of every connection is a cost the default log level skips). When `accept` fails (out of file
 /// descriptors, say) it backs off exponentially instead of spinning.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
@@ -29,7 +30,7 @@ pub(crate) async fn accept_loop<F, Fut>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                tokio::spawn(serve(stream, peer).instrument(info_span!("conn", kind, %peer)));
+                tokio::spawn(serve(stream, peer).instrument(debug_span!("conn", kind, %peer)));
             }
             Err(e) => {
                 warn!(kind, error = %e, ?backoff, "accept failed");

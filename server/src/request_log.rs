@@ -30,7 +30,7 @@ impl RequestLog {
         &self,
         tunnel: &str,
         method: &str,
-        path: &str,
+        path: String,
         status: u16,
         elapsed: Duration,
     ) {
@@ -38,7 +38,7 @@ impl RequestLog {
         let _ = tx.try_send(Box::new(RequestLine {
             tunnel: tunnel.to_string(),
             method: method.to_string(),
-            path: path.to_string(),
+            path,
             status,
             micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         }));
