@@ -387,7 +387,7 @@ impl Tunnel {
         };
         let mut config = ClientConfig::new(control_addr.to_string(), vec![spec]);
         config.state_dir = None;
-        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut events) = tokio::sync::mpsc::channel(droid_client::EVENT_QUEUE);
         tokio::spawn(droid_client::run(config, Some(tx), stop.clone()));
         let grant = tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(event) = events.recv().await {

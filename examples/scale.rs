@@ -327,7 +327,7 @@ async fn connect_client(
     shutdown: CancellationToken,
     drops: Arc<AtomicUsize>,
 ) -> anyhow::Result<String> {
-    let (tx, mut events) = mpsc::unbounded_channel();
+    let (tx, mut events) = mpsc::channel(droid_client::EVENT_QUEUE);
     let run = tokio::spawn(droid_client::run(config, Some(tx), shutdown));
     let connected = tokio::time::timeout(STALL, async {
         loop {

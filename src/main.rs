@@ -537,16 +537,22 @@ async fn tunnels(s: settings::TunnelSettings, shutdown: CancellationToken) -> Re
     for spec in &config.tunnels {
         output::check_target(&spec.target).await;
     }
-    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(droid_client::EVENT_QUEUE);
     let mail = output::MailDisplay {
         smtp: embedded
             .as_ref()
             .and_then(|e| e.smtp.as_ref().map(|(addr, _)| *addr)),
         tunnels: config.tunnels.iter().map(|t| t.mail.clone()).collect(),
     };
-    let printer = tokio::spawn(output::print_events(events_rx, mail));
+    let (printed, all_printed) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        output::print_events(events_rx, mail);
+        let _ = printed.send(());
+    });
     let result = droid_client::run(config, Some(events_tx), shutdown.clone()).await;
-    let _ = printer.await;
+    // The last lines (the names released) get printed; a stdout that
+    // blocks does not hold the exit.
+    let _ = tokio::time::timeout(Duration::from_secs(2), all_printed).await;
     if let Some(embedded) = embedded {
         shutdown.cancel();
         embedded.stopped().await;

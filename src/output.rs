@@ -76,11 +76,12 @@ pub async fn check_target(target: &Target) {
     }
 }
 
-/// Prints events as they come. Under load, the lines of every event already
-/// waiting go out in one write.
-pub async fn print_events(mut events: mpsc::UnboundedReceiver<ClientEvent>, mail: MailDisplay) {
+/// Prints events as they come, on a thread of its own: a stdout that
+/// blocks (a pipe nobody reads) stops the printing, never the tunnels. Under
+/// load, the lines of every event already waiting go out in one write.
+pub fn print_events(mut events: mpsc::Receiver<ClientEvent>, mail: MailDisplay) {
     let mut lines = String::new();
-    while let Some(first) = events.recv().await {
+    while let Some(first) = events.blocking_recv() {
         let mut next = Some(first);
         while let Some(event) = next.take() {
             describe_event(event, &mail, &mut lines);

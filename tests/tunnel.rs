@@ -329,6 +329,47 @@ async fn an_app_that_is_not_running_gives_a_502_that_names_it() {
 }
 
 #[tokio::test]
+async fn events_nobody_reads_are_bounded_and_the_tunnel_state_still_gets_through() {
+    let app = origin("app").await;
+    let srv = server().await;
+    let cutter = Cutter::start(srv.control).await;
+    let mut c = client(client_config(cutter.addr, vec![spec(None, &app.target)])).await;
+    // More requests than the event queue holds, and nobody reads the events
+    // (as when droid's stdout is a pipe nobody reads).
+    let n = droid_client::EVENT_QUEUE + 200;
+    let (addr, host) = (srv.http, c.host());
+    within("requests while nobody reads the events", async {
+        for _ in 0..n / 50 {
+            let batch: Vec<_> = (0..50)
+                .map(|_| {
+                    let host = host.clone();
+                    tokio::spawn(async move { get(addr, &host, "/x").await.0 })
+                })
+                .collect();
+            for request in batch {
+                assert_eq!(request.await.unwrap(), 200);
+            }
+        }
+    })
+    .await;
+    // The request lines stop short of the queue's end: the last slots are
+    // kept for the tunnel's state.
+    let per_request_limit = droid_client::EVENT_QUEUE - 64;
+    within("the queue fills with request lines", async {
+        while c.events.len() < per_request_limit {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(c.events.len(), per_request_limit);
+    cutter.cut();
+    c.wait_for("the disconnection, behind a full queue", |e| {
+        matches!(e, ClientEvent::Disconnected { .. }).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn in_flight_requests_fail_fast_when_the_client_dies() {
     let app = origin("app").await;
     let srv = server().await;

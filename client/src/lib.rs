@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 pub use target::Target;
 
@@ -179,15 +179,32 @@ pub enum ClientEvent {
     },
 }
 
-/// Where events go; a closed receiver just drops them.
+/// The capacity of the channel [`run`] sends its events on. A reader that
+/// falls behind (a stdout nobody reads) loses events rather than growing
+/// the client's memory or stalling its tunnels.
+pub const EVENT_QUEUE: usize = 1024;
+
+/// Slots of [`EVENT_QUEUE`] that per-request events leave free, so that the
+/// events saying what state the tunnel is in still get through.
+const KEPT_FOR_STATE: usize = 64;
+
+/// Where events go; a closed receiver just drops them, a full one drops
+/// per-request events first.
 #[derive(Clone)]
-pub(crate) struct Events(Option<mpsc::UnboundedSender<ClientEvent>>);
+pub(crate) struct Events(Option<mpsc::Sender<ClientEvent>>);
 
 impl Events {
     fn send(&self, event: ClientEvent) {
-        if let Some(tx) = &self.0 {
-            let _ = tx.send(event);
+        let Some(tx) = &self.0 else { return };
+        let per_request = matches!(
+            event,
+            ClientEvent::Request { .. } | ClientEvent::TargetDown { .. }
+        );
+        if per_request && tx.capacity() <= KEPT_FOR_STATE {
+            trace!("the event reader is behind; a request line is dropped");
+            return;
         }
+        let _ = tx.try_send(event);
     }
 }
 
@@ -207,10 +224,11 @@ pub enum ClientError {
 }
 
 /// Runs the client until `shutdown` fires (then releases its names and
-/// returns `Ok`) or the server refuses it for good.
+/// returns `Ok`) or the server refuses it for good. Events go to `events`,
+/// a channel of [`EVENT_QUEUE`] slots.
 pub async fn run(
     config: ClientConfig,
-    events: Option<mpsc::UnboundedSender<ClientEvent>>,
+    events: Option<mpsc::Sender<ClientEvent>>,
     shutdown: CancellationToken,
 ) -> Result<(), ClientError> {
     if config.tunnels.is_empty() {

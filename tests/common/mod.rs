@@ -417,7 +417,7 @@ pub async fn mail_server(spool: Option<&std::path::Path>) -> TestServer {
 // ---------------------------------------------------------------- client
 
 pub struct TestClient {
-    pub events: mpsc::UnboundedReceiver<ClientEvent>,
+    pub events: mpsc::Receiver<ClientEvent>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<Result<(), ClientError>>,
     pub grants: Vec<TunnelGrant>,
@@ -504,7 +504,7 @@ pub async fn client(config: ClientConfig) -> TestClient {
 
 /// Starts a client without waiting for anything.
 pub fn client_unchecked(config: ClientConfig) -> TestClient {
-    let (tx, events) = mpsc::unbounded_channel();
+    let (tx, events) = mpsc::channel(droid_client::EVENT_QUEUE);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(droid_client::run(config, Some(tx), shutdown.clone()));
     TestClient {
