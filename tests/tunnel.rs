@@ -354,7 +354,7 @@ async fn events_nobody_reads_are_bounded_and_the_tunnel_state_still_gets_through
     .await;
     // The request lines stop short of the queue's end: the last slots are
     // kept for the tunnel's state.
-    let per_request_limit = droid_client::EVENT_QUEUE - 64;
+    let per_request_limit = droid_client::EVENT_QUEUE - droid_client::KEPT_FOR_STATE;
     within("the queue fills with request lines", async {
         while c.events.len() < per_request_limit {
             tokio::task::yield_now().await;

@@ -186,7 +186,7 @@ pub const EVENT_QUEUE: usize = 1024;
 
 /// Slots of [`EVENT_QUEUE`] that per-request events leave free, so that the
 /// events saying what state the tunnel is in still get through.
-const KEPT_FOR_STATE: usize = 64;
+pub const KEPT_FOR_STATE: usize = 64;
 
 /// Where events go; a closed receiver just drops them, a full one drops
 /// per-request events first.
@@ -201,7 +201,7 @@ impl Events {
             ClientEvent::Request { .. } | ClientEvent::TargetDown { .. }
         );
         if per_request && tx.capacity() <= KEPT_FOR_STATE {
-            trace!("the event reader is behind; a request line is dropped");
+            trace!("the event reader is behind; a per-request event is dropped");
             return;
         }
         let _ = tx.try_send(event);

@@ -10,8 +10,9 @@ use tracing::{Instrument, debug_span, warn};
 
 /// Accepts connections until `shutdown`, spawning `serve` for each one in a
 /// span named after the listener (a debug span: entering an enabled span on
-/// every poll of every connection is a cost the default log level skips). When `accept` fails (out of file
-/// descriptors, say) it backs off exponentially instead of spinning.
+/// every poll of every connection is a cost the default log level skips).
+/// When `accept` fails (out of file descriptors, say) it backs off
+/// exponentially instead of spinning.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     kind: &'static str,
