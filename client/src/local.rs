@@ -16,15 +16,19 @@ use droid_core::session::Stream;
 use http::StatusCode;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::{ClientEvent, Events, TunnelSpec};
 
-/// The buffer for the app's answers: large enough that a big download goes
-/// into the tunnel in large frames.
-const FROM_APP_BUFFER: usize = 32 * 1024;
+/// The buffer for the app's answers starts this small: most answers fit,
+/// and only the bytes an answer brings are touched.
+const FROM_APP_FIRST: usize = 4 * 1024;
+
+/// ...and doubles while reads fill it, up to this: a big download goes into
+/// the tunnel in large frames.
+const FROM_APP_MAX: usize = 32 * 1024;
 
 /// How long the app may keep sending once the server has closed its side
 /// (the visitor is gone): then both are closed, so an app that never closes
@@ -41,10 +45,13 @@ pub(crate) async fn serve_stream(
         debug!(error = %e, "the stream closed before it was acknowledged");
         return;
     }
-    let mut stream = BufReader::new(stream);
+    // Split once, here: the buffered reader that takes the header line then
+    // carries the visitor's bytes to the app, with no second buffer.
+    let (read, mut to_tunnel) = tokio::io::split(stream);
+    let mut from_tunnel = BufReader::new(read);
     let header = tokio::time::timeout(
         protocol::HANDSHAKE_TIMEOUT,
-        protocol::read_message::<_, StreamHeader>(&mut stream, protocol::MAX_HEADER_LINE),
+        protocol::read_message::<_, StreamHeader>(&mut from_tunnel, protocol::MAX_HEADER_LINE),
     )
     .await;
     let header = match header {
@@ -63,7 +70,7 @@ pub(crate) async fn serve_stream(
         .and_then(|name| tunnels.iter().find(|(n, _)| n == name))
     else {
         debug!(?header, "stream for an unknown tunnel or kind; closing it");
-        let _ = stream.get_mut().shutdown().await;
+        let _ = to_tunnel.shutdown().await;
         return;
     };
     let target = &spec.target;
@@ -77,12 +84,12 @@ pub(crate) async fn serve_stream(
                 target: target.to_string(),
                 error: e.to_string(),
             });
-            answer_unreachable(stream, reason).await;
+            answer_unreachable(tokio::io::join(from_tunnel, to_tunnel), reason).await;
             return;
         }
     };
     let _ = app.set_nodelay(true);
-    match pipe(stream, app).await {
+    match pipe(from_tunnel, to_tunnel, app).await {
         Ok((to_app, from_app)) => debug!(tunnel = %name, to_app, from_app, "stream done"),
         Err(e) => debug!(tunnel = %name, error = %e, "stream ended with an error"),
     }
@@ -91,20 +98,23 @@ pub(crate) async fn serve_stream(
 /// Copies bytes between the tunnel stream and the app until both directions
 /// end (or the app lingers past [`LINGER`] after the server left). Returns
 /// the bytes copied each way.
-async fn pipe<S>(stream: BufReader<S>, mut app: TcpStream) -> std::io::Result<(u64, u64)>
+async fn pipe<R, W>(
+    mut from_tunnel: R,
+    mut to_tunnel: W,
+    mut app: TcpStream,
+) -> std::io::Result<(u64, u64)>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
-    let (mut from_tunnel, mut to_tunnel) = tokio::io::split(stream);
-    let (app_read, mut to_app) = app.split();
-    let mut from_app = BufReader::with_capacity(FROM_APP_BUFFER, app_read);
+    let (mut from_app, mut to_app) = app.split();
     let up = async {
-        let n = tokio::io::copy(&mut from_tunnel, &mut to_app).await?;
+        let n = tokio::io::copy_buf(&mut from_tunnel, &mut to_app).await?;
         to_app.shutdown().await?;
         Ok::<u64, std::io::Error>(n)
     };
     let down = async {
-        let n = tokio::io::copy_buf(&mut from_app, &mut to_tunnel).await?;
+        let n = copy_answer(&mut from_app, &mut to_tunnel).await?;
         to_tunnel.shutdown().await?;
         Ok::<u64, std::io::Error>(n)
     };
@@ -123,6 +133,29 @@ where
         down_done = &mut down => {
             let from_app = down_done?;
             Ok((up.await?, from_app))
+        }
+    }
+}
+
+/// Copies the app's answer into the tunnel until the app closes its side,
+/// through a buffer that starts at [`FROM_APP_FIRST`] and grows while reads
+/// fill it. Nothing in it is zeroed first. Returns the bytes copied.
+async fn copy_answer<R, W>(from_app: &mut R, to_tunnel: &mut W) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = Vec::with_capacity(FROM_APP_FIRST);
+    let mut copied = 0;
+    loop {
+        buf.clear();
+        if from_app.read_buf(&mut buf).await? == 0 {
+            return Ok(copied);
+        }
+        to_tunnel.write_all(&buf).await?;
+        copied += buf.len() as u64;
+        if buf.len() == buf.capacity() && buf.capacity() < FROM_APP_MAX {
+            buf = Vec::with_capacity(buf.capacity() * 2);
         }
     }
 }
