@@ -178,3 +178,61 @@ where
         debug!(error = %e, "no request came on the stream of an unreachable target");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A tunnel side that keeps what it is given, and the size of each write.
+    #[derive(Default)]
+    struct Recorder {
+        bytes: Vec<u8>,
+        writes: Vec<usize>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.bytes.extend_from_slice(buf);
+            self.writes.push(buf.len());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_crosses_whole_while_the_buffer_grows() {
+        // Sizes around each step of the buffer (4, 8, 16, 32 KiB) and past it.
+        for len in [0, 1, 4095, 4096, 4097, 40_000, 300_001] {
+            let answer: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            // The pipe holds more than the largest buffer, so reads can fill it.
+            let (mut app, mut from_app) = tokio::io::duplex(256 * 1024);
+            let sent = answer.clone();
+            let writer = tokio::spawn(async move {
+                app.write_all(&sent).await.unwrap();
+                app.shutdown().await.unwrap();
+            });
+            let mut tunnel = Recorder::default();
+            let copied = copy_answer(&mut from_app, &mut tunnel).await.unwrap();
+            writer.await.unwrap();
+            assert_eq!(copied, len as u64);
+            assert!(tunnel.bytes == answer, "{len} bytes arrived changed");
+            assert!(tunnel.writes.iter().all(|&n| n <= FROM_APP_MAX));
+            if len > 100_000 {
+                // A download reaches the largest buffer.
+                assert!(tunnel.writes.contains(&FROM_APP_MAX), "{:?}", tunnel.writes);
+            }
+        }
+    }
+}
