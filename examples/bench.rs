@@ -454,10 +454,6 @@ async fn droid_smtp(
     Ok(addr)
 }
 
-/// The smallest SMTP server that works with the load client: it answers
-/// every command with 250 (354 for DATA, 221 for QUIT, then closes), reads
-/// the body up to its `.` line, and writes its replies once it has read all
-/// that was pipelined, as Droid does.
 /// The next connection on `listener`, or `None` once `stop` fires; a
 /// failed accept (out of file descriptors, say) backs off and tries again.
 async fn next_connection(listener: &TcpListener, stop: &CancellationToken) -> Option<TcpStream> {
@@ -472,6 +468,10 @@ async fn next_connection(listener: &TcpListener, stop: &CancellationToken) -> Op
     }
 }
 
+/// The smallest SMTP server that works with the load client: it answers
+/// every command with 250 (354 for DATA, 221 for QUIT, then closes), reads
+/// the body up to its `.` line, and writes its replies once it has read all
+/// that was pipelined, as Droid does.
 async fn bare_sink(stop: &CancellationToken) -> anyhow::Result<SocketAddr> {
     let listener = droid_adapters::bind_listener("127.0.0.1:0".parse()?).await?;
     let addr = listener.local_addr()?;
