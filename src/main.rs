@@ -7,6 +7,7 @@
 mod config;
 mod embedded;
 mod mail;
+mod malloc;
 mod output;
 mod settings;
 mod tls;
@@ -328,6 +329,7 @@ fn fail(e: &anyhow::Error) -> std::process::ExitCode {
 }
 
 fn main() -> std::process::ExitCode {
+    malloc::use_one_arena();
     let cli = Cli::parse();
     let ready = match cli.command {
         Command::Config(command) => {
