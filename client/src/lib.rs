@@ -486,7 +486,7 @@ impl Live {
                         Ok(ControlMessage::Error(e)) => break SessionEnd::Lost(format!("the server closed the session: {}", e.message)),
                         Ok(ControlMessage::Request(line)) => events.send(ClientEvent::Request {
                             tunnel: line.tunnel,
-                            method: line.method,
+                            method: line.method.into_owned(),
                             path: line.path,
                             status: line.status,
                             elapsed: Duration::from_micros(line.micros),

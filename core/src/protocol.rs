@@ -11,6 +11,7 @@
 //! version bump. A change that old peers cannot ignore bumps
 //! [`PROTOCOL_VERSION`].
 
+use std::borrow::Cow;
 use std::io;
 use std::time::Duration;
 
@@ -267,8 +268,9 @@ pub enum ErrorCode {
 pub struct RequestLine {
     /// The tunnel's name.
     pub tunnel: String,
-    /// The method, or `MAIL` for a delivery.
-    pub method: String,
+    /// The method (a delivery's is `POST`). Borrowed for the standard
+    /// methods, which is most requests: no allocation each.
+    pub method: Cow<'static, str>,
     /// Path and query.
     pub path: String,
     /// The status the visitor got.

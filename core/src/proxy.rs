@@ -135,16 +135,25 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// lists and those named in `Connection`. An upgrade keeps `Connection:
 /// upgrade` and `Upgrade`, which the next hop needs to agree to it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<String> = headers
+    // Names a `Connection` header lists, beyond those removed anyway: most
+    // list only `keep-alive`, `close` or `upgrade`, and nothing is collected.
+    let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && (!keep_upgrade || t != "upgrade"))
+        .map(str::trim)
+        .filter(|t| {
+            let kept_anyway = keep_upgrade && t.eq_ignore_ascii_case("upgrade");
+            let removed_anyway = t.is_empty()
+                || t.eq_ignore_ascii_case("keep-alive")
+                || t.eq_ignore_ascii_case("close");
+            !(kept_anyway || removed_anyway)
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for name in &named {
-        headers.remove(name.as_str());
+    for name in named {
+        headers.remove(name);
     }
     for name in [
         &KEEP_ALIVE,
@@ -217,7 +226,7 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-hop"));
+        h.insert("connection", HeaderValue::from_static("Keep-Alive, X-Hop"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-hop", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));

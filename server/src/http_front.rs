@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use droid_core::protocol::{self, StreamHeader};
 use droid_core::proxy::{self, Body};
 use http::header::{
@@ -184,9 +185,10 @@ impl Visitor {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let response = self.serve_tunnel(&tunnel, request, &host, html).await;
+        let response = self.serve_tunnel(&tunnel, request, host, html).await;
         let status = response.status().as_u16();
         let elapsed = started.elapsed();
+        let name = &tunnel.name;
         debug!(tunnel = %name, %method, %path, status, ?elapsed, "forwarded");
         tunnel
             .log
@@ -200,7 +202,7 @@ impl Visitor {
         &self,
         tunnel: &Arc<Tunnel>,
         mut request: Request<Incoming>,
-        host: &str,
+        host: String,
         html: bool,
     ) -> Response<Body> {
         let name = &tunnel.name;
@@ -258,7 +260,7 @@ impl Visitor {
         self.forward(tunnel, request, html).await
     }
 
-    fn add_forwarded_headers(&self, request: &mut Request<Incoming>, host: &str) {
+    fn add_forwarded_headers(&self, request: &mut Request<Incoming>, host: String) {
         let headers = request.headers_mut();
         let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(earlier) if !earlier.trim().is_empty() => {
@@ -271,7 +273,8 @@ impl Visitor {
         }
         let proto = if self.sni.is_some() { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        if let Ok(v) = HeaderValue::from_str(host) {
+        // The host's own bytes become the value, not a copy of them.
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(host)) {
             headers.insert(X_FORWARDED_HOST, v);
         }
     }
@@ -462,19 +465,17 @@ fn too_many(name: &str, wait: Duration, html: bool) -> Response<Body> {
 /// The host a request is for, lowercased, without port or trailing dot.
 fn request_host<B>(request: &Request<B>) -> Option<String> {
     let raw = match request.uri().host() {
-        Some(host) => host.to_string(),
-        None => request.headers().get(HOST)?.to_str().ok()?.to_string(),
+        Some(host) => host,
+        None => request.headers().get(HOST)?.to_str().ok()?,
     };
     let host = if let Some(rest) = raw.strip_prefix('[') {
         // [v6]:port
-        rest.split(']').next().unwrap_or_default().to_string()
+        rest.split(']').next().unwrap_or_default()
     } else {
-        raw.rsplit_once(':')
-            .map_or(raw.as_str(), |(h, _)| h)
-            .to_string()
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
+    let host = host.trim_end_matches('.');
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
 fn route<'a>(host: &'a str, domain: &str) -> Route<'a> {

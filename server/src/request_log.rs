@@ -2,6 +2,7 @@
 //! answers (and the ones it refuses for it), so it tells the client, which
 //! prints them. The client itself only moves bytes.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use droid_core::protocol::RequestLine;
@@ -37,10 +38,22 @@ impl RequestLog {
         let Some(tx) = &self.0 else { return };
         let _ = tx.try_send(Box::new(RequestLine {
             tunnel: tunnel.to_string(),
-            method: method.to_string(),
+            method: method_name(method),
             path,
             status,
             micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         }));
+    }
+}
+
+/// A method's name as a line carries it: the standard methods as static
+/// strings, others copied.
+fn method_name(method: &str) -> Cow<'static, str> {
+    const STATIC: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match STATIC.iter().find(|m| **m == method) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(method.to_string()),
     }
 }
