@@ -9,9 +9,9 @@
 /// thread and freed on another, so each arena grew to its own peak. With
 /// one arena every free chunk is reused; small allocations still take no
 /// lock (glibc's per-thread cache). Measured on the 2-core bench machine:
-/// the server's peak RSS under 16 parallel 1 MiB downloads went from 16.3-17.7
-/// to 13.4 MiB, and under 64 keep-alive connections from 12.2-13.0 to 11.6-11.7
-/// MiB, with CPU per request unchanged.
+/// the server's peak RSS under 16 parallel 1 MiB downloads went from 15.7-17.7
+/// to 13.4-14.2 MiB, and under 64 keep-alive connections from 12.2-13.0 to
+/// 11.6-11.8 MiB, with CPU per request and MiB/s unchanged within noise.
 pub fn use_one_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
