@@ -136,7 +136,7 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// upgrade` and `Upgrade`, which the next hop needs to agree to it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Names a `Connection` header lists, beyond those removed anyway: most
-    // list only `keep-alive`, `close` or `upgrade`, and nothing is collected.
+    // list only `keep-alive` or `upgrade`, and nothing is collected.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -145,9 +145,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .map(str::trim)
         .filter(|t| {
             let kept_anyway = keep_upgrade && t.eq_ignore_ascii_case("upgrade");
-            let removed_anyway = t.is_empty()
-                || t.eq_ignore_ascii_case("keep-alive")
-                || t.eq_ignore_ascii_case("close");
+            let removed_anyway = t.is_empty() || t.eq_ignore_ascii_case("keep-alive");
             !(kept_anyway || removed_anyway)
         })
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -226,9 +224,13 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("Keep-Alive, X-Hop"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Keep-Alive, X-Hop, close"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("close", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         h.insert("x-end", HeaderValue::from_static("2"));
