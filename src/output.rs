@@ -1,6 +1,7 @@
 //! What `droid http` prints: the URL on a line of its own, then one line per
 //! request, like ngrok. Logs go to stderr through tracing; this is stdout.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -152,10 +153,13 @@ fn describe_event(event: ClientEvent, mail: &MailDisplay, out: &mut String) {
             elapsed,
             ..
         } => {
-            say(&format!(
+            // Straight into the batch: a line for every request, so no
+            // string of its own first.
+            let _ = writeln!(
+                out,
                 "{method:<7} {path:<40} {status} {:>8.1} ms",
                 elapsed.as_secs_f64() * 1e3
-            ));
+            );
         }
         ClientEvent::TargetDown { target, error, .. } => {
             say(&format!(

@@ -15,6 +15,7 @@ mod local;
 pub mod state;
 pub mod target;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,7 +161,7 @@ pub enum ClientEvent {
         /// The tunnel's name.
         tunnel: String,
         /// The method.
-        method: String,
+        method: Cow<'static, str>,
         /// Path and query.
         path: String,
         /// The status sent back.
@@ -480,13 +481,13 @@ impl Live {
                     }
                     None => break SessionEnd::Lost("the server closed the connection".into()),
                 },
-                message = self.reader.next::<ControlMessage>() => {
+                message = self.reader.next_control() => {
                     deadline = Instant::now() + quiet_limit;
                     match message {
                         Ok(ControlMessage::Error(e)) => break SessionEnd::Lost(format!("the server closed the session: {}", e.message)),
                         Ok(ControlMessage::Request(line)) => events.send(ClientEvent::Request {
                             tunnel: line.tunnel,
-                            method: line.method.into_owned(),
+                            method: line.method,
                             path: line.path,
                             status: line.status,
                             elapsed: Duration::from_micros(line.micros),

@@ -268,8 +268,9 @@ pub enum ErrorCode {
 pub struct RequestLine {
     /// The tunnel's name.
     pub tunnel: String,
-    /// The method (a delivery's is `POST`). Borrowed for the standard
+    /// The method (a delivery's is `POST`). Static for the standard
     /// methods, which is most requests: no allocation each.
+    #[serde(deserialize_with = "method_name")]
     pub method: Cow<'static, str>,
     /// Path and query.
     pub path: String,
@@ -277,6 +278,49 @@ pub struct RequestLine {
     pub status: u16,
     /// Microseconds from the request's head to the response's.
     pub micros: u64,
+}
+
+/// A [`ControlMessage::Request`] made of borrowed parts, as the server
+/// writes it: the same line of JSON, without copying each part first.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "request")]
+pub struct RequestLineRef<'a> {
+    /// See [`RequestLine`].
+    pub tunnel: &'a str,
+    /// See [`RequestLine`].
+    pub method: &'a str,
+    /// See [`RequestLine`].
+    pub path: &'a str,
+    /// See [`RequestLine`].
+    pub status: u16,
+    /// See [`RequestLine`].
+    pub micros: u64,
+}
+
+impl RequestLineRef<'_> {
+    /// Appends the line, newline included, to `out`.
+    pub fn append_to(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        // Writing into a Vec cannot fail; were it to, no half line stays.
+        match serde_json::to_writer(&mut *out, self) {
+            Ok(()) => out.push(b'\n'),
+            Err(_) => out.truncate(start),
+        }
+    }
+}
+
+/// Decodes a method name, as a static string for the standard methods.
+fn method_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Cow<'static, str>, D::Error> {
+    #[derive(Deserialize)]
+    struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    let Name(name) = Name::deserialize(d)?;
+    Ok(match STANDARD.iter().find(|m| **m == name) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(name.into_owned()),
+    })
 }
 
 /// The header line that starts every server-opened stream.
@@ -345,6 +389,18 @@ pub fn encode_line<T: Serialize>(message: &T) -> Vec<u8> {
 /// Decodes one line (without its newline) as a message.
 pub fn decode_line<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, ProtocolError> {
     Ok(serde_json::from_slice(line)?)
+}
+
+/// Decodes one control line. serde decodes an internally tagged enum by
+/// first copying every field of the object into a buffer of its own; a
+/// request line, which comes once per request, is decoded straight into
+/// its struct instead (the `type` field, as any unknown one, is skipped).
+pub fn decode_control(line: &[u8]) -> Result<ControlMessage, ProtocolError> {
+    const REQUEST: &[u8] = br#"{"type":"request","#;
+    if line.starts_with(REQUEST) {
+        return Ok(ControlMessage::Request(decode_line(line)?));
+    }
+    decode_line(line)
 }
 
 /// Writes one message as a JSON line and flushes it.
@@ -431,9 +487,20 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
 
     /// The next message; [`ProtocolError::Closed`] at the end of the stream.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<T, ProtocolError> {
+        let line = self.next_line().await?;
+        decode_line(line.strip_suffix(b"\r").unwrap_or(&line))
+    }
+
+    /// The next control message, decoded by [`decode_control`].
+    pub async fn next_control(&mut self) -> Result<ControlMessage, ProtocolError> {
+        let line = self.next_line().await?;
+        decode_control(line.strip_suffix(b"\r").unwrap_or(&line))
+    }
+
+    async fn next_line(&mut self) -> Result<bytes::Bytes, ProtocolError> {
         match self.frames.next().await {
             None => Err(ProtocolError::Closed),
-            Some(Ok(line)) => decode_line(line.strip_suffix(b"\r").unwrap_or(&line)),
+            Some(Ok(line)) => Ok(line),
             Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
                 Err(ProtocolError::TooLong(self.frames.decoder().max_length()))
             }
@@ -507,6 +574,60 @@ mod tests {
         );
         let back: StreamHeader = decode_line(&line[..line.len() - 1]).unwrap();
         assert_eq!(back, h);
+    }
+
+    #[test]
+    fn request_lines_encode_from_borrowed_parts_and_decode_directly() {
+        for (method, path) in [("GET", "/"), ("PROPFIND", "/a \"quoted\"\\path?q=é\n")] {
+            let owned = ControlMessage::Request(RequestLine {
+                tunnel: "quiet-otter-42".into(),
+                method: Cow::Owned(method.into()),
+                path: path.into(),
+                status: 200,
+                micros: 1234,
+            });
+            let mut line = Vec::new();
+            RequestLineRef {
+                tunnel: "quiet-otter-42",
+                method,
+                path,
+                status: 200,
+                micros: 1234,
+            }
+            .append_to(&mut line);
+            // The same bytes as the enum writes, so old clients read them.
+            assert_eq!(line, encode_line(&owned));
+            let line = &line[..line.len() - 1];
+            assert_eq!(decode_control(line).unwrap(), owned);
+            assert_eq!(decode_line::<ControlMessage>(line).unwrap(), owned);
+        }
+        // A standard method decodes to a static string.
+        let line =
+            br#"{"type":"request","tunnel":"t","method":"GET","path":"/","status":200,"micros":1}"#;
+        let ControlMessage::Request(request) = decode_control(line).unwrap() else {
+            panic!("not a request line");
+        };
+        assert!(matches!(request.method, Cow::Borrowed("GET")));
+        // Another key order takes the general path, to the same message.
+        let line =
+            br#"{"tunnel":"t","type":"request","method":"GET","path":"/","status":200,"micros":1}"#;
+        assert_eq!(
+            decode_control(line).unwrap(),
+            ControlMessage::Request(request)
+        );
+        // Other messages, and a broken request line, decode as before.
+        assert_eq!(
+            decode_control(br#"{"type":"pong"}"#).unwrap(),
+            ControlMessage::Pong
+        );
+        assert_eq!(
+            decode_control(br#"{"type":"later"}"#).unwrap(),
+            ControlMessage::Unknown
+        );
+        assert!(matches!(
+            decode_control(br#"{"type":"request","tunnel":"t"}"#),
+            Err(ProtocolError::Malformed(_))
+        ));
     }
 
     #[tokio::test]

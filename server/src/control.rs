@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use droid_core::protocol::{
     self, ControlMessage, ErrorCode, ErrorMessage, Hello, PROTOCOL_VERSION, ProtocolError,
-    RequestLine, TunnelGrant, Welcome,
+    TunnelGrant, Welcome,
 };
 use droid_core::session::{Session, Side};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -19,7 +18,7 @@ use crate::Shared;
 use crate::access::Access;
 use crate::auth::TokenRefusal;
 use crate::registry::{ClaimRules, Tunnel};
-use crate::request_log::RequestLog;
+use crate::request_log::{Pending, RequestLog};
 
 /// Serves one client connection on the control port, from handshake to end.
 pub(crate) async fn serve<IO>(
@@ -87,7 +86,7 @@ pub(crate) async fn serve<IO>(
         }
     };
     let session_id = shared.registry.next_session_id();
-    let (log, mut lines) = RequestLog::channel();
+    let (log, lines) = RequestLog::channel();
     let tunnels = match grant(&shared, &hello, session_id, &opener, peer, log) {
         Ok((welcome, tunnels)) => {
             if let Err(e) = control.write(&ControlMessage::Welcome(welcome)).await {
@@ -109,7 +108,7 @@ pub(crate) async fn serve<IO>(
     info!(%peer, session = session_id, ?names, "tunnels up");
     shared.wake_mail(&tunnels);
 
-    let clean = heartbeat(&shared, &mut control, &mut lines, &opener, &shutdown).await;
+    let clean = heartbeat(&shared, &mut control, &lines, &opener, &shutdown).await;
     shared.registry.release(&tunnels, clean);
     info!(%peer, session = session_id, ?names, clean, "tunnels down");
     let _ = control.writer.shutdown().await;
@@ -127,7 +126,7 @@ const LINE_GATHER: Duration = Duration::from_millis(5);
 async fn heartbeat<R, W>(
     shared: &Shared,
     control: &mut Control<R, W>,
-    lines: &mut mpsc::Receiver<Box<RequestLine>>,
+    lines: &Pending,
     opener: &droid_core::session::Opener,
     shutdown: &CancellationToken,
 ) -> bool
@@ -161,8 +160,8 @@ where
                     }
                 }
             }
-            Some(line) = lines.recv(), if gather_until.is_none() => {
-                if control.write_lines(line, lines).await.is_err() {
+            batch = lines.take(), if gather_until.is_none() => {
+                if control.write_lines(&batch).await.is_err() {
                     return false;
                 }
                 gather_until = Some(Instant::now() + LINE_GATHER);
@@ -287,25 +286,16 @@ struct Control<R, W> {
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Control<R, W> {
     async fn read(&mut self) -> Result<ControlMessage, ProtocolError> {
-        self.reader.next().await
+        self.reader.next_control().await
     }
 
     async fn write(&mut self, message: &ControlMessage) -> Result<(), ProtocolError> {
         protocol::write_message(&mut self.writer, message).await
     }
 
-    /// Sends `first` and every line already waiting behind it in one write.
-    async fn write_lines(
-        &mut self,
-        first: Box<RequestLine>,
-        rest: &mut mpsc::Receiver<Box<RequestLine>>,
-    ) -> Result<(), ProtocolError> {
-        let mut batch = protocol::encode_line(&ControlMessage::Request(*first));
-        while batch.len() < 64 * 1024 {
-            let Ok(line) = rest.try_recv() else { break };
-            batch.extend_from_slice(&protocol::encode_line(&ControlMessage::Request(*line)));
-        }
-        self.writer.write_all(&batch).await?;
+    /// Sends a batch of request lines in one write.
+    async fn write_lines(&mut self, batch: &[u8]) -> Result<(), ProtocolError> {
+        self.writer.write_all(batch).await?;
         self.writer.flush().await?;
         Ok(())
     }

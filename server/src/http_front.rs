@@ -180,6 +180,8 @@ impl Visitor {
         };
         let started = Instant::now();
         let method = request.method().clone();
+        // A copy: a share of the request's bytes would keep hyper's whole
+        // read buffer alive until the answer comes.
         let path = request
             .uri()
             .path_and_query()
@@ -192,7 +194,7 @@ impl Visitor {
         debug!(tunnel = %name, %method, %path, status, ?elapsed, "forwarded");
         tunnel
             .log
-            .record(name, method.as_str(), path, status, elapsed);
+            .record(name, method.as_str(), &path, status, elapsed);
         response
     }
 

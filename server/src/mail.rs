@@ -266,7 +266,7 @@ impl TunnelSink {
         tunnel.log.record(
             &self.name,
             "POST",
-            path,
+            &path,
             response.status().as_u16(),
             started.elapsed(),
         );
