@@ -329,7 +329,7 @@ fn fail(e: &anyhow::Error) -> std::process::ExitCode {
 }
 
 fn main() -> std::process::ExitCode {
-    malloc::use_one_arena();
+    malloc::configure();
     let cli = Cli::parse();
     let ready = match cli.command {
         Command::Config(command) => {
