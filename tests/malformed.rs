@@ -361,7 +361,7 @@ async fn hello_refused(control: SocketAddr, line: &[u8]) -> protocol::ErrorMessa
         let _ = write.flush().await;
         write
     });
-    let answer = within("the server's answer", reader.next::<ControlMessage>()).await;
+    let answer = within("the server's answer", reader.next()).await;
     let _write = writer.await.unwrap();
     session.opener.close();
     match answer {

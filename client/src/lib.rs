@@ -481,7 +481,7 @@ impl Live {
                     }
                     None => break SessionEnd::Lost("the server closed the connection".into()),
                 },
-                message = self.reader.next_control() => {
+                message = self.reader.next() => {
                     deadline = Instant::now() + quiet_limit;
                     match message {
                         Ok(ControlMessage::Error(e)) => break SessionEnd::Lost(format!("the server closed the session: {}", e.message)),

@@ -16,7 +16,6 @@ use std::io;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
@@ -485,22 +484,12 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         }
     }
 
-    /// The next message; [`ProtocolError::Closed`] at the end of the stream.
-    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<T, ProtocolError> {
-        let line = self.next_line().await?;
-        decode_line(line.strip_suffix(b"\r").unwrap_or(&line))
-    }
-
-    /// The next control message, decoded by [`decode_control`].
-    pub async fn next_control(&mut self) -> Result<ControlMessage, ProtocolError> {
-        let line = self.next_line().await?;
-        decode_control(line.strip_suffix(b"\r").unwrap_or(&line))
-    }
-
-    async fn next_line(&mut self) -> Result<bytes::Bytes, ProtocolError> {
+    /// The next message, decoded by [`decode_control`];
+    /// [`ProtocolError::Closed`] at the end of the stream.
+    pub async fn next(&mut self) -> Result<ControlMessage, ProtocolError> {
         match self.frames.next().await {
             None => Err(ProtocolError::Closed),
-            Some(Ok(line)) => Ok(line),
+            Some(Ok(line)) => decode_control(line.strip_suffix(b"\r").unwrap_or(&line)),
             Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
                 Err(ProtocolError::TooLong(self.frames.decoder().max_length()))
             }
@@ -671,22 +660,12 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         a.write_all(b"{\"type\":").await.unwrap();
         // a timer wins while half a line has arrived
-        let r = tokio::time::timeout(
-            std::time::Duration::from_millis(20),
-            reader.next::<ControlMessage>(),
-        )
-        .await;
+        let r = tokio::time::timeout(std::time::Duration::from_millis(20), reader.next()).await;
         assert!(r.is_err());
         a.write_all(b"\"pong\"}\n").await.unwrap();
-        assert_eq!(
-            reader.next::<ControlMessage>().await.unwrap(),
-            ControlMessage::Pong
-        );
+        assert_eq!(reader.next().await.unwrap(), ControlMessage::Pong);
         drop(a);
-        assert!(matches!(
-            reader.next::<ControlMessage>().await,
-            Err(ProtocolError::Closed)
-        ));
+        assert!(matches!(reader.next().await, Err(ProtocolError::Closed)));
     }
 
     /// Regression: the `control_message` fuzz target's first crash, bytes
@@ -696,28 +675,19 @@ mod tests {
         let input: &[u8] = b"\xd3\x2a\n{\"type\":\"ping\"}\r\n\xff";
         let mut reader = MessageReader::new(input, 100);
         assert!(matches!(
-            reader.next::<ControlMessage>().await,
+            reader.next().await,
             Err(ProtocolError::Malformed(_))
         ));
         // the next line still reads, CRLF or not
-        assert_eq!(
-            reader.next::<ControlMessage>().await.unwrap(),
-            ControlMessage::Ping
-        );
+        assert_eq!(reader.next().await.unwrap(), ControlMessage::Ping);
         assert!(matches!(
-            reader.next::<ControlMessage>().await,
+            reader.next().await,
             Err(ProtocolError::Malformed(_))
         ));
-        assert!(matches!(
-            reader.next::<ControlMessage>().await,
-            Err(ProtocolError::Closed)
-        ));
+        assert!(matches!(reader.next().await, Err(ProtocolError::Closed)));
         let line = "{\"type\":\"hello\",\"version\":1,\"tunnels\":[{\"name\":\"caf\u{e9}\"}]}\n";
         let mut reader = MessageReader::new(line.as_bytes(), 100);
-        assert!(matches!(
-            reader.next::<ControlMessage>().await,
-            Ok(ControlMessage::Hello(_))
-        ));
+        assert!(matches!(reader.next().await, Ok(ControlMessage::Hello(_))));
     }
 
     #[tokio::test]

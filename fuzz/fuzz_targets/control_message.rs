@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     droid_fuzz::block_on(async {
         let mut reader = MessageReader::new(data, 256);
         for _ in 0..=data.len() {
-            match reader.next::<ControlMessage>().await {
+            match reader.next().await {
                 Ok(_) | Err(ProtocolError::Malformed(_)) | Err(ProtocolError::TooLong(256)) => {}
                 Err(ProtocolError::Closed) => break,
                 Err(e) => panic!("unexpected error from an in-memory stream: {e}"),

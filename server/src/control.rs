@@ -286,7 +286,7 @@ struct Control<R, W> {
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Control<R, W> {
     async fn read(&mut self) -> Result<ControlMessage, ProtocolError> {
-        self.reader.next_control().await
+        self.reader.next().await
     }
 
     async fn write(&mut self, message: &ControlMessage) -> Result<(), ProtocolError> {

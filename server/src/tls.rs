@@ -62,7 +62,7 @@ async fn refuse_plain(tcp: TcpStream) {
         let mut reader = protocol::MessageReader::new(read, protocol::MAX_CONTROL_LINE);
         // The hello itself does not matter; wait for it so the client is
         // listening for the answer.
-        let _ = reader.next::<ControlMessage>().await;
+        let _ = reader.next().await;
         let refusal = ControlMessage::Error(ErrorMessage {
             code: ErrorCode::BadRequest,
             message: TLS_REQUIRED.into(),
@@ -70,7 +70,7 @@ async fn refuse_plain(tcp: TcpStream) {
         let _ = protocol::write_message(&mut write, &refusal).await;
         let _ = write.shutdown().await;
         // Let the client read it and close its side.
-        let _ = timeout(Duration::from_secs(2), reader.next::<ControlMessage>()).await;
+        let _ = timeout(Duration::from_secs(2), reader.next()).await;
     })
     .await;
     opener.close();
