@@ -12,6 +12,9 @@ a client with an app behind it, and driven through the paths users take
 (small and 1 MiB answers, bodies, new connections, unknown names, mail).
 Every function callgrind saw run is listed: the server's alone, then those
 both ran, then the client's alone, so each process's code is one stretch.
+What callgrind cannot see stays where it was: code picked by CPU features
+valgrind lacks (SHA extensions), and paths taken only at full speed (lock
+contention): about eight 64 KiB stretches of the server's, measured.
 
 Rerun after a dependency or toolchain update (symbol names carry hashes
 that change then; names no longer found are skipped, and only the gain is
