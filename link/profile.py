@@ -97,14 +97,16 @@ def get(port, host, path, method="GET", body=None, close=False):
 
 def kept_alive(port, host, path, count):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    for _ in range(count):
-        conn.request("GET", path, headers={"Host": host})
-        response = conn.getresponse()
-        response.read()
-        if response.status != 200:
-            return response.status
-    conn.close()
-    return 200
+    try:
+        for _ in range(count):
+            conn.request("GET", path, headers={"Host": host})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                return response.status
+        return 200
+    finally:
+        conn.close()
 
 
 def abandon(port, host, path, read):
@@ -167,37 +169,51 @@ def text_symbols():
     return [p[2] for p in (l.split() for l in out.splitlines()) if len(p) == 3 and p[1] in "tT"]
 
 
-def main():
-    subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
-    work = tempfile.mkdtemp(prefix="droid-profile-")
+def profile(work):
+    """Runs a server and a client under callgrind through `drive`; returns
+    the paths of their profiles."""
     app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), App)
     threading.Thread(target=app.serve_forever, daemon=True).start()
     http_port, control_port, smtp_port = free_port(), free_port(), free_port()
     callgrind = ["valgrind", "--tool=callgrind", "--demangle=no"]
     env = dict(os.environ, DROID_STATE_DIR=os.path.join(work, "state"))
-    server = subprocess.Popen(
-        callgrind + [f"--callgrind-out-file={work}/server.out", BINARY, "server",
-                     "--domain", DOMAIN, "--http", f"127.0.0.1:{http_port}",
-                     "--control", f"127.0.0.1:{control_port}",
-                     "--smtp", f"127.0.0.1:{smtp_port}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    wait_for("the server", lambda: get(http_port, DOMAIN, "/") is not None)
-    client = subprocess.Popen(
-        callgrind + [f"--callgrind-out-file={work}/client.out", BINARY, "http",
-                     str(app.server_address[1]), "--server", f"127.0.0.1:{control_port}",
-                     "--name", "hot"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    wait_for("the tunnel", lambda: get(http_port, f"hot.{DOMAIN}", "/small") == 200)
-    drive(http_port, smtp_port)
-    for process in (client, server):
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=120)
-    app.shutdown()
+    server_out, client_out = f"{work}/server.out", f"{work}/client.out"
+    processes = []
+    try:
+        processes.append(subprocess.Popen(
+            callgrind + [f"--callgrind-out-file={server_out}", BINARY, "server",
+                         "--domain", DOMAIN, "--http", f"127.0.0.1:{http_port}",
+                         "--control", f"127.0.0.1:{control_port}",
+                         "--smtp", f"127.0.0.1:{smtp_port}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+        wait_for("the server", lambda: get(http_port, DOMAIN, "/") is not None)
+        processes.insert(0, subprocess.Popen(
+            callgrind + [f"--callgrind-out-file={client_out}", BINARY, "http",
+                         str(app.server_address[1]), "--server", f"127.0.0.1:{control_port}",
+                         "--name", "hot"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+        wait_for("the tunnel", lambda: get(http_port, f"hot.{DOMAIN}", "/small") == 200)
+        drive(http_port, smtp_port)
+        # Client first, so the server sees it leave; each writes its
+        # profile as it exits.
+        for process in processes:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=120)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        app.shutdown()
+    return server_out, client_out
 
-    server_ran = executed(f"{work}/server.out")
-    client_ran = executed(f"{work}/client.out")
+
+def main():
+    subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
+    with tempfile.TemporaryDirectory(prefix="droid-profile-") as work:
+        server_out, client_out = profile(work)
+        server_ran, client_ran = executed(server_out), executed(client_out)
     symbols = text_symbols()
     order = (
         [s for s in symbols if s in server_ran and s not in client_ran]
