@@ -9,6 +9,8 @@ mod embedded;
 mod mail;
 mod malloc;
 mod output;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod pow;
 mod settings;
 mod tls;
 
