@@ -9,7 +9,7 @@
 //!   `DROID_NO_HOT_ORDER=1` turns it off.
 //! - relative relocations are packed (`-z pack-relative-relocs`, DT_RELR):
 //!   the loader reads 7 KiB of relocations instead of 379 KiB, which stayed
-//!   resident, 0.35-0.9 MiB less RSS for the server. glibc reads them from
+//!   resident, 0.3-0.9 MiB less RSS for the server. glibc reads them from
 //!   2.36 on, so this is done only when the building machine's glibc is at
 //!   least that: the binary runs there. `DROID_NO_PACKED_RELOCS=1` turns it
 //!   off, for a binary to copy to a machine with an older glibc.
