@@ -52,8 +52,8 @@ const READ_BUFFER: usize = 64 * 1024;
 /// 256 KiB in flight: under 16 parallel 1 MiB downloads the server took all
 /// 4 MiB into its memory before the streams' readers ran. Yielding after
 /// this much lets them pass each burst on, and the rest waits in the
-/// kernel's socket buffer: the server's peak RSS fell by 1.3-2 MiB, at the
-/// same MiB/s and CPU per MiB.
+/// kernel's socket buffer: the server's peak RSS fell by 1.3-2.5 MiB (eleven
+/// A/B rounds), at the same MiB/s and CPU per MiB.
 const READ_BURST: usize = 256 * 1024;
 
 /// Buffers of each kind a thread keeps for the next session that has bytes
