@@ -447,6 +447,16 @@ impl<T> Buffered<T> {
             corked,
         }
     }
+
+    /// Counts `n` bytes read from the socket against the burst, or starts a
+    /// new burst when the socket had nothing (`pending`).
+    fn spend(&mut self, pending: bool, n: usize) {
+        if pending {
+            self.burst_left = READ_BURST;
+        } else {
+            self.burst_left = self.burst_left.saturating_sub(n);
+        }
+    }
 }
 
 impl<T: AsyncWrite + Unpin> Buffered<T> {
@@ -462,18 +472,6 @@ impl<T: AsyncWrite + Unpin> Buffered<T> {
         self.write.clear();
         self.written = 0;
         Poll::Ready(Ok(()))
-    }
-}
-
-impl<T> Buffered<T> {
-    /// Counts `n` bytes read from the socket against the burst, or starts a
-    /// new burst when the socket had nothing (`pending`).
-    fn spend(&mut self, pending: bool, n: usize) {
-        if pending {
-            self.burst_left = READ_BURST;
-        } else {
-            self.burst_left = self.burst_left.saturating_sub(n);
-        }
     }
 }
 
@@ -612,6 +610,7 @@ impl Spare {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
@@ -744,7 +743,7 @@ mod tests {
     }
 
     /// Counts the wakes a task asked for.
-    struct WakeCount(std::sync::atomic::AtomicUsize);
+    struct WakeCount(AtomicUsize);
 
     impl futures::task::ArcWake for WakeCount {
         fn wake_by_ref(this: &Arc<Self>) {
@@ -758,7 +757,7 @@ mod tests {
         let mut io = Buffered::new(a, Arc::new(AtomicBool::new(false)));
         let sent: Vec<u8> = (0..READ_BURST * 3 / 2).map(|i| (i % 251) as u8).collect();
         peer.write_all(&sent).await.unwrap();
-        let woken = Arc::new(WakeCount(std::sync::atomic::AtomicUsize::new(0)));
+        let woken = Arc::new(WakeCount(AtomicUsize::new(0)));
         let waker = futures::task::waker(woken.clone());
         let mut cx = Context::from_waker(&waker);
         let mut got = Vec::new();
