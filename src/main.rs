@@ -7,10 +7,7 @@
 mod config;
 mod embedded;
 mod mail;
-mod malloc;
 mod output;
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-mod pow;
 mod settings;
 mod tls;
 
@@ -331,7 +328,6 @@ fn fail(e: &anyhow::Error) -> std::process::ExitCode {
 }
 
 fn main() -> std::process::ExitCode {
-    malloc::configure();
     let cli = Cli::parse();
     let ready = match cli.command {
         Command::Config(command) => {
