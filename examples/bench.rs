@@ -50,10 +50,13 @@
 //!   `--only TEXT` runs only the targets whose label contains TEXT (and the
 //!   bare sink, for the ratios); `--mode` runs one of the two modes.
 //! - `http`: GETs of 100-byte bodies over 64 keep-alive connections and of
-//!   1 MiB bodies over 16, straight to a hyper app and through an in-process
-//!   Droid server and client (one yamux session). `x direct` is the tunnel's
-//!   rate over the direct one (1.00 = free); for p50 and p99 it is the
-//!   tunnel's latency over the direct latency (1.00 = no added delay).
+//!   1 MiB bodies over 16, straight to a hyper app, through an in-process
+//!   Droid server and client (one yamux session), and through a second
+//!   such pair whose client runs the inspector, capturing every exchange
+//!   (`inspected`). `x direct` is a tunnel's rate over the direct one (1.00
+//!   = free); for p50 and p99 it is the tunnel's latency over the direct
+//!   latency (1.00 = no added delay). `inspected / tunnel` is what the
+//!   inspector costs.
 //!
 //! Everything (load, app, server, client) shares one tokio runtime, so the
 //! load generator takes CPU from what it measures, as `wrk` on the same
@@ -206,12 +209,15 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let app = App::start().await?;
-    let tunnel = Tunnel::start(&app).await?;
+    let tunnel = Tunnel::start(&app, None).await?;
     if args.smtp {
         smtp_bench(&args, &app, &tunnel).await?;
     }
     if args.http {
-        http_bench(&args, &app, &tunnel).await?;
+        let inspector = droid_client::Inspector::new(droid_client::InspectorOptions::default());
+        let inspected = Tunnel::start(&app, Some(inspector)).await?;
+        http_bench(&args, &app, &tunnel, &inspected).await?;
+        inspected.stop.cancel();
     }
     tunnel.stop.cancel();
     app.stop.cancel();
@@ -328,7 +334,8 @@ impl App {
 // ---------------------------------------------------------------- the tunnel
 
 /// An in-process Droid server (HTTP, control and SMTP listeners) and one
-/// client with one tunnel to the app, its mail POSTed to `/inbound`.
+/// client with one tunnel to the app, its mail POSTed to `/inbound`; with
+/// an inspector, every exchange through it is captured.
 struct Tunnel {
     http: SocketAddr,
     smtp: SocketAddr,
@@ -339,7 +346,10 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    async fn start(app: &App) -> anyhow::Result<Tunnel> {
+    async fn start(
+        app: &App,
+        inspector: Option<droid_client::Inspector>,
+    ) -> anyhow::Result<Tunnel> {
         let stop = CancellationToken::new();
         let http = TcpListener::bind("127.0.0.1:0").await?;
         let control = TcpListener::bind("127.0.0.1:0").await?;
@@ -387,6 +397,7 @@ impl Tunnel {
         };
         let mut config = ClientConfig::new(control_addr.to_string(), vec![spec]);
         config.state_dir = None;
+        config.inspector = inspector;
         let (tx, mut events) = tokio::sync::mpsc::channel(droid_client::EVENT_QUEUE);
         tokio::spawn(droid_client::run(config, Some(tx), stop.clone()));
         let grant = tokio::time::timeout(Duration::from_secs(20), async {
@@ -971,9 +982,17 @@ async fn http_load(
     Ok(all)
 }
 
-async fn http_bench(args: &Args, app: &App, tunnel: &Tunnel) -> anyhow::Result<()> {
+async fn http_bench(
+    args: &Args,
+    app: &App,
+    tunnel: &Tunnel,
+    inspected: &Tunnel,
+) -> anyhow::Result<()> {
     println!();
-    println!("HTTP: keep-alive GETs; tunnel = in-process droid server + client, one yamux session");
+    println!(
+        "HTTP: keep-alive GETs; tunnel = in-process droid server + client, one yamux session;"
+    );
+    println!("inspected = the same with the client's inspector capturing every exchange");
     println!(
         "{:<20} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7}   {:>21}",
         "target", "conns", "req/s", "MiB/s", "p50", "p99", "errors", "x direct: rps p50 p99"
@@ -982,10 +1001,15 @@ async fn http_bench(args: &Args, app: &App, tunnel: &Tunnel) -> anyhow::Result<(
     for (size, path, conns) in [("100 B", "/small", 64), ("1 MiB", "/big", 16)] {
         let direct = http_load(app.addr, &direct_host, path, conns, args.secs).await?;
         let through = http_load(tunnel.http, &tunnel.host, path, conns, args.secs).await?;
+        let captured = http_load(inspected.http, &inspected.host, path, conns, args.secs).await?;
         let window = args.secs;
-        for (label, m) in [("direct", &direct), ("tunnel", &through)] {
+        for (label, m) in [
+            ("direct", &direct),
+            ("tunnel", &through),
+            ("inspected", &captured),
+        ] {
             let rate = m.done as f64 / window;
-            let ratios = if label == "tunnel" {
+            let ratios = if label != "direct" {
                 format!(
                     "{:.2} {:.2} {:.2}",
                     ratio(rate, direct.done as f64 / window),
@@ -1016,6 +1040,19 @@ async fn http_bench(args: &Args, app: &App, tunnel: &Tunnel) -> anyhow::Result<(
                 println!("    first error: {e}");
             }
         }
+        println!(
+            "{:<20} inspected / tunnel: {:.2} req/s, {:.2} p50, {:.2} p99",
+            format!("inspector {size}"),
+            ratio(captured.done as f64, through.done as f64),
+            ratio(
+                captured.percentile(0.5).as_secs_f64(),
+                through.percentile(0.5).as_secs_f64()
+            ),
+            ratio(
+                captured.percentile(0.99).as_secs_f64(),
+                through.percentile(0.99).as_secs_f64()
+            ),
+        );
     }
     Ok(())
 }

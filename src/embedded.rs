@@ -43,7 +43,7 @@ pub async fn start(
     smtp: Option<(SocketAddr, &SmtpSetup)>,
     shutdown: CancellationToken,
 ) -> Result<Embedded> {
-    let http_listener = bind_next_free(http, "HTTP").await?;
+    let http_listener = bind_next_free(http, "HTTP", "http").await?;
     let control_listener = TcpListener::bind((http.ip(), 0))
         .await
         .context("cannot open the embedded server's control port")?;
@@ -56,7 +56,7 @@ pub async fn start(
     let mut tasks = Vec::new();
     let smtp = match smtp {
         Some((addr, setup)) => {
-            let listener = bind_next_free(addr, "SMTP").await?;
+            let listener = bind_next_free(addr, "SMTP", "smtp").await?;
             let bound = listener.local_addr()?;
             let spool = setup.spool.open()?;
             let described = crate::mail::describe_spool(spool.as_ref());
@@ -86,8 +86,9 @@ pub async fn start(
     })
 }
 
-/// Binds `first`, or the next free port after it (port 0 binds once).
-async fn bind_next_free(first: SocketAddr, what: &str) -> Result<TcpListener> {
+/// Binds `first`, or the next free port after it (port 0 binds once); the
+/// error names `what` and the `--flag` that chooses another port.
+pub async fn bind_next_free(first: SocketAddr, what: &str, flag: &str) -> Result<TcpListener> {
     let mut addr = first;
     let tries = if first.port() == 0 { 1 } else { PORT_TRIES };
     for _ in 0..tries {
@@ -100,9 +101,8 @@ async fn bind_next_free(first: SocketAddr, what: &str) -> Result<TcpListener> {
         }
     }
     anyhow::bail!(
-        "{what} ports {} to {} are all taken; pass --{} 127.0.0.1:PORT",
+        "{what} ports {} to {} are all taken; pass --{flag} 127.0.0.1:PORT",
         first.port(),
         first.port().saturating_add(tries - 1),
-        what.to_ascii_lowercase()
     )
 }

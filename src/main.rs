@@ -6,6 +6,7 @@
 
 mod config;
 mod embedded;
+mod inspect;
 mod mail;
 mod output;
 mod settings;
@@ -70,6 +71,8 @@ struct StartArgs {
     token: Option<String>,
     #[command(flatten)]
     tls: tls::ClientTlsArgs,
+    #[command(flatten)]
+    inspect: inspect::InspectArgs,
 }
 
 #[derive(Subcommand)]
@@ -144,6 +147,8 @@ struct HttpArgs {
     mail_secret: Option<String>,
     #[command(flatten)]
     smtp_options: mail::SmtpArgs,
+    #[command(flatten)]
+    inspect: inspect::InspectArgs,
 }
 
 #[derive(clap::Args)]
@@ -533,16 +538,25 @@ async fn tunnels(s: settings::TunnelSettings, shutdown: CancellationToken) -> Re
         config.heartbeat_timeout = timeout;
     }
     config.state_key = ClientConfig::default_state_key(&state_server, &config.tunnels);
+    let inspect = match s.inspect {
+        Some(settings) => {
+            let (inspector, addr) = inspect::start(settings, shutdown.clone()).await?;
+            config.inspector = Some(inspector);
+            Some(addr)
+        }
+        None => None,
+    };
     output::banner(&config.tunnels, embedded.as_ref());
     for spec in &config.tunnels {
         output::check_target(&spec.target).await;
     }
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(droid_client::EVENT_QUEUE);
-    let mail = output::MailDisplay {
+    let mail = output::Announce {
         smtp: embedded
             .as_ref()
             .and_then(|e| e.smtp.as_ref().map(|(addr, _)| *addr)),
         tunnels: config.tunnels.iter().map(|t| t.mail.clone()).collect(),
+        inspect,
     };
     let (printed, all_printed) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {

@@ -41,12 +41,14 @@ pub fn banner(tunnels: &[TunnelSpec], embedded: Option<&Embedded>) {
     }
 }
 
-/// How mail reaches the app, for the lines printed when the tunnels are up.
-pub struct MailDisplay {
+/// What the lines printed when the tunnels are up say besides their URLs.
+pub struct Announce {
     /// The embedded server's SMTP listener, if any.
     pub smtp: Option<SocketAddr>,
     /// Each tunnel's mail settings, in the order of the grants.
     pub tunnels: Vec<MailSettings>,
+    /// Where the inspector listens, if it runs.
+    pub inspect: Option<SocketAddr>,
 }
 
 /// `POST /inbound (json)`, and the routes when there are any.
@@ -85,7 +87,7 @@ pub async fn check_target(target: &Target) {
 /// before it waits for the next one: an event that finds it waiting must
 /// wake it, a syscall and a thread switch on the tunnels' own thread, and
 /// under load that came to one for every two requests.
-pub fn print_events(mut events: mpsc::Receiver<ClientEvent>, mail: MailDisplay) {
+pub fn print_events(mut events: mpsc::Receiver<ClientEvent>, mail: Announce) {
     let mut lines = String::new();
     while let Some(first) = events.blocking_recv() {
         let mut next = Some(first);
@@ -111,7 +113,7 @@ pub fn print_events(mut events: mpsc::Receiver<ClientEvent>, mail: MailDisplay) 
 const PRINT_GATHER: Duration = Duration::from_millis(5);
 
 /// Appends the lines an event prints to `out`.
-fn describe_event(event: ClientEvent, mail: &MailDisplay, out: &mut String) {
+fn describe_event(event: ClientEvent, mail: &Announce, out: &mut String) {
     let mut say = |line: &str| {
         out.push_str(line);
         out.push('\n');
@@ -133,6 +135,11 @@ fn describe_event(event: ClientEvent, mail: &MailDisplay, out: &mut String) {
                     let how = mail.tunnels.get(i).map(describe_mail).unwrap_or_default();
                     say(&format!("{via}mail to anything@{domain} arrives as {how}"));
                 }
+            }
+            if !reconnected && let Some(inspect) = mail.inspect {
+                say(&format!(
+                    "inspect http://{inspect}, every request and mail, with replay"
+                ));
             }
             if !reconnected && tunnels.iter().any(|t| t.smtp.is_some()) {
                 say(&format!(

@@ -251,6 +251,8 @@ pub struct TunnelSettings {
     pub embedded_smtp: Option<(SocketAddr, SmtpSetup)>,
     /// The log level, when `RUST_LOG` is unset.
     pub log_level: String,
+    /// The inspector; `None`: off.
+    pub inspect: Option<crate::inspect::InspectSettings>,
 }
 
 /// `droid http TARGET ...`: one tunnel from the command line.
@@ -295,6 +297,7 @@ pub fn http(args: &HttpArgs) -> Result<TunnelSettings> {
         embedded_http: args.http,
         embedded_smtp: (!args.no_smtp).then(|| (args.smtp, args.smtp_options.resolve(None, None))),
         log_level: "warn".into(),
+        inspect: args.inspect.resolve(None)?,
     })
 }
 
@@ -391,6 +394,9 @@ pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
             .log_level
             .as_ref()
             .map_or_else(|| "warn".into(), |l| l.0.clone()),
+        inspect: args
+            .inspect
+            .resolve(file.inspect.as_ref().map(|i| i.get_ref()))?,
     })
 }
 

@@ -32,7 +32,7 @@ pub mod delivery;
 pub mod mail;
 pub mod pool;
 pub mod route;
-pub mod sign;
+pub use droid_core::sign;
 pub mod smtp;
 pub mod spool;
 pub mod url_sink;

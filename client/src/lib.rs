@@ -4,6 +4,8 @@
 //! - [`target`]: the local target (a port, `HOST:PORT` or a URL).
 //! - [`state`]: the resume secret and names kept in the user's state dir.
 //! - `local`: one stream forwarded to the local app.
+//! - [`inspect`]: the inspector: every exchange kept within a budget, the
+//!   page, the JSON API with replay, and the client's metrics.
 //!
 //! [`run`] connects, says hello, answers heartbeats and reconnects with
 //! exponential backoff and jitter, asking for the same names with the resume
@@ -11,6 +13,7 @@
 //! release the names at once.
 #![warn(missing_docs)]
 
+pub mod inspect;
 mod local;
 pub mod state;
 pub mod target;
@@ -34,6 +37,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
+pub use inspect::{Inspector, InspectorOptions};
 pub use target::Target;
 
 /// Whether the local app sees the public Host or its own.
@@ -101,6 +105,9 @@ pub struct ClientConfig {
     pub min_backoff: Duration,
     /// The longest delay between reconnects.
     pub max_backoff: Duration,
+    /// Where exchanges are captured and metrics counted; `None` captures
+    /// nothing.
+    pub inspector: Option<Inspector>,
 }
 
 impl ClientConfig {
@@ -119,6 +126,7 @@ impl ClientConfig {
             heartbeat_timeout: protocol::DEFAULT_HEARTBEAT_TIMEOUT,
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            inspector: None,
         }
     }
 
@@ -268,6 +276,9 @@ pub async fn run(
                 {
                     warn!(error = %e, "could not save the resume secret; a restart will get new names");
                 }
+                if let Some(inspector) = &config.inspector {
+                    inspector.connected(&live.welcome.tunnels, &config.tunnels);
+                }
                 events.send(ClientEvent::Connected {
                     tunnels: live.welcome.tunnels.clone(),
                     reconnected: connected_before,
@@ -303,6 +314,9 @@ pub async fn run(
             Err(Failure::Transient(reason)) => reason,
         };
         let delay = jitter(backoff);
+        if let Some(inspector) = &config.inspector {
+            inspector.disconnected(&reason);
+        }
         events.send(ClientEvent::Disconnected {
             reason: reason.clone(),
             retry_in: delay,
@@ -477,7 +491,12 @@ impl Live {
             tokio::select! {
                 stream = self.inbound.recv() => match stream {
                     Some(stream) => {
-                        tokio::spawn(local::serve_stream(stream, routes.clone(), events.clone()));
+                        tokio::spawn(local::serve_stream(
+                            stream,
+                            routes.clone(),
+                            events.clone(),
+                            config.inspector.clone(),
+                        ));
                     }
                     None => break SessionEnd::Lost("the server closed the connection".into()),
                 },
@@ -485,13 +504,18 @@ impl Live {
                     deadline = Instant::now() + quiet_limit;
                     match message {
                         Ok(ControlMessage::Error(e)) => break SessionEnd::Lost(format!("the server closed the session: {}", e.message)),
-                        Ok(ControlMessage::Request(line)) => events.send(ClientEvent::Request {
-                            tunnel: line.tunnel,
-                            method: line.method,
-                            path: line.path,
-                            status: line.status,
-                            elapsed: Duration::from_micros(line.micros),
-                        }),
+                        Ok(ControlMessage::Request(line)) => {
+                            if let Some(inspector) = &config.inspector {
+                                inspector.request_answered(line.status);
+                            }
+                            events.send(ClientEvent::Request {
+                                tunnel: line.tunnel,
+                                method: line.method,
+                                path: line.path,
+                                status: line.status,
+                                elapsed: Duration::from_micros(line.micros),
+                            });
+                        }
                         Ok(_) => {}
                         Err(ProtocolError::Closed) => break SessionEnd::Lost("the server closed the connection".into()),
                         Err(e) => break SessionEnd::Lost(format!("the control stream failed: {e}")),

@@ -10,16 +10,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use droid_core::protocol::{self, StreamHeader};
 use droid_core::proxy;
 use droid_core::session::Stream;
 use http::StatusCode;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
+use crate::inspect::{Inspector, StreamTap};
 use crate::{ClientEvent, Events, TunnelSpec};
 
 /// The buffer for the app's answers starts this small: most answers fit,
@@ -40,6 +44,7 @@ pub(crate) async fn serve_stream(
     mut stream: Stream,
     tunnels: Arc<Vec<(String, TunnelSpec)>>,
     events: Events,
+    inspector: Option<Inspector>,
 ) {
     if let Err(e) = stream.acknowledge().await {
         debug!(error = %e, "the stream closed before it was acknowledged");
@@ -79,6 +84,9 @@ pub(crate) async fn serve_stream(
         Err(e) => {
             let reason = format!("the tunnel is up but nothing answers at {target}");
             warn!(tunnel = %name, error = %e, "{reason}");
+            if let Some(inspector) = &inspector {
+                inspector.target_unreachable();
+            }
             events.send(ClientEvent::TargetDown {
                 tunnel: name.clone(),
                 target: target.to_string(),
@@ -89,19 +97,22 @@ pub(crate) async fn serve_stream(
         }
     };
     let _ = app.set_nodelay(true);
-    match pipe(from_tunnel, to_tunnel, app).await {
+    let tap = inspector.as_ref().and_then(|i| i.tap(&header));
+    match pipe(from_tunnel, to_tunnel, app, tap.as_ref()).await {
         Ok((to_app, from_app)) => debug!(tunnel = %name, to_app, from_app, "stream done"),
         Err(e) => debug!(tunnel = %name, error = %e, "stream ended with an error"),
     }
 }
 
 /// Copies bytes between the tunnel stream and the app until both directions
-/// end (or the app lingers past [`LINGER`] after the server left). Returns
-/// the bytes copied each way.
+/// end (or the app lingers past [`LINGER`] after the server left), showing
+/// each chunk to the inspector's tap once it is forwarded. Returns the
+/// bytes copied each way.
 async fn pipe<R, W>(
     mut from_tunnel: R,
     mut to_tunnel: W,
     mut app: TcpStream,
+    tap: Option<&StreamTap>,
 ) -> std::io::Result<(u64, u64)>
 where
     R: AsyncBufRead + Unpin,
@@ -109,12 +120,12 @@ where
 {
     let (mut from_app, mut to_app) = app.split();
     let up = async {
-        let n = tokio::io::copy_buf(&mut from_tunnel, &mut to_app).await?;
+        let n = copy_request(&mut from_tunnel, &mut to_app, tap).await?;
         to_app.shutdown().await?;
         Ok::<u64, std::io::Error>(n)
     };
     let down = async {
-        let n = copy_answer(&mut from_app, &mut to_tunnel).await?;
+        let n = copy_answer(&mut from_app, &mut to_tunnel, tap).await?;
         to_tunnel.shutdown().await?;
         Ok::<u64, std::io::Error>(n)
     };
@@ -137,14 +148,49 @@ where
     }
 }
 
+/// Copies the visitor's bytes to the app until the server closes its side,
+/// straight from the stream's buffer. Returns the bytes copied.
+async fn copy_request<R, W>(
+    from_tunnel: &mut R,
+    to_app: &mut W,
+    tap: Option<&StreamTap>,
+) -> std::io::Result<u64>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Some(tap) = tap else {
+        return tokio::io::copy_buf(from_tunnel, to_app).await;
+    };
+    let mut copied = 0;
+    loop {
+        let chunk = from_tunnel.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(copied);
+        }
+        to_app.write_all(chunk).await?;
+        tap.asked(chunk);
+        let n = chunk.len();
+        from_tunnel.consume(n);
+        copied += n as u64;
+    }
+}
+
 /// Copies the app's answer into the tunnel until the app closes its side,
 /// through a buffer that starts at [`FROM_APP_FIRST`] and grows while reads
 /// fill it. Nothing in it is zeroed first. Returns the bytes copied.
-async fn copy_answer<R, W>(from_app: &mut R, to_tunnel: &mut W) -> std::io::Result<u64>
+async fn copy_answer<R, W>(
+    from_app: &mut R,
+    to_tunnel: &mut W,
+    tap: Option<&StreamTap>,
+) -> std::io::Result<u64>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    if let Some(tap) = tap {
+        return copy_answer_shown(from_app, to_tunnel, tap).await;
+    }
     let mut buf = Vec::with_capacity(FROM_APP_FIRST);
     let mut copied = 0;
     loop {
@@ -156,6 +202,40 @@ where
         copied += buf.len() as u64;
         if buf.len() == buf.capacity() && buf.capacity() < FROM_APP_MAX {
             buf = Vec::with_capacity(buf.capacity() * 2);
+        }
+    }
+}
+
+/// [`copy_answer`] for an inspected stream: each read lands in a buffer the
+/// inspector may keep a share of, so what it keeps is never copied.
+async fn copy_answer_shown<R, W>(
+    from_app: &mut R,
+    to_tunnel: &mut W,
+    tap: &StreamTap,
+) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut size = FROM_APP_FIRST;
+    let mut buf = BytesMut::with_capacity(size);
+    let mut copied = 0;
+    loop {
+        // Room for a whole read: the rest of this buffer, or a new one
+        // (the old one is reused when the inspector kept no share of it).
+        if buf.capacity() < size / 2 {
+            buf.reserve(size);
+        }
+        let room = buf.capacity();
+        if from_app.read_buf(&mut buf).await? == 0 {
+            return Ok(copied);
+        }
+        let chunk = buf.split().freeze();
+        to_tunnel.write_all(&chunk).await?;
+        tap.answered(&chunk);
+        copied += chunk.len() as u64;
+        if chunk.len() == room && size < FROM_APP_MAX {
+            size *= 2;
         }
     }
 }
@@ -224,7 +304,7 @@ mod tests {
                 app.shutdown().await.unwrap();
             });
             let mut tunnel = Recorder::default();
-            let copied = copy_answer(&mut from_app, &mut tunnel).await.unwrap();
+            let copied = copy_answer(&mut from_app, &mut tunnel, None).await.unwrap();
             writer.await.unwrap();
             assert_eq!(copied, len as u64);
             assert!(tunnel.bytes == answer, "{len} bytes arrived changed");

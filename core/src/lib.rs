@@ -12,6 +12,8 @@
 //!   say which side is misconfigured.
 //! - [`deliver`]: the [`deliver::Deliver`] seam through which adapters hand an
 //!   HTTP request to a sink (a tunnel or a plain URL) and get the answer back.
+//! - [`sign`]: the `Droid-Signature` on every delivery: made by the server's
+//!   adapters, made afresh by the client when it replays one, checked by apps.
 //!
 //! This crate knows no server, client or adapter.
 #![warn(missing_docs)]
@@ -20,4 +22,5 @@ pub mod deliver;
 pub mod protocol;
 pub mod proxy;
 pub mod session;
+pub mod sign;
 pub mod transport;

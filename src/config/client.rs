@@ -33,6 +33,24 @@ pub struct ClientFile {
     pub embedded: Option<Spanned<EmbeddedFile>>,
     /// The embedded server's mail spool.
     pub spool: Option<Spanned<SpoolFile>>,
+    /// The inspector: its page, API and metrics.
+    pub inspect: Option<Spanned<InspectFile>>,
+}
+
+/// `[inspect]`: the inspector's listener and what it keeps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectFile {
+    /// `false` turns it off (`--no-inspect`).
+    pub enabled: Option<bool>,
+    /// Where it listens, or the first port tried (`--inspect`).
+    pub listen: Option<Spanned<Addr>>,
+    /// A login for every request (`--inspect-auth`); required off loopback.
+    pub auth: Option<Credentials>,
+    /// The most bytes kept of each body (`--inspect-body-cap`).
+    pub body_cap: Option<usize>,
+    /// The memory all captures may take (`--inspect-budget`).
+    pub budget: Option<usize>,
 }
 
 /// One `[[tunnels]]` entry.

@@ -98,7 +98,7 @@ pub fn detect(file: &Path, source: &str) -> Result<Kind, ConfigError> {
     ]) {
         Ok(Kind::Server)
     } else if has(&[
-        "server", "token", "tunnels", "embedded", "tls", "ca", "insecure",
+        "server", "token", "tunnels", "embedded", "tls", "ca", "insecure", "inspect",
     ]) {
         Ok(Kind::Client)
     } else if has(&["adapters"]) {
@@ -319,6 +319,21 @@ impl Validate for ClientFile {
                     "`{key}` belongs in a standalone smtp file (droid smtp --config); here each tunnel's [tunnels.mail] says where its mail goes"
                 ),
             ));
+        }
+        if let Some(inspect) = &self.inspect {
+            let i = inspect.get_ref();
+            if let Some(listen) = &i.listen
+                && i.auth.is_none()
+                && !listen.get_ref().0.ip().is_loopback()
+            {
+                return Err(ConfigError::at(
+                    file,
+                    source,
+                    Some(listen.span()),
+                    Some("inspect.listen".into()),
+                    crate::inspect::needs_auth(listen.get_ref().0),
+                ));
+            }
         }
         let unused = match (&self.embedded, &self.spool) {
             (Some(e), _) => Some(("embedded", e.span())),

@@ -1,0 +1,472 @@
+//! The inspector's HTTP side: the page, the JSON API and `/metrics`.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /` | the page (served from the binary) |
+//! | `GET /api/tunnels` | this client's tunnels |
+//! | `GET /api/requests?limit&tunnel&kind&method&status&path&q` | exchanges, newest first |
+//! | `DELETE /api/requests` | forget every exchange |
+//! | `GET /api/requests/{id}` | one exchange, with both messages |
+//! | `GET /api/requests/{id}/{request,response}/body` | a body's kept bytes |
+//! | `GET /api/requests/{id}/attachments/{n}` | a mail's attachment |
+//! | `POST /api/requests/{id}/replay` | send it again, with optional edits |
+//! | `GET /api/events` | new exchanges as server-sent events |
+//! | `GET /metrics` | the client's metrics, Prometheus text format |
+//!
+//! It shows secrets (cookies, tokens, mail), so it guards itself: a Host
+//! that is not a loopback name or an IP address gets 403 (DNS rebinding),
+//! a POST or DELETE without `Content-Type: application/json` gets 403 (a
+//! cross-site form cannot send one), and with a password set every request
+//! must log in.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Method, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::store::Filter;
+use super::{Shared, StoreEvent, mail, replay};
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// The page: one file, no CDN, nothing fetched at run time.
+const PAGE: &str = include_str!("page.html");
+
+/// The largest edit a replay accepts.
+const MAX_EDIT: usize = 16 * 1024 * 1024;
+
+/// How often the event stream says it is alive.
+const EVENT_PING: Duration = Duration::from_secs(15);
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    auth: Option<String>,
+    shutdown: CancellationToken,
+) {
+    let auth: Option<Arc<str>> = auth.map(|a| {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(a.as_bytes());
+        Arc::from(format!("Basic {encoded}"))
+    });
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                debug!(error = %e, "the inspector could not accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (shared, auth, shutdown) = (shared.clone(), auth.clone(), shutdown.clone());
+        let closing = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let (shared, auth, shutdown) = (shared.clone(), auth.clone(), shutdown.clone());
+                async move {
+                    Ok::<_, Infallible>(answer(&shared, auth.as_deref(), request, shutdown).await)
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(socket), service);
+            tokio::select! {
+                served = connection => if let Err(e) = served {
+                    debug!(%peer, error = %e, "inspector connection ended");
+                },
+                () = closing.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()).boxed_unsync());
+    *response.status_mut() = status;
+    if let Ok(value) = header::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+fn json_answer(status: StatusCode, value: &Value) -> Response<Body> {
+    full(status, "application/json", value.to_string())
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
+    json_answer(status, &json!({"error": message.to_string()}))
+}
+
+/// Whether a Host names this machine: `localhost`, `*.localhost`, or an
+/// IP address. A DNS name that resolves here is how a rebinding attack
+/// reaches a local port, so it is refused.
+pub(crate) fn host_is_local(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(name, _)| name)
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+async fn answer(
+    shared: &Arc<Shared>,
+    auth: Option<&str>,
+    request: http::Request<Incoming>,
+    shutdown: CancellationToken,
+) -> Response<Body> {
+    if let Some(expected) = auth {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !bool::from(given.ct_eq(expected.as_bytes())) {
+            let mut response = error(StatusCode::UNAUTHORIZED, "log in to see the inspector");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"droid inspector\""),
+            );
+            return response;
+        }
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !host_is_local(host) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("the inspector answers only to localhost or an IP address, not Host: {host}"),
+        );
+    }
+    let changes_state = request.method() == Method::POST || request.method() == Method::DELETE;
+    if changes_state {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return error(
+                StatusCode::FORBIDDEN,
+                "send Content-Type: application/json (a cross-site form cannot)",
+            );
+        }
+    }
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or_default().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (request.method(), segments.as_slice()) {
+        (&Method::GET, [""] | ["index.html"]) => {
+            full(StatusCode::OK, "text/html; charset=utf-8", PAGE)
+        }
+        (&Method::GET, ["metrics"]) => full(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.encode(),
+        ),
+        (&Method::GET, ["api", "tunnels"]) => json_answer(StatusCode::OK, &tunnels(shared)),
+        (&Method::GET, ["api", "requests"]) => {
+            let filter = filter(&query);
+            let list = shared
+                .store
+                .lock()
+                .map(|s| s.list(&filter))
+                .unwrap_or_default();
+            let items: Vec<Value> = list.iter().map(|e| e.summary()).collect();
+            json_answer(StatusCode::OK, &json!({"requests": items}))
+        }
+        (&Method::DELETE, ["api", "requests"]) => {
+            shared.clear();
+            json_answer(StatusCode::OK, &json!({"cleared": true}))
+        }
+        (&Method::GET, ["api", "events"]) => events(shared, shutdown),
+        (method, ["api", "requests", id, rest @ ..]) => {
+            let Some(exchange) = id
+                .parse::<u64>()
+                .ok()
+                .and_then(|id| shared.store.lock().ok()?.get(id))
+            else {
+                return error(StatusCode::NOT_FOUND, format!("no exchange {id} is kept"));
+            };
+            match (method, rest) {
+                (&Method::GET, []) => {
+                    let mut detail = exchange.detail();
+                    if exchange.kind == super::Kind::Mail
+                        && let Some(view) = mail::read(&exchange.request)
+                    {
+                        detail["mail"] = view.to_json(exchange.id);
+                    }
+                    json_answer(StatusCode::OK, &detail)
+                }
+                (&Method::GET, [which @ ("request" | "response"), "body"]) => {
+                    let message = if *which == "request" {
+                        Some(&exchange.request)
+                    } else {
+                        exchange.response.as_ref()
+                    };
+                    match message {
+                        Some(m) => full(
+                            StatusCode::OK,
+                            m.header("content-type")
+                                .unwrap_or("application/octet-stream"),
+                            m.body.to_vec(),
+                        ),
+                        None => error(StatusCode::NOT_FOUND, "no response yet"),
+                    }
+                }
+                (&Method::GET, ["attachments", n]) => attachment(&exchange, n),
+                (&Method::POST, ["replay"]) => {
+                    let body = match Limited::new(request.into_body(), MAX_EDIT).collect().await {
+                        Ok(body) => body.to_bytes(),
+                        Err(e) => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                format!("cannot read the edits: {e}"),
+                            );
+                        }
+                    };
+                    let edits = if body.iter().all(u8::is_ascii_whitespace) {
+                        replay::Edits::default()
+                    } else {
+                        match serde_json::from_slice(&body) {
+                            Ok(edits) => edits,
+                            Err(e) => {
+                                return error(
+                                    StatusCode::BAD_REQUEST,
+                                    format!("the edits are not the JSON expected: {e}"),
+                                );
+                            }
+                        }
+                    };
+                    match replay::replay(shared, &exchange, edits).await {
+                        Ok(new) => json_answer(StatusCode::OK, &new.summary()),
+                        Err(
+                            e @ (replay::ReplayError::Truncated { .. }
+                            | replay::ReplayError::NoTunnel(_)),
+                        ) => error(StatusCode::CONFLICT, e),
+                        Err(e @ replay::ReplayError::BadEdit(_)) => {
+                            error(StatusCode::BAD_REQUEST, e)
+                        }
+                        Err(e) => error(StatusCode::BAD_GATEWAY, e),
+                    }
+                }
+                _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
+            }
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no route {} {path}", request.method()),
+        ),
+    }
+}
+
+fn tunnels(shared: &Shared) -> Value {
+    let list = shared.tunnels.lock().map(|t| t.clone()).unwrap_or_default();
+    let down = shared.down.lock().ok().and_then(|d| d.clone());
+    let (requests, mails) = shared
+        .store
+        .lock()
+        .map(|s| (s.count(super::Kind::Http), s.count(super::Kind::Mail)))
+        .unwrap_or_default();
+    let tunnels: Vec<Value> = list
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "url": t.url,
+                "target": format!("http://{}", t.spec.target),
+                "state": t.state,
+                "smtp": t.smtp,
+                "mail_path": t.spec.mail.path.as_deref().unwrap_or("/"),
+                "mail_format": t.spec.mail.format.as_deref().unwrap_or("json"),
+            })
+        })
+        .collect();
+    json!({"tunnels": tunnels, "down": down, "kept": {"http": requests, "mail": mails}})
+}
+
+fn attachment(exchange: &super::Exchange, n: &str) -> Response<Body> {
+    let view = (exchange.kind == super::Kind::Mail)
+        .then(|| mail::read(&exchange.request))
+        .flatten();
+    let found = view.and_then(|view| {
+        let n: usize = n.parse().ok()?;
+        view.attachments.into_iter().nth(n)
+    });
+    let Some(attachment) = found else {
+        return error(StatusCode::NOT_FOUND, format!("no attachment {n}"));
+    };
+    let Some(bytes) = attachment.bytes else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the POST did not carry this attachment's bytes",
+        );
+    };
+    let mut response = full(StatusCode::OK, &attachment.content_type, bytes);
+    let name = attachment
+        .filename
+        .unwrap_or_else(|| format!("attachment-{n}"))
+        .replace(['"', '\\', '\r', '\n'], "_");
+    if let Ok(value) = header::HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
+fn filter(query: &str) -> Filter {
+    let mut filter = Filter::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        if value.is_empty() {
+            continue;
+        }
+        match key {
+            "limit" => filter.limit = value.parse().ok(),
+            "tunnel" => filter.tunnel = Some(value),
+            "kind" => filter.kind = Some(value),
+            "method" => filter.method = Some(value),
+            "status" => filter.status = Some(value),
+            "path" => filter.path = Some(value),
+            "q" => filter.search = Some(value),
+            _ => {}
+        }
+    }
+    filter
+}
+
+/// Decodes `%XX` and `+` of a query value; invalid escapes stay as they are.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET /api/events`: each exchange kept from now on, as an `exchange`
+/// event with its summary; `clear` when the list was emptied; `lagged`
+/// when this reader fell behind and should reload the list.
+fn events(shared: &Shared, shutdown: CancellationToken) -> Response<Body> {
+    let receiver = shared.events.subscribe();
+    let stream = futures::stream::unfold(
+        (receiver, shutdown, true),
+        |(mut receiver, shutdown, first)| async move {
+            if first {
+                let hello = Bytes::from_static(b"retry: 1000\n\n");
+                return Some((Ok(Frame::data(hello)), (receiver, shutdown, false)));
+            }
+            let text = tokio::select! {
+                event = receiver.recv() => match event {
+                    Ok(StoreEvent::Put(e)) => format!("event: exchange\ndata: {}\n\n", e.summary()),
+                    Ok(StoreEvent::Cleared) => "event: clear\ndata: {}\n\n".to_string(),
+                    Err(broadcast::error::RecvError::Lagged(n)) => format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                () = tokio::time::sleep(EVENT_PING) => ": ping\n\n".to_string(),
+                () = shutdown.cancelled() => return None,
+            };
+            Some((
+                Ok(Frame::data(Bytes::from(text))),
+                (receiver, shutdown, false),
+            ))
+        },
+    );
+    let body = BodyExt::boxed_unsync(StreamBody::new(stream.boxed()));
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_hosts_pass() {
+        for ok in [
+            "localhost",
+            "localhost:4040",
+            "127.0.0.1:4040",
+            "[::1]:4040",
+            "app.localhost:4041",
+            "192.168.1.5:4040",
+            "LOCALHOST.",
+        ] {
+            assert!(host_is_local(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example:4040",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!host_is_local(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn query_values_decode() {
+        assert_eq!(percent_decode("a%20b+c%2Fd%zz%4"), "a b c/d%zz%4");
+        let f = filter("limit=5&status=4xx&q=hello%20world&path=%2Fapi&unknown=1&kind=");
+        assert_eq!(f.limit, Some(5));
+        assert_eq!(f.status.as_deref(), Some("4xx"));
+        assert_eq!(f.search.as_deref(), Some("hello world"));
+        assert_eq!(f.path.as_deref(), Some("/api"));
+        assert_eq!(f.kind, None);
+    }
+}

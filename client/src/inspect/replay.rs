@@ -1,0 +1,220 @@
+//! Sending a captured request again, straight to its tunnel's local target.
+//!
+//! A replay does not go through the server: the client connects to the
+//! target itself, as it does for every stream, and captures the new
+//! exchange with `replay_of` set. A mail delivery is signed afresh (a new
+//! `Droid-Timestamp` and `Droid-Signature` with the tunnel's secret), so
+//! the app's signature check passes; its `Droid-Delivery-Id` stays the
+//! same, for it is the same message.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use droid_core::sign;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+
+use super::Shared;
+use super::exchange::{Exchange, Kind, Message, Progress};
+
+/// How long a replay may take, connect to last byte.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Changes to make before sending again (`POST /api/requests/{id}/replay`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Edits {
+    pub method: Option<String>,
+    pub path: Option<String>,
+    /// The whole header list, replacing the captured one.
+    pub headers: Option<Vec<(String, String)>>,
+    /// The body as text.
+    pub body: Option<String>,
+}
+
+/// Why a replay could not be sent; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReplayError {
+    #[error("the tunnel {0} is not one of this client's")]
+    NoTunnel(String),
+    #[error(
+        "the request body was not kept whole ({kept} of {size} bytes): replay it with an edited body"
+    )]
+    Truncated { kept: usize, size: u64 },
+    #[error("{0}")]
+    BadEdit(String),
+    #[error("nothing answers at {target}: {error}")]
+    Unreachable { target: String, error: String },
+    #[error("the app at {target} failed the replay: {error}")]
+    Failed { target: String, error: String },
+}
+
+/// Headers the client sets itself (the body's length) or that belong to
+/// one connection only.
+fn dropped(name: &str) -> bool {
+    [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+pub(crate) async fn replay(
+    shared: &Arc<Shared>,
+    original: &Exchange,
+    edits: Edits,
+) -> Result<Exchange, ReplayError> {
+    let tunnel = shared
+        .tunnel(&original.tunnel)
+        .ok_or_else(|| ReplayError::NoTunnel(original.tunnel.to_string()))?;
+    let body = match edits.body {
+        Some(body) => body.into_bytes(),
+        None if original.request.truncated || !original.request.complete => {
+            return Err(ReplayError::Truncated {
+                kept: original.request.body.len(),
+                size: original.request.size,
+            });
+        }
+        None => original.request.body.to_vec(),
+    };
+    let method = edits
+        .method
+        .map_or_else(|| original.request.method.clone(), Cow::Owned);
+    let path = edits.path.unwrap_or_else(|| original.request.path.clone());
+    let mut headers: Vec<(String, Vec<u8>)> = match edits.headers {
+        Some(list) => list.into_iter().map(|(n, v)| (n, v.into_bytes())).collect(),
+        None => original
+            .request
+            .headers()
+            .map(|(n, v)| (n.to_string(), v.to_vec()))
+            .collect(),
+    };
+    headers.retain(|(name, _)| !dropped(name));
+    let signed = original.kind == Kind::Mail
+        || headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(sign::SIGNATURE_HEADER));
+    if signed && let Some(secret) = &tunnel.spec.mail.secret {
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            .to_string();
+        let signature = sign::sign(secret.as_bytes(), &timestamp, &body);
+        headers.retain(|(n, _)| {
+            !n.eq_ignore_ascii_case(sign::TIMESTAMP_HEADER)
+                && !n.eq_ignore_ascii_case(sign::SIGNATURE_HEADER)
+        });
+        headers.push(("Droid-Timestamp".into(), timestamp.into_bytes()));
+        headers.push(("Droid-Signature".into(), signature.into_bytes()));
+    }
+
+    let mut request = http::Request::builder().method(&*method).uri(path.as_str());
+    for (name, value) in &headers {
+        request = request.header(name.as_str(), value.as_slice());
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.clone())))
+        .map_err(|e| ReplayError::BadEdit(format!("the edited request is not valid HTTP: {e}")))?;
+
+    let mut exchange = Exchange::new(
+        shared.next_id(),
+        original.kind,
+        original.tunnel.clone(),
+        SystemTime::now(),
+    );
+    exchange.replay_of = Some(original.id);
+    exchange.delivery_id = original.delivery_id.clone();
+    exchange.request = Message::with_fields(method, path, 0, &headers);
+    exchange.request.size = body.len() as u64;
+    exchange.request.body.push(&body, body.len());
+    exchange.request.complete = true;
+    let started = Instant::now();
+    let target = tunnel.spec.target.to_string();
+    let sent = tokio::time::timeout(
+        REPLAY_TIMEOUT,
+        send(shared, &tunnel.spec.target, request, &mut exchange, started),
+    )
+    .await;
+    match sent {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            return Err(match error {
+                SendError::Connect(error) => ReplayError::Unreachable { target, error },
+                SendError::Exchange(error) => ReplayError::Failed { target, error },
+            });
+        }
+        Err(_) => {
+            return Err(ReplayError::Failed {
+                target,
+                error: format!("no answer within {}s", REPLAY_TIMEOUT.as_secs()),
+            });
+        }
+    }
+    exchange.duration = Some(started.elapsed());
+    shared.put(exchange.clone());
+    Ok(exchange)
+}
+
+enum SendError {
+    Connect(String),
+    Exchange(String),
+}
+
+async fn send(
+    shared: &Shared,
+    target: &crate::Target,
+    request: http::Request<Full<Bytes>>,
+    exchange: &mut Exchange,
+    started: Instant,
+) -> Result<(), SendError> {
+    let stream = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| SendError::Connect(e.to_string()))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| SendError::Exchange(e.to_string()))?;
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| SendError::Exchange(e.to_string()))?;
+    exchange.time_to_head = Some(started.elapsed());
+    let (parts, mut body) = response.into_parts();
+    let fields: Vec<(String, Vec<u8>)> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let mut message = Message::with_fields(
+        Cow::Borrowed(""),
+        String::new(),
+        parts.status.as_u16(),
+        &fields,
+    );
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| SendError::Exchange(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            message.size += data.len() as u64;
+            let room = shared.body_cap.saturating_sub(message.body.len());
+            let kept = &data[..data.len().min(room)];
+            message.body.push(kept, kept.len());
+        }
+    }
+    message.truncated = message.body.len() as u64 != message.size;
+    message.complete = true;
+    exchange.response = Some(message);
+    exchange.progress = Progress::Complete;
+    Ok(())
+}
