@@ -203,6 +203,10 @@ struct ServerArgs {
     /// --http port; none for 443 and 80).
     #[arg(long)]
     public_port: Option<u16>,
+    /// Serve the server's metrics for Prometheus here, at /metrics (keep
+    /// it private: a loopback or internal address).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     #[command(flatten)]
     tls: tls::ServerTlsArgs,
     /// How long a dropped client's names are kept for it alone [default: 10m].
@@ -454,6 +458,22 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
         );
     }
     let server = Server::new(config);
+    let metrics = match s.metrics {
+        Some(addr) => {
+            let listener = bind_listener(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            println!(
+                "droid server: metrics on http://{}/metrics",
+                listener.local_addr()?
+            );
+            let (server, shutdown) = (server.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                server.serve_metrics(listener, shutdown).await
+            }))
+        }
+        None => None,
+    };
     let https = https.map(|listener| {
         let (server, shutdown) = (server.clone(), shutdown.clone());
         tokio::spawn(async move { server.serve_https(listener, shutdown).await })
@@ -482,6 +502,9 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
     server.run(http, control, shutdown).await;
     if let Some(smtp) = smtp {
         let _ = smtp.await;
+    }
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
     }
     if let Some(https) = https {
         let _ = https.await;

@@ -38,6 +38,8 @@ pub struct ServerSettings {
     pub config: ServerConfig,
     /// The public HTTPS listener, when HTTPS is on.
     pub https: Option<SocketAddr>,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics: Option<SocketAddr>,
     /// The SMTP listener, when mail is on.
     pub smtp: Option<(SocketAddr, SmtpSetup)>,
     /// The log level, when `RUST_LOG` is unset.
@@ -211,6 +213,7 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
     config.https = tls.https.is_some();
     Ok(ServerSettings {
         https: tls.https,
+        metrics: args.metrics.or(f.and_then(|f| f.metrics.map(|a| a.0))),
         http: args
             .http
             .or(f.and_then(|f| f.http.map(|a| a.0)))

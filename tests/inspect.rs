@@ -640,29 +640,3 @@ async fn metrics_move_by_exactly_what_was_sent_and_parse() {
     promtool_check(&text).await;
     c.stop().await;
 }
-
-/// Checks metrics text with Prometheus's own parser (`promtool check
-/// metrics`, Debian's prometheus package).
-async fn promtool_check(text: &str) {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("promtool is missing ({e}): install Debian's prometheus package (bash .ci/test does)")
-        });
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(text.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = within("promtool", child.wait_with_output()).await.unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}

@@ -21,6 +21,7 @@
 //!   is attempted and how the app's answer is classified.
 //! - [`spool`]: the durable [`Spool`]: fsynced files, retries with
 //!   exponential back-off, wake-ups on reconnect, dead letters.
+//! - [`stats`]: [`DeliveryStats`], what deliveries came to, for metrics.
 //! - [`smtp`]: the SMTP adapter, a tokio loop over Stalwart's sans-IO
 //!   `smtp-proto` parser.
 //!
@@ -35,6 +36,7 @@ pub mod route;
 pub use droid_core::sign;
 pub mod smtp;
 pub mod spool;
+pub mod stats;
 pub mod url_sink;
 
 pub use adapter::{Adapter, ConnLimits, Refusal, bind_listener, run_adapter};
@@ -45,4 +47,5 @@ pub use route::{MailOptions, MailRouter, Route, UrlRouter};
 pub use sign::verify_signature;
 pub use smtp::{SmtpAdapter, SmtpConfig};
 pub use spool::{RetryPolicy, Spool, SpoolConfig, SpoolError};
+pub use stats::DeliveryStats;
 pub use url_sink::{UrlSink, UrlSinkError};

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::delivery::{Attempt, Delivery};
 use crate::mail::Envelope;
 use crate::route::{MailOptions, MailRouter};
+use crate::stats::DeliveryStats;
 
 /// How retries are spaced and when they stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +163,7 @@ pub struct Spool {
     config: SpoolConfig,
     state: Mutex<State>,
     notify: Notify,
+    stats: DeliveryStats,
 }
 
 fn now_ms() -> u64 {
@@ -223,6 +225,7 @@ impl Spool {
             config,
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            stats: DeliveryStats::default(),
         };
         for sub in [spool.queue_dir(), spool.dead_dir(), spool.tmp_dir()] {
             fs::create_dir_all(&sub).map_err(io_err("create dir", &sub))?;
@@ -337,6 +340,27 @@ impl Spool {
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The bytes of the messages queued now.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    /// When the oldest message queued now was received.
+    pub fn oldest(&self) -> Option<SystemTime> {
+        self.lock()
+            .entries
+            .values()
+            .map(|e| e.meta.created_at_ms)
+            .min()
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    /// What this spool's deliveries came to; an adapter with this spool
+    /// counts into the same counters.
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.stats
     }
 
     /// The configuration.
@@ -552,6 +576,7 @@ impl Spool {
         let spool = self.clone();
         match outcome {
             Attempt::Accepted => {
+                self.stats.delivered.inc();
                 tracing::info!(id = %meta.id, destination = %meta.destination, attempts = meta.attempts + 1, "spooled message delivered");
                 let id = meta.id.clone();
                 let _ = tokio::task::spawn_blocking(move || spool.remove_files(&id)).await;
@@ -627,6 +652,7 @@ impl Spool {
     /// Moves a message to `dead/` with its reason. Order matters for crash
     /// safety: reason, then record, then message (see [`Spool::open`]).
     fn dead_letter(&self, meta: &Meta, reason: &str) {
+        self.stats.dead_lettered.inc();
         let queue = self.queue_dir();
         let dead = self.dead_dir();
         let id = &meta.id;

@@ -6,7 +6,9 @@
 //! upgrades (a websocket) keeps its stream for the upgraded bytes.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,6 +30,7 @@ use tracing::{debug, info};
 use crate::Shared;
 use crate::access::Verdict;
 use crate::guard::{GuardedBody, Tripped};
+use crate::metrics::OwnAnswer;
 use crate::rate;
 use crate::registry::{Lookup, Tunnel};
 
@@ -63,7 +66,7 @@ pub(crate) async fn serve_io<IO>(
     });
     let service = service_fn(move |request| {
         let visitor = visitor.clone();
-        async move { proxy::infallible(visitor.handle(request).await) }
+        async move { proxy::infallible(visitor.counted(request).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -75,14 +78,94 @@ pub(crate) async fn serve_io<IO>(
         // any explicit cap costs an array filled per request.
         builder.max_headers(shared.config.max_headers);
     }
+    let stream = Counted {
+        inner: stream,
+        metrics: shared.clone(),
+    };
     let result = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
         .await;
     if let Err(e) = result {
+        if e.is_parse_too_large() {
+            // hyper answered 431 itself; the service never saw the request.
+            shared
+                .metrics
+                .answered(431, Some(OwnAnswer::HeadersTooLarge), None);
+        }
         debug!(%peer, error = %e, "visitor connection ended with an error");
     }
 }
+
+/// A visitor's connection, its bytes counted each way.
+struct Counted<IO> {
+    inner: IO,
+    metrics: Arc<Shared>,
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.metrics.metrics.bytes_in.inc_by(n as u64);
+        }
+        polled
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.metrics.metrics.bytes_out.inc_by(n as u64);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.metrics.metrics.bytes_out.inc_by(n as u64);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A page the server answers itself, marked with why for the metrics.
+fn own(mut page: Response<Body>, why: OwnAnswer) -> Response<Body> {
+    page.extensions_mut().insert(why);
+    page
+}
+
+/// How long a request took to its answer's head through a tunnel.
+#[derive(Debug, Clone, Copy)]
+struct Through(Duration);
 
 struct Visitor {
     shared: Arc<Shared>,
@@ -113,21 +196,38 @@ enum Route<'a> {
 }
 
 impl Visitor {
+    /// Answers a request and counts the answer.
+    async fn counted(&self, request: Request<Incoming>) -> Response<Body> {
+        let response = self.handle(request).await;
+        let own = response.extensions().get::<OwnAnswer>().copied();
+        let through = response.extensions().get::<Through>().map(|t| t.0);
+        self.shared
+            .metrics
+            .answered(response.status().as_u16(), own, through);
+        response
+    }
+
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let html = proxy::wants_html(request.headers());
         if request.headers().get_all(HOST).iter().nth(1).is_some() {
             // RFC 9112 §3.2: which Host wins is the ambiguity an attacker wants.
-            return proxy::error_page(
-                StatusCode::BAD_REQUEST,
-                "the request has more than one Host header",
-                html,
+            return own(
+                proxy::error_page(
+                    StatusCode::BAD_REQUEST,
+                    "the request has more than one Host header",
+                    html,
+                ),
+                OwnAnswer::BadRequest,
             );
         }
         let Some(host) = request_host(&request) else {
-            return proxy::error_page(
-                StatusCode::BAD_REQUEST,
-                "the request has no Host header, so it cannot be routed to a tunnel",
-                html,
+            return own(
+                proxy::error_page(
+                    StatusCode::BAD_REQUEST,
+                    "the request has no Host header, so it cannot be routed to a tunnel",
+                    html,
+                ),
+                OwnAnswer::BadRequest,
             );
         };
         if let Some(sni) = &self.sni
@@ -135,46 +235,61 @@ impl Visitor {
         {
             // RFC 9110 §15.5.20: the certificate and the tunnel were chosen
             // for the SNI name; another host needs a connection of its own.
-            return proxy::error_page(
-                StatusCode::MISDIRECTED_REQUEST,
-                &format!(
-                    "this connection was opened for {sni}; send requests for {host} on a connection of their own"
+            return own(
+                proxy::error_page(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    &format!(
+                        "this connection was opened for {sni}; send requests for {host} on a connection of their own"
+                    ),
+                    html,
                 ),
-                html,
+                OwnAnswer::Misdirected,
             );
         }
         let domain = &self.shared.config.domain;
         let name = match route(&host, domain) {
             Route::Tunnel(name) => name,
             Route::Apex => {
-                return proxy::error_page(
-                    StatusCode::NOT_FOUND,
-                    &format!("this is a droid tunnel server; tunnels live at NAME.{domain}"),
-                    html,
+                return own(
+                    proxy::error_page(
+                        StatusCode::NOT_FOUND,
+                        &format!("this is a droid tunnel server; tunnels live at NAME.{domain}"),
+                        html,
+                    ),
+                    OwnAnswer::NoTunnel,
                 );
             }
             Route::Foreign => {
-                return proxy::error_page(
-                    StatusCode::BAD_REQUEST,
-                    &format!("this server serves *.{domain}; {host} is not one of its names"),
-                    html,
+                return own(
+                    proxy::error_page(
+                        StatusCode::BAD_REQUEST,
+                        &format!("this server serves *.{domain}; {host} is not one of its names"),
+                        html,
+                    ),
+                    OwnAnswer::BadHost,
                 );
             }
         };
         let tunnel = match self.shared.registry.lookup(name) {
             Lookup::Live(tunnel) => tunnel,
             Lookup::Resuming => {
-                return proxy::error_page(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("the tunnel {name} is reconnecting; try again in a moment"),
-                    html,
+                return own(
+                    proxy::error_page(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("the tunnel {name} is reconnecting; try again in a moment"),
+                        html,
+                    ),
+                    OwnAnswer::Reconnecting,
                 );
             }
             Lookup::Absent => {
-                return proxy::error_page(
-                    StatusCode::NOT_FOUND,
-                    &format!("no tunnel named {name} is connected to this server"),
-                    html,
+                return own(
+                    proxy::error_page(
+                        StatusCode::NOT_FOUND,
+                        &format!("no tunnel named {name} is connected to this server"),
+                        html,
+                    ),
+                    OwnAnswer::NoTunnel,
                 );
             }
         };
@@ -187,9 +302,10 @@ impl Visitor {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let response = self.serve_tunnel(&tunnel, request, host, html).await;
+        let mut response = self.serve_tunnel(&tunnel, request, host, html).await;
         let status = response.status().as_u16();
         let elapsed = started.elapsed();
+        response.extensions_mut().insert(Through(elapsed));
         let name = &tunnel.name;
         debug!(tunnel = %name, %method, %path, status, ?elapsed, "forwarded");
         tunnel
@@ -220,13 +336,16 @@ impl Visitor {
                 }
             }
             Verdict::Forbidden => {
-                return proxy::error_page(
-                    StatusCode::FORBIDDEN,
-                    &format!(
-                        "the tunnel {name} does not accept visitors from {}",
-                        self.peer.ip()
+                return own(
+                    proxy::error_page(
+                        StatusCode::FORBIDDEN,
+                        &format!(
+                            "the tunnel {name} does not accept visitors from {}",
+                            self.peer.ip()
+                        ),
+                        html,
                     ),
-                    html,
+                    OwnAnswer::Forbidden,
                 );
             }
             Verdict::Unauthorized => {
@@ -240,7 +359,7 @@ impl Visitor {
                 {
                     page.headers_mut().insert(WWW_AUTHENTICATE, v);
                 }
-                return page;
+                return own(page, OwnAnswer::Unauthorized);
             }
         }
         if let Some(max) = self.shared.config.max_body_size
@@ -321,7 +440,7 @@ impl Visitor {
                 );
                 page.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
-                page
+                own(page, OwnAnswer::BodyTimeout)
             }
             Err(e) if e.is_user() => {
                 // The visitor's own request broke on the way (its body: a
@@ -334,30 +453,36 @@ impl Visitor {
                 );
                 page.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
-                page
+                own(page, OwnAnswer::BadRequest)
             }
             Err(e) if !tunnel.opener.is_ended() => {
                 // The client closes the stream when the app closes its
                 // connection: the app hung up without answering.
                 debug!(tunnel = %tunnel.name, error = %e, "the app closed the connection");
-                proxy::error_page(
-                    StatusCode::BAD_GATEWAY,
-                    &format!(
-                        "the local app of the tunnel {} closed the connection without an answer",
-                        tunnel.name
+                own(
+                    proxy::error_page(
+                        StatusCode::BAD_GATEWAY,
+                        &format!(
+                            "the local app of the tunnel {} closed the connection without an answer",
+                            tunnel.name
+                        ),
+                        html,
                     ),
-                    html,
+                    OwnAnswer::AppClosed,
                 )
             }
             Err(e) => {
                 info!(tunnel = %tunnel.name, error = %e, "request failed inside the tunnel");
-                proxy::error_page(
-                    StatusCode::BAD_GATEWAY,
-                    &format!(
-                        "the tunnel {} went away while forwarding the request",
-                        tunnel.name
+                own(
+                    proxy::error_page(
+                        StatusCode::BAD_GATEWAY,
+                        &format!(
+                            "the tunnel {} went away while forwarding the request",
+                            tunnel.name
+                        ),
+                        html,
                     ),
-                    html,
+                    OwnAnswer::TunnelGone,
                 )
             }
         }
@@ -384,10 +509,13 @@ impl Visitor {
     ) -> Result<SendRequest<GuardedBody>, Response<Body>> {
         let name = &tunnel.name;
         let gone = || {
-            proxy::error_page(
-                StatusCode::BAD_GATEWAY,
-                &format!("the tunnel {name} disconnected"),
-                false,
+            own(
+                proxy::error_page(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("the tunnel {name} disconnected"),
+                    false,
+                ),
+                OwnAnswer::TunnelGone,
             )
         };
         let mut stream = match tokio::time::timeout(
@@ -399,10 +527,13 @@ impl Visitor {
             Ok(Ok(stream)) => stream,
             Ok(Err(_)) => return Err(gone()),
             Err(_) => {
-                return Err(proxy::error_page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("the tunnel {name} has too many requests in flight; try again"),
-                    false,
+                return Err(own(
+                    proxy::error_page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("the tunnel {name} has too many requests in flight; try again"),
+                        false,
+                    ),
+                    OwnAnswer::StreamLimit,
                 ));
             }
         };
@@ -448,7 +579,7 @@ fn too_large(max: u64, html: bool) -> Response<Body> {
     );
     page.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
-    page
+    own(page, OwnAnswer::TooLarge)
 }
 
 /// A 429 with `Retry-After`: the tunnel's request rate is used up.
@@ -461,7 +592,7 @@ fn too_many(name: &str, wait: Duration, html: bool) -> Response<Body> {
     );
     page.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(rate::retry_after_secs(wait)));
-    page
+    own(page, OwnAnswer::RateLimited)
 }
 
 /// The host a request is for, lowercased, without port or trailing dot.

@@ -10,6 +10,8 @@
 //! - [`rate`]: each tunnel's request rate limit (429 past it).
 //! - `mail`: routes `*@NAME.domain` to tunnels for the SMTP adapter, and
 //!   delivers its POSTs through them.
+//! - `metrics`: requests, the server's own answers, durations, bytes,
+//!   names by state, sessions, streams and mail, for Prometheus.
 //!
 //! Every listener-owning function takes a bound listener and a cancellation
 //! token, so tests bind port 0 and run in parallel, and the binary decides
@@ -23,6 +25,7 @@ mod guard;
 mod http_front;
 mod listener;
 mod mail;
+mod metrics;
 pub mod names;
 pub mod rate;
 pub mod registry;
@@ -127,6 +130,7 @@ pub(crate) struct Shared {
     auth: auth::Auth,
     /// The mail spool, once SMTP runs: woken when an owner reconnects.
     spool: OnceLock<Arc<Spool>>,
+    metrics: metrics::Metrics,
 }
 
 impl Shared {
@@ -157,6 +161,7 @@ impl Server {
                 registry,
                 auth,
                 spool: OnceLock::new(),
+                metrics: metrics::Metrics::new(),
             }),
         }
     }
@@ -228,10 +233,21 @@ impl Server {
             tokio::spawn(spool.run(router.clone(), shutdown.clone()))
         });
         let adapter = Arc::new(SmtpAdapter::new(config, router, spool));
+        self.shared.metrics.count_mail(adapter.stats());
         droid_adapters::run_adapter(listener, adapter, limits, shutdown).await;
         if let Some(retries) = retries {
             let _ = retries.await;
         }
+    }
+
+    /// Serves `GET /metrics` (Prometheus's text format) until `shutdown`.
+    pub async fn serve_metrics(&self, listener: TcpListener, shutdown: CancellationToken) {
+        metrics::serve(self.shared.clone(), listener, shutdown).await;
+    }
+
+    /// The metrics as `/metrics` shows them now.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.encode(&self.shared)
     }
 
     /// Runs the control and HTTP listeners, and forgets expired names now and

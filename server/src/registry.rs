@@ -136,6 +136,21 @@ pub enum Lookup {
     Absent,
 }
 
+/// The registry in numbers, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// Names served by a session.
+    pub live: usize,
+    /// Names kept for a dropped session's owner.
+    pub resuming: usize,
+    /// Released names kept from strangers.
+    pub quarantined: usize,
+    /// Sessions serving live names.
+    pub sessions: usize,
+    /// Streams open on those sessions.
+    pub open_streams: usize,
+}
+
 /// What a successful claim gives the session.
 #[derive(Debug)]
 pub struct Grant {
@@ -241,6 +256,31 @@ impl Registry {
             .values()
             .filter(|c| matches!(c, Claim::Live { .. }))
             .count()
+    }
+
+    /// How many names are in each state, the sessions serving live ones
+    /// and the streams open on them (each session allows `max_streams`).
+    pub fn census(&self, max_streams: usize) -> Census {
+        let now = Instant::now();
+        let state = self.lock();
+        let mut census = Census::default();
+        let mut sessions = HashSet::new();
+        for claim in state.claims.values() {
+            match claim {
+                Claim::Live { tunnel, .. } => {
+                    census.live += 1;
+                    if sessions.insert(tunnel.session) {
+                        census.open_streams +=
+                            max_streams.saturating_sub(tunnel.opener.available_streams());
+                    }
+                }
+                Claim::Resuming { until, .. } if *until > now => census.resuming += 1,
+                Claim::Quarantined { until, .. } if *until > now => census.quarantined += 1,
+                _ => {}
+            }
+        }
+        census.sessions = sessions.len();
+        census
     }
 
     /// The number of released names remembered (resuming and quarantined).

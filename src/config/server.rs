@@ -20,6 +20,8 @@ pub struct ServerFile {
     pub http: Option<Addr>,
     /// The listener clients connect to.
     pub control: Option<Addr>,
+    /// Where `GET /metrics` is served, for Prometheus (`--metrics`).
+    pub metrics: Option<Addr>,
     /// The public HTTPS listener (`--https`); needs `tls_cert` and `tls_key`.
     pub https: Option<Spanned<Addr>>,
     /// The PEM certificate chain of the control port (then TLS only) and

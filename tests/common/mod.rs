@@ -385,7 +385,19 @@ pub async fn server_on(
 
 /// A server that also accepts mail, spooling to `spool` when given.
 pub async fn mail_server(spool: Option<&std::path::Path>) -> TestServer {
-    let mut srv = server_with(|c| c.smtp = true).await;
+    mail_server_with(spool, |_| {}).await
+}
+
+/// [`mail_server`] with its configuration changed by `tweak` first.
+pub async fn mail_server_with(
+    spool: Option<&std::path::Path>,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> TestServer {
+    let mut srv = server_with(|c| {
+        c.smtp = true;
+        tweak(c);
+    })
+    .await;
     let listener = droid_adapters::bind_listener("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -823,4 +835,32 @@ impl Droid {
             .unwrap();
         within("droid exits", self.child.wait()).await.unwrap()
     }
+}
+
+// ---------------------------------------------------------------- metrics
+
+/// Checks metrics text with Prometheus's own parser (`promtool check
+/// metrics`, Debian's prometheus package).
+pub async fn promtool_check(text: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool is missing ({e}): install Debian's prometheus package (bash .ci/test does)")
+        });
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = within("promtool", child.wait_with_output()).await.unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -24,6 +24,7 @@ use crate::delivery::{self, Attempt, Delivery};
 use crate::mail::Envelope;
 use crate::route::Route;
 use crate::spool::Spool;
+use crate::stats::DeliveryStats;
 
 /// What became of the message for one destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +62,7 @@ pub async fn accept(
     recipients: Vec<(String, Route)>,
     spool: Option<&Arc<Spool>>,
     timeout: Duration,
+    stats: &DeliveryStats,
 ) -> String {
     let attempts = group(recipients).into_iter().map(|(route, rcpts)| {
         let delivery = Delivery {
@@ -92,8 +94,15 @@ pub async fn accept(
                     },
                 },
             };
-            if outcome == Outcome::Delivered {
-                tracing::info!(id = %delivery.id, destination = %delivery.destination, size = delivery.raw.len(), "delivered");
+            match outcome {
+                Outcome::Delivered => {
+                    stats.delivered.inc();
+                    tracing::info!(id = %delivery.id, destination = %delivery.destination, size = delivery.raw.len(), "delivered");
+                }
+                Outcome::Spooled => {
+                    stats.spooled.inc();
+                }
+                _ => {}
             }
             (delivery.id, outcome)
         }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::adapter::{Adapter, Refusal, ServeFuture};
 use crate::route::MailRouter;
 use crate::spool::Spool;
+use crate::stats::DeliveryStats;
 
 /// Limits and names of the SMTP adapter.
 #[derive(Debug, Clone)]
@@ -71,6 +72,7 @@ pub struct SmtpAdapter {
     config: SmtpConfig,
     router: Arc<dyn MailRouter>,
     spool: Option<Arc<Spool>>,
+    stats: DeliveryStats,
 }
 
 impl SmtpAdapter {
@@ -81,11 +83,21 @@ impl SmtpAdapter {
         router: Arc<dyn MailRouter>,
         spool: Option<Arc<Spool>>,
     ) -> SmtpAdapter {
+        let stats = spool
+            .as_ref()
+            .map(|s| s.stats().clone())
+            .unwrap_or_default();
         SmtpAdapter {
             config,
             router,
             spool,
+            stats,
         }
+    }
+
+    /// What this adapter's mail came to (shared with its spool's).
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.stats
     }
 
     /// The configuration.

@@ -357,6 +357,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             self.reply("250 2.1.5 Recipient ok");
                         }
                         None => {
+                            self.adapter.stats.refused.inc();
                             tracing::debug!(recipient = %address, "recipient refused");
                             return self
                                 .error("550 5.1.1 No such recipient here (relaying denied)");
@@ -430,8 +431,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             transaction.recipients,
             self.adapter.spool.as_ref(),
             self.adapter.config.deliver_timeout,
+            &self.adapter.stats,
         )
         .await;
+        if reply.starts_with('2') {
+            self.adapter.stats.received.inc();
+        } else if reply.starts_with('5') {
+            self.adapter.stats.refused.inc();
+        }
         tracing::info!(size, recipients, reply = %reply, "message received");
         reply
     }

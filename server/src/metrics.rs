@@ -1,0 +1,346 @@
+//! The server's metrics, in Prometheus's text format on `--metrics ADDR`.
+//!
+//! Counters move as things happen (an atomic add each); the gauges (names
+//! by state, sessions, open streams, the spool) are read from the registry
+//! and the spool when `/metrics` is asked for.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use droid_adapters::DeliveryStats;
+use http::{Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::Shared;
+
+/// Why the server answered a visitor itself instead of the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OwnAnswer {
+    /// 400: no Host, two, or a malformed request body.
+    BadRequest,
+    /// 400: a host this server does not serve.
+    BadHost,
+    /// 404: no tunnel by that name (or the apex).
+    NoTunnel,
+    /// 502: the tunnel is reconnecting.
+    Reconnecting,
+    /// 502: the tunnel went away, or the app closed without an answer.
+    TunnelGone,
+    /// 502: the app closed the connection without an answer.
+    AppClosed,
+    /// 503: too many requests in flight on the tunnel.
+    StreamLimit,
+    /// 401: the tunnel asks for a login.
+    Unauthorized,
+    /// 403: the visitor's address is not allowed.
+    Forbidden,
+    /// 408: the request body stopped arriving.
+    BodyTimeout,
+    /// 413: the request body is over the limit.
+    TooLarge,
+    /// 421: a Host other than the TLS handshake's.
+    Misdirected,
+    /// 429: the tunnel's request rate is used up.
+    RateLimited,
+    /// 431: the request line and headers are too large (hyper's answer).
+    HeadersTooLarge,
+}
+
+impl OwnAnswer {
+    fn label(self) -> (&'static str, &'static str) {
+        match self {
+            OwnAnswer::BadRequest => ("400", "bad_request"),
+            OwnAnswer::BadHost => ("400", "bad_host"),
+            OwnAnswer::NoTunnel => ("404", "no_tunnel"),
+            OwnAnswer::Reconnecting => ("502", "reconnecting"),
+            OwnAnswer::TunnelGone => ("502", "tunnel_gone"),
+            OwnAnswer::AppClosed => ("502", "app_closed"),
+            OwnAnswer::StreamLimit => ("503", "stream_limit"),
+            OwnAnswer::Unauthorized => ("401", "unauthorized"),
+            OwnAnswer::Forbidden => ("403", "forbidden"),
+            OwnAnswer::BodyTimeout => ("408", "body_timeout"),
+            OwnAnswer::TooLarge => ("413", "too_large"),
+            OwnAnswer::Misdirected => ("421", "misdirected"),
+            OwnAnswer::RateLimited => ("429", "rate_limited"),
+            OwnAnswer::HeadersTooLarge => ("431", "headers_too_large"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusClass {
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Answer {
+    code: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Direction {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct State {
+    state: &'static str,
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The server's metrics.
+pub(crate) struct Metrics {
+    /// Behind a lock: the mail counters join it when SMTP starts.
+    registry: Mutex<Registry>,
+    requests: [Counter; 5],
+    own: Family<Answer, Counter>,
+    duration: Histogram,
+    /// Bytes from visitors.
+    pub bytes_in: Counter,
+    /// Bytes to visitors.
+    pub bytes_out: Counter,
+    tunnels: Family<State, Gauge>,
+    sessions: Gauge,
+    streams: Gauge,
+    spool_messages: Gauge,
+    spool_bytes: Gauge,
+    spool_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<StatusClass, Counter>::default();
+        registry.register(
+            "droid_server_requests",
+            "Visitors' requests answered, by the status class they got",
+            requests.clone(),
+        );
+        let own = Family::<Answer, Counter>::default();
+        registry.register(
+            "droid_server_own_answers",
+            "Requests the server answered itself instead of the app, by status and reason",
+            own.clone(),
+        );
+        let duration = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        registry.register(
+            "droid_server_request_duration_seconds",
+            "Time from a request's head to its answer's head, through a tunnel",
+            duration.clone(),
+        );
+        let bytes = Family::<Direction, Counter>::default();
+        registry.register(
+            "droid_server_visitor_bytes",
+            "Bytes read from visitors (in) and written to them (out)",
+            bytes.clone(),
+        );
+        let tunnels = Family::<State, Gauge>::default();
+        registry.register(
+            "droid_server_tunnels",
+            "Names by state: live, resuming (kept for a dropped client), quarantined",
+            tunnels.clone(),
+        );
+        let sessions = Gauge::default();
+        registry.register(
+            "droid_server_sessions",
+            "Client sessions serving tunnels",
+            sessions.clone(),
+        );
+        let streams = Gauge::default();
+        registry.register(
+            "droid_server_open_streams",
+            "Streams open on client sessions (visitor connections and deliveries in flight)",
+            streams.clone(),
+        );
+        let spool_messages = Gauge::default();
+        registry.register(
+            "droid_mail_spool_messages",
+            "Deliveries waiting in the spool",
+            spool_messages.clone(),
+        );
+        let spool_bytes = Gauge::default();
+        registry.register(
+            "droid_mail_spool_bytes",
+            "Bytes of the deliveries waiting in the spool",
+            spool_bytes.clone(),
+        );
+        let spool_oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "droid_mail_spool_oldest_age_seconds",
+            "Age of the oldest delivery waiting in the spool (0 when none waits)",
+            spool_oldest.clone(),
+        );
+        // One statement each: a family's guard lives to the end of its
+        // statement, and the next get_or_create would wait for it.
+        let by_class = CLASSES.map(|c| {
+            let counter = requests.get_or_create(&StatusClass { status_class: c });
+            counter.clone()
+        });
+        let bytes_in = bytes.get_or_create(&Direction { direction: "in" }).clone();
+        let bytes_out = bytes.get_or_create(&Direction { direction: "out" }).clone();
+        for state in ["live", "resuming", "quarantined"] {
+            let _ = tunnels.get_or_create(&State { state });
+        }
+        Metrics {
+            registry: Mutex::new(registry),
+            requests: by_class,
+            own,
+            duration,
+            bytes_in,
+            bytes_out,
+            tunnels,
+            sessions,
+            streams,
+            spool_messages,
+            spool_bytes,
+            spool_oldest,
+        }
+    }
+
+    /// A visitor's request got `status`; `own` says why when the server
+    /// answered it itself; `through` is the time to the answer's head when
+    /// it went through a tunnel.
+    pub fn answered(&self, status: u16, own: Option<OwnAnswer>, through: Option<Duration>) {
+        if let Some(counter) = self.requests.get(usize::from(status / 100).wrapping_sub(1)) {
+            counter.inc();
+        }
+        if let Some(own) = own {
+            let (code, reason) = own.label();
+            self.own.get_or_create(&Answer { code, reason }).inc();
+        }
+        if let Some(elapsed) = through {
+            self.duration.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Reports what an SMTP adapter's mail comes to (and its spool's).
+    pub fn count_mail(&self, mail: &DeliveryStats) {
+        let Ok(mut registry) = self.registry.lock() else {
+            return;
+        };
+        for (name, help, counter) in [
+            (
+                "droid_mail_received",
+                "Mails accepted from senders",
+                &mail.received,
+            ),
+            (
+                "droid_mail_refused",
+                "Mails and recipients refused to senders for good",
+                &mail.refused,
+            ),
+            (
+                "droid_mail_spooled",
+                "Deliveries kept in the spool for a later attempt",
+                &mail.spooled,
+            ),
+            (
+                "droid_mail_delivered",
+                "Deliveries the app took, at once or from the spool",
+                &mail.delivered,
+            ),
+            (
+                "droid_mail_dead_lettered",
+                "Deliveries given up after they were accepted",
+                &mail.dead_lettered,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+    }
+
+    /// The text `/metrics` answers with, the gauges read now.
+    pub fn encode(&self, shared: &Shared) -> String {
+        let census = shared.registry.census(shared.config.max_streams_per_tunnel);
+        for (state, n) in [
+            ("live", census.live),
+            ("resuming", census.resuming),
+            ("quarantined", census.quarantined),
+        ] {
+            self.tunnels.get_or_create(&State { state }).set(n as i64);
+        }
+        self.sessions.set(census.sessions as i64);
+        self.streams.set(census.open_streams as i64);
+        if let Some(spool) = shared.spool.get() {
+            self.spool_messages.set(spool.len() as i64);
+            self.spool_bytes
+                .set(i64::try_from(spool.bytes()).unwrap_or(i64::MAX));
+            let age = spool
+                .oldest()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default();
+            self.spool_oldest.set(age.as_secs_f64());
+        }
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock() {
+            // Writing into a String cannot fail.
+            let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => return,
+        };
+        let Ok((socket, peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        let closing = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let shared = shared.clone();
+                async move {
+                    let mut response = if request.uri().path() == "/metrics" {
+                        let mut r =
+                            Response::new(Full::new(Bytes::from(shared.metrics.encode(&shared))));
+                        r.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            header::HeaderValue::from_static(
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            ),
+                        );
+                        r
+                    } else {
+                        Response::new(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
+                    };
+                    if request.uri().path() != "/metrics" {
+                        *response.status_mut() = StatusCode::NOT_FOUND;
+                    }
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(socket), service);
+            tokio::select! {
+                served = connection => if let Err(e) = served {
+                    debug!(%peer, error = %e, "metrics connection ended");
+                },
+                () = closing.cancelled() => {}
+            }
+        });
+    }
+}
