@@ -640,3 +640,28 @@ async fn metrics_move_by_exactly_what_was_sent_and_parse() {
     promtool_check(&text).await;
     c.stop().await;
 }
+
+#[tokio::test]
+async fn the_502_for_an_app_that_is_not_running_is_shown_too() {
+    let srv = server().await;
+    let port = dead_port().await;
+    let target = droid_client::Target {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    let (c, inspector) = inspected(&srv, spec(None, &target), InspectorOptions::default()).await;
+    let (status, body) = get(srv.http, &c.host(), "/down").await;
+    assert_eq!(status, 502);
+    let items = listed(inspector, "status=502", 1).await;
+    assert_eq!(items[0]["path"], "/down");
+    let (_, detail) = call(
+        inspector,
+        "GET",
+        &format!("/api/requests/{}", items[0]["id"]),
+        None,
+    )
+    .await;
+    assert_eq!(detail["response"]["body"], body);
+    assert!(body.contains("nothing answers"), "{body}");
+    c.stop().await;
+}

@@ -261,6 +261,29 @@ async fn the_page_shows_requests_live_replays_them_and_shows_mail() {
         .until("the replay's row", &format!("!!{}", row("replay of #")))
         .await;
 
+    // A form's fields are shown as fields.
+    let form = Request::post("/inbound/form")
+        .header("host", c.host())
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(full(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nHello form\r\n--XyZ--\r\n",
+        ))
+        .unwrap();
+    assert_eq!(send(srv.http, form).await.status(), 200);
+    app.next_mail().await;
+    browser
+        .until("the form's row", &format!("!!{}", row("/inbound/form")))
+        .await;
+    browser
+        .eval(&format!("{}.click()", row("/inbound/form")))
+        .await;
+    browser
+        .until(
+            "the form's fields",
+            "[...document.querySelectorAll('#detail table.headers tr')].some(r => r.textContent === 'titleHello form')",
+        )
+        .await;
+
     // A mail with an attachment shows as a mail.
     let to = format!("billing@{}", c.host());
     let sent = smtplib_send(
