@@ -79,7 +79,7 @@ use droid_adapters::{
     ConnLimits, Format, MailOptions, MailRouter, SmtpAdapter, SmtpConfig, Spool, SpoolConfig,
     UrlRouter, UrlSink,
 };
-use droid_client::{ClientConfig, ClientEvent, HostHeader, MailSettings, Target, TunnelSpec};
+use droid_client::{ClientConfig, ClientEvent, MailSettings, Target, TunnelSpec};
 use droid_core::deliver::{Deliver, DeliverFuture};
 use droid_server::{Server, ServerConfig};
 use http_body_util::{BodyExt, Empty, Full};
@@ -381,19 +381,16 @@ impl Tunnel {
 
         let spec = TunnelSpec {
             name: Some(NAME.into()),
-            target: Target {
-                host: "127.0.0.1".into(),
-                port: app.addr.port(),
-            },
-            host_header: HostHeader::Preserve,
             mail: MailSettings {
                 path: Some("/inbound".into()),
                 format: None,
                 secret: Some(SECRET.into()),
                 ..MailSettings::default()
             },
-            auth: None,
-            allow_ip: Vec::new(),
+            ..TunnelSpec::http(Target {
+                host: "127.0.0.1".into(),
+                port: app.addr.port(),
+            })
         };
         let mut config = ClientConfig::new(control_addr.to_string(), vec![spec]);
         config.state_dir = None;

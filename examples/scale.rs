@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use droid_client::{ClientConfig, ClientEvent, HostHeader, MailSettings, Target, TunnelSpec};
+use droid_client::{ClientConfig, ClientEvent, Target, TunnelSpec};
 use droid_server::{Server, ServerConfig};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -273,11 +273,7 @@ impl AppState {
 fn spec(name: Option<&str>, target: Target) -> TunnelSpec {
     TunnelSpec {
         name: name.map(str::to_string),
-        target,
-        host_header: HostHeader::Preserve,
-        mail: MailSettings::default(),
-        auth: None,
-        allow_ip: Vec::new(),
+        ..TunnelSpec::http(target)
     }
 }
 

@@ -52,6 +52,10 @@ pub async fn start(
     let mut config = ServerConfig::new("localhost");
     config.public_port = Some(http.port()).filter(|&p| p != 80);
     config.smtp = smtp.is_some();
+    // TCP tunnels get any free port on the same loopback address.
+    config.tcp_ports = Some(droid_server::TcpPorts::Any);
+    config.tcp_bind = http.ip();
+    config.tcp_host = Some(http.ip().to_string());
     let server = Server::new(config);
     let mut tasks = Vec::new();
     let smtp = match smtp {

@@ -42,6 +42,11 @@ enum Command {
     /// Without --server, droid starts a server inside this process and prints
     /// a *.localhost URL that works on this machine.
     Http(HttpArgs),
+    /// Give a local TCP service (a database, SSH, anything) a public port.
+    ///
+    /// Without --server, droid starts a server inside this process and
+    /// prints a tcp://127.0.0.1:PORT address that works on this machine.
+    Tcp(TcpArgs),
     /// Start the tunnels of a config file, all over one connection.
     Start(StartArgs),
     /// Run a public droid server that clients connect to.
@@ -152,6 +157,33 @@ struct HttpArgs {
 }
 
 #[derive(clap::Args)]
+struct TcpArgs {
+    /// The local service: a port (5432) or HOST:PORT.
+    target: Target,
+    /// The droid server to use, HOST:PORT of its control port.
+    #[arg(long, env = "DROID_SERVER")]
+    server: Option<String>,
+    /// The public port wanted (default: the one this command got last
+    /// time, else any free one the server offers).
+    #[arg(long)]
+    port: Option<u16>,
+    /// The tunnel's name, for logs and the inspector; a random one by default.
+    #[arg(long)]
+    name: Option<String>,
+    /// An auth token, if the server requires one.
+    #[arg(long, env = "DROID_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    tls: tls::ClientTlsArgs,
+    /// Let only visitors from this IP or CIDR block connect (repeatable);
+    /// others are refused.
+    #[arg(long, value_name = "CIDR")]
+    allow_ip: Vec<String>,
+    #[command(flatten)]
+    inspect: inspect::InspectArgs,
+}
+
+#[derive(clap::Args)]
 struct SmtpStandaloneArgs {
     /// A standalone smtp config file (see `droid config example smtp`);
     /// options given here override it.
@@ -207,6 +239,13 @@ struct ServerArgs {
     /// it private: a loopback or internal address).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// The public ports TCP tunnels get, LOW-HIGH (e.g. 20000-20999);
+    /// without it TCP tunnels are refused.
+    #[arg(long, value_name = "LOW-HIGH", value_parser = settings::port_range)]
+    tcp_ports: Option<(u16, u16)>,
+    /// The address TCP tunnels' ports listen on [default: 0.0.0.0].
+    #[arg(long, value_name = "IP")]
+    tcp_bind: Option<std::net::IpAddr>,
     #[command(flatten)]
     tls: tls::ServerTlsArgs,
     /// How long a dropped client's names are kept for it alone [default: 10m].
@@ -304,6 +343,7 @@ impl Ready {
 fn prepare(command: Command) -> Result<Ready> {
     Ok(match command {
         Command::Http(args) => Ready::Tunnels(settings::http(&args)?),
+        Command::Tcp(args) => Ready::Tunnels(settings::tcp(&args)?),
         Command::Start(args) => {
             let file = config::load(&args.config)?;
             Ready::Tunnels(settings::start(&args, file)?)

@@ -13,15 +13,19 @@ use tokio::sync::mpsc;
 use crate::embedded::Embedded;
 
 pub fn banner(tunnels: &[TunnelSpec], embedded: Option<&Embedded>) {
+    let to = |t: &TunnelSpec| match t.kind {
+        droid_client::TunnelKind::Tcp => format!("tcp {}", t.target),
+        _ => format!("http://{}", t.target),
+    };
     let target = match tunnels {
-        [one] => format!("http://{}", one.target),
+        [one] => to(one),
         many => many
             .iter()
             .map(|t| {
                 format!(
-                    "{} to http://{}",
+                    "{} to {}",
                     t.name.as_deref().unwrap_or("a random name"),
-                    t.target
+                    to(t)
                 )
             })
             .collect::<Vec<_>>()

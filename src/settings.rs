@@ -15,7 +15,7 @@ use droid_server::{AuthPolicy, NamePolicy, ServerConfig, TokenRule};
 use crate::config::client::HostHeaderFile;
 use crate::config::{ClientFile, ServerFile, StandaloneFile};
 use crate::mail::SmtpSetup;
-use crate::{HostHeaderArg, HttpArgs, ServerArgs, SmtpStandaloneArgs, StartArgs};
+use crate::{HostHeaderArg, HttpArgs, ServerArgs, SmtpStandaloneArgs, StartArgs, TcpArgs};
 
 /// The default HTTP address of the embedded server.
 const EMBEDDED_HTTP: &str = "127.0.0.1:8080";
@@ -24,6 +24,27 @@ const LOCAL_SMTP: &str = "127.0.0.1:2525";
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// `LOW-HIGH`, a range of ports, for `--tcp-ports`.
+pub fn port_range(s: &str) -> Result<(u16, u16), String> {
+    let (low, high) = s.split_once('-').ok_or_else(|| {
+        format!("`{s}` is not a range of ports; write LOW-HIGH, e.g. 20000-20999")
+    })?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("`{p}` is not a port (1-65535)"))
+    };
+    let (low, high) = (port(low)?, port(high)?);
+    if low > high {
+        return Err(format!(
+            "{low}-{high} is empty: the first port must not be above the last"
+        ));
+    }
+    Ok((low, high))
 }
 
 /// `droid server`.
@@ -150,6 +171,7 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
                     TokenRule {
                         token: t.token.0.clone(),
                         names: t.names.iter().map(|n| n.0.clone()).collect(),
+                        ports: t.ports.clone(),
                         max_tunnels: t.max_tunnels,
                     }
                 })
@@ -211,6 +233,16 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
     )?;
     config.tls = tls.tls;
     config.https = tls.https.is_some();
+    config.tcp_ports = args
+        .tcp_ports
+        .or(f.and_then(|f| f.tcp_ports.as_ref().map(|r| r.0)))
+        .map(|(low, high)| droid_server::TcpPorts::Range(low, high));
+    if let Some(ip) = args
+        .tcp_bind
+        .or(f.and_then(|f| f.tcp_bind.as_ref().map(|a| a.0)))
+    {
+        config.tcp_bind = ip;
+    }
     Ok(ServerSettings {
         https: tls.https,
         metrics: args.metrics.or(f.and_then(|f| f.metrics.map(|a| a.0))),
@@ -278,6 +310,8 @@ pub fn http(args: &HttpArgs) -> Result<TunnelSettings> {
         },
         auth: args.auth.clone(),
         allow_ip: args.allow_ip.clone(),
+        kind: droid_client::TunnelKind::Http,
+        port: None,
     };
     if let Some(auth) = &args.auth {
         crate::config::values::check_credentials(auth)
@@ -299,6 +333,35 @@ pub fn http(args: &HttpArgs) -> Result<TunnelSettings> {
         tunnels: vec![spec],
         embedded_http: args.http,
         embedded_smtp: (!args.no_smtp).then(|| (args.smtp, args.smtp_options.resolve(None, None))),
+        log_level: "warn".into(),
+        inspect: args.inspect.resolve(None)?,
+    })
+}
+
+/// `droid tcp TARGET ...`: one TCP tunnel from the command line.
+pub fn tcp(args: &TcpArgs) -> Result<TunnelSettings> {
+    for block in &args.allow_ip {
+        droid_server::access::IpBlock::parse(block)
+            .map_err(|why| anyhow::anyhow!("--allow-ip: {why}"))?;
+    }
+    if args.port == Some(0) {
+        bail!("--port must be a port (1-65535); leave it out for any free one");
+    }
+    let mut spec = TunnelSpec::tcp(args.target.clone(), args.port);
+    spec.name = args.name.clone();
+    spec.allow_ip = args.allow_ip.clone();
+    Ok(TunnelSettings {
+        tls: crate::tls::client(
+            &args.tls,
+            &crate::tls::ClientTlsFile::default(),
+            args.server.is_some(),
+        )?,
+        server: args.server.clone(),
+        token: args.token.clone(),
+        heartbeat_timeout: None,
+        tunnels: vec![spec],
+        embedded_http: addr("127.0.0.1:0"),
+        embedded_smtp: None,
         log_level: "warn".into(),
         inspect: args.inspect.resolve(None)?,
     })
@@ -358,6 +421,11 @@ pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
                 },
                 auth: t.auth.as_ref().map(|a| a.0.clone()),
                 allow_ip: t.allow_ip.iter().map(|b| b.0.clone()).collect(),
+                kind: match t.kind {
+                    Some(crate::config::client::KindFile::Tcp) => droid_client::TunnelKind::Tcp,
+                    _ => droid_client::TunnelKind::Http,
+                },
+                port: t.port.as_ref().map(|p| *p.get_ref()),
             }
         })
         .collect();

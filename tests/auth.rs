@@ -32,6 +32,7 @@ fn rule(token: &str, names: &[&str], max_tunnels: Option<usize>) -> TokenRule {
         token: token.into(),
         names: names.iter().map(|n| n.to_string()).collect(),
         max_tunnels,
+        ..TokenRule::default()
     }
 }
 

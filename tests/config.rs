@@ -115,6 +115,21 @@ async fn each_kind_of_bad_input_gives_one_error_naming_file_line_column_and_key(
             "droid.toml:5:1: missing required key `local` in `tunnels[1]`",
         ),
         (
+            "mail on a tcp tunnel",
+            "[[tunnels]]\nname = \"db\"\nlocal = 5432\nkind = \"tcp\"\n[tunnels.mail]\npath = \"/x\"\n",
+            "droid.toml:2:8: `mail` is for HTTP tunnels, and the tunnel `db` is `kind = \"tcp\"` (raw bytes): remove it",
+        ),
+        (
+            "a port on an http tunnel",
+            "[[tunnels]]\nname = \"web\"\nlocal = 3000\nport = 8080\n",
+            "droid.toml:2:8: `port` is for TCP tunnels: add `kind = \"tcp\"` to the tunnel `web`, or remove it",
+        ),
+        (
+            "a bad range of ports",
+            "domain = \"t.example\"\ntcp_ports = \"2000-1000\"\n",
+            "droid.toml:2:13: `tcp_ports`: 2000-1000 is empty: the first port must not be above the last",
+        ),
+        (
             "two tunnels with one name",
             "[[tunnels]]\nname = \"api\"\nlocal = 3000\n\n[[tunnels]]\nname = \"api\"\nlocal = 3001\n",
             "droid.toml:6:8: `tunnels[1].name`: two tunnels are named `api` (the first on line 2)",

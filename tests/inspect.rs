@@ -665,3 +665,61 @@ async fn the_502_for_an_app_that_is_not_running_is_shown_too() {
     assert!(body.contains("nothing answers"), "{body}");
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_tcp_connection_shows_with_its_byte_counts() {
+    // An echo service behind a TCP tunnel.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = droid_client::Target {
+        host: "127.0.0.1".into(),
+        port: listener.local_addr().unwrap().port(),
+    };
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = socket.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let srv = server_with(|c| {
+        c.tcp_ports = Some(droid_server::TcpPorts::Any);
+        c.tcp_bind = [127, 0, 0, 1].into();
+    })
+    .await;
+    let (c, inspector) = inspected(
+        &srv,
+        droid_client::TunnelSpec::tcp(target, None),
+        InspectorOptions::default(),
+    )
+    .await;
+    let port = c.grants[0].tcp.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    socket.write_all(b"twelve bytes").await.unwrap();
+    socket.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    socket.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"twelve bytes");
+    within("the connection's counts", async {
+        loop {
+            let items = listed(inspector, "kind=tcp", 1).await;
+            if items[0]["progress"] == "complete" {
+                assert_eq!(items[0]["request_size"], 12);
+                assert_eq!(items[0]["response_size"], 12);
+                assert!(
+                    items[0]["remote"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("127.0.0.1:")
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    c.stop().await;
+}

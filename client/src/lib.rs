@@ -23,11 +23,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use droid_core::protocol::MailSettings;
 use droid_core::protocol::{
     self, ControlMessage, ErrorCode, ErrorMessage, Hello, PROTOCOL_VERSION, ProtocolError,
     TunnelGrant, TunnelRequest, Welcome,
 };
+pub use droid_core::protocol::{MailSettings, TunnelKind};
 use droid_core::session::{Opener, Session, Side, Stream};
 pub use droid_core::transport::{ClientTls, ConnectError, Trust};
 use rand::RngExt;
@@ -67,6 +67,36 @@ pub struct TunnelSpec {
     /// Visitor addresses the server lets through (IPs or CIDR blocks);
     /// empty lets everyone through.
     pub allow_ip: Vec<String>,
+    /// HTTP (routed by name) or raw TCP (on a public port of its own).
+    pub kind: TunnelKind,
+    /// The public port a TCP tunnel asks for; `None`: the one it held
+    /// last (remembered between runs), else any.
+    pub port: Option<u16>,
+}
+
+impl TunnelSpec {
+    /// An HTTP tunnel to `target` with a random name and defaults.
+    pub fn http(target: Target) -> TunnelSpec {
+        TunnelSpec {
+            name: None,
+            target,
+            host_header: HostHeader::Preserve,
+            mail: MailSettings::default(),
+            auth: None,
+            allow_ip: Vec::new(),
+            kind: TunnelKind::Http,
+            port: None,
+        }
+    }
+
+    /// A TCP tunnel to `target`, on `port` if given.
+    pub fn tcp(target: Target, port: Option<u16>) -> TunnelSpec {
+        TunnelSpec {
+            kind: TunnelKind::Tcp,
+            port,
+            ..TunnelSpec::http(target)
+        }
+    }
 }
 
 impl std::fmt::Debug for TunnelSpec {
@@ -78,6 +108,8 @@ impl std::fmt::Debug for TunnelSpec {
             .field("mail", &self.mail)
             .field("auth", &self.auth.as_ref().map(|_| "MASKED"))
             .field("allow_ip", &self.allow_ip)
+            .field("kind", &self.kind)
+            .field("port", &self.port)
             .finish()
     }
 }
@@ -139,6 +171,9 @@ impl ClientConfig {
                 t.name.as_deref().unwrap_or("random"),
                 t.target
             ));
+            if t.kind == TunnelKind::Tcp {
+                key.push_str("/tcp");
+            }
         }
         key
     }
@@ -265,12 +300,25 @@ pub async fn run(
             Ok(mut live) => {
                 backoff = config.min_backoff;
                 remembered.secret = Some(live.welcome.resume.clone());
+                if let Some(old) = config
+                    .tunnels
+                    .iter()
+                    .zip(&live.welcome.tunnels)
+                    .find(|(spec, grant)| spec.kind == TunnelKind::Tcp && grant.tcp.is_none())
+                {
+                    live.opener.close();
+                    return Err(ClientError::Config(format!(
+                        "the server at {} granted the tunnel {} without a TCP port: it is older than this client and offers HTTP tunnels only",
+                        config.server, old.1.name
+                    )));
+                }
                 remembered.names = live
                     .welcome
                     .tunnels
                     .iter()
                     .map(|t| t.name.clone())
                     .collect();
+                remembered.ports = live.welcome.tunnels.iter().map(|t| t.tcp).collect();
                 if let Some(file) = &state_file
                     && let Err(e) = file.save(&remembered)
                 {
@@ -347,16 +395,22 @@ fn open_state(config: &ClientConfig) -> (Option<state::StateFile>, state::Rememb
     }
 }
 
-/// Drops remembered random names (not the ones the user asked for).
-/// Returns whether there was any to drop.
+/// Drops remembered random names and ports (not the ones the user asked
+/// for). Returns whether there was any to drop.
 fn forget_random(config: &ClientConfig, remembered: &mut state::Remembered) -> bool {
-    let had = config
+    let names = config
         .tunnels
         .iter()
         .zip(&remembered.names)
         .any(|(spec, _)| spec.name.is_none());
+    let ports = config
+        .tunnels
+        .iter()
+        .zip(&remembered.ports)
+        .any(|(spec, port)| spec.kind == TunnelKind::Tcp && spec.port.is_none() && port.is_some());
     remembered.names.clear();
-    had
+    remembered.ports.clear();
+    names || ports
 }
 
 fn hello_for(config: &ClientConfig, remembered: &state::Remembered) -> Hello {
@@ -377,8 +431,18 @@ fn hello_for(config: &ClientConfig, remembered: &state::Remembered) -> Hello {
                 mail: Some(spec.mail.clone()),
                 auth: spec.auth.clone(),
                 allow_ip: spec.allow_ip.clone(),
-                host_header: (spec.host_header == HostHeader::Rewrite)
+                host_header: (spec.host_header == HostHeader::Rewrite
+                    && spec.kind == TunnelKind::Http)
                     .then(|| spec.target.host_header()),
+                kind: (spec.kind != TunnelKind::Http).then_some(spec.kind),
+                port: match spec.kind {
+                    TunnelKind::Tcp => spec.port.or_else(|| {
+                        reuse
+                            .then(|| remembered.ports.get(i).copied().flatten())
+                            .flatten()
+                    }),
+                    _ => None,
+                },
             })
             .collect(),
     }

@@ -94,6 +94,10 @@ pub(crate) async fn serve_stream(
                 target: target.to_string(),
                 error: e.to_string(),
             });
+            if matches!(header, StreamHeader::Tcp { .. }) {
+                // The visitor's connection ends: nothing can be said in TCP.
+                return;
+            }
             let stream = tokio::io::join(from_tunnel, to_tunnel);
             match inspector.as_ref().and_then(|i| i.tap(&header)) {
                 // The 502 is an exchange like any other: the inspector shows it.
@@ -105,6 +109,27 @@ pub(crate) async fn serve_stream(
     };
     let _ = app.set_nodelay(true);
     let tap = inspector.as_ref().and_then(|i| i.tap(&header));
+    if matches!(header, StreamHeader::Tcp { .. }) {
+        // Raw bytes: no HTTP to follow, each side's FIN passed on.
+        let mut stream = tokio::io::join(from_tunnel, to_tunnel);
+        let mut app = app;
+        let copied = tokio::io::copy_bidirectional_with_sizes(
+            &mut stream,
+            &mut app,
+            FROM_APP_MAX,
+            FROM_APP_MAX,
+        );
+        match copied.await {
+            Ok((to_app, from_app)) => {
+                debug!(tunnel = %name, to_app, from_app, "TCP stream done");
+                if let Some(tap) = &tap {
+                    tap.counted(to_app, from_app);
+                }
+            }
+            Err(e) => debug!(tunnel = %name, error = %e, "TCP stream ended with an error"),
+        }
+        return;
+    }
     match pipe(from_tunnel, to_tunnel, app, tap.as_ref()).await {
         Ok((to_app, from_app)) => debug!(tunnel = %name, to_app, from_app, "stream done"),
         Err(e) => debug!(tunnel = %name, error = %e, "stream ended with an error"),

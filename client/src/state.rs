@@ -23,6 +23,9 @@ pub struct Remembered {
     /// The secret that signs mail deliveries, unless one is configured.
     #[serde(default)]
     pub mail_secret: Option<String>,
+    /// The TCP port granted to each tunnel, in order (`None` for HTTP ones).
+    #[serde(default)]
+    pub ports: Vec<Option<u16>>,
 }
 
 /// A locked record in the state directory.
@@ -119,6 +122,7 @@ mod tests {
             secret: Some("ab".repeat(32)),
             names: vec!["quiet-otter-42".into()],
             mail_secret: Some("cd".repeat(16)),
+            ports: vec![Some(20001)],
         };
         file.save(&saved).unwrap();
         // a second client with the same command starts afresh

@@ -114,6 +114,29 @@ pub struct TunnelRequest {
     /// `X-Forwarded-Host`. `None` keeps the visitor's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_header: Option<String>,
+    /// What the tunnel carries; absent means [`TunnelKind::Http`]. An
+    /// addition old servers ignore: they grant an HTTP tunnel, whose grant
+    /// has no `tcp` port, and the client says the server is too old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<TunnelKind>,
+    /// The public port a TCP tunnel asks for; absent: the one its owner
+    /// held, else any free one in the server's range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// What a tunnel carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelKind {
+    /// HTTP, routed by Host (and mail, routed by recipient).
+    #[default]
+    Http,
+    /// Raw TCP on a public port of its own.
+    Tcp,
+    /// A kind this build does not know.
+    #[serde(other)]
+    Unknown,
 }
 
 impl std::fmt::Debug for TunnelRequest {
@@ -124,6 +147,8 @@ impl std::fmt::Debug for TunnelRequest {
             .field("auth", &self.auth.as_ref().map(|_| "MASKED"))
             .field("allow_ip", &self.allow_ip)
             .field("host_header", &self.host_header)
+            .field("kind", &self.kind)
+            .field("port", &self.port)
             .finish()
     }
 }
@@ -229,6 +254,9 @@ pub struct TunnelGrant {
     /// The mail domain that reaches it, when the server runs an SMTP adapter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp: Option<String>,
+    /// A TCP tunnel's public port (its `url` is `tcp://HOST:PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<u16>,
 }
 
 /// A fatal error on the control stream.
@@ -342,6 +370,13 @@ pub enum StreamHeader {
         /// The delivery id; the same on every retry of one delivery.
         id: String,
     },
+    /// A visitor's connection to a TCP tunnel's port: raw bytes both ways.
+    Tcp {
+        /// The tunnel.
+        tunnel: String,
+        /// The visitor's address, `ip:port`.
+        remote: String,
+    },
     /// A stream kind this build does not know; the client closes such streams.
     #[serde(other)]
     Unknown,
@@ -351,9 +386,9 @@ impl StreamHeader {
     /// The tunnel the stream is for, if the kind is known.
     pub fn tunnel(&self) -> Option<&str> {
         match self {
-            StreamHeader::Http { tunnel, .. } | StreamHeader::Delivery { tunnel, .. } => {
-                Some(tunnel)
-            }
+            StreamHeader::Http { tunnel, .. }
+            | StreamHeader::Delivery { tunnel, .. }
+            | StreamHeader::Tcp { tunnel, .. } => Some(tunnel),
             StreamHeader::Unknown => None,
         }
     }

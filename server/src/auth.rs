@@ -16,6 +16,8 @@ pub struct TokenRule {
     pub token: String,
     /// Names only this token may claim.
     pub names: Vec<String>,
+    /// TCP ports only this token may claim.
+    pub ports: Vec<u16>,
     /// The most live tunnels this token may hold at once; `None`: the
     /// server's `max_tunnels_per_token`.
     pub max_tunnels: Option<usize>,
@@ -26,6 +28,7 @@ impl std::fmt::Debug for TokenRule {
         f.debug_struct("TokenRule")
             .field("token", &"MASKED")
             .field("names", &self.names)
+            .field("ports", &self.ports)
             .field("max_tunnels", &self.max_tunnels)
             .finish()
     }
@@ -89,9 +92,10 @@ impl Auth {
     pub(crate) fn new(policy: AuthPolicy) -> Auth {
         let mut reserved = HashMap::new();
         for (i, rule) in policy.tokens.iter().enumerate() {
-            for name in &rule.names {
+            let ports = rule.ports.iter().map(|&p| crate::registry::port_key(p));
+            for name in rule.names.iter().cloned().chain(ports) {
                 // The first token listed wins a name listed twice.
-                reserved.entry(name.clone()).or_insert(i);
+                reserved.entry(name).or_insert(i);
             }
         }
         Auth { policy, reserved }
@@ -170,6 +174,7 @@ mod tests {
                 TokenRule {
                     token: "alpha".into(),
                     names: vec!["api".into()],
+                    ports: vec![5432],
                     max_tunnels: Some(2),
                 },
                 TokenRule {
@@ -200,6 +205,7 @@ mod tests {
     fn reserved_names_and_limits_follow_the_token() {
         let a = auth(false);
         assert_eq!(a.owner_of("api"), Some(0));
+        assert_eq!(a.owner_of(&crate::registry::port_key(5432)), Some(0));
         assert_eq!(a.owned_by(Caller::Token(0), &["api", "x"]).len(), 1);
         assert!(a.owned_by(Caller::Token(1), &["api"]).is_empty());
         let ip: IpAddr = "127.0.0.1".parse().unwrap();

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::Shared;
 use crate::access::Access;
 use crate::auth::TokenRefusal;
-use crate::registry::{ClaimRules, Tunnel};
+use crate::registry::{ClaimRules, TcpRules, Tunnel};
 use crate::request_log::{Pending, RequestLog};
 
 /// Serves one client connection on the control port, from handshake to end.
@@ -107,6 +107,11 @@ pub(crate) async fn serve<IO>(
     let names: Vec<&str> = tunnels.iter().map(|t| t.name.as_str()).collect();
     info!(%peer, session = session_id, ?names, "tunnels up");
     shared.wake_mail(&tunnels);
+    for tunnel in &tunnels {
+        if let Some(port) = &tunnel.tcp {
+            crate::tcp_front::serve_port(shared.clone(), port);
+        }
+    }
 
     let clean = heartbeat(&shared, &mut control, &lines, &opener, &shutdown).await;
     shared.registry.release(&tunnels, clean);
@@ -220,7 +225,17 @@ fn grant(
         .iter()
         .filter_map(|t| t.name.as_deref())
         .collect();
-    let owned = shared.auth.owned_by(caller, &names);
+    let ports: Vec<String> = hello
+        .tunnels
+        .iter()
+        .filter_map(|t| t.port.map(crate::registry::port_key))
+        .collect();
+    let keys: Vec<&str> = names
+        .iter()
+        .copied()
+        .chain(ports.iter().map(String::as_str))
+        .collect();
+    let owned = shared.auth.owned_by(caller, &keys);
     if let Some(name) = names
         .iter()
         .find(|n| shared.auth.owner_of(n).is_some() && !owned.contains(**n))
@@ -242,6 +257,10 @@ fn grant(
         access,
         rate: shared.config.request_rate,
         log,
+        tcp: shared.config.tcp_ports.clone().map(|ports| TcpRules {
+            ports,
+            bind: shared.config.tcp_bind,
+        }),
     };
     let grant = shared.registry.claim_with(
         &hello.tunnels,
@@ -257,13 +276,22 @@ fn grant(
         tunnels: grant
             .tunnels
             .iter()
-            .map(|t| TunnelGrant {
-                name: t.name.clone(),
-                url: shared.config.url_for(&t.name),
-                smtp: shared
-                    .config
-                    .smtp
-                    .then(|| format!("{}.{}", t.name, shared.config.domain)),
+            .map(|t| match &t.tcp {
+                Some(port) => TunnelGrant {
+                    name: t.name.clone(),
+                    url: shared.config.tcp_url_for(port.port),
+                    smtp: None,
+                    tcp: Some(port.port),
+                },
+                None => TunnelGrant {
+                    name: t.name.clone(),
+                    url: shared.config.url_for(&t.name),
+                    smtp: shared
+                        .config
+                        .smtp
+                        .then(|| format!("{}.{}", t.name, shared.config.domain)),
+                    tcp: None,
+                },
             })
             .collect(),
         heartbeat_ms: duration_ms(shared.config.heartbeat_interval),

@@ -271,6 +271,16 @@ impl Visitor {
             }
         };
         let tunnel = match self.shared.registry.lookup(name) {
+            Lookup::Live(tunnel) if tunnel.tcp.is_some() => {
+                return own(
+                    proxy::error_page(
+                        StatusCode::NOT_FOUND,
+                        &format!("{name} is a TCP tunnel; it takes no HTTP requests"),
+                        html,
+                    ),
+                    OwnAnswer::NoTunnel,
+                );
+            }
             Lookup::Live(tunnel) => tunnel,
             Lookup::Resuming => {
                 return own(

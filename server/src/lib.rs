@@ -7,6 +7,8 @@
 //! - `tls`: TLS on the control port, and the HTTPS listener (SNI checked
 //!   against the domain, then HTTP as on the plain listener).
 //! - `listener`: the accept loop every listener shares.
+//! - `tcp_front`: a TCP tunnel's public port: each connection a stream of
+//!   raw bytes to the tunnel's client.
 //! - [`rate`]: each tunnel's request rate limit (429 past it).
 //! - `mail`: routes `*@NAME.domain` to tunnels for the SMTP adapter, and
 //!   delivers its POSTs through them.
@@ -30,6 +32,7 @@ pub mod names;
 pub mod rate;
 pub mod registry;
 pub mod request_log;
+mod tcp_front;
 mod tls;
 
 use std::sync::{Arc, OnceLock};
@@ -44,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{AuthPolicy, TokenRule};
 pub use rate::RequestRate;
-pub use registry::{NamePolicy, Registry};
+pub use registry::{NamePolicy, Registry, TcpPorts};
 
 /// What a server needs to know; every field has a sensible default but the domain.
 #[derive(Debug, Clone)]
@@ -88,6 +91,12 @@ pub struct ServerConfig {
     pub tls: Option<ServerTls>,
     /// Whether an HTTPS listener runs: welcome URLs then say `https://`.
     pub https: bool,
+    /// The public ports TCP tunnels get; `None`: TCP tunnels are refused.
+    pub tcp_ports: Option<TcpPorts>,
+    /// The address TCP tunnels' ports listen on.
+    pub tcp_bind: std::net::IpAddr,
+    /// The host TCP tunnels' URLs name; `None`: the domain.
+    pub tcp_host: Option<String>,
 }
 
 impl ServerConfig {
@@ -111,7 +120,18 @@ impl ServerConfig {
             smtp: false,
             tls: None,
             https: false,
+            tcp_ports: None,
+            tcp_bind: std::net::IpAddr::from([0, 0, 0, 0]),
+            tcp_host: None,
         }
+    }
+
+    /// The public address of a TCP tunnel's port.
+    pub fn tcp_url_for(&self, port: u16) -> String {
+        format!(
+            "tcp://{}:{port}",
+            self.tcp_host.as_deref().unwrap_or(&self.domain)
+        )
     }
 
     /// The public URL of a tunnel.

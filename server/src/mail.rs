@@ -73,7 +73,12 @@ pub(crate) fn owner_key(tunnel: &Tunnel) -> String {
 impl MailRouter for TunnelRouter {
     fn resolve(&self, recipient: &str) -> Option<Route> {
         let name = tunnel_of(recipient, &self.shared.config.domain)?;
-        let tunnel = self.shared.registry.holder(&name)?;
+        // A TCP tunnel takes no mail.
+        let tunnel = self
+            .shared
+            .registry
+            .holder(&name)
+            .filter(|t| t.tcp.is_none())?;
         let mut options = mail_options(&tunnel.mail);
         // With mail routes, each path is a destination of its own, so the
         // adapter delivers once per path; the owner (what the spool retries

@@ -120,6 +120,11 @@ pub(crate) struct Metrics {
     spool_messages: Gauge,
     spool_bytes: Gauge,
     spool_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
+    tcp_connections: Counter,
+    tcp_open: Gauge,
+    tcp_in: Counter,
+    tcp_out: Counter,
+    tcp_duration: Histogram,
 }
 
 impl Metrics {
@@ -187,6 +192,36 @@ impl Metrics {
             "Age of the oldest delivery waiting in the spool (0 when none waits)",
             spool_oldest.clone(),
         );
+        let tcp_connections = Counter::default();
+        registry.register(
+            "droid_server_tcp_connections",
+            "Visitors' connections to TCP tunnels' ports",
+            tcp_connections.clone(),
+        );
+        let tcp_open = Gauge::default();
+        registry.register(
+            "droid_server_tcp_open_connections",
+            "Visitors' connections to TCP tunnels open now",
+            tcp_open.clone(),
+        );
+        let tcp_bytes = Family::<Direction, Counter>::default();
+        registry.register(
+            "droid_server_tcp_bytes",
+            "Bytes of TCP tunnels' connections, from visitors (in) and to them (out)",
+            tcp_bytes.clone(),
+        );
+        let tcp_duration = Histogram::new([0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0]);
+        registry.register(
+            "droid_server_tcp_connection_duration_seconds",
+            "How long visitors' connections to TCP tunnels lasted",
+            tcp_duration.clone(),
+        );
+        let tcp_in = tcp_bytes
+            .get_or_create(&Direction { direction: "in" })
+            .clone();
+        let tcp_out = tcp_bytes
+            .get_or_create(&Direction { direction: "out" })
+            .clone();
         // One statement each: a family's guard lives to the end of its
         // statement, and the next get_or_create would wait for it.
         let by_class = CLASSES.map(|c| {
@@ -211,7 +246,26 @@ impl Metrics {
             spool_messages,
             spool_bytes,
             spool_oldest,
+            tcp_connections,
+            tcp_open,
+            tcp_in,
+            tcp_out,
+            tcp_duration,
         }
+    }
+
+    /// A visitor connected to a TCP tunnel's port.
+    pub fn tcp_opened(&self) {
+        self.tcp_connections.inc();
+        self.tcp_open.inc();
+    }
+
+    /// That connection ended, after these bytes each way.
+    pub fn tcp_closed(&self, bytes_in: u64, bytes_out: u64, lasted: Duration) {
+        self.tcp_open.dec();
+        self.tcp_in.inc_by(bytes_in);
+        self.tcp_out.inc_by(bytes_out);
+        self.tcp_duration.observe(lasted.as_secs_f64());
     }
 
     /// A visitor's request got `status`; `own` says why when the server

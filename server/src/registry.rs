@@ -18,11 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use droid_core::protocol::{ErrorCode, ErrorMessage, MailSettings, TunnelRequest};
+use droid_core::protocol::{ErrorCode, ErrorMessage, MailSettings, TunnelKind, TunnelRequest};
 use droid_core::session::Opener;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::access::Access;
@@ -77,6 +78,93 @@ pub struct Tunnel {
     pub host_header: Option<http::HeaderValue>,
     /// Where the lines of its requests go: to its client, which prints them.
     pub log: RequestLog,
+    /// A TCP tunnel's public port.
+    pub tcp: Option<Arc<TcpPort>>,
+}
+
+impl Tunnel {
+    /// The registry keys this tunnel holds: its name, and its port's.
+    fn keys(&self) -> impl Iterator<Item = String> + '_ {
+        std::iter::once(self.name.clone()).chain(self.tcp.as_ref().map(|p| port_key(p.port)))
+    }
+}
+
+/// The registry key of a TCP port: held like a name (live, resuming,
+/// quarantined, reserved), and never a valid name itself.
+pub fn port_key(port: u16) -> String {
+    format!("tcp:{port}")
+}
+
+fn is_port_key(key: &str) -> bool {
+    key.starts_with("tcp:")
+}
+
+/// A TCP tunnel's public port. Its listener stays open while a record of
+/// the tunnel does (live, or resuming for its owner); when the last one
+/// goes, [`TcpPort::closed`] fires and the port is closed.
+#[derive(Debug)]
+pub struct TcpPort {
+    /// The port.
+    pub port: u16,
+    /// Fires when the port is given up.
+    pub closed: CancellationToken,
+    /// The bound listener, until a session starts serving it.
+    listener: Mutex<Option<std::net::TcpListener>>,
+}
+
+impl TcpPort {
+    fn new(listener: std::net::TcpListener, port: u16) -> TcpPort {
+        TcpPort {
+            port,
+            closed: CancellationToken::new(),
+            listener: Mutex::new(Some(listener)),
+        }
+    }
+
+    /// The listener, once: whoever takes it serves the port.
+    pub fn take_listener(&self) -> Option<std::net::TcpListener> {
+        self.listener.lock().ok()?.take()
+    }
+}
+
+impl Drop for TcpPort {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+/// Which public ports TCP tunnels get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TcpPorts {
+    /// Any in this range (both ends included).
+    Range(u16, u16),
+    /// Any free one the system gives (the embedded server's choice).
+    Any,
+}
+
+impl TcpPorts {
+    fn contains(&self, port: u16) -> bool {
+        match self {
+            TcpPorts::Range(low, high) => (*low..=*high).contains(&port),
+            TcpPorts::Any => true,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            TcpPorts::Range(low, high) => format!("{low}-{high}"),
+            TcpPorts::Any => "any".into(),
+        }
+    }
+}
+
+/// Where TCP tunnels' ports are opened.
+#[derive(Debug, Clone)]
+pub struct TcpRules {
+    /// The ports handed out.
+    pub ports: TcpPorts,
+    /// The address they listen on.
+    pub bind: std::net::IpAddr,
 }
 
 /// What a claim must respect besides names held by others.
@@ -95,6 +183,8 @@ pub struct ClaimRules {
     pub rate: Option<RequestRate>,
     /// Where the session's request lines go.
     pub log: RequestLog,
+    /// TCP tunnels' ports; `None`: TCP tunnels are refused.
+    pub tcp: Option<TcpRules>,
 }
 
 /// The owner of a name: the holder of its resume secret.
@@ -253,8 +343,8 @@ impl Registry {
     pub fn live_count(&self) -> usize {
         self.lock()
             .claims
-            .values()
-            .filter(|c| matches!(c, Claim::Live { .. }))
+            .iter()
+            .filter(|(k, c)| !is_port_key(k) && matches!(c, Claim::Live { .. }))
             .count()
     }
 
@@ -265,7 +355,10 @@ impl Registry {
         let state = self.lock();
         let mut census = Census::default();
         let mut sessions = HashSet::new();
-        for claim in state.claims.values() {
+        for (key, claim) in &state.claims {
+            if is_port_key(key) {
+                continue;
+            }
             match claim {
                 Claim::Live { tunnel, .. } => {
                     census.live += 1;
@@ -285,13 +378,52 @@ impl Registry {
 
     /// The number of released names remembered (resuming and quarantined).
     pub fn released_count(&self) -> usize {
-        let state = self.lock();
-        state.claims.len()
-            - state
-                .claims
-                .values()
-                .filter(|c| matches!(c, Claim::Live { .. }))
-                .count()
+        self.lock()
+            .claims
+            .iter()
+            .filter(|(k, c)| !is_port_key(k) && !matches!(c, Claim::Live { .. }))
+            .count()
+    }
+
+    /// A free port for a TCP tunnel, opened: a random one in the range
+    /// that no name holds (live, resuming or quarantined) and no other
+    /// program listens on.
+    fn free_port(
+        &self,
+        state: &State,
+        tcp: &TcpRules,
+        taken: &HashSet<u16>,
+    ) -> Result<TcpPort, ErrorMessage> {
+        let (low, high) = match tcp.ports {
+            TcpPorts::Any => return open_port(tcp, 0),
+            TcpPorts::Range(low, high) => (low, high),
+        };
+        let span = u32::from(high - low) + 1;
+        let start = rand::rng().random_range(0..span);
+        let mut tries = 0;
+        for i in 0..span {
+            let port = low + u16::try_from((start + i) % span).unwrap_or(0);
+            let key = port_key(port);
+            if taken.contains(&port)
+                || state.claims.contains_key(&key)
+                || self.reserved.contains(&key)
+            {
+                continue;
+            }
+            if let Ok(open) = open_port(tcp, port) {
+                return Ok(open);
+            }
+            tries += 1;
+            if tries >= 64 {
+                break;
+            }
+        }
+        Err(error(
+            ErrorCode::Unavailable,
+            format!(
+                "no free port is left in this server's TCP ports ({low}-{high}); try again later"
+            ),
+        ))
     }
 
     /// Gives a session the names it asks for, all or none. `resume` proves
@@ -336,6 +468,83 @@ impl Registry {
         let mut chosen: Vec<(String, MailSettings)> = Vec::with_capacity(requests.len());
         let mut wanted = HashSet::new();
         let mut takeovers = Vec::new();
+        // The ports of TCP tunnels, checked before anything is taken.
+        let mut wanted_ports = HashSet::new();
+        for request in requests {
+            match request.kind.unwrap_or_default() {
+                TunnelKind::Http => continue,
+                TunnelKind::Tcp => {}
+                TunnelKind::Unknown => {
+                    return Err(error(
+                        ErrorCode::BadRequest,
+                        "a tunnel of a kind this server does not know was asked for",
+                    ));
+                }
+            }
+            let Some(tcp) = &rules.tcp else {
+                return Err(error(
+                    ErrorCode::BadRequest,
+                    "this server offers no TCP tunnels (it runs without --tcp-ports)",
+                ));
+            };
+            let Some(port) = request.port else { continue };
+            if !tcp.ports.contains(port) {
+                return Err(error(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "port {port} is outside this server's TCP ports ({}); ask for one in it, or for none to get any",
+                        tcp.ports.describe()
+                    ),
+                ));
+            }
+            if !wanted_ports.insert(port) {
+                return Err(error(
+                    ErrorCode::BadRequest,
+                    format!("port {port} is asked for twice"),
+                ));
+            }
+            let key = port_key(port);
+            if self.reserved.contains(&key) && !rules.owned.contains(&key) {
+                return Err(error(
+                    ErrorCode::BadName,
+                    format!("port {port} is reserved on this server; only its token may claim it"),
+                ));
+            }
+            match state.claims.get(&key) {
+                None => {}
+                Some(Claim::Live { owner, tunnel }) if owner.is(&secret) => {
+                    takeovers.push(tunnel.clone());
+                }
+                Some(Claim::Resuming { owner, .. } | Claim::Quarantined { owner, .. })
+                    if owner.is(&secret) => {}
+                Some(Claim::Quarantined { .. }) if rules.owned.contains(&key) => {}
+                Some(Claim::Live { .. }) => {
+                    return Err(error(
+                        ErrorCode::NameTaken,
+                        format!("port {port} is in use by another client"),
+                    ));
+                }
+                Some(Claim::Resuming { until, .. }) => {
+                    return Err(error(
+                        ErrorCode::NameTaken,
+                        format!(
+                            "port {port} belongs to a client that is reconnecting; \
+                             it is held for it for {} more",
+                            human(until.saturating_duration_since(now))
+                        ),
+                    ));
+                }
+                Some(Claim::Quarantined { .. }) => {
+                    return Err(error(
+                        ErrorCode::NameTaken,
+                        format!(
+                            "port {port} was in use recently and is kept for its previous \
+                             owner; ask for another port, or for none"
+                        ),
+                    ));
+                }
+            }
+        }
         for request in requests {
             let Some(name) = &request.name else { continue };
             names::validate(name).map_err(|m| error(ErrorCode::BadName, m))?;
@@ -421,6 +630,36 @@ impl Registry {
             }
         }
 
+        // Open each TCP tunnel's port: the one its owner held (still open),
+        // the one asked for, or a free one in the range. Nothing is taken
+        // until all are open.
+        let mut ports: Vec<Option<Arc<TcpPort>>> = Vec::with_capacity(requests.len());
+        for request in requests {
+            let Some(tcp) = rules
+                .tcp
+                .as_ref()
+                .filter(|_| request.kind == Some(TunnelKind::Tcp))
+            else {
+                ports.push(None);
+                continue;
+            };
+            let port = match request.port {
+                Some(port) => match state.claims.get(&port_key(port)) {
+                    Some(Claim::Live { tunnel, .. } | Claim::Resuming { tunnel, .. })
+                        if tunnel.tcp.is_some() =>
+                    {
+                        tunnel.tcp.clone()
+                    }
+                    _ => Some(Arc::new(open_port(tcp, port)?)),
+                },
+                None => Some(Arc::new(self.free_port(&state, tcp, &wanted_ports)?)),
+            };
+            if let Some(port) = &port {
+                wanted_ports.insert(port.port);
+            }
+            ports.push(port);
+        }
+
         let owner = Owner(Arc::from(secret.as_str()));
         let owner_id = owner_id(&secret);
         let keys: Vec<String> = rules.limits.iter().map(|(k, _)| k.clone()).collect();
@@ -430,10 +669,12 @@ impl Registry {
                 .as_deref()
                 .and_then(|h| http::HeaderValue::from_str(h).ok())
         });
+        let mut ports = ports.into_iter();
         let tunnels: Vec<Arc<Tunnel>> = chosen
             .into_iter()
             .map(|(name, mail)| {
                 let tunnel = Arc::new(Tunnel {
+                    tcp: ports.next().flatten(),
                     name: name.clone(),
                     session,
                     opener: opener.clone(),
@@ -458,10 +699,21 @@ impl Registry {
                 if let Some(Claim::Live { tunnel: old, .. }) = before {
                     state.uncount(&old);
                 }
+                if let Some(port) = &tunnel.tcp {
+                    state.claims.insert(
+                        port_key(port.port),
+                        Claim::Live {
+                            owner: owner.clone(),
+                            tunnel: tunnel.clone(),
+                        },
+                    );
+                }
                 tunnel
             })
             .collect();
         drop(state);
+        let mut closed = HashSet::new();
+        takeovers.retain(|t: &Arc<Tunnel>| closed.insert(t.session));
         for old in takeovers {
             info!(name = %old.name, old_session = old.session, session, "owner reconnected; closing its old session");
             old.opener.close();
@@ -477,33 +729,38 @@ impl Registry {
         let now = Instant::now();
         let mut state = self.lock();
         for tunnel in tunnels {
-            let owner = match state.claims.get(&tunnel.name) {
-                Some(Claim::Live { owner, tunnel: t }) if t.session == tunnel.session => {
-                    owner.clone()
+            let mut released = false;
+            for key in tunnel.keys() {
+                let owner = match state.claims.get(&key) {
+                    Some(Claim::Live { owner, tunnel: t }) if t.session == tunnel.session => {
+                        owner.clone()
+                    }
+                    _ => continue,
+                };
+                released = true;
+                if clean {
+                    let until = now + self.policy.quarantine;
+                    state
+                        .claims
+                        .insert(key.clone(), Claim::Quarantined { owner, until });
+                    state.quarantined.push_back((until, key));
+                } else {
+                    let until = now + self.policy.grace;
+                    state.claims.insert(
+                        key.clone(),
+                        Claim::Resuming {
+                            owner,
+                            until,
+                            tunnel: tunnel.clone(),
+                        },
+                    );
+                    state.resuming.push_back((until, key));
                 }
-                _ => continue,
-            };
-            state.uncount(tunnel);
-            if clean {
-                let until = now + self.policy.quarantine;
-                state
-                    .claims
-                    .insert(tunnel.name.clone(), Claim::Quarantined { owner, until });
-                state.quarantined.push_back((until, tunnel.name.clone()));
-            } else {
-                let until = now + self.policy.grace;
-                let name = tunnel.name.clone();
-                state.claims.insert(
-                    name.clone(),
-                    Claim::Resuming {
-                        owner,
-                        until,
-                        tunnel: tunnel.clone(),
-                    },
-                );
-                state.resuming.push_back((until, name));
             }
-            debug!(name = %tunnel.name, clean, "name released");
+            if released {
+                state.uncount(tunnel);
+                debug!(name = %tunnel.name, clean, "name released");
+            }
         }
         self.expire(&mut state, now);
     }
@@ -573,6 +830,20 @@ fn forget_if(state: &mut State, name: &str, until: Instant) {
     if stale {
         state.claims.remove(name);
     }
+}
+
+/// Opens a TCP tunnel's listener on `port` (0: any).
+fn open_port(tcp: &TcpRules, port: u16) -> Result<TcpPort, ErrorMessage> {
+    let listener = std::net::TcpListener::bind((tcp.bind, port))
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| {
+            error(
+                ErrorCode::Unavailable,
+                format!("port {port} cannot be opened on the server: {e}"),
+            )
+        })?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
+    Ok(TcpPort::new(listener, port))
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> ErrorMessage {

@@ -71,6 +71,20 @@ pub struct TunnelFile {
     /// Visitor addresses let through, IPs or CIDR blocks (`--allow-ip`).
     #[serde(default)]
     pub allow_ip: Vec<IpAllow>,
+    /// `http` (the default) or `tcp`.
+    pub kind: Option<KindFile>,
+    /// The public port a `tcp` tunnel asks for (`droid tcp --port`).
+    pub port: Option<Spanned<u16>>,
+}
+
+/// `kind`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KindFile {
+    /// Routed by name, with mail.
+    Http,
+    /// Raw TCP on a public port of its own.
+    Tcp,
 }
 
 /// `host_header`.

@@ -289,6 +289,38 @@ impl Validate for ClientFile {
                 "no tunnels: add at least one [[tunnels]] table with a name and a local target",
             ));
         }
+        for (i, t) in tunnels.iter().enumerate() {
+            let tcp = matches!(t.kind, Some(client::KindFile::Tcp));
+            let misplaced = if tcp {
+                t.mail
+                    .as_ref()
+                    .map(|_| "mail")
+                    .or(t.auth.as_ref().map(|_| "auth"))
+                    .or(matches!(t.host_header, client::HostHeaderFile::Rewrite)
+                        .then_some("host_header"))
+            } else {
+                t.port.as_ref().map(|_| "port")
+            };
+            if let Some(key) = misplaced {
+                let name = &t.name.get_ref().0;
+                let why = if tcp {
+                    format!(
+                        "`{key}` is for HTTP tunnels, and the tunnel `{name}` is `kind = \"tcp\"` (raw bytes): remove it"
+                    )
+                } else {
+                    format!(
+                        "`port` is for TCP tunnels: add `kind = \"tcp\"` to the tunnel `{name}`, or remove it"
+                    )
+                };
+                return Err(ConfigError::at(
+                    file,
+                    source,
+                    Some(t.name.span()),
+                    Some(format!("tunnels[{i}].{key}")),
+                    why,
+                ));
+            }
+        }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, t) in tunnels.iter().enumerate() {
             let name = t.name.get_ref().0.as_str();

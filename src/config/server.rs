@@ -4,7 +4,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::smtp::{SmtpFile, SpoolFile};
-use super::values::{Addr, Dur, LogLevel, NonEmpty, TunnelName};
+use super::values::{Addr, Dur, Ip, LogLevel, NonEmpty, PortRange, TunnelName};
 
 /// `[[tokens]]`.
 pub type Tokens = Vec<Spanned<TokenFile>>;
@@ -22,6 +22,10 @@ pub struct ServerFile {
     pub control: Option<Addr>,
     /// Where `GET /metrics` is served, for Prometheus (`--metrics`).
     pub metrics: Option<Addr>,
+    /// The public ports TCP tunnels get, `"LOW-HIGH"` (`--tcp-ports`).
+    pub tcp_ports: Option<PortRange>,
+    /// The address TCP tunnels' ports listen on (`--tcp-bind`).
+    pub tcp_bind: Option<Ip>,
     /// The public HTTPS listener (`--https`); needs `tls_cert` and `tls_key`.
     pub https: Option<Spanned<Addr>>,
     /// The PEM certificate chain of the control port (then TLS only) and
@@ -107,6 +111,9 @@ pub struct TokenFile {
     /// The names only it may claim.
     #[serde(default)]
     pub names: Vec<TunnelName>,
+    /// The TCP ports only it may claim.
+    #[serde(default)]
+    pub ports: Vec<u16>,
     /// The most live tunnels it may hold at once.
     pub max_tunnels: Option<usize>,
 }
@@ -116,6 +123,7 @@ impl std::fmt::Debug for TokenFile {
         f.debug_struct("TokenFile")
             .field("token", &"MASKED")
             .field("names", &self.names)
+            .field("ports", &self.ports)
             .field("max_tunnels", &self.max_tunnels)
             .finish()
     }

@@ -104,6 +104,30 @@ impl<'de> Deserialize<'de> for Addr {
     }
 }
 
+/// An IP address, `0.0.0.0` or `::`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ip(pub std::net::IpAddr);
+
+impl<'de> Deserialize<'de> for Ip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |s| {
+            s.parse()
+                .map(Ip)
+                .map_err(|_| format!("`{s}` is not an IP address, like 0.0.0.0 or ::"))
+        })
+    }
+}
+
+/// A range of ports, `"20000-20999"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange(pub (u16, u16));
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |s| crate::settings::port_range(s).map(PortRange))
+    }
+}
+
 /// A duration: `30s`, `10m`, `7d`, `1h 30m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);

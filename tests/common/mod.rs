@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use droid_client::{ClientConfig, ClientError, ClientEvent, HostHeader, Target, TunnelSpec};
+use droid_client::{ClientConfig, ClientError, ClientEvent, Target, TunnelSpec};
 use droid_core::protocol::TunnelGrant;
 use droid_server::{Server, ServerConfig};
 use futures::{SinkExt, StreamExt};
@@ -484,11 +484,7 @@ impl Drop for TestClient {
 pub fn spec(name: Option<&str>, target: &Target) -> TunnelSpec {
     TunnelSpec {
         name: name.map(str::to_string),
-        target: target.clone(),
-        host_header: HostHeader::Preserve,
-        mail: droid_client::MailSettings::default(),
-        auth: None,
-        allow_ip: Vec::new(),
+        ..TunnelSpec::http(target.clone())
     }
 }
 

@@ -303,7 +303,12 @@ fn tunnels(shared: &Shared) -> Value {
             json!({
                 "name": t.name,
                 "url": t.url,
-                "target": format!("http://{}", t.spec.target),
+                "kind": if t.spec.kind == crate::TunnelKind::Tcp { "tcp" } else { "http" },
+                "target": if t.spec.kind == crate::TunnelKind::Tcp {
+                    format!("tcp://{}", t.spec.target)
+                } else {
+                    format!("http://{}", t.spec.target)
+                },
                 "state": t.state,
                 "smtp": t.smtp,
                 "mail_path": t.spec.mail.path.as_deref().unwrap_or("/"),

@@ -66,16 +66,50 @@ struct Open {
 
 impl StreamTap {
     pub fn new(shared: Arc<Shared>, info: StreamInfo) -> StreamTap {
+        let mut open = VecDeque::new();
+        if info.kind == Kind::Tcp {
+            // A TCP connection is one exchange, shown while it is open.
+            let mut exchange = Exchange::new(
+                shared.next_id(),
+                Kind::Tcp,
+                info.tunnel.clone(),
+                SystemTime::now(),
+            );
+            exchange.remote = info.remote.clone();
+            exchange.progress = Progress::Streaming;
+            shared.publish(exchange.clone());
+            open.push_back(Open {
+                exchange,
+                started: Instant::now(),
+                reserved: 0,
+                request_length: 0,
+                response_length: 0,
+            });
+        }
         StreamTap {
             shared,
             info,
             state: Mutex::new(TapState {
                 requests: MessageReader::new(Side::Request),
                 responses: MessageReader::new(Side::Response),
-                open: VecDeque::new(),
+                open,
                 receiving: false,
                 lost: false,
             }),
+        }
+    }
+
+    /// A TCP connection's bytes each way, when it ends.
+    pub fn counted(&self, to_app: u64, from_app: u64) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if let Some(open) = state.open.front_mut() {
+            open.exchange.request.size = to_app;
+            open.exchange
+                .response
+                .get_or_insert_with(Default::default)
+                .size = from_app;
         }
     }
 
@@ -325,6 +359,11 @@ impl Drop for StreamTap {
         drop(state);
         for mut open in open {
             open.exchange.duration = Some(open.started.elapsed());
+            if self.info.kind == Kind::Tcp {
+                open.exchange.progress = Progress::Complete;
+                self.finish(open);
+                continue;
+            }
             match open.exchange.progress {
                 // An upgraded connection's life ends with the stream.
                 Progress::Upgraded => {}

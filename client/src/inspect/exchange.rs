@@ -21,6 +21,8 @@ pub enum Kind {
     Http,
     /// A mail, POSTed by the server's SMTP adapter.
     Mail,
+    /// A connection to a TCP tunnel: its bytes are counted, not kept.
+    Tcp,
 }
 
 impl Kind {
@@ -29,6 +31,7 @@ impl Kind {
         match self {
             Kind::Http => "http",
             Kind::Mail => "mail",
+            Kind::Tcp => "tcp",
         }
     }
 }

@@ -251,6 +251,12 @@ impl Inspector {
                 kind: Kind::Http,
                 delivery_id: Some(id.clone()),
             },
+            StreamHeader::Tcp { tunnel, remote } => StreamInfo {
+                tunnel: tunnel.as_str().into(),
+                remote: Some(remote.as_str().into()),
+                kind: Kind::Tcp,
+                delivery_id: None,
+            },
             StreamHeader::Unknown => return None,
         };
         Some(StreamTap::new(self.0.clone(), info))

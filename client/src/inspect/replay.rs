@@ -75,6 +75,11 @@ pub(crate) async fn replay(
     original: &Exchange,
     edits: Edits,
 ) -> Result<Exchange, ReplayError> {
+    if original.kind == Kind::Tcp {
+        return Err(ReplayError::BadEdit(
+            "a TCP connection cannot be replayed: only HTTP requests and mail can".into(),
+        ));
+    }
     let tunnel = shared
         .tunnel(&original.tunnel)
         .ok_or_else(|| ReplayError::NoTunnel(original.tunnel.to_string()))?;
