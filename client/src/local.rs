@@ -7,15 +7,14 @@
 //! and copies bytes both ways until both sides are done. Only when nothing
 //! answers at the target does it speak HTTP, to say so.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use droid_core::protocol::{self, StreamHeader};
 use droid_core::proxy;
 use droid_core::session::Stream;
+use droid_core::watch::{Watch, Watched};
 use http::StatusCode;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -101,7 +100,7 @@ pub(crate) async fn serve_stream(
             let stream = tokio::io::join(from_tunnel, to_tunnel);
             match inspector.as_ref().and_then(|i| i.tap(&header)) {
                 // The 502 is an exchange like any other: the inspector shows it.
-                Some(tap) => answer_unreachable(Shown { inner: stream, tap }, reason).await,
+                Some(tap) => answer_unreachable(Watched::new(stream, Shown(tap)), reason).await,
                 None => answer_unreachable(stream, reason).await,
             }
             return;
@@ -272,47 +271,16 @@ where
     }
 }
 
-/// A stream whose bytes the inspector sees as they pass, for the exchanges
-/// the client answers itself.
-struct Shown<S> {
-    inner: S,
-    tap: StreamTap,
-}
+/// Shows the inspector the bytes of an exchange the client answers itself.
+struct Shown(StreamTap);
 
-impl<S: AsyncRead + Unpin> AsyncRead for Shown<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.tap.asked(&buf.filled()[before..]);
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Shown<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.tap.answered(&Bytes::copy_from_slice(&buf[..n]));
-        }
-        polled
+impl Watch for Shown {
+    fn read(&mut self, bytes: &[u8]) {
+        self.0.asked(bytes);
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn written(&mut self, bytes: &[u8]) {
+        self.0.answered(&Bytes::copy_from_slice(bytes));
     }
 }
 

@@ -12,6 +12,8 @@
 //!   say which side is misconfigured.
 //! - [`deliver`]: the [`deliver::Deliver`] seam through which adapters hand an
 //!   HTTP request to a sink (a tunnel or a plain URL) and get the answer back.
+//! - [`watch`]: a connection whose bytes are seen as they pass (metrics,
+//!   the inspector).
 //! - [`sign`]: the `Droid-Signature` on every delivery: made by the server's
 //!   adapters, made afresh by the client when it replays one, checked by apps.
 //!
@@ -24,3 +26,4 @@ pub mod proxy;
 pub mod session;
 pub mod sign;
 pub mod transport;
+pub mod watch;

@@ -6,14 +6,13 @@
 //! upgrades (a websocket) keeps its stream for the upgraded bytes.
 
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use droid_core::protocol::{self, StreamHeader};
 use droid_core::proxy::{self, Body};
+use droid_core::watch::{Watch, Watched};
 use http::header::{
     AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, RETRY_AFTER,
     WWW_AUTHENTICATE,
@@ -78,10 +77,7 @@ pub(crate) async fn serve_io<IO>(
         // any explicit cap costs an array filled per request.
         builder.max_headers(shared.config.max_headers);
     }
-    let stream = Counted {
-        inner: stream,
-        metrics: shared.clone(),
-    };
+    let stream = Watched::new(stream, VisitorBytes(shared.clone()));
     let result = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
@@ -97,63 +93,16 @@ pub(crate) async fn serve_io<IO>(
     }
 }
 
-/// A visitor's connection, its bytes counted each way.
-struct Counted<IO> {
-    inner: IO,
-    metrics: Arc<Shared>,
-}
+/// Counts a visitor's bytes each way.
+struct VisitorBytes(Arc<Shared>);
 
-impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.metrics.metrics.bytes_in.inc_by(n as u64);
-        }
-        polled
-    }
-}
-
-impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.metrics.metrics.bytes_out.inc_by(n as u64);
-        }
-        polled
+impl Watch for VisitorBytes {
+    fn read(&mut self, bytes: &[u8]) {
+        self.0.metrics.bytes_in.inc_by(bytes.len() as u64);
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.metrics.metrics.bytes_out.inc_by(n as u64);
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn written(&mut self, bytes: &[u8]) {
+        self.0.metrics.bytes_out.inc_by(bytes.len() as u64);
     }
 }
 

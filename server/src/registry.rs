@@ -510,40 +510,17 @@ impl Registry {
                     format!("port {port} is reserved on this server; only its token may claim it"),
                 ));
             }
-            match state.claims.get(&key) {
-                None => {}
-                Some(Claim::Live { owner, tunnel }) if owner.is(&secret) => {
-                    takeovers.push(tunnel.clone());
-                }
-                Some(Claim::Resuming { owner, .. } | Claim::Quarantined { owner, .. })
-                    if owner.is(&secret) => {}
-                Some(Claim::Quarantined { .. }) if rules.owned.contains(&key) => {}
-                Some(Claim::Live { .. }) => {
-                    return Err(error(
-                        ErrorCode::NameTaken,
-                        format!("port {port} is in use by another client"),
-                    ));
-                }
-                Some(Claim::Resuming { until, .. }) => {
-                    return Err(error(
-                        ErrorCode::NameTaken,
-                        format!(
-                            "port {port} belongs to a client that is reconnecting; \
-                             it is held for it for {} more",
-                            human(until.saturating_duration_since(now))
-                        ),
-                    ));
-                }
-                Some(Claim::Quarantined { .. }) => {
-                    return Err(error(
-                        ErrorCode::NameTaken,
-                        format!(
-                            "port {port} was in use recently and is kept for its previous \
-                             owner; ask for another port, or for none"
-                        ),
-                    ));
-                }
-            }
+            let what = format!("port {port}");
+            let claim = check_claim(
+                &state,
+                &key,
+                &secret,
+                &rules.owned,
+                now,
+                &what,
+                "ask for another port, or for none",
+            )?;
+            takeovers.extend(claim);
         }
         for request in requests {
             let Some(name) = &request.name else { continue };
@@ -554,41 +531,17 @@ impl Registry {
                     format!("the name {name} is asked for twice"),
                 ));
             }
-            match state.claims.get(name) {
-                None => {}
-                Some(Claim::Live { owner, tunnel }) if owner.is(&secret) => {
-                    takeovers.push(tunnel.clone());
-                }
-                Some(Claim::Resuming { owner, .. } | Claim::Quarantined { owner, .. })
-                    if owner.is(&secret) => {}
-                // A reserved name waits for its token, not for whoever last held it.
-                Some(Claim::Quarantined { .. }) if rules.owned.contains(name) => {}
-                Some(Claim::Live { .. }) => {
-                    return Err(error(
-                        ErrorCode::NameTaken,
-                        format!("the name {name} is in use by another client"),
-                    ));
-                }
-                Some(Claim::Resuming { until, .. }) => {
-                    return Err(error(
-                        ErrorCode::NameTaken,
-                        format!(
-                            "the name {name} belongs to a client that is reconnecting; \
-                             it is held for it for {} more",
-                            human(until.saturating_duration_since(now))
-                        ),
-                    ));
-                }
-                Some(Claim::Quarantined { .. }) => {
-                    return Err(error(
-                        ErrorCode::NameTaken,
-                        format!(
-                            "the name {name} was in use recently and is kept for its \
-                             previous owner; choose another name"
-                        ),
-                    ));
-                }
-            }
+            let what = format!("the name {name}");
+            let claim = check_claim(
+                &state,
+                name,
+                &secret,
+                &rules.owned,
+                now,
+                &what,
+                "choose another name",
+            )?;
+            takeovers.extend(claim);
         }
         for (key, cap) in &rules.limits {
             let live = state.live_by_key.get(key).copied().unwrap_or(0);
@@ -829,6 +782,42 @@ fn forget_if(state: &mut State, name: &str, until: Instant) {
     };
     if stale {
         state.claims.remove(name);
+    }
+}
+
+/// Whether the holder of `secret` may claim `key` (a name or a port's
+/// key): `Ok(Some(tunnel))` when it holds it live already (a takeover),
+/// `Ok(None)` when it is free, its own, or reserved for its token (`owned`),
+/// and `name_taken` with a sentence otherwise. `what` names the key in that
+/// sentence (`the name api`, `port 20432`); `instead` says what to do.
+fn check_claim(
+    state: &State,
+    key: &str,
+    secret: &str,
+    owned: &HashSet<String>,
+    now: Instant,
+    what: &str,
+    instead: &str,
+) -> Result<Option<Arc<Tunnel>>, ErrorMessage> {
+    let taken = |message: String| Err(error(ErrorCode::NameTaken, message));
+    match state.claims.get(key) {
+        None => Ok(None),
+        Some(Claim::Live { owner, tunnel }) if owner.is(secret) => Ok(Some(tunnel.clone())),
+        Some(Claim::Resuming { owner, .. } | Claim::Quarantined { owner, .. })
+            if owner.is(secret) =>
+        {
+            Ok(None)
+        }
+        // A reserved key waits for its token, not for whoever last held it.
+        Some(Claim::Quarantined { .. }) if owned.contains(key) => Ok(None),
+        Some(Claim::Live { .. }) => taken(format!("{what} is in use by another client")),
+        Some(Claim::Resuming { until, .. }) => taken(format!(
+            "{what} belongs to a client that is reconnecting; it is held for it for {} more",
+            human(until.saturating_duration_since(now))
+        )),
+        Some(Claim::Quarantined { .. }) => taken(format!(
+            "{what} was in use recently and is kept for its previous owner; {instead}"
+        )),
     }
 }
 
