@@ -24,6 +24,8 @@ pub struct Embedded {
     pub control: SocketAddr,
     /// Where it accepts mail, and where undeliverable mail waits.
     pub smtp: Option<(SocketAddr, String)>,
+    /// Where it accepts MQTT.
+    pub mqtt: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -36,11 +38,13 @@ impl Embedded {
     }
 }
 
-/// Starts a server for `*.localhost` on `http` (or the next free port), and
-/// SMTP on `smtp` (or the next free port) unless it is `None`.
+/// Starts a server for `*.localhost` on `http` (or the next free port),
+/// SMTP on `smtp` and MQTT on `mqtt` (each or the next free port) unless
+/// `None`. Both keep what the app cannot take now in one spool.
 pub async fn start(
     http: SocketAddr,
     smtp: Option<(SocketAddr, &SmtpSetup)>,
+    mqtt: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> Result<Embedded> {
     let http_listener = bind_next_free(http, "HTTP", "http").await?;
@@ -52,17 +56,42 @@ pub async fn start(
     let mut config = ServerConfig::new("localhost");
     config.public_port = Some(http.port()).filter(|&p| p != 80);
     config.smtp = smtp.is_some();
+    config.mqtt = mqtt.is_some();
     // TCP tunnels get any free port on the same loopback address.
     config.tcp_ports = Some(droid_server::TcpPorts::Any);
     config.tcp_bind = http.ip();
     config.tcp_host = Some(http.ip().to_string());
     let server = Server::new(config);
     let mut tasks = Vec::new();
+    let spool = match (smtp, mqtt) {
+        (Some((_, setup)), _) => setup.spool.open()?,
+        (None, Some(_)) => crate::mail::SmtpArgs::default()
+            .resolve(None, None)
+            .spool
+            .open()?,
+        (None, None) => None,
+    };
+    let mqtt = match mqtt {
+        Some(addr) => {
+            let listener = bind_next_free(addr, "MQTT", "mqtt").await?;
+            let bound = listener.local_addr()?;
+            let (server, spool, shutdown) = (server.clone(), spool.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(async move {
+                let config = droid_adapters::MqttConfig::default();
+                let limits = droid_adapters::ConnLimits::default();
+                server
+                    .serve_mqtt(listener, config, spool, limits, shutdown)
+                    .await;
+            }));
+            Some(bound)
+        }
+        None => None,
+    };
     let smtp = match smtp {
         Some((addr, setup)) => {
             let listener = bind_next_free(addr, "SMTP", "smtp").await?;
             let bound = listener.local_addr()?;
-            let spool = setup.spool.open()?;
+            let spool = spool.clone();
             let described = crate::mail::describe_spool(spool.as_ref());
             let (server, config, limits, shutdown) = (
                 server.clone(),
@@ -86,6 +115,7 @@ pub async fn start(
         http,
         control,
         smtp,
+        mqtt,
         tasks,
     })
 }

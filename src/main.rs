@@ -152,6 +152,25 @@ struct HttpArgs {
     mail_secret: Option<String>,
     #[command(flatten)]
     smtp_options: mail::SmtpArgs,
+    /// Without --server: where the embedded server accepts MQTT; when the
+    /// port is taken, the next free one is used.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: SocketAddr,
+    /// Without --server: do not accept MQTT.
+    #[arg(long)]
+    no_mqtt: bool,
+    /// The path MQTT messages are POSTed to.
+    #[arg(long, default_value = "/mqtt")]
+    mqtt_path: String,
+    /// Take MQTT messages only from devices that log in with this user name
+    /// and password.
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "DROID_MQTT_AUTH",
+        hide_env_values = true
+    )]
+    mqtt_auth: Option<String>,
     #[command(flatten)]
     inspect: inspect::InspectArgs,
 }
@@ -272,6 +291,9 @@ struct ServerArgs {
     /// Accept mail for *@NAME.DOMAIN here and deliver it through NAME's tunnel.
     #[arg(long)]
     smtp: Option<SocketAddr>,
+    /// Accept MQTT here: a publish to NAME/... goes through NAME's tunnel.
+    #[arg(long)]
+    mqtt: Option<SocketAddr>,
     #[command(flatten)]
     smtp_options: mail::SmtpArgs,
 }
@@ -518,12 +540,36 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
         let (server, shutdown) = (server.clone(), shutdown.clone());
         tokio::spawn(async move { server.serve_https(listener, shutdown).await })
     });
+    // Mail and MQTT keep what the app cannot take now in one spool.
+    let spool = if s.smtp.is_some() || s.mqtt.is_some() {
+        s.spool.open()?
+    } else {
+        None
+    };
+    let mqtt = match s.mqtt {
+        Some((addr, config, limits)) => {
+            let listener = bind_listener(addr)
+                .await
+                .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
+            println!(
+                "droid server: mqtt on {}, a publish to NAME/... goes to NAME's tunnel",
+                listener.local_addr()?
+            );
+            let (server, spool, shutdown) = (server.clone(), spool.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                server
+                    .serve_mqtt(listener, config, spool, limits, shutdown)
+                    .await;
+            }))
+        }
+        None => None,
+    };
     let smtp = match s.smtp {
         Some((addr, setup)) => {
             let listener = bind_listener(addr)
                 .await
                 .with_context(|| format!("cannot listen for SMTP on {addr}"))?;
-            let spool = setup.spool.open()?;
+            let spool = spool.clone();
             println!(
                 "droid server: smtp on {}, mail to *@NAME.{}, {}",
                 listener.local_addr()?,
@@ -542,6 +588,9 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
     server.run(http, control, shutdown).await;
     if let Some(smtp) = smtp {
         let _ = smtp.await;
+    }
+    if let Some(mqtt) = mqtt {
+        let _ = mqtt.await;
     }
     if let Some(metrics) = metrics {
         let _ = metrics.await;
@@ -581,7 +630,8 @@ async fn tunnels(s: settings::TunnelSettings, shutdown: CancellationToken) -> Re
         Some(server) => (server.clone(), server, None),
         None => {
             let smtp = s.embedded_smtp.as_ref().map(|(addr, setup)| (*addr, setup));
-            let embedded = embedded::start(s.embedded_http, smtp, shutdown.clone()).await?;
+            let embedded =
+                embedded::start(s.embedded_http, smtp, s.embedded_mqtt, shutdown.clone()).await?;
             // Not the port: the same command gets the same name even when
             // the embedded server had to take another port.
             (
@@ -618,6 +668,8 @@ async fn tunnels(s: settings::TunnelSettings, shutdown: CancellationToken) -> Re
         smtp: embedded
             .as_ref()
             .and_then(|e| e.smtp.as_ref().map(|(addr, _)| *addr)),
+        mqtt: embedded.as_ref().and_then(|e| e.mqtt),
+        mqtt_tunnels: config.tunnels.iter().map(|t| t.mqtt.clone()).collect(),
         tunnels: config.tunnels.iter().map(|t| t.mail.clone()).collect(),
         inspect,
     };

@@ -53,6 +53,22 @@ pub struct Announce {
     pub tunnels: Vec<MailSettings>,
     /// Where the inspector listens, if it runs.
     pub inspect: Option<SocketAddr>,
+    /// The embedded server's MQTT listener, if any.
+    pub mqtt: Option<SocketAddr>,
+    /// Each tunnel's MQTT settings, in the order of the grants.
+    pub mqtt_tunnels: Vec<droid_client::MqttSettings>,
+}
+
+/// `POST /mqtt`, and the routes when there are any.
+fn describe_mqtt(mqtt: &droid_client::MqttSettings) -> String {
+    let mut line = format!("POST {} (json)", mqtt.path.as_deref().unwrap_or("/mqtt"));
+    for route in &mqtt.routes {
+        line.push_str(&format!(", {} to {}", route.topic, route.path));
+    }
+    if mqtt.auth.is_some() {
+        line.push_str(", from devices that log in");
+    }
+    line
 }
 
 /// `POST /inbound (json)`, and the routes when there are any.
@@ -134,20 +150,35 @@ fn describe_event(event: ClientEvent, mail: &Announce, out: &mut String) {
                     continue;
                 }
                 say(&t.url);
+                if i == 0
+                    && let Some(inspect) = mail.inspect
+                {
+                    // Right after the (first) tunnel's URL, where it is looked for.
+                    say(&format!(
+                        "inspect http://{inspect}, every request and mail, with replay"
+                    ));
+                }
                 if let Some(domain) = &t.smtp {
                     let via = mail.smtp.map(|a| format!("smtp {a}, ")).unwrap_or_default();
                     let how = mail.tunnels.get(i).map(describe_mail).unwrap_or_default();
                     say(&format!("{via}mail to anything@{domain} arrives as {how}"));
                 }
+                if let Some(topics) = &t.mqtt {
+                    let via = mail
+                        .mqtt
+                        .map(|a| format!("mqtt {a}, "))
+                        .unwrap_or_else(|| "mqtt ".into());
+                    let how = mail
+                        .mqtt_tunnels
+                        .get(i)
+                        .map(describe_mqtt)
+                        .unwrap_or_default();
+                    say(&format!("{via}{topics} arrives as {how}"));
+                }
             }
-            if !reconnected && let Some(inspect) = mail.inspect {
+            if !reconnected && tunnels.iter().any(|t| t.smtp.is_some() || t.mqtt.is_some()) {
                 say(&format!(
-                    "inspect http://{inspect}, every request and mail, with replay"
-                ));
-            }
-            if !reconnected && tunnels.iter().any(|t| t.smtp.is_some()) {
-                say(&format!(
-                    "droid: mail POSTs are signed (Droid-Signature) with the secret {mail_secret}"
+                    "droid: mail and MQTT POSTs are signed (Droid-Signature) with the secret {mail_secret}"
                 ));
             }
         }

@@ -21,6 +21,8 @@ use crate::{HostHeaderArg, HttpArgs, ServerArgs, SmtpStandaloneArgs, StartArgs, 
 const EMBEDDED_HTTP: &str = "127.0.0.1:8080";
 /// The default SMTP address of the embedded server and of `droid smtp`.
 const LOCAL_SMTP: &str = "127.0.0.1:2525";
+/// The default MQTT address of the embedded server.
+const LOCAL_MQTT: &str = "127.0.0.1:1883";
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -63,6 +65,14 @@ pub struct ServerSettings {
     pub metrics: Option<SocketAddr>,
     /// The SMTP listener, when mail is on.
     pub smtp: Option<(SocketAddr, SmtpSetup)>,
+    /// The MQTT listener, its settings and limits, when MQTT is on.
+    pub mqtt: Option<(
+        SocketAddr,
+        droid_adapters::MqttConfig,
+        droid_adapters::ConnLimits,
+    )>,
+    /// The spool mail and MQTT share.
+    pub spool: crate::mail::SpoolSetup,
     /// The log level, when `RUST_LOG` is unset.
     pub log_level: String,
     /// Threads serving tunnels; `None`: one per core.
@@ -223,6 +233,25 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
     let spool_file = f.and_then(|f| f.spool.as_ref().map(|s| s.get_ref()));
     let smtp = smtp_addr.map(|a| (a, args.smtp_options.resolve(smtp_file, spool_file)));
     config.smtp = smtp.is_some();
+    let mqtt_file = f.and_then(|f| f.adapters.as_ref()?.mqtt.as_ref());
+    let mqtt = args
+        .mqtt
+        .or_else(|| {
+            let m = mqtt_file.filter(|m| m.enabled != Some(false))?;
+            Some(m.listen.map_or(addr("0.0.0.0:1883"), |a| a.0))
+        })
+        .map(|a| {
+            let mut config = droid_adapters::MqttConfig::default();
+            let mut limits = droid_adapters::ConnLimits::default();
+            if let Some(m) = mqtt_file {
+                config.max_packet_size = m.max_packet_size.unwrap_or(config.max_packet_size);
+                limits.max_connections = m.max_connections.unwrap_or(limits.max_connections);
+                limits.max_per_ip = m.max_connections_per_ip.unwrap_or(limits.max_per_ip);
+            }
+            (a, config, limits)
+        });
+    config.mqtt = mqtt.is_some();
+    let spool = args.smtp_options.resolve(smtp_file, spool_file).spool;
     let tls = crate::tls::server(
         &args.tls,
         f.and_then(|f| f.tls_cert.as_ref())
@@ -257,6 +286,8 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
         public_port: args.public_port.or(f.and_then(|f| f.public_port)),
         config,
         smtp,
+        mqtt,
+        spool,
         log_level: f
             .and_then(|f| f.log_level.as_ref().map(|l| l.0.clone()))
             .unwrap_or_else(|| "info".into()),
@@ -284,6 +315,8 @@ pub struct TunnelSettings {
     pub embedded_http: SocketAddr,
     /// The embedded server's SMTP address and settings; `None`: no mail.
     pub embedded_smtp: Option<(SocketAddr, SmtpSetup)>,
+    /// The embedded server's MQTT address; `None`: no MQTT.
+    pub embedded_mqtt: Option<SocketAddr>,
     /// The log level, when `RUST_LOG` is unset.
     pub log_level: String,
     /// The inspector; `None`: off.
@@ -312,7 +345,20 @@ pub fn http(args: &HttpArgs) -> Result<TunnelSettings> {
         allow_ip: args.allow_ip.clone(),
         kind: droid_client::TunnelKind::Http,
         port: None,
+        mqtt: droid_client::MqttSettings {
+            path: Some(args.mqtt_path.clone()),
+            secret: args.mail_secret.clone(),
+            auth: args.mqtt_auth.clone(),
+            routes: Vec::new(),
+        },
     };
+    if !args.mqtt_path.starts_with('/') {
+        bail!("--mqtt-path must start with /, e.g. /mqtt");
+    }
+    if let Some(auth) = &args.mqtt_auth {
+        crate::config::values::check_credentials(auth)
+            .map_err(|why| anyhow::anyhow!("--mqtt-auth: {why}"))?;
+    }
     if let Some(auth) = &args.auth {
         crate::config::values::check_credentials(auth)
             .map_err(|why| anyhow::anyhow!("--auth: {why}"))?;
@@ -333,6 +379,7 @@ pub fn http(args: &HttpArgs) -> Result<TunnelSettings> {
         tunnels: vec![spec],
         embedded_http: args.http,
         embedded_smtp: (!args.no_smtp).then(|| (args.smtp, args.smtp_options.resolve(None, None))),
+        embedded_mqtt: (!args.no_mqtt).then_some(args.mqtt),
         log_level: "warn".into(),
         inspect: args.inspect.resolve(None)?,
     })
@@ -362,6 +409,7 @@ pub fn tcp(args: &TcpArgs) -> Result<TunnelSettings> {
         tunnels: vec![spec],
         embedded_http: addr("127.0.0.1:0"),
         embedded_smtp: None,
+        embedded_mqtt: None,
         log_level: "warn".into(),
         inspect: args.inspect.resolve(None)?,
     })
@@ -426,6 +474,27 @@ pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
                     _ => droid_client::TunnelKind::Http,
                 },
                 port: t.port.as_ref().map(|p| *p.get_ref()),
+                mqtt: t
+                    .mqtt
+                    .as_ref()
+                    .map(|m| droid_client::MqttSettings {
+                        path: Some(
+                            m.path
+                                .as_ref()
+                                .map_or_else(|| "/mqtt".into(), |p| p.0.clone()),
+                        ),
+                        secret: m.secret.as_ref().map(|s| s.0.clone()),
+                        auth: m.auth.as_ref().map(|a| a.0.clone()),
+                        routes: m
+                            .routes
+                            .iter()
+                            .map(|r| droid_client::TopicRoute {
+                                topic: r.topic.0.clone(),
+                                path: r.path.0.clone(),
+                            })
+                            .collect(),
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -461,6 +530,10 @@ pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
             .and_then(|e| e.http)
             .map_or(addr(EMBEDDED_HTTP), |a| a.0),
         embedded_smtp,
+        embedded_mqtt: match embedded.and_then(|e| e.mqtt.as_ref()) {
+            Some(m) if m.enabled == Some(false) => None,
+            m => Some(m.and_then(|m| m.listen).map_or(addr(LOCAL_MQTT), |a| a.0)),
+        },
         log_level: file
             .log_level
             .as_ref()

@@ -1,10 +1,11 @@
 //! One message for one destination, and what the app said to it.
 //!
-//! A [`Delivery`] is what the SMTP adapter tries during DATA and what the
-//! spool keeps for retries: the raw message, the envelope restricted to the
-//! destination's recipients, the destination's options, and a delivery id
-//! (a ULID) that stays the same on every attempt. Each attempt renders the
-//! body afresh and signs it with a new timestamp.
+//! A [`Delivery`] is what an adapter tries while its peer waits and what
+//! the spool keeps for retries, whatever the adapter: the message's bytes,
+//! what the POST is made of ([`Content`]: a mail, rendered for each attempt
+//! in its destination's format, or a POST its adapter built once), and a
+//! delivery id (a ULID) that stays the same on every attempt. Each attempt
+//! is signed with a new timestamp.
 //!
 //! The app's answer is classified once, here ([`classify`]): 2xx accepts;
 //! 4xx other than 408 and 429 rejects (the sender gets a 550 with the app's
@@ -16,6 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use droid_core::deliver::{Deliver, DeliverError, DeliverErrorKind};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
+
+use serde::{Deserialize, Serialize};
 
 use crate::mail::{self, Envelope, Format};
 use crate::route::MailOptions;
@@ -30,12 +33,53 @@ pub struct Delivery {
     pub owner: String,
     /// The readable destination name.
     pub destination: String,
-    /// How the request is built.
-    pub options: MailOptions,
-    /// The envelope, with only this destination's recipients.
-    pub envelope: Envelope,
-    /// The message as received.
+    /// What the POST is made of.
+    pub content: Content,
+    /// The message as received (a mail), or the POST's body (a post).
     pub raw: Bytes,
+}
+
+/// What a delivery's POST is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// A mail: its body rendered in the destination's format each attempt.
+    Mail {
+        /// How the request is built.
+        options: MailOptions,
+        /// The envelope, with only this destination's recipients.
+        envelope: Envelope,
+    },
+    /// A POST its adapter built once: `raw` is the body.
+    Post {
+        /// How the request is built.
+        post: PostOptions,
+    },
+}
+
+/// How a POST built by an adapter is sent.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostOptions {
+    /// The adapter that built it, for `Droid-Adapter` (`mqtt`).
+    pub adapter: String,
+    /// The request path.
+    pub path: String,
+    /// The body's `Content-Type`.
+    pub content_type: String,
+    /// The HMAC-SHA256 key for `Droid-Signature`.
+    #[serde(with = "crate::route::hex_bytes")]
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for PostOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostOptions")
+            .field("adapter", &self.adapter)
+            .field("path", &self.path)
+            .field("content_type", &self.content_type)
+            .field("secret", &"MASKED")
+            .finish()
+    }
 }
 
 /// The outcome of one attempt.
@@ -118,29 +162,48 @@ pub fn classify(status: http::StatusCode, body: &[u8]) -> Attempt {
 impl Delivery {
     /// Builds the signed request for an attempt made at `timestamp`.
     pub fn request(&self, timestamp: u64) -> http::Request<Bytes> {
-        let body = mail::render(
-            self.options.format,
-            &self.raw,
-            &self.envelope,
-            self.options.max_attachment_inline,
-        );
+        let (body, content_type, path, secret, adapter) = match &self.content {
+            Content::Mail { options, envelope } => {
+                let body = mail::render(
+                    options.format,
+                    &self.raw,
+                    envelope,
+                    options.max_attachment_inline,
+                );
+                let content_type = body.content_type;
+                (
+                    Bytes::from(body.bytes),
+                    content_type,
+                    &options.path,
+                    &options.secret,
+                    "smtp",
+                )
+            }
+            Content::Post { post } => (
+                self.raw.clone(),
+                post.content_type.clone(),
+                &post.path,
+                &post.secret,
+                post.adapter.as_str(),
+            ),
+        };
         let ts = timestamp.to_string();
-        let signature = sign::sign(&self.options.secret, &ts, &body.bytes);
-        let mut request = http::Request::new(Bytes::from(body.bytes));
+        let signature = sign::sign(secret, &ts, &body);
+        let mut request = http::Request::new(body);
         *request.method_mut() = http::Method::POST;
-        let path = if self.options.path.starts_with('/') {
-            self.options.path.clone()
+        let path = if path.starts_with('/') {
+            path.clone()
         } else {
-            format!("/{}", self.options.path)
+            format!("/{path}")
         };
         *request.uri_mut() =
             http::Uri::try_from(path).unwrap_or_else(|_| http::Uri::from_static("/"));
         let mut headers = vec![
-            (CONTENT_TYPE, body.content_type),
+            (CONTENT_TYPE, content_type),
             (CONTENT_LENGTH, request.body().len().to_string()),
             (
                 USER_AGENT,
-                concat!("droid-smtp/", env!("CARGO_PKG_VERSION")).to_string(),
+                format!("droid-{adapter}/{}", env!("CARGO_PKG_VERSION")),
             ),
             (
                 HeaderName::from_static(sign::DELIVERY_ID_HEADER),
@@ -148,10 +211,15 @@ impl Delivery {
             ),
             (HeaderName::from_static(sign::TIMESTAMP_HEADER), ts),
             (HeaderName::from_static(sign::SIGNATURE_HEADER), signature),
-            (HeaderName::from_static("droid-adapter"), "smtp".to_string()),
+            (
+                HeaderName::from_static("droid-adapter"),
+                adapter.to_string(),
+            ),
         ];
-        if self.options.format == Format::Raw {
-            for (name, value) in mail::raw_envelope_headers(&self.envelope) {
+        if let Content::Mail { options, envelope } = &self.content
+            && options.format == Format::Raw
+        {
+            for (name, value) in mail::raw_envelope_headers(envelope) {
                 headers.push((HeaderName::from_static(name), value));
             }
         }
@@ -229,18 +297,20 @@ mod tests {
             id: new_id(),
             owner: "o".into(),
             destination: "d".into(),
-            options: MailOptions {
-                secret: b"s3cret".to_vec(),
-                path: "inbound".into(),
-                ..Default::default()
-            },
-            envelope: Envelope {
-                mail_from: String::new(),
-                rcpt_to: vec!["a@b".into()],
-                client_ip: "::1".into(),
-                helo: "h".into(),
-                tls: false,
-                received_at: 1,
+            content: Content::Mail {
+                options: MailOptions {
+                    secret: b"s3cret".to_vec(),
+                    path: "inbound".into(),
+                    ..Default::default()
+                },
+                envelope: Envelope {
+                    mail_from: String::new(),
+                    rcpt_to: vec!["a@b".into()],
+                    client_ip: "::1".into(),
+                    helo: "h".into(),
+                    tls: false,
+                    received_at: 1,
+                },
             },
             raw: Bytes::from_static(b"Subject: hi\r\n\r\nbody\r\n"),
         };

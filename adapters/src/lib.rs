@@ -24,6 +24,8 @@
 //! - [`stats`]: [`DeliveryStats`], what deliveries came to, for metrics.
 //! - [`smtp`]: the SMTP adapter, a tokio loop over Stalwart's sans-IO
 //!   `smtp-proto` parser.
+//! - [`mqtt`]: the MQTT adapter (3.1.1 and 5.0), a tokio loop over the
+//!   sans-IO `mqttbytes` codec.
 //!
 //! [`Deliver`]: droid_core::deliver::Deliver
 #![warn(missing_docs)]
@@ -31,6 +33,7 @@
 pub mod adapter;
 pub mod delivery;
 pub mod mail;
+pub mod mqtt;
 pub mod pool;
 pub mod route;
 pub use droid_core::sign;
@@ -40,8 +43,9 @@ pub mod stats;
 pub mod url_sink;
 
 pub use adapter::{Adapter, ConnLimits, Refusal, bind_listener, run_adapter};
-pub use delivery::{Attempt, Delivery};
+pub use delivery::{Attempt, Content, Delivery, PostOptions};
 pub use mail::{Envelope, Format};
+pub use mqtt::{MqttAdapter, MqttConfig, TopicRefusal, TopicRoute, TopicRouter};
 pub use pool::Pool;
 pub use route::{MailOptions, MailRouter, Route, UrlRouter};
 pub use sign::verify_signature;

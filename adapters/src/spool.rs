@@ -32,9 +32,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{Attempt, Delivery};
-use crate::mail::Envelope;
-use crate::route::{MailOptions, MailRouter};
+use crate::delivery::{Attempt, Content, Delivery};
+use crate::route::MailRouter;
 use crate::stats::DeliveryStats;
 
 /// How retries are spaced and when they stop.
@@ -128,10 +127,10 @@ pub struct Meta {
     pub owner: String,
     /// The readable destination.
     pub destination: String,
-    /// How to build the request.
-    pub options: MailOptions,
-    /// The envelope of this delivery.
-    pub envelope: Envelope,
+    /// What the POST is made of (older records: a mail's `options` and
+    /// `envelope`, which is still how a mail is kept).
+    #[serde(flatten)]
+    pub content: Content,
     /// Attempts made so far (the one during the SMTP session included).
     pub attempts: u32,
     /// Unix milliseconds when the message was spooled.
@@ -383,8 +382,7 @@ impl Spool {
             id: delivery.id.clone(),
             owner: delivery.owner.clone(),
             destination: delivery.destination.clone(),
-            options: delivery.options.clone(),
-            envelope: delivery.envelope.clone(),
+            content: delivery.content.clone(),
             attempts: 1,
             created_at_ms: now,
             next_attempt_ms: now.saturating_add(ms(self.config.retry.delay(1))),
@@ -563,8 +561,7 @@ impl Spool {
             id: meta.id.clone(),
             owner: meta.owner.clone(),
             destination: meta.destination.clone(),
-            options: meta.options.clone(),
-            envelope: meta.envelope.clone(),
+            content: meta.content.clone(),
             raw,
         };
         let outcome = match router.sink(&meta.owner) {

@@ -27,7 +27,7 @@ use droid_core::protocol::{
     self, ControlMessage, ErrorCode, ErrorMessage, Hello, PROTOCOL_VERSION, ProtocolError,
     TunnelGrant, TunnelRequest, Welcome,
 };
-pub use droid_core::protocol::{MailSettings, TunnelKind};
+pub use droid_core::protocol::{MailSettings, MqttSettings, TopicRoute, TunnelKind};
 use droid_core::session::{Opener, Session, Side, Stream};
 pub use droid_core::transport::{ClientTls, ConnectError, Trust};
 use rand::RngExt;
@@ -72,6 +72,9 @@ pub struct TunnelSpec {
     /// The public port a TCP tunnel asks for; `None`: the one it held
     /// last (remembered between runs), else any.
     pub port: Option<u16>,
+    /// How the server should POST this tunnel's MQTT messages. A missing
+    /// secret is the mail secret.
+    pub mqtt: MqttSettings,
 }
 
 impl TunnelSpec {
@@ -86,6 +89,7 @@ impl TunnelSpec {
             allow_ip: Vec::new(),
             kind: TunnelKind::Http,
             port: None,
+            mqtt: MqttSettings::default(),
         }
     }
 
@@ -110,6 +114,7 @@ impl std::fmt::Debug for TunnelSpec {
             .field("allow_ip", &self.allow_ip)
             .field("kind", &self.kind)
             .field("port", &self.port)
+            .field("mqtt", &self.mqtt)
             .finish()
     }
 }
@@ -287,6 +292,9 @@ pub async fn run(
     let mut config = config;
     for spec in &mut config.tunnels {
         spec.mail.secret.get_or_insert_with(|| mail_secret.clone());
+        if spec.mqtt.secret.is_none() {
+            spec.mqtt.secret = spec.mail.secret.clone();
+        }
     }
     let mut backoff = config.min_backoff;
     let mut connected_before = false;
@@ -435,6 +443,7 @@ fn hello_for(config: &ClientConfig, remembered: &state::Remembered) -> Hello {
                     && spec.kind == TunnelKind::Http)
                     .then(|| spec.target.host_header()),
                 kind: (spec.kind != TunnelKind::Http).then_some(spec.kind),
+                mqtt: (spec.kind == TunnelKind::Http).then(|| spec.mqtt.clone()),
                 port: match spec.kind {
                     TunnelKind::Tcp => spec.port.or_else(|| {
                         reuse

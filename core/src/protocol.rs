@@ -123,6 +123,77 @@ pub struct TunnelRequest {
     /// held, else any free one in the server's range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// How the server's MQTT adapter should POST this tunnel's messages
+    /// (topics `NAME/...`). An addition old servers ignore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttSettings>,
+}
+
+/// How a tunnel wants its MQTT messages.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttSettings {
+    /// The path messages no route matches are POSTed to (default `/mqtt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The key of the `Droid-Signature` HMAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// `user:password` devices must log in with to publish to this tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// Topic filters (after `NAME/`, with `+` and `#`) to paths, tried in
+    /// order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<TopicRoute>,
+}
+
+impl std::fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSettings")
+            .field("path", &self.path)
+            .field("secret", &self.secret.as_ref().map(|_| "MASKED"))
+            .field("auth", &self.auth.as_ref().map(|_| "MASKED"))
+            .field("routes", &self.routes)
+            .finish()
+    }
+}
+
+impl MqttSettings {
+    /// The path a message to `subtopic` (the topic after `NAME/`) goes to.
+    pub fn path_for(&self, subtopic: &str) -> &str {
+        self.routes
+            .iter()
+            .find(|r| topic_matches(&r.topic, subtopic))
+            .map_or_else(
+                || self.path.as_deref().unwrap_or("/mqtt"),
+                |r| r.path.as_str(),
+            )
+    }
+}
+
+/// One MQTT route: messages whose topic (after `NAME/`) matches the filter
+/// `topic` are POSTed to `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRoute {
+    /// A topic filter: `sensors/+/temp`, `alerts/#`.
+    pub topic: String,
+    /// The path, e.g. `/temp`.
+    pub path: String,
+}
+
+/// Whether `topic` matches the MQTT topic filter `filter` (`+` one level,
+/// `#` the rest, including none).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for want in filter.split('/') {
+        match (want, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (want, Some(level)) if want == level => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
 }
 
 /// What a tunnel carries.
@@ -149,6 +220,7 @@ impl std::fmt::Debug for TunnelRequest {
             .field("host_header", &self.host_header)
             .field("kind", &self.kind)
             .field("port", &self.port)
+            .field("mqtt", &self.mqtt)
             .finish()
     }
 }
@@ -257,6 +329,9 @@ pub struct TunnelGrant {
     /// A TCP tunnel's public port (its `url` is `tcp://HOST:PORT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<u16>,
+    /// The topics that reach it (`NAME/#`), when the server runs MQTT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<String>,
 }
 
 /// A fatal error on the control stream.
@@ -734,5 +809,26 @@ mod tests {
             read_line(&mut partial, 10).await,
             Err(ProtocolError::Closed)
         ));
+    }
+}
+
+#[cfg(test)]
+mod topic_tests {
+    use super::topic_matches;
+
+    #[test]
+    fn topic_filters_match_as_mqtt_says() {
+        for (filter, topic, want) in [
+            ("sensors/+/temp", "sensors/1/temp", true),
+            ("sensors/+/temp", "sensors/1/2/temp", false),
+            ("sensors/#", "sensors", true),
+            ("sensors/#", "sensors/1/temp", true),
+            ("#", "anything/at/all", true),
+            ("a/b", "a/b", true),
+            ("a/b", "a/b/c", false),
+            ("a/+", "a", false),
+        ] {
+            assert_eq!(topic_matches(filter, topic), want, "{filter} {topic}");
+        }
     }
 }

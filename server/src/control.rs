@@ -282,6 +282,7 @@ fn grant(
                     url: shared.config.tcp_url_for(port.port),
                     smtp: None,
                     tcp: Some(port.port),
+                    mqtt: None,
                 },
                 None => TunnelGrant {
                     name: t.name.clone(),
@@ -291,6 +292,7 @@ fn grant(
                         .smtp
                         .then(|| format!("{}.{}", t.name, shared.config.domain)),
                     tcp: None,
+                    mqtt: shared.config.mqtt.then(|| format!("{}/#", t.name)),
                 },
             })
             .collect(),

@@ -12,6 +12,7 @@
 //! - [`rate`]: each tunnel's request rate limit (429 past it).
 //! - `mail`: routes `*@NAME.domain` to tunnels for the SMTP adapter, and
 //!   delivers its POSTs through them.
+//! - `mqtt`: routes topics `NAME/...` to tunnels for the MQTT adapter.
 //! - `metrics`: requests, the server's own answers, durations, bytes,
 //!   names by state, sessions, streams and mail, for Prometheus.
 //!
@@ -28,6 +29,7 @@ mod http_front;
 mod listener;
 mod mail;
 mod metrics;
+mod mqtt;
 pub mod names;
 pub mod rate;
 pub mod registry;
@@ -38,7 +40,9 @@ mod tls;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use droid_adapters::{ConnLimits, MailRouter, SmtpAdapter, SmtpConfig, Spool};
+use droid_adapters::{
+    ConnLimits, MailRouter, MqttAdapter, MqttConfig, SmtpAdapter, SmtpConfig, Spool,
+};
 use droid_core::protocol;
 use droid_core::session::DEFAULT_CONCURRENT_STREAMS;
 pub use droid_core::transport::ServerTls;
@@ -86,6 +90,9 @@ pub struct ServerConfig {
     /// Whether this server accepts mail for its tunnels; the welcome then
     /// tells each tunnel its mail domain.
     pub smtp: bool,
+    /// Whether this server accepts MQTT for its tunnels; the welcome then
+    /// tells each tunnel its topics.
+    pub mqtt: bool,
     /// The certificate chain and key of the control port (TLS is then
     /// required there) and of the HTTPS listener.
     pub tls: Option<ServerTls>,
@@ -118,6 +125,7 @@ impl ServerConfig {
             request_rate: None,
             auth: AuthPolicy::default(),
             smtp: false,
+            mqtt: false,
             tls: None,
             https: false,
             tcp_ports: None,
@@ -248,16 +256,54 @@ impl Server {
         shutdown: CancellationToken,
     ) {
         let router = self.mail_router();
-        let retries = spool.clone().map(|spool| {
-            let _ = self.shared.spool.set(spool.clone());
-            tokio::spawn(spool.run(router.clone(), shutdown.clone()))
-        });
+        let retries = self.run_spool(spool.as_ref(), &shutdown);
         let adapter = Arc::new(SmtpAdapter::new(config, router, spool));
-        self.shared.metrics.count_mail(adapter.stats());
+        self.shared
+            .metrics
+            .count_deliveries("droid_mail", "Mails", adapter.stats());
         droid_adapters::run_adapter(listener, adapter, limits, shutdown).await;
         if let Some(retries) = retries {
             let _ = retries.await;
         }
+    }
+
+    /// Accepts MQTT devices for the tunnels until `shutdown`: a publish to
+    /// `NAME/...` goes to NAME's tunnel. With a spool, a QoS 1 message the
+    /// app cannot take now is kept and retried (the same spool as mail's
+    /// may be given); without one it is not acknowledged.
+    pub async fn serve_mqtt(
+        &self,
+        listener: TcpListener,
+        config: MqttConfig,
+        spool: Option<Arc<Spool>>,
+        limits: ConnLimits,
+        shutdown: CancellationToken,
+    ) {
+        let retries = self.run_spool(spool.as_ref(), &shutdown);
+        let router = Arc::new(mqtt::TunnelTopics::new(self.shared.clone()));
+        let adapter = Arc::new(MqttAdapter::new(config, router, spool));
+        self.shared
+            .metrics
+            .count_deliveries("droid_mqtt", "MQTT messages", adapter.stats());
+        droid_adapters::run_adapter(listener, adapter, limits, shutdown).await;
+        if let Some(retries) = retries {
+            let _ = retries.await;
+        }
+    }
+
+    /// Starts retrying `spool`'s deliveries through the tunnels, once per
+    /// server whichever adapter asks first.
+    fn run_spool(
+        &self,
+        spool: Option<&Arc<Spool>>,
+        shutdown: &CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let spool = spool?;
+        if self.shared.spool.set(spool.clone()).is_err() {
+            return None;
+        }
+        let router = self.mail_router();
+        Some(tokio::spawn(spool.clone().run(router, shutdown.clone())))
     }
 
     /// Serves `GET /metrics` (Prometheus's text format) until `shutdown`.

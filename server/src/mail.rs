@@ -41,7 +41,8 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// cannot crowd out visitors.
 const MAX_IDLE_STREAMS: usize = 32;
 
-/// Routes recipients `*@NAME.domain` to tunnels.
+/// Routes recipients `*@NAME.domain` (and, for MQTT, topics `NAME/...`)
+/// to tunnels.
 pub(crate) struct TunnelRouter {
     shared: Arc<Shared>,
     pools: Arc<TunnelPools>,
@@ -55,7 +56,7 @@ impl TunnelRouter {
         }
     }
 
-    fn sink(&self, name: &str, owner_id: &str) -> Arc<TunnelSink> {
+    pub(crate) fn sink(&self, name: &str, owner_id: &str) -> Arc<TunnelSink> {
         Arc::new(TunnelSink {
             shared: self.shared.clone(),
             pools: self.pools.clone(),
@@ -204,7 +205,7 @@ impl TunnelPools {
 }
 
 /// Delivers an adapter's request through one owner's tunnel.
-struct TunnelSink {
+pub(crate) struct TunnelSink {
     shared: Arc<Shared>,
     pools: Arc<TunnelPools>,
     name: String,
@@ -250,6 +251,12 @@ impl TunnelSink {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
+        let adapter = request
+            .headers()
+            .get("droid-adapter")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("smtp")
+            .to_string();
         let (mut parts, body) = request.into_parts();
         let host = match &tunnel.host_header {
             Some(app_host) => Some(app_host.clone()),
@@ -263,7 +270,8 @@ impl TunnelSink {
         let started = std::time::Instant::now();
         let path = parts.uri.path().to_string();
         let request = http::Request::from_parts(parts, Full::new(body));
-        let (response, sender) = match pool.send(request, || self.open(&tunnel, id)).await {
+        let (response, sender) = match pool.send(request, || self.open(&tunnel, id, adapter)).await
+        {
             Ok(sent) => sent,
             Err(SendError::Connect(e)) => return Err(e),
             Err(SendError::Http(e)) => return Err(self.broken(&e)),
@@ -291,7 +299,12 @@ impl TunnelSink {
     /// Opens a delivery stream on `tunnel` and starts HTTP/1.1 on it. The
     /// header names the delivery it is opened for (later ones on the same
     /// stream carry their own `Droid-Delivery-Id`).
-    async fn open(&self, tunnel: &Tunnel, id: String) -> Result<Sender, DeliverError> {
+    async fn open(
+        &self,
+        tunnel: &Tunnel,
+        id: String,
+        adapter: String,
+    ) -> Result<Sender, DeliverError> {
         let mut stream = match tokio::time::timeout(
             self.shared.config.stream_open_timeout,
             tunnel.opener.open(),
@@ -303,7 +316,7 @@ impl TunnelSink {
         };
         let header = StreamHeader::Delivery {
             tunnel: self.name.clone(),
-            adapter: "smtp".into(),
+            adapter,
             id,
         };
         stream

@@ -284,39 +284,40 @@ impl Metrics {
         }
     }
 
-    /// Reports what an SMTP adapter's mail comes to (and its spool's).
-    pub fn count_mail(&self, mail: &DeliveryStats) {
+    /// Reports what an adapter's deliveries come to (and its spool's),
+    /// under `prefix` (`droid_mail`, `droid_mqtt`); `what` names them.
+    pub fn count_deliveries(&self, prefix: &str, what: &str, stats: &DeliveryStats) {
         let Ok(mut registry) = self.registry.lock() else {
             return;
         };
         for (name, help, counter) in [
             (
-                "droid_mail_received",
-                "Mails accepted from senders",
-                &mail.received,
+                "received",
+                format!("{what} accepted from senders"),
+                &stats.received,
             ),
             (
-                "droid_mail_refused",
-                "Mails and recipients refused to senders for good",
-                &mail.refused,
+                "refused",
+                format!("{what} refused to senders for good"),
+                &stats.refused,
             ),
             (
-                "droid_mail_spooled",
-                "Deliveries kept in the spool for a later attempt",
-                &mail.spooled,
+                "spooled",
+                format!("{what} kept in the spool for a later attempt"),
+                &stats.spooled,
             ),
             (
-                "droid_mail_delivered",
-                "Deliveries the app took, at once or from the spool",
-                &mail.delivered,
+                "delivered",
+                format!("{what} the app took, at once or from the spool"),
+                &stats.delivered,
             ),
             (
-                "droid_mail_dead_lettered",
-                "Deliveries given up after they were accepted",
-                &mail.dead_lettered,
+                "dead_lettered",
+                format!("{what} given up after they were accepted"),
+                &stats.dead_lettered,
             ),
         ] {
-            registry.register(name, help, counter.clone());
+            registry.register(format!("{prefix}_{name}"), help, counter.clone());
         }
     }
 

@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use droid_core::protocol::{ErrorCode, ErrorMessage, MailSettings, TunnelKind, TunnelRequest};
+use droid_core::protocol::{
+    ErrorCode, ErrorMessage, MailSettings, MqttSettings, TunnelKind, TunnelRequest,
+};
 use droid_core::session::Opener;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
@@ -66,6 +68,8 @@ pub struct Tunnel {
     pub owner_id: String,
     /// How the client wants this tunnel's mail.
     pub mail: MailSettings,
+    /// How the client wants this tunnel's MQTT messages.
+    pub mqtt: MqttSettings,
     /// Who may reach it: basic auth and an IP allow-list.
     pub access: Access,
     /// The counters it counts against (a token, an address).
@@ -337,6 +341,14 @@ impl Registry {
             }
             _ => None,
         }
+    }
+
+    /// Whether any live tunnel satisfies `test`.
+    pub fn any_live(&self, test: impl Fn(&Tunnel) -> bool) -> bool {
+        self.lock().claims.iter().any(|(k, c)| match c {
+            Claim::Live { tunnel, .. } => !is_port_key(k) && test(tunnel),
+            _ => false,
+        })
     }
 
     /// The number of live tunnels.
@@ -623,11 +635,13 @@ impl Registry {
                 .and_then(|h| http::HeaderValue::from_str(h).ok())
         });
         let mut ports = ports.into_iter();
+        let mut mqtt = requests.iter().map(|r| r.mqtt.clone().unwrap_or_default());
         let tunnels: Vec<Arc<Tunnel>> = chosen
             .into_iter()
             .map(|(name, mail)| {
                 let tunnel = Arc::new(Tunnel {
                     tcp: ports.next().flatten(),
+                    mqtt: mqtt.next().unwrap_or_default(),
                     name: name.clone(),
                     session,
                     opener: opener.clone(),

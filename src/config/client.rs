@@ -66,6 +66,8 @@ pub struct TunnelFile {
     pub host_header: HostHeaderFile,
     /// How mail to this tunnel is POSTed.
     pub mail: Option<TunnelMailFile>,
+    /// How MQTT messages to this tunnel are POSTed.
+    pub mqtt: Option<TunnelMqttFile>,
     /// HTTP basic auth the server asks of every visitor (`--auth`).
     pub auth: Option<Credentials>,
     /// Visitor addresses let through, IPs or CIDR blocks (`--allow-ip`).
@@ -113,6 +115,41 @@ pub struct TunnelMailFile {
     pub routes: Vec<RouteFile>,
 }
 
+/// `[tunnels.mqtt]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelMqttFile {
+    /// The path messages no route matches are POSTed to (`--mqtt-path`).
+    pub path: Option<UrlPath>,
+    /// The key of the Droid-Signature HMAC (default: the mail secret).
+    pub secret: Option<NonEmpty>,
+    /// Devices must log in with this `user:password` (`--mqtt-auth`).
+    pub auth: Option<Credentials>,
+    /// Topic filters (after `NAME/`) to paths, first match wins.
+    #[serde(default)]
+    pub routes: Vec<TopicRouteFile>,
+}
+
+/// One MQTT route: `{ topic = "sensors/+/temp", path = "/temp" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRouteFile {
+    /// A topic filter, with `+` and `#`.
+    pub topic: NonEmpty,
+    /// The path matching messages go to.
+    pub path: UrlPath,
+}
+
+/// `[embedded.mqtt]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedMqttFile {
+    /// `false`: no MQTT.
+    pub enabled: Option<bool>,
+    /// Where devices connect (default `127.0.0.1:1883`, or the next free port).
+    pub listen: Option<Addr>,
+}
+
 /// One mail route: `{ pattern = "support@*", path = "/support" }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +168,8 @@ pub struct EmbeddedFile {
     pub http: Option<Addr>,
     /// Its SMTP listener and limits.
     pub smtp: Option<SmtpFile>,
+    /// Its MQTT listener.
+    pub mqtt: Option<EmbeddedMqttFile>,
 }
 
 impl ClientFile {

@@ -178,13 +178,14 @@ impl Validate for ServerFile {
                 ),
             ));
         }
-        if let (None, Some(spool)) = (smtp, &self.spool) {
+        let mqtt = self.adapters.as_ref().and_then(|a| a.mqtt.as_ref());
+        if let (None, None, Some(spool)) = (smtp, mqtt, &self.spool) {
             return Err(ConfigError::at(
                 file,
                 source,
                 Some(spool.span()),
                 Some("spool".into()),
-                "[spool] holds mail, but this server runs no [adapters.smtp]; add one or remove [spool]",
+                "[spool] holds mail and MQTT messages, but this server runs no [adapters.smtp] or [adapters.mqtt]; add one or remove [spool]",
             ));
         }
         if let Some(threads) = &self.threads
@@ -295,6 +296,7 @@ impl Validate for ClientFile {
                 t.mail
                     .as_ref()
                     .map(|_| "mail")
+                    .or(t.mqtt.as_ref().map(|_| "mqtt"))
                     .or(t.auth.as_ref().map(|_| "auth"))
                     .or(matches!(t.host_header, client::HostHeaderFile::Rewrite)
                         .then_some("host_header"))

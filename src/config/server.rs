@@ -135,6 +135,24 @@ impl std::fmt::Debug for TokenFile {
 pub struct ServerAdapters {
     /// Mail for `*@NAME.domain`, delivered through NAME's tunnel.
     pub smtp: Option<SmtpFile>,
+    /// MQTT: a publish to `NAME/...` goes through NAME's tunnel.
+    pub mqtt: Option<MqttFile>,
+}
+
+/// `[adapters.mqtt]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttFile {
+    /// `false` turns it off.
+    pub enabled: Option<bool>,
+    /// Where devices connect (`--mqtt`; default `0.0.0.0:1883`).
+    pub listen: Option<Addr>,
+    /// The largest packet accepted, in bytes (default 4 MiB).
+    pub max_packet_size: Option<usize>,
+    /// Connections open at once, in total.
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one address.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl ServerFile {

@@ -327,6 +327,8 @@ pub struct TestServer {
     pub control: SocketAddr,
     /// The SMTP listener, for servers made by [`mail_server`].
     pub smtp: Option<SocketAddr>,
+    /// The MQTT listener, for servers made by [`mqtt_server`].
+    pub mqtt: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -378,9 +380,45 @@ pub async fn server_on(
         http: h,
         control: c,
         smtp: None,
+        mqtt: None,
         shutdown,
         tasks: vec![task],
     }
+}
+
+/// A server that also accepts MQTT, spooling to `spool` (retried within
+/// 200 ms) when given.
+pub async fn mqtt_server(spool: Option<&std::path::Path>) -> TestServer {
+    let mut srv = server_with(|c| c.mqtt = true).await;
+    let listener = droid_adapters::bind_listener("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    srv.mqtt = Some(listener.local_addr().unwrap());
+    let spool = spool.map(|dir| {
+        let mut config = droid_adapters::SpoolConfig::default();
+        config.retry.first_delay = Duration::from_millis(50);
+        config.retry.max_delay = Duration::from_millis(200);
+        droid_adapters::Spool::open(dir, config).unwrap()
+    });
+    let (s, token) = (srv.server.clone(), srv.shutdown.clone());
+    let config = droid_adapters::MqttConfig {
+        deliver_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    srv.tasks.push(tokio::spawn(async move {
+        s.serve_mqtt(
+            listener,
+            config,
+            spool,
+            droid_adapters::ConnLimits {
+                max_connections: 2000,
+                max_per_ip: 2000,
+            },
+            token,
+        )
+        .await;
+    }));
+    srv
 }
 
 /// A server that also accepts mail, spooling to `spool` when given.

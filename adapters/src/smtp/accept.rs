@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::delivery::{self, Attempt, Delivery};
+use crate::delivery::{self, Attempt, Content, Delivery};
 use crate::mail::Envelope;
 use crate::route::Route;
 use crate::spool::Spool;
@@ -69,8 +69,10 @@ pub async fn accept(
             id: delivery::new_id(),
             owner: route.owner.clone(),
             destination: route.destination.clone(),
-            options: route.options.clone(),
-            envelope: Envelope { rcpt_to: rcpts, ..envelope.clone() },
+            content: Content::Mail {
+                options: route.options.clone(),
+                envelope: Envelope { rcpt_to: rcpts, ..envelope.clone() },
+            },
             raw: raw.clone(),
         };
         async move {

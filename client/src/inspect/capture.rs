@@ -214,8 +214,21 @@ impl StreamTap {
             SystemTime::now(),
         );
         exchange.remote = self.info.remote.clone();
-        exchange.delivery_id = self.info.delivery_id.clone();
         exchange.request = Message::from_head(head);
+        // A delivery stream carries one adapter's requests after another:
+        // each says its own adapter and id.
+        if self.info.delivery_id.is_some() {
+            exchange.kind = match exchange.request.header("droid-adapter") {
+                Some("mqtt") => Kind::Mqtt,
+                Some("smtp") => Kind::Mail,
+                _ => self.info.kind,
+            };
+            exchange.delivery_id = exchange
+                .request
+                .header("droid-delivery-id")
+                .map(str::to_string)
+                .or_else(|| self.info.delivery_id.clone());
+        }
         exchange
     }
 

@@ -23,6 +23,8 @@ pub enum Kind {
     Mail,
     /// A connection to a TCP tunnel: its bytes are counted, not kept.
     Tcp,
+    /// An MQTT message, POSTed by the server's MQTT adapter.
+    Mqtt,
 }
 
 impl Kind {
@@ -32,6 +34,7 @@ impl Kind {
             Kind::Http => "http",
             Kind::Mail => "mail",
             Kind::Tcp => "tcp",
+            Kind::Mqtt => "mqtt",
         }
     }
 }

@@ -1,0 +1,453 @@
+//! MQTT 3.1.1 and 5.0 packets, read and written with the `mqttbytes`
+//! codec (sans-IO), behind one shape for both versions: the session speaks
+//! in [`Incoming`] packets and the few answers it sends.
+
+use bytes::{Bytes, BytesMut};
+use mqttbytes::{QoS, v4, v5};
+
+/// The protocol version a connection speaks, from its CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Version {
+    /// 3.1.1 (protocol level 4).
+    V4,
+    /// 5.0 (protocol level 5).
+    V5,
+}
+
+/// MQTT 5 properties of a publish that reach the app.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Properties {
+    pub user_properties: Vec<(String, String)>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    pub payload_format_indicator: Option<u8>,
+    pub message_expiry_interval: Option<u32>,
+}
+
+/// A message a device published, or its Will.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Message {
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub payload: Bytes,
+    pub properties: Properties,
+}
+
+/// What a device's CONNECT says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Connect {
+    pub version: Version,
+    pub client_id: String,
+    pub keep_alive: u16,
+    pub login: Option<(String, String)>,
+    pub will: Option<Message>,
+}
+
+/// A packet from a device, as the session needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Incoming {
+    Connect(Connect),
+    Publish {
+        message: Message,
+        pkid: u16,
+    },
+    Subscribe {
+        pkid: u16,
+        filters: usize,
+    },
+    Unsubscribe {
+        pkid: u16,
+        filters: usize,
+    },
+    PingReq,
+    Disconnect,
+    /// A packet a device does not send a server, or one the session ignores
+    /// (acknowledgements of messages it never sent).
+    Other,
+}
+
+/// Why the bytes are not a packet.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum ReadError {
+    #[error("a packet of {0} bytes is over the limit")]
+    TooLarge(usize),
+    #[error("a malformed packet: {0}")]
+    Malformed(String),
+    #[error("protocol level {0} is not MQTT 3.1.1 (4) or 5.0 (5)")]
+    Level(u8),
+}
+
+/// The protocol level of a CONNECT at the start of `buf`: `Ok(None)` when
+/// more bytes are needed.
+pub(crate) fn connect_version(buf: &[u8]) -> Result<Option<Version>, ReadError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf[0] >> 4 != 1 {
+        return Err(ReadError::Malformed(
+            "the first packet is not a CONNECT".into(),
+        ));
+    }
+    // The remaining length: 1 to 4 bytes of 7 bits each.
+    let mut at = 1;
+    loop {
+        let Some(byte) = buf.get(at) else {
+            return Ok(None);
+        };
+        at += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if at > 4 {
+            return Err(ReadError::Malformed("a bad remaining length".into()));
+        }
+    }
+    // The protocol name: a 2-byte length, then "MQTT"; then the level.
+    let Some(name_len) = buf.get(at..at + 2) else {
+        return Ok(None);
+    };
+    let name_len = usize::from(u16::from_be_bytes([name_len[0], name_len[1]]));
+    match buf.get(at + 2 + name_len) {
+        None => Ok(None),
+        Some(4) => Ok(Some(Version::V4)),
+        Some(5) => Ok(Some(Version::V5)),
+        Some(&level) => Err(ReadError::Level(level)),
+    }
+}
+
+fn qos(q: QoS) -> u8 {
+    q as u8
+}
+
+fn read_error(e: mqttbytes::Error, max: usize) -> ReadError {
+    match e {
+        mqttbytes::Error::PayloadSizeLimitExceeded(n) => ReadError::TooLarge(n),
+        other => {
+            let _ = max;
+            ReadError::Malformed(format!("{other:?}"))
+        }
+    }
+}
+
+/// Reads the next packet from `buf`: `Ok(None)` when more bytes are needed.
+pub(crate) fn read(
+    version: Version,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Incoming>, ReadError> {
+    let packet = match version {
+        Version::V4 => match v4::read(buf, max) {
+            Ok(p) => from_v4(p),
+            Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
+            Err(e) => return Err(read_error(e, max)),
+        },
+        Version::V5 => match v5::read(buf, max) {
+            Ok(p) => from_v5(p),
+            Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
+            Err(e) => return Err(read_error(e, max)),
+        },
+    };
+    Ok(Some(packet))
+}
+
+fn from_v4(packet: v4::Packet) -> Incoming {
+    match packet {
+        v4::Packet::Connect(c) => Incoming::Connect(Connect {
+            version: Version::V4,
+            client_id: c.client_id,
+            keep_alive: c.keep_alive,
+            login: c.login.map(|l| (l.username, l.password)),
+            will: c.last_will.map(|w| Message {
+                topic: w.topic,
+                qos: qos(w.qos),
+                retain: w.retain,
+                payload: w.message,
+                properties: Properties::default(),
+            }),
+        }),
+        v4::Packet::Publish(p) => Incoming::Publish {
+            pkid: p.pkid,
+            message: Message {
+                topic: p.topic,
+                qos: qos(p.qos),
+                retain: p.retain,
+                payload: p.payload,
+                properties: Properties::default(),
+            },
+        },
+        v4::Packet::Subscribe(s) => Incoming::Subscribe {
+            pkid: s.pkid,
+            filters: s.filters.len(),
+        },
+        v4::Packet::Unsubscribe(u) => Incoming::Unsubscribe {
+            pkid: u.pkid,
+            filters: u.topics.len(),
+        },
+        v4::Packet::PingReq => Incoming::PingReq,
+        v4::Packet::Disconnect => Incoming::Disconnect,
+        _ => Incoming::Other,
+    }
+}
+
+fn from_v5(packet: v5::Packet) -> Incoming {
+    match packet {
+        v5::Packet::Connect(c) => Incoming::Connect(Connect {
+            version: Version::V5,
+            client_id: c.client_id,
+            keep_alive: c.keep_alive,
+            login: c.login.map(|l| (l.username, l.password)),
+            will: c.last_will.map(|w| {
+                let p = w.properties.unwrap_or_else(|| v5::WillProperties {
+                    delay_interval: None,
+                    payload_format_indicator: None,
+                    message_expiry_interval: None,
+                    content_type: None,
+                    response_topic: None,
+                    correlation_data: None,
+                    user_properties: Vec::new(),
+                });
+                Message {
+                    topic: w.topic,
+                    qos: qos(w.qos),
+                    retain: w.retain,
+                    payload: w.message,
+                    properties: Properties {
+                        user_properties: p.user_properties,
+                        content_type: p.content_type,
+                        response_topic: p.response_topic,
+                        correlation_data: p.correlation_data,
+                        payload_format_indicator: p.payload_format_indicator,
+                        message_expiry_interval: p.message_expiry_interval,
+                    },
+                }
+            }),
+        }),
+        v5::Packet::Publish(p) => {
+            let properties = p
+                .properties
+                .map(|p| Properties {
+                    user_properties: p.user_properties,
+                    content_type: p.content_type,
+                    response_topic: p.response_topic,
+                    correlation_data: p.correlation_data,
+                    payload_format_indicator: p.payload_format_indicator,
+                    message_expiry_interval: p.message_expiry_interval,
+                })
+                .unwrap_or_default();
+            Incoming::Publish {
+                pkid: p.pkid,
+                message: Message {
+                    topic: p.topic,
+                    qos: qos(p.qos),
+                    retain: p.retain,
+                    payload: p.payload,
+                    properties,
+                },
+            }
+        }
+        v5::Packet::Subscribe(s) => Incoming::Subscribe {
+            pkid: s.pkid,
+            filters: s.filters.len(),
+        },
+        v5::Packet::Unsubscribe(u) => Incoming::Unsubscribe {
+            pkid: u.pkid,
+            filters: u.filters.len(),
+        },
+        v5::Packet::PingReq => Incoming::PingReq,
+        v5::Packet::Disconnect(_) => Incoming::Disconnect,
+        _ => Incoming::Other,
+    }
+}
+
+/// How a CONNECT is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectAnswer {
+    Accepted,
+    BadLogin,
+}
+
+/// Writes a CONNACK. For MQTT 5 it says what this server does not do:
+/// QoS 2, retained messages, wildcard and shared subscriptions.
+pub(crate) fn connack(
+    version: Version,
+    answer: ConnectAnswer,
+    max_packet: usize,
+    out: &mut BytesMut,
+) {
+    let _ = match version {
+        Version::V4 => {
+            let code = match answer {
+                ConnectAnswer::Accepted => v4::ConnectReturnCode::Success,
+                ConnectAnswer::BadLogin => v4::ConnectReturnCode::BadUserNamePassword,
+            };
+            v4::ConnAck::new(code, false).write(out)
+        }
+        Version::V5 => {
+            let code = match answer {
+                ConnectAnswer::Accepted => v5::ConnectReturnCode::Success,
+                ConnectAnswer::BadLogin => v5::ConnectReturnCode::BadUserNamePassword,
+            };
+            let mut ack = v5::ConnAck::new(code, false);
+            let mut properties = v5::ConnAckProperties::new();
+            properties.max_qos = Some(1);
+            properties.retain_available = Some(0);
+            properties.shared_subscription_available = Some(0);
+            properties.max_packet_size = u32::try_from(max_packet).ok();
+            ack.properties = Some(properties);
+            ack.write(out)
+        }
+    };
+}
+
+/// Writes a PUBACK; `reason` (MQTT 5 only) is a reason code of 0x80 or
+/// above with a reason string when the message was not taken.
+pub(crate) fn puback(version: Version, pkid: u16, refused: Option<(u8, &str)>, out: &mut BytesMut) {
+    let _ = match version {
+        Version::V4 => v4::PubAck::new(pkid).write(out),
+        Version::V5 => {
+            let mut ack = v5::PubAck::new(pkid);
+            if let Some((code, reason)) = refused {
+                ack.reason = match code {
+                    0x87 => v5::PubAckReason::NotAuthorized,
+                    0x90 => v5::PubAckReason::TopicNameInvalid,
+                    0x97 => v5::PubAckReason::QuotaExceeded,
+                    0x99 => v5::PubAckReason::PayloadFormatInvalid,
+                    0x83 => v5::PubAckReason::ImplementationSpecificError,
+                    _ => v5::PubAckReason::UnspecifiedError,
+                };
+                ack.properties = Some(v5::PubAckProperties {
+                    reason_string: Some(reason.chars().take(200).collect()),
+                    user_properties: Vec::new(),
+                });
+            }
+            ack.write(out)
+        }
+    };
+}
+
+/// Writes a PINGRESP.
+pub(crate) fn pingresp(version: Version, out: &mut BytesMut) {
+    let _ = match version {
+        Version::V4 => v4::PingResp.write(out),
+        Version::V5 => v5::PingResp.write(out),
+    };
+}
+
+/// Refuses every filter of a SUBSCRIBE (subscriptions come later).
+pub(crate) fn suback_refused(version: Version, pkid: u16, filters: usize, out: &mut BytesMut) {
+    let _ = match version {
+        Version::V4 => {
+            v4::SubAck::new(pkid, vec![v4::SubscribeReasonCode::Failure; filters]).write(out)
+        }
+        Version::V5 => {
+            let codes = vec![v5::SubscribeReasonCode::ImplementationSpecific; filters];
+            v5::SubAck::new(pkid, codes).write(out)
+        }
+    };
+}
+
+/// Answers an UNSUBSCRIBE.
+pub(crate) fn unsuback(version: Version, pkid: u16, filters: usize, out: &mut BytesMut) {
+    let _ = match version {
+        Version::V4 => v4::UnsubAck::new(pkid).write(out),
+        Version::V5 => {
+            let mut ack = v5::UnsubAck::new(pkid);
+            ack.reasons = vec![v5::UnsubAckReason::NoSubscriptionExisted; filters];
+            ack.write(out)
+        }
+    };
+}
+
+/// Writes an MQTT 5 DISCONNECT with `reason` (a reason code) and a sentence.
+pub(crate) fn disconnect(version: Version, reason: u8, sentence: &str, out: &mut BytesMut) {
+    if version != Version::V5 {
+        return;
+    }
+    let mut packet = v5::Disconnect::new();
+    packet.reason_code = match reason {
+        0x81 => v5::DisconnectReasonCode::MalformedPacket,
+        0x87 => v5::DisconnectReasonCode::NotAuthorized,
+        0x8D => v5::DisconnectReasonCode::KeepAliveTimeout,
+        0x8E => v5::DisconnectReasonCode::SessionTakenOver,
+        0x90 => v5::DisconnectReasonCode::TopicNameInvalid,
+        0x95 => v5::DisconnectReasonCode::PacketTooLarge,
+        0x9B => v5::DisconnectReasonCode::QoSNotSupported,
+        0x8B => v5::DisconnectReasonCode::ServerShuttingDown,
+        _ => v5::DisconnectReasonCode::UnspecifiedError,
+    };
+    let mut properties = v5::DisconnectProperties::new();
+    properties.reason_string = Some(sentence.into());
+    packet.properties = Some(properties);
+    let _ = packet.write(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_is_read_from_the_connect() {
+        let mut v4 = BytesMut::new();
+        v4::Connect::new("dev").write(&mut v4).unwrap();
+        for cut in 0..v4.len() {
+            let partial = connect_version(&v4[..cut]).unwrap();
+            assert!(partial.is_none() || cut >= 9, "{cut}");
+        }
+        assert_eq!(connect_version(&v4).unwrap(), Some(Version::V4));
+        let mut v5 = BytesMut::new();
+        v5::Connect::new("dev").write(&mut v5).unwrap();
+        assert_eq!(connect_version(&v5).unwrap(), Some(Version::V5));
+        assert!(connect_version(b"\x30\x00").is_err(), "a PUBLISH first");
+        let mut level3 = v4.to_vec();
+        level3[8] = 3;
+        assert_eq!(connect_version(&level3), Err(ReadError::Level(3)));
+    }
+
+    #[test]
+    fn publishes_read_alike_in_both_versions() {
+        let mut buf = BytesMut::new();
+        let mut p = v4::Publish::new("t/a", QoS::AtLeastOnce, b"hi".to_vec());
+        p.pkid = 7;
+        p.write(&mut buf).unwrap();
+        let got = read(Version::V4, &mut buf, 1024).unwrap().unwrap();
+        assert!(
+            matches!(got, Incoming::Publish { pkid: 7, ref message } if message.topic == "t/a" && message.qos == 1)
+        );
+        let mut buf = BytesMut::new();
+        let mut p = v5::Publish::new("t/b", QoS::AtMostOnce, b"yo".to_vec());
+        p.properties = Some(v5::PublishProperties {
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            topic_alias: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![("k".into(), "v".into())],
+            subscription_identifiers: Vec::new(),
+            content_type: Some("text/plain".into()),
+        });
+        p.write(&mut buf).unwrap();
+        let Incoming::Publish { message, .. } = read(Version::V5, &mut buf, 1024).unwrap().unwrap()
+        else {
+            panic!("not a publish")
+        };
+        assert_eq!(
+            message.properties.content_type.as_deref(),
+            Some("text/plain")
+        );
+        assert_eq!(
+            message.properties.user_properties,
+            [("k".to_string(), "v".to_string())]
+        );
+        // A packet over the limit is refused before it is read.
+        let mut buf = BytesMut::new();
+        v4::Publish::new("t", QoS::AtMostOnce, vec![0u8; 5000])
+            .write(&mut buf)
+            .unwrap();
+        assert!(matches!(
+            read(Version::V4, &mut buf, 1000),
+            Err(ReadError::TooLarge(_))
+        ));
+    }
+}

@@ -1,0 +1,176 @@
+//! The MQTT adapter: devices publish, the app gets each message as a
+//! signed JSON POST, through the same delivery and spool as mail.
+//!
+//! MQTT 3.1.1 and 5.0, server side, on the `mqttbytes` codec driven by the
+//! adapter runtime's tokio loop:
+//! - CONNECT: a login, when given, must be one a tunnel set (else "bad user
+//!   name or password"); keep-alive is honoured at 1.5 times its interval;
+//!   a second connection with the same client id takes over.
+//! - PUBLISH: the first topic level names the tunnel ([`TopicRouter`]).
+//!   QoS 0 is posted once and never kept. QoS 1 is acknowledged only once
+//!   the app answered 2xx or the message is durably spooled; an app's 4xx
+//!   reaches an MQTT 5 publisher as a PUBACK reason code with the app's
+//!   reason. QoS 2 is refused: MQTT 5 CONNACKs say Maximum QoS 1, and a QoS
+//!   2 publish ends the connection (0x9B for MQTT 5).
+//! - A topic for no tunnel is refused: MQTT 5 gets a PUBACK of 0x90 with a
+//!   sentence (a QoS 0 one is dropped and logged), MQTT 3.1.1, which has no
+//!   negative acknowledgement, has its connection closed.
+//! - A device that drops without DISCONNECT has its Will posted.
+
+mod codec;
+mod post;
+mod session;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use droid_core::deliver::Deliver;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::adapter::{Adapter, ServeFuture};
+use crate::delivery::PostOptions;
+use crate::spool::Spool;
+use crate::stats::DeliveryStats;
+
+/// Settings of the MQTT adapter.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// The largest packet accepted (a PUBLISH's topic, properties and
+    /// payload); a larger one closes the connection.
+    pub max_packet_size: usize,
+    /// How long a device may take to send its CONNECT.
+    pub connect_timeout: Duration,
+    /// How long a QoS 1 delivery may take before the message is spooled.
+    pub deliver_timeout: Duration,
+    /// The keep-alive used when a device asks for none (0): an idle
+    /// connection is closed after this.
+    pub idle_timeout: Duration,
+}
+
+impl Default for MqttConfig {
+    fn default() -> MqttConfig {
+        MqttConfig {
+            max_packet_size: 4 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            deliver_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Where a publish goes.
+#[derive(Clone)]
+pub struct TopicRoute {
+    /// The owner key the spool retries through (see [`crate::route::Route::owner`]).
+    pub owner: String,
+    /// A readable name for logs (the tunnel, and the path when routed).
+    pub destination: String,
+    /// The sink to try while the device waits.
+    pub sink: Arc<dyn Deliver>,
+    /// How the POST is made.
+    pub post: PostOptions,
+    /// The topic after the tunnel's name (`sensors/1` of `api/sensors/1`).
+    pub subtopic: String,
+}
+
+/// Why a publish is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicRefusal {
+    /// The first topic level is no live or resuming tunnel.
+    NoTunnel(String),
+    /// The tunnel asks for a login this device did not give.
+    NotAuthorized(String),
+}
+
+/// Maps topics to tunnels and checks logins; the server implements it over
+/// its registry.
+pub trait TopicRouter: Send + Sync {
+    /// The route of a publish to `topic` by a device logged in as `login`.
+    fn resolve(&self, topic: &str, login: Option<&str>) -> Result<TopicRoute, TopicRefusal>;
+
+    /// Whether `user:password` is a login some tunnel set.
+    fn login(&self, credentials: &str) -> bool;
+}
+
+/// The MQTT adapter; one value serves every connection.
+pub struct MqttAdapter {
+    config: MqttConfig,
+    router: Arc<dyn TopicRouter>,
+    spool: Option<Arc<Spool>>,
+    stats: DeliveryStats,
+    /// The connection serving each client id, to be taken over.
+    sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl MqttAdapter {
+    /// An adapter that routes with `router` and keeps what the app cannot
+    /// take now in `spool` (without one, such a QoS 1 message is not
+    /// acknowledged).
+    pub fn new(
+        config: MqttConfig,
+        router: Arc<dyn TopicRouter>,
+        spool: Option<Arc<Spool>>,
+    ) -> MqttAdapter {
+        MqttAdapter {
+            config,
+            router,
+            spool,
+            stats: DeliveryStats::default(),
+            sessions: Mutex::new(HashMap::new()),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// What its messages came to.
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.stats
+    }
+
+    /// Registers the connection of `client_id`; an older one with the same
+    /// id is told to end (taken over). Returns its number and its token.
+    fn take_over(&self, client_id: &str) -> (u64, CancellationToken) {
+        let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, old)) = sessions.insert(client_id.to_string(), (number, token.clone())) {
+            old.cancel();
+        }
+        (number, token)
+    }
+
+    /// Forgets the connection of `client_id`, unless a newer one took over.
+    fn left(&self, client_id: &str, number: u64) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions.get(client_id).is_some_and(|(n, _)| *n == number) {
+            sessions.remove(client_id);
+        }
+    }
+
+    /// Serves one connection over any byte stream (tests use `io::duplex`).
+    pub async fn serve_io<S>(self: Arc<Self>, io: S, peer: SocketAddr, shutdown: CancellationToken)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        session::run(self, io, peer, shutdown).await;
+    }
+}
+
+impl Adapter for MqttAdapter {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        io: TcpStream,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> ServeFuture {
+        let _ = io.set_nodelay(true);
+        Box::pin(self.serve_io(io, peer, shutdown))
+    }
+}

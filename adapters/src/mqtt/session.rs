@@ -1,0 +1,338 @@
+//! One device's connection, from CONNECT to its end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::codec::{self, ConnectAnswer, Incoming, Message, ReadError, Version};
+use super::post::{self, Publisher};
+use super::{MqttAdapter, TopicRefusal};
+use crate::delivery::{self, Attempt, Content, Delivery};
+
+/// How a connection ended.
+enum End {
+    /// DISCONNECT, or the server stopping: no Will.
+    Clean,
+    /// The device dropped, went quiet, or broke the protocol: its Will goes.
+    Lost,
+}
+
+/// What a device's publish came to.
+enum Outcome {
+    /// Acknowledge it.
+    Ack,
+    /// Refuse it: an MQTT 5 reason code and a sentence.
+    Refuse(u8, String),
+    /// MQTT 3.1.1 cannot refuse: end the connection, unacknowledged.
+    Close(String),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(super) async fn run<S>(
+    adapter: Arc<MqttAdapter>,
+    mut io: S,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let max = adapter.config.max_packet_size;
+    let mut buf = BytesMut::with_capacity(4096);
+    let connect = tokio::time::timeout(adapter.config.connect_timeout, async {
+        loop {
+            match codec::connect_version(&buf) {
+                Ok(Some(version)) => match codec::read(version, &mut buf, max) {
+                    Ok(Some(Incoming::Connect(connect))) => return Ok(connect),
+                    Ok(Some(_)) => return Err("the first packet is not a CONNECT".to_string()),
+                    Ok(None) => {}
+                    Err(e) => return Err(e.to_string()),
+                },
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            match io.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return Err("closed before its CONNECT".to_string()),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let connect = match connect {
+        Ok(Ok(connect)) => connect,
+        Ok(Err(why)) => {
+            debug!(%peer, %why, "no MQTT session");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no CONNECT in time");
+            return;
+        }
+    };
+    let version = connect.version;
+    let mut out = BytesMut::new();
+    let login = connect.login.as_ref().map(|(u, p)| format!("{u}:{p}"));
+    if let Some(login) = &login
+        && !adapter.router.login(login)
+    {
+        info!(%peer, client_id = %connect.client_id, "MQTT login refused");
+        codec::connack(version, ConnectAnswer::BadLogin, max, &mut out);
+        let _ = io.write_all(&out).await;
+        let _ = io.shutdown().await;
+        return;
+    }
+    let mut connect = connect;
+    if connect.client_id.is_empty() {
+        // A device that gave no id gets one of its own: it takes nobody over.
+        connect.client_id = format!("droid-{}", delivery::new_id());
+    }
+    let (number, taken) = adapter.take_over(&connect.client_id);
+    codec::connack(version, ConnectAnswer::Accepted, max, &mut out);
+    if io.write_all(&out).await.is_err() {
+        adapter.left(&connect.client_id, number);
+        return;
+    }
+    out.clear();
+    debug!(%peer, client_id = %connect.client_id, ?version, "MQTT session up");
+    let publisher = Publisher {
+        client_id: connect.client_id.clone(),
+        username: connect.login.as_ref().map(|(u, _)| u.clone()),
+    };
+    let quiet = match connect.keep_alive {
+        0 => adapter.config.idle_timeout,
+        seconds => Duration::from_millis(u64::from(seconds) * 1500),
+    };
+    let end = loop {
+        // Every whole packet already read is handled before reading more.
+        let packet = match codec::read(version, &mut buf, max) {
+            Ok(packet) => packet,
+            Err(e) => {
+                let reason = if matches!(e, ReadError::TooLarge(_)) {
+                    0x95
+                } else {
+                    0x81
+                };
+                info!(%peer, client_id = %connect.client_id, error = %e, "MQTT connection closed");
+                codec::disconnect(version, reason, &e.to_string(), &mut out);
+                break End::Lost;
+            }
+        };
+        if let Some(packet) = packet {
+            let ended = handle(
+                &adapter,
+                version,
+                packet,
+                login.as_deref(),
+                &publisher,
+                &mut out,
+            )
+            .await;
+            if !out.is_empty() {
+                if io.write_all(&out).await.is_err() {
+                    break End::Lost;
+                }
+                out.clear();
+            }
+            match ended {
+                Some(end) => break end,
+                None => continue,
+            }
+        }
+        tokio::select! {
+            read = tokio::time::timeout(quiet, io.read_buf(&mut buf)) => match read {
+                Ok(Ok(0)) | Ok(Err(_)) => break End::Lost,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    debug!(%peer, client_id = %connect.client_id, "MQTT keep-alive expired");
+                    codec::disconnect(version, 0x8D, "no packet within 1.5 times the keep-alive", &mut out);
+                    break End::Lost;
+                }
+            },
+            () = taken.cancelled() => {
+                codec::disconnect(version, 0x8E, "another connection took this client id over", &mut out);
+                break End::Clean;
+            }
+            () = shutdown.cancelled() => {
+                codec::disconnect(version, 0x8B, "the server is shutting down", &mut out);
+                break End::Clean;
+            }
+        }
+    };
+    if !out.is_empty() {
+        let _ = io.write_all(&out).await;
+    }
+    let _ = io.shutdown().await;
+    adapter.left(&connect.client_id, number);
+    if let (End::Lost, Some(will)) = (end, connect.will) {
+        info!(client_id = %connect.client_id, topic = %will.topic, "posting the Will of a dropped device");
+        let _ = publish(&adapter, version, &will, login.as_deref(), &publisher, true).await;
+    }
+}
+
+/// Handles one packet; `Some` when the connection ends after it.
+async fn handle(
+    adapter: &Arc<MqttAdapter>,
+    version: Version,
+    packet: Incoming,
+    login: Option<&str>,
+    publisher: &Publisher,
+    out: &mut BytesMut,
+) -> Option<End> {
+    match packet {
+        Incoming::Publish { message, pkid } => {
+            if message.qos > 1 {
+                codec::disconnect(
+                    version,
+                    0x9B,
+                    "QoS 2 is not supported here; publish with QoS 0 or 1",
+                    out,
+                );
+                return Some(End::Lost);
+            }
+            match publish(adapter, version, &message, login, publisher, false).await {
+                Outcome::Ack if message.qos == 1 => codec::puback(version, pkid, None, out),
+                Outcome::Ack => {}
+                Outcome::Refuse(code, why) if message.qos == 1 => {
+                    codec::puback(version, pkid, Some((code, &why)), out);
+                }
+                Outcome::Refuse(_, why) => {
+                    debug!(topic = %message.topic, %why, "a QoS 0 message refused");
+                }
+                Outcome::Close(why) => {
+                    info!(topic = %message.topic, %why, "MQTT 3.1.1 connection closed");
+                    return Some(End::Lost);
+                }
+            }
+            None
+        }
+        Incoming::Subscribe { pkid, filters } => {
+            codec::suback_refused(version, pkid, filters, out);
+            None
+        }
+        Incoming::Unsubscribe { pkid, filters } => {
+            codec::unsuback(version, pkid, filters, out);
+            None
+        }
+        Incoming::PingReq => {
+            codec::pingresp(version, out);
+            None
+        }
+        Incoming::Disconnect => Some(End::Clean),
+        Incoming::Connect(_) => {
+            codec::disconnect(version, 0x82, "a second CONNECT", out);
+            Some(End::Lost)
+        }
+        Incoming::Other => None,
+    }
+}
+
+/// Delivers one message: QoS 0 in the background, QoS 1 while the device
+/// waits, spooled when the app cannot take it now.
+async fn publish(
+    adapter: &Arc<MqttAdapter>,
+    version: Version,
+    message: &Message,
+    login: Option<&str>,
+    publisher: &Publisher,
+    will: bool,
+) -> Outcome {
+    let stats = &adapter.stats;
+    let refuse = |code: u8, why: String| match version {
+        Version::V5 => Outcome::Refuse(code, why),
+        Version::V4 => Outcome::Close(why),
+    };
+    let route = match adapter.router.resolve(&message.topic, login) {
+        Ok(route) => route,
+        Err(TopicRefusal::NoTunnel(why)) => {
+            stats.refused.inc();
+            info!(topic = %message.topic, %why, "MQTT publish refused");
+            return refuse(0x90, why);
+        }
+        Err(TopicRefusal::NotAuthorized(why)) => {
+            stats.refused.inc();
+            info!(topic = %message.topic, %why, "MQTT publish refused");
+            return refuse(0x87, why);
+        }
+    };
+    let body = post::body(message, &route.subtopic, publisher, now_ms(), will);
+    let delivery = Delivery {
+        id: delivery::new_id(),
+        owner: route.owner.clone(),
+        destination: route.destination.clone(),
+        content: Content::Post {
+            post: route.post.clone(),
+        },
+        raw: Bytes::from(body),
+    };
+    stats.received.inc();
+    let timeout = adapter.config.deliver_timeout;
+    if message.qos == 0 {
+        // At most once: posted once, never kept, nobody waits.
+        let (sink, stats) = (route.sink.clone(), stats.clone());
+        tokio::spawn(async move {
+            match delivery.attempt(&*sink, timeout).await {
+                Attempt::Accepted => {
+                    stats.delivered.inc();
+                }
+                outcome => debug!(id = %delivery.id, ?outcome, "a QoS 0 message was not taken"),
+            }
+        });
+        return Outcome::Ack;
+    }
+    match delivery.attempt(&*route.sink, timeout).await {
+        Attempt::Accepted => {
+            stats.delivered.inc();
+            Outcome::Ack
+        }
+        Attempt::Rejected { status, reason } => {
+            stats.refused.inc();
+            info!(id = %delivery.id, destination = %delivery.destination, status, %reason, "the app refused an MQTT message");
+            match version {
+                Version::V5 => {
+                    let code = if status == 401 || status == 403 {
+                        0x87
+                    } else {
+                        0x80
+                    };
+                    Outcome::Refuse(code, reason)
+                }
+                // 3.1.1 has no way to say no: the app decided, so the
+                // message is acknowledged rather than sent again forever.
+                Version::V4 => Outcome::Ack,
+            }
+        }
+        Attempt::Retry { reason } => {
+            let kept = match &adapter.spool {
+                Some(spool) => spool
+                    .store(&delivery, &reason)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("no spool".to_string()),
+            };
+            match kept {
+                Ok(()) => {
+                    stats.spooled.inc();
+                    Outcome::Ack
+                }
+                Err(why) => {
+                    info!(id = %delivery.id, %reason, %why, "an MQTT message could be neither delivered nor kept");
+                    refuse(
+                        0x80,
+                        format!(
+                            "the app cannot take it now ({reason}) and it cannot be kept; publish it again later"
+                        ),
+                    )
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! MQTT through a real server, tunnel, client and app on 127.0.0.1, driven
+//! by Debian's `mosquitto_pub` (3.1.1 and 5) and by a device loop written
+//! on the `mqttbytes` codec for the 500 devices at once.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use droid_client::MqttSettings;
+use mqttbytes::{QoS, v4};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+const SECRET: &str = "s3cret";
+
+/// A tunnel whose MQTT messages go to the origin's `/inbound/mqtt`.
+async fn tunnel(srv: &TestServer, app: &Origin, auth: Option<&str>) -> TestClient {
+    let mut spec = spec(None, &app.target);
+    spec.mail.secret = Some(SECRET.into());
+    spec.mqtt = MqttSettings {
+        path: Some("/inbound/mqtt".into()),
+        auth: auth.map(str::to_string),
+        ..MqttSettings::default()
+    };
+    client(client_config(srv.control, vec![spec])).await
+}
+
+/// Runs `mosquitto_pub -d ARGS` against `addr`; its exit status and output.
+async fn mosquitto_pub(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = within(
+        "mosquitto_pub",
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string(), "-d"])
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!("mosquitto_pub is missing ({e}): install Debian's mosquitto-clients (bash .ci/test does)")
+    });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The JSON of a delivery, after checking its signature and headers.
+fn checked(post: &Received) -> Value {
+    assert_eq!(post.header("droid-adapter"), "mqtt");
+    assert_eq!(post.header("content-type"), "application/json");
+    assert!(droid_adapters::verify_signature(
+        SECRET.as_bytes(),
+        &post.header("droid-timestamp"),
+        &post.body,
+        &post.header("droid-signature"),
+    ));
+    post.json()
+}
+
+#[tokio::test]
+async fn publishes_at_qos_0_and_1_arrive_as_signed_posts_in_both_versions() {
+    let mut app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let c = tunnel(&srv, &app, None).await;
+    let mqtt = srv.mqtt.unwrap();
+    for (version, qos) in [
+        ("mqttv311", "0"),
+        ("mqttv311", "1"),
+        ("mqttv5", "0"),
+        ("mqttv5", "1"),
+    ] {
+        let topic = format!("{}/sensors/{version}/{qos}", c.name());
+        let (ok, out) = mosquitto_pub(
+            mqtt,
+            &[
+                "-V", version, "-q", qos, "-t", &topic, "-m", "21.5", "-i", "dev-1",
+            ],
+        )
+        .await;
+        assert!(ok, "{out}");
+        let post = app.next_mail().await;
+        assert_eq!(post.path, "/inbound/mqtt");
+        let json = checked(&post);
+        assert_eq!(json["topic"], topic);
+        assert_eq!(json["subtopic"], format!("sensors/{version}/{qos}"));
+        assert_eq!(json["payload"], "21.5");
+        assert_eq!(json["qos"], qos.parse::<u64>().unwrap());
+        assert_eq!(json["client_id"], "dev-1");
+        if qos == "1" {
+            assert!(out.contains("received PUBACK"), "{out}");
+        }
+    }
+    // MQTT 5 properties reach the app.
+    let topic = format!("{}/props", c.name());
+    let (ok, out) = mosquitto_pub(
+        mqtt,
+        &[
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            &topic,
+            "-m",
+            "{}",
+            "-D",
+            "publish",
+            "user-property",
+            "unit",
+            "C",
+            "-D",
+            "publish",
+            "content-type",
+            "application/json",
+            "-D",
+            "publish",
+            "response-topic",
+            "replies/1",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let json = checked(&app.next_mail().await);
+    assert_eq!(
+        json["properties"]["user_properties"],
+        serde_json::json!([["unit", "C"]])
+    );
+    assert_eq!(json["properties"]["content_type"], "application/json");
+    assert_eq!(json["properties"]["response_topic"], "replies/1");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn binary_and_1_mib_payloads_arrive_exact() {
+    let mut app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let c = tunnel(&srv, &app, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let binary: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    for (name, payload) in [("binary", &binary), ("big", &big)] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, payload).unwrap();
+        let topic = format!("{}/{name}", c.name());
+        let (ok, out) = mosquitto_pub(
+            srv.mqtt.unwrap(),
+            &["-q", "1", "-t", &topic, "-f", file.to_str().unwrap()],
+        )
+        .await;
+        assert!(ok, "{out}");
+        let json = checked(&app.next_mail().await);
+        let got = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            json["payload_base64"].as_str().unwrap(),
+        )
+        .unwrap();
+        assert!(got == *payload, "{name} arrived changed");
+    }
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_qos_1_message_is_spooled_while_the_app_is_down_and_delivered_once_after() {
+    let mut app = origin("app").await;
+    let spool = tempfile::tempdir().unwrap();
+    let srv = mqtt_server(Some(spool.path())).await;
+    let c = tunnel(&srv, &app, None).await;
+    app.inbox_status.store(503, Ordering::SeqCst);
+    let topic = format!("{}/while-down", c.name());
+    let (ok, out) =
+        mosquitto_pub(srv.mqtt.unwrap(), &["-q", "1", "-t", &topic, "-m", "kept"]).await;
+    assert!(
+        ok && out.contains("received PUBACK"),
+        "acknowledged once spooled: {out}"
+    );
+    app.inbox_status.store(200, Ordering::SeqCst);
+    let post = app.next_mail().await;
+    let json = checked(&post);
+    assert_eq!(json["payload"], "kept");
+    // Once: nothing more comes.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), app.inbox.recv())
+            .await
+            .is_err()
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_reach_the_publisher_in_its_protocols_terms() {
+    let app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let c = tunnel(&srv, &app, None).await;
+    let mqtt = srv.mqtt.unwrap();
+    // No tunnel by that name: MQTT 5 gets 0x90, 3.1.1 is disconnected.
+    let (ok, out) = mosquitto_pub(
+        mqtt,
+        &["-V", "mqttv5", "-q", "1", "-t", "nobody/x", "-m", "x"],
+    )
+    .await;
+    assert!(out.contains("RC:144"), "{ok} {out}");
+    let (ok, out) = mosquitto_pub(
+        mqtt,
+        &["-V", "mqttv311", "-q", "1", "-t", "nobody/x", "-m", "x"],
+    )
+    .await;
+    assert!(!ok && !out.contains("received PUBACK"), "{out}");
+    // The app's 4xx reaches an MQTT 5 publisher as a reason code.
+    app.inbox_status.store(422, Ordering::SeqCst);
+    let topic = format!("{}/refused", c.name());
+    let (ok, out) =
+        mosquitto_pub(mqtt, &["-V", "mqttv5", "-q", "1", "-t", &topic, "-m", "x"]).await;
+    assert!(out.contains("RC:128"), "{ok} {out}");
+    // QoS 2 is refused: the connection ends without PUBREC.
+    let (ok, out) =
+        mosquitto_pub(mqtt, &["-V", "mqttv5", "-q", "2", "-t", &topic, "-m", "x"]).await;
+    assert!(!out.contains("received PUBREC"), "{ok} {out}");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_tunnel_with_a_login_takes_only_its_devices() {
+    let mut app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let c = tunnel(&srv, &app, Some("dev:pw")).await;
+    let mqtt = srv.mqtt.unwrap();
+    let topic = format!("{}/secure", c.name());
+    let (ok, out) = mosquitto_pub(
+        mqtt,
+        &[
+            "-u", "dev", "-P", "wrong", "-q", "1", "-t", &topic, "-m", "x",
+        ],
+    )
+    .await;
+    assert!(
+        !ok && out.to_lowercase().contains("bad user name or password"),
+        "{out}"
+    );
+    let (ok, out) =
+        mosquitto_pub(mqtt, &["-V", "mqttv5", "-q", "1", "-t", &topic, "-m", "x"]).await;
+    assert!(out.contains("RC:135"), "no login: {ok} {out}");
+    let (ok, out) = mosquitto_pub(
+        mqtt,
+        &["-u", "dev", "-P", "pw", "-q", "1", "-t", &topic, "-m", "in"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let json = checked(&app.next_mail().await);
+    assert_eq!(json["username"], "dev");
+    assert_eq!(json["payload"], "in");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_will_is_posted_when_a_device_drops() {
+    let mut app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let c = tunnel(&srv, &app, None).await;
+    let will = format!("{}/status/dev-9", c.name());
+    let hello = format!("{}/hello", c.name());
+    // mosquitto_pub -l keeps the connection open, publishing stdin's lines.
+    let mut device = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &srv.mqtt.unwrap().port().to_string(),
+        ])
+        .args(["-i", "dev-9", "-q", "1", "-t", &hello, "-l"])
+        .args([
+            "--will-topic",
+            &will,
+            "--will-payload",
+            "gone",
+            "--will-qos",
+            "1",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = device.stdin.take().unwrap();
+    stdin.write_all(b"up\n").await.unwrap();
+    assert_eq!(checked(&app.next_mail().await)["payload"], "up");
+    // Killed without DISCONNECT.
+    device.kill().await.unwrap();
+    let json = checked(&app.next_mail().await);
+    assert_eq!(json["topic"], will);
+    assert_eq!(json["payload"], "gone");
+    assert_eq!(json["will"], true);
+    c.stop().await;
+}
+
+/// One device on the `mqttbytes` codec: connects and publishes `message`
+/// at QoS 1; true once acknowledged.
+async fn device(addr: SocketAddr, id: &str, topic: &str, message: &str) -> bool {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let mut out = BytesMut::new();
+    v4::Connect::new(id).write(&mut out).unwrap();
+    let mut publish = v4::Publish::new(topic, QoS::AtLeastOnce, message.as_bytes().to_vec());
+    publish.pkid = 1;
+    publish.write(&mut out).unwrap();
+    socket.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        match v4::read(&mut buf, 1 << 20) {
+            Ok(v4::Packet::PubAck(ack)) => return ack.pkid == 1,
+            Ok(_) => {}
+            Err(mqttbytes::Error::InsufficientBytes(_)) => {
+                if socket.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_devices_at_once_and_bad_ones_close_only_themselves() {
+    let mut app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let c = tunnel(&srv, &app, None).await;
+    let mqtt = srv.mqtt.unwrap();
+
+    // A device sending garbage, one over the size limit, and one sending
+    // its CONNECT a byte a second: each is closed alone.
+    let mut garbage = TcpStream::connect(mqtt).await.unwrap();
+    garbage
+        .write_all(b"\x10\xff\xff\xff\xff\x7f garbage")
+        .await
+        .unwrap();
+    let mut huge = TcpStream::connect(mqtt).await.unwrap();
+    let mut out = BytesMut::new();
+    v4::Connect::new("huge").write(&mut out).unwrap();
+    out.extend_from_slice(b"\x30\xff\xff\xff\x7f"); // a PUBLISH of 256 MiB
+    huge.write_all(&out).await.unwrap();
+    let mut slow = TcpStream::connect(mqtt).await.unwrap();
+    slow.write_all(b"\x10").await.unwrap();
+
+    let name = c.name().to_string();
+    let mut devices = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        let topic = format!("{name}/devices/{i}");
+        devices.spawn(async move { device(mqtt, &format!("dev-{i}"), &topic, "ok").await });
+    }
+    let mut acked = 0;
+    within("500 devices", async {
+        while let Some(done) = devices.join_next().await {
+            acked += usize::from(done.unwrap());
+        }
+    })
+    .await;
+    assert_eq!(acked, 500);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..500 {
+        let json = checked(&app.next_mail().await);
+        seen.insert(json["topic"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 500, "each device's message once");
+    for (what, socket) in [("garbage", &mut garbage), ("too large", &mut huge)] {
+        // Closed by the server (end of stream, or a reset): `within` fails
+        // the test if the connection were left open instead.
+        let mut rest = Vec::new();
+        if within(what, socket.read_to_end(&mut rest)).await.is_ok() {
+            assert!(rest.len() < 64, "{what}: {} bytes came back", rest.len());
+        }
+    }
+    // The slow one is still waiting; the others kept working meanwhile.
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), slow.read(&mut byte))
+            .await
+            .is_err()
+    );
+    app.inbox_status.store(200, Ordering::SeqCst);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn droid_http_prints_its_mqtt_line_and_takes_publishes() {
+    let mut app = origin("app").await;
+    let state = tempfile::tempdir().unwrap();
+    let port = app.addr.port().to_string();
+    let mut droid = Droid::start(
+        &[
+            "http",
+            &port,
+            "--http",
+            "127.0.0.1:0",
+            "--no-smtp",
+            "--mqtt",
+            "127.0.0.1:0",
+            "--mqtt-path",
+            "/inbound/mqtt",
+            "--mail-secret",
+            SECRET,
+            "--no-inspect",
+        ],
+        state.path(),
+    );
+    let line = droid
+        .line("the mqtt line", |l| {
+            l.starts_with("mqtt ").then(|| l.to_string())
+        })
+        .await;
+    let addr = addr_after(&line, "mqtt ").unwrap();
+    let topics = line.split(", ").nth(1).unwrap().split(' ').next().unwrap();
+    let name = topics.trim_end_matches("/#");
+    assert!(
+        line.ends_with("arrives as POST /inbound/mqtt (json)"),
+        "{line}"
+    );
+    let (ok, out) = mosquitto_pub(addr, &["-q", "1", "-t", &format!("{name}/x"), "-m", "hi"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(checked(&app.next_mail().await)["payload"], "hi");
+    assert!(droid.interrupt().await.success());
+}
