@@ -426,3 +426,82 @@ async fn droid_http_prints_its_mqtt_line_and_takes_publishes() {
     assert_eq!(checked(&app.next_mail().await)["payload"], "hi");
     assert!(droid.interrupt().await.success());
 }
+
+/// Serves one HTTP request on `listener` with a 200; its body.
+/// Connections that close without a byte (the client's probes) are skipped.
+async fn one_post(listener: tokio::net::TcpListener) -> Vec<u8> {
+    loop {
+        let (socket, _) = listener.accept().await.unwrap();
+        if let Some(body) = post_on(socket).await {
+            return body;
+        }
+    }
+}
+
+async fn post_on(mut socket: TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = socket.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            assert!(buf.is_empty(), "a request ended early");
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + length {
+                socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                return Some(buf[end + 4..end + 4 + length].to_vec());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_message_spooled_while_the_app_is_stopped_arrives_within_3_s_of_its_start() {
+    // The spool's own first retry is a minute away: only the client's
+    // word that the app is back can make it quicker.
+    let spool = tempfile::tempdir().unwrap();
+    let srv = mqtt_server_retrying(Some(spool.path()), Duration::from_secs(60)).await;
+    let port = dead_port().await;
+    let target = droid_client::Target {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    let mut spec = spec(None, &target);
+    spec.mail.secret = Some(SECRET.into());
+    let c = client(client_config(srv.control, vec![spec])).await;
+    let topic = format!("{}/restart", c.name());
+    let (ok, out) = mosquitto_pub(
+        srv.mqtt.unwrap(),
+        &["-q", "1", "-t", &topic, "-m", "waited"],
+    )
+    .await;
+    assert!(
+        ok && out.contains("received PUBACK"),
+        "spooled and acknowledged: {out}"
+    );
+
+    let app = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(3), one_post(app))
+        .await
+        .expect("delivered within 3 s of the app listening again");
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["payload"], "waited");
+    println!(
+        "delivered {:?} after the app started listening",
+        started.elapsed()
+    );
+    c.stop().await;
+}

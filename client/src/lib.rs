@@ -15,6 +15,7 @@
 
 pub mod inspect;
 mod local;
+mod probe;
 pub mod state;
 pub mod target;
 
@@ -560,6 +561,7 @@ impl Live {
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut deadline = Instant::now() + quiet_limit;
+        let (probes, mut back) = probe::Probes::new();
         let end = loop {
             tokio::select! {
                 stream = self.inbound.recv() => match stream {
@@ -569,6 +571,7 @@ impl Live {
                             routes.clone(),
                             events.clone(),
                             config.inspector.clone(),
+                            probes.clone(),
                         ));
                     }
                     None => break SessionEnd::Lost("the server closed the connection".into()),
@@ -592,6 +595,12 @@ impl Live {
                         Ok(_) => {}
                         Err(ProtocolError::Closed) => break SessionEnd::Lost("the server closed the connection".into()),
                         Err(e) => break SessionEnd::Lost(format!("the control stream failed: {e}")),
+                    }
+                }
+                Some(tunnel) = back.recv() => {
+                    let up = ControlMessage::TargetUp(protocol::TargetUp { tunnel });
+                    if let Err(e) = protocol::write_message(&mut self.writer, &up).await {
+                        break SessionEnd::Lost(format!("the connection to the server failed: {e}"));
                     }
                 }
                 _ = ping.tick() => {

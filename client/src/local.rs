@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::inspect::{Inspector, StreamTap};
+use crate::probe::Probes;
 use crate::{ClientEvent, Events, TunnelSpec};
 
 /// The buffer for the app's answers starts this small: most answers fit,
@@ -46,6 +47,7 @@ pub(crate) async fn serve_stream(
     tunnels: Arc<Vec<(String, TunnelSpec)>>,
     events: Events,
     inspector: Option<Inspector>,
+    probes: Probes,
 ) {
     if let Err(e) = stream.acknowledge().await {
         debug!(error = %e, "the stream closed before it was acknowledged");
@@ -88,6 +90,7 @@ pub(crate) async fn serve_stream(
             if let Some(inspector) = &inspector {
                 inspector.target_unreachable();
             }
+            probes.target_down(name, target);
             events.send(ClientEvent::TargetDown {
                 tunnel: name.clone(),
                 target: target.to_string(),

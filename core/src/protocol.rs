@@ -58,6 +58,9 @@ pub enum ControlMessage {
     /// client's tunnels, for the client to show. Best effort: a server whose
     /// client reads slowly drops these rather than queue them.
     Request(RequestLine),
+    /// Client → server: a tunnel's local target answers again after it did
+    /// not; the server retries that tunnel's spooled deliveries now.
+    TargetUp(TargetUp),
     /// A message type this build does not know. It is ignored.
     #[serde(other)]
     Unknown,
@@ -362,6 +365,13 @@ pub enum ErrorCode {
     /// A code this build does not know.
     #[serde(other)]
     Unknown,
+}
+
+/// See [`ControlMessage::TargetUp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetUp {
+    /// The tunnel whose target answers again.
+    pub tunnel: String,
 }
 
 /// One request through a tunnel, as the server saw it: what `droid http`

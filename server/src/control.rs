@@ -113,7 +113,7 @@ pub(crate) async fn serve<IO>(
         }
     }
 
-    let clean = heartbeat(&shared, &mut control, &lines, &opener, &shutdown).await;
+    let clean = heartbeat(&shared, &mut control, &lines, &opener, &tunnels, &shutdown).await;
     shared.registry.release(&tunnels, clean);
     info!(%peer, session = session_id, ?names, clean, "tunnels down");
     let _ = control.writer.shutdown().await;
@@ -133,6 +133,7 @@ async fn heartbeat<R, W>(
     control: &mut Control<R, W>,
     lines: &Pending,
     opener: &droid_core::session::Opener,
+    tunnels: &[Arc<Tunnel>],
     shutdown: &CancellationToken,
 ) -> bool
 where
@@ -154,6 +155,14 @@ where
                         }
                     }
                     Ok(ControlMessage::Release) => return true,
+                    Ok(ControlMessage::TargetUp(up)) => {
+                        // The app is back: its waiting deliveries need not
+                        // wait for their next back-off step.
+                        let back: Vec<Arc<Tunnel>> =
+                            tunnels.iter().filter(|t| t.name == up.tunnel).cloned().collect();
+                        debug!(tunnel = %up.tunnel, "the client says its target answers again");
+                        shared.wake_mail(&back);
+                    }
                     Ok(other) => debug!(message = ?other, "ignored a control message"),
                     Err(ProtocolError::Malformed(e)) => {
                         warn!(error = %e, "malformed control message; closing the session");

@@ -389,6 +389,14 @@ pub async fn server_on(
 /// A server that also accepts MQTT, spooling to `spool` (retried within
 /// 200 ms) when given.
 pub async fn mqtt_server(spool: Option<&std::path::Path>) -> TestServer {
+    mqtt_server_retrying(spool, Duration::from_millis(50)).await
+}
+
+/// [`mqtt_server`] whose spool first retries after `first_retry`.
+pub async fn mqtt_server_retrying(
+    spool: Option<&std::path::Path>,
+    first_retry: Duration,
+) -> TestServer {
     let mut srv = server_with(|c| c.mqtt = true).await;
     let listener = droid_adapters::bind_listener("127.0.0.1:0".parse().unwrap())
         .await
@@ -396,8 +404,8 @@ pub async fn mqtt_server(spool: Option<&std::path::Path>) -> TestServer {
     srv.mqtt = Some(listener.local_addr().unwrap());
     let spool = spool.map(|dir| {
         let mut config = droid_adapters::SpoolConfig::default();
-        config.retry.first_delay = Duration::from_millis(50);
-        config.retry.max_delay = Duration::from_millis(200);
+        config.retry.first_delay = first_retry;
+        config.retry.max_delay = first_retry.max(Duration::from_millis(200));
         droid_adapters::Spool::open(dir, config).unwrap()
     });
     let (s, token) = (srv.server.clone(), srv.shutdown.clone());
