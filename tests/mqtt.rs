@@ -505,3 +505,170 @@ async fn a_message_spooled_while_the_app_is_stopped_arrives_within_3_s_of_its_st
     );
     c.stop().await;
 }
+
+/// `mosquitto_sub` subscribed to `filters` on `addr`, printing `topic
+/// payload` lines (and the retained flag with `-v -d`), once subscribed.
+struct Subscriber {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Subscriber {
+    async fn start(
+        addr: SocketAddr,
+        version: &str,
+        filters: &[&str],
+        login: Option<(&str, &str)>,
+    ) -> Subscriber {
+        use tokio::io::AsyncBufReadExt;
+        if let Err(e) = std::process::Command::new("mosquitto_sub")
+            .arg("--help")
+            .output()
+        {
+            panic!(
+                "mosquitto_sub is missing ({e}): install Debian's mosquitto-clients (bash .ci/test does)"
+            );
+        }
+        // Its output is buffered when it is not a terminal: stdbuf makes it
+        // come a line at a time.
+        let mut command = Command::new("stdbuf");
+        command
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &addr.port().to_string(),
+                "-V",
+                version,
+                "-q",
+                "1",
+                "-v",
+                "-d",
+            ])
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::piped());
+        for filter in filters {
+            command.args(["-t", filter]);
+        }
+        if let Some((user, password)) = login {
+            command.args(["-u", user, "-P", password]);
+        }
+        let mut child = command.spawn().unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut s = Subscriber { child, lines };
+        s.line("the SUBACK", |l| l.contains("received SUBACK"))
+            .await;
+        s
+    }
+
+    async fn line(&mut self, what: &str, pick: impl Fn(&str) -> bool) -> String {
+        within(what, async {
+            loop {
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("mosquitto_sub ended before {what}"));
+                if pick(&line) {
+                    return line;
+                }
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// `POST /api/mqtt/publish` on the inspector at `inspector`.
+async fn app_publish(inspector: SocketAddr, body: Value) -> (u16, Value) {
+    let request = http::Request::post("/api/mqtt/publish")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap();
+    let response = send(inspector, request).await;
+    let status = response.status().as_u16();
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn the_app_publishes_to_subscribed_devices_and_retained_messages_wait_for_late_ones() {
+    let app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let inspector = droid_client::Inspector::new(droid_client::InspectorOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let mut config = client_config(srv.control, vec![spec(None, &app.target)]);
+    config.inspector = Some(inspector.clone());
+    let c = client(config).await;
+    let shutdown = c.shutdown.clone();
+    tokio::spawn(async move { inspector.serve(listener, None, shutdown).await });
+    let mqtt = srv.mqtt.unwrap();
+    let name = c.name().to_string();
+
+    let mut plus =
+        Subscriber::start(mqtt, "mqttv311", &[&format!("{name}/sensors/+/cmd")], None).await;
+    let mut hash = Subscriber::start(mqtt, "mqttv5", &[&format!("{name}/#")], None).await;
+    let (status, answer) = app_publish(
+        api,
+        serde_json::json!({"topic": "sensors/1/cmd", "payload": "on", "qos": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["delivered_to"], 2);
+    assert_eq!(answer["topic"], format!("{name}/sensors/1/cmd"));
+    for s in [&mut plus, &mut hash] {
+        let line = s
+            .line("the command", |l| {
+                l.starts_with(&format!("{name}/sensors/1/cmd"))
+            })
+            .await;
+        assert!(line.ends_with(" on"), "{line}");
+    }
+    // Only the # subscriber matches this one.
+    let (status, answer) = app_publish(api, serde_json::json!({"topic": format!("{name}/lights/2"), "payload_base64": "AAE=", "qos": 0})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["delivered_to"], 1);
+
+    // A retained message reaches a device that subscribes later.
+    let (status, answer) = app_publish(
+        api,
+        serde_json::json!({"topic": "config/rate", "payload": "5s", "retain": true}),
+    )
+    .await;
+    assert_eq!((status, answer["delivered_to"].as_u64()), (200, Some(1)));
+    let mut late = Subscriber::start(mqtt, "mqttv311", &[&format!("{name}/config/#")], None).await;
+    let line = late
+        .line("the retained message", |l| {
+            l.starts_with(&format!("{name}/config/rate"))
+        })
+        .await;
+    assert!(line.ends_with(" 5s"), "{line}");
+
+    // Another tunnel's namespace is refused; so is a filter with no tunnel.
+    let (status, answer) = app_publish(
+        api,
+        serde_json::json!({"tunnel": "someone-else", "topic": "x", "payload": "no"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    let (ok, out) = mosquitto_pub(
+        mqtt,
+        &["-V", "mqttv5", "-q", "1", "-t", "nobody/x", "-m", "x"],
+    )
+    .await;
+    assert!(out.contains("RC:144"), "{ok} {out}");
+    c.stop().await;
+}

@@ -334,7 +334,11 @@ pub async fn run(
                     warn!(error = %e, "could not save the resume secret; a restart will get new names");
                 }
                 if let Some(inspector) = &config.inspector {
-                    inspector.connected(&live.welcome.tunnels, &config.tunnels);
+                    inspector.connected(
+                        &live.welcome.tunnels,
+                        &config.tunnels,
+                        live.opener.clone(),
+                    );
                 }
                 events.send(ClientEvent::Connected {
                     tunnels: live.welcome.tunnels.clone(),

@@ -455,6 +455,21 @@ pub enum StreamHeader {
         /// The delivery id; the same on every retry of one delivery.
         id: String,
     },
+    /// Client → server, on a stream the client opens: the app publishes
+    /// an MQTT message for its tunnel's devices. `size` payload bytes follow
+    /// the line; the server answers one line, a [`PublishAnswer`].
+    Publish {
+        /// The client's tunnel whose namespace the topic is in.
+        tunnel: String,
+        /// The whole topic, `NAME/...`.
+        topic: String,
+        /// 0 or 1.
+        qos: u8,
+        /// Whether later subscribers get it too.
+        retain: bool,
+        /// The payload's length.
+        size: u64,
+    },
     /// A visitor's connection to a TCP tunnel's port: raw bytes both ways.
     Tcp {
         /// The tunnel.
@@ -473,11 +488,29 @@ impl StreamHeader {
         match self {
             StreamHeader::Http { tunnel, .. }
             | StreamHeader::Delivery { tunnel, .. }
-            | StreamHeader::Tcp { tunnel, .. } => Some(tunnel),
+            | StreamHeader::Tcp { tunnel, .. }
+            | StreamHeader::Publish { tunnel, .. } => Some(tunnel),
             StreamHeader::Unknown => None,
         }
     }
 }
+
+/// The server's answer to a [`StreamHeader::Publish`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishAnswer {
+    /// How many devices it was handed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_to: Option<u64>,
+    /// Why it was not published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether the error is the publisher's right to the topic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forbidden: bool,
+}
+
+/// The most payload bytes one publish stream may carry.
+pub const MAX_PUBLISH: u64 = 4 * 1024 * 1024;
 
 /// Errors reading or writing protocol lines.
 #[derive(Debug, thiserror::Error)]

@@ -43,8 +43,9 @@ pub(crate) async fn serve<IO>(
             return;
         }
     };
-    // Only the server opens data streams: any other inbound stream is dropped.
-    drop(session.inbound);
+    // The client opens streams of its own only to publish (MQTT from its
+    // app); they are served once its tunnels are known.
+    let inbound = session.inbound;
     let (read, write) = tokio::io::split(control);
     let mut control = Control {
         reader: protocol::MessageReader::new(read, protocol::MAX_CONTROL_LINE),
@@ -112,8 +113,15 @@ pub(crate) async fn serve<IO>(
             crate::tcp_front::serve_port(shared.clone(), port);
         }
     }
+    let names_owned: Vec<String> = tunnels.iter().map(|t| t.name.clone()).collect();
+    let publishing = tokio::spawn(crate::mqtt::serve_client_streams(
+        shared.clone(),
+        inbound,
+        names_owned,
+    ));
 
     let clean = heartbeat(&shared, &mut control, &lines, &opener, &tunnels, &shutdown).await;
+    publishing.abort();
     shared.registry.release(&tunnels, clean);
     info!(%peer, session = session_id, ?names, clean, "tunnels down");
     let _ = control.writer.shutdown().await;

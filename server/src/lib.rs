@@ -159,6 +159,8 @@ pub(crate) struct Shared {
     /// The mail spool, once SMTP runs: woken when an owner reconnects.
     spool: OnceLock<Arc<Spool>>,
     metrics: metrics::Metrics,
+    /// The MQTT adapter, once MQTT runs: apps publish through it.
+    mqtt: OnceLock<Arc<MqttAdapter>>,
 }
 
 impl Shared {
@@ -190,6 +192,7 @@ impl Server {
                 auth,
                 spool: OnceLock::new(),
                 metrics: metrics::Metrics::new(),
+                mqtt: OnceLock::new(),
             }),
         }
     }
@@ -282,6 +285,7 @@ impl Server {
         let retries = self.run_spool(spool.as_ref(), &shutdown);
         let router = Arc::new(mqtt::TunnelTopics::new(self.shared.clone()));
         let adapter = Arc::new(MqttAdapter::new(config, router, spool));
+        let _ = self.shared.mqtt.set(adapter.clone());
         self.shared
             .metrics
             .count_deliveries("droid_mqtt", "MQTT messages", adapter.stats());

@@ -53,13 +53,14 @@ pub(crate) enum Incoming {
         message: Message,
         pkid: u16,
     },
+    /// Filters, each with the QoS asked for.
     Subscribe {
         pkid: u16,
-        filters: usize,
+        filters: Vec<(String, u8)>,
     },
     Unsubscribe {
         pkid: u16,
-        filters: usize,
+        filters: Vec<String>,
     },
     PingReq,
     Disconnect,
@@ -179,11 +180,15 @@ fn from_v4(packet: v4::Packet) -> Incoming {
         },
         v4::Packet::Subscribe(s) => Incoming::Subscribe {
             pkid: s.pkid,
-            filters: s.filters.len(),
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| (f.path, qos(f.qos)))
+                .collect(),
         },
         v4::Packet::Unsubscribe(u) => Incoming::Unsubscribe {
             pkid: u.pkid,
-            filters: u.topics.len(),
+            filters: u.topics,
         },
         v4::Packet::PingReq => Incoming::PingReq,
         v4::Packet::Disconnect => Incoming::Disconnect,
@@ -249,11 +254,15 @@ fn from_v5(packet: v5::Packet) -> Incoming {
         }
         v5::Packet::Subscribe(s) => Incoming::Subscribe {
             pkid: s.pkid,
-            filters: s.filters.len(),
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| (f.path, qos(f.qos)))
+                .collect(),
         },
         v5::Packet::Unsubscribe(u) => Incoming::Unsubscribe {
             pkid: u.pkid,
-            filters: u.filters.len(),
+            filters: u.filters,
         },
         v5::Packet::PingReq => Incoming::PingReq,
         v5::Packet::Disconnect(_) => Incoming::Disconnect,
@@ -335,15 +344,71 @@ pub(crate) fn pingresp(version: Version, out: &mut BytesMut) {
     };
 }
 
-/// Refuses every filter of a SUBSCRIBE (subscriptions come later).
-pub(crate) fn suback_refused(version: Version, pkid: u16, filters: usize, out: &mut BytesMut) {
+/// What a SUBSCRIBE's filter got: the QoS granted, or a refusal (MQTT 5:
+/// 0x87 not authorized, 0x8F filter invalid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Granted {
+    QoS(u8),
+    Refused(u8),
+}
+
+/// Answers a SUBSCRIBE, a code per filter.
+pub(crate) fn suback(version: Version, pkid: u16, granted: &[Granted], out: &mut BytesMut) {
     let _ = match version {
         Version::V4 => {
-            v4::SubAck::new(pkid, vec![v4::SubscribeReasonCode::Failure; filters]).write(out)
+            let codes = granted
+                .iter()
+                .map(|g| match g {
+                    Granted::QoS(0) => v4::SubscribeReasonCode::Success(QoS::AtMostOnce),
+                    Granted::QoS(_) => v4::SubscribeReasonCode::Success(QoS::AtLeastOnce),
+                    Granted::Refused(_) => v4::SubscribeReasonCode::Failure,
+                })
+                .collect();
+            v4::SubAck::new(pkid, codes).write(out)
         }
         Version::V5 => {
-            let codes = vec![v5::SubscribeReasonCode::ImplementationSpecific; filters];
+            let codes = granted
+                .iter()
+                .map(|g| match g {
+                    Granted::QoS(0) => v5::SubscribeReasonCode::QoS0,
+                    Granted::QoS(_) => v5::SubscribeReasonCode::QoS1,
+                    Granted::Refused(0x87) => v5::SubscribeReasonCode::NotAuthorized,
+                    Granted::Refused(_) => v5::SubscribeReasonCode::TopicFilterInvalid,
+                })
+                .collect();
             v5::SubAck::new(pkid, codes).write(out)
+        }
+    };
+}
+
+/// Writes a PUBLISH to a device.
+pub(crate) fn publish(
+    version: Version,
+    topic: &str,
+    payload: &Bytes,
+    qos: u8,
+    retain: bool,
+    pkid: u16,
+    out: &mut BytesMut,
+) {
+    let q = if qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let pkid = if qos == 0 { 0 } else { pkid };
+    let _ = match version {
+        Version::V4 => {
+            let mut p = v4::Publish::from_bytes(topic, q, payload.clone());
+            p.retain = retain;
+            p.pkid = pkid;
+            p.write(out)
+        }
+        Version::V5 => {
+            let mut p = v5::Publish::from_bytes(topic, q, payload.clone());
+            p.retain = retain;
+            p.pkid = pkid;
+            p.write(out)
         }
     };
 }
@@ -354,7 +419,7 @@ pub(crate) fn unsuback(version: Version, pkid: u16, filters: usize, out: &mut By
         Version::V4 => v4::UnsubAck::new(pkid).write(out),
         Version::V5 => {
             let mut ack = v5::UnsubAck::new(pkid);
-            ack.reasons = vec![v5::UnsubAckReason::NoSubscriptionExisted; filters];
+            ack.reasons = vec![v5::UnsubAckReason::Success; filters];
             ack.write(out)
         }
     };

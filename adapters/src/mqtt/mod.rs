@@ -20,6 +20,9 @@
 mod codec;
 mod post;
 mod session;
+mod subscriptions;
+
+pub use subscriptions::{MAX_RETAINED, MAX_RETAINED_BYTES};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -93,6 +96,11 @@ pub trait TopicRouter: Send + Sync {
 
     /// Whether `user:password` is a login some tunnel set.
     fn login(&self, credentials: &str) -> bool;
+
+    /// The tunnel whose namespace `filter` subscribes to, for a device
+    /// logged in as `login`: its first level must name a live or resuming
+    /// tunnel (never a wildcard), and the tunnel's login must match.
+    fn subscribe(&self, filter: &str, login: Option<&str>) -> Result<String, TopicRefusal>;
 }
 
 /// The MQTT adapter; one value serves every connection.
@@ -104,6 +112,7 @@ pub struct MqttAdapter {
     /// The connection serving each client id, to be taken over.
     sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
     next: std::sync::atomic::AtomicU64,
+    subscriptions: subscriptions::Subscriptions,
 }
 
 impl MqttAdapter {
@@ -122,7 +131,24 @@ impl MqttAdapter {
             stats: DeliveryStats::default(),
             sessions: Mutex::new(HashMap::new()),
             next: std::sync::atomic::AtomicU64::new(0),
+            subscriptions: subscriptions::Subscriptions::default(),
         }
+    }
+
+    /// Publishes for `tunnel` (the app's message): `topic` is whole
+    /// (`NAME/...`). Every device subscribed to a matching filter gets it at
+    /// the lower of `qos` and its subscription's; `retain` keeps it for
+    /// later subscribers. Returns how many devices it was handed to.
+    pub fn publish(
+        &self,
+        tunnel: &str,
+        topic: &str,
+        payload: bytes::Bytes,
+        qos: u8,
+        retain: bool,
+    ) -> usize {
+        self.subscriptions
+            .publish(tunnel, topic, payload, qos.min(1), retain)
     }
 
     /// What its messages came to.

@@ -9,8 +9,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::codec::{self, ConnectAnswer, Incoming, Message, ReadError, Version};
+use super::codec::{self, ConnectAnswer, Granted, Incoming, Message, ReadError, Version};
 use super::post::{self, Publisher};
+use super::subscriptions::Outgoing;
 use super::{MqttAdapter, TopicRefusal};
 use crate::delivery::{self, Attempt, Content, Delivery};
 
@@ -107,6 +108,16 @@ pub(super) async fn run<S>(
         client_id: connect.client_id.clone(),
         username: connect.login.as_ref().map(|(u, _)| u.clone()),
     };
+    // What the app publishes to this device's subscriptions.
+    let (to_device, mut outgoing) = tokio::sync::mpsc::channel::<Outgoing>(1024);
+    let mut next_pkid: u16 = 0;
+    let device = Device {
+        version,
+        login: login.clone(),
+        publisher,
+        session: number,
+        to: to_device,
+    };
     let quiet = match connect.keep_alive {
         0 => adapter.config.idle_timeout,
         seconds => Duration::from_millis(u64::from(seconds) * 1500),
@@ -127,15 +138,7 @@ pub(super) async fn run<S>(
             }
         };
         if let Some(packet) = packet {
-            let ended = handle(
-                &adapter,
-                version,
-                packet,
-                login.as_deref(),
-                &publisher,
-                &mut out,
-            )
-            .await;
+            let ended = handle(&adapter, &device, packet, &mut out).await;
             if !out.is_empty() {
                 if io.write_all(&out).await.is_err() {
                     break End::Lost;
@@ -148,6 +151,14 @@ pub(super) async fn run<S>(
             }
         }
         tokio::select! {
+            Some(message) = outgoing.recv() => {
+                next_pkid = next_pkid.wrapping_add(1).max(1);
+                codec::publish(version, &message.topic, &message.payload, message.qos, message.retain, next_pkid, &mut out);
+                if io.write_all(&out).await.is_err() {
+                    break End::Lost;
+                }
+                out.clear();
+            }
             read = tokio::time::timeout(quiet, io.read_buf(&mut buf)) => match read {
                 Ok(Ok(0)) | Ok(Err(_)) => break End::Lost,
                 Ok(Ok(_)) => {}
@@ -172,21 +183,32 @@ pub(super) async fn run<S>(
     }
     let _ = io.shutdown().await;
     adapter.left(&connect.client_id, number);
+    adapter.subscriptions.forget(number);
     if let (End::Lost, Some(will)) = (end, connect.will) {
         info!(client_id = %connect.client_id, topic = %will.topic, "posting the Will of a dropped device");
-        let _ = publish(&adapter, version, &will, login.as_deref(), &publisher, true).await;
+        let _ = publish(&adapter, &device, &will, true).await;
     }
+}
+
+/// One connected device, as its packets are handled.
+struct Device {
+    version: Version,
+    login: Option<String>,
+    publisher: Publisher,
+    /// Its connection's number, which its subscriptions are filed under.
+    session: u64,
+    /// Where messages for its subscriptions go.
+    to: tokio::sync::mpsc::Sender<Outgoing>,
 }
 
 /// Handles one packet; `Some` when the connection ends after it.
 async fn handle(
     adapter: &Arc<MqttAdapter>,
-    version: Version,
+    device: &Device,
     packet: Incoming,
-    login: Option<&str>,
-    publisher: &Publisher,
     out: &mut BytesMut,
 ) -> Option<End> {
+    let version = device.version;
     match packet {
         Incoming::Publish { message, pkid } => {
             if message.qos > 1 {
@@ -198,7 +220,7 @@ async fn handle(
                 );
                 return Some(End::Lost);
             }
-            match publish(adapter, version, &message, login, publisher, false).await {
+            match publish(adapter, device, &message, false).await {
                 Outcome::Ack if message.qos == 1 => codec::puback(version, pkid, None, out),
                 Outcome::Ack => {}
                 Outcome::Refuse(code, why) if message.qos == 1 => {
@@ -215,11 +237,43 @@ async fn handle(
             None
         }
         Incoming::Subscribe { pkid, filters } => {
-            codec::suback_refused(version, pkid, filters, out);
+            let mut granted = Vec::with_capacity(filters.len());
+            let mut retained = Vec::new();
+            for (filter, qos) in filters {
+                match adapter.router.subscribe(&filter, device.login.as_deref()) {
+                    Ok(tunnel) => {
+                        let qos = qos.min(1);
+                        retained.extend(adapter.subscriptions.subscribe(
+                            &tunnel,
+                            device.session,
+                            &filter,
+                            qos,
+                            device.to.clone(),
+                        ));
+                        granted.push(Granted::QoS(qos));
+                    }
+                    Err(refusal) => {
+                        debug!(%filter, ?refusal, "a subscription refused");
+                        granted.push(Granted::Refused(match refusal {
+                            TopicRefusal::NotAuthorized(_) => 0x87,
+                            TopicRefusal::NoTunnel(_) => 0x8F,
+                        }));
+                    }
+                }
+            }
+            codec::suback(version, pkid, &granted, out);
+            // Retained messages follow the SUBACK, through the same queue
+            // as every other message for this device.
+            for message in retained {
+                let _ = device.to.try_send(message);
+            }
             None
         }
         Incoming::Unsubscribe { pkid, filters } => {
-            codec::unsuback(version, pkid, filters, out);
+            for filter in &filters {
+                adapter.subscriptions.unsubscribe(device.session, filter);
+            }
+            codec::unsuback(version, pkid, filters.len(), out);
             None
         }
         Incoming::PingReq => {
@@ -239,12 +293,11 @@ async fn handle(
 /// waits, spooled when the app cannot take it now.
 async fn publish(
     adapter: &Arc<MqttAdapter>,
-    version: Version,
+    device: &Device,
     message: &Message,
-    login: Option<&str>,
-    publisher: &Publisher,
     will: bool,
 ) -> Outcome {
+    let (version, login, publisher) = (device.version, device.login.as_deref(), &device.publisher);
     let stats = &adapter.stats;
     let refuse = |code: u8, why: String| match version {
         Version::V5 => Outcome::Refuse(code, why),

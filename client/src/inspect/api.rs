@@ -10,6 +10,7 @@
 //! | `GET /api/requests/{id}/{request,response}/body` | a body's kept bytes |
 //! | `GET /api/requests/{id}/attachments/{n}` | a mail's attachment |
 //! | `POST /api/requests/{id}/replay` | send it again, with optional edits |
+//! | `POST /api/mqtt/publish` | an MQTT message to the tunnel's devices |
 //! | `GET /api/events` | new exchanges as server-sent events |
 //! | `GET /metrics` | the client's metrics, Prometheus text format |
 //!
@@ -40,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::store::Filter;
-use super::{Shared, StoreEvent, mail, replay};
+use super::{Shared, StoreEvent, mail, publish, replay};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -209,6 +210,31 @@ async fn answer(
             json_answer(StatusCode::OK, &json!({"cleared": true}))
         }
         (&Method::GET, ["api", "events"]) => events(shared, shutdown),
+        (&Method::POST, ["api", "mqtt", "publish"]) => {
+            let body = match Limited::new(request.into_body(), MAX_EDIT).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read it: {e}")),
+            };
+            let wanted: publish::Publish = match serde_json::from_slice(&body) {
+                Ok(wanted) => wanted,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("expected {{\"topic\", \"payload\", \"qos\", \"retain\"}}: {e}"),
+                    );
+                }
+            };
+            match publish::publish(shared, wanted).await {
+                Ok((topic, n)) => {
+                    json_answer(StatusCode::OK, &json!({"topic": topic, "delivered_to": n}))
+                }
+                Err(e @ publish::PublishError::BadRequest(_)) => error(StatusCode::BAD_REQUEST, e),
+                Err(e @ publish::PublishError::Forbidden(_)) => error(StatusCode::FORBIDDEN, e),
+                Err(e @ publish::PublishError::Unavailable(_)) => {
+                    error(StatusCode::SERVICE_UNAVAILABLE, e)
+                }
+            }
+        }
         (method, ["api", "requests", id, rest @ ..]) => {
             let Some(exchange) = id
                 .parse::<u64>()

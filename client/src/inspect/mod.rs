@@ -9,6 +9,8 @@
 //! - `store`: the kept exchanges, oldest forgotten first.
 //! - `api`: the page, the JSON API and `/metrics` on 127.0.0.1:4040.
 //! - `replay`: an exchange sent again, straight to the local target.
+//! - `publish`: the app's MQTT messages for its devices, sent to the server
+//!   on a stream the client opens.
 //! - `metrics`: the client's counters.
 
 mod api;
@@ -17,6 +19,7 @@ mod exchange;
 mod http1;
 mod mail;
 mod metrics;
+mod publish;
 mod replay;
 mod store;
 
@@ -122,6 +125,8 @@ pub(crate) struct Shared {
     tunnels: Mutex<Vec<TunnelView>>,
     /// Why the session is down, while it is.
     down: Mutex<Option<String>>,
+    /// Opens streams to the server while the session is up (to publish).
+    opener: Mutex<Option<droid_core::session::Opener>>,
 }
 
 impl Shared {
@@ -199,6 +204,7 @@ impl Inspector {
             metrics: Metrics::new(),
             tunnels: Mutex::new(Vec::new()),
             down: Mutex::new(None),
+            opener: Mutex::new(None),
         });
         // The store's own task: the tunnels only ever try_send to it. It
         // holds a weak reference, so it ends with the last inspector handle.
@@ -257,7 +263,7 @@ impl Inspector {
                 kind: Kind::Tcp,
                 delivery_id: None,
             },
-            StreamHeader::Unknown => return None,
+            StreamHeader::Publish { .. } | StreamHeader::Unknown => return None,
         };
         Some(StreamTap::new(self.0.clone(), info))
     }
@@ -273,7 +279,15 @@ impl Inspector {
     }
 
     /// The session is up with these tunnels.
-    pub(crate) fn connected(&self, grants: &[TunnelGrant], specs: &[TunnelSpec]) {
+    pub(crate) fn connected(
+        &self,
+        grants: &[TunnelGrant],
+        specs: &[TunnelSpec],
+        opener: droid_core::session::Opener,
+    ) {
+        if let Ok(mut slot) = self.0.opener.lock() {
+            *slot = Some(opener);
+        }
         let views = grants
             .iter()
             .zip(specs)
@@ -299,6 +313,9 @@ impl Inspector {
     pub(crate) fn disconnected(&self, reason: &str) {
         self.0.metrics.connected.set(0);
         self.0.metrics.reconnect();
+        if let Ok(mut slot) = self.0.opener.lock() {
+            *slot = None;
+        }
         if let Ok(mut tunnels) = self.0.tunnels.lock() {
             for t in tunnels.iter_mut() {
                 t.state = "reconnecting";
