@@ -492,6 +492,14 @@ struct Live {
     writer: WriteHalf<Stream>,
 }
 
+/// The session lives exactly as long as the client holds it: streams still
+/// being forwarded must not keep a session whose owner is gone.
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.opener.close();
+    }
+}
+
 async fn connect(config: &ClientConfig, hello: Hello) -> Result<Live, Failure> {
     let conn = droid_core::transport::connect(&config.server, config.tls.as_ref())
         .await
