@@ -103,6 +103,22 @@ pub trait TopicRouter: Send + Sync {
     fn subscribe(&self, filter: &str, login: Option<&str>) -> Result<String, TopicRefusal>;
 }
 
+/// Reads `bytes` as the start of a device's connection (a CONNECT, then
+/// packets) the way a session does, without acting on them: how many whole
+/// packets they hold before they end or stop being MQTT. For the fuzz
+/// target and tests; a session never panics on what this never panics on.
+pub fn packets_in(bytes: &[u8], max_packet_size: usize) -> usize {
+    let Ok(Some(version)) = codec::connect_version(bytes) else {
+        return 0;
+    };
+    let mut buf = bytes::BytesMut::from(bytes);
+    let mut count = 0;
+    while let Ok(Some(_)) = codec::read(version, &mut buf, max_packet_size) {
+        count += 1;
+    }
+    count
+}
+
 /// The MQTT adapter; one value serves every connection.
 pub struct MqttAdapter {
     config: MqttConfig,
@@ -198,5 +214,25 @@ impl Adapter for MqttAdapter {
     ) -> ServeFuture {
         let _ = io.set_nodelay(true);
         Box::pin(self.serve_io(io, peer, shutdown))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mqttbytes::v4;
+
+    #[test]
+    fn packets_in_counts_whole_packets_and_stops_at_the_limit() {
+        let mut buf = bytes::BytesMut::new();
+        v4::Connect::new("dev").write(&mut buf).unwrap();
+        v4::Publish::new("n/t", mqttbytes::QoS::AtMostOnce, vec![b'x'; 100])
+            .write(&mut buf)
+            .unwrap();
+        v4::PingReq.write(&mut buf).unwrap();
+        assert_eq!(packets_in(&buf, 1 << 20), 3);
+        assert_eq!(packets_in(&buf[..buf.len() - 1], 1 << 20), 2, "cut short");
+        assert_eq!(packets_in(&buf, 64), 1, "the publish is over the limit");
+        assert_eq!(packets_in(b"\x30\x00", 1 << 20), 0, "no CONNECT first");
     }
 }
