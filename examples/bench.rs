@@ -454,7 +454,7 @@ async fn droid_smtp(
     }
     let adapter = Arc::new(SmtpAdapter::new(SmtpConfig::default(), router, spool));
     tokio::spawn(droid_adapters::run_adapter(
-        listener,
+        [listener.into()],
         adapter,
         smtp_limits(),
         stop.clone(),

@@ -80,7 +80,16 @@ pub async fn start(
                 let config = droid_adapters::MqttConfig::default();
                 let limits = droid_adapters::ConnLimits::default();
                 server
-                    .serve_mqtt(listener, config, spool, limits, shutdown)
+                    .serve_mqtt(
+                        droid_server::MqttListeners {
+                            plain: Some(listener),
+                            tls: None,
+                        },
+                        config,
+                        spool,
+                        limits,
+                        shutdown,
+                    )
                     .await;
             }));
             Some(bound)

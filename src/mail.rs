@@ -180,7 +180,7 @@ pub async fn standalone(
         .clone()
         .map(|spool| tokio::spawn(spool.run(router.clone(), shutdown.clone())));
     let adapter = Arc::new(SmtpAdapter::new(setup.config.clone(), router, spool));
-    run_adapter(listener, adapter, setup.limits, shutdown).await;
+    run_adapter([listener.into()], adapter, setup.limits, shutdown).await;
     if let Some(retries) = retries {
         let _ = retries.await;
     }

@@ -294,6 +294,9 @@ struct ServerArgs {
     /// Accept MQTT here: a publish to NAME/... goes through NAME's tunnel.
     #[arg(long)]
     mqtt: Option<SocketAddr>,
+    /// Accept MQTT over TLS here (usually port 8883), with --tls-cert.
+    #[arg(long)]
+    mqtts: Option<SocketAddr>,
     #[command(flatten)]
     smtp_options: mail::SmtpArgs,
 }
@@ -547,18 +550,32 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
         None
     };
     let mqtt = match s.mqtt {
-        Some((addr, config, limits)) => {
-            let listener = bind_listener(addr)
-                .await
-                .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
-            println!(
-                "droid server: mqtt on {}, a publish to NAME/... goes to NAME's tunnel",
-                listener.local_addr()?
-            );
+        Some(setup) => {
+            let mut listeners = droid_server::MqttListeners::default();
+            if let Some(addr) = setup.listen {
+                let listener = bind_listener(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
+                println!(
+                    "droid server: mqtt on {}, a publish to NAME/... goes to NAME's tunnel",
+                    listener.local_addr()?
+                );
+                listeners.plain = Some(listener);
+            }
+            if let Some(addr) = setup.listen_tls {
+                let listener = bind_listener(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for MQTT over TLS on {addr}"))?;
+                println!(
+                    "droid server: mqtts on {}, MQTT over TLS with the server's certificate",
+                    listener.local_addr()?
+                );
+                listeners.tls = Some(listener);
+            }
             let (server, spool, shutdown) = (server.clone(), spool.clone(), shutdown.clone());
             Some(tokio::spawn(async move {
                 server
-                    .serve_mqtt(listener, config, spool, limits, shutdown)
+                    .serve_mqtt(listeners, setup.config, spool, setup.limits, shutdown)
                     .await;
             }))
         }

@@ -49,6 +49,16 @@ pub fn port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((low, high))
 }
 
+/// `droid server`'s MQTT: where devices connect, plain and TLS, and how.
+pub struct MqttSetup {
+    /// The plain listener (`--mqtt`).
+    pub listen: Option<SocketAddr>,
+    /// The TLS listener (`--mqtts`), with the server's certificate.
+    pub listen_tls: Option<SocketAddr>,
+    pub config: droid_adapters::MqttConfig,
+    pub limits: droid_adapters::ConnLimits,
+}
+
 /// `droid server`.
 pub struct ServerSettings {
     /// The public HTTP listener.
@@ -65,12 +75,8 @@ pub struct ServerSettings {
     pub metrics: Option<SocketAddr>,
     /// The SMTP listener, when mail is on.
     pub smtp: Option<(SocketAddr, SmtpSetup)>,
-    /// The MQTT listener, its settings and limits, when MQTT is on.
-    pub mqtt: Option<(
-        SocketAddr,
-        droid_adapters::MqttConfig,
-        droid_adapters::ConnLimits,
-    )>,
+    /// The MQTT listeners, settings and limits, when MQTT is on.
+    pub mqtt: Option<MqttSetup>,
     /// The spool mail and MQTT share.
     pub spool: crate::mail::SpoolSetup,
     /// The log level, when `RUST_LOG` is unset.
@@ -234,22 +240,35 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
     let smtp = smtp_addr.map(|a| (a, args.smtp_options.resolve(smtp_file, spool_file)));
     config.smtp = smtp.is_some();
     let mqtt_file = f.and_then(|f| f.adapters.as_ref()?.mqtt.as_ref());
-    let mqtt = args
-        .mqtt
-        .or_else(|| {
-            let m = mqtt_file.filter(|m| m.enabled != Some(false))?;
-            Some(m.listen.map_or(addr("0.0.0.0:1883"), |a| a.0))
-        })
-        .map(|a| {
-            let mut config = droid_adapters::MqttConfig::default();
-            let mut limits = droid_adapters::ConnLimits::default();
-            if let Some(m) = mqtt_file {
-                config.max_packet_size = m.max_packet_size.unwrap_or(config.max_packet_size);
-                limits.max_connections = m.max_connections.unwrap_or(limits.max_connections);
-                limits.max_per_ip = m.max_connections_per_ip.unwrap_or(limits.max_per_ip);
-            }
-            (a, config, limits)
-        });
+    let mqtt_on = mqtt_file.filter(|m| m.enabled != Some(false));
+    // The file's listeners count only when the command line names neither.
+    let (listen, listen_tls) = if args.mqtt.is_some() || args.mqtts.is_some() {
+        (args.mqtt, args.mqtts)
+    } else {
+        match mqtt_on {
+            Some(m) if m.listen_tls.is_some() => (
+                m.listen.map(|a| a.0),
+                m.listen_tls.as_ref().map(|a| a.get_ref().0),
+            ),
+            Some(m) => (Some(m.listen.map_or(addr("0.0.0.0:1883"), |a| a.0)), None),
+            None => (None, None),
+        }
+    };
+    let mqtt = (listen.is_some() || listen_tls.is_some()).then(|| {
+        let mut config = droid_adapters::MqttConfig::default();
+        let mut limits = droid_adapters::ConnLimits::default();
+        if let Some(m) = mqtt_file {
+            config.max_packet_size = m.max_packet_size.unwrap_or(config.max_packet_size);
+            limits.max_connections = m.max_connections.unwrap_or(limits.max_connections);
+            limits.max_per_ip = m.max_connections_per_ip.unwrap_or(limits.max_per_ip);
+        }
+        MqttSetup {
+            listen,
+            listen_tls,
+            config,
+            limits,
+        }
+    });
     config.mqtt = mqtt.is_some();
     let spool = args.smtp_options.resolve(smtp_file, spool_file).spool;
     let tls = crate::tls::server(
@@ -262,6 +281,13 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
     )?;
     config.tls = tls.tls;
     config.https = tls.https.is_some();
+    if let Some(addr) = mqtt.as_ref().and_then(|m| m.listen_tls)
+        && config.tls.is_none()
+    {
+        bail!(
+            "MQTT over TLS on {addr} needs the server's certificate: add --tls-cert and --tls-key (tls_cert and tls_key in the file)"
+        );
+    }
     config.tcp_ports = args
         .tcp_ports
         .or(f.and_then(|f| f.tcp_ports.as_ref().map(|r| r.0)))

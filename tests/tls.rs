@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use common::*;
 use droid_client::{ClientError, ClientTls, ConnectError};
@@ -518,6 +519,12 @@ async fn bad_tls_settings_in_files_name_the_file_line_and_key() {
             "needs a certificate",
         ),
         (
+            "server-mqtts-no-cert.toml",
+            format!("domain = \"{DOMAIN}\"\n[adapters.mqtt]\nlisten_tls = \"127.0.0.1:0\"\n"),
+            "listen_tls",
+            "needs a certificate",
+        ),
+        (
             "client-ca-insecure.toml",
             "server = \"localhost:7835\"\nca = \"/nonexistent/ca.pem\"\ninsecure = true\n[[tunnels]]\nname = \"a\"\nlocal = 3000\n".to_string(),
             "ca",
@@ -543,4 +550,121 @@ async fn bad_tls_settings_in_files_name_the_file_line_and_key() {
             "{name}: {stderr}"
         );
     }
+}
+
+/// Runs `mosquitto_pub` at `localhost:PORT` (the name the certificate
+/// covers) with `args`; whether it succeeded, and what it said.
+async fn mosquitto_pub_tls(port: u16, args: &[&str]) -> (bool, String) {
+    let out = within(
+        "mosquitto_pub",
+        Command::new("mosquitto_pub")
+            .args(["-h", "localhost", "-p", &port.to_string(), "-d"])
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!("mosquitto_pub is missing ({e}): install Debian's mosquitto-clients (bash .ci/test does)")
+    });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn mqtt_over_tls_delivers_and_refuses_devices_that_do_not_trust_it() {
+    let pki = Pki::new();
+    let mut app = origin("app").await;
+    let (srv, tls) =
+        mqtt_server_with(None, Duration::from_millis(50), Some(pki.server_tls())).await;
+    let tls = tls.unwrap();
+    let mut spec = spec(None, &app.target);
+    spec.mqtt.path = Some("/inbound/mqtt".into());
+    let mut config = client_config(srv.control, vec![spec]);
+    config.server = by_name(srv.control);
+    config.tls = Some(pki.client_tls());
+    let c = client(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca).unwrap();
+    let ca = ca.to_str().unwrap();
+
+    for version in ["mqttv311", "mqttv5"] {
+        let topic = format!("{}/secure/{version}", c.name());
+        let (ok, out) = mosquitto_pub_tls(
+            tls.port(),
+            &[
+                "--cafile", ca, "-V", version, "-q", "1", "-t", &topic, "-m", "sealed",
+            ],
+        )
+        .await;
+        assert!(ok, "{out}");
+        assert!(out.contains("received PUBACK"), "{out}");
+        let json = app.next_mail().await.json();
+        assert_eq!(
+            (json["topic"].as_str(), json["payload"].as_str()),
+            (Some(topic.as_str()), Some("sealed"))
+        );
+    }
+
+    // A device that speaks plain MQTT to the TLS port, and one that trusts
+    // another CA, get nowhere; the plain port still takes plain MQTT.
+    let topic = format!("{}/secure/plain", c.name());
+    let (ok, out) = mosquitto_pub_tls(tls.port(), &["-q", "1", "-t", &topic, "-m", "x"]).await;
+    assert!(!ok, "plain MQTT on the TLS port: {out}");
+    let other = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(other.path(), Pki::new().ca).unwrap();
+    let (ok, out) = mosquitto_pub_tls(
+        tls.port(),
+        &[
+            "--cafile",
+            other.path().to_str().unwrap(),
+            "-q",
+            "1",
+            "-t",
+            &topic,
+            "-m",
+            "x",
+        ],
+    )
+    .await;
+    assert!(!ok, "a device trusting another CA: {out}");
+    let (ok, out) = mosquitto_pub_tls(
+        srv.mqtt.unwrap().port(),
+        &["-q", "1", "-t", &topic, "-m", "plain"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(app.next_mail().await.json()["payload"], "plain");
+    assert!(app.inbox.try_recv().is_err(), "nothing else arrived");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn mqtts_without_a_certificate_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = droid_command(
+        &[
+            "server",
+            "--domain",
+            DOMAIN,
+            "--http",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+            "--mqtts",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+    )
+    .output()
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
 }

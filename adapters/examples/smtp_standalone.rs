@@ -51,6 +51,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = tokio::signal::ctrl_c().await;
         stop.cancel();
     });
-    run_adapter(listener, adapter, ConnLimits::default(), shutdown).await;
+    run_adapter([listener.into()], adapter, ConnLimits::default(), shutdown).await;
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! The [`Adapter`] trait and the runtime that hosts one.
 //!
 //! In the manner of pingora's `ServerApp`: the runtime ([`run_adapter`])
-//! owns the listener, accepting (with back-off when `accept` fails), the
-//! connection caps per IP and in total, a tracing span per connection, and
-//! shutdown. An adapter owns only its protocol: [`Adapter::serve`] gets an
-//! accepted connection and a cancellation token to watch.
+//! owns the listeners, accepting (with back-off when `accept` fails), TLS
+//! on the listeners that have it, the connection caps per IP and in total
+//! (shared by all of an adapter's listeners), a tracing span per
+//! connection, and shutdown. An adapter owns only its protocol:
+//! [`Adapter::serve`] gets a connection ready for it, plain or TLS alike,
+//! and a cancellation token to watch.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,14 +15,24 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// The future an adapter returns for one connection.
 pub type ServeFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A byte stream an adapter speaks its protocol on.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An accepted connection, TLS already done where the listener has it.
+pub type Conn = Box<dyn Io>;
 
 /// Why the runtime refused a connection before handing it to the adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,14 +53,14 @@ pub trait Adapter: Send + Sync + 'static {
     /// the protocol's terms, return.
     fn serve(
         self: Arc<Self>,
-        io: TcpStream,
+        io: Conn,
         peer: SocketAddr,
         shutdown: CancellationToken,
     ) -> ServeFuture;
 
     /// Tells a connection it was refused, in the protocol's terms (SMTP
     /// says `421`). The default just closes it.
-    fn refuse(self: Arc<Self>, io: TcpStream, reason: Refusal) -> ServeFuture {
+    fn refuse(self: Arc<Self>, io: Conn, reason: Refusal) -> ServeFuture {
         let _ = reason;
         Box::pin(async move { drop(io) })
     }
@@ -134,29 +146,87 @@ pub async fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// How long a refused connection may take to be told so.
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Accepts connections on `listener` and serves each with `adapter` until
-/// `shutdown` is cancelled; then stops accepting and waits for the open
-/// connections to finish (they see the same token). The listener is bound
-/// by the caller, so tests can use port 0.
+/// How long a TLS client may take over its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bound socket an adapter accepts on, with TLS or without.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Listener {
+    /// Connections here speak TLS first (MQTT on 8883, SMTP on 465).
+    pub fn tls(tcp: TcpListener, acceptor: TlsAcceptor) -> Listener {
+        Listener {
+            tcp,
+            tls: Some(acceptor),
+        }
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: None }
+    }
+}
+
+/// The caps every listener of one adapter shares.
+struct Caps {
+    total: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    max_per_ip: usize,
+}
+
+/// Accepts connections on every listener and serves each with `adapter`
+/// until `shutdown` is cancelled; then stops accepting and waits for the
+/// open connections to finish (they see the same token). Listeners are
+/// bound by the caller, so tests can use port 0.
 pub async fn run_adapter<A: Adapter>(
-    listener: TcpListener,
+    listeners: impl IntoIterator<Item = Listener>,
     adapter: Arc<A>,
     limits: ConnLimits,
     shutdown: CancellationToken,
 ) {
-    let total = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let per_ip = Arc::new(PerIp::default());
+    let caps = Arc::new(Caps {
+        total: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        per_ip: Arc::new(PerIp::default()),
+        max_per_ip: limits.max_per_ip,
+    });
     let tracker = TaskTracker::new();
+    let loops = listeners.into_iter().map(|listener| {
+        accept_loop(
+            listener,
+            adapter.clone(),
+            caps.clone(),
+            &tracker,
+            shutdown.clone(),
+        )
+    });
+    futures::future::join_all(loops).await;
+    tracker.close();
+    tracing::info!(adapter = adapter.name(), open = tracker.len(), "draining");
+    tracker.wait().await;
+}
+
+async fn accept_loop<A: Adapter>(
+    listener: Listener,
+    adapter: Arc<A>,
+    caps: Arc<Caps>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(5);
     let name = adapter.name();
-    let local = listener.local_addr().ok();
-    tracing::info!(adapter = name, ?local, "listening");
+    let local = listener.tcp.local_addr().ok();
+    let tls = listener.tls.is_some();
+    tracing::info!(adapter = name, ?local, tls, "listening");
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            accepted = listener.tcp.accept() => accepted,
         };
-        let (io, peer) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(pair) => {
                 backoff = Duration::from_millis(5);
                 pair
@@ -172,16 +242,19 @@ pub async fn run_adapter<A: Adapter>(
                 continue;
             }
         };
-        let permit = total.clone().try_acquire_owned().ok();
-        let slot = per_ip.try_take(peer.ip(), limits.max_per_ip);
-        let span = tracing::info_span!("conn", adapter = name, %peer);
+        let _ = tcp.set_nodelay(true);
+        let permit = caps.total.clone().try_acquire_owned().ok();
+        let slot = caps.per_ip.try_take(peer.ip(), caps.max_per_ip);
+        let span = tracing::info_span!("conn", adapter = name, %peer, tls);
+        let (adapter, tls, shutdown) = (adapter.clone(), listener.tls.clone(), shutdown.clone());
         match (permit, slot) {
             (Some(permit), Some(slot)) => {
-                let serve = adapter.clone().serve(io, peer, shutdown.clone());
                 tracker.spawn(
                     async move {
                         tracing::debug!("accepted");
-                        serve.await;
+                        if let Some(io) = handshake(tcp, tls.as_ref()).await {
+                            adapter.serve(io, peer, shutdown).await;
+                        }
                         tracing::debug!("closed");
                         drop((permit, slot));
                     }
@@ -194,19 +267,38 @@ pub async fn run_adapter<A: Adapter>(
                 } else {
                     Refusal::TooManyFromPeer
                 };
-                let refuse = adapter.clone().refuse(io, reason);
                 tracker.spawn(
                     async move {
                         tracing::warn!(?reason, "connection refused");
-                        let _ = tokio::time::timeout(REFUSE_TIMEOUT, refuse).await;
+                        let _ = tokio::time::timeout(REFUSE_TIMEOUT, async {
+                            if let Some(io) = handshake(tcp, tls.as_ref()).await {
+                                adapter.refuse(io, reason).await;
+                            }
+                        })
+                        .await;
                     }
                     .instrument(span),
                 );
             }
         }
     }
-    drop(listener);
-    tracker.close();
-    tracing::info!(adapter = name, open = tracker.len(), "draining");
-    tracker.wait().await;
+}
+
+/// The connection ready for the adapter: as it is, or after the TLS
+/// handshake (`None`, logged, when that fails or takes too long).
+async fn handshake(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Option<Conn> {
+    let Some(acceptor) = tls else {
+        return Some(Box::new(tcp));
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Err(error)) => {
+            tracing::info!(%error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(timeout = ?TLS_HANDSHAKE_TIMEOUT, "TLS handshake took too long");
+            None
+        }
+    }
 }

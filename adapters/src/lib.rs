@@ -42,7 +42,7 @@ pub mod spool;
 pub mod stats;
 pub mod url_sink;
 
-pub use adapter::{Adapter, ConnLimits, Refusal, bind_listener, run_adapter};
+pub use adapter::{Adapter, Conn, ConnLimits, Io, Listener, Refusal, bind_listener, run_adapter};
 pub use delivery::{Attempt, Content, Delivery, PostOptions};
 pub use mail::{Envelope, Format};
 pub use mqtt::{MqttAdapter, MqttConfig, TopicRefusal, TopicRoute, TopicRouter};

@@ -189,6 +189,11 @@ impl ServerTls {
         Ok(ServerTls { key, acceptor })
     }
 
+    /// An acceptor that always shows this certificate.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor.clone()
+    }
+
     /// The certificate chain and key.
     pub fn certified_key(&self) -> Arc<CertifiedKey> {
         self.key.clone()

@@ -41,17 +41,30 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use droid_adapters::{
-    ConnLimits, MailRouter, MqttAdapter, MqttConfig, SmtpAdapter, SmtpConfig, Spool,
+    ConnLimits, Listener, MailRouter, MqttAdapter, MqttConfig, SmtpAdapter, SmtpConfig, Spool,
 };
 use droid_core::protocol;
 use droid_core::session::DEFAULT_CONCURRENT_STREAMS;
 pub use droid_core::transport::ServerTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::error;
 
 pub use auth::{AuthPolicy, TokenRule};
 pub use rate::RequestRate;
 pub use registry::{NamePolicy, Registry, TcpPorts};
+
+/// Where [`Server::serve_mqtt`] accepts devices: plain, TLS (with
+/// [`ServerConfig::tls`]'s certificate), or both. Both share the adapter:
+/// a device on one sees the subscriptions and retained messages of the
+/// other.
+#[derive(Debug, Default)]
+pub struct MqttListeners {
+    /// Plain MQTT (port 1883 by custom).
+    pub plain: Option<TcpListener>,
+    /// MQTT over TLS (port 8883 by custom).
+    pub tls: Option<TcpListener>,
+}
 
 /// What a server needs to know; every field has a sensible default but the domain.
 #[derive(Debug, Clone)]
@@ -264,7 +277,7 @@ impl Server {
         self.shared
             .metrics
             .count_deliveries("droid_mail", "Mails", adapter.stats());
-        droid_adapters::run_adapter(listener, adapter, limits, shutdown).await;
+        droid_adapters::run_adapter([listener.into()], adapter, limits, shutdown).await;
         if let Some(retries) = retries {
             let _ = retries.await;
         }
@@ -276,7 +289,7 @@ impl Server {
     /// may be given); without one it is not acknowledged.
     pub async fn serve_mqtt(
         &self,
-        listener: TcpListener,
+        listeners: MqttListeners,
         config: MqttConfig,
         spool: Option<Arc<Spool>>,
         limits: ConnLimits,
@@ -289,7 +302,17 @@ impl Server {
         self.shared
             .metrics
             .count_deliveries("droid_mqtt", "MQTT messages", adapter.stats());
-        droid_adapters::run_adapter(listener, adapter, limits, shutdown).await;
+        let mut bound: Vec<Listener> = listeners.plain.into_iter().map(Listener::from).collect();
+        match (listeners.tls, &self.shared.config.tls) {
+            (Some(listener), Some(tls)) => bound.push(Listener::tls(listener, tls.acceptor())),
+            (Some(_), None) => {
+                error!(
+                    "MQTT over TLS needs a certificate: set ServerConfig::tls (--tls-cert and --tls-key)"
+                );
+            }
+            (None, _) => {}
+        }
+        droid_adapters::run_adapter(bound, adapter, limits, shutdown).await;
         if let Some(retries) = retries {
             let _ = retries.await;
         }

@@ -147,6 +147,9 @@ pub struct MqttFile {
     pub enabled: Option<bool>,
     /// Where devices connect (`--mqtt`; default `0.0.0.0:1883`).
     pub listen: Option<Addr>,
+    /// Where devices connect over TLS (`--mqtts`, usually port 8883), with
+    /// `tls_cert`; with it alone, no plain listener unless `listen` is set.
+    pub listen_tls: Option<Spanned<Addr>>,
     /// The largest packet accepted, in bytes (default 4 MiB).
     pub max_packet_size: Option<usize>,
     /// Connections open at once, in total.
@@ -202,6 +205,14 @@ impl ServerFile {
                         "https",
                         "HTTPS needs a certificate: add `tls_cert` and `tls_key` (for *.DOMAIN)"
                             .into(),
+                    );
+                }
+                let mqtt = self.adapters.as_ref().and_then(|a| a.mqtt.as_ref());
+                if let Some(listen_tls) = mqtt.and_then(|m| m.listen_tls.as_ref()) {
+                    return at(
+                        listen_tls.span(),
+                        "listen_tls",
+                        "MQTT over TLS needs a certificate: add `tls_cert` and `tls_key`".into(),
                     );
                 }
             }

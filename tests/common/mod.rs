@@ -397,11 +397,30 @@ pub async fn mqtt_server_retrying(
     spool: Option<&std::path::Path>,
     first_retry: Duration,
 ) -> TestServer {
-    let mut srv = server_with(|c| c.mqtt = true).await;
-    let listener = droid_adapters::bind_listener("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    mqtt_server_with(spool, first_retry, None).await.0
+}
+
+/// A server with MQTT on a plain listener and, with `tls`, on a TLS one
+/// (whose address comes second).
+pub async fn mqtt_server_with(
+    spool: Option<&std::path::Path>,
+    first_retry: Duration,
+    tls: Option<droid_server::ServerTls>,
+) -> (TestServer, Option<SocketAddr>) {
+    let with_tls = tls.is_some();
+    let mut srv = server_with(|c| {
+        c.mqtt = true;
+        c.tls = tls;
+    })
+    .await;
+    let any = || droid_adapters::bind_listener("127.0.0.1:0".parse().unwrap());
+    let listener = any().await.unwrap();
     srv.mqtt = Some(listener.local_addr().unwrap());
+    let tls_listener = match with_tls {
+        true => Some(any().await.unwrap()),
+        false => None,
+    };
+    let tls_addr = tls_listener.as_ref().map(|l| l.local_addr().unwrap());
     let spool = spool.map(|dir| {
         let mut config = droid_adapters::SpoolConfig::default();
         config.retry.first_delay = first_retry;
@@ -415,7 +434,10 @@ pub async fn mqtt_server_retrying(
     };
     srv.tasks.push(tokio::spawn(async move {
         s.serve_mqtt(
-            listener,
+            droid_server::MqttListeners {
+                plain: Some(listener),
+                tls: tls_listener,
+            },
             config,
             spool,
             droid_adapters::ConnLimits {
@@ -426,7 +448,7 @@ pub async fn mqtt_server_retrying(
         )
         .await;
     }));
-    srv
+    (srv, tls_addr)
 }
 
 /// A server that also accepts mail, spooling to `spool` when given.

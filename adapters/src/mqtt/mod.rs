@@ -30,10 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use droid_core::deliver::Deliver;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::adapter::{Adapter, ServeFuture};
+use crate::adapter::{Adapter, Conn, ServeFuture};
 use crate::delivery::PostOptions;
 use crate::spool::Spool;
 use crate::stats::DeliveryStats;
@@ -208,11 +207,10 @@ impl Adapter for MqttAdapter {
 
     fn serve(
         self: Arc<Self>,
-        io: TcpStream,
+        io: Conn,
         peer: SocketAddr,
         shutdown: CancellationToken,
     ) -> ServeFuture {
-        let _ = io.set_nodelay(true);
         Box::pin(self.serve_io(io, peer, shutdown))
     }
 }

@@ -21,10 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::adapter::{Adapter, Refusal, ServeFuture};
+use crate::adapter::{Adapter, Conn, Refusal, ServeFuture};
 use crate::route::MailRouter;
 use crate::spool::Spool;
 use crate::stats::DeliveryStats;
@@ -121,15 +120,14 @@ impl Adapter for SmtpAdapter {
 
     fn serve(
         self: Arc<Self>,
-        io: TcpStream,
+        io: Conn,
         peer: SocketAddr,
         shutdown: CancellationToken,
     ) -> ServeFuture {
-        let _ = io.set_nodelay(true);
         Box::pin(self.serve_io(io, peer, shutdown))
     }
 
-    fn refuse(self: Arc<Self>, mut io: TcpStream, reason: Refusal) -> ServeFuture {
+    fn refuse(self: Arc<Self>, mut io: Conn, reason: Refusal) -> ServeFuture {
         Box::pin(async move {
             let line = match reason {
                 Refusal::TooManyConnections => {

@@ -167,7 +167,7 @@ pub async fn start_smtp(
     let shutdown = CancellationToken::new();
     let adapter = Arc::new(SmtpAdapter::new(config, router, spool));
     let task = tokio::spawn(droid_adapters::run_adapter(
-        listener,
+        [listener.into()],
         adapter,
         limits,
         shutdown.clone(),
