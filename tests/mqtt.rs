@@ -1,6 +1,7 @@
 //! MQTT through a real server, tunnel, client and app on 127.0.0.1, driven
-//! by Debian's `mosquitto_pub` (3.1.1 and 5) and by a device loop written
-//! on the `mqttbytes` codec for the 500 devices at once.
+//! by Debian's `mosquitto_pub` and `mosquitto_sub` (3.1.1 and 5), by
+//! rumqttc (3.1.1 and 5), and by a device loop written on the `mqttbytes`
+//! codec for the 500 devices at once.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -670,5 +671,200 @@ async fn the_app_publishes_to_subscribed_devices_and_retained_messages_wait_for_
     )
     .await;
     assert!(out.contains("RC:144"), "{ok} {out}");
+    c.stop().await;
+}
+
+/// A device on rumqttc's MQTT 5 client: its handle, and the packets it
+/// receives (its event loop runs in a task of its own until dropped).
+struct RustDevice {
+    client: rumqttc::v5::AsyncClient,
+    incoming: tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::Incoming>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RustDevice {
+    async fn connect(addr: SocketAddr, id: &str) -> RustDevice {
+        let mut options = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", addr.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(Some(4 << 20));
+        let (client, mut events) = rumqttc::v5::AsyncClient::new(options, 16);
+        let (tx, incoming) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok(event) = events.poll().await {
+                if let rumqttc::v5::Event::Incoming(packet) = event
+                    && tx.send(packet).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let mut device = RustDevice {
+            client,
+            incoming,
+            task,
+        };
+        device
+            .next("CONNACK", |p| {
+                matches!(p, rumqttc::v5::Incoming::ConnAck(_))
+            })
+            .await;
+        device
+    }
+
+    /// The next packet `pick` accepts; the ones before it are skipped.
+    async fn next(
+        &mut self,
+        what: &str,
+        pick: impl Fn(&rumqttc::v5::Incoming) -> bool,
+    ) -> rumqttc::v5::Incoming {
+        within(what, async {
+            loop {
+                let packet = self
+                    .incoming
+                    .recv()
+                    .await
+                    .expect("the device's connection ended");
+                if pick(&packet) {
+                    return packet;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Publishes at QoS 1 and returns the PUBACK.
+    async fn publish(&mut self, topic: &str, payload: &[u8]) -> rumqttc::v5::mqttbytes::v5::PubAck {
+        self.client
+            .publish(
+                topic,
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                false,
+                payload.to_vec(),
+            )
+            .await
+            .unwrap();
+        match self
+            .next("PUBACK", |p| matches!(p, rumqttc::v5::Incoming::PubAck(_)))
+            .await
+        {
+            rumqttc::v5::Incoming::PubAck(ack) => ack,
+            _ => unreachable!(),
+        }
+    }
+}
+
+impl Drop for RustDevice {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_rust_client_publishes_subscribes_and_reads_reason_codes() {
+    use rumqttc::v5::Incoming;
+    use rumqttc::v5::mqttbytes::v5::PubAckReason;
+    let mut app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let inspector = droid_client::Inspector::new(droid_client::InspectorOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let mut spec = spec(None, &app.target);
+    spec.mail.secret = Some(SECRET.into());
+    spec.mqtt.path = Some("/inbound/mqtt".into());
+    let mut config = client_config(srv.control, vec![spec]);
+    config.inspector = Some(inspector.clone());
+    let c = client(config).await;
+    let shutdown = c.shutdown.clone();
+    tokio::spawn(async move { inspector.serve(listener, None, shutdown).await });
+    let name = c.name().to_string();
+    let mut device = RustDevice::connect(srv.mqtt.unwrap(), "rust-dev").await;
+
+    // A binary payload arrives exact, and the PUBACK says success.
+    let ack = device
+        .publish(&format!("{name}/telemetry"), &[0, 1, 2, 255])
+        .await;
+    assert_eq!(ack.reason, PubAckReason::Success);
+    let json = checked(&app.next_mail().await);
+    assert_eq!(json["payload_base64"], "AAEC/w==");
+    assert_eq!(json["client_id"], "rust-dev");
+
+    // The app's publish reaches the device's subscription.
+    device
+        .client
+        .subscribe(
+            format!("{name}/cmd/+"),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    device
+        .next("SUBACK", |p| matches!(p, Incoming::SubAck(_)))
+        .await;
+    let (status, answer) = app_publish(
+        api,
+        serde_json::json!({"topic": "cmd/reboot", "payload": "now", "qos": 1}),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["delivered_to"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    let Incoming::Publish(publish) = device
+        .next("the app's publish", |p| matches!(p, Incoming::Publish(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(publish.topic, format!("{name}/cmd/reboot").as_bytes());
+    assert_eq!(publish.payload, "now".as_bytes());
+
+    // The app's 4xx, and a name with no tunnel, come back as reason codes
+    // on the same connection, which goes on.
+    app.inbox_status.store(422, Ordering::SeqCst);
+    let ack = device.publish(&format!("{name}/refused"), b"x").await;
+    assert_eq!(ack.reason, PubAckReason::UnspecifiedError);
+    let reason = ack
+        .properties
+        .and_then(|p| p.reason_string)
+        .unwrap_or_default();
+    assert!(reason.contains("422"), "{reason}");
+    let ack = device.publish("nobody/x", b"x").await;
+    assert_eq!(ack.reason, PubAckReason::TopicNameInvalid);
+    app.inbox_status.store(200, Ordering::SeqCst);
+    let ack = device.publish(&format!("{name}/again"), b"ok").await;
+    assert_eq!(ack.reason, PubAckReason::Success);
+    assert_eq!(checked(&app.next_mail().await)["payload"], "ok");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_rust_client_on_mqtt_3_1_1_publishes_at_qos_1() {
+    let mut app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let c = tunnel(&srv, &app, None).await;
+    let options = rumqttc::MqttOptions::new("rust-311", "127.0.0.1", srv.mqtt.unwrap().port());
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
+    let topic = format!("{}/sensors/1/temp", c.name());
+    client
+        .publish(&topic, rumqttc::QoS::AtLeastOnce, false, "21.5")
+        .await
+        .unwrap();
+    let mut posted = false;
+    within("the PUBACK", async {
+        loop {
+            match events.poll().await.unwrap() {
+                rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) => return,
+                rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(_)) => {
+                    let json = checked(&app.next_mail().await);
+                    assert_eq!(json["topic"], topic);
+                    posted = true;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(posted);
     c.stop().await;
 }
