@@ -1,5 +1,5 @@
-//! Run with: `cargo run --release --example bench -- [http|smtp|all] [--secs N] [--max-mails N]
-//! [--only TEXT] [--mode conn|kept]`, or `... --example bench -- peers`.
+//! Run with: `cargo run --release --example bench -- [http|smtp|mqtt|all] [--secs N]
+//! [--max-mails N] [--only TEXT] [--mode conn|kept]`, or `... --example bench -- peers`.
 //!
 //! - `peers`: the `droid` binary as separate processes under `wrk`, beside
 //!   an nginx origin reached directly and, where they are installed, bore
@@ -49,6 +49,10 @@
 //!   `app conns` counts the connections the app accepted during the row.
 //!   `--only TEXT` runs only the targets whose label contains TEXT (and the
 //!   bare sink, for the ratios); `--mode` runs one of the two modes.
+//! - `mqtt`: QoS 1 messages per second, PUBLISH to PUBACK, at 1 and 32
+//!   publishers, to a bare sink, to Droid's adapter with a discarding sink,
+//!   and through the tunnel to the app (see `mqtt.rs`). `--max-mails`
+//!   bounds each row's messages too.
 //! - `http`: GETs of 100-byte bodies over 64 keep-alive connections and of
 //!   1 MiB bodies over 16, straight to a hyper app, through an in-process
 //!   Droid server and client (one yamux session), and through a second
@@ -92,6 +96,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+mod mqtt;
+
 const DOMAIN: &str = "bench.test";
 const NAME: &str = "bench";
 const SECRET: &str = "bench-secret";
@@ -108,6 +114,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 struct Args {
     http: bool,
     smtp: bool,
+    mqtt: bool,
     secs: f64,
     max_mails: u64,
     only: Option<String>,
@@ -136,6 +143,7 @@ fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         http: true,
         smtp: true,
+        mqtt: true,
         secs: 5.0,
         max_mails: 1_000_000,
         only: None,
@@ -144,9 +152,10 @@ fn args() -> anyhow::Result<Args> {
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "http" => (a.http, a.smtp) = (true, false),
-            "smtp" => (a.http, a.smtp) = (false, true),
-            "all" => (a.http, a.smtp) = (true, true),
+            "http" => (a.http, a.smtp, a.mqtt) = (true, false, false),
+            "smtp" => (a.http, a.smtp, a.mqtt) = (false, true, false),
+            "mqtt" => (a.http, a.smtp, a.mqtt) = (false, false, true),
+            "all" => (a.http, a.smtp, a.mqtt) = (true, true, true),
             "--secs" => {
                 a.secs = it.next().context("--secs N")?.parse()?;
                 if !(a.secs > 0.0 && a.secs < 3600.0) {
@@ -163,7 +172,7 @@ fn args() -> anyhow::Result<Args> {
                 }
             }
             other => bail!(
-                "unknown argument {other:?}; usage: bench [http|smtp|all] [--secs N] \
+                "unknown argument {other:?}; usage: bench [http|smtp|mqtt|all] [--secs N] \
                  [--max-mails N] [--only TEXT] [--mode conn|kept]"
             ),
         }
@@ -212,6 +221,9 @@ async fn main() -> anyhow::Result<()> {
     let tunnel = Tunnel::start(&app, None).await?;
     if args.smtp {
         smtp_bench(&args, &app, &tunnel).await?;
+    }
+    if args.mqtt {
+        mqtt::mqtt_bench(&args, &app, &tunnel).await?;
     }
     if args.http {
         let inspector = droid_client::Inspector::new(droid_client::InspectorOptions::default());
@@ -333,12 +345,13 @@ impl App {
 
 // ---------------------------------------------------------------- the tunnel
 
-/// An in-process Droid server (HTTP, control and SMTP listeners) and one
-/// client with one tunnel to the app, its mail POSTed to `/inbound`; with
-/// an inspector, every exchange through it is captured.
+/// An in-process Droid server (HTTP, control, SMTP and MQTT listeners) and
+/// one client with one tunnel to the app, its mail and MQTT messages POSTed
+/// to `/inbound`; with an inspector, every exchange through it is captured.
 struct Tunnel {
     http: SocketAddr,
     smtp: SocketAddr,
+    mqtt: SocketAddr,
     host: String,
     stop: CancellationToken,
     /// Its mail spool, removed when the bench ends.
@@ -354,29 +367,42 @@ impl Tunnel {
         let http = TcpListener::bind("127.0.0.1:0").await?;
         let control = TcpListener::bind("127.0.0.1:0").await?;
         let smtp = droid_adapters::bind_listener("127.0.0.1:0".parse()?).await?;
-        let (http_addr, control_addr, smtp_addr) = (
+        let mqtt = droid_adapters::bind_listener("127.0.0.1:0".parse()?).await?;
+        let (http_addr, control_addr, smtp_addr, mqtt_addr) = (
             http.local_addr()?,
             control.local_addr()?,
             smtp.local_addr()?,
+            mqtt.local_addr()?,
         );
         let mut config = ServerConfig::new(DOMAIN);
         config.public_port = Some(http_addr.port());
         config.smtp = true;
+        config.mqtt = true;
         let server = Server::new(config);
         let (s, token) = (server.clone(), stop.clone());
         tokio::spawn(async move { s.run(http, control, token).await });
         let dir = tempfile::tempdir()?;
         let spool = Spool::open(dir.path(), SpoolConfig::default())?;
-        let (s, token) = (server.clone(), stop.clone());
+        let (s, token, mail_spool) = (server.clone(), stop.clone(), spool.clone());
         tokio::spawn(async move {
             s.serve_smtp(
                 smtp,
                 SmtpConfig::default(),
-                Some(spool),
+                Some(mail_spool),
                 smtp_limits(),
                 token,
             )
             .await;
+        });
+        let (s, token) = (server.clone(), stop.clone());
+        tokio::spawn(async move {
+            let listeners = droid_server::MqttListeners {
+                plain: Some(mqtt),
+                tls: None,
+            };
+            let config = droid_adapters::MqttConfig::default();
+            s.serve_mqtt(listeners, config, Some(spool), smtp_limits(), token)
+                .await;
         });
 
         let spec = TunnelSpec {
@@ -386,6 +412,10 @@ impl Tunnel {
                 format: None,
                 secret: Some(SECRET.into()),
                 ..MailSettings::default()
+            },
+            mqtt: droid_client::MqttSettings {
+                path: Some("/inbound".into()),
+                ..droid_client::MqttSettings::default()
             },
             ..TunnelSpec::http(Target {
                 host: "127.0.0.1".into(),
@@ -414,6 +444,7 @@ impl Tunnel {
         Ok(Tunnel {
             http: http_addr,
             smtp: smtp_addr,
+            mqtt: mqtt_addr,
             host: format!("{}.{DOMAIN}", grant[0].name),
             stop,
             _spool: dir,
