@@ -1,15 +1,17 @@
 //! Adapters: other protocols turned into HTTP POSTs for a [`Deliver`] sink.
 //!
 //! An adapter owns one protocol and nothing else. The runtime around it owns
-//! the listener, the connection limits and shutdown; the sink it delivers
+//! the listeners (plain or TLS), the connection limits and shutdown; the sink it delivers
 //! through is either a tunnel (the server's business) or a plain URL
 //! ([`UrlSink`], the standalone mode). No adapter touches yamux.
 //!
 //! Module map:
 //! - [`adapter`]: the [`Adapter`] trait and [`run_adapter`], the accept loop
 //!   with per-IP and total connection caps, back-off and graceful shutdown.
-//! - [`route`]: who a recipient belongs to: [`MailRouter`], [`Route`],
-//!   [`MailOptions`], and [`UrlRouter`] for the standalone mode.
+//! - [`route`]: the seam every adapter shares with its host: [`Tunnels`]
+//!   (a tunnel by name, a sink by spool owner: [`Owners`]); and mail's own
+//!   routing, [`MailRouter`], [`Route`], [`MailOptions`], and [`UrlRouter`]
+//!   for the standalone mode.
 //! - [`url_sink`]: [`UrlSink`], a [`Deliver`] that POSTs to an `http://` URL.
 //! - [`pool`]: [`Pool`], idle HTTP/1.1 connections a sink keeps for its
 //!   next delivery (the URL sink's, and the server's per tunnel).
@@ -23,9 +25,9 @@
 //!   exponential back-off, wake-ups on reconnect, dead letters.
 //! - [`stats`]: [`DeliveryStats`], what deliveries came to, for metrics.
 //! - [`smtp`]: the SMTP adapter, a tokio loop over Stalwart's sans-IO
-//!   `smtp-proto` parser.
+//!   `smtp-proto` parser; [`TunnelMail`] routes `*@NAME.domain`.
 //! - [`mqtt`]: the MQTT adapter (3.1.1 and 5.0), a tokio loop over the
-//!   sans-IO `mqttbytes` codec.
+//!   sans-IO `mqttbytes` codec; [`TunnelTopics`] routes `NAME/...`.
 //!
 //! [`Deliver`]: droid_core::deliver::Deliver
 #![warn(missing_docs)]
@@ -45,11 +47,11 @@ pub mod url_sink;
 pub use adapter::{Adapter, Conn, ConnLimits, Io, Listener, Refusal, bind_listener, run_adapter};
 pub use delivery::{Attempt, Content, Delivery, PostOptions};
 pub use mail::{Envelope, Format};
-pub use mqtt::{MqttAdapter, MqttConfig, TopicRefusal, TopicRoute, TopicRouter};
+pub use mqtt::{MqttAdapter, MqttConfig, TopicRefusal, TopicRoute, TopicRouter, TunnelTopics};
 pub use pool::Pool;
-pub use route::{MailOptions, MailRouter, Route, UrlRouter};
+pub use route::{Destination, MailOptions, MailRouter, Owners, Route, Tunnels, UrlRouter};
 pub use sign::verify_signature;
-pub use smtp::{SmtpAdapter, SmtpConfig};
+pub use smtp::{SmtpAdapter, SmtpConfig, TunnelMail};
 pub use spool::{RetryPolicy, Spool, SpoolConfig, SpoolError};
 pub use stats::DeliveryStats;
 pub use url_sink::{UrlSink, UrlSinkError};

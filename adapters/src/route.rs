@@ -1,19 +1,25 @@
-//! Who a recipient belongs to, and how its mail is delivered.
+//! Where adapters' messages go: the one seam between every adapter and
+//! whoever hosts it.
 //!
-//! A [`MailRouter`] answers two questions: at `RCPT TO`, which destination
-//! takes this recipient ([`MailRouter::resolve`]; `None` means 550, so the
-//! adapter is never an open relay), and, when the spool retries, which sink
-//! reaches a given owner now ([`MailRouter::sink`]).
-//!
-//! The server implements it over its tunnel registry: the owner is the
-//! tunnel's owner id (derived from its resume secret), so a spooled message
-//! never reaches a later holder of the same name. [`UrlRouter`] is the
-//! standalone mode: one URL for every accepted recipient.
+//! - [`Tunnels`] is what a server gives its adapters: a tunnel by name
+//!   ([`Destination`]: its spool owner, a sink through it, and the
+//!   settings its client asked of each adapter), and a sink by owner
+//!   ([`Owners`], the one question the spool asks when it retries). The
+//!   owner is the tunnel's owner id (derived from its resume secret) and
+//!   its name, so a spooled message never reaches a later holder of the
+//!   name. Each adapter maps its own addresses onto it
+//!   ([`crate::smtp::TunnelMail`]: `*@NAME.domain`;
+//!   [`crate::mqtt::TunnelTopics`]: `NAME/...`), in its own folder.
+//! - A [`MailRouter`] answers, at `RCPT TO`, which destination takes a
+//!   recipient (`None` means 550, so the adapter is never an open relay).
+//!   [`UrlRouter`] is the standalone mode: one URL for every accepted
+//!   recipient.
 
 use std::fmt;
 use std::sync::Arc;
 
 use droid_core::deliver::Deliver;
+use droid_core::protocol::AdapterSettings;
 use serde::{Deserialize, Serialize};
 
 use crate::mail::Format;
@@ -72,7 +78,7 @@ pub(crate) mod hex_bytes {
 #[derive(Clone)]
 pub struct Route {
     /// An opaque key of whoever owns the destination. A spooled message
-    /// belongs to it: retries ask [`MailRouter::sink`] for this owner.
+    /// belongs to it: retries ask [`Owners::sink`] for this owner.
     pub owner: String,
     /// A readable name for logs and grouping (e.g. the tunnel name).
     pub destination: String,
@@ -92,14 +98,41 @@ impl fmt::Debug for Route {
     }
 }
 
-/// Maps recipients to destinations and owners to sinks.
-pub trait MailRouter: Send + Sync {
+/// Who a spooled message can reach now.
+pub trait Owners: Send + Sync {
+    /// The sink that reaches `owner` now, or `None` while it is offline.
+    fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>>;
+}
+
+/// A tunnel as the adapters see it.
+#[derive(Clone)]
+pub struct Destination {
+    /// Its name, the first label of its host name.
+    pub name: String,
+    /// The owner key its spooled messages belong to.
+    pub owner: String,
+    /// A sink through it (failing at once while it is resuming).
+    pub sink: Arc<dyn Deliver>,
+    /// What its client asked of each adapter.
+    pub settings: Arc<AdapterSettings>,
+}
+
+/// The tunnels, for adapters; the server implements it over its registry.
+pub trait Tunnels: Owners {
+    /// The tunnel `name` while it is live or resuming (its owner may come
+    /// back), if it takes adapters' messages (a TCP tunnel does not).
+    fn find(&self, name: &str) -> Option<Destination>;
+
+    /// Whether some live tunnel's settings satisfy `pred` (an MQTT login
+    /// is good if some tunnel set it).
+    fn any(&self, pred: &dyn Fn(&AdapterSettings) -> bool) -> bool;
+}
+
+/// Maps recipients to destinations; the spool asks it for owners' sinks.
+pub trait MailRouter: Owners {
     /// The route for `recipient` (the address from `RCPT TO`, as given), or
     /// `None` to refuse it with 550.
     fn resolve(&self, recipient: &str) -> Option<Route>;
-
-    /// The sink that reaches `owner` now, or `None` while it is offline.
-    fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>>;
 }
 
 /// The standalone router: every accepted recipient goes to one sink.
@@ -149,7 +182,9 @@ impl MailRouter for UrlRouter {
             options: self.options.clone(),
         })
     }
+}
 
+impl Owners for UrlRouter {
     fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>> {
         (owner == URL_OWNER).then(|| self.sink.clone())
     }

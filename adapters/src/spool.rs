@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{Attempt, Content, Delivery};
-use crate::route::MailRouter;
+use crate::route::Owners;
 use crate::stats::DeliveryStats;
 
 /// How retries are spaced and when they stop.
@@ -494,7 +494,7 @@ impl Spool {
     /// Retries queued messages until `shutdown` is cancelled, asking
     /// `router` for the owner's sink at each attempt. Attempts in flight at
     /// shutdown are abandoned: their messages stay queued (at least once).
-    pub async fn run(self: Arc<Self>, router: Arc<dyn MailRouter>, shutdown: CancellationToken) {
+    pub async fn run(self: Arc<Self>, router: Arc<dyn Owners>, shutdown: CancellationToken) {
         let mut tasks = JoinSet::new();
         let concurrency = self.config.concurrency.max(1);
         loop {
@@ -544,7 +544,7 @@ impl Spool {
         tasks.abort_all();
     }
 
-    async fn attempt(self: Arc<Self>, mut meta: Meta, router: Arc<dyn MailRouter>) {
+    async fn attempt(self: Arc<Self>, mut meta: Meta, router: Arc<dyn Owners>) {
         let eml = self.queue_dir().join(format!("{}.eml", meta.id));
         let raw = match tokio::fs::read(&eml).await {
             Ok(raw) => Bytes::from(raw),

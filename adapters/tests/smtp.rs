@@ -394,7 +394,9 @@ impl MailRouter for TwoDestinations {
             _ => None,
         }
     }
+}
 
+impl droid_adapters::Owners for TwoDestinations {
     fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>> {
         match owner {
             "owner-a" => Some(self.a.sink.clone()),

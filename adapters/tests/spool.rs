@@ -212,7 +212,9 @@ impl MailRouter for Handover {
             options: MailOptions::default(),
         })
     }
+}
 
+impl droid_adapters::Owners for Handover {
     fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>> {
         (*self.current_owner.lock().unwrap() == owner).then(|| self.sink.clone())
     }

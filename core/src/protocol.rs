@@ -132,6 +132,28 @@ pub struct TunnelRequest {
     pub mqtt: Option<MqttSettings>,
 }
 
+impl TunnelRequest {
+    /// What this tunnel asks of the server's adapters, defaults filled in.
+    pub fn adapter_settings(&self) -> AdapterSettings {
+        AdapterSettings {
+            mail: self.mail.clone().unwrap_or_default(),
+            mqtt: self.mqtt.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// What one tunnel asks of the server's adapters: one key of
+/// [`TunnelRequest`] per adapter. An adapter's settings are its own (the
+/// server only keeps them with the tunnel and hands them to the adapter),
+/// so a new adapter adds its key there and its field here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdapterSettings {
+    /// How mail is POSTed (the SMTP adapter).
+    pub mail: MailSettings,
+    /// How MQTT messages are POSTed, and the devices' login.
+    pub mqtt: MqttSettings,
+}
+
 /// How a tunnel wants its MQTT messages.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MqttSettings {

@@ -10,9 +10,10 @@
 //! - `tcp_front`: a TCP tunnel's public port: each connection a stream of
 //!   raw bytes to the tunnel's client.
 //! - [`rate`]: each tunnel's request rate limit (429 past it).
-//! - `mail`: routes `*@NAME.domain` to tunnels for the SMTP adapter, and
-//!   delivers its POSTs through them.
-//! - `mqtt`: routes topics `NAME/...` to tunnels for the MQTT adapter.
+//! - `deliveries`: the tunnels as every adapter sees them
+//!   ([`droid_adapters::Tunnels`]), and the sink that POSTs an adapter's
+//!   message through one.
+//! - `mqtt`: the app's MQTT publishes, from its client to the adapter.
 //! - `metrics`: requests, the server's own answers, durations, bytes,
 //!   names by state, sessions, streams and mail, for Prometheus.
 //!
@@ -24,10 +25,10 @@
 pub mod access;
 pub mod auth;
 mod control;
+mod deliveries;
 mod guard;
 mod http_front;
 mod listener;
-mod mail;
 mod metrics;
 mod mqtt;
 pub mod names;
@@ -41,7 +42,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use droid_adapters::{
-    ConnLimits, Listener, MailRouter, MqttAdapter, MqttConfig, SmtpAdapter, SmtpConfig, Spool,
+    ConnLimits, Listener, MqttAdapter, MqttConfig, SmtpAdapter, SmtpConfig, Spool, TunnelMail,
+    TunnelTopics, Tunnels,
 };
 use droid_core::protocol;
 use droid_core::session::DEFAULT_CONCURRENT_STREAMS;
@@ -181,7 +183,7 @@ impl Shared {
     fn wake_mail(&self, tunnels: &[Arc<registry::Tunnel>]) {
         if let Some(spool) = self.spool.get() {
             for tunnel in tunnels {
-                spool.wake(&mail::owner_key(tunnel));
+                spool.wake(&deliveries::owner_key(tunnel));
             }
         }
     }
@@ -255,9 +257,9 @@ impl Server {
         .await;
     }
 
-    /// The router the SMTP adapter uses: `*@NAME.domain` to NAME's tunnel.
-    pub fn mail_router(&self) -> Arc<dyn MailRouter> {
-        Arc::new(mail::TunnelRouter::new(self.shared.clone()))
+    /// The tunnels as the adapters see them: by name, and by spool owner.
+    pub fn tunnels(&self) -> Arc<dyn Tunnels> {
+        Arc::new(deliveries::RegistryTunnels::new(self.shared.clone()))
     }
 
     /// Accepts mail for the tunnels until `shutdown`. With a spool, mail
@@ -271,7 +273,7 @@ impl Server {
         limits: ConnLimits,
         shutdown: CancellationToken,
     ) {
-        let router = self.mail_router();
+        let router = Arc::new(TunnelMail::new(self.tunnels(), &self.shared.config.domain));
         let retries = self.run_spool(spool.as_ref(), &shutdown);
         let adapter = Arc::new(SmtpAdapter::new(config, router, spool));
         self.shared
@@ -296,7 +298,7 @@ impl Server {
         shutdown: CancellationToken,
     ) {
         let retries = self.run_spool(spool.as_ref(), &shutdown);
-        let router = Arc::new(mqtt::TunnelTopics::new(self.shared.clone()));
+        let router = Arc::new(TunnelTopics::new(self.tunnels()));
         let adapter = Arc::new(MqttAdapter::new(config, router, spool));
         let _ = self.shared.mqtt.set(adapter.clone());
         self.shared
@@ -329,8 +331,8 @@ impl Server {
         if self.shared.spool.set(spool.clone()).is_err() {
             return None;
         }
-        let router = self.mail_router();
-        Some(tokio::spawn(spool.clone().run(router, shutdown.clone())))
+        let owners = self.tunnels();
+        Some(tokio::spawn(spool.clone().run(owners, shutdown.clone())))
     }
 
     /// Serves `GET /metrics` (Prometheus's text format) until `shutdown`.

@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use droid_core::protocol::{
-    ErrorCode, ErrorMessage, MailSettings, MqttSettings, TunnelKind, TunnelRequest,
-};
+use droid_core::protocol::{AdapterSettings, ErrorCode, ErrorMessage, TunnelKind, TunnelRequest};
 use droid_core::session::Opener;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
@@ -66,10 +64,8 @@ pub struct Tunnel {
     /// Who owns it: a hash of the resume secret, safe to log and store
     /// (spooled mail belongs to it, not to the bare name).
     pub owner_id: String,
-    /// How the client wants this tunnel's mail.
-    pub mail: MailSettings,
-    /// How the client wants this tunnel's MQTT messages.
-    pub mqtt: MqttSettings,
+    /// What the client asked of each adapter (mail, MQTT).
+    pub adapters: Arc<AdapterSettings>,
     /// Who may reach it: basic auth and an IP allow-list.
     pub access: Access,
     /// The counters it counts against (a token, an address).
@@ -477,7 +473,7 @@ impl Registry {
         let mut state = self.lock();
         self.expire(&mut state, now);
 
-        let mut chosen: Vec<(String, MailSettings)> = Vec::with_capacity(requests.len());
+        let mut chosen: Vec<(String, AdapterSettings)> = Vec::with_capacity(requests.len());
         let mut wanted = HashSet::new();
         let mut takeovers = Vec::new();
         // The ports of TCP tunnels, checked before anything is taken.
@@ -573,9 +569,9 @@ impl Registry {
             }
         }
         for request in requests {
-            let mail = request.mail.clone().unwrap_or_default();
+            let adapters = request.adapter_settings();
             match &request.name {
-                Some(name) => chosen.push((name.clone(), mail)),
+                Some(name) => chosen.push((name.clone(), adapters)),
                 None => {
                     let name = (0..64)
                         .map(|_| self.generator.generate())
@@ -590,7 +586,7 @@ impl Registry {
                                 "no free random name was found; try again",
                             )
                         })?;
-                    chosen.push((name, mail));
+                    chosen.push((name, adapters));
                 }
             }
         }
@@ -635,18 +631,16 @@ impl Registry {
                 .and_then(|h| http::HeaderValue::from_str(h).ok())
         });
         let mut ports = ports.into_iter();
-        let mut mqtt = requests.iter().map(|r| r.mqtt.clone().unwrap_or_default());
         let tunnels: Vec<Arc<Tunnel>> = chosen
             .into_iter()
-            .map(|(name, mail)| {
+            .map(|(name, adapters)| {
                 let tunnel = Arc::new(Tunnel {
                     tcp: ports.next().flatten(),
-                    mqtt: mqtt.next().unwrap_or_default(),
                     name: name.clone(),
                     session,
                     opener: opener.clone(),
                     owner_id: owner_id.clone(),
-                    mail,
+                    adapters: Arc::new(adapters),
                     access: access.next().unwrap_or_default(),
                     limit_keys: keys.clone(),
                     rate: rules.rate.map(Limiter::new),

@@ -21,8 +21,10 @@ mod codec;
 mod post;
 mod session;
 mod subscriptions;
+mod tunnels;
 
 pub use subscriptions::{MAX_RETAINED, MAX_RETAINED_BYTES};
+pub use tunnels::TunnelTopics;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

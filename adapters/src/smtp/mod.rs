@@ -15,6 +15,9 @@
 
 pub mod accept;
 pub mod session;
+mod tunnels;
+
+pub use tunnels::TunnelMail;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,62 +1,59 @@
-//! Mail for tunnels: the server's side of the SMTP adapter.
+//! Adapters' deliveries into tunnels: the server's side of the adapters.
 //!
-//! The adapter knows nothing of tunnels; it asks a [`MailRouter`] where a
-//! recipient goes and hands the POST it built to a [`Deliver`] sink. Here the
-//! router is the registry: `anything@NAME.domain` goes to NAME's tunnel while
-//! NAME is live or resuming, and nowhere otherwise (550, never an open
-//! relay). The route's owner key is `OWNER_ID/NAME`, so a spooled message
-//! goes back only to the same owner's tunnel of the same name, never to
-//! whoever holds the name later.
+//! The adapters know nothing of tunnels; they map their own addresses onto
+//! names (`*@NAME.domain`, `NAME/...`) and ask [`Tunnels`], implemented
+//! here over the registry, for NAME: while it is live or resuming they get
+//! its owner key `OWNER_ID/NAME` (so a spooled message goes back only to
+//! the same owner's tunnel of the same name, never to whoever holds the
+//! name later), the settings its client asked of each adapter, and a sink
+//! through it.
 //!
 //! A delivery is a POST on a tunnel stream, which the client pipes into a
 //! connection to the app. Streams whose exchange ended cleanly are kept in
-//! a [`Pool`] per tunnel session ([`TunnelPools`]), so mail after mail
-//! reuses one stream and one connection to the app instead of opening both
-//! each time.
+//! a [`Pool`] per tunnel session ([`TunnelPools`]), so message after
+//! message reuses one stream and one connection to the app instead of
+//! opening both each time.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use droid_adapters::pool::{self, Pool, SendError, Sender};
-use droid_adapters::{Format, MailOptions, MailRouter, Route};
+use droid_adapters::{Destination, Owners, Tunnels};
 use droid_core::deliver::{Deliver, DeliverError, DeliverErrorKind, DeliverFuture};
-use droid_core::protocol::{self, MailSettings, StreamHeader};
+use droid_core::protocol::{self, AdapterSettings, StreamHeader};
 use droid_core::proxy;
 use droid_core::session::Opener;
 use http::header::{HOST, HeaderValue};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::io::AsyncWriteExt;
-use tracing::warn;
 
 use crate::Shared;
 use crate::registry::{Lookup, Tunnel};
 
-/// The most of an app's answer kept for the SMTP reply.
+/// The most of an app's answer kept for the adapter's reply.
 const MAX_ANSWER: usize = 64 * 1024;
 
 /// The most idle delivery streams kept per tunnel; never more than a
-/// quarter of the streams a tunnel may have open, so that idle mail streams
-/// cannot crowd out visitors.
+/// quarter of the streams a tunnel may have open, so that idle delivery
+/// streams cannot crowd out visitors.
 const MAX_IDLE_STREAMS: usize = 32;
 
-/// Routes recipients `*@NAME.domain` (and, for MQTT, topics `NAME/...`)
-/// to tunnels.
-pub(crate) struct TunnelRouter {
+/// The tunnels of the registry, as the adapters see them.
+pub(crate) struct RegistryTunnels {
     shared: Arc<Shared>,
     pools: Arc<TunnelPools>,
 }
 
-impl TunnelRouter {
-    pub(crate) fn new(shared: Arc<Shared>) -> TunnelRouter {
-        TunnelRouter {
+impl RegistryTunnels {
+    pub(crate) fn new(shared: Arc<Shared>) -> RegistryTunnels {
+        RegistryTunnels {
             shared,
             pools: Arc::default(),
         }
     }
 
-    pub(crate) fn sink(&self, name: &str, owner_id: &str) -> Arc<TunnelSink> {
+    fn sink_to(&self, name: &str, owner_id: &str) -> Arc<dyn Deliver> {
         Arc::new(TunnelSink {
             shared: self.shared.clone(),
             pools: self.pools.clone(),
@@ -66,92 +63,39 @@ impl TunnelRouter {
     }
 }
 
-/// The spool key of a tunnel's mail.
+/// The spool key of a tunnel's messages.
 pub(crate) fn owner_key(tunnel: &Tunnel) -> String {
     format!("{}/{}", tunnel.owner_id, tunnel.name)
 }
 
-impl MailRouter for TunnelRouter {
-    fn resolve(&self, recipient: &str) -> Option<Route> {
-        let name = tunnel_of(recipient, &self.shared.config.domain)?;
-        // A TCP tunnel takes no mail.
+impl Tunnels for RegistryTunnels {
+    fn find(&self, name: &str) -> Option<Destination> {
+        // A TCP tunnel takes no adapter's messages.
         let tunnel = self
             .shared
             .registry
-            .holder(&name)
+            .holder(name)
             .filter(|t| t.tcp.is_none())?;
-        let mut options = mail_options(&tunnel.mail);
-        // With mail routes, each path is a destination of its own, so the
-        // adapter delivers once per path; the owner (what the spool retries
-        // through) stays the tunnel's.
-        let destination = if tunnel.mail.routes.is_empty() {
-            tunnel.name.clone()
-        } else {
-            if let Some(path) = routed_path(&tunnel.mail, recipient) {
-                options.path = path.to_string();
-            }
-            format!("{}{}", tunnel.name, options.path)
-        };
-        Some(Route {
+        Some(Destination {
             owner: owner_key(&tunnel),
-            destination,
-            sink: self.sink(&tunnel.name, &tunnel.owner_id),
-            options,
+            sink: self.sink_to(&tunnel.name, &tunnel.owner_id),
+            settings: tunnel.adapters.clone(),
+            name: tunnel.name.clone(),
         })
     }
 
-    fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>> {
-        let (owner_id, name) = owner.split_once('/')?;
-        match self.shared.registry.lookup(name) {
-            Lookup::Live(t) if t.owner_id == owner_id => Some(self.sink(name, owner_id)),
-            _ => None,
-        }
+    fn any(&self, pred: &dyn Fn(&AdapterSettings) -> bool) -> bool {
+        self.shared.registry.any_live(|t| pred(&t.adapters))
     }
 }
 
-/// The tunnel name a recipient's domain names, if it is `NAME.domain`.
-fn tunnel_of(recipient: &str, domain: &str) -> Option<String> {
-    let recipient = recipient
-        .trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>');
-    let (_, host) = recipient.rsplit_once('@')?;
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let name = host.strip_suffix(domain)?.strip_suffix('.')?;
-    (!name.is_empty() && !name.contains('.')).then(|| name.to_string())
-}
-
-/// The path of the first mail route `recipient` matches (routes whose path
-/// does not start with `/` are skipped), if any.
-fn routed_path<'a>(settings: &'a MailSettings, recipient: &str) -> Option<&'a str> {
-    settings
-        .routes
-        .iter()
-        .filter(|r| r.path.starts_with('/'))
-        .find(|r| r.matches(recipient))
-        .map(|r| r.path.as_str())
-}
-
-/// The adapter's options from what the client asked for.
-fn mail_options(settings: &MailSettings) -> MailOptions {
-    let defaults = MailOptions::default();
-    let format = settings.format.as_deref().map(Format::from_str);
-    MailOptions {
-        path: settings
-            .path
-            .clone()
-            .filter(|p| p.starts_with('/'))
-            .unwrap_or(defaults.path),
-        format: match format {
-            Some(Ok(f)) => f,
-            Some(Err(_)) => {
-                warn!(format = ?settings.format, "unknown mail format asked for; using json");
-                Format::Json
-            }
-            None => defaults.format,
-        },
-        secret: settings.secret.clone().unwrap_or_default().into_bytes(),
-        ..defaults
+impl Owners for RegistryTunnels {
+    fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>> {
+        let (owner_id, name) = owner.split_once('/')?;
+        match self.shared.registry.lookup(name) {
+            Lookup::Live(t) if t.owner_id == owner_id => Some(self.sink_to(name, owner_id)),
+            _ => None,
+        }
     }
 }
 
@@ -373,58 +317,5 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(pools.lock().is_empty());
-    }
-
-    #[test]
-    fn recipients_map_to_one_label_names_under_the_domain() {
-        assert_eq!(
-            tunnel_of("anything@quiet-otter-42.localhost", "localhost").as_deref(),
-            Some("quiet-otter-42")
-        );
-        assert_eq!(
-            tunnel_of("<A+tag@MyApp.Tunnel.Example.com>", "tunnel.example.com").as_deref(),
-            Some("myapp")
-        );
-        assert_eq!(tunnel_of("x@localhost", "localhost"), None);
-        assert_eq!(tunnel_of("x@a.b.localhost", "localhost"), None);
-        assert_eq!(tunnel_of("x@gmail.com", "localhost"), None);
-        assert_eq!(tunnel_of("no-at-sign", "localhost"), None);
-    }
-
-    #[test]
-    fn mail_settings_become_adapter_options() {
-        let o = mail_options(&MailSettings {
-            path: Some("/inbound".into()),
-            format: Some("multipart".into()),
-            secret: Some("s3cret".into()),
-            routes: Vec::new(),
-        });
-        assert_eq!(o.path, "/inbound");
-        assert_eq!(o.format, Format::Multipart);
-        assert_eq!(o.secret, b"s3cret");
-        let o = mail_options(&MailSettings::default());
-        assert_eq!(o.path, "/");
-        assert_eq!(o.format, Format::Json);
-    }
-
-    #[test]
-    fn the_first_matching_route_gives_the_path() {
-        let route = |pattern: &str, path: &str| protocol::MailRoute {
-            pattern: pattern.into(),
-            path: path.into(),
-        };
-        let settings = MailSettings {
-            path: Some("/fallback".into()),
-            routes: vec![
-                route("bad@*", "no-slash"),
-                route("support@*", "/support"),
-                route("*", "/inbound"),
-            ],
-            ..MailSettings::default()
-        };
-        assert_eq!(routed_path(&settings, "support@shop.x"), Some("/support"));
-        assert_eq!(routed_path(&settings, "sales@shop.x"), Some("/inbound"));
-        assert_eq!(routed_path(&settings, "bad@shop.x"), Some("/inbound"));
-        assert_eq!(routed_path(&MailSettings::default(), "a@b"), None);
     }
 }

@@ -1,0 +1,165 @@
+//! Mail for tunnels: `anything@NAME.domain` goes to NAME's tunnel while
+//! NAME is live or resuming, and nowhere otherwise (550, never an open
+//! relay), POSTed as that tunnel's client asked (`mail` in its hello: the
+//! path, the format, the secret, routes by recipient).
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use droid_core::deliver::Deliver;
+use droid_core::protocol::MailSettings;
+use tracing::warn;
+
+use crate::mail::Format;
+use crate::route::{MailOptions, MailRouter, Owners, Route, Tunnels};
+
+/// Routes recipients `*@NAME.domain` to the tunnels.
+pub struct TunnelMail {
+    tunnels: Arc<dyn Tunnels>,
+    domain: String,
+}
+
+impl TunnelMail {
+    /// Mail for `*@NAME.domain` to the tunnel NAME of `tunnels`.
+    pub fn new(tunnels: Arc<dyn Tunnels>, domain: &str) -> TunnelMail {
+        TunnelMail {
+            tunnels,
+            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+        }
+    }
+}
+
+impl MailRouter for TunnelMail {
+    fn resolve(&self, recipient: &str) -> Option<Route> {
+        let tunnel = self.tunnels.find(&tunnel_of(recipient, &self.domain)?)?;
+        let settings = &tunnel.settings.mail;
+        let mut options = mail_options(settings);
+        // With mail routes, each path is a destination of its own, so the
+        // adapter delivers once per path; the owner (what the spool retries
+        // through) stays the tunnel's.
+        let destination = if settings.routes.is_empty() {
+            tunnel.name
+        } else {
+            if let Some(path) = routed_path(settings, recipient) {
+                options.path = path.to_string();
+            }
+            format!("{}{}", tunnel.name, options.path)
+        };
+        Some(Route {
+            owner: tunnel.owner,
+            destination,
+            sink: tunnel.sink,
+            options,
+        })
+    }
+}
+
+impl Owners for TunnelMail {
+    fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>> {
+        self.tunnels.sink(owner)
+    }
+}
+
+/// The tunnel name a recipient's domain names, if it is `NAME.domain`.
+fn tunnel_of(recipient: &str, domain: &str) -> Option<String> {
+    let recipient = recipient
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>');
+    let (_, host) = recipient.rsplit_once('@')?;
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let name = host.strip_suffix(domain)?.strip_suffix('.')?;
+    (!name.is_empty() && !name.contains('.')).then(|| name.to_string())
+}
+
+/// The path of the first mail route `recipient` matches (routes whose path
+/// does not start with `/` are skipped), if any.
+fn routed_path<'a>(settings: &'a MailSettings, recipient: &str) -> Option<&'a str> {
+    settings
+        .routes
+        .iter()
+        .filter(|r| r.path.starts_with('/'))
+        .find(|r| r.matches(recipient))
+        .map(|r| r.path.as_str())
+}
+
+/// The adapter's options from what the client asked for.
+fn mail_options(settings: &MailSettings) -> MailOptions {
+    let defaults = MailOptions::default();
+    let format = settings.format.as_deref().map(Format::from_str);
+    MailOptions {
+        path: settings
+            .path
+            .clone()
+            .filter(|p| p.starts_with('/'))
+            .unwrap_or(defaults.path),
+        format: match format {
+            Some(Ok(f)) => f,
+            Some(Err(_)) => {
+                warn!(format = ?settings.format, "unknown mail format asked for; using json");
+                Format::Json
+            }
+            None => defaults.format,
+        },
+        secret: settings.secret.clone().unwrap_or_default().into_bytes(),
+        ..defaults
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipients_map_to_one_label_names_under_the_domain() {
+        assert_eq!(
+            tunnel_of("anything@quiet-otter-42.localhost", "localhost").as_deref(),
+            Some("quiet-otter-42")
+        );
+        assert_eq!(
+            tunnel_of("<A+tag@MyApp.Tunnel.Example.com>", "tunnel.example.com").as_deref(),
+            Some("myapp")
+        );
+        assert_eq!(tunnel_of("x@localhost", "localhost"), None);
+        assert_eq!(tunnel_of("x@a.b.localhost", "localhost"), None);
+        assert_eq!(tunnel_of("x@gmail.com", "localhost"), None);
+        assert_eq!(tunnel_of("no-at-sign", "localhost"), None);
+    }
+
+    #[test]
+    fn mail_settings_become_adapter_options() {
+        let o = mail_options(&MailSettings {
+            path: Some("/inbound".into()),
+            format: Some("multipart".into()),
+            secret: Some("s3cret".into()),
+            routes: Vec::new(),
+        });
+        assert_eq!(o.path, "/inbound");
+        assert_eq!(o.format, Format::Multipart);
+        assert_eq!(o.secret, b"s3cret");
+        let o = mail_options(&MailSettings::default());
+        assert_eq!(o.path, "/");
+        assert_eq!(o.format, Format::Json);
+    }
+
+    #[test]
+    fn the_first_matching_route_gives_the_path() {
+        let route = |pattern: &str, path: &str| droid_core::protocol::MailRoute {
+            pattern: pattern.into(),
+            path: path.into(),
+        };
+        let settings = MailSettings {
+            path: Some("/fallback".into()),
+            routes: vec![
+                route("bad@*", "no-slash"),
+                route("support@*", "/support"),
+                route("*", "/inbound"),
+            ],
+            ..MailSettings::default()
+        };
+        assert_eq!(routed_path(&settings, "support@shop.x"), Some("/support"));
+        assert_eq!(routed_path(&settings, "sales@shop.x"), Some("/inbound"));
+        assert_eq!(routed_path(&settings, "bad@shop.x"), Some("/inbound"));
+        assert_eq!(routed_path(&MailSettings::default(), "a@b"), None);
+    }
+}
