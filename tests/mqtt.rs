@@ -868,3 +868,82 @@ async fn a_rust_client_on_mqtt_3_1_1_publishes_at_qos_1() {
     assert!(posted);
     c.stop().await;
 }
+
+/// Connects with `connect` and reads the CONNACK.
+async fn connected(addr: SocketAddr, connect: v4::Connect) -> TcpStream {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let mut out = BytesMut::new();
+    connect.write(&mut out).unwrap();
+    socket.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        match v4::read(&mut buf, 1 << 20) {
+            Ok(v4::Packet::ConnAck(ack)) => {
+                assert_eq!(ack.code, v4::ConnectReturnCode::Success);
+                return socket;
+            }
+            Ok(other) => panic!("wanted a CONNACK, got {other:?}"),
+            Err(mqttbytes::Error::InsufficientBytes(_)) => {
+                let n = within("the CONNACK", socket.read_buf(&mut buf))
+                    .await
+                    .unwrap();
+                assert!(n > 0, "closed before the CONNACK");
+            }
+            Err(e) => panic!("not MQTT: {e:?}"),
+        }
+    }
+}
+
+/// Reads until the server closes the connection.
+async fn closed(socket: &mut TcpStream, what: &str) {
+    let mut buf = [0u8; 256];
+    within(what, async {
+        while let Ok(n) = socket.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn keep_alive_drops_a_silent_device_and_a_second_connection_takes_its_id_over() {
+    let mut app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let c = tunnel(&srv, &app, None).await;
+    let mqtt = srv.mqtt.unwrap();
+
+    // A keep-alive of 1 s: silent for 1.5 s, the device is dropped, and
+    // its Will is posted as for any device that vanished.
+    let mut connect = v4::Connect::new("silent");
+    connect.keep_alive = 1;
+    connect.last_will = Some(v4::LastWill::new(
+        format!("{}/status", c.name()),
+        "silent-gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let started = std::time::Instant::now();
+    let mut silent = connected(mqtt, connect).await;
+    closed(&mut silent, "the silent device dropped").await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "dropped after {waited:?}"
+    );
+    let json = checked(&app.next_mail().await);
+    assert_eq!(
+        (json["payload"].as_str(), json["will"].as_bool()),
+        (Some("silent-gone"), Some(true))
+    );
+
+    // The same client id again: the first connection ends, the second works.
+    let mut first = connected(mqtt, v4::Connect::new("twin")).await;
+    let second = connected(mqtt, v4::Connect::new("twin")).await;
+    closed(&mut first, "the first twin taken over").await;
+    drop(second);
+    assert!(device(mqtt, "twin", &format!("{}/twin", c.name()), "still me").await);
+    assert_eq!(checked(&app.next_mail().await)["payload"], "still me");
+    c.stop().await;
+}
