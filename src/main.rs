@@ -14,6 +14,7 @@ mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -258,6 +259,10 @@ struct ServerArgs {
     /// it private: a loopback or internal address).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Keep the names (their owners, and until when they are kept) in this
+    /// directory, so a restarted server still keeps them for their owners.
+    #[arg(long, value_name = "DIR")]
+    state: Option<std::path::PathBuf>,
     /// The public ports TCP tunnels get, LOW-HIGH (e.g. 20000-20999);
     /// without it TCP tunnels are refused.
     #[arg(long, value_name = "LOW-HIGH", value_parser = settings::port_range)]
@@ -483,6 +488,12 @@ fn shutdown_on_signal() -> CancellationToken {
 }
 
 async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Result<()> {
+    // The name store first: a second server on the same directory stops
+    // here, before it takes any port.
+    let names = match &s.state {
+        Some(dir) => Some(droid_server::RedbNames::open(dir)?),
+        None => None,
+    };
     // bind_listener queues 1024 connections, not std's 128: a burst of
     // visitors (or of clients reconnecting after a restart) is not dropped.
     let http = bind_listener(s.http)
@@ -522,7 +533,15 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
             https.local_addr()?
         );
     }
-    let server = Server::new(config);
+    let server = match names {
+        Some(store) => {
+            let path = store.path().display().to_string();
+            let (server, restored) = Server::with_names(config, Arc::new(store))?;
+            println!("droid server: names kept in {path}, {restored} read back");
+            server
+        }
+        None => Server::new(config),
+    };
     let metrics = match s.metrics {
         Some(addr) => {
             let listener = bind_listener(addr)

@@ -73,6 +73,8 @@ pub struct ServerSettings {
     pub https: Option<SocketAddr>,
     /// Where `/metrics` is served, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Where names are written down, if anywhere.
+    pub state: Option<std::path::PathBuf>,
     /// The SMTP listener, when mail is on.
     pub smtp: Option<(SocketAddr, SmtpSetup)>,
     /// The MQTT listeners, settings and limits, when MQTT is on.
@@ -301,6 +303,10 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
     Ok(ServerSettings {
         https: tls.https,
         metrics: args.metrics.or(f.and_then(|f| f.metrics.map(|a| a.0))),
+        state: args.state.clone().or_else(|| {
+            f.and_then(|f| f.state.as_ref())
+                .map(|d| std::path::PathBuf::from(&d.0))
+        }),
         http: args
             .http
             .or(f.and_then(|f| f.http.map(|a| a.0)))

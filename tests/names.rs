@@ -203,3 +203,106 @@ async fn the_server_removes_a_silent_client() {
     assert_eq!(status, 502);
     assert!(body.contains("reconnecting"), "{body}");
 }
+
+/// `droid server --state DIR` on loopback ports; its HTTP and control
+/// addresses, and how many names it read back.
+async fn stateful_server(
+    state: &std::path::Path,
+) -> (Droid, std::net::SocketAddr, std::net::SocketAddr, usize) {
+    let dir = state.to_str().unwrap();
+    let mut server = Droid::start(
+        &[
+            "server",
+            "--domain",
+            DOMAIN,
+            "--http",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+            "--state",
+            dir,
+        ],
+        state,
+    );
+    let (http, control) = server.line("the server's addresses", server_addrs).await;
+    let restored = server
+        .line("the names read back", |l| {
+            l.split(", ")
+                .nth(1)?
+                .strip_suffix(" read back")?
+                .parse::<usize>()
+                .ok()
+        })
+        .await;
+    (server, http, control, restored)
+}
+
+#[tokio::test]
+async fn a_server_with_state_keeps_names_for_their_owners_across_a_kill_9() {
+    let app = origin("app").await;
+    let state = tempfile::tempdir().unwrap();
+    let (mut server, http, control, restored) = stateful_server(state.path()).await;
+    assert_eq!(restored, 0);
+    // A second server on the same directory stops at once, saying why.
+    let dir = state.path().to_str().unwrap();
+    let second = droid_command(
+        &[
+            "server",
+            "--domain",
+            DOMAIN,
+            "--http",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+            "--state",
+            dir,
+        ],
+        state.path(),
+    )
+    .output();
+    let second = within("the second server", second).await.unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && stderr.contains("names.redb"),
+        "{stderr}"
+    );
+    // Two owners: one exits cleanly (its name is quarantined), one is
+    // connected when the server dies.
+    let owner = |dir: &std::path::Path, control, name: Option<&str>| {
+        let mut config = client_config(control, vec![spec(name, &app.target)]);
+        config.state_dir = Some(dir.to_path_buf());
+        config.state_key = "same command".into();
+        config
+    };
+    let (left_dir, live_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let left = client(owner(left_dir.path(), control, Some("keeper"))).await;
+    left.stop().await;
+    let live = client(owner(live_dir.path(), control, None)).await;
+    let live_name = live.name().to_string();
+    assert_eq!(get(http, &live.host(), "/").await.1, "origin app /");
+
+    // kill -9, and a new server on the same state directory.
+    server.child.start_kill().unwrap();
+    within("the server dies", server.child.wait())
+        .await
+        .unwrap();
+    live.task.abort();
+    let (_server, http, control, restored) = stateful_server(state.path()).await;
+    assert_eq!(restored, 2, "keeper and {live_name}");
+
+    // Strangers get neither name...
+    for name in ["keeper", live_name.as_str()] {
+        let message = refused(control, name, &app.target).await;
+        assert!(
+            message.contains("kept for its previous owner"),
+            "{name}: {message}"
+        );
+    }
+    // ...their owners get both back, and requests flow again.
+    let again = client(owner(left_dir.path(), control, Some("keeper"))).await;
+    assert_eq!(again.name(), "keeper");
+    let back = client(owner(live_dir.path(), control, None)).await;
+    assert_eq!(back.name(), live_name);
+    assert_eq!(get(http, &back.host(), "/").await.1, "origin app /");
+    assert_eq!(get(http, &again.host(), "/").await.1, "origin app /");
+}

@@ -2,6 +2,7 @@
 //!
 //! - [`registry`]: who holds which name (live, resuming, quarantined).
 //! - [`names`]: valid names, and random readable ones.
+//! - [`name_store`]: names written down, to outlive a restart (`--state`).
 //! - `control`: a client's session: handshake, heartbeats, goodbye.
 //! - `http_front`: the public HTTP listener, routing by Host into tunnels.
 //! - `tls`: TLS on the control port, and the HTTPS listener (SNI checked
@@ -31,6 +32,7 @@ mod http_front;
 mod listener;
 mod metrics;
 mod mqtt;
+pub mod name_store;
 pub mod names;
 pub mod rate;
 pub mod registry;
@@ -53,6 +55,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 pub use auth::{AuthPolicy, TokenRule};
+pub use name_store::{NameStore, RedbNames, StoreError};
 pub use rate::RequestRate;
 pub use registry::{NamePolicy, Registry, TcpPorts};
 
@@ -200,6 +203,22 @@ impl Server {
     pub fn new(config: ServerConfig) -> Server {
         let auth = auth::Auth::new(config.auth.clone());
         let registry = Registry::with_reserved(config.names.clone(), auth.reserved_names());
+        Server::with_registry(config, auth, registry)
+    }
+
+    /// A server whose names are written down in `store`, starting from the
+    /// names it holds (see [`Registry::keep_in`]); also how many those are.
+    pub fn with_names(
+        config: ServerConfig,
+        store: Arc<dyn NameStore>,
+    ) -> Result<(Server, usize), StoreError> {
+        let auth = auth::Auth::new(config.auth.clone());
+        let mut registry = Registry::with_reserved(config.names.clone(), auth.reserved_names());
+        let restored = registry.keep_in(store)?;
+        Ok((Server::with_registry(config, auth, registry), restored))
+    }
+
+    fn with_registry(config: ServerConfig, auth: auth::Auth, registry: Registry) -> Server {
         Server {
             shared: Arc::new(Shared {
                 config,

@@ -12,11 +12,17 @@
 //! ordered by expiry, capped at `max_released` entries: memory stays bounded
 //! whatever the churn, and expired entries are dropped on every change and by
 //! [`Registry::prune`].
+//!
+//! With a [`NameStore`] ([`Registry::keep_in`]), every change of a name's
+//! owner, state or deadline is also written down as it happens, and read
+//! back when a server starts: names that were live or resuming come back
+//! quarantined for their owners (whose sessions the restart ended), and
+//! quarantined ones with the time they had left.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use droid_core::protocol::{AdapterSettings, ErrorCode, ErrorMessage, TunnelKind, TunnelRequest};
 use droid_core::session::Opener;
@@ -24,9 +30,10 @@ use rand::RngExt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 use crate::access::Access;
+use crate::name_store::{Held, NameChange, NameStore, SavedName, StoreError};
 use crate::names::{self, NameGenerator};
 use crate::rate::{Limiter, RequestRate};
 use crate::request_log::RequestLog;
@@ -187,13 +194,14 @@ pub struct ClaimRules {
     pub tcp: Option<TcpRules>,
 }
 
-/// The owner of a name: the holder of its resume secret.
+/// The owner of a name: the hash of its resume secret ([`owner_id`]), so
+/// that it can be written down without the secret.
 #[derive(Clone)]
 struct Owner(Arc<str>);
 
 impl Owner {
     fn is(&self, secret: &str) -> bool {
-        self.0.as_bytes().ct_eq(secret.as_bytes()).into()
+        self.0.as_bytes().ct_eq(owner_id(secret).as_bytes()).into()
     }
 }
 
@@ -258,6 +266,38 @@ pub struct Registry {
     generator: NameGenerator,
     next_session: AtomicU64,
     state: Mutex<State>,
+    /// Where changes are written down, if anywhere.
+    store: Option<Arc<dyn NameStore>>,
+}
+
+/// The changes of one registry operation, for the store (nothing is kept
+/// without one).
+struct Journal {
+    on: bool,
+    changes: Vec<NameChange>,
+}
+
+impl Journal {
+    fn keep(&mut self, key: &str, owner: &Owner, held: Held) {
+        if self.on {
+            self.changes.push(NameChange::Keep(SavedName {
+                key: key.to_string(),
+                owner: owner.0.to_string(),
+                held,
+            }));
+        }
+    }
+
+    fn forget(&mut self, key: &str) {
+        if self.on {
+            self.changes.push(NameChange::Forget(key.to_string()));
+        }
+    }
+}
+
+/// The wall-clock time of `until`.
+fn wall(until: Instant, now: Instant) -> SystemTime {
+    SystemTime::now() + until.saturating_duration_since(now)
 }
 
 #[derive(Default)]
@@ -297,6 +337,72 @@ impl Registry {
             generator: NameGenerator::default(),
             next_session: AtomicU64::new(1),
             state: Mutex::new(State::default()),
+            store: None,
+        }
+    }
+
+    /// Writes every change down in `store` from now on, after reading back
+    /// what it holds: names that were live or resuming are quarantined for
+    /// their owners (a restart ended their sessions), quarantined ones keep
+    /// the time they had left. Returns how many names it read back.
+    pub fn keep_in(&mut self, store: Arc<dyn NameStore>) -> Result<usize, StoreError> {
+        let saved = store.load()?;
+        let now = Instant::now();
+        let wall_now = SystemTime::now();
+        let mut journal = Journal {
+            on: true,
+            changes: Vec::new(),
+        };
+        let mut restored = 0;
+        {
+            let state = self
+                .state
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for name in saved {
+                let owner = Owner(Arc::from(name.owner.as_str()));
+                let until = match name.held {
+                    Held::Live => now + self.policy.quarantine,
+                    Held::Until(t) => match t.duration_since(wall_now) {
+                        Ok(left) if !left.is_zero() => now + left,
+                        _ => {
+                            journal.forget(&name.key);
+                            continue;
+                        }
+                    },
+                };
+                if matches!(name.held, Held::Live) {
+                    journal.keep(&name.key, &owner, Held::Until(wall(until, now)));
+                }
+                state.quarantined.push_back((until, name.key.clone()));
+                state
+                    .claims
+                    .insert(name.key, Claim::Quarantined { owner, until });
+                restored += 1;
+            }
+            // The queue is ordered by deadline.
+            state.quarantined.make_contiguous().sort();
+        }
+        store.save(&journal.changes)?;
+        self.store = Some(store);
+        Ok(restored)
+    }
+
+    fn journal(&self) -> Journal {
+        Journal {
+            on: self.store.is_some(),
+            changes: Vec::new(),
+        }
+    }
+
+    /// Writes `journal` down; the registry goes on in memory if that fails
+    /// (a restart would then forget these changes), and says so.
+    fn commit(&self, journal: Journal) {
+        if let Some(store) = &self.store
+            && !journal.changes.is_empty()
+            && let Err(e) = store.save(&journal.changes)
+        {
+            error!(error = %e, changes = journal.changes.len(), "names could not be written down; a restart would forget these changes");
         }
     }
 
@@ -471,7 +577,10 @@ impl Registry {
         };
         let now = Instant::now();
         let mut state = self.lock();
-        self.expire(&mut state, now);
+        let mut journal = self.journal();
+        self.expire(&mut state, now, &mut journal);
+        self.commit(journal);
+        let mut journal = self.journal();
 
         let mut chosen: Vec<(String, AdapterSettings)> = Vec::with_capacity(requests.len());
         let mut wanted = HashSet::new();
@@ -621,8 +730,8 @@ impl Registry {
             ports.push(port);
         }
 
-        let owner = Owner(Arc::from(secret.as_str()));
         let owner_id = owner_id(&secret);
+        let owner = Owner(Arc::from(owner_id.as_str()));
         let keys: Vec<String> = rules.limits.iter().map(|(k, _)| k.clone()).collect();
         let mut access = rules.access.into_iter();
         let mut host_headers = requests.iter().map(|r| {
@@ -650,6 +759,7 @@ impl Registry {
                 for key in &keys {
                     *state.live_by_key.entry(key.clone()).or_insert(0) += 1;
                 }
+                journal.keep(&name, &owner, Held::Live);
                 let before = state.claims.insert(
                     name,
                     Claim::Live {
@@ -661,6 +771,7 @@ impl Registry {
                     state.uncount(&old);
                 }
                 if let Some(port) = &tunnel.tcp {
+                    journal.keep(&port_key(port.port), &owner, Held::Live);
                     state.claims.insert(
                         port_key(port.port),
                         Claim::Live {
@@ -672,6 +783,7 @@ impl Registry {
                 tunnel
             })
             .collect();
+        self.commit(journal);
         drop(state);
         let mut closed = HashSet::new();
         takeovers.retain(|t: &Arc<Tunnel>| closed.insert(t.session));
@@ -689,6 +801,7 @@ impl Registry {
     pub fn release(&self, tunnels: &[Arc<Tunnel>], clean: bool) {
         let now = Instant::now();
         let mut state = self.lock();
+        let mut journal = self.journal();
         for tunnel in tunnels {
             let mut released = false;
             for key in tunnel.keys() {
@@ -701,12 +814,14 @@ impl Registry {
                 released = true;
                 if clean {
                     let until = now + self.policy.quarantine;
+                    journal.keep(&key, &owner, Held::Until(wall(until, now)));
                     state
                         .claims
                         .insert(key.clone(), Claim::Quarantined { owner, until });
                     state.quarantined.push_back((until, key));
                 } else {
                     let until = now + self.policy.grace;
+                    journal.keep(&key, &owner, Held::Until(wall(until, now)));
                     state.claims.insert(
                         key.clone(),
                         Claim::Resuming {
@@ -723,17 +838,20 @@ impl Registry {
                 debug!(name = %tunnel.name, clean, "name released");
             }
         }
-        self.expire(&mut state, now);
+        self.expire(&mut state, now, &mut journal);
+        self.commit(journal);
     }
 
     /// Forgets expired names. Called on every change; call it now and then
     /// too, so memory is given back on an idle server.
     pub fn prune(&self) {
         let mut state = self.lock();
-        self.expire(&mut state, Instant::now());
+        let mut journal = self.journal();
+        self.expire(&mut state, Instant::now(), &mut journal);
+        self.commit(journal);
     }
 
-    fn expire(&self, state: &mut State, now: Instant) {
+    fn expire(&self, state: &mut State, now: Instant, journal: &mut Journal) {
         // Resuming names whose grace ended go to quarantine.
         while let Some((until, _)) = state.resuming.front() {
             if *until > now {
@@ -749,6 +867,7 @@ impl Registry {
             {
                 let owner = owner.clone();
                 let q = until + self.policy.quarantine;
+                journal.keep(&name, &owner, Held::Until(wall(q, now)));
                 state
                     .claims
                     .insert(name.clone(), Claim::Quarantined { owner, until: q });
@@ -763,7 +882,9 @@ impl Registry {
             let Some((until, name)) = state.quarantined.pop_front() else {
                 break;
             };
-            forget_if(state, &name, until);
+            if forget_if(state, &name, until) {
+                journal.forget(&name);
+            }
         }
         // Over the cap: forget the oldest quarantined names, then the oldest resuming.
         let mut released = state.resuming.len() + state.quarantined.len();
@@ -775,7 +896,9 @@ impl Registry {
             else {
                 break;
             };
-            forget_if(state, &name, until);
+            if forget_if(state, &name, until) {
+                journal.forget(&name);
+            }
             released -= 1;
         }
     }
@@ -783,7 +906,7 @@ impl Registry {
 
 /// Removes `name` if it is still released with the deadline `until` (queue
 /// entries go stale when a name is reclaimed or moves on).
-fn forget_if(state: &mut State, name: &str, until: Instant) {
+fn forget_if(state: &mut State, name: &str, until: Instant) -> bool {
     let stale = match state.claims.get(name) {
         Some(Claim::Resuming { until: u, .. } | Claim::Quarantined { until: u, .. }) => *u == until,
         _ => false,
@@ -791,6 +914,7 @@ fn forget_if(state: &mut State, name: &str, until: Instant) {
     if stale {
         state.claims.remove(name);
     }
+    stale
 }
 
 /// Whether the holder of `secret` may claim `key` (a name or a port's
@@ -1097,5 +1221,77 @@ mod tests {
             .claim(&want(&[None]), Some("short"), 3, &opener())
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    /// A store in memory, to read back what a registry wrote down.
+    #[derive(Debug, Default)]
+    struct Notebook(Mutex<HashMap<String, SavedName>>);
+
+    impl NameStore for Notebook {
+        fn load(&self) -> Result<Vec<SavedName>, StoreError> {
+            Ok(self.0.lock().unwrap().values().cloned().collect())
+        }
+
+        fn save(&self, changes: &[NameChange]) -> Result<(), StoreError> {
+            let mut names = self.0.lock().unwrap();
+            for change in changes {
+                match change {
+                    NameChange::Keep(saved) => {
+                        names.insert(saved.key.clone(), saved.clone());
+                    }
+                    NameChange::Forget(key) => {
+                        names.remove(key);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn names_written_down_come_back_for_their_owners_only() {
+        let book = Arc::new(Notebook::default());
+        let mut first = Registry::new(policy(60_000, 60_000, 100));
+        first.keep_in(book.clone()).unwrap();
+        let grant = first
+            .claim(&want(&[Some("api"), Some("web")]), None, 1, &opener())
+            .unwrap();
+        // api dropped without a goodbye, web said goodbye.
+        first.release(&grant.tunnels[..1], false);
+        first.release(&grant.tunnels[1..], true);
+        let saved = book.0.lock().unwrap().clone();
+        assert!(saved.values().all(|n| matches!(n.held, Held::Until(_))));
+        assert!(
+            saved.values().all(|n| n.owner == owner_id(&grant.secret)),
+            "the owner is written as the secret's hash, never the secret"
+        );
+        // A name whose time ran out while the server was down is forgotten.
+        let long_ago = SystemTime::now() - Duration::from_secs(1);
+        book.save(&[NameChange::Keep(SavedName {
+            key: "old".into(),
+            owner: "someone".into(),
+            held: Held::Until(long_ago),
+        })])
+        .unwrap();
+
+        let mut second = Registry::new(policy(60_000, 60_000, 100));
+        assert_eq!(second.keep_in(book.clone()).unwrap(), 2);
+        assert!(!book.0.lock().unwrap().contains_key("old"));
+        for name in ["api", "web"] {
+            let e = second
+                .claim(&want(&[Some(name)]), None, 2, &opener())
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::NameTaken, "{name}");
+        }
+        let again = second
+            .claim(
+                &want(&[Some("api"), Some("web")]),
+                Some(&grant.secret),
+                3,
+                &opener(),
+            )
+            .unwrap();
+        assert_eq!(again.tunnels.len(), 2);
+        assert_eq!(book.0.lock().unwrap()["api"].held, Held::Live);
     }
 }

@@ -22,6 +22,9 @@ pub struct ServerFile {
     pub control: Option<Addr>,
     /// Where `GET /metrics` is served, for Prometheus (`--metrics`).
     pub metrics: Option<Addr>,
+    /// A directory where names are written down, to outlive a restart
+    /// (`--state`).
+    pub state: Option<NonEmpty>,
     /// The public ports TCP tunnels get, `"LOW-HIGH"` (`--tcp-ports`).
     pub tcp_ports: Option<PortRange>,
     /// The address TCP tunnels' ports listen on (`--tcp-bind`).
