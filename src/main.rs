@@ -70,8 +70,9 @@ struct StartArgs {
     #[arg(long, conflicts_with = "names")]
     all: bool,
     /// The droid server to use, HOST:PORT; overrides the file's `server`.
-    #[arg(long, env = "DROID_SERVER")]
-    server: Option<String>,
+    /// Several (repeated, or comma-separated) are tried in turn.
+    #[arg(long, env = "DROID_SERVER", value_delimiter = ',')]
+    server: Vec<String>,
     /// An auth token; overrides the file's `token`.
     #[arg(long, env = "DROID_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -103,9 +104,10 @@ enum ConfigCommand {
 struct HttpArgs {
     /// The local app: a port (3000), HOST:PORT, or an http:// URL.
     target: Target,
-    /// The droid server to use, HOST:PORT of its control port.
-    #[arg(long, env = "DROID_SERVER")]
-    server: Option<String>,
+    /// The droid server to use, HOST:PORT of its control port. Several
+    /// (repeated, or comma-separated) are tried in turn.
+    #[arg(long, env = "DROID_SERVER", value_delimiter = ',')]
+    server: Vec<String>,
     /// The name wanted (NAME.domain); a random one by default.
     #[arg(long)]
     name: Option<String>,
@@ -180,9 +182,10 @@ struct HttpArgs {
 struct TcpArgs {
     /// The local service: a port (5432) or HOST:PORT.
     target: Target,
-    /// The droid server to use, HOST:PORT of its control port.
-    #[arg(long, env = "DROID_SERVER")]
-    server: Option<String>,
+    /// The droid server to use, HOST:PORT of its control port. Several
+    /// (repeated, or comma-separated) are tried in turn.
+    #[arg(long, env = "DROID_SERVER", value_delimiter = ',')]
+    server: Vec<String>,
     /// The public port wanted (default: the one this command got last
     /// time, else any free one the server offers).
     #[arg(long)]

@@ -403,9 +403,9 @@ pub fn http(args: &HttpArgs) -> Result<TunnelSettings> {
         tls: crate::tls::client(
             &args.tls,
             &crate::tls::ClientTlsFile::default(),
-            args.server.is_some(),
+            !args.server.is_empty(),
         )?,
-        server: args.server.clone(),
+        server: server_list(&args.server),
         token: args.token.clone(),
         heartbeat_timeout: None,
         tunnels: vec![spec],
@@ -433,9 +433,9 @@ pub fn tcp(args: &TcpArgs) -> Result<TunnelSettings> {
         tls: crate::tls::client(
             &args.tls,
             &crate::tls::ClientTlsFile::default(),
-            args.server.is_some(),
+            !args.server.is_empty(),
         )?,
-        server: args.server.clone(),
+        server: server_list(&args.server),
         token: args.token.clone(),
         heartbeat_timeout: None,
         tunnels: vec![spec],
@@ -546,12 +546,9 @@ pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
         tls: crate::tls::client(
             &args.tls,
             &file.tls_settings(),
-            args.server.is_some() || file.server.is_some(),
+            !args.server.is_empty() || file.server.is_some(),
         )?,
-        server: args
-            .server
-            .clone()
-            .or_else(|| file.server.as_ref().map(|s| s.0.clone())),
+        server: server_list(&args.server).or_else(|| file.server.as_ref().map(|s| s.0.clone())),
         token: args
             .token
             .clone()
@@ -634,4 +631,15 @@ pub fn standalone(
             .and_then(|f| f.log_level.as_ref().map(|l| l.0.clone()))
             .unwrap_or_else(|| "info".into()),
     })
+}
+
+/// `--server` given once, several times or comma-separated: the client's
+/// list, in order; `None` when not given.
+fn server_list(given: &[String]) -> Option<String> {
+    let servers: Vec<&str> = given
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!servers.is_empty()).then(|| servers.join(","))
 }

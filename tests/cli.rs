@@ -107,8 +107,17 @@ async fn a_public_server_and_a_named_client_in_separate_processes() {
     let (http, control) = server.line("the server's addresses", server_addrs).await;
     let (http, control) = (http.to_string(), control.to_string());
     let target = format!("http://127.0.0.1:{}", app.addr.port());
+    // Given two servers, the first of which nothing answers at, it uses
+    // the second.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let mut client = Droid::start(
-        &["http", &target, "--server", &control, "--name", "myapp"],
+        &[
+            "http", &target, "--server", &dead, "--server", &control, "--name", "myapp",
+        ],
         state.path(),
     );
     let url = client

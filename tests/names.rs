@@ -306,3 +306,47 @@ async fn a_server_with_state_keeps_names_for_their_owners_across_a_kill_9() {
     assert_eq!(get(http, &back.host(), "/").await.1, "origin app /");
     assert_eq!(get(http, &again.host(), "/").await.1, "origin app /");
 }
+
+#[tokio::test]
+async fn a_client_given_several_servers_skips_a_dead_one_and_moves_on_when_its_server_is_lost() {
+    let app = origin("app").await;
+    // Nothing listens here: connections are refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let first = server().await;
+    let second = server().await;
+    let mut config = client_config(
+        dead,
+        vec![spec(None, &app.target), spec(Some("fixed"), &app.target)],
+    );
+    config.server = format!("{dead}, {},{}", first.control, second.control);
+    let mut c = client(config).await;
+    let before: Vec<String> = c.grants.iter().map(|g| g.name.clone()).collect();
+    assert!(matches!(
+        first.server.registry().lookup(c.name()),
+        Lookup::Live(_)
+    ));
+    assert_eq!(get(first.http, &c.host(), "/").await.1, "origin app /");
+
+    // Its server goes away: the client goes on to the next one, with the
+    // same names.
+    first.stop().await;
+    let after = c
+        .wait_for("reconnect", |e| match e {
+            ClientEvent::Connected {
+                tunnels,
+                reconnected: true,
+                ..
+            } => Some(tunnels.clone()),
+            _ => None,
+        })
+        .await;
+    let after: Vec<String> = after.iter().map(|g| g.name.clone()).collect();
+    assert_eq!(before, after);
+    assert_eq!(
+        get(second.http, &c.host(), "/moved").await.1,
+        "origin app /moved"
+    );
+}

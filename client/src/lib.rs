@@ -123,10 +123,13 @@ impl std::fmt::Debug for TunnelSpec {
 /// What a client needs to know.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The server's control address, `HOST:PORT`.
+    /// The server's control address, `HOST:PORT`; several, comma-separated,
+    /// are tried in turn (each name's every address too), starting from the
+    /// one that answered last: a client whose server is lost goes on to the
+    /// next.
     pub server: String,
     /// TLS to the server, and whom to trust; `None` connects in plain TCP.
-    /// The server's certificate must be valid for the HOST of `server`.
+    /// The server's certificate must be valid for the HOST it is reached by.
     pub tls: Option<ClientTls>,
     /// An auth token, when the server requires one.
     pub token: Option<String>,
@@ -299,10 +302,11 @@ pub async fn run(
     }
     let mut backoff = config.min_backoff;
     let mut connected_before = false;
+    let mut servers = Servers::new(&config.server);
     loop {
         let hello = hello_for(&config, &remembered);
         let attempt = tokio::select! {
-            attempt = connect(&config, hello) => attempt,
+            attempt = connect(&config, &mut servers, hello) => attempt,
             () = shutdown.cancelled() => return Ok(()),
         };
         let reason = match attempt {
@@ -500,17 +504,70 @@ impl Drop for Live {
     }
 }
 
-async fn connect(config: &ClientConfig, hello: Hello) -> Result<Live, Failure> {
-    let conn = droid_core::transport::connect(&config.server, config.tls.as_ref())
-        .await
-        .map_err(|e| {
-            if e.is_permanent() {
-                Failure::Connect(e)
+/// The servers a client may use, and which to try first.
+struct Servers {
+    addrs: Vec<String>,
+    first: usize,
+}
+
+impl Servers {
+    fn new(list: &str) -> Servers {
+        let addrs: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        Servers {
+            addrs: if addrs.is_empty() {
+                vec![list.to_string()]
             } else {
-                Failure::Transient(e.to_string())
+                addrs
+            },
+            first: 0,
+        }
+    }
+}
+
+/// Connects to the first server that answers, starting from the one that
+/// answered last, and says hello. A failure is permanent (a mistake to
+/// report) only when every server failed that way.
+async fn connect(
+    config: &ClientConfig,
+    servers: &mut Servers,
+    hello: Hello,
+) -> Result<Live, Failure> {
+    let count = servers.addrs.len();
+    let mut failures = Vec::with_capacity(count);
+    for i in 0..count {
+        let k = (servers.first + i) % count;
+        let addr = &servers.addrs[k];
+        match droid_core::transport::connect(addr, config.tls.as_ref()).await {
+            Ok(conn) => {
+                servers.first = k;
+                let result = handshake(conn, hello).await;
+                if matches!(result, Err(Failure::Transient(_))) && count > 1 {
+                    // This server is in trouble: the next attempt starts
+                    // with the next one.
+                    servers.first = (k + 1) % count;
+                }
+                return result;
             }
-        })?;
-    handshake(conn, hello).await
+            Err(e) => {
+                if count > 1 {
+                    debug!(server = %addr, error = %e, "server unreachable; trying the next");
+                }
+                failures.push(e);
+            }
+        }
+    }
+    if failures.iter().all(|e| e.is_permanent())
+        && let Some(e) = failures.pop()
+    {
+        return Err(Failure::Connect(e));
+    }
+    let reasons: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    Err(Failure::Transient(reasons.join("; ")))
 }
 
 async fn handshake<IO>(io: IO, hello: Hello) -> Result<Live, Failure>
