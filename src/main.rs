@@ -36,6 +36,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Expose a local web server at a public URL.
@@ -266,6 +268,17 @@ struct ServerArgs {
     /// directory, so a restarted server still keeps them for their owners.
     #[arg(long, value_name = "DIR")]
     state: Option<std::path::PathBuf>,
+    /// Be one node of several sharing their names in this Redis
+    /// (redis://HOST:PORT); needs --node-id.
+    #[arg(long, value_name = "URL", requires = "node_id")]
+    cluster: Option<String>,
+    /// This node's id in the cluster, unique among its nodes.
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+    /// How long this node's names stay live when it stops renewing its
+    /// lease in the cluster (it renews every third of it) [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    cluster_lease: Option<Duration>,
     /// The public ports TCP tunnels get, LOW-HIGH (e.g. 20000-20999);
     /// without it TCP tunnels are refused.
     #[arg(long, value_name = "LOW-HIGH", value_parser = settings::port_range)]
@@ -545,6 +558,16 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
         }
         None => Server::new(config),
     };
+    if let Some(cluster) = s.cluster {
+        let node = cluster.node_id.clone();
+        let cluster = Arc::new(
+            droid_server::cluster::Cluster::join(cluster, server.config().names.clone()).await?,
+        );
+        server.join_cluster(cluster.clone());
+        println!("droid server: node {node} of the cluster, names agreed in Redis");
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { cluster.keep_lease(shutdown).await });
+    }
     let metrics = match s.metrics {
         Some(addr) => {
             let listener = bind_listener(addr)

@@ -75,6 +75,8 @@ pub struct ServerSettings {
     pub metrics: Option<SocketAddr>,
     /// Where names are written down, if anywhere.
     pub state: Option<std::path::PathBuf>,
+    /// The cluster this server is one node of, if any.
+    pub cluster: Option<droid_server::cluster::ClusterConfig>,
     /// The SMTP listener, when mail is on.
     pub smtp: Option<(SocketAddr, SmtpSetup)>,
     /// The MQTT listeners, settings and limits, when MQTT is on.
@@ -303,6 +305,29 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
     Ok(ServerSettings {
         https: tls.https,
         metrics: args.metrics.or(f.and_then(|f| f.metrics.map(|a| a.0))),
+        cluster: {
+            let file = f.and_then(|f| f.cluster.as_ref());
+            let redis = args
+                .cluster
+                .clone()
+                .or_else(|| file.map(|c| c.redis.0.clone()));
+            let node_id = args
+                .node_id
+                .clone()
+                .or_else(|| file.map(|c| c.node_id.0.clone()));
+            match (redis, node_id) {
+                (Some(redis), Some(node_id)) => Some(droid_server::cluster::ClusterConfig {
+                    redis,
+                    node_id,
+                    lease: args
+                        .cluster_lease
+                        .or(file.and_then(|c| c.lease.map(|d| d.0)))
+                        .unwrap_or(Duration::from_secs(10)),
+                }),
+                (None, Some(_)) => bail!("--node-id needs --cluster redis://HOST:PORT"),
+                _ => None,
+            }
+        },
         state: args.state.clone().or_else(|| {
             f.and_then(|f| f.state.as_ref())
                 .map(|d| std::path::PathBuf::from(&d.0))

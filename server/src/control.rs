@@ -90,9 +90,22 @@ pub(crate) async fn serve<IO>(
     let (log, lines) = RequestLog::channel();
     let tunnels = match grant(&shared, &hello, session_id, &opener, peer, log) {
         Ok((welcome, tunnels)) => {
+            // In a cluster, the other servers must agree too.
+            if let Some(cluster) = shared.cluster.get()
+                && let Some(first) = tunnels.first()
+            {
+                let keys: Vec<String> = tunnels.iter().flat_map(|t| t.keys()).collect();
+                if let Err(e) = cluster.claim(&keys, &first.owner_id, session_id).await {
+                    shared.registry.forget(&tunnels);
+                    info!(%peer, code = ?e.code, reason = %e.message, "the cluster refused a client");
+                    control.fail(e).await;
+                    opener.close();
+                    return;
+                }
+            }
             if let Err(e) = control.write(&ControlMessage::Welcome(welcome)).await {
                 debug!(error = %e, "could not send welcome");
-                shared.registry.release(&tunnels, false);
+                release(&shared, &tunnels, session_id, false).await;
                 opener.close();
                 return;
             }
@@ -122,10 +135,21 @@ pub(crate) async fn serve<IO>(
 
     let clean = heartbeat(&shared, &mut control, &lines, &opener, &tunnels, &shutdown).await;
     publishing.abort();
-    shared.registry.release(&tunnels, clean);
+    release(&shared, &tunnels, session_id, clean).await;
     info!(%peer, session = session_id, ?names, clean, "tunnels down");
     let _ = control.writer.shutdown().await;
     opener.close();
+}
+
+/// Releases a session's names, here and in the cluster.
+async fn release(shared: &Shared, tunnels: &[Arc<Tunnel>], session: u64, clean: bool) {
+    shared.registry.release(tunnels, clean);
+    if let Some(cluster) = shared.cluster.get()
+        && let Some(first) = tunnels.first()
+    {
+        let keys: Vec<String> = tunnels.iter().flat_map(|t| t.keys()).collect();
+        cluster.release(keys, &first.owner_id, session, clean).await;
+    }
 }
 
 /// How long request lines gather after a batch is sent: under load one

@@ -2,6 +2,7 @@
 //!
 //! - [`registry`]: who holds which name (live, resuming, quarantined).
 //! - [`names`]: valid names, and random readable ones.
+//! - [`cluster`]: names agreed on by several servers, in Redis.
 //! - [`name_store`]: names written down, to outlive a restart (`--state`).
 //! - `control`: a client's session: handshake, heartbeats, goodbye.
 //! - `http_front`: the public HTTP listener, routing by Host into tunnels.
@@ -25,6 +26,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod cluster;
 mod control;
 mod deliveries;
 mod guard;
@@ -179,6 +181,8 @@ pub(crate) struct Shared {
     metrics: metrics::Metrics,
     /// The MQTT adapter, once MQTT runs: apps publish through it.
     mqtt: OnceLock<Arc<MqttAdapter>>,
+    /// The cluster registry, when this server is one node of several.
+    cluster: OnceLock<Arc<cluster::Cluster>>,
 }
 
 impl Shared {
@@ -227,8 +231,17 @@ impl Server {
                 spool: OnceLock::new(),
                 metrics: metrics::Metrics::new(),
                 mqtt: OnceLock::new(),
+                cluster: OnceLock::new(),
             }),
         }
+    }
+
+    /// Makes this server one node of a cluster: from now on a claim must
+    /// be granted by the cluster's registry too. Call it before the server
+    /// takes clients, and keep the cluster's lease
+    /// ([`cluster::Cluster::keep_lease`]) while it runs.
+    pub fn join_cluster(&self, cluster: Arc<cluster::Cluster>) {
+        let _ = self.shared.cluster.set(cluster);
     }
 
     /// The registry of names.

@@ -91,7 +91,7 @@ pub struct Tunnel {
 
 impl Tunnel {
     /// The registry keys this tunnel holds: its name, and its port's.
-    fn keys(&self) -> impl Iterator<Item = String> + '_ {
+    pub fn keys(&self) -> impl Iterator<Item = String> + '_ {
         std::iter::once(self.name.clone()).chain(self.tcp.as_ref().map(|p| port_key(p.port)))
     }
 }
@@ -100,6 +100,14 @@ impl Tunnel {
 /// quarantined, reserved), and never a valid name itself.
 pub fn port_key(port: u16) -> String {
     format!("tcp:{port}")
+}
+
+/// A key as sentences say it: `the name api`, `port 20432`.
+pub(crate) fn describe_key(key: &str) -> String {
+    match key.strip_prefix("tcp:") {
+        Some(port) => format!("port {port}"),
+        None => format!("the name {key}"),
+    }
 }
 
 fn is_port_key(key: &str) -> bool {
@@ -842,6 +850,29 @@ impl Registry {
         self.commit(journal);
     }
 
+    /// Undoes a claim that must not stand (another server of the cluster
+    /// refused it): the session's names are forgotten, not released, since
+    /// they were never this owner's to keep.
+    pub fn forget(&self, tunnels: &[Arc<Tunnel>]) {
+        let mut state = self.lock();
+        let mut journal = self.journal();
+        for tunnel in tunnels {
+            let mut forgot = false;
+            for key in tunnel.keys() {
+                if matches!(state.claims.get(&key), Some(Claim::Live { tunnel: t, .. }) if t.session == tunnel.session)
+                {
+                    state.claims.remove(&key);
+                    journal.forget(&key);
+                    forgot = true;
+                }
+            }
+            if forgot {
+                state.uncount(tunnel);
+            }
+        }
+        self.commit(journal);
+    }
+
     /// Forgets expired names. Called on every change; call it now and then
     /// too, so memory is given back on an idle server.
     pub fn prune(&self) {
@@ -992,7 +1023,7 @@ fn is_secret(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 120 {
         format!("{} minutes", secs.div_ceil(60))

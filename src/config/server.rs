@@ -60,6 +60,21 @@ pub struct ServerFile {
     pub adapters: Option<ServerAdapters>,
     /// Where mail waits, and its retries.
     pub spool: Option<Spanned<SpoolFile>>,
+    /// One node of several sharing a registry in Redis.
+    pub cluster: Option<ClusterFile>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Redis, `redis://HOST:PORT` (`--cluster`).
+    pub redis: NonEmpty,
+    /// This node's id, unique in the cluster (`--node-id`).
+    pub node_id: NonEmpty,
+    /// How long a node's names stay live without renewing its lease
+    /// (`--cluster-lease`, default 10s).
+    pub lease: Option<Dur>,
 }
 
 /// `[names]`.

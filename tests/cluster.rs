@@ -1,0 +1,266 @@
+//! Several servers, one registry in Redis: a name is held once across the
+//! nodes, kept for its owner on every node, and moves with its owner when
+//! its node dies. Each test starts its own `redis-server` on a free
+//! loopback port and stops it by its pid.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use droid_client::{ClientError, ClientEvent};
+use droid_core::protocol::ErrorCode;
+use droid_server::cluster::{Cluster, ClusterConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A `redis-server` of this test's own, without persistence.
+struct Redis {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Redis::on(port).await
+    }
+
+    /// On `port` (to come back where its clients look for it).
+    async fn on(port: u16) -> Redis {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server is missing ({e}): install Debian's redis-server (bash .ci/test does)")
+            });
+        let redis = Redis { child, port };
+        within("redis-server answers PING", async {
+            loop {
+                if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)).await {
+                    let mut reply = [0u8; 7];
+                    if c.write_all(b"PING\r\n").await.is_ok()
+                        && c.read_exact(&mut reply).await.is_ok()
+                        && &reply == b"+PONG\r\n"
+                    {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        within("redis-server exits", self.child.wait())
+            .await
+            .unwrap();
+    }
+}
+
+/// A server that is node `id` of the cluster in `redis`.
+async fn node(redis: &Redis, id: &str) -> (TestServer, Arc<Cluster>) {
+    let srv = server().await;
+    let cluster = Arc::new(
+        Cluster::join(
+            ClusterConfig {
+                redis: redis.url(),
+                node_id: id.into(),
+                lease: Duration::from_secs(1),
+            },
+            srv.server.config().names.clone(),
+        )
+        .await
+        .unwrap(),
+    );
+    srv.server.join_cluster(cluster.clone());
+    let (c, token) = (cluster.clone(), srv.shutdown.clone());
+    tokio::spawn(async move { c.keep_lease(token).await });
+    (srv, cluster)
+}
+
+/// A client asking `control` for `name` that must be refused.
+async fn refused(control: SocketAddr, name: &str, target: &droid_client::Target) -> String {
+    let mut c = client_unchecked(client_config(control, vec![spec(Some(name), target)]));
+    match within("refusal", &mut c.task).await.unwrap() {
+        Err(ClientError::Refused(e)) => {
+            assert_eq!(e.code, ErrorCode::NameTaken, "{}", e.message);
+            e.message
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_name_is_held_once_across_nodes_and_kept_for_its_owner_on_every_node() {
+    let redis = Redis::start().await;
+    let app = origin("app").await;
+    let (one, _) = node(&redis, "one").await;
+    let (two, cluster_two) = node(&redis, "two").await;
+    let state = tempfile::tempdir().unwrap();
+    let owner = |control: SocketAddr| {
+        let mut config = client_config(control, vec![spec(Some("shared"), &app.target)]);
+        config.state_dir = Some(state.path().to_path_buf());
+        config.state_key = "the owner".into();
+        config
+    };
+    let first = client(owner(one.control)).await;
+    assert_eq!(first.name(), "shared");
+
+    // Live on node one: a stranger on node two is refused, and so is the
+    // owner itself while node one serves it (never live on two nodes).
+    let message = refused(two.control, "shared", &app.target).await;
+    assert!(message.contains("in use by another client"), "{message}");
+    let owner_id = droid_server::registry::owner_id(
+        &std::fs::read_dir(state.path())
+            .unwrap()
+            .find_map(|e| {
+                let text = std::fs::read_to_string(e.ok()?.path()).ok()?;
+                let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+                json["secret"].as_str().map(str::to_string)
+            })
+            .expect("the client's resume secret"),
+    );
+    let e = cluster_two
+        .claim(&["shared".to_string()], &owner_id, 99)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unavailable, "{}", e.message);
+
+    // Released on node one: kept from strangers on node two, and the owner
+    // takes it there.
+    first.stop().await;
+    let message = refused(two.control, "shared", &app.target).await;
+    assert!(message.contains("kept for its previous owner"), "{message}");
+    let moved = client(owner(two.control)).await;
+    assert_eq!(moved.name(), "shared");
+    assert_eq!(get(two.http, &moved.host(), "/").await.1, "origin app /");
+    // And node one still refuses strangers (NameTaken) for node two.
+    refused(one.control, "shared", &app.target).await;
+    redis.kill().await;
+}
+
+#[tokio::test]
+async fn with_redis_gone_tunnels_keep_serving_and_new_claims_wait_for_it() {
+    let redis = Redis::start().await;
+    let port = redis.port;
+    let app = origin("app").await;
+    let (one, _) = node(&redis, "one").await;
+    let live = client(client_config(one.control, vec![spec(None, &app.target)])).await;
+    redis.kill().await;
+
+    // The live tunnel goes on; a new claim is told to try again.
+    assert_eq!(
+        get(one.http, &live.host(), "/still").await.1,
+        "origin app /still"
+    );
+    let mut waiting = client_unchecked(client_config(
+        one.control,
+        vec![spec(Some("later"), &app.target)],
+    ));
+    let reason = waiting
+        .wait_for("the claim refused", |e| match e {
+            ClientEvent::Disconnected { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(
+        reason.contains("the registry is unavailable; try again"),
+        "{reason}"
+    );
+
+    // Redis is back: the waiting client gets its name by itself.
+    let _redis = Redis::on(port).await;
+    let tunnels = waiting
+        .wait_for("the claim granted", |e| match e {
+            ClientEvent::Connected { tunnels, .. } => Some(tunnels.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(tunnels[0].name, "later");
+}
+
+#[tokio::test]
+async fn when_its_node_is_killed_a_client_moves_to_another_with_its_names() {
+    let redis = Redis::start().await;
+    let app = origin("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = |id: &str| {
+        Droid::start(
+            &[
+                "server",
+                "--domain",
+                DOMAIN,
+                "--http",
+                "127.0.0.1:0",
+                "--control",
+                "127.0.0.1:0",
+                "--cluster",
+                &redis.url(),
+                "--node-id",
+                id,
+                "--cluster-lease",
+                "1s",
+            ],
+            dir.path(),
+        )
+    };
+    let mut one = start("one");
+    let (_, one_control) = one.line("node one's addresses", server_addrs).await;
+    let mut two = start("two");
+    let (two_http, two_control) = two.line("node two's addresses", server_addrs).await;
+    two.line("node two joined", |l| {
+        l.contains("of the cluster").then_some(())
+    })
+    .await;
+
+    let mut config = client_config(
+        one_control,
+        vec![spec(None, &app.target), spec(Some("fixed"), &app.target)],
+    );
+    config.server = format!("{one_control},{two_control}");
+    let mut c = client(config).await;
+    let before: Vec<String> = c.grants.iter().map(|g| g.name.clone()).collect();
+
+    // kill -9 node one: once its lease (1 s) runs out, the client is back
+    // on node two with the same names.
+    one.child.start_kill().unwrap();
+    within("node one dies", one.child.wait()).await.unwrap();
+    let after = c
+        .wait_for("back on node two", |e| match e {
+            ClientEvent::Connected {
+                tunnels,
+                reconnected: true,
+                ..
+            } => Some(tunnels.clone()),
+            _ => None,
+        })
+        .await;
+    let after: Vec<String> = after.iter().map(|g| g.name.clone()).collect();
+    assert_eq!(before, after);
+    assert_eq!(
+        get(two_http, &format!("{}.{DOMAIN}", after[0]), "/")
+            .await
+            .1,
+        "origin app /"
+    );
+    let message = refused(two_control, "fixed", &app.target).await;
+    assert!(message.contains("in use by another client"), "{message}");
+    redis.kill().await;
+}
