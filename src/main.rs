@@ -279,6 +279,16 @@ struct ServerArgs {
     /// lease in the cluster (it renews every third of it) [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration)]
     cluster_lease: Option<Duration>,
+    /// Where this node takes the other nodes' requests for its tunnels
+    /// (keep it on a private network); needs --cluster-secret.
+    #[arg(long, value_name = "ADDR")]
+    peer: Option<SocketAddr>,
+    /// The address the other nodes reach --peer at [default: --peer's].
+    #[arg(long, value_name = "HOST:PORT")]
+    peer_advertise: Option<String>,
+    /// What the nodes prove to each other on their peer ports.
+    #[arg(long, env = "DROID_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// The public ports TCP tunnels get, LOW-HIGH (e.g. 20000-20999);
     /// without it TCP tunnels are refused.
     #[arg(long, value_name = "LOW-HIGH", value_parser = settings::port_range)]
@@ -558,15 +568,36 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
         }
         None => Server::new(config),
     };
-    if let Some(cluster) = s.cluster {
+    let peer = match s.peer {
+        Some(addr) => Some(
+            bind_listener(addr)
+                .await
+                .with_context(|| format!("cannot listen for the other nodes on {addr}"))?,
+        ),
+        None => None,
+    };
+    if let Some(mut cluster) = s.cluster {
         let node = cluster.node_id.clone();
+        if let Some(listener) = &peer {
+            let bound = listener.local_addr()?;
+            cluster.peer.get_or_insert_with(|| bound.to_string());
+            println!("droid server: peer on {bound}, for the other nodes");
+        }
         let cluster = Arc::new(
             droid_server::cluster::Cluster::join(cluster, server.config().names.clone()).await?,
         );
         server.join_cluster(cluster.clone());
         println!("droid server: node {node} of the cluster, names agreed in Redis");
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { cluster.keep_lease(shutdown).await });
+        let token = shutdown.clone();
+        tokio::spawn(async move { cluster.keep_lease(token).await });
+        if let Some(listener) = peer {
+            let (server, token) = (server.clone(), shutdown.clone());
+            tokio::spawn(async move { server.serve_peers(listener, token).await });
+        }
+    } else if peer.is_some() {
+        anyhow::bail!(
+            "--peer needs --cluster: it takes requests from the other nodes of a cluster"
+        );
     }
     let metrics = match s.metrics {
         Some(addr) => {

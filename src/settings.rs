@@ -77,6 +77,8 @@ pub struct ServerSettings {
     pub state: Option<std::path::PathBuf>,
     /// The cluster this server is one node of, if any.
     pub cluster: Option<droid_server::cluster::ClusterConfig>,
+    /// Where it takes the other nodes' requests, in a cluster.
+    pub peer: Option<SocketAddr>,
     /// The SMTP listener, when mail is on.
     pub smtp: Option<(SocketAddr, SmtpSetup)>,
     /// The MQTT listeners, settings and limits, when MQTT is on.
@@ -315,6 +317,20 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
                 .node_id
                 .clone()
                 .or_else(|| file.map(|c| c.node_id.0.clone()));
+            let peer = args.peer.or(file.and_then(|c| c.peer.map(|a| a.0)));
+            let advertise = args
+                .peer_advertise
+                .clone()
+                .or_else(|| file.and_then(|c| c.peer_advertise.as_ref().map(|a| a.0.clone())));
+            let secret = args
+                .cluster_secret
+                .clone()
+                .or_else(|| file.and_then(|c| c.secret.as_ref().map(|s| s.0.clone())));
+            if peer.is_some() && secret.is_none() {
+                bail!(
+                    "--peer needs --cluster-secret (or DROID_CLUSTER_SECRET): the nodes prove it to each other"
+                );
+            }
             match (redis, node_id) {
                 (Some(redis), Some(node_id)) => Some(droid_server::cluster::ClusterConfig {
                     redis,
@@ -323,11 +339,18 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
                         .cluster_lease
                         .or(file.and_then(|c| c.lease.map(|d| d.0)))
                         .unwrap_or(Duration::from_secs(10)),
+                    // Filled in once the peer port is bound (port 0).
+                    peer: advertise,
+                    secret: secret.unwrap_or_default(),
                 }),
                 (None, Some(_)) => bail!("--node-id needs --cluster redis://HOST:PORT"),
                 _ => None,
             }
         },
+        peer: args.peer.or_else(|| {
+            f.and_then(|f| f.cluster.as_ref())
+                .and_then(|c| c.peer.map(|a| a.0))
+        }),
         state: args.state.clone().or_else(|| {
             f.and_then(|f| f.state.as_ref())
                 .map(|d| std::path::PathBuf::from(&d.0))

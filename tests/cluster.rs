@@ -74,15 +74,21 @@ impl Redis {
     }
 }
 
-/// A server that is node `id` of the cluster in `redis`.
+const SECRET: &str = "the nodes' secret";
+
+/// A server that is node `id` of the cluster in `redis`, taking the other
+/// nodes' requests on a peer port of its own.
 async fn node(redis: &Redis, id: &str) -> (TestServer, Arc<Cluster>) {
     let srv = server().await;
+    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cluster = Arc::new(
         Cluster::join(
             ClusterConfig {
                 redis: redis.url(),
                 node_id: id.into(),
                 lease: Duration::from_secs(1),
+                peer: Some(peer.local_addr().unwrap().to_string()),
+                secret: SECRET.into(),
             },
             srv.server.config().names.clone(),
         )
@@ -92,6 +98,8 @@ async fn node(redis: &Redis, id: &str) -> (TestServer, Arc<Cluster>) {
     srv.server.join_cluster(cluster.clone());
     let (c, token) = (cluster.clone(), srv.shutdown.clone());
     tokio::spawn(async move { c.keep_lease(token).await });
+    let (s, token) = (srv.server.clone(), srv.shutdown.clone());
+    tokio::spawn(async move { s.serve_peers(peer, token).await });
     (srv, cluster)
 }
 
@@ -262,5 +270,130 @@ async fn when_its_node_is_killed_a_client_moves_to_another_with_its_names() {
     );
     let message = refused(two_control, "fixed", &app.target).await;
     assert!(message.contains("in use by another client"), "{message}");
+    redis.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_serves_any_tunnel_requests_websockets_events_and_100_mib() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let redis = Redis::start().await;
+    let app = origin("app").await;
+    let (one, _) = node(&redis, "one").await;
+    let (two, _) = node(&redis, "two").await;
+    let (three, _) = node(&redis, "three").await;
+    let c = client(client_config(one.control, vec![spec(None, &app.target)])).await;
+    let host = c.host();
+
+    // Through each node that does not hold it, and the one that does.
+    for srv in [&two, &three, &one] {
+        assert_eq!(get(srv.http, &host, "/hello").await.1, "origin app /hello");
+    }
+    // 200 at once through node two, on connections of their own.
+    let requests = (0..200).map(|i| {
+        let host = host.clone();
+        let http = two.http;
+        tokio::spawn(async move { get(http, &host, &format!("/n/{i}")).await })
+    });
+    for (i, answer) in futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) = answer.unwrap();
+        assert_eq!((status.as_u16(), body), (200, format!("origin app /n/{i}")));
+    }
+    // The visitor's own address (127.0.0.2 here) reaches the app, not
+    // node two's.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut visitor = socket.connect(two.http).await.unwrap();
+    let request = format!("GET /headers HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    visitor.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    within("the headers", visitor.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.contains(r#""x-forwarded-for":"127.0.0.2""#),
+        "{answer}"
+    );
+
+    // A websocket through node three.
+    let tcp = TcpStream::connect(three.http).await.unwrap();
+    let (mut ws, resp) = within(
+        "ws handshake",
+        tokio_tungstenite::client_async(format!("ws://{host}/ws"), tcp),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..20 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let back = within("ws echo", ws.next()).await.unwrap().unwrap();
+        assert_eq!(back, Message::text(format!("hello {i}")));
+    }
+    ws.close(None).await.unwrap();
+
+    // Server-sent events through node two, each as it is sent: the origin
+    // sends the second only after the first arrived here.
+    let resp = send(two.http, get_request(&host, "/sse")).await;
+    let mut body = resp.into_body();
+    let first = within("first event", http_body_util::BodyExt::frame(&mut body)).await;
+    assert_eq!(
+        first.unwrap().unwrap().into_data().unwrap(),
+        "data: one\n\n"
+    );
+    app.sse_next.notify_one();
+    let second = within("second event", http_body_util::BodyExt::frame(&mut body)).await;
+    assert_eq!(
+        second.unwrap().unwrap().into_data().unwrap(),
+        "data: two\n\n"
+    );
+
+    // 100 MiB through node two, every byte checked.
+    const SIZE: usize = 100 * 1024 * 1024;
+    let resp = send(two.http, get_request(&host, &format!("/bytes/{SIZE}"))).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        within("download", drain_checked(resp.into_body())).await,
+        SIZE
+    );
+
+    // A name no node holds is still a 404, from any node.
+    let (status, _) = get(two.http, &format!("nobody.{DOMAIN}"), "/").await;
+    assert_eq!(status.as_u16(), 404);
+    redis.kill().await;
+}
+
+#[tokio::test]
+async fn the_peer_port_refuses_a_wrong_secret() {
+    let redis = Redis::start().await;
+    let app = origin("app").await;
+    let (one, cluster) = node(&redis, "one").await;
+    let c = client(client_config(one.control, vec![spec(None, &app.target)])).await;
+    let _ = cluster;
+    // Read the peer address from Redis, as the other nodes do.
+    let mut redis_conn = TcpStream::connect(("127.0.0.1", redis.port)).await.unwrap();
+    redis_conn
+        .write_all(b"HGET droid:peers one\r\n")
+        .await
+        .unwrap();
+    let mut reply = vec![0u8; 128];
+    let n = redis_conn.read(&mut reply).await.unwrap();
+    let reply = String::from_utf8_lossy(&reply[..n]).to_string();
+    let peer = reply.lines().nth(1).unwrap().to_string();
+    let mut sneaky = TcpStream::connect(&peer).await.unwrap();
+    let request = format!(
+        "DROID-PEER/1 guessed 203.0.113.9:1234 http\nGET / HTTP/1.1\r\nHost: {}\r\n\r\n",
+        c.host()
+    );
+    sneaky.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    within("closed", sneaky.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     redis.kill().await;
 }

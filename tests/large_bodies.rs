@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
 use http::Request;
-use http_body_util::BodyExt;
 
 const SIZE: usize = 100 * 1024 * 1024;
 
@@ -23,21 +22,6 @@ fn rss() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     kb * 1024
-}
-
-/// Reads a body to its end, checking every byte against the pattern, and
-/// returns how many there were; nothing is kept.
-async fn drain_checked(mut body: hyper::body::Incoming) -> usize {
-    let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.unwrap().into_data() {
-            for (i, b) in data.iter().enumerate() {
-                assert_eq!(*b, pattern(seen + i), "byte {} differs", seen + i);
-            }
-            seen += data.len();
-        }
-    }
-    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,8 +28,8 @@ use tracing::{debug, info, warn};
 
 use crate::NamePolicy;
 
-/// How a node joins a cluster.
-#[derive(Debug, Clone)]
+/// How a node joins a cluster. Its `Debug` masks the secret.
+#[derive(Clone)]
 pub struct ClusterConfig {
     /// Redis, `redis://HOST:PORT`.
     pub redis: String,
@@ -37,6 +37,23 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// How long a node's names stay live without a renewal of its lease.
     pub lease: Duration,
+    /// Where the other nodes reach this one's peer port (`--peer`), if it
+    /// takes requests for its tunnels from them.
+    pub peer: Option<String>,
+    /// What nodes prove to each other on the peer port.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis", &self.redis)
+            .field("node_id", &self.node_id)
+            .field("lease", &self.lease)
+            .field("peer", &self.peer)
+            .field("secret", &"MASKED")
+            .finish()
+    }
 }
 
 /// Why a node could not join.
@@ -102,10 +119,21 @@ end
 return 1
 ";
 
-/// ARGV: node, lease ms.
+/// ARGV: node, lease ms, peer address ('' for none).
 const RENEW: &str = r"
 redis.call('ZADD', 'droid:nodes', now + tonumber(ARGV[2]), ARGV[1])
+if ARGV[3] ~= '' then redis.call('HSET', 'droid:peers', ARGV[1], ARGV[3]) end
 return 1
+";
+
+/// KEYS: a name record. ARGV: this node. The peer address of the other
+/// node that serves the name live under a running lease, or nil.
+const PEER_OF: &str = r"
+local r = redis.call('HMGET', KEYS[1], 'node', 'state')
+if r[2] ~= 'live' or r[1] == ARGV[1] then return false end
+local lease = tonumber(redis.call('ZSCORE', 'droid:nodes', r[1])) or 0
+if lease < now then return false end
+return redis.call('HGET', 'droid:peers', r[1])
 ";
 
 /// A node's handle on the cluster registry. Cheap to share behind an `Arc`.
@@ -116,6 +144,7 @@ pub struct Cluster {
     claim: redis::Script,
     release: redis::Script,
     renew: redis::Script,
+    peer_of: redis::Script,
     /// Releases Redis did not take, retried with each lease renewal.
     pending: Mutex<Vec<Release>>,
 }
@@ -184,6 +213,7 @@ impl Cluster {
             claim: script(CLAIM),
             release: script(RELEASE),
             renew: script(RENEW),
+            peer_of: script(PEER_OF),
             pending: Mutex::new(Vec::new()),
         };
         cluster
@@ -199,6 +229,7 @@ impl Cluster {
         self.renew
             .arg(&self.config.node_id)
             .arg(ms(self.config.lease))
+            .arg(self.config.peer.as_deref().unwrap_or(""))
             .invoke_async::<i64>(&mut conn)
             .await
             .map(|_| ())
@@ -228,6 +259,30 @@ impl Cluster {
         for release in pending {
             self.release_or_keep(release).await;
         }
+    }
+
+    /// The peer address of the other node that serves `name` now, if one
+    /// does (`None` too while Redis is away).
+    pub async fn peer_of(&self, name: &str) -> Option<String> {
+        let mut conn = self.conn.clone();
+        match self
+            .peer_of
+            .key(key(name))
+            .arg(&self.config.node_id)
+            .invoke_async::<Option<String>>(&mut conn)
+            .await
+        {
+            Ok(peer) => peer,
+            Err(e) => {
+                debug!(error = %e, %name, "no answer from the cluster registry");
+                None
+            }
+        }
+    }
+
+    /// What nodes prove to each other on the peer port.
+    pub(crate) fn secret(&self) -> &str {
+        &self.config.secret
     }
 
     /// Claims `keys` for `owner`'s `session` on this node, all or none.

@@ -56,12 +56,42 @@ pub(crate) async fn serve_io<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let https = sni.is_some();
+    serve_visitor(shared, stream, peer, sni, https, false).await;
+}
+
+/// Serves a visitor's connection that another node of the cluster
+/// forwarded (see `peer`): `visitor` is the visitor's own address.
+pub(crate) async fn serve_forwarded<IO>(
+    shared: Arc<Shared>,
+    stream: IO,
+    visitor: SocketAddr,
+    https: bool,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    serve_visitor(shared, stream, visitor, None, https, true).await;
+}
+
+async fn serve_visitor<IO>(
+    shared: Arc<Shared>,
+    stream: IO,
+    peer: SocketAddr,
+    sni: Option<String>,
+    https: bool,
+    forwarded: bool,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let visitor = Arc::new(Visitor {
         shared: shared.clone(),
         peer,
         peer_ip: ip_header(peer.ip()),
         sni,
+        https,
+        forwarded,
         upstream: Mutex::new(None),
+        node: Mutex::new(None),
     });
     let service = service_fn(move |request| {
         let visitor = visitor.clone();
@@ -124,8 +154,16 @@ struct Visitor {
     /// On HTTPS, the host the TLS handshake named (lowercase): every
     /// request on the connection must be for it.
     sni: Option<String>,
+    /// Whether the visitor came over HTTPS (here, or to the node that
+    /// forwarded it).
+    https: bool,
+    /// Whether another node forwarded this connection: it is not sent on.
+    forwarded: bool,
     /// The tunnel stream this connection's requests go through, once opened.
     upstream: Mutex<Option<Upstream>>,
+    /// The connection to another node this connection's requests for its
+    /// tunnels go through, once opened, and that node's peer address.
+    node: Mutex<Option<(String, SendRequest<Incoming>)>>,
 }
 
 struct Upstream {
@@ -232,6 +270,13 @@ impl Visitor {
             }
             Lookup::Live(tunnel) => tunnel,
             Lookup::Resuming => {
+                // Its owner may have come back on another node.
+                if !self.forwarded
+                    && let Some(cluster) = self.shared.cluster.get()
+                    && let Some(node) = cluster.peer_of(name).await
+                {
+                    return self.forward_to_node(node, name, request, html).await;
+                }
                 return own(
                     proxy::error_page(
                         StatusCode::BAD_GATEWAY,
@@ -242,6 +287,12 @@ impl Visitor {
                 );
             }
             Lookup::Absent => {
+                if !self.forwarded
+                    && let Some(cluster) = self.shared.cluster.get()
+                    && let Some(node) = cluster.peer_of(name).await
+                {
+                    return self.forward_to_node(node, name, request, html).await;
+                }
                 return own(
                     proxy::error_page(
                         StatusCode::NOT_FOUND,
@@ -351,7 +402,7 @@ impl Visitor {
         if let Some(v) = forwarded_for {
             headers.insert(X_FORWARDED_FOR, v);
         }
-        let proto = if self.sni.is_some() { "https" } else { "http" };
+        let proto = if self.https { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         // The host's own bytes become the value, not a copy of them.
         if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(host)) {
@@ -445,6 +496,65 @@ impl Visitor {
                 )
             }
         }
+    }
+
+    /// Sends a request for `name` to the node that holds its tunnel, at
+    /// its peer address `node`, and streams the answer back.
+    async fn forward_to_node(
+        &self,
+        node: String,
+        name: &str,
+        request: Request<Incoming>,
+        html: bool,
+    ) -> Response<Body> {
+        let unreachable = || {
+            own(
+                proxy::error_page(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("the server holding the tunnel {name} did not answer; try again"),
+                    html,
+                ),
+                OwnAnswer::TunnelGone,
+            )
+        };
+        let kept = {
+            let mut slot = self.node.lock().unwrap_or_else(|p| p.into_inner());
+            slot.take()
+                .filter(|(addr, sender)| *addr == node && !sender.is_closed())
+        };
+        let mut sender = match kept {
+            Some((_, sender)) => sender,
+            None => match self.open_node(&node).await {
+                Some(sender) => sender,
+                None => return unreachable(),
+            },
+        };
+        match proxy::forward(&mut sender, request).await {
+            Ok(response) => {
+                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some((node, sender));
+                }
+                response.map(Body::Left)
+            }
+            Err(e) => {
+                info!(tunnel = %name, %node, error = %e, "a request forwarded to another node failed");
+                unreachable()
+            }
+        }
+    }
+
+    /// A connection to another node's peer port, for this visitor.
+    async fn open_node(&self, node: &str) -> Option<SendRequest<Incoming>> {
+        let cluster = self.shared.cluster.get()?;
+        let connect = TcpStream::connect(node);
+        let mut stream = tokio::time::timeout(self.shared.config.stream_open_timeout, connect)
+            .await
+            .ok()?
+            .ok()?;
+        let _ = stream.set_nodelay(true);
+        let line = crate::peer::preface(cluster.secret(), self.peer, self.https);
+        stream.write_all(line.as_bytes()).await.ok()?;
+        proxy::handshake(stream).await.ok()
     }
 
     fn take_upstream(&self, tunnel: &Arc<Tunnel>) -> Option<SendRequest<GuardedBody>> {

@@ -36,6 +36,7 @@ mod metrics;
 mod mqtt;
 pub mod name_store;
 pub mod names;
+mod peer;
 pub mod rate;
 pub mod registry;
 pub mod request_log;
@@ -252,6 +253,17 @@ impl Server {
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.shared.config
+    }
+
+    /// Accepts the other nodes of the cluster on the peer port until
+    /// `shutdown`: requests for this node's tunnels that visitors sent to
+    /// them. Without [`Server::join_cluster`] it closes every connection.
+    pub async fn serve_peers(&self, listener: TcpListener, shutdown: CancellationToken) {
+        let shared = self.shared.clone();
+        listener::accept_loop(listener, "peer", shutdown, move |stream, from| {
+            peer::serve(shared.clone(), stream, from)
+        })
+        .await;
     }
 
     /// Accepts clients on the control port until `shutdown`.

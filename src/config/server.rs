@@ -75,6 +75,12 @@ pub struct ClusterFile {
     /// How long a node's names stay live without renewing its lease
     /// (`--cluster-lease`, default 10s).
     pub lease: Option<Dur>,
+    /// Where this node takes the other nodes' requests (`--peer`).
+    pub peer: Option<Addr>,
+    /// The address the other nodes reach `peer` at (`--peer-advertise`).
+    pub peer_advertise: Option<NonEmpty>,
+    /// What the nodes prove to each other (`--cluster-secret`).
+    pub secret: Option<NonEmpty>,
 }
 
 /// `[names]`.

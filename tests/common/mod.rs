@@ -266,6 +266,21 @@ pub fn pattern(i: usize) -> u8 {
     (i % 251) as u8
 }
 
+/// Reads a body to its end, checking every byte against the pattern, and
+/// returns how many there were; nothing is kept.
+pub async fn drain_checked(mut body: hyper::body::Incoming) -> usize {
+    let mut seen = 0usize;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            for (i, b) in data.iter().enumerate() {
+                assert_eq!(*b, pattern(seen + i), "byte {} differs", seen + i);
+            }
+            seen += data.len();
+        }
+    }
+    seen
+}
+
 /// A body of `total` pattern bytes, made 64 KiB at a time as it is read.
 pub fn pattern_body(total: usize) -> TestBody {
     const CHUNK: usize = 64 * 1024;
