@@ -1,4 +1,4 @@
-//! Run with: `cargo run --release --example bench -- [http|smtp|mqtt|all] [--secs N]
+//! Run with: `cargo run --release --example bench -- [http|smtp|mqtt|all|cluster] [--secs N]
 //! [--max-mails N] [--only TEXT] [--mode conn|kept]`, or `... --example bench -- peers`.
 //!
 //! - `peers`: the `droid` binary as separate processes under `wrk`, beside
@@ -53,6 +53,9 @@
 //!   publishers, to a bare sink, to Droid's adapter with a discarding sink,
 //!   and through the tunnel to the app (see `mqtt.rs`). `--max-mails`
 //!   bounds each row's messages too.
+//! - `cluster` (only when asked; it starts a `redis-server`): GETs through
+//!   the node that holds a tunnel and through another node that forwards
+//!   them over the peer link (see `cluster.rs`).
 //! - `http`: GETs of 100-byte bodies over 64 keep-alive connections and of
 //!   1 MiB bodies over 16, straight to a hyper app, through an in-process
 //!   Droid server and client (one yamux session), and through a second
@@ -96,6 +99,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+mod cluster;
 mod mqtt;
 
 const DOMAIN: &str = "bench.test";
@@ -115,6 +119,7 @@ struct Args {
     http: bool,
     smtp: bool,
     mqtt: bool,
+    cluster: bool,
     secs: f64,
     max_mails: u64,
     only: Option<String>,
@@ -144,6 +149,7 @@ fn args() -> anyhow::Result<Args> {
         http: true,
         smtp: true,
         mqtt: true,
+        cluster: false,
         secs: 5.0,
         max_mails: 1_000_000,
         only: None,
@@ -156,6 +162,10 @@ fn args() -> anyhow::Result<Args> {
             "smtp" => (a.http, a.smtp, a.mqtt) = (false, true, false),
             "mqtt" => (a.http, a.smtp, a.mqtt) = (false, false, true),
             "all" => (a.http, a.smtp, a.mqtt) = (true, true, true),
+            "cluster" => {
+                (a.http, a.smtp, a.mqtt) = (false, false, false);
+                a.cluster = true;
+            }
             "--secs" => {
                 a.secs = it.next().context("--secs N")?.parse()?;
                 if !(a.secs > 0.0 && a.secs < 3600.0) {
@@ -172,7 +182,7 @@ fn args() -> anyhow::Result<Args> {
                 }
             }
             other => bail!(
-                "unknown argument {other:?}; usage: bench [http|smtp|mqtt|all] [--secs N] \
+                "unknown argument {other:?}; usage: bench [http|smtp|mqtt|all|cluster] [--secs N] \
                  [--max-mails N] [--only TEXT] [--mode conn|kept]"
             ),
         }
@@ -224,6 +234,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.mqtt {
         mqtt::mqtt_bench(&args, &app, &tunnel).await?;
+    }
+    if args.cluster {
+        cluster::cluster_bench(&args, &app).await?;
     }
     if args.http {
         let inspector = droid_client::Inspector::new(droid_client::InspectorOptions::default());

@@ -161,9 +161,19 @@ struct Visitor {
     forwarded: bool,
     /// The tunnel stream this connection's requests go through, once opened.
     upstream: Mutex<Option<Upstream>>,
-    /// The connection to another node this connection's requests for its
-    /// tunnels go through, once opened, and that node's peer address.
-    node: Mutex<Option<(String, SendRequest<Incoming>)>>,
+    /// The connection to another node this connection's requests for a
+    /// tunnel it holds go through, once opened.
+    node: Mutex<Option<NodeLink>>,
+}
+
+/// A visitor connection's link to the node that holds a tunnel.
+struct NodeLink {
+    /// The tunnel it was opened for: later requests for it on the same
+    /// visitor connection go the same way without asking Redis again.
+    name: String,
+    /// The node's peer address.
+    addr: String,
+    sender: SendRequest<Incoming>,
 }
 
 struct Upstream {
@@ -271,10 +281,7 @@ impl Visitor {
             Lookup::Live(tunnel) => tunnel,
             Lookup::Resuming => {
                 // Its owner may have come back on another node.
-                if !self.forwarded
-                    && let Some(cluster) = self.shared.cluster.get()
-                    && let Some(node) = cluster.peer_of(name).await
-                {
+                if let Some(node) = self.node_of(name).await {
                     return self.forward_to_node(node, name, request, html).await;
                 }
                 return own(
@@ -287,10 +294,7 @@ impl Visitor {
                 );
             }
             Lookup::Absent => {
-                if !self.forwarded
-                    && let Some(cluster) = self.shared.cluster.get()
-                    && let Some(node) = cluster.peer_of(name).await
-                {
+                if let Some(node) = self.node_of(name).await {
                     return self.forward_to_node(node, name, request, html).await;
                 }
                 return own(
@@ -498,6 +502,26 @@ impl Visitor {
         }
     }
 
+    /// The peer address of the other node of the cluster that holds
+    /// `name`: the one this connection's last request for it went to, else
+    /// Redis's answer. Never for a connection another node forwarded.
+    async fn node_of(&self, name: &str) -> Option<String> {
+        if self.forwarded {
+            return None;
+        }
+        let cluster = self.shared.cluster.get()?;
+        {
+            let slot = self.node.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(link) = slot.as_ref()
+                && link.name == name
+                && !link.sender.is_closed()
+            {
+                return Some(link.addr.clone());
+            }
+        }
+        cluster.peer_of(name).await
+    }
+
     /// Sends a request for `name` to the node that holds its tunnel, at
     /// its peer address `node`, and streams the answer back.
     async fn forward_to_node(
@@ -520,10 +544,10 @@ impl Visitor {
         let kept = {
             let mut slot = self.node.lock().unwrap_or_else(|p| p.into_inner());
             slot.take()
-                .filter(|(addr, sender)| *addr == node && !sender.is_closed())
+                .filter(|link| link.addr == node && !link.sender.is_closed())
         };
         let mut sender = match kept {
-            Some((_, sender)) => sender,
+            Some(link) => link.sender,
             None => match self.open_node(&node).await {
                 Some(sender) => sender,
                 None => return unreachable(),
@@ -531,8 +555,16 @@ impl Visitor {
         };
         match proxy::forward(&mut sender, request).await {
             Ok(response) => {
-                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                    *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some((node, sender));
+                // A link whose node no longer holds the tunnel (it moved)
+                // is not kept: the next request asks Redis again.
+                let moved = response.status() == StatusCode::NOT_FOUND
+                    || response.status() == StatusCode::BAD_GATEWAY;
+                if response.status() != StatusCode::SWITCHING_PROTOCOLS && !moved {
+                    *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(NodeLink {
+                        name: name.to_string(),
+                        addr: node,
+                        sender,
+                    });
                 }
                 response.map(Body::Left)
             }
