@@ -589,7 +589,8 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
         server.join_cluster(cluster.clone());
         println!("droid server: node {node} of the cluster, names agreed in Redis");
         let token = shutdown.clone();
-        tokio::spawn(async move { cluster.keep_lease(token).await });
+        let lease = server.clone();
+        tokio::spawn(async move { lease.keep_cluster_lease(token).await });
         if let Some(listener) = peer {
             let (server, token) = (server.clone(), shutdown.clone());
             tokio::spawn(async move { server.serve_peers(listener, token).await });

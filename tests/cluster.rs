@@ -30,13 +30,39 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
-        Redis::on(port).await
+        Redis::on(port, None).await
     }
 
-    /// On `port` (to come back where its clients look for it).
-    async fn on(port: u16) -> Redis {
+    /// On `port` (to come back where its clients look for it); with
+    /// `appendonly`, it keeps its data in that directory, fsynced always.
+    async fn on(port: u16, appendonly: Option<&std::path::Path>) -> Redis {
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        match appendonly {
+            Some(dir) => args.extend(
+                [
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--dir",
+                    dir.to_str().unwrap(),
+                ]
+                .map(String::from),
+            ),
+            None => args.extend(["--appendonly", "no"].map(String::from)),
+        }
         let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&args)
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -96,8 +122,8 @@ async fn node(redis: &Redis, id: &str) -> (TestServer, Arc<Cluster>) {
         .unwrap(),
     );
     srv.server.join_cluster(cluster.clone());
-    let (c, token) = (cluster.clone(), srv.shutdown.clone());
-    tokio::spawn(async move { c.keep_lease(token).await });
+    let (s, token) = (srv.server.clone(), srv.shutdown.clone());
+    tokio::spawn(async move { s.keep_cluster_lease(token).await });
     let (s, token) = (srv.server.clone(), srv.shutdown.clone());
     tokio::spawn(async move { s.serve_peers(peer, token).await });
     (srv, cluster)
@@ -194,7 +220,7 @@ async fn with_redis_gone_tunnels_keep_serving_and_new_claims_wait_for_it() {
     );
 
     // Redis is back: the waiting client gets its name by itself.
-    let _redis = Redis::on(port).await;
+    let _redis = Redis::on(port, None).await;
     let tunnels = waiting
         .wait_for("the claim granted", |e| match e {
             ClientEvent::Connected { tunnels, .. } => Some(tunnels.clone()),
@@ -395,5 +421,83 @@ async fn the_peer_port_refuses_a_wrong_secret() {
         .await
         .unwrap();
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    redis.kill().await;
+}
+
+/// Sends one command to Redis and returns its reply's first line.
+async fn redis_reply(port: u16, command: &str) -> String {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    c.write_all(format!("{command}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = vec![0u8; 256];
+    let n = within("a Redis reply", c.read(&mut reply)).await.unwrap();
+    String::from_utf8_lossy(&reply[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_redis_that_restarts_empty_gets_every_live_name_back() {
+    let redis = Redis::start().await;
+    let port = redis.port;
+    let app = origin("app").await;
+    let (one, _) = node(&redis, "one").await;
+    let (two, _) = node(&redis, "two").await;
+    let c = client(client_config(
+        one.control,
+        vec![spec(Some("kept"), &app.target)],
+    ))
+    .await;
+    redis.kill().await;
+    let redis = Redis::on(port, None).await;
+    // Node one claims its names again with its next lease renewal.
+    within("the name claimed again", async {
+        while redis_reply(port, "EXISTS droid:name:kept").await != ":1" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let message = refused(two.control, "kept", &app.target).await;
+    assert!(message.contains("in use by another client"), "{message}");
+    // Node two reaches it again too: the peer address came back with the lease.
+    within("node two forwards again", async {
+        while get(two.http, &c.host(), "/").await.1 != "origin app /" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    redis.kill().await;
+}
+
+#[tokio::test]
+async fn with_appendonly_a_quarantined_name_survives_a_redis_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = Redis::on(port, Some(data.path())).await;
+    let app = origin("app").await;
+    let (one, _) = node(&redis, "one").await;
+    let (two, _) = node(&redis, "two").await;
+    let state = tempfile::tempdir().unwrap();
+    let owner = |control: SocketAddr| {
+        let mut config = client_config(control, vec![spec(Some("precious"), &app.target)]);
+        config.state_dir = Some(state.path().to_path_buf());
+        config.state_key = "the owner".into();
+        config
+    };
+    client(owner(one.control)).await.stop().await;
+    redis.kill().await;
+    let redis = Redis::on(port, Some(data.path())).await;
+    // Node two never saw the name: only Redis can refuse it now.
+    let message = refused(two.control, "precious", &app.target).await;
+    assert!(message.contains("kept for its previous owner"), "{message}");
+    let back = client(owner(two.control)).await;
+    assert_eq!(back.name(), "precious");
     redis.kill().await;
 }

@@ -87,9 +87,9 @@ async fn node(
         )
         .await?,
     );
-    server.join_cluster(cluster.clone());
-    let token = stop.clone();
-    tokio::spawn(async move { cluster.keep_lease(token).await });
+    server.join_cluster(cluster);
+    let (s, token) = (server.clone(), stop.clone());
+    tokio::spawn(async move { s.keep_cluster_lease(token).await });
     let (s, token) = (server.clone(), stop.clone());
     tokio::spawn(async move { s.serve_peers(peer, token).await });
     let token = stop.clone();

@@ -119,12 +119,24 @@ end
 return 1
 ";
 
-/// ARGV: node, lease ms, peer address ('' for none).
+/// ARGV: node, lease ms, peer address ('' for none). Returns 1 when
+/// Redis did not know the node (its first lease, or Redis lost its data).
 const RENEW: &str = r"
-redis.call('ZADD', 'droid:nodes', now + tonumber(ARGV[2]), ARGV[1])
+local added = redis.call('ZADD', 'droid:nodes', now + tonumber(ARGV[2]), ARGV[1])
 if ARGV[3] ~= '' then redis.call('HSET', 'droid:peers', ARGV[1], ARGV[3]) end
-return 1
+return added
 ";
+
+/// One session's live names, as a node re-asserts them.
+#[derive(Debug, Clone)]
+pub struct LiveClaim {
+    /// Its names (and TCP ports' keys).
+    pub keys: Vec<String>,
+    /// Their owner (the hash of the resume secret).
+    pub owner: String,
+    /// The session serving them.
+    pub session: u64,
+}
 
 /// KEYS: a name record. ARGV: this node. The peer address of the other
 /// node that serves the name live under a running lease, or nil.
@@ -216,6 +228,8 @@ impl Cluster {
             peer_of: script(PEER_OF),
             pending: Mutex::new(Vec::new()),
         };
+        // A node back within its old lease may find itself known: its old
+        // names are then released by the lease's end, as for a dead node.
         cluster
             .renew_once()
             .await
@@ -224,7 +238,8 @@ impl Cluster {
         Ok(cluster)
     }
 
-    async fn renew_once(&self) -> redis::RedisResult<()> {
+    /// Renews the lease; true when Redis did not know this node.
+    async fn renew_once(&self) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
         self.renew
             .arg(&self.config.node_id)
@@ -232,11 +247,13 @@ impl Cluster {
             .arg(self.config.peer.as_deref().unwrap_or(""))
             .invoke_async::<i64>(&mut conn)
             .await
-            .map(|_| ())
+            .map(|added| added == 1)
     }
 
-    /// Renews this node's lease every third of it until `shutdown`.
-    pub async fn keep_lease(&self, shutdown: CancellationToken) {
+    /// Renews this node's lease every third of it until `shutdown`. When
+    /// Redis no longer knows the node (it restarted without its data), the
+    /// node claims again every name `live` says it serves.
+    pub async fn keep_lease(&self, live: impl Fn() -> Vec<LiveClaim>, shutdown: CancellationToken) {
         let every = (self.config.lease / 3).max(Duration::from_millis(50));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -246,10 +263,29 @@ impl Cluster {
                 () = shutdown.cancelled() => return,
             }
             match self.renew_once().await {
-                Ok(()) => self.retry_releases().await,
+                Ok(forgotten) => {
+                    if forgotten {
+                        self.reassert(live()).await;
+                    }
+                    self.retry_releases().await;
+                }
                 Err(e) => {
                     warn!(error = %e, "could not renew this node's lease; its tunnels go on while Redis is away");
                 }
+            }
+        }
+    }
+
+    /// Claims again the names this node serves, into a Redis that lost them.
+    async fn reassert(&self, live: Vec<LiveClaim>) {
+        let names: usize = live.iter().map(|c| c.keys.len()).sum();
+        warn!(
+            names,
+            "Redis no longer knew this node (restarted without its data?); claiming its names again"
+        );
+        for claim in live {
+            if let Err(e) = self.claim(&claim.keys, &claim.owner, claim.session).await {
+                warn!(keys = ?claim.keys, reason = %e.message, "a name this node serves could not be claimed again");
             }
         }
     }

@@ -239,10 +239,21 @@ impl Server {
 
     /// Makes this server one node of a cluster: from now on a claim must
     /// be granted by the cluster's registry too. Call it before the server
-    /// takes clients, and keep the cluster's lease
-    /// ([`cluster::Cluster::keep_lease`]) while it runs.
+    /// takes clients, and run [`Server::keep_cluster_lease`] while it runs.
     pub fn join_cluster(&self, cluster: Arc<cluster::Cluster>) {
         let _ = self.shared.cluster.set(cluster);
+    }
+
+    /// Keeps this node's lease in the cluster until `shutdown`, and claims
+    /// its live names again if Redis lost them.
+    pub async fn keep_cluster_lease(&self, shutdown: CancellationToken) {
+        let Some(cluster) = self.shared.cluster.get() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        cluster
+            .keep_lease(move || shared.registry.live_sessions(), shutdown)
+            .await;
     }
 
     /// The registry of names.

@@ -461,6 +461,26 @@ impl Registry {
         })
     }
 
+    /// Each session's live keys (names and TCP ports') and their owner.
+    pub fn live_sessions(&self) -> Vec<crate::cluster::LiveClaim> {
+        let state = self.lock();
+        let mut by_session: HashMap<u64, crate::cluster::LiveClaim> = HashMap::new();
+        for (key, claim) in &state.claims {
+            if let Claim::Live { tunnel, .. } = claim {
+                by_session
+                    .entry(tunnel.session)
+                    .or_insert_with(|| crate::cluster::LiveClaim {
+                        keys: Vec::new(),
+                        owner: tunnel.owner_id.clone(),
+                        session: tunnel.session,
+                    })
+                    .keys
+                    .push(key.clone());
+            }
+        }
+        by_session.into_values().collect()
+    }
+
     /// The number of live tunnels.
     pub fn live_count(&self) -> usize {
         self.lock()
