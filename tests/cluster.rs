@@ -276,17 +276,7 @@ async fn when_its_node_is_killed_a_client_moves_to_another_with_its_names() {
     // on node two with the same names.
     one.child.start_kill().unwrap();
     within("node one dies", one.child.wait()).await.unwrap();
-    let after = c
-        .wait_for("back on node two", |e| match e {
-            ClientEvent::Connected {
-                tunnels,
-                reconnected: true,
-                ..
-            } => Some(tunnels.clone()),
-            _ => None,
-        })
-        .await;
-    let after: Vec<String> = after.iter().map(|g| g.name.clone()).collect();
+    let after = c.reconnected().await;
     assert_eq!(before, after);
     assert_eq!(
         get(two_http, &format!("{}.{DOMAIN}", after[0]), "/")

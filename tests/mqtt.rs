@@ -35,24 +35,7 @@ async fn tunnel(srv: &TestServer, app: &Origin, auth: Option<&str>) -> TestClien
 
 /// Runs `mosquitto_pub -d ARGS` against `addr`; its exit status and output.
 async fn mosquitto_pub(addr: SocketAddr, args: &[&str]) -> (bool, String) {
-    let out = within(
-        "mosquitto_pub",
-        Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string(), "-d"])
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|e| {
-        panic!("mosquitto_pub is missing ({e}): install Debian's mosquitto-clients (bash .ci/test does)")
-    });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    mosquitto_pub_at("127.0.0.1", addr.port(), args).await
 }
 
 /// The JSON of a delivery, after checking its signature and headers.

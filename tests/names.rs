@@ -58,17 +58,7 @@ async fn a_dropped_connection_reconnects_by_itself_with_the_same_names() {
         matches!(e, ClientEvent::Disconnected { .. }).then_some(())
     })
     .await;
-    let after = c
-        .wait_for("reconnect", |e| match e {
-            ClientEvent::Connected {
-                tunnels,
-                reconnected: true,
-                ..
-            } => Some(tunnels.clone()),
-            _ => None,
-        })
-        .await;
-    let after: Vec<String> = after.iter().map(|g| g.name.clone()).collect();
+    let after = c.reconnected().await;
     assert_eq!(before, after);
     assert_eq!(
         get(srv.http, &c.host(), "/back").await.1,
@@ -333,17 +323,7 @@ async fn a_client_given_several_servers_skips_a_dead_one_and_moves_on_when_its_s
     // Its server goes away: the client goes on to the next one, with the
     // same names.
     first.stop().await;
-    let after = c
-        .wait_for("reconnect", |e| match e {
-            ClientEvent::Connected {
-                tunnels,
-                reconnected: true,
-                ..
-            } => Some(tunnels.clone()),
-            _ => None,
-        })
-        .await;
-    let after: Vec<String> = after.iter().map(|g| g.name.clone()).collect();
+    let after = c.reconnected().await;
     assert_eq!(before, after);
     assert_eq!(
         get(second.http, &c.host(), "/moved").await.1,

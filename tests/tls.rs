@@ -555,24 +555,7 @@ async fn bad_tls_settings_in_files_name_the_file_line_and_key() {
 /// Runs `mosquitto_pub` at `localhost:PORT` (the name the certificate
 /// covers) with `args`; whether it succeeded, and what it said.
 async fn mosquitto_pub_tls(port: u16, args: &[&str]) -> (bool, String) {
-    let out = within(
-        "mosquitto_pub",
-        Command::new("mosquitto_pub")
-            .args(["-h", "localhost", "-p", &port.to_string(), "-d"])
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|e| {
-        panic!("mosquitto_pub is missing ({e}): install Debian's mosquitto-clients (bash .ci/test does)")
-    });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    mosquitto_pub_at("localhost", port, args).await
 }
 
 #[tokio::test]

@@ -527,6 +527,21 @@ impl TestClient {
         format!("{}.{DOMAIN}", self.grants[0].name)
     }
 
+    /// Waits until the client is connected again, and returns its names.
+    pub async fn reconnected(&mut self) -> Vec<String> {
+        let tunnels = self
+            .wait_for("reconnect", |e| match e {
+                ClientEvent::Connected {
+                    tunnels,
+                    reconnected: true,
+                    ..
+                } => Some(tunnels.clone()),
+                _ => None,
+            })
+            .await;
+        tunnels.iter().map(|g| g.name.clone()).collect()
+    }
+
     /// Waits for the next event that `pick` accepts.
     pub async fn wait_for<T>(
         &mut self,
@@ -914,6 +929,31 @@ impl Droid {
             .unwrap();
         within("droid exits", self.child.wait()).await.unwrap()
     }
+}
+
+// ---------------------------------------------------------------- mqtt
+
+/// Runs `mosquitto_pub -d ARGS` against `host:port`; its exit status and
+/// everything it printed.
+pub async fn mosquitto_pub_at(host: &str, port: u16, args: &[&str]) -> (bool, String) {
+    let out = within(
+        "mosquitto_pub",
+        tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", host, "-p", &port.to_string(), "-d"])
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!("mosquitto_pub is missing ({e}): install Debian's mosquitto-clients (bash .ci/test does)")
+    });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 // ---------------------------------------------------------------- metrics
