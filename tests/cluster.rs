@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use droid_client::{ClientError, ClientEvent};
+use droid_client::ClientEvent;
 use droid_core::protocol::ErrorCode;
 use droid_server::cluster::{Cluster, ClusterConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -127,18 +127,6 @@ async fn node(redis: &Redis, id: &str) -> (TestServer, Arc<Cluster>) {
     let (s, token) = (srv.server.clone(), srv.shutdown.clone());
     tokio::spawn(async move { s.serve_peers(peer, token).await });
     (srv, cluster)
-}
-
-/// A client asking `control` for `name` that must be refused.
-async fn refused(control: SocketAddr, name: &str, target: &droid_client::Target) -> String {
-    let mut c = client_unchecked(client_config(control, vec![spec(Some(name), target)]));
-    match within("refusal", &mut c.task).await.unwrap() {
-        Err(ClientError::Refused(e)) => {
-            assert_eq!(e.code, ErrorCode::NameTaken, "{}", e.message);
-            e.message
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
 }
 
 #[tokio::test]

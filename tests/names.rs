@@ -7,25 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use droid_client::{ClientError, ClientEvent};
-use droid_core::protocol::ErrorCode;
+use droid_client::ClientEvent;
 use droid_server::registry::Lookup;
-
-/// A client started with `name` that must be refused because it is taken.
-async fn refused(
-    control: std::net::SocketAddr,
-    name: &str,
-    target: &droid_client::Target,
-) -> String {
-    let mut c = client_unchecked(client_config(control, vec![spec(Some(name), target)]));
-    match within("refusal", &mut c.task).await.unwrap() {
-        Err(ClientError::Refused(e)) => {
-            assert_eq!(e.code, ErrorCode::NameTaken, "{}", e.message);
-            e.message
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
 
 #[tokio::test]
 async fn a_taken_name_gets_a_clear_error_not_another_name() {

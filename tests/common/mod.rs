@@ -621,6 +621,27 @@ pub fn client_unchecked(config: ClientConfig) -> TestClient {
     }
 }
 
+/// A client started with `name` that must be refused because it is taken.
+pub async fn refused(
+    control: std::net::SocketAddr,
+    name: &str,
+    target: &droid_client::Target,
+) -> String {
+    let mut c = client_unchecked(client_config(control, vec![spec(Some(name), target)]));
+    match within("refusal", &mut c.task).await.unwrap() {
+        Err(droid_client::ClientError::Refused(e)) => {
+            assert_eq!(
+                e.code,
+                droid_core::protocol::ErrorCode::NameTaken,
+                "{}",
+                e.message
+            );
+            e.message
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------- mail
 
 /// Runs `python3 -c script args...`; returns (ok, stdout, stderr).
