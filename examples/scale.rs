@@ -3,7 +3,7 @@
 //! ```text
 //! cargo build --release
 //! cargo run --release --example scale -- idle [--tunnels 10000] [--concurrency 100]
-//!     [--idle-secs 15] [--sample 100] [--droid PATH]
+//!     [--idle-secs 15] [--sample 100] [--droid PATH] [--nodes N]
 //! cargo run --release --example scale -- streams [--streams 500] [--limit 100]
 //!     [--hold-ms 1000] [--open-timeout-ms 1500]
 //! ```
@@ -23,7 +23,11 @@
 //!   10 s per tunnel). Then `--sample` random tunnels are asked for a page
 //!   of a local app, through the server's HTTP port. Targets: 10,000 idle
 //!   tunnels in under 1 GiB of server RSS, every sampled tunnel answers, no
-//!   session drops.
+//!   session drops. With `--nodes N` (N > 1) it starts a `redis-server` on
+//!   a free port and N `droid server --cluster` nodes, spreads the tunnels
+//!   over them, reports the RSS of every node and Redis's memory per
+//!   tunnel, and samples every tunnel through the first node (forwarded to
+//!   the node that holds it).
 //! - `streams`: one tunnel (an in-process server and client) in front of a
 //!   local app that holds every request until `--streams` are in flight at
 //!   once, then answers them all: they pass only if the tunnel multiplexes
@@ -79,6 +83,7 @@ struct IdleArgs {
     idle_secs: u64,
     sample: usize,
     droid: Option<PathBuf>,
+    nodes: usize,
 }
 
 struct StreamArgs {
@@ -104,6 +109,7 @@ fn args() -> anyhow::Result<Args> {
         idle_secs: 15,
         sample: 100,
         droid: None,
+        nodes: 1,
     };
     let mut streams = StreamArgs {
         streams: 500,
@@ -118,6 +124,7 @@ fn args() -> anyhow::Result<Args> {
             ("idle", "--idle-secs") => idle.idle_secs = number(&mut it, &arg)? as u64,
             ("idle", "--sample") => idle.sample = number(&mut it, &arg)?,
             ("idle", "--droid") => idle.droid = Some(it.next().context("--droid PATH")?.into()),
+            ("idle", "--nodes") => idle.nodes = number(&mut it, &arg)?.max(1),
             ("streams", "--streams") => streams.streams = number(&mut it, &arg)?,
             ("streams", "--limit") => streams.limit = number(&mut it, &arg)?,
             ("streams", "--hold-ms") => {
@@ -443,11 +450,20 @@ fn droid_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-async fn idle(args: IdleArgs) -> anyhow::Result<()> {
-    let droid = droid_binary(args.droid)?;
-    // One socket per tunnel here and in the server, and some to spare.
-    raise_fd_limit(args.tunnels as u64 + 1024)?;
-    let mut server = tokio::process::Command::new(&droid)
+/// A `droid server` process and the addresses it printed.
+struct ServerProcess {
+    child: tokio::process::Child,
+    pid: u32,
+    http: SocketAddr,
+    control: SocketAddr,
+}
+
+async fn start_server(
+    droid: &std::path::Path,
+    tunnels: usize,
+    extra: &[String],
+) -> anyhow::Result<ServerProcess> {
+    let mut child = tokio::process::Command::new(droid)
         .args([
             "server",
             "--domain",
@@ -458,8 +474,9 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
             "127.0.0.1:0",
             // every tunnel comes from 127.0.0.1
             "--max-tunnels-per-ip",
-            &(args.tunnels + 100).to_string(),
+            &(tunnels + 100).to_string(),
         ])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -467,16 +484,23 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", droid.display()))?;
-    let pid = server.id().context("the server exited at once")?;
-    let stdout = server.stdout.take().context("no server stdout")?;
+    let pid = child.id().context("the server exited at once")?;
+    let stdout = child.stdout.take().context("no server stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let (http, control) = tokio::time::timeout(STALL, async {
+        let mut addrs = None;
         while let Some(line) = lines.next_line().await? {
             if let (Some(http), Some(control)) = (
                 addr_after(&line, "http on "),
                 addr_after(&line, "control on "),
             ) {
-                return Ok((http, control));
+                addrs = Some((http, control));
+            }
+            // A cluster node is ready once it joined.
+            if let Some(addrs) = addrs
+                && (extra.is_empty() || line.contains("of the cluster"))
+            {
+                return Ok(addrs);
             }
         }
         bail!("the server exited before printing its addresses")
@@ -485,16 +509,98 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     .context("the server did not start in time")??;
     // Keep reading what it prints so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(ServerProcess {
+        child,
+        pid,
+        http,
+        control,
+    })
+}
+
+/// A `redis-server` on a free loopback port, without persistence.
+async fn start_redis() -> anyhow::Result<(tokio::process::Child, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = tokio::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("redis-server is missing: install Debian's redis-server")?;
+    for _ in 0..200 {
+        if redis_command(port, "PING").await.is_ok_and(|r| r.starts_with("+PONG")) {
+            return Ok((child, port));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("redis-server did not answer within 10 s")
+}
+
+/// One inline command to Redis and its whole reply (bounded at 64 KiB).
+async fn redis_command(port: u16, command: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = TcpStream::connect(("127.0.0.1", port)).await?;
+    c.write_all(format!("{command}\r\n").as_bytes()).await?;
+    let mut reply = vec![0u8; 64 * 1024];
+    let n = tokio::time::timeout(STALL, c.read(&mut reply)).await??;
+    Ok(String::from_utf8_lossy(&reply[..n]).to_string())
+}
+
+/// Redis's `used_memory`, in bytes.
+async fn redis_memory(port: u16) -> anyhow::Result<u64> {
+    let info = redis_command(port, "INFO memory").await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no used_memory in INFO")
+}
+
+async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    let droid = droid_binary(args.droid)?;
+    // One socket per tunnel here and in the server, and some to spare.
+    raise_fd_limit(args.tunnels as u64 + 1024)?;
+    let redis = match args.nodes {
+        1 => None,
+        _ => Some(start_redis().await?),
+    };
+    let mut servers = Vec::with_capacity(args.nodes);
+    for i in 0..args.nodes {
+        let extra: Vec<String> = match &redis {
+            None => Vec::new(),
+            Some((_, port)) => [
+                "--cluster",
+                &format!("redis://127.0.0.1:{port}"),
+                "--node-id",
+                &format!("node-{i}"),
+                "--peer",
+                "127.0.0.1:0",
+                "--cluster-secret",
+                "scale",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        servers.push(start_server(&droid, args.tunnels, &extra).await?);
+    }
+    let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
+    let controls: Vec<SocketAddr> = servers.iter().map(|s| s.control).collect();
+    let http = servers[0].http;
+    let total_rss = |pids: &[u32]| -> anyhow::Result<u64> { pids.iter().map(|p| rss(*p)).sum() };
+    let total_cpu = |pids: &[u32]| -> anyhow::Result<Duration> { pids.iter().map(|p| cpu_time(*p)).sum() };
     println!(
         "droid scale idle: {} tunnels, each its own client session, {} at a time, \
-         into {} (pid {pid})",
+         into {} node(s) of {} (pids {pids:?})",
         args.tunnels,
         args.concurrency,
+        args.nodes,
         droid.display()
     );
 
     let app = App::start(None, Duration::ZERO).await?;
-    let rss_before = rss(pid)?;
+    let rss_before = total_rss(&pids)?;
+    let redis_before = match &redis {
+        Some((_, port)) => redis_memory(*port).await?,
+        None => 0,
+    };
 
     // Connect every client, `concurrency` handshakes at a time.
     let started = Instant::now();
@@ -505,10 +611,11 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     let target = app.target();
     let (token, all_drops) = (shutdown.clone(), drops.clone());
     tokio::spawn(async move {
-        for _ in 0..args.tunnels {
+        for i in 0..args.tunnels {
             let Ok(permit) = gate.clone().acquire_owned().await else {
                 return;
             };
+            let control = controls[i % controls.len()];
             let config = client_config(control, spec(None, target.clone()));
             let (up_tx, token, drops) = (up_tx.clone(), token.clone(), all_drops.clone());
             tokio::spawn(async move {
@@ -527,20 +634,28 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
                 "  {:>6} connected after {:.1} s, server RSS {}",
                 names.len(),
                 started.elapsed().as_secs_f64(),
-                mib(rss(pid)?)
+                mib(total_rss(&pids)?)
             );
         }
     }
     let connect_time = started.elapsed();
-    let rss_up = rss(pid)?;
+    let rss_up = total_rss(&pids)?;
 
     // The quiet window: only heartbeats.
-    let cpu_before = cpu_time(pid)?;
+    let cpu_before = total_cpu(&pids)?;
     let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
-    let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
+    let cpu = total_cpu(&pids)?.saturating_sub(cpu_before);
     let window = window.elapsed();
-    let rss_idle = rss(pid)?;
+    let rss_idle = total_rss(&pids)?;
+    let per_node: Vec<String> = pids
+        .iter()
+        .map(|p| rss(*p).map(mib))
+        .collect::<anyhow::Result<_>>()?;
+    let redis_after = match &redis {
+        Some((_, port)) => redis_memory(*port).await?,
+        None => 0,
+    };
 
     // Random tunnels still answer, each with its own Host.
     let mut seed = std::time::SystemTime::now()
@@ -602,8 +717,19 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         println!("  failed: {f}");
     }
 
-    let _ = server.start_kill();
-    let _ = server.wait().await;
+    if let Some((mut child, _)) = redis {
+        let per_tunnel = redis_after.saturating_sub(redis_before) / n;
+        row("redis memory, before", mib(redis_before));
+        row(&format!("redis memory, {n} tunnels"), mib(redis_after));
+        row("  per tunnel in redis", format!("{per_tunnel} bytes"));
+        row("each node's RSS", per_node.join(", "));
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    for mut server in servers {
+        let _ = server.child.start_kill();
+        let _ = server.child.wait().await;
+    }
     shutdown.cancel();
     app.stop.cancel();
     if answered < sample || drops > 0 {
