@@ -519,15 +519,29 @@ async fn start_server(
 
 /// A `redis-server` on a free loopback port, without persistence.
 async fn start_redis() -> anyhow::Result<(tokio::process::Child, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let child = tokio::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .context("redis-server is missing: install Debian's redis-server")?;
     for _ in 0..200 {
-        if redis_command(port, "PING").await.is_ok_and(|r| r.starts_with("+PONG")) {
+        if redis_command(port, "PING")
+            .await
+            .is_ok_and(|r| r.starts_with("+PONG"))
+        {
             return Ok((child, port));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -585,7 +599,8 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     let controls: Vec<SocketAddr> = servers.iter().map(|s| s.control).collect();
     let http = servers[0].http;
     let total_rss = |pids: &[u32]| -> anyhow::Result<u64> { pids.iter().map(|p| rss(*p)).sum() };
-    let total_cpu = |pids: &[u32]| -> anyhow::Result<Duration> { pids.iter().map(|p| cpu_time(*p)).sum() };
+    let total_cpu =
+        |pids: &[u32]| -> anyhow::Result<Duration> { pids.iter().map(|p| cpu_time(*p)).sum() };
     println!(
         "droid scale idle: {} tunnels, each its own client session, {} at a time, \
          into {} node(s) of {} (pids {pids:?})",
