@@ -177,26 +177,27 @@ async fn the_server_removes_a_silent_client() {
     assert!(body.contains("reconnecting"), "{body}");
 }
 
+/// The arguments of `droid server --state DIR` on loopback ports.
+fn stateful_args(state: &std::path::Path) -> [&str; 9] {
+    [
+        "server",
+        "--domain",
+        DOMAIN,
+        "--http",
+        "127.0.0.1:0",
+        "--control",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+    ]
+}
+
 /// `droid server --state DIR` on loopback ports; its HTTP and control
 /// addresses, and how many names it read back.
 async fn stateful_server(
     state: &std::path::Path,
 ) -> (Droid, std::net::SocketAddr, std::net::SocketAddr, usize) {
-    let dir = state.to_str().unwrap();
-    let mut server = Droid::start(
-        &[
-            "server",
-            "--domain",
-            DOMAIN,
-            "--http",
-            "127.0.0.1:0",
-            "--control",
-            "127.0.0.1:0",
-            "--state",
-            dir,
-        ],
-        state,
-    );
+    let mut server = Droid::start(&stateful_args(state), state);
     let (http, control) = server.line("the server's addresses", server_addrs).await;
     let restored = server
         .line("the names read back", |l| {
@@ -217,22 +218,7 @@ async fn a_server_with_state_keeps_names_for_their_owners_across_a_kill_9() {
     let (mut server, http, control, restored) = stateful_server(state.path()).await;
     assert_eq!(restored, 0);
     // A second server on the same directory stops at once, saying why.
-    let dir = state.path().to_str().unwrap();
-    let second = droid_command(
-        &[
-            "server",
-            "--domain",
-            DOMAIN,
-            "--http",
-            "127.0.0.1:0",
-            "--control",
-            "127.0.0.1:0",
-            "--state",
-            dir,
-        ],
-        state.path(),
-    )
-    .output();
+    let second = droid_command(&stateful_args(state.path()), state.path()).output();
     let second = within("the second server", second).await.unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(

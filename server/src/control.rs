@@ -92,16 +92,14 @@ pub(crate) async fn serve<IO>(
         Ok((welcome, tunnels)) => {
             // In a cluster, the other servers must agree too.
             if let Some(cluster) = shared.cluster.get()
-                && let Some(first) = tunnels.first()
+                && let Some((keys, owner)) = cluster_keys(&tunnels)
+                && let Err(e) = cluster.claim(&keys, owner, session_id).await
             {
-                let keys: Vec<String> = tunnels.iter().flat_map(|t| t.keys()).collect();
-                if let Err(e) = cluster.claim(&keys, &first.owner_id, session_id).await {
-                    shared.registry.forget(&tunnels);
-                    info!(%peer, code = ?e.code, reason = %e.message, "the cluster refused a client");
-                    control.fail(e).await;
-                    opener.close();
-                    return;
-                }
+                shared.registry.forget(&tunnels);
+                info!(%peer, code = ?e.code, reason = %e.message, "the cluster refused a client");
+                control.fail(e).await;
+                opener.close();
+                return;
             }
             if let Err(e) = control.write(&ControlMessage::Welcome(welcome)).await {
                 debug!(error = %e, "could not send welcome");
@@ -145,11 +143,17 @@ pub(crate) async fn serve<IO>(
 async fn release(shared: &Shared, tunnels: &[Arc<Tunnel>], session: u64, clean: bool) {
     shared.registry.release(tunnels, clean);
     if let Some(cluster) = shared.cluster.get()
-        && let Some(first) = tunnels.first()
+        && let Some((keys, owner)) = cluster_keys(tunnels)
     {
-        let keys: Vec<String> = tunnels.iter().flat_map(|t| t.keys()).collect();
-        cluster.release(keys, &first.owner_id, session, clean).await;
+        cluster.release(keys, owner, session, clean).await;
     }
+}
+
+/// A session's keys (names and TCP ports') and their owner, as the
+/// cluster claims and releases them; `None` for no tunnel.
+fn cluster_keys(tunnels: &[Arc<Tunnel>]) -> Option<(Vec<String>, &str)> {
+    let owner = tunnels.first()?.owner_id.as_str();
+    Some((tunnels.iter().flat_map(|t| t.keys()).collect(), owner))
 }
 
 /// How long request lines gather after a batch is sent: under load one
