@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use droid_client::ClientEvent;
+use droid_client::{ClientEvent, MailSettings, MqttSettings};
 use droid_core::protocol::ErrorCode;
-use droid_server::cluster::{Cluster, ClusterConfig};
+use droid_server::cluster::{Cluster, ClusterConfig, LiveClaim};
+use droid_server::registry::Lookup;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -105,14 +106,28 @@ const SECRET: &str = "the nodes' secret";
 /// A server that is node `id` of the cluster in `redis`, taking the other
 /// nodes' requests on a peer port of its own.
 async fn node(redis: &Redis, id: &str) -> (TestServer, Arc<Cluster>) {
-    let srv = server().await;
+    node_of(redis, id, server().await).await
+}
+
+/// Makes the running server `srv` node `id` of the cluster in `redis`.
+async fn node_of(redis: &Redis, id: &str, srv: TestServer) -> (TestServer, Arc<Cluster>) {
+    node_leased(redis, id, srv, Duration::from_secs(1)).await
+}
+
+/// [`node_of`] with a lease of `lease`.
+async fn node_leased(
+    redis: &Redis,
+    id: &str,
+    srv: TestServer,
+    lease: Duration,
+) -> (TestServer, Arc<Cluster>) {
     let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cluster = Arc::new(
         Cluster::join(
             ClusterConfig {
                 redis: redis.url(),
                 node_id: id.into(),
-                lease: Duration::from_secs(1),
+                lease,
                 peer: Some(peer.local_addr().unwrap().to_string()),
                 secret: SECRET.into(),
             },
@@ -159,10 +174,14 @@ async fn a_name_is_held_once_across_nodes_and_kept_for_its_owner_on_every_node()
             })
             .expect("the client's resume secret"),
     );
-    let e = cluster_two
-        .claim(&["shared".to_string()], &owner_id, 99)
-        .await
-        .unwrap_err();
+    let claim = LiveClaim {
+        keys: vec!["shared".into()],
+        settings: vec![String::new()],
+        logins: vec![String::new()],
+        owner: owner_id,
+        session: 99,
+    };
+    let e = cluster_two.claim(&claim).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable, "{}", e.message);
 
     // Released on node one: kept from strangers on node two, and the owner
@@ -478,4 +497,266 @@ async fn with_appendonly_a_quarantined_name_survives_a_redis_restart() {
     let back = client(owner(two.control)).await;
     assert_eq!(back.name(), "precious");
     redis.kill().await;
+}
+
+const APP_SECRET: &str = "the app's secret";
+
+/// Whether a delivery carries a good signature by [`APP_SECRET`].
+fn signed(post: &Received) -> bool {
+    droid_adapters::verify_signature(
+        APP_SECRET.as_bytes(),
+        &post.header("droid-timestamp"),
+        &post.body,
+        &post.header("droid-signature"),
+    )
+}
+
+#[tokio::test]
+async fn any_nodes_smtp_takes_mail_for_a_tunnel_on_another_node_and_spools_it_until_its_owner_is_back()
+ {
+    let redis = Redis::start().await;
+    let mut app = origin("app").await;
+    let spool = tempfile::tempdir().unwrap();
+    // Node one's spool first retries after a minute: mail it kept can only
+    // arrive sooner because it heard that the owner is back.
+    let one = mail_server_retrying(Some(spool.path()), Duration::from_secs(60), |_| {}).await;
+    let (one, _) = node_of(&redis, "one", one).await;
+    let (two, _) = node_of(&redis, "two", mail_server(None).await).await;
+    let state = tempfile::tempdir().unwrap();
+    let target = app.target.clone();
+    let owner = |control: SocketAddr| {
+        let mut tunnel = spec(Some("inbox"), &target);
+        tunnel.mail = MailSettings {
+            path: Some("/inbound".into()),
+            secret: Some(APP_SECRET.into()),
+            ..MailSettings::default()
+        };
+        let mut config = client_config(control, vec![tunnel]);
+        config.state_dir = Some(state.path().to_path_buf());
+        config.state_key = "the owner".into();
+        config
+    };
+    let live = client(owner(two.control)).await;
+    let smtp_one = one.smtp.unwrap();
+    let rcpt = format!("orders@inbox.{DOMAIN}");
+
+    // Through node one to the tunnel on node two, parsed and signed as the
+    // tunnel's client asked.
+    let sent = smtplib_send(smtp_one, "shop@example.com", &[&rcpt], "Order 1", "first").await;
+    assert_eq!(sent, "SENT");
+    let post = app.next_mail().await;
+    assert_eq!(post.path, "/inbound");
+    assert_eq!(post.header("droid-adapter"), "smtp");
+    assert!(signed(&post), "a bad signature");
+    let mail = post.json();
+    assert_eq!(mail["subject"], "Order 1");
+    assert_eq!(mail["to"][0]["address"], rcpt);
+    assert_eq!(mail["attachments"][0]["filename"], "report.pdf");
+
+    // No node holds this name: refused, never relayed.
+    let nobody = format!("x@nobody.{DOMAIN}");
+    let sent = smtplib_send(smtp_one, "shop@example.com", &[&nobody], "No", "no").await;
+    assert_eq!(sent, format!("REFUSED {nobody} 550"));
+
+    // The client drops without a goodbye: its name resumes for it, and
+    // node one keeps the mail on its disk.
+    live.task.abort();
+    within("node two sees the client gone", async {
+        while !matches!(two.server.registry().lookup("inbox"), Lookup::Resuming) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let sent = smtplib_send(smtp_one, "shop@example.com", &[&rcpt], "Order 2", "kept").await;
+    assert_eq!(sent, "SENT");
+    assert!(app.inbox.try_recv().is_err(), "delivered with no tunnel up");
+    // Its owner comes back on node two, and node one delivers through it.
+    let back = std::time::Instant::now();
+    let again = client(owner(two.control)).await;
+    assert_eq!(again.name(), "inbox");
+    let post = app.next_mail().await;
+    let waited = back.elapsed();
+    assert_eq!(post.json()["subject"], "Order 2");
+    assert!(signed(&post));
+    assert!(
+        waited < Duration::from_secs(5),
+        "the spooled mail took {waited:?}"
+    );
+    again.stop().await;
+}
+
+#[tokio::test]
+async fn any_nodes_mqtt_takes_devices_and_their_subscriptions_for_a_tunnel_on_another_node() {
+    let redis = Redis::start().await;
+    let mut app = origin("app").await;
+    let (one, _) = node_of(&redis, "one", mqtt_server(None).await).await;
+    let (two, _) = node_of(&redis, "two", mqtt_server(None).await).await;
+    let mut tunnel = spec(Some("sensors"), &app.target);
+    tunnel.mail.secret = Some(APP_SECRET.into());
+    tunnel.mqtt = MqttSettings {
+        path: Some("/inbound/mqtt".into()),
+        auth: Some("dev:pw".into()),
+        ..MqttSettings::default()
+    };
+    let inspector = droid_client::Inspector::new(droid_client::InspectorOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let mut config = client_config(two.control, vec![tunnel]);
+    config.inspector = Some(inspector.clone());
+    let c = client(config).await;
+    let shutdown = c.shutdown.clone();
+    tokio::spawn(async move { inspector.serve(listener, None, shutdown).await });
+    let mqtt_one = one.mqtt.unwrap();
+
+    // A device on node one publishes to the tunnel on node two, with the
+    // tunnel's login, which node one never saw.
+    let login = ["-u", "dev", "-P", "pw"];
+    let args = [
+        &login[..],
+        &["-V", "mqttv5", "-q", "1", "-t", "sensors/t1", "-m", "21.5"],
+    ]
+    .concat();
+    let (ok, out) = mosquitto_pub_at("127.0.0.1", mqtt_one.port(), &args).await;
+    assert!(ok && out.contains("received PUBACK"), "{out}");
+    let post = app.next_mail().await;
+    assert_eq!(post.path, "/inbound/mqtt");
+    assert!(signed(&post));
+    assert_eq!(post.json()["payload"], "21.5");
+    // A wrong password is refused at CONNECT on node one too.
+    let args = [
+        "-u",
+        "dev",
+        "-P",
+        "wrong",
+        "-V",
+        "mqttv5",
+        "-t",
+        "sensors/t1",
+        "-m",
+        "x",
+    ];
+    let (ok, out) = mosquitto_pub_at("127.0.0.1", mqtt_one.port(), &args).await;
+    assert!(!ok, "{out}");
+
+    // A device subscribed on node one gets what the app publishes through
+    // node two, retained messages included.
+    let mut device = Subscriber::start(
+        mqtt_one,
+        "mqttv311",
+        &["sensors/cmd/#"],
+        Some(("dev", "pw")),
+    )
+    .await;
+    let (status, answer) = app_publish(
+        api,
+        serde_json::json!({"topic": "cmd/fan", "payload": "on", "qos": 1, "retain": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let line = device
+        .line("the app's command", |l| l.starts_with("sensors/cmd/fan"))
+        .await;
+    assert!(line.ends_with(" on"), "{line}");
+    let mut late =
+        Subscriber::start(mqtt_one, "mqttv5", &["sensors/cmd/+"], Some(("dev", "pw"))).await;
+    let line = late
+        .line("the retained command", |l| l.starts_with("sensors/cmd/fan"))
+        .await;
+    assert!(line.ends_with(" on"), "{line}");
+    c.stop().await;
+}
+
+/// A counter's value in a server's metrics text.
+fn counter(srv: &TestServer, name: &str) -> u64 {
+    let text = srv.server.metrics_text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// How node `srv` answered its cluster lookups: (kept, asked of Redis).
+fn lookups(srv: &TestServer) -> (u64, u64) {
+    (
+        counter(srv, "droid_cluster_lookups_kept_total"),
+        counter(srv, "droid_cluster_lookups_asked_total"),
+    )
+}
+
+#[tokio::test]
+async fn each_node_keeps_where_names_are_and_forgets_it_when_they_change() {
+    let redis = Redis::start().await;
+    let app = origin("app").await;
+    // Leases far longer than the test: answers are forgotten by events,
+    // not because a lease ran out.
+    let lease = Duration::from_secs(60);
+    let (one, _) = node_leased(&redis, "one", server().await, lease).await;
+    let (two, _) = node_leased(&redis, "two", server().await, lease).await;
+    let (three, _) = node_leased(&redis, "three", server().await, lease).await;
+    let state = tempfile::tempdir().unwrap();
+    let owner = |control: SocketAddr, name: &str| {
+        let mut config = client_config(control, vec![spec(Some(name), &app.target)]);
+        config.state_dir = Some(state.path().to_path_buf());
+        config.state_key = "the owner".into();
+        config
+    };
+    let first = client(owner(one.control, "moving")).await;
+    let host = first.host();
+
+    // Node three follows the cluster's events once it keeps an answer;
+    // from then on, requests on new connections do not ask Redis.
+    within("node three keeping an answer", async {
+        while lookups(&three).0 == 0 {
+            assert_eq!(get(three.http, &host, "/").await.0, 200);
+        }
+    })
+    .await;
+    let (kept, asked) = lookups(&three);
+    for i in 0..20 {
+        let (status, body) = get(three.http, &host, &format!("/n/{i}")).await;
+        assert_eq!((status.as_u16(), body), (200, format!("origin app /n/{i}")));
+    }
+    assert_eq!(lookups(&three), (kept + 20, asked));
+
+    // "Nowhere" is kept too, and forgotten the moment the name is claimed
+    // on another node (kept, it would stand for 10 s).
+    let fresh = format!("fresh.{DOMAIN}");
+    assert_eq!(get(three.http, &fresh, "/").await.0, 404);
+    assert_eq!(get(three.http, &fresh, "/").await.0, 404);
+    assert_eq!(lookups(&three), (kept + 21, asked + 1));
+    let claimed = client(client_config(
+        two.control,
+        vec![spec(Some("fresh"), &app.target)],
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    within("node three serving the new name", async {
+        while get(three.http, &fresh, "/").await.0 != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "node three kept answering 404 for a claimed name"
+            );
+        }
+    })
+    .await;
+
+    // The owner moves its name to node two: node three sends the next
+    // requests there.
+    first.stop().await;
+    let moved = client(owner(two.control, "moving")).await;
+    assert_eq!(moved.host(), host);
+    let started = std::time::Instant::now();
+    within("node three following the moved name", async {
+        while get(three.http, &host, "/").await.0 != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "node three kept sending requests to the old node"
+            );
+        }
+    })
+    .await;
+    for i in 0..5 {
+        assert_eq!(get(three.http, &host, &format!("/m/{i}")).await.0, 200);
+    }
+    claimed.stop().await;
+    moved.stop().await;
 }

@@ -16,6 +16,8 @@
 //!   recipient.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use droid_core::deliver::Deliver;
@@ -98,10 +100,14 @@ impl fmt::Debug for Route {
     }
 }
 
+/// An answer of the seam: a future, since finding a tunnel may ask another
+/// machine (a cluster's registry).
+pub type Answer<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// Who a spooled message can reach now.
 pub trait Owners: Send + Sync {
     /// The sink that reaches `owner` now, or `None` while it is offline.
-    fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>>;
+    fn sink<'a>(&'a self, owner: &'a str) -> Answer<'a, Option<Arc<dyn Deliver>>>;
 }
 
 /// A tunnel as the adapters see it.
@@ -121,18 +127,18 @@ pub struct Destination {
 pub trait Tunnels: Owners {
     /// The tunnel `name` while it is live or resuming (its owner may come
     /// back), if it takes adapters' messages (a TCP tunnel does not).
-    fn find(&self, name: &str) -> Option<Destination>;
+    fn find<'a>(&'a self, name: &'a str) -> Answer<'a, Option<Destination>>;
 
-    /// Whether some live tunnel's settings satisfy `pred` (an MQTT login
-    /// is good if some tunnel set it).
-    fn any(&self, pred: &dyn Fn(&AdapterSettings) -> bool) -> bool;
+    /// Whether some live tunnel set `credentials` (`user:password`) as its
+    /// devices' login (`mqtt.auth` in its [`AdapterSettings`]).
+    fn knows_login<'a>(&'a self, credentials: &'a str) -> Answer<'a, bool>;
 }
 
 /// Maps recipients to destinations; the spool asks it for owners' sinks.
 pub trait MailRouter: Owners {
     /// The route for `recipient` (the address from `RCPT TO`, as given), or
     /// `None` to refuse it with 550.
-    fn resolve(&self, recipient: &str) -> Option<Route>;
+    fn resolve<'a>(&'a self, recipient: &'a str) -> Answer<'a, Option<Route>>;
 }
 
 /// The standalone router: every accepted recipient goes to one sink.
@@ -168,7 +174,13 @@ impl UrlRouter {
 }
 
 impl MailRouter for UrlRouter {
-    fn resolve(&self, recipient: &str) -> Option<Route> {
+    fn resolve<'a>(&'a self, recipient: &'a str) -> Answer<'a, Option<Route>> {
+        Box::pin(std::future::ready(self.route(recipient)))
+    }
+}
+
+impl UrlRouter {
+    fn route(&self, recipient: &str) -> Option<Route> {
         let (_, domain) = recipient.rsplit_once('@')?;
         if let Some(wanted) = &self.domain
             && !domain.eq_ignore_ascii_case(wanted)
@@ -185,7 +197,9 @@ impl MailRouter for UrlRouter {
 }
 
 impl Owners for UrlRouter {
-    fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>> {
-        (owner == URL_OWNER).then(|| self.sink.clone())
+    fn sink<'a>(&'a self, owner: &'a str) -> Answer<'a, Option<Arc<dyn Deliver>>> {
+        Box::pin(std::future::ready(
+            (owner == URL_OWNER).then(|| self.sink.clone()),
+        ))
     }
 }

@@ -564,7 +564,7 @@ impl Spool {
             content: meta.content.clone(),
             raw,
         };
-        let outcome = match router.sink(&meta.owner) {
+        let outcome = match router.sink(&meta.owner).await {
             Some(sink) => delivery.attempt(&*sink, self.config.deliver_timeout).await,
             None => Attempt::Retry {
                 reason: "owner offline".into(),

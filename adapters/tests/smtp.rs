@@ -11,7 +11,8 @@ use std::time::Duration;
 use base64::Engine;
 use common::*;
 use droid_adapters::{
-    ConnLimits, Format, MailOptions, MailRouter, Route, SmtpConfig, UrlSink, verify_signature,
+    Answer, ConnLimits, Format, MailOptions, MailRouter, Route, SmtpConfig, UrlSink,
+    verify_signature,
 };
 use droid_core::deliver::Deliver;
 
@@ -387,22 +388,24 @@ struct TwoDestinations {
 }
 
 impl MailRouter for TwoDestinations {
-    fn resolve(&self, recipient: &str) -> Option<Route> {
-        match recipient.rsplit_once('@')?.1 {
-            "a.test" => Some(self.a.clone()),
-            "b.test" => Some(self.b.clone()),
+    fn resolve<'a>(&'a self, recipient: &'a str) -> Answer<'a, Option<Route>> {
+        let route = match recipient.rsplit_once('@').map(|(_, domain)| domain) {
+            Some("a.test") => Some(self.a.clone()),
+            Some("b.test") => Some(self.b.clone()),
             _ => None,
-        }
+        };
+        Box::pin(std::future::ready(route))
     }
 }
 
 impl droid_adapters::Owners for TwoDestinations {
-    fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>> {
-        match owner {
+    fn sink<'a>(&'a self, owner: &'a str) -> Answer<'a, Option<Arc<dyn Deliver>>> {
+        let sink = match owner {
             "owner-a" => Some(self.a.sink.clone()),
             "owner-b" => Some(self.b.sink.clone()),
             _ => None,
-        }
+        };
+        Box::pin(std::future::ready(sink))
     }
 }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::*;
 use droid_adapters::{
-    ConnLimits, MailOptions, MailRouter, RetryPolicy, Route, SmtpConfig, Spool, SpoolConfig,
-    UrlRouter, UrlSink,
+    Answer, ConnLimits, MailOptions, MailRouter, RetryPolicy, Route, SmtpConfig, Spool,
+    SpoolConfig, UrlRouter, UrlSink,
 };
 use droid_core::deliver::Deliver;
 use tokio_util::sync::CancellationToken;
@@ -204,19 +204,20 @@ struct Handover {
 }
 
 impl MailRouter for Handover {
-    fn resolve(&self, _recipient: &str) -> Option<Route> {
-        Some(Route {
+    fn resolve<'a>(&'a self, _recipient: &'a str) -> Answer<'a, Option<Route>> {
+        Box::pin(std::future::ready(Some(Route {
             owner: self.current_owner.lock().unwrap().clone(),
             destination: "otter".into(),
             sink: self.sink.clone(),
             options: MailOptions::default(),
-        })
+        })))
     }
 }
 
 impl droid_adapters::Owners for Handover {
-    fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>> {
-        (*self.current_owner.lock().unwrap() == owner).then(|| self.sink.clone())
+    fn sink<'a>(&'a self, owner: &'a str) -> Answer<'a, Option<Arc<dyn Deliver>>> {
+        let current = *self.current_owner.lock().unwrap() == owner;
+        Box::pin(std::future::ready(current.then(|| self.sink.clone())))
     }
 }
 

@@ -145,8 +145,11 @@ impl TunnelRequest {
 /// What one tunnel asks of the server's adapters: one key of
 /// [`TunnelRequest`] per adapter. An adapter's settings are its own (the
 /// server only keeps them with the tunnel and hands them to the adapter),
-/// so a new adapter adds its key there and its field here.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// so a new adapter adds its key there and its field here. A cluster's
+/// nodes keep it in Redis as JSON, so that any node's adapters can take
+/// messages for a tunnel another node serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AdapterSettings {
     /// How mail is POSTed (the SMTP adapter).
     pub mail: MailSettings,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use droid_client::{ClientConfig, ClientEvent, Target, TunnelSpec};
-use droid_server::cluster::{Cluster, ClusterConfig};
+use droid_server::cluster::{Cluster, ClusterConfig, LiveClaim};
 use droid_server::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -184,15 +184,24 @@ async fn claims_bench(redis: &Redis) -> anyhow::Result<()> {
         "{:<24} {:>9} {:>9}",
         "claims against Redis", "at once", "claims/s"
     );
+    // What a tunnel with default adapter settings keeps in its record.
+    let settings = serde_json::to_string(&droid_core::protocol::AdapterSettings::default())?;
     for (row, at_once) in [(0usize, 1usize), (1, 32)] {
         let started = std::time::Instant::now();
         let mut set = tokio::task::JoinSet::new();
         for worker in 0..at_once {
             let cluster = cluster.clone();
+            let settings = settings.clone();
             set.spawn(async move {
                 for i in (worker..CLAIMS).step_by(at_once) {
-                    let name = vec![format!("claim-{row}-{i}")];
-                    cluster.claim(&name, "owner", i as u64).await?;
+                    let claim = LiveClaim {
+                        keys: vec![format!("claim-{row}-{i}")],
+                        settings: vec![settings.clone()],
+                        logins: vec![String::new()],
+                        owner: "owner".into(),
+                        session: i as u64,
+                    };
+                    cluster.claim(&claim).await?;
                 }
                 Ok::<_, droid_core::protocol::ErrorMessage>(())
             });

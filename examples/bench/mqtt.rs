@@ -23,7 +23,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
 use droid_adapters::{
-    MqttAdapter, MqttConfig, PostOptions, TopicRefusal, TopicRoute, TopicRouter, UrlSink,
+    Answer, MqttAdapter, MqttConfig, PostOptions, TopicRefusal, TopicRoute, TopicRouter, UrlSink,
 };
 use droid_core::deliver::Deliver;
 use mqttbytes::{QoS, v4};
@@ -46,8 +46,12 @@ const MAX_PACKET: usize = 64 * 1024;
 struct OneSink(Arc<dyn Deliver>);
 
 impl TopicRouter for OneSink {
-    fn resolve(&self, topic: &str, _login: Option<&str>) -> Result<TopicRoute, TopicRefusal> {
-        Ok(TopicRoute {
+    fn resolve<'a>(
+        &'a self,
+        topic: &'a str,
+        _login: Option<&'a str>,
+    ) -> Answer<'a, Result<TopicRoute, TopicRefusal>> {
+        Box::pin(std::future::ready(Ok(TopicRoute {
             owner: "bench".into(),
             destination: "bench".into(),
             sink: self.0.clone(),
@@ -58,15 +62,21 @@ impl TopicRouter for OneSink {
                 secret: SECRET.as_bytes().to_vec(),
             },
             subtopic: topic.split_once('/').map_or("", |(_, s)| s).to_string(),
-        })
+        })))
     }
 
-    fn login(&self, _credentials: &str) -> bool {
-        true
+    fn login<'a>(&'a self, _credentials: &'a str) -> Answer<'a, bool> {
+        Box::pin(std::future::ready(true))
     }
 
-    fn subscribe(&self, filter: &str, _login: Option<&str>) -> Result<String, TopicRefusal> {
-        Err(TopicRefusal::NoTunnel(filter.to_string()))
+    fn subscribe<'a>(
+        &'a self,
+        filter: &'a str,
+        _login: Option<&'a str>,
+    ) -> Answer<'a, Result<String, TopicRefusal>> {
+        Box::pin(std::future::ready(Err(TopicRefusal::NoTunnel(
+            filter.to_string(),
+        ))))
     }
 }
 

@@ -17,16 +17,32 @@
 //! told to try again ("unavailable"), so no name is ever live on two nodes:
 //! it moves once the other node released it or its lease ran out. Times are
 //! Redis's own clock (`TIME`), so the nodes' clocks do not matter.
+//!
+//! A record also keeps what the tunnel's client asked of the adapters (its
+//! settings, as JSON) so that any node's SMTP and MQTT take messages for
+//! it, and the hash of its devices' MQTT login, indexed by that hash
+//! (`droid:login:HASH`, a set of names) so that any node checks a login.
+//! Claims and releases publish their names on `droid:names`; every node
+//! follows the channel ([`Cluster::follow`]) to forget what it remembered
+//! of them ([`crate::directory`]) and to wake the mail it spooled for an
+//! owner who is back, on whatever node. An app's MQTT publish goes to the
+//! devices of every node over `droid:mqtt`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use droid_core::protocol::{ErrorCode, ErrorMessage};
+use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::NamePolicy;
+use crate::directory::{Directory, Located};
+use crate::registry::Tunnel;
 
 /// How a node joins a cluster. Its `Debug` masks the secret.
 #[derive(Clone)]
@@ -67,8 +83,15 @@ pub struct ClusterError {
 /// What the script's `now` is, in milliseconds, from Redis's clock.
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)";
 
+/// The channel claims and releases publish their names on.
+const NAMES_CHANNEL: &str = "droid:names";
+
+/// The channel apps' MQTT publishes go to every node on.
+const MQTT_CHANNEL: &str = "droid:mqtt";
+
 /// KEYS: name records. ARGV: owner, node, grace ms, quarantine ms,
-/// session. Returns {'ok'} or {index, why, ms left}.
+/// session, then for each key its settings (JSON, or '') and its login's
+/// hash (or ''). Returns {'ok'} or {index, why, ms left}.
 const CLAIM: &str = r"
 local owner, node = ARGV[1], ARGV[2]
 local grace, quarantine = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -93,10 +116,13 @@ for i, key in ipairs(KEYS) do
     end
   end
 end
-for _, key in ipairs(KEYS) do
-  redis.call('HSET', key, 'owner', owner, 'node', node, 'session', session, 'state', 'live', 'resume_until', 0, 'until', 0)
+for i, key in ipairs(KEYS) do
+  local settings, login = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  redis.call('HSET', key, 'owner', owner, 'node', node, 'session', session, 'state', 'live', 'resume_until', 0, 'until', 0, 'settings', settings, 'login', login)
   redis.call('PERSIST', key)
+  if login ~= '' then redis.call('SADD', 'droid:login:' .. login, string.sub(key, 12)) end
 end
+redis.call('PUBLISH', 'droid:names', 'claim ' .. owner .. ' ' .. table.concat(KEYS, ' '))
 return {'ok'}
 ";
 
@@ -107,6 +133,7 @@ const RELEASE: &str = r"
 local owner, node = ARGV[1], ARGV[2]
 local grace, quarantine = tonumber(ARGV[3]), tonumber(ARGV[4])
 local session = ARGV[5]
+local released = {}
 for _, key in ipairs(KEYS) do
   local r = redis.call('HMGET', key, 'owner', 'node', 'state', 'session')
   if r[1] == owner and r[2] == node and r[3] == 'live' and r[4] == session then
@@ -114,7 +141,11 @@ for _, key in ipairs(KEYS) do
     local until_ = resume_until + quarantine
     redis.call('HSET', key, 'state', 'released', 'resume_until', resume_until, 'until', until_)
     redis.call('PEXPIREAT', key, until_)
+    table.insert(released, key)
   end
+end
+if #released > 0 then
+  redis.call('PUBLISH', 'droid:names', 'release ' .. owner .. ' ' .. table.concat(released, ' '))
 end
 return 1
 ";
@@ -127,26 +158,110 @@ if ARGV[3] ~= '' then redis.call('HSET', 'droid:peers', ARGV[1], ARGV[3]) end
 return added
 ";
 
-/// One session's live names, as a node re-asserts them.
+/// KEYS: a name record. ARGV: grace ms. Where the name is while it is
+/// live or resuming: {'live' or 'resuming', node, its peer address or '',
+/// owner, settings, ms the state lasts}; nil otherwise.
+const LOCATE: &str = r"
+local r = redis.call('HMGET', KEYS[1], 'owner', 'node', 'state', 'resume_until', 'settings')
+if not r[1] then return false end
+local state, left = 'resuming', (tonumber(r[4]) or 0) - now
+if r[3] == 'live' then
+  local lease = tonumber(redis.call('ZSCORE', 'droid:nodes', r[2])) or 0
+  if lease >= now then state, left = 'live', lease - now
+  else left = lease + tonumber(ARGV[1]) - now end
+end
+if left <= 0 then return false end
+return {state, r[2], redis.call('HGET', 'droid:peers', r[2]) or '', r[1], r[5] or '', tostring(left)}
+";
+
+/// KEYS: a login's set of names. ARGV: the login's hash. 1 when a name
+/// that set it is live under a running lease; names that no longer set it
+/// leave the set.
+const LOGIN: &str = r"
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local r = redis.call('HMGET', 'droid:name:' .. name, 'login', 'state', 'node')
+  if r[1] ~= ARGV[1] then
+    redis.call('SREM', KEYS[1], name)
+  elseif r[2] == 'live' and (tonumber(redis.call('ZSCORE', 'droid:nodes', r[3])) or 0) >= now then
+    return 1
+  end
+end
+return 0
+";
+
+/// One session's live names, as a node claims, re-asserts and releases
+/// them.
 #[derive(Debug, Clone)]
 pub struct LiveClaim {
     /// Its names (and TCP ports' keys).
     pub keys: Vec<String>,
+    /// For each key, what its tunnel asked of the adapters, as JSON; empty
+    /// for a TCP tunnel's keys, which take no adapter's messages.
+    pub settings: Vec<String>,
+    /// For each key, the hash of its devices' MQTT login, or empty.
+    pub logins: Vec<String>,
     /// Their owner (the hash of the resume secret).
     pub owner: String,
     /// The session serving them.
     pub session: u64,
 }
 
-/// KEYS: a name record. ARGV: this node. The peer address of the other
-/// node that serves the name live under a running lease, or nil.
-const PEER_OF: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'node', 'state')
-if r[2] ~= 'live' or r[1] == ARGV[1] then return false end
-local lease = tonumber(redis.call('ZSCORE', 'droid:nodes', r[1])) or 0
-if lease < now then return false end
-return redis.call('HGET', 'droid:peers', r[1])
-";
+impl LiveClaim {
+    /// The claim of one session's tunnels; `None` for no tunnel.
+    pub(crate) fn of(tunnels: &[Arc<Tunnel>]) -> Option<LiveClaim> {
+        let first = tunnels.first()?;
+        let mut claim = LiveClaim {
+            keys: Vec::new(),
+            settings: Vec::new(),
+            logins: Vec::new(),
+            owner: first.owner_id.clone(),
+            session: first.session,
+        };
+        for tunnel in tunnels {
+            let takes_messages = tunnel.tcp.is_none();
+            for key in tunnel.keys() {
+                let (settings, login) = if takes_messages {
+                    let login = tunnel.adapters.mqtt.auth.as_deref().map(login_hash);
+                    (
+                        serde_json::to_string(&*tunnel.adapters).unwrap_or_default(),
+                        login.unwrap_or_default(),
+                    )
+                } else {
+                    (String::new(), String::new())
+                };
+                claim.keys.push(key);
+                claim.settings.push(settings);
+                claim.logins.push(login);
+            }
+        }
+        Some(claim)
+    }
+}
+
+/// How Redis knows a login: its hex SHA-256, never the login itself.
+fn login_hash(credentials: &str) -> String {
+    let digest = Sha256::digest(format!("droid-mqtt-login {credentials}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An app's MQTT publish, as it goes to the other nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Broadcast {
+    /// The node it was published on (which handed it to its own devices).
+    pub node: String,
+    pub tunnel: String,
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+/// What a node does with the events it follows.
+pub(crate) trait Events: Send + Sync {
+    /// `owner`'s tunnel `name` came up, on this node or another.
+    fn claimed(&self, owner: &str, name: &str);
+    /// An app published on another node: hand it to this node's devices.
+    fn published(&self, message: Broadcast, payload: Bytes);
+}
 
 /// A node's handle on the cluster registry. Cheap to share behind an `Arc`.
 pub struct Cluster {
@@ -156,17 +271,31 @@ pub struct Cluster {
     claim: redis::Script,
     release: redis::Script,
     renew: redis::Script,
-    peer_of: redis::Script,
+    locate: redis::Script,
+    login: redis::Script,
     /// Releases Redis did not take, retried with each lease renewal.
     pending: Mutex<Vec<Release>>,
+    /// Redis's answers to [`Cluster::locate`], kept.
+    directory: Directory,
+    /// How lookups were answered.
+    pub(crate) lookups: Lookups,
+    /// For the subscription that [`Cluster::follow`] holds.
+    client: redis::Client,
+}
+
+/// How [`Cluster::locate`] answered, for the metrics.
+#[derive(Default)]
+pub(crate) struct Lookups {
+    /// From what this node kept.
+    pub kept: prometheus_client::metrics::counter::Counter,
+    /// By asking Redis.
+    pub asked: prometheus_client::metrics::counter::Counter,
 }
 
 /// One session's release, as the script takes it.
 #[derive(Clone)]
 struct Release {
-    keys: Vec<String>,
-    owner: String,
-    session: u64,
+    claim: LiveClaim,
     clean: bool,
 }
 
@@ -225,8 +354,12 @@ impl Cluster {
             claim: script(CLAIM),
             release: script(RELEASE),
             renew: script(RENEW),
-            peer_of: script(PEER_OF),
+            locate: script(LOCATE),
+            login: script(LOGIN),
             pending: Mutex::new(Vec::new()),
+            directory: Directory::default(),
+            lookups: Lookups::default(),
+            client,
         };
         // A node back within its old lease may find itself known: its old
         // names are then released by the lease's end, as for a dead node.
@@ -284,7 +417,7 @@ impl Cluster {
             "Redis no longer knew this node (restarted without its data?); claiming its names again"
         );
         for claim in live {
-            if let Err(e) = self.claim(&claim.keys, &claim.owner, claim.session).await {
+            if let Err(e) = self.claim(&claim).await {
                 warn!(keys = ?claim.keys, reason = %e.message, "a name this node serves could not be claimed again");
             }
         }
@@ -297,21 +430,191 @@ impl Cluster {
         }
     }
 
+    /// This node's id.
+    pub(crate) fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
     /// The peer address of the other node that serves `name` now, if one
     /// does (`None` too while Redis is away).
-    pub async fn peer_of(&self, name: &str) -> Option<String> {
-        let mut conn = self.conn.clone();
-        match self
-            .peer_of
-            .key(key(name))
-            .arg(&self.config.node_id)
-            .invoke_async::<Option<String>>(&mut conn)
+    pub(crate) async fn peer_of(&self, name: &str) -> Option<String> {
+        self.locate(name)
             .await
-        {
-            Ok(peer) => peer,
+            .filter(|l| l.live && l.node != self.config.node_id)
+            .and_then(|l| l.peer)
+    }
+
+    /// Where `name` is while it is live or resuming on any node (this one
+    /// included, as Redis sees it); `None` otherwise, and while Redis is
+    /// away. Answers are kept as [`crate::directory`] says.
+    pub(crate) async fn locate(&self, name: &str) -> Option<Located> {
+        if let Some(answer) = self.directory.get(name) {
+            self.lookups.kept.inc();
+            return answer;
+        }
+        self.lookups.asked.inc();
+        let epoch = self.directory.epoch();
+        let mut conn = self.conn.clone();
+        let answer = self
+            .locate
+            .key(key(name))
+            .arg(ms(self.policy.grace))
+            .invoke_async::<Option<Vec<String>>>(&mut conn)
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
             Err(e) => {
                 debug!(error = %e, %name, "no answer from the cluster registry");
-                None
+                return None;
+            }
+        };
+        let (located, lasts) = match answer.as_deref() {
+            Some([state, node, peer, owner, settings, left]) => {
+                let located = Located {
+                    node: node.clone(),
+                    peer: (!peer.is_empty()).then(|| peer.clone()),
+                    owner: owner.clone(),
+                    live: state == "live",
+                    settings: serde_json::from_str(settings).ok().map(Arc::new),
+                };
+                (
+                    Some(located),
+                    Duration::from_millis(left.parse().unwrap_or(0)),
+                )
+            }
+            _ => (None, crate::directory::MAX_AGE),
+        };
+        self.directory.keep(name, located.clone(), lasts, epoch);
+        located
+    }
+
+    /// Forgets what this node kept of `name`: the node it pointed to no
+    /// longer serves it.
+    pub(crate) fn forget(&self, name: &str) {
+        self.directory.changed([name]);
+    }
+
+    /// Whether a tunnel live on some node set `credentials` as its
+    /// devices' MQTT login (`false` too while Redis is away).
+    pub(crate) async fn knows_login(&self, credentials: &str) -> bool {
+        let hash = login_hash(credentials);
+        let mut conn = self.conn.clone();
+        self.login
+            .key(format!("droid:login:{hash}"))
+            .arg(&hash)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .is_ok_and(|found| found == 1)
+    }
+
+    /// Sends an app's MQTT publish to the devices of the other nodes.
+    pub(crate) async fn broadcast(
+        &self,
+        tunnel: &str,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+        retain: bool,
+    ) {
+        let head = Broadcast {
+            node: self.config.node_id.clone(),
+            tunnel: tunnel.to_string(),
+            topic: topic.to_string(),
+            qos,
+            retain,
+        };
+        let mut message = serde_json::to_vec(&head).unwrap_or_default();
+        message.push(b'\n');
+        message.extend_from_slice(payload);
+        let mut conn = self.conn.clone();
+        if let Err(e) = redis::cmd("PUBLISH")
+            .arg(MQTT_CHANNEL)
+            .arg(message)
+            .query_async::<i64>(&mut conn)
+            .await
+        {
+            warn!(error = %e, %topic, "could not send an app's publish to the other nodes");
+        }
+    }
+
+    /// Follows the cluster's channels until `shutdown`: names claimed and
+    /// released (forgotten from [`crate::directory`]; `events` hears of
+    /// claims) and apps' publishes on other nodes. Subscribes again when
+    /// the subscription is lost, once a second.
+    pub(crate) async fn follow(&self, events: &dyn Events, shutdown: CancellationToken) {
+        loop {
+            let subscribed = tokio::select! {
+                s = self.subscribe() => s,
+                () = shutdown.cancelled() => return,
+            };
+            match subscribed {
+                Ok(pubsub) => {
+                    self.directory.following(true);
+                    debug!("following the cluster's events");
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        let message = tokio::select! {
+                            m = messages.next() => m,
+                            () = shutdown.cancelled() => return,
+                        };
+                        let Some(message) = message else { break };
+                        self.event(
+                            message.get_channel_name(),
+                            message.get_payload_bytes(),
+                            events,
+                        );
+                    }
+                    self.directory.following(false);
+                    warn!(
+                        "lost the cluster's events; names are asked of Redis until they are back"
+                    );
+                }
+                Err(e) => debug!(error = %e, "cannot follow the cluster's events yet"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let connect = self.client.get_async_pubsub();
+        let mut pubsub = tokio::time::timeout(Duration::from_secs(2), connect)
+            .await
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+            })??;
+        pubsub.subscribe(&[NAMES_CHANNEL, MQTT_CHANNEL]).await?;
+        Ok(pubsub)
+    }
+
+    fn event(&self, channel: &str, payload: &[u8], events: &dyn Events) {
+        if channel == MQTT_CHANNEL {
+            let Some(split) = payload.iter().position(|&b| b == b'\n') else {
+                return;
+            };
+            match serde_json::from_slice::<Broadcast>(&payload[..split]) {
+                Ok(head) if head.node != self.config.node_id => {
+                    events.published(head, Bytes::copy_from_slice(&payload[split + 1..]));
+                }
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "a malformed publish on the cluster's channel"),
+            }
+            return;
+        }
+        let text = String::from_utf8_lossy(payload);
+        let mut words = text.split(' ');
+        let (Some(kind), Some(owner)) = (words.next(), words.next()) else {
+            return;
+        };
+        let names: Vec<&str> = words
+            .filter_map(|k| k.strip_prefix("droid:name:"))
+            .collect();
+        self.directory.changed(names.iter().copied());
+        if kind == "claim" {
+            for name in names {
+                events.claimed(owner, name);
             }
         }
     }
@@ -321,23 +624,22 @@ impl Cluster {
         &self.config.secret
     }
 
-    /// Claims `keys` for `owner`'s `session` on this node, all or none.
-    pub async fn claim(
-        &self,
-        keys: &[String],
-        owner: &str,
-        session: u64,
-    ) -> Result<(), ErrorMessage> {
+    /// Claims a session's names on this node, all or none.
+    pub async fn claim(&self, claim: &LiveClaim) -> Result<(), ErrorMessage> {
+        let keys = &claim.keys;
         let mut invocation = self.claim.prepare_invoke();
         for k in keys {
             invocation.key(key(k));
         }
         invocation
-            .arg(owner)
+            .arg(&claim.owner)
             .arg(&self.config.node_id)
             .arg(ms(self.policy.grace))
             .arg(ms(self.policy.quarantine))
-            .arg(session);
+            .arg(claim.session);
+        for (settings, login) in claim.settings.iter().zip(&claim.logins) {
+            invocation.arg(settings).arg(login);
+        }
         let mut conn = self.conn.clone();
         let answer: Vec<String> = invocation.invoke_async(&mut conn).await.map_err(|e| {
             warn!(error = %e, "the cluster registry did not answer a claim");
@@ -380,22 +682,16 @@ impl Cluster {
         })
     }
 
-    /// Releases `keys` that `owner`'s `session` held live here: held for it
+    /// Releases the names a session held live here: held for its owner
     /// alone for the grace period first, unless it said goodbye. While
     /// Redis is away, the release waits and is retried.
-    pub async fn release(&self, keys: Vec<String>, owner: &str, session: u64, clean: bool) {
-        let release = Release {
-            keys,
-            owner: owner.to_string(),
-            session,
-            clean,
-        };
-        self.release_or_keep(release).await;
+    pub async fn release(&self, claim: LiveClaim, clean: bool) {
+        self.release_or_keep(Release { claim, clean }).await;
     }
 
     async fn release_or_keep(&self, release: Release) {
         let mut invocation = self.release.prepare_invoke();
-        for k in &release.keys {
+        for k in &release.claim.keys {
             invocation.key(key(k));
         }
         let grace = if release.clean {
@@ -404,11 +700,11 @@ impl Cluster {
             self.policy.grace
         };
         invocation
-            .arg(&release.owner)
+            .arg(&release.claim.owner)
             .arg(&self.config.node_id)
             .arg(ms(grace))
             .arg(ms(self.policy.quarantine))
-            .arg(release.session);
+            .arg(release.claim.session);
         let mut conn = self.conn.clone();
         if let Err(e) = invocation.invoke_async::<i64>(&mut conn).await {
             warn!(error = %e, "could not release names in the cluster registry; retrying with the next lease renewal");

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::Shared;
 use crate::access::Access;
 use crate::auth::TokenRefusal;
+use crate::cluster::LiveClaim;
 use crate::registry::{ClaimRules, TcpRules, Tunnel};
 use crate::request_log::{Pending, RequestLog};
 
@@ -92,8 +93,8 @@ pub(crate) async fn serve<IO>(
         Ok((welcome, tunnels)) => {
             // In a cluster, the other servers must agree too.
             if let Some(cluster) = shared.cluster.get()
-                && let Some((keys, owner)) = cluster_keys(&tunnels)
-                && let Err(e) = cluster.claim(&keys, owner, session_id).await
+                && let Some(claim) = LiveClaim::of(&tunnels)
+                && let Err(e) = cluster.claim(&claim).await
             {
                 shared.registry.forget(&tunnels);
                 info!(%peer, code = ?e.code, reason = %e.message, "the cluster refused a client");
@@ -103,7 +104,7 @@ pub(crate) async fn serve<IO>(
             }
             if let Err(e) = control.write(&ControlMessage::Welcome(welcome)).await {
                 debug!(error = %e, "could not send welcome");
-                release(&shared, &tunnels, session_id, false).await;
+                release(&shared, &tunnels, false).await;
                 opener.close();
                 return;
             }
@@ -133,27 +134,20 @@ pub(crate) async fn serve<IO>(
 
     let clean = heartbeat(&shared, &mut control, &lines, &opener, &tunnels, &shutdown).await;
     publishing.abort();
-    release(&shared, &tunnels, session_id, clean).await;
+    release(&shared, &tunnels, clean).await;
     info!(%peer, session = session_id, ?names, clean, "tunnels down");
     let _ = control.writer.shutdown().await;
     opener.close();
 }
 
 /// Releases a session's names, here and in the cluster.
-async fn release(shared: &Shared, tunnels: &[Arc<Tunnel>], session: u64, clean: bool) {
+async fn release(shared: &Shared, tunnels: &[Arc<Tunnel>], clean: bool) {
     shared.registry.release(tunnels, clean);
     if let Some(cluster) = shared.cluster.get()
-        && let Some((keys, owner)) = cluster_keys(tunnels)
+        && let Some(claim) = LiveClaim::of(tunnels)
     {
-        cluster.release(keys, owner, session, clean).await;
+        cluster.release(claim, clean).await;
     }
-}
-
-/// A session's keys (names and TCP ports') and their owner, as the
-/// cluster claims and releases them; `None` for no tunnel.
-fn cluster_keys(tunnels: &[Arc<Tunnel>]) -> Option<(Vec<String>, &str)> {
-    let owner = tunnels.first()?.owner_id.as_str();
-    Some((tunnels.iter().flat_map(|t| t.keys()).collect(), owner))
 }
 
 /// How long request lines gather after a batch is sent: under load one

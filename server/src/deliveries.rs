@@ -13,22 +13,36 @@
 //! a [`Pool`] per tunnel session ([`TunnelPools`]), so message after
 //! message reuses one stream and one connection to the app instead of
 //! opening both each time.
+//!
+//! In a cluster, a name another node serves is found in Redis (with the
+//! settings its client gave that node), so this node's adapters take its
+//! messages and spool them here; each delivery is then POSTed to that
+//! node's peer port ([`NodeSink`], connections kept in a pool per node),
+//! which sends it through the tunnel as its own ([`serve_node_deliveries`])
+//! and answers with the app's answer, or says why it could not.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use droid_adapters::pool::{self, Pool, SendError, Sender};
-use droid_adapters::{Destination, Owners, Tunnels};
+use droid_adapters::{Answer, Destination, Owners, Tunnels};
 use droid_core::deliver::{Deliver, DeliverError, DeliverErrorKind, DeliverFuture};
-use droid_core::protocol::{self, AdapterSettings, StreamHeader};
+use droid_core::protocol::{self, StreamHeader};
 use droid_core::proxy;
 use droid_core::session::Opener;
 use http::header::{HOST, HeaderValue};
+use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use tokio::io::AsyncWriteExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::debug;
 
 use crate::Shared;
+use crate::directory::Located;
 use crate::registry::{Lookup, Tunnel};
 
 /// The most of an app's answer kept for the adapter's reply.
@@ -39,28 +53,145 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// streams cannot crowd out visitors.
 const MAX_IDLE_STREAMS: usize = 32;
 
-/// The tunnels of the registry, as the adapters see them.
+/// The most of a delivery a node takes from another: more than any
+/// adapter sends.
+const MAX_NODE_DELIVERY: usize = 256 * 1024 * 1024;
+
+/// The headers that name a delivery's tunnel and owner between nodes.
+const NODE_TUNNEL: &str = "droid-node-tunnel";
+const NODE_OWNER: &str = "droid-node-owner";
+/// Set on a node's own answer when it could not deliver: `offline` or
+/// `broken`; the body says why.
+const NODE_FAILURE: &str = "droid-node-failure";
+
+/// Idle connections kept for deliveries: delivery streams per tunnel
+/// session, and connections to other nodes' peer ports. One per server,
+/// shared by all its adapters and its spool.
+#[derive(Default)]
+pub(crate) struct DeliveryPools {
+    tunnels: Arc<TunnelPools>,
+    /// By peer address.
+    nodes: Mutex<HashMap<String, Arc<Pool>>>,
+}
+
+impl DeliveryPools {
+    /// The pool of connections to the node at `addr`.
+    fn node(&self, addr: &str) -> Arc<Pool> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .entry(addr.to_string())
+            .or_insert_with(|| Pool::new(MAX_IDLE_STREAMS, pool::IDLE_TIMEOUT))
+            .clone()
+    }
+}
+
+/// The tunnels of the registry (and of the cluster's other nodes), as the
+/// adapters see them.
 pub(crate) struct RegistryTunnels {
     shared: Arc<Shared>,
-    pools: Arc<TunnelPools>,
 }
 
 impl RegistryTunnels {
     pub(crate) fn new(shared: Arc<Shared>) -> RegistryTunnels {
-        RegistryTunnels {
-            shared,
-            pools: Arc::default(),
-        }
+        RegistryTunnels { shared }
     }
 
     fn sink_to(&self, name: &str, owner_id: &str) -> Arc<dyn Deliver> {
         Arc::new(TunnelSink {
             shared: self.shared.clone(),
-            pools: self.pools.clone(),
             name: name.to_string(),
             owner_id: owner_id.to_string(),
         })
     }
+
+    /// The tunnel `name` here, live, or resuming if the cluster knows no
+    /// better; else where the cluster says it is.
+    async fn find_tunnel(&self, name: &str) -> Option<Destination> {
+        if let Lookup::Live(tunnel) = self.shared.registry.lookup(name) {
+            return self.local(&tunnel);
+        }
+        // Resuming here, its owner may be back on another node already.
+        if let Some(cluster) = self.shared.cluster.get()
+            && let Some(found) = cluster.locate(name).await
+        {
+            // A TCP tunnel's record has no settings: no adapter's messages.
+            let settings = found.settings.clone()?;
+            return Some(Destination {
+                name: name.to_string(),
+                owner: format!("{}/{name}", found.owner),
+                sink: self.remote_sink(name, &found),
+                settings,
+            });
+        }
+        self.local(&*self.shared.registry.holder(name)?)
+    }
+
+    /// A tunnel of this node, unless it is a TCP tunnel.
+    fn local(&self, tunnel: &Tunnel) -> Option<Destination> {
+        if tunnel.tcp.is_some() {
+            return None;
+        }
+        Some(Destination {
+            owner: owner_key(tunnel),
+            sink: self.sink_to(&tunnel.name, &tunnel.owner_id),
+            settings: tunnel.adapters.clone(),
+            name: tunnel.name.clone(),
+        })
+    }
+
+    /// A sink to the node that serves `name` live, or one that says it is
+    /// offline while it resumes.
+    fn remote_sink(&self, name: &str, found: &Located) -> Arc<dyn Deliver> {
+        let elsewhere = self
+            .shared
+            .cluster
+            .get()
+            .is_some_and(|c| found.node != c.node_id());
+        match &found.peer {
+            Some(addr) if found.live && elsewhere => Arc::new(NodeSink {
+                shared: self.shared.clone(),
+                addr: addr.clone(),
+                name: name.to_string(),
+                owner_id: found.owner.clone(),
+            }),
+            _ => Arc::new(Away {
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    async fn owner_sink(&self, owner: &str) -> Option<Arc<dyn Deliver>> {
+        let (owner_id, name) = owner.split_once('/')?;
+        if let Lookup::Live(t) = self.shared.registry.lookup(name) {
+            return (t.owner_id == owner_id).then(|| self.sink_to(name, owner_id));
+        }
+        let found = self.shared.cluster.get()?.locate(name).await?;
+        (found.live && found.owner == owner_id && found.peer.is_some())
+            .then(|| self.remote_sink(name, &found))
+    }
+
+    async fn knows(&self, credentials: &str) -> bool {
+        let local = self.shared.registry.any_live(|t| {
+            t.adapters
+                .mqtt
+                .auth
+                .as_deref()
+                .is_some_and(|wanted| same(wanted, credentials))
+        });
+        if local {
+            return true;
+        }
+        match self.shared.cluster.get() {
+            Some(cluster) => cluster.knows_login(credentials).await,
+            None => false,
+        }
+    }
+}
+
+/// Compares in constant time: a login is a secret.
+fn same(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 /// The spool key of a tunnel's messages.
@@ -69,33 +200,33 @@ pub(crate) fn owner_key(tunnel: &Tunnel) -> String {
 }
 
 impl Tunnels for RegistryTunnels {
-    fn find(&self, name: &str) -> Option<Destination> {
-        // A TCP tunnel takes no adapter's messages.
-        let tunnel = self
-            .shared
-            .registry
-            .holder(name)
-            .filter(|t| t.tcp.is_none())?;
-        Some(Destination {
-            owner: owner_key(&tunnel),
-            sink: self.sink_to(&tunnel.name, &tunnel.owner_id),
-            settings: tunnel.adapters.clone(),
-            name: tunnel.name.clone(),
-        })
+    fn find<'a>(&'a self, name: &'a str) -> Answer<'a, Option<Destination>> {
+        Box::pin(self.find_tunnel(name))
     }
 
-    fn any(&self, pred: &dyn Fn(&AdapterSettings) -> bool) -> bool {
-        self.shared.registry.any_live(|t| pred(&t.adapters))
+    fn knows_login<'a>(&'a self, credentials: &'a str) -> Answer<'a, bool> {
+        Box::pin(self.knows(credentials))
     }
 }
 
 impl Owners for RegistryTunnels {
-    fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>> {
-        let (owner_id, name) = owner.split_once('/')?;
-        match self.shared.registry.lookup(name) {
-            Lookup::Live(t) if t.owner_id == owner_id => Some(self.sink_to(name, owner_id)),
-            _ => None,
-        }
+    fn sink<'a>(&'a self, owner: &'a str) -> Answer<'a, Option<Arc<dyn Deliver>>> {
+        Box::pin(self.owner_sink(owner))
+    }
+}
+
+/// The sink of a tunnel whose owner may come back: offline until then.
+struct Away {
+    name: String,
+}
+
+impl Deliver for Away {
+    fn deliver(&self, _request: http::Request<Bytes>) -> DeliverFuture<'_> {
+        let error = DeliverError::new(
+            DeliverErrorKind::Offline,
+            format!("the tunnel {} is not connected", self.name),
+        );
+        Box::pin(std::future::ready(Err(error)))
     }
 }
 
@@ -151,7 +282,6 @@ impl TunnelPools {
 /// Delivers an adapter's request through one owner's tunnel.
 pub(crate) struct TunnelSink {
     shared: Arc<Shared>,
-    pools: Arc<TunnelPools>,
     name: String,
     owner_id: String,
 }
@@ -186,9 +316,11 @@ impl TunnelSink {
             _ => return Err(self.offline()),
         };
         let max_idle = MAX_IDLE_STREAMS.min(self.shared.config.max_streams_per_tunnel / 4);
-        let pool = self
-            .pools
-            .of(&tunnel.name, tunnel.session, &tunnel.opener, max_idle);
+        let pool =
+            self.shared
+                .pools
+                .tunnels
+                .of(&tunnel.name, tunnel.session, &tunnel.opener, max_idle);
         let id = request
             .headers()
             .get("droid-delivery-id")
@@ -271,6 +403,149 @@ impl TunnelSink {
             .await
             .map_err(|e| self.broken(&e))
     }
+}
+
+/// Delivers an adapter's request through a tunnel another node serves, by
+/// that node's peer port.
+struct NodeSink {
+    shared: Arc<Shared>,
+    /// The node's peer address.
+    addr: String,
+    name: String,
+    owner_id: String,
+}
+
+impl Deliver for NodeSink {
+    fn deliver(&self, request: http::Request<Bytes>) -> DeliverFuture<'_> {
+        Box::pin(self.send(request))
+    }
+}
+
+impl NodeSink {
+    fn broken(&self, e: &dyn std::fmt::Display) -> DeliverError {
+        DeliverError::new(
+            DeliverErrorKind::Transport,
+            format!(
+                "the server holding the tunnel {} ({}) did not answer: {e}",
+                self.name, self.addr
+            ),
+        )
+    }
+
+    async fn send(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, DeliverError> {
+        let (mut parts, body) = request.into_parts();
+        for (header, value) in [(NODE_TUNNEL, &self.name), (NODE_OWNER, &self.owner_id)] {
+            let value = HeaderValue::from_str(value).map_err(|e| self.broken(&e))?;
+            parts.headers.insert(header, value);
+        }
+        let request = http::Request::from_parts(parts, Full::new(body));
+        let pool = self.shared.pools.node(&self.addr);
+        let (response, sender) = match pool.send(request, || self.connect()).await {
+            Ok(sent) => sent,
+            Err(SendError::Connect(e)) => return Err(self.broken(&e)),
+            Err(SendError::Http(e)) => return Err(self.broken(&e)),
+        };
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, MAX_ANSWER + 1024)
+            .collect()
+            .await
+            .map_err(|e| self.broken(&e))?
+            .to_bytes();
+        pool.put(sender);
+        let failure = parts.headers.get(NODE_FAILURE).map(|v| v.as_bytes());
+        let kind = match failure {
+            None => return Ok(http::Response::from_parts(parts, body)),
+            Some(b"offline") => DeliverErrorKind::Offline,
+            Some(_) => DeliverErrorKind::Transport,
+        };
+        Err(DeliverError::new(
+            kind,
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    }
+
+    async fn connect(&self) -> Result<Sender, Box<dyn std::error::Error + Send + Sync>> {
+        let cluster = self.shared.cluster.get().ok_or("not in a cluster")?;
+        let timeout = self.shared.config.stream_open_timeout;
+        let mut stream = tokio::time::timeout(timeout, TcpStream::connect(&self.addr)).await??;
+        let _ = stream.set_nodelay(true);
+        let from = stream.local_addr()?;
+        let line = crate::peer::preface(cluster.secret(), from, crate::peer::Mode::Deliver);
+        stream.write_all(line.as_bytes()).await?;
+        Ok(proxy::handshake::<_, Full<Bytes>>(stream).await?)
+    }
+}
+
+/// Serves another node's deliveries on a peer connection: each request
+/// names a tunnel and its owner; it goes through the tunnel if this node
+/// serves it live for that owner, and its answer goes back.
+pub(crate) async fn serve_node_deliveries<IO>(shared: Arc<Shared>, stream: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tunnels = Arc::new(RegistryTunnels::new(shared));
+    let service = service_fn(move |request: http::Request<Incoming>| {
+        let tunnels = tunnels.clone();
+        async move { Ok::<_, std::convert::Infallible>(tunnels.deliver_for_node(request).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        debug!(error = %e, "a node's delivery connection ended with an error");
+    }
+}
+
+impl RegistryTunnels {
+    async fn deliver_for_node(
+        &self,
+        request: http::Request<Incoming>,
+    ) -> http::Response<Full<Bytes>> {
+        let failed = |kind: &'static str, why: String| {
+            let mut response = http::Response::new(Full::new(Bytes::from(why)));
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response
+                .headers_mut()
+                .insert(NODE_FAILURE, HeaderValue::from_static(kind));
+            response
+        };
+        let (mut parts, body) = request.into_parts();
+        let (Some(name), Some(owner_id)) = (
+            take_header(&mut parts.headers, NODE_TUNNEL),
+            take_header(&mut parts.headers, NODE_OWNER),
+        ) else {
+            return failed("broken", "a delivery without its tunnel and owner".into());
+        };
+        let body = match Limited::new(body, MAX_NODE_DELIVERY).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => return failed("broken", format!("the delivery did not arrive whole: {e}")),
+        };
+        let live_here = matches!(
+            self.shared.registry.lookup(&name),
+            Lookup::Live(t) if t.owner_id == owner_id
+        );
+        if !live_here {
+            return failed(
+                "offline",
+                format!("the tunnel {name} is not connected to this server"),
+            );
+        }
+        let sink = self.sink_to(&name, &owner_id);
+        match sink.deliver(http::Request::from_parts(parts, body)).await {
+            Ok(answer) => answer.map(Full::new),
+            Err(e) if e.kind == DeliverErrorKind::Offline => failed("offline", e.to_string()),
+            Err(e) => failed("broken", e.to_string()),
+        }
+    }
+}
+
+/// Removes a header and returns it, if it is text.
+fn take_header(headers: &mut HeaderMap, name: &str) -> Option<String> {
+    let value = headers.remove(name)?;
+    value.to_str().ok().map(str::to_string)
 }
 
 #[cfg(test)]

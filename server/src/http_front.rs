@@ -531,7 +531,11 @@ impl Visitor {
         request: Request<Incoming>,
         html: bool,
     ) -> Response<Body> {
+        // The node it pointed to failed: ask Redis again next time.
         let unreachable = || {
+            if let Some(cluster) = self.shared.cluster.get() {
+                cluster.forget(name);
+            }
             own(
                 proxy::error_page(
                     StatusCode::BAD_GATEWAY,
@@ -559,6 +563,9 @@ impl Visitor {
                 // is not kept: the next request asks Redis again.
                 let moved = response.status() == StatusCode::NOT_FOUND
                     || response.status() == StatusCode::BAD_GATEWAY;
+                if moved && let Some(cluster) = self.shared.cluster.get() {
+                    cluster.forget(name);
+                }
                 if response.status() != StatusCode::SWITCHING_PROTOCOLS && !moved {
                     *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(NodeLink {
                         name: name.to_string(),
@@ -584,7 +591,12 @@ impl Visitor {
             .ok()?
             .ok()?;
         let _ = stream.set_nodelay(true);
-        let line = crate::peer::preface(cluster.secret(), self.peer, self.https);
+        let mode = if self.https {
+            crate::peer::Mode::Https
+        } else {
+            crate::peer::Mode::Http
+        };
+        let line = crate::peer::preface(cluster.secret(), self.peer, mode);
         stream.write_all(line.as_bytes()).await.ok()?;
         proxy::handshake(stream).await.ok()
     }

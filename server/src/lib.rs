@@ -3,6 +3,7 @@
 //! - [`registry`]: who holds which name (live, resuming, quarantined).
 //! - [`names`]: valid names, and random readable ones.
 //! - [`cluster`]: names agreed on by several servers, in Redis.
+//! - `directory`: where the cluster's names are, as a node remembers.
 //! - [`name_store`]: names written down, to outlive a restart (`--state`).
 //! - `control`: a client's session: handshake, heartbeats, goodbye.
 //! - `http_front`: the public HTTP listener, routing by Host into tunnels.
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod cluster;
 mod control;
 mod deliveries;
+mod directory;
 mod guard;
 mod http_front;
 mod listener;
@@ -184,6 +186,8 @@ pub(crate) struct Shared {
     mqtt: OnceLock<Arc<MqttAdapter>>,
     /// The cluster registry, when this server is one node of several.
     cluster: OnceLock<Arc<cluster::Cluster>>,
+    /// Connections kept for adapters' deliveries.
+    pools: deliveries::DeliveryPools,
 }
 
 impl Shared {
@@ -193,6 +197,27 @@ impl Shared {
             for tunnel in tunnels {
                 spool.wake(&deliveries::owner_key(tunnel));
             }
+        }
+    }
+}
+
+impl cluster::Events for Shared {
+    fn claimed(&self, owner: &str, name: &str) {
+        if let Some(spool) = self.spool.get() {
+            spool.wake(&format!("{owner}/{name}"));
+        }
+    }
+
+    fn published(&self, message: cluster::Broadcast, payload: bytes::Bytes) {
+        if let Some(mqtt) = self.mqtt.get() {
+            let cluster::Broadcast {
+                tunnel,
+                topic,
+                qos,
+                retain,
+                ..
+            } = message;
+            mqtt.publish(&tunnel, &topic, payload, qos, retain);
         }
     }
 }
@@ -233,6 +258,7 @@ impl Server {
                 metrics: metrics::Metrics::new(),
                 mqtt: OnceLock::new(),
                 cluster: OnceLock::new(),
+                pools: deliveries::DeliveryPools::default(),
             }),
         }
     }
@@ -241,19 +267,21 @@ impl Server {
     /// be granted by the cluster's registry too. Call it before the server
     /// takes clients, and run [`Server::keep_cluster_lease`] while it runs.
     pub fn join_cluster(&self, cluster: Arc<cluster::Cluster>) {
+        self.shared.metrics.count_lookups(&cluster.lookups);
         let _ = self.shared.cluster.set(cluster);
     }
 
     /// Keeps this node's lease in the cluster until `shutdown`, and claims
-    /// its live names again if Redis lost them.
+    /// its live names again if Redis lost them; follows the cluster's
+    /// events meanwhile.
     pub async fn keep_cluster_lease(&self, shutdown: CancellationToken) {
         let Some(cluster) = self.shared.cluster.get() else {
             return;
         };
         let shared = self.shared.clone();
-        cluster
-            .keep_lease(move || shared.registry.live_sessions(), shutdown)
-            .await;
+        let lease = cluster.keep_lease(move || shared.registry.live_sessions(), shutdown.clone());
+        let events = cluster.follow(&*self.shared, shutdown);
+        tokio::join!(lease, events);
     }
 
     /// The registry of names.

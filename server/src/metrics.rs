@@ -321,6 +321,23 @@ impl Metrics {
         }
     }
 
+    /// Counts how a cluster node found the names other nodes may serve.
+    pub fn count_lookups(&self, lookups: &crate::cluster::Lookups) {
+        let Ok(mut registry) = self.registry.lock() else {
+            return;
+        };
+        registry.register(
+            "droid_cluster_lookups_kept",
+            "Names looked up in the cluster and answered from what this node kept",
+            lookups.kept.clone(),
+        );
+        registry.register(
+            "droid_cluster_lookups_asked",
+            "Names looked up in the cluster by asking Redis",
+            lookups.asked.clone(),
+        );
+    }
+
     /// The text `/metrics` answers with, the gauges read now.
     pub fn encode(&self, shared: &Shared) -> String {
         let census = shared.registry.census(shared.config.max_streams_per_tunnel);

@@ -83,7 +83,13 @@ async fn publish_stream(shared: &Shared, mut stream: Stream, tunnels: &[String])
             .mqtt
             .get()
             .ok_or_else(|| refused("this server runs no MQTT".into()))?;
-        let delivered = adapter.publish(&tunnel, &topic, Bytes::from(payload), qos, retain);
+        let payload = Bytes::from(payload);
+        if let Some(cluster) = shared.cluster.get() {
+            cluster
+                .broadcast(&tunnel, &topic, &payload, qos, retain)
+                .await;
+        }
+        let delivered = adapter.publish(&tunnel, &topic, payload, qos, retain);
         debug!(%topic, delivered, "the app published");
         Ok(PublishAnswer {
             delivered_to: Some(delivered as u64),

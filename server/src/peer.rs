@@ -2,23 +2,30 @@
 //!
 //! A visitor's request for a tunnel another node holds goes to that node's
 //! peer port over a TCP connection of its own, opened for that visitor's
-//! connection and kept for its next requests. The connection starts with
-//! one line, then is plain HTTP/1.1, as the visitor sent it (upgrades,
-//! streaming bodies and all):
+//! connection and kept for its next requests. An adapter's delivery to
+//! such a tunnel goes there too, on connections kept for deliveries. A
+//! connection starts with one line, then is plain HTTP/1.1:
 //!
 //! ```text
-//! DROID-PEER/1 PROOF VISITOR_ADDR http|https
+//! DROID-PEER/1 PROOF FROM_ADDR http|https|deliver
 //! ```
 //!
 //! PROOF is the hex SHA-256 of `droid-peer ` and the cluster secret (any
 //! secret, spaces and all, makes one word). The receiving node checks it,
-//! then serves the
-//! connection as its own HTTP front would serve the visitor (the same
-//! checks of the tunnel's access rules, against the visitor's address),
-//! except that a request for a tunnel it does not hold is answered there,
-//! never forwarded again. The proof is the same on every connection, so
-//! whoever can read the link can replay it: keep the peer ports on a
-//! private network, as Redis.
+//! then:
+//!
+//! - `http`, `https`: FROM_ADDR is the visitor's address, and the HTTP is
+//!   the visitor's, as it sent it (upgrades, streaming bodies and all). The
+//!   node serves it as its own HTTP front would serve the visitor (the same
+//!   checks of the tunnel's access rules, against the visitor's address),
+//!   except that a request for a tunnel it does not hold is answered there,
+//!   never forwarded again.
+//! - `deliver`: FROM_ADDR is the sending node's, and each request is an
+//!   adapter's POST for the tunnel and owner its `Droid-Node-Tunnel` and
+//!   `Droid-Node-Owner` headers name (`crate::deliveries`).
+//!
+//! The proof is the same on every connection, so whoever can read the
+//! link can replay it: keep the peer ports on a private network, as Redis.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,10 +46,31 @@ const PREFACE: &str = "DROID-PEER/1";
 const LINE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_LINE: u64 = 1024;
 
-/// The line that opens a connection to another node for `visitor`.
-pub(crate) fn preface(secret: &str, visitor: SocketAddr, https: bool) -> String {
-    let proto = if https { "https" } else { "http" };
-    format!("{PREFACE} {} {visitor} {proto}\n", proof(secret))
+/// What a connection between nodes carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A visitor's HTTP, which came over plain HTTP.
+    Http,
+    /// A visitor's HTTP, which came over HTTPS.
+    Https,
+    /// Adapters' deliveries.
+    Deliver,
+}
+
+impl Mode {
+    fn word(self) -> &'static str {
+        match self {
+            Mode::Http => "http",
+            Mode::Https => "https",
+            Mode::Deliver => "deliver",
+        }
+    }
+}
+
+/// The line that opens a connection to another node, from `from` (the
+/// visitor, or this node).
+pub(crate) fn preface(secret: &str, from: SocketAddr, mode: Mode) -> String {
+    format!("{PREFACE} {} {from} {}\n", proof(secret), mode.word())
 }
 
 /// What a node shows for the cluster secret.
@@ -84,5 +112,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, from: SocketAd
         info!(%from, "a peer connection with a malformed visitor address; closed");
         return;
     };
-    crate::http_front::serve_forwarded(shared.clone(), reader, visitor, proto == "https").await;
+    match proto {
+        "http" | "https" => {
+            crate::http_front::serve_forwarded(shared, reader, visitor, proto == "https").await;
+        }
+        "deliver" => crate::deliveries::serve_node_deliveries(shared, reader).await,
+        _ => info!(%from, %proto, "a peer connection of an unknown kind; closed"),
+    }
 }

@@ -463,22 +463,21 @@ impl Registry {
 
     /// Each session's live keys (names and TCP ports') and their owner.
     pub fn live_sessions(&self) -> Vec<crate::cluster::LiveClaim> {
-        let state = self.lock();
-        let mut by_session: HashMap<u64, crate::cluster::LiveClaim> = HashMap::new();
-        for (key, claim) in &state.claims {
-            if let Claim::Live { tunnel, .. } = claim {
+        let mut by_session: HashMap<u64, Vec<Arc<Tunnel>>> = HashMap::new();
+        for (key, claim) in &self.lock().claims {
+            if let Claim::Live { tunnel, .. } = claim
+                && *key == tunnel.name
+            {
                 by_session
                     .entry(tunnel.session)
-                    .or_insert_with(|| crate::cluster::LiveClaim {
-                        keys: Vec::new(),
-                        owner: tunnel.owner_id.clone(),
-                        session: tunnel.session,
-                    })
-                    .keys
-                    .push(key.clone());
+                    .or_default()
+                    .push(tunnel.clone());
             }
         }
-        by_session.into_values().collect()
+        by_session
+            .values()
+            .filter_map(|tunnels| crate::cluster::LiveClaim::of(tunnels))
+            .collect()
     }
 
     /// The number of live tunnels.

@@ -476,6 +476,15 @@ pub async fn mail_server_with(
     spool: Option<&std::path::Path>,
     tweak: impl FnOnce(&mut ServerConfig),
 ) -> TestServer {
+    mail_server_retrying(spool, Duration::from_millis(50), tweak).await
+}
+
+/// [`mail_server_with`] whose spool first retries after `first_retry`.
+pub async fn mail_server_retrying(
+    spool: Option<&std::path::Path>,
+    first_retry: Duration,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> TestServer {
     let mut srv = server_with(|c| {
         c.smtp = true;
         tweak(c);
@@ -487,8 +496,8 @@ pub async fn mail_server_with(
     srv.smtp = Some(listener.local_addr().unwrap());
     let spool = spool.map(|dir| {
         let mut config = droid_adapters::SpoolConfig::default();
-        config.retry.first_delay = Duration::from_millis(50);
-        config.retry.max_delay = Duration::from_millis(200);
+        config.retry.first_delay = first_retry;
+        config.retry.max_delay = first_retry.max(Duration::from_millis(200));
         droid_adapters::Spool::open(dir, config).unwrap()
     });
     let (s, token) = (srv.server.clone(), srv.shutdown.clone());
@@ -975,6 +984,106 @@ pub async fn mosquitto_pub_at(host: &str, port: u16, args: &[&str]) -> (bool, St
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// `mosquitto_sub` subscribed to `filters` on `addr`, printing `topic
+/// payload` lines (and the retained flag with `-v -d`), once subscribed.
+pub struct Subscriber {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Subscriber {
+    pub async fn start(
+        addr: SocketAddr,
+        version: &str,
+        filters: &[&str],
+        login: Option<(&str, &str)>,
+    ) -> Subscriber {
+        use tokio::io::AsyncBufReadExt;
+        if let Err(e) = std::process::Command::new("mosquitto_sub")
+            .arg("--help")
+            .output()
+        {
+            panic!(
+                "mosquitto_sub is missing ({e}): install Debian's mosquitto-clients (bash .ci/test does)"
+            );
+        }
+        // Its output is buffered when it is not a terminal: stdbuf makes it
+        // come a line at a time.
+        let mut command = tokio::process::Command::new("stdbuf");
+        command
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &addr.port().to_string(),
+                "-V",
+                version,
+                "-q",
+                "1",
+                "-v",
+                "-d",
+            ])
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::piped());
+        for filter in filters {
+            command.args(["-t", filter]);
+        }
+        if let Some((user, password)) = login {
+            command.args(["-u", user, "-P", password]);
+        }
+        let mut child = command.spawn().unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut s = Subscriber { child, lines };
+        s.line("the SUBACK", |l| l.contains("received SUBACK"))
+            .await;
+        s
+    }
+
+    pub async fn line(&mut self, what: &str, pick: impl Fn(&str) -> bool) -> String {
+        within(what, async {
+            loop {
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("mosquitto_sub ended before {what}"));
+                if pick(&line) {
+                    return line;
+                }
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// `POST /api/mqtt/publish` on the inspector at `inspector`.
+pub async fn app_publish(
+    inspector: SocketAddr,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let request = http::Request::post("/api/mqtt/publish")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap();
+    let response = send(inspector, request).await;
+    let status = response.status().as_u16();
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
 }
 
 // ---------------------------------------------------------------- metrics

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adapter::{Adapter, Conn, ServeFuture};
 use crate::delivery::PostOptions;
+use crate::route::Answer;
 use crate::spool::Spool;
 use crate::stats::DeliveryStats;
 
@@ -93,15 +94,23 @@ pub enum TopicRefusal {
 /// its registry.
 pub trait TopicRouter: Send + Sync {
     /// The route of a publish to `topic` by a device logged in as `login`.
-    fn resolve(&self, topic: &str, login: Option<&str>) -> Result<TopicRoute, TopicRefusal>;
+    fn resolve<'a>(
+        &'a self,
+        topic: &'a str,
+        login: Option<&'a str>,
+    ) -> Answer<'a, Result<TopicRoute, TopicRefusal>>;
 
     /// Whether `user:password` is a login some tunnel set.
-    fn login(&self, credentials: &str) -> bool;
+    fn login<'a>(&'a self, credentials: &'a str) -> Answer<'a, bool>;
 
     /// The tunnel whose namespace `filter` subscribes to, for a device
     /// logged in as `login`: its first level must name a live or resuming
     /// tunnel (never a wildcard), and the tunnel's login must match.
-    fn subscribe(&self, filter: &str, login: Option<&str>) -> Result<String, TopicRefusal>;
+    fn subscribe<'a>(
+        &'a self,
+        filter: &'a str,
+        login: Option<&'a str>,
+    ) -> Answer<'a, Result<String, TopicRefusal>>;
 }
 
 /// Reads `bytes` as the start of a device's connection (a CONNECT, then

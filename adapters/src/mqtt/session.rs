@@ -83,7 +83,7 @@ pub(super) async fn run<S>(
     let mut out = BytesMut::new();
     let login = connect.login.as_ref().map(|(u, p)| format!("{u}:{p}"));
     if let Some(login) = &login
-        && !adapter.router.login(login)
+        && !adapter.router.login(login).await
     {
         info!(%peer, client_id = %connect.client_id, "MQTT login refused");
         codec::connack(version, ConnectAnswer::BadLogin, max, &mut out);
@@ -240,7 +240,11 @@ async fn handle(
             let mut granted = Vec::with_capacity(filters.len());
             let mut retained = Vec::new();
             for (filter, qos) in filters {
-                match adapter.router.subscribe(&filter, device.login.as_deref()) {
+                match adapter
+                    .router
+                    .subscribe(&filter, device.login.as_deref())
+                    .await
+                {
                     Ok(tunnel) => {
                         let qos = qos.min(1);
                         retained.extend(adapter.subscriptions.subscribe(
@@ -303,7 +307,7 @@ async fn publish(
         Version::V5 => Outcome::Refuse(code, why),
         Version::V4 => Outcome::Close(why),
     };
-    let route = match adapter.router.resolve(&message.topic, login) {
+    let route = match adapter.router.resolve(&message.topic, login).await {
         Ok(route) => route,
         Err(TopicRefusal::NoTunnel(why)) => {
             stats.refused.inc();

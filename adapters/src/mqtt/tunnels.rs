@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use super::{TopicRefusal, TopicRoute, TopicRouter};
 use crate::delivery::PostOptions;
-use crate::route::{Destination, Tunnels};
+use crate::route::{Answer, Destination, Tunnels};
 
 /// Routes topics `NAME/...` to the tunnels.
 pub struct TunnelTopics {
@@ -26,13 +26,13 @@ impl TunnelTopics {
 
     /// The tunnel `name`, if a device logged in as `login` may use it for
     /// `what` ("messages", "subscriptions").
-    fn tunnel(
+    async fn tunnel(
         &self,
         name: &str,
         login: Option<&str>,
         what: &str,
     ) -> Result<Destination, TopicRefusal> {
-        let tunnel = self.tunnels.find(name).ok_or_else(|| {
+        let tunnel = self.tunnels.find(name).await.ok_or_else(|| {
             TopicRefusal::NoTunnel(format!(
                 "no tunnel named {name} is connected to this server; topics start with a tunnel's name"
             ))
@@ -54,9 +54,39 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 impl TopicRouter for TunnelTopics {
-    fn resolve(&self, topic: &str, login: Option<&str>) -> Result<TopicRoute, TopicRefusal> {
+    fn resolve<'a>(
+        &'a self,
+        topic: &'a str,
+        login: Option<&'a str>,
+    ) -> Answer<'a, Result<TopicRoute, TopicRefusal>> {
+        Box::pin(self.route(topic, login))
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        filter: &'a str,
+        login: Option<&'a str>,
+    ) -> Answer<'a, Result<String, TopicRefusal>> {
+        Box::pin(async move {
+            let name = filter.split('/').next().unwrap_or_default();
+            if name == "+" || name == "#" || name.is_empty() {
+                return Err(TopicRefusal::NoTunnel(
+                    "a filter's first level must be a tunnel's name, not a wildcard".into(),
+                ));
+            }
+            Ok(self.tunnel(name, login, "subscriptions").await?.name)
+        })
+    }
+
+    fn login<'a>(&'a self, credentials: &'a str) -> Answer<'a, bool> {
+        self.tunnels.knows_login(credentials)
+    }
+}
+
+impl TunnelTopics {
+    async fn route(&self, topic: &str, login: Option<&str>) -> Result<TopicRoute, TopicRefusal> {
         let (name, subtopic) = topic.split_once('/').unwrap_or((topic, ""));
-        let tunnel = self.tunnel(name, login, "messages")?;
+        let tunnel = self.tunnel(name, login, "messages").await?;
         let settings = &tunnel.settings;
         let path = settings.mqtt.path_for(subtopic).to_string();
         let secret = settings
@@ -81,26 +111,6 @@ impl TopicRouter for TunnelTopics {
                 secret: secret.into_bytes(),
             },
             subtopic: subtopic.to_string(),
-        })
-    }
-
-    fn subscribe(&self, filter: &str, login: Option<&str>) -> Result<String, TopicRefusal> {
-        let name = filter.split('/').next().unwrap_or_default();
-        if name == "+" || name == "#" || name.is_empty() {
-            return Err(TopicRefusal::NoTunnel(
-                "a filter's first level must be a tunnel's name, not a wildcard".into(),
-            ));
-        }
-        Ok(self.tunnel(name, login, "subscriptions")?.name)
-    }
-
-    fn login(&self, credentials: &str) -> bool {
-        self.tunnels.any(&|settings| {
-            settings
-                .mqtt
-                .auth
-                .as_deref()
-                .is_some_and(|wanted| same(wanted, credentials))
         })
     }
 }

@@ -196,7 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         self.reply("500 5.5.2 Line too long, closing connection");
                         return Flow::Close;
                     }
-                    if let Flow::Close = self.command(&line) {
+                    if let Flow::Close = self.command(&line).await {
                         return Flow::Close;
                     }
                 }
@@ -265,7 +265,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Flow::Continue
     }
 
-    fn command(&mut self, line: &[u8]) -> Flow {
+    async fn command(&mut self, line: &[u8]) -> Flow {
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
             Err(error) => {
@@ -351,7 +351,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 } else if transaction.recipients.len() >= max_recipients {
                     self.reply("452 4.5.3 Too many recipients");
                 } else {
-                    match self.adapter.router.resolve(&address) {
+                    match self.adapter.router.resolve(&address).await {
                         Some(route) => {
                             transaction.recipients.push((address, route));
                             self.reply("250 2.1.5 Recipient ok");

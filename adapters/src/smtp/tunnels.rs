@@ -11,7 +11,7 @@ use droid_core::protocol::MailSettings;
 use tracing::warn;
 
 use crate::mail::Format;
-use crate::route::{MailOptions, MailRouter, Owners, Route, Tunnels};
+use crate::route::{Answer, MailOptions, MailRouter, Owners, Route, Tunnels};
 
 /// Routes recipients `*@NAME.domain` to the tunnels.
 pub struct TunnelMail {
@@ -30,8 +30,15 @@ impl TunnelMail {
 }
 
 impl MailRouter for TunnelMail {
-    fn resolve(&self, recipient: &str) -> Option<Route> {
-        let tunnel = self.tunnels.find(&tunnel_of(recipient, &self.domain)?)?;
+    fn resolve<'a>(&'a self, recipient: &'a str) -> Answer<'a, Option<Route>> {
+        Box::pin(self.route(recipient))
+    }
+}
+
+impl TunnelMail {
+    async fn route(&self, recipient: &str) -> Option<Route> {
+        let name = tunnel_of(recipient, &self.domain)?;
+        let tunnel = self.tunnels.find(&name).await?;
         let settings = &tunnel.settings.mail;
         let mut options = mail_options(settings);
         // With mail routes, each path is a destination of its own, so the
@@ -55,7 +62,7 @@ impl MailRouter for TunnelMail {
 }
 
 impl Owners for TunnelMail {
-    fn sink(&self, owner: &str) -> Option<Arc<dyn Deliver>> {
+    fn sink<'a>(&'a self, owner: &'a str) -> Answer<'a, Option<Arc<dyn Deliver>>> {
         self.tunnels.sink(owner)
     }
 }
