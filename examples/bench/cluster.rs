@@ -4,21 +4,26 @@
 //! through node one (the owner) and through node two (forwarded over the
 //! peer link), beside the same origin reached directly, in one run.
 //! `/owner` is the forwarded rate over the owner's: the target is
-//! at least 0.6. Then claims per second against Redis (the claim script,
-//! one name each), one at a time and 32 at once.
+//! at least 0.6. Then 10 KiB mails on 32 kept SMTP sessions to node one's
+//! SMTP and to node two's (which delivers through node one's peer port),
+//! every mail a POST the app answered. Then claims per second against
+//! Redis (the claim script, one name each), one at a time and 32 at once.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use droid_client::{ClientConfig, ClientEvent, Target, TunnelSpec};
+use droid_adapters::{SmtpConfig, Spool, SpoolConfig};
+use droid_client::{ClientConfig, ClientEvent, MailSettings, Target, TunnelSpec};
 use droid_server::cluster::{Cluster, ClusterConfig, LiveClaim};
 use droid_server::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{App, Args, DOMAIN, http_load, ms, ratio};
+use crate::{App, Args, DOMAIN, SECRET, SmtpMode, http_load, ms, ratio, smtp_limits, smtp_load};
 
 /// A `redis-server` of the bench's own; killed when dropped.
 struct Redis {
@@ -62,18 +67,30 @@ async fn redis() -> anyhow::Result<Redis> {
     bail!("redis-server did not answer within 10 s")
 }
 
-/// One node: its HTTP and control addresses.
-async fn node(
-    redis: &Redis,
-    id: &str,
-    stop: &CancellationToken,
-) -> anyhow::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
+/// One node, with SMTP and a spool.
+struct Node {
+    http: SocketAddr,
+    control: SocketAddr,
+    smtp: SocketAddr,
+    _spool: tempfile::TempDir,
+}
+
+async fn node(redis: &Redis, id: &str, stop: &CancellationToken) -> anyhow::Result<Node> {
     let http = TcpListener::bind("127.0.0.1:0").await?;
     let control = TcpListener::bind("127.0.0.1:0").await?;
     let peer = TcpListener::bind("127.0.0.1:0").await?;
-    let addrs = (http.local_addr()?, control.local_addr()?);
+    let smtp = droid_adapters::bind_listener("127.0.0.1:0".parse()?).await?;
+    let spool_dir = tempfile::tempdir()?;
+    let spool = Spool::open(spool_dir.path(), SpoolConfig::default())?;
+    let node = Node {
+        http: http.local_addr()?,
+        control: control.local_addr()?,
+        smtp: smtp.local_addr()?,
+        _spool: spool_dir,
+    };
     let mut config = ServerConfig::new(DOMAIN);
-    config.public_port = Some(addrs.0.port());
+    config.public_port = Some(node.http.port());
+    config.smtp = true;
     let server = Server::new(config);
     let cluster = Arc::new(
         Cluster::join(
@@ -93,21 +110,40 @@ async fn node(
     tokio::spawn(async move { s.keep_cluster_lease(token).await });
     let (s, token) = (server.clone(), stop.clone());
     tokio::spawn(async move { s.serve_peers(peer, token).await });
+    let (s, token) = (server.clone(), stop.clone());
+    tokio::spawn(async move {
+        s.serve_smtp(
+            smtp,
+            SmtpConfig::default(),
+            Some(spool),
+            smtp_limits(),
+            token,
+        )
+        .await;
+    });
     let token = stop.clone();
     tokio::spawn(async move { server.run(http, control, token).await });
-    Ok(addrs)
+    Ok(node)
 }
 
 pub(crate) async fn cluster_bench(args: &Args, app: &App) -> anyhow::Result<()> {
     let redis = redis().await?;
     let stop = CancellationToken::new();
-    let (one_http, one_control) = node(&redis, "one", &stop).await?;
-    let (two_http, _) = node(&redis, "two", &stop).await?;
-    let spec = TunnelSpec::http(Target {
-        host: "127.0.0.1".into(),
-        port: app.addr.port(),
-    });
-    let mut config = ClientConfig::new(one_control.to_string(), vec![spec]);
+    let one = node(&redis, "one", &stop).await?;
+    let two = node(&redis, "two", &stop).await?;
+    let (one_http, two_http) = (one.http, two.http);
+    let spec = TunnelSpec {
+        mail: MailSettings {
+            path: Some("/inbound".into()),
+            secret: Some(SECRET.into()),
+            ..MailSettings::default()
+        },
+        ..TunnelSpec::http(Target {
+            host: "127.0.0.1".into(),
+            port: app.addr.port(),
+        })
+    };
+    let mut config = ClientConfig::new(one.control.to_string(), vec![spec]);
     config.state_dir = None;
     let (tx, mut events) = tokio::sync::mpsc::channel(droid_client::EVENT_QUEUE);
     tokio::spawn(droid_client::run(config, Some(tx), stop.clone()));
@@ -157,8 +193,56 @@ pub(crate) async fn cluster_bench(args: &Args, app: &App) -> anyhow::Result<()> 
             }
         }
     }
+    mail_rows(args, app, &host, &one, &two).await?;
     claims_bench(&redis).await?;
     stop.cancel();
+    Ok(())
+}
+
+/// 10 KiB mails on 32 kept sessions, to the owner node's SMTP and to the
+/// other node's.
+async fn mail_rows(
+    args: &Args,
+    app: &App,
+    host: &str,
+    one: &Node,
+    two: &Node,
+) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "{:<24} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "10 KiB mails", "sessions", "mails/s", "p50", "p99", "errors", "/owner"
+    );
+    let rcpt = format!("orders@{host}");
+    let mut owner_rate = 0.0;
+    for (label, node) in [("owner node", one), ("forwarded", two)] {
+        let before = app.posts.load(Ordering::Relaxed);
+        let (m, secs) = smtp_load(node.smtp, &rcpt, 32, SmtpMode::Kept, args).await?;
+        let posted = app.posts.load(Ordering::Relaxed) - before;
+        let rate = m.done as f64 / secs;
+        if label == "owner node" {
+            owner_rate = rate;
+        }
+        println!(
+            "{:<24} {:>8} {:>9.0} {:>9} {:>9} {:>7} {:>7.2}",
+            label,
+            32,
+            rate,
+            ms(m.percentile(0.5)),
+            ms(m.percentile(0.99)),
+            m.errors,
+            ratio(rate, owner_rate)
+        );
+        if let Some(e) = &m.first_error {
+            println!("    first error: {e}");
+        }
+        if posted < m.done {
+            println!(
+                "    only {posted} POSTs reached the app for {} mails",
+                m.done
+            );
+        }
+    }
     Ok(())
 }
 
