@@ -663,6 +663,26 @@ async fn any_nodes_mqtt_takes_devices_and_their_subscriptions_for_a_tunnel_on_an
         .line("the retained command", |l| l.starts_with("sensors/cmd/fan"))
         .await;
     assert!(line.ends_with(" on"), "{line}");
+
+    // Redis gone: node one cannot check the login, and says so ("server
+    // unavailable", not "bad login"), so the device tries again.
+    redis.kill().await;
+    let args = [
+        "-u",
+        "dev",
+        "-P",
+        "pw",
+        "-V",
+        "mqttv311",
+        "-q",
+        "1",
+        "-t",
+        "sensors/t1",
+        "-m",
+        "x",
+    ];
+    let (ok, out) = mosquitto_pub_at("127.0.0.1", mqtt_one.port(), &args).await;
+    assert!(!ok && out.contains("unavailable"), "{out}");
     c.stop().await;
 }
 
@@ -759,4 +779,50 @@ async fn each_node_keeps_where_names_are_and_forgets_it_when_they_change() {
     }
     claimed.stop().await;
     moved.stop().await;
+}
+
+#[tokio::test]
+async fn with_redis_gone_mail_for_other_nodes_is_deferred_never_refused_for_good() {
+    let redis = Redis::start().await;
+    let port = redis.port;
+    let mut app = origin("app").await;
+    let (one, _) = node_of(&redis, "one", mail_server(None).await).await;
+    let (two, _) = node_of(&redis, "two", mail_server(None).await).await;
+    let mut tunnel = spec(Some("inbox"), &app.target);
+    tunnel.mail = MailSettings {
+        path: Some("/inbound".into()),
+        secret: Some(APP_SECRET.into()),
+        ..MailSettings::default()
+    };
+    let _live = client(client_config(two.control, vec![tunnel])).await;
+    let rcpt = format!("orders@inbox.{DOMAIN}");
+    let (smtp_one, smtp_two) = (one.smtp.unwrap(), two.smtp.unwrap());
+    redis.kill().await;
+
+    // Node one cannot know where the name is: 451, so the sender retries
+    // (a 550 would bounce the mail for good).
+    let sent = smtplib_send(smtp_one, "shop@example.com", &[&rcpt], "Order", "x").await;
+    assert_eq!(sent, format!("REFUSED {rcpt} 451"));
+    // Node two serves its own tunnel as before.
+    let sent = smtplib_send(smtp_two, "shop@example.com", &[&rcpt], "Direct", "x").await;
+    assert_eq!(sent, "SENT");
+    assert_eq!(app.next_mail().await.json()["subject"], "Direct");
+
+    // Redis is back (empty): node two claims its names again, and node one
+    // takes the mail.
+    let _redis = Redis::on(port, None).await;
+    within("node one taking the mail again", async {
+        loop {
+            let sent = smtplib_send(smtp_one, "shop@example.com", &[&rcpt], "Again", "x").await;
+            if sent == "SENT" {
+                return;
+            }
+            assert!(sent.ends_with(" 451") || sent.ends_with(" 550"), "{sent}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let post = app.next_mail().await;
+    assert_eq!(post.json()["subject"], "Again");
+    assert!(signed(&post));
 }

@@ -49,7 +49,9 @@ pub use delivery::{Attempt, Content, Delivery, PostOptions};
 pub use mail::{Envelope, Format};
 pub use mqtt::{MqttAdapter, MqttConfig, TopicRefusal, TopicRoute, TopicRouter, TunnelTopics};
 pub use pool::Pool;
-pub use route::{Answer, Destination, MailOptions, MailRouter, Owners, Route, Tunnels, UrlRouter};
+pub use route::{
+    Answer, Destination, MailOptions, MailRouter, Owners, Route, Tunnels, Unavailable, UrlRouter,
+};
 pub use sign::verify_signature;
 pub use smtp::{SmtpAdapter, SmtpConfig, TunnelMail};
 pub use spool::{RetryPolicy, Spool, SpoolConfig, SpoolError};

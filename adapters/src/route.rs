@@ -11,7 +11,8 @@
 //!   ([`crate::smtp::TunnelMail`]: `*@NAME.domain`;
 //!   [`crate::mqtt::TunnelTopics`]: `NAME/...`), in its own folder.
 //! - A [`MailRouter`] answers, at `RCPT TO`, which destination takes a
-//!   recipient (`None` means 550, so the adapter is never an open relay).
+//!   recipient (`None` means 550, so the adapter is never an open relay;
+//!   [`Unavailable`] means 451, try again later).
 //!   [`UrlRouter`] is the standalone mode: one URL for every accepted
 //!   recipient.
 
@@ -104,6 +105,12 @@ impl fmt::Debug for Route {
 /// machine (a cluster's registry).
 pub type Answer<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Where tunnels are cannot be known now (a cluster's registry does not
+/// answer): a message must be refused for now, never for good.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
 /// Who a spooled message can reach now.
 pub trait Owners: Send + Sync {
     /// The sink that reaches `owner` now, or `None` while it is offline.
@@ -127,18 +134,19 @@ pub struct Destination {
 pub trait Tunnels: Owners {
     /// The tunnel `name` while it is live or resuming (its owner may come
     /// back), if it takes adapters' messages (a TCP tunnel does not).
-    fn find<'a>(&'a self, name: &'a str) -> Answer<'a, Option<Destination>>;
+    fn find<'a>(&'a self, name: &'a str) -> Answer<'a, Result<Option<Destination>, Unavailable>>;
 
     /// Whether some live tunnel set `credentials` (`user:password`) as its
     /// devices' login (`mqtt.auth` in its [`AdapterSettings`]).
-    fn knows_login<'a>(&'a self, credentials: &'a str) -> Answer<'a, bool>;
+    fn knows_login<'a>(&'a self, credentials: &'a str) -> Answer<'a, Result<bool, Unavailable>>;
 }
 
 /// Maps recipients to destinations; the spool asks it for owners' sinks.
 pub trait MailRouter: Owners {
     /// The route for `recipient` (the address from `RCPT TO`, as given), or
-    /// `None` to refuse it with 550.
-    fn resolve<'a>(&'a self, recipient: &'a str) -> Answer<'a, Option<Route>>;
+    /// `None` to refuse it with 550; [`Unavailable`] to refuse it for now
+    /// (451).
+    fn resolve<'a>(&'a self, recipient: &'a str) -> Answer<'a, Result<Option<Route>, Unavailable>>;
 }
 
 /// The standalone router: every accepted recipient goes to one sink.
@@ -174,8 +182,8 @@ impl UrlRouter {
 }
 
 impl MailRouter for UrlRouter {
-    fn resolve<'a>(&'a self, recipient: &'a str) -> Answer<'a, Option<Route>> {
-        Box::pin(std::future::ready(self.route(recipient)))
+    fn resolve<'a>(&'a self, recipient: &'a str) -> Answer<'a, Result<Option<Route>, Unavailable>> {
+        Box::pin(std::future::ready(Ok(self.route(recipient))))
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine;
 use common::*;
 use droid_adapters::{
-    Answer, ConnLimits, Format, MailOptions, MailRouter, Route, SmtpConfig, UrlSink,
+    Answer, ConnLimits, Format, MailOptions, MailRouter, Route, SmtpConfig, Unavailable, UrlSink,
     verify_signature,
 };
 use droid_core::deliver::Deliver;
@@ -388,13 +388,13 @@ struct TwoDestinations {
 }
 
 impl MailRouter for TwoDestinations {
-    fn resolve<'a>(&'a self, recipient: &'a str) -> Answer<'a, Option<Route>> {
+    fn resolve<'a>(&'a self, recipient: &'a str) -> Answer<'a, Result<Option<Route>, Unavailable>> {
         let route = match recipient.rsplit_once('@').map(|(_, domain)| domain) {
             Some("a.test") => Some(self.a.clone()),
             Some("b.test") => Some(self.b.clone()),
             _ => None,
         };
-        Box::pin(std::future::ready(route))
+        Box::pin(std::future::ready(Ok(route)))
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use droid_adapters::{
     Answer, ConnLimits, MailOptions, MailRouter, RetryPolicy, Route, SmtpConfig, Spool,
-    SpoolConfig, UrlRouter, UrlSink,
+    SpoolConfig, Unavailable, UrlRouter, UrlSink,
 };
 use droid_core::deliver::Deliver;
 use tokio_util::sync::CancellationToken;
@@ -204,13 +204,16 @@ struct Handover {
 }
 
 impl MailRouter for Handover {
-    fn resolve<'a>(&'a self, _recipient: &'a str) -> Answer<'a, Option<Route>> {
-        Box::pin(std::future::ready(Some(Route {
+    fn resolve<'a>(
+        &'a self,
+        _recipient: &'a str,
+    ) -> Answer<'a, Result<Option<Route>, Unavailable>> {
+        Box::pin(std::future::ready(Ok(Some(Route {
             owner: self.current_owner.lock().unwrap().clone(),
             destination: "otter".into(),
             sink: self.sink.clone(),
             options: MailOptions::default(),
-        })))
+        }))))
     }
 }
 

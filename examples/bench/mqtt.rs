@@ -23,7 +23,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
 use droid_adapters::{
-    Answer, MqttAdapter, MqttConfig, PostOptions, TopicRefusal, TopicRoute, TopicRouter, UrlSink,
+    Answer, MqttAdapter, MqttConfig, PostOptions, TopicRefusal, TopicRoute, TopicRouter,
+    Unavailable, UrlSink,
 };
 use droid_core::deliver::Deliver;
 use mqttbytes::{QoS, v4};
@@ -65,8 +66,8 @@ impl TopicRouter for OneSink {
         })))
     }
 
-    fn login<'a>(&'a self, _credentials: &'a str) -> Answer<'a, bool> {
-        Box::pin(std::future::ready(true))
+    fn login<'a>(&'a self, _credentials: &'a str) -> Answer<'a, Result<bool, Unavailable>> {
+        Box::pin(std::future::ready(Ok(true)))
     }
 
     fn subscribe<'a>(

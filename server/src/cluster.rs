@@ -308,6 +308,11 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// Redis did not answer.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the registry is unavailable")]
+pub(crate) struct RegistryAway;
+
 /// The answer when Redis does not answer.
 fn unavailable() -> ErrorMessage {
     ErrorMessage {
@@ -440,17 +445,20 @@ impl Cluster {
     pub(crate) async fn peer_of(&self, name: &str) -> Option<String> {
         self.locate(name)
             .await
+            .ok()
+            .flatten()
             .filter(|l| l.live && l.node != self.config.node_id)
             .and_then(|l| l.peer)
     }
 
     /// Where `name` is while it is live or resuming on any node (this one
-    /// included, as Redis sees it); `None` otherwise, and while Redis is
-    /// away. Answers are kept as [`crate::directory`] says.
-    pub(crate) async fn locate(&self, name: &str) -> Option<Located> {
+    /// included, as Redis sees it); `Ok(None)` otherwise; an error while
+    /// Redis does not answer. Answers are kept as [`crate::directory`]
+    /// says.
+    pub(crate) async fn locate(&self, name: &str) -> Result<Option<Located>, RegistryAway> {
         if let Some(answer) = self.directory.get(name) {
             self.lookups.kept.inc();
-            return answer;
+            return Ok(answer);
         }
         self.lookups.asked.inc();
         let epoch = self.directory.epoch();
@@ -465,7 +473,7 @@ impl Cluster {
             Ok(answer) => answer,
             Err(e) => {
                 debug!(error = %e, %name, "no answer from the cluster registry");
-                return None;
+                return Err(RegistryAway);
             }
         };
         let (located, lasts) = match answer.as_deref() {
@@ -485,7 +493,7 @@ impl Cluster {
             _ => (None, crate::directory::MAX_AGE),
         };
         self.directory.keep(name, located.clone(), lasts, epoch);
-        located
+        Ok(located)
     }
 
     /// Forgets what this node kept of `name`: the node it pointed to no
@@ -495,16 +503,20 @@ impl Cluster {
     }
 
     /// Whether a tunnel live on some node set `credentials` as its
-    /// devices' MQTT login (`false` too while Redis is away).
-    pub(crate) async fn knows_login(&self, credentials: &str) -> bool {
+    /// devices' MQTT login.
+    pub(crate) async fn knows_login(&self, credentials: &str) -> Result<bool, RegistryAway> {
         let hash = login_hash(credentials);
         let mut conn = self.conn.clone();
-        self.login
+        let found = self
+            .login
             .key(format!("droid:login:{hash}"))
             .arg(&hash)
             .invoke_async::<i64>(&mut conn)
-            .await
-            .is_ok_and(|found| found == 1)
+            .await;
+        found.map(|found| found == 1).map_err(|e| {
+            debug!(error = %e, "no answer from the cluster registry");
+            RegistryAway
+        })
     }
 
     /// Sends an app's MQTT publish to the devices of the other nodes.

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use droid_adapters::pool::{self, Pool, SendError, Sender};
-use droid_adapters::{Answer, Destination, Owners, Tunnels};
+use droid_adapters::{Answer, Destination, Owners, Tunnels, Unavailable};
 use droid_core::deliver::{Deliver, DeliverError, DeliverErrorKind, DeliverFuture};
 use droid_core::protocol::{self, StreamHeader};
 use droid_core::proxy;
@@ -106,24 +106,34 @@ impl RegistryTunnels {
 
     /// The tunnel `name` here, live, or resuming if the cluster knows no
     /// better; else where the cluster says it is.
-    async fn find_tunnel(&self, name: &str) -> Option<Destination> {
+    async fn find_tunnel(&self, name: &str) -> Result<Option<Destination>, Unavailable> {
         if let Lookup::Live(tunnel) = self.shared.registry.lookup(name) {
-            return self.local(&tunnel);
+            return Ok(self.local(&tunnel));
         }
+        let holder = self.shared.registry.holder(name);
         // Resuming here, its owner may be back on another node already.
-        if let Some(cluster) = self.shared.cluster.get()
-            && let Some(found) = cluster.locate(name).await
-        {
-            // A TCP tunnel's record has no settings: no adapter's messages.
-            let settings = found.settings.clone()?;
-            return Some(Destination {
-                name: name.to_string(),
-                owner: format!("{}/{name}", found.owner),
-                sink: self.remote_sink(name, &found),
-                settings,
-            });
+        if let Some(cluster) = self.shared.cluster.get() {
+            match cluster.locate(name).await {
+                Ok(Some(found)) => {
+                    // A TCP tunnel's record has no settings: no adapter's
+                    // messages.
+                    let Some(settings) = found.settings.clone() else {
+                        return Ok(None);
+                    };
+                    return Ok(Some(Destination {
+                        name: name.to_string(),
+                        owner: format!("{}/{name}", found.owner),
+                        sink: self.remote_sink(name, &found),
+                        settings,
+                    }));
+                }
+                Ok(None) => {}
+                // Resuming here: the message waits for its owner anyway.
+                Err(_) if holder.is_some() => {}
+                Err(e) => return Err(Unavailable(e.to_string())),
+            }
         }
-        self.local(&*self.shared.registry.holder(name)?)
+        Ok(holder.and_then(|t| self.local(&t)))
     }
 
     /// A tunnel of this node, unless it is a TCP tunnel.
@@ -165,12 +175,12 @@ impl RegistryTunnels {
         if let Lookup::Live(t) = self.shared.registry.lookup(name) {
             return (t.owner_id == owner_id).then(|| self.sink_to(name, owner_id));
         }
-        let found = self.shared.cluster.get()?.locate(name).await?;
+        let found = self.shared.cluster.get()?.locate(name).await.ok()??;
         (found.live && found.owner == owner_id && found.peer.is_some())
             .then(|| self.remote_sink(name, &found))
     }
 
-    async fn knows(&self, credentials: &str) -> bool {
+    async fn knows(&self, credentials: &str) -> Result<bool, Unavailable> {
         let local = self.shared.registry.any_live(|t| {
             t.adapters
                 .mqtt
@@ -179,11 +189,13 @@ impl RegistryTunnels {
                 .is_some_and(|wanted| same(wanted, credentials))
         });
         if local {
-            return true;
+            return Ok(true);
         }
         match self.shared.cluster.get() {
-            Some(cluster) => cluster.knows_login(credentials).await,
-            None => false,
+            Some(cluster) => {
+                (cluster.knows_login(credentials).await).map_err(|e| Unavailable(e.to_string()))
+            }
+            None => Ok(false),
         }
     }
 }
@@ -200,11 +212,11 @@ pub(crate) fn owner_key(tunnel: &Tunnel) -> String {
 }
 
 impl Tunnels for RegistryTunnels {
-    fn find<'a>(&'a self, name: &'a str) -> Answer<'a, Option<Destination>> {
+    fn find<'a>(&'a self, name: &'a str) -> Answer<'a, Result<Option<Destination>, Unavailable>> {
         Box::pin(self.find_tunnel(name))
     }
 
-    fn knows_login<'a>(&'a self, credentials: &'a str) -> Answer<'a, bool> {
+    fn knows_login<'a>(&'a self, credentials: &'a str) -> Answer<'a, Result<bool, Unavailable>> {
         Box::pin(self.knows(credentials))
     }
 }

@@ -275,6 +275,8 @@ fn from_v5(packet: v5::Packet) -> Incoming {
 pub(crate) enum ConnectAnswer {
     Accepted,
     BadLogin,
+    /// Logins cannot be checked now.
+    Unavailable,
 }
 
 /// Writes a CONNACK. For MQTT 5 it says what this server does not do:
@@ -290,6 +292,7 @@ pub(crate) fn connack(
             let code = match answer {
                 ConnectAnswer::Accepted => v4::ConnectReturnCode::Success,
                 ConnectAnswer::BadLogin => v4::ConnectReturnCode::BadUserNamePassword,
+                ConnectAnswer::Unavailable => v4::ConnectReturnCode::ServiceUnavailable,
             };
             v4::ConnAck::new(code, false).write(out)
         }
@@ -297,6 +300,7 @@ pub(crate) fn connack(
             let code = match answer {
                 ConnectAnswer::Accepted => v5::ConnectReturnCode::Success,
                 ConnectAnswer::BadLogin => v5::ConnectReturnCode::BadUserNamePassword,
+                ConnectAnswer::Unavailable => v5::ConnectReturnCode::ServerUnavailable,
             };
             let mut ack = v5::ConnAck::new(code, false);
             let mut properties = v5::ConnAckProperties::new();

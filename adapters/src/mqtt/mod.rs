@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adapter::{Adapter, Conn, ServeFuture};
 use crate::delivery::PostOptions;
-use crate::route::Answer;
+use crate::route::{Answer, Unavailable};
 use crate::spool::Spool;
 use crate::stats::DeliveryStats;
 
@@ -88,6 +88,9 @@ pub enum TopicRefusal {
     NoTunnel(String),
     /// The tunnel asks for a login this device did not give.
     NotAuthorized(String),
+    /// Where tunnels are cannot be known now: the message is not taken,
+    /// so the device sends it again.
+    Unavailable(String),
 }
 
 /// Maps topics to tunnels and checks logins; the server implements it over
@@ -101,7 +104,7 @@ pub trait TopicRouter: Send + Sync {
     ) -> Answer<'a, Result<TopicRoute, TopicRefusal>>;
 
     /// Whether `user:password` is a login some tunnel set.
-    fn login<'a>(&'a self, credentials: &'a str) -> Answer<'a, bool>;
+    fn login<'a>(&'a self, credentials: &'a str) -> Answer<'a, Result<bool, Unavailable>>;
 
     /// The tunnel whose namespace `filter` subscribes to, for a device
     /// logged in as `login`: its first level must name a live or resuming

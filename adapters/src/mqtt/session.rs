@@ -82,11 +82,20 @@ pub(super) async fn run<S>(
     let version = connect.version;
     let mut out = BytesMut::new();
     let login = connect.login.as_ref().map(|(u, p)| format!("{u}:{p}"));
-    if let Some(login) = &login
-        && !adapter.router.login(login).await
-    {
-        info!(%peer, client_id = %connect.client_id, "MQTT login refused");
-        codec::connack(version, ConnectAnswer::BadLogin, max, &mut out);
+    let refusal = match &login {
+        Some(login) => match adapter.router.login(login).await {
+            Ok(true) => None,
+            Ok(false) => Some(ConnectAnswer::BadLogin),
+            Err(e) => {
+                info!(%peer, reason = %e, "MQTT login cannot be checked now");
+                Some(ConnectAnswer::Unavailable)
+            }
+        },
+        None => None,
+    };
+    if let Some(refusal) = refusal {
+        info!(%peer, client_id = %connect.client_id, ?refusal, "MQTT connection refused");
+        codec::connack(version, refusal, max, &mut out);
         let _ = io.write_all(&out).await;
         let _ = io.shutdown().await;
         return;
@@ -261,6 +270,7 @@ async fn handle(
                         granted.push(Granted::Refused(match refusal {
                             TopicRefusal::NotAuthorized(_) => 0x87,
                             TopicRefusal::NoTunnel(_) => 0x8F,
+                            TopicRefusal::Unavailable(_) => 0x80,
                         }));
                     }
                 }
@@ -318,6 +328,11 @@ async fn publish(
             stats.refused.inc();
             info!(topic = %message.topic, %why, "MQTT publish refused");
             return refuse(0x87, why);
+        }
+        // Not acknowledged: the device sends it again when it reconnects.
+        Err(TopicRefusal::Unavailable(why)) => {
+            info!(topic = %message.topic, %why, "MQTT publish deferred; closing");
+            return Outcome::Close(why);
         }
     };
     let body = post::body(message, &route.subtopic, publisher, now_ms(), will);

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use super::{TopicRefusal, TopicRoute, TopicRouter};
 use crate::delivery::PostOptions;
-use crate::route::{Answer, Destination, Tunnels};
+use crate::route::{Answer, Destination, Tunnels, Unavailable};
 
 /// Routes topics `NAME/...` to the tunnels.
 pub struct TunnelTopics {
@@ -32,7 +32,9 @@ impl TunnelTopics {
         login: Option<&str>,
         what: &str,
     ) -> Result<Destination, TopicRefusal> {
-        let tunnel = self.tunnels.find(name).await.ok_or_else(|| {
+        let found = self.tunnels.find(name).await;
+        let found = found.map_err(|e| TopicRefusal::Unavailable(e.to_string()))?;
+        let tunnel = found.ok_or_else(|| {
             TopicRefusal::NoTunnel(format!(
                 "no tunnel named {name} is connected to this server; topics start with a tunnel's name"
             ))
@@ -78,7 +80,7 @@ impl TopicRouter for TunnelTopics {
         })
     }
 
-    fn login<'a>(&'a self, credentials: &'a str) -> Answer<'a, bool> {
+    fn login<'a>(&'a self, credentials: &'a str) -> Answer<'a, Result<bool, Unavailable>> {
         self.tunnels.knows_login(credentials)
     }
 }

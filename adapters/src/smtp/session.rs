@@ -352,11 +352,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.reply("452 4.5.3 Too many recipients");
                 } else {
                     match self.adapter.router.resolve(&address).await {
-                        Some(route) => {
+                        Ok(Some(route)) => {
                             transaction.recipients.push((address, route));
                             self.reply("250 2.1.5 Recipient ok");
                         }
-                        None => {
+                        Err(e) => {
+                            tracing::info!(recipient = %address, reason = %e, "recipient deferred");
+                            self.reply(&format!("451 4.4.3 {e}; try again later"));
+                        }
+                        Ok(None) => {
                             self.adapter.stats.refused.inc();
                             tracing::debug!(recipient = %address, "recipient refused");
                             return self

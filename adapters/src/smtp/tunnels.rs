@@ -11,7 +11,7 @@ use droid_core::protocol::MailSettings;
 use tracing::warn;
 
 use crate::mail::Format;
-use crate::route::{Answer, MailOptions, MailRouter, Owners, Route, Tunnels};
+use crate::route::{Answer, MailOptions, MailRouter, Owners, Route, Tunnels, Unavailable};
 
 /// Routes recipients `*@NAME.domain` to the tunnels.
 pub struct TunnelMail {
@@ -30,15 +30,19 @@ impl TunnelMail {
 }
 
 impl MailRouter for TunnelMail {
-    fn resolve<'a>(&'a self, recipient: &'a str) -> Answer<'a, Option<Route>> {
+    fn resolve<'a>(&'a self, recipient: &'a str) -> Answer<'a, Result<Option<Route>, Unavailable>> {
         Box::pin(self.route(recipient))
     }
 }
 
 impl TunnelMail {
-    async fn route(&self, recipient: &str) -> Option<Route> {
-        let name = tunnel_of(recipient, &self.domain)?;
-        let tunnel = self.tunnels.find(&name).await?;
+    async fn route(&self, recipient: &str) -> Result<Option<Route>, Unavailable> {
+        let Some(name) = tunnel_of(recipient, &self.domain) else {
+            return Ok(None);
+        };
+        let Some(tunnel) = self.tunnels.find(&name).await? else {
+            return Ok(None);
+        };
         let settings = &tunnel.settings.mail;
         let mut options = mail_options(settings);
         // With mail routes, each path is a destination of its own, so the
@@ -52,12 +56,12 @@ impl TunnelMail {
             }
             format!("{}{}", tunnel.name, options.path)
         };
-        Some(Route {
+        Ok(Some(Route {
             owner: tunnel.owner,
             destination,
             sink: tunnel.sink,
             options,
-        })
+        }))
     }
 }
 
