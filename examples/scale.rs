@@ -65,6 +65,10 @@ use tokio::sync::{Barrier, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+#[path = "../tests/common/redis_server.rs"]
+mod redis_server;
+use redis_server::Redis;
+
 const DOMAIN: &str = "scale.test";
 /// The longest wait for one client to connect or one request to finish.
 const STALL: Duration = Duration::from_secs(30);
@@ -517,51 +521,9 @@ async fn start_server(
     })
 }
 
-/// A `redis-server` on a free loopback port, without persistence.
-async fn start_redis() -> anyhow::Result<(tokio::process::Child, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = tokio::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("redis-server is missing: install Debian's redis-server")?;
-    for _ in 0..200 {
-        if redis_command(port, "PING")
-            .await
-            .is_ok_and(|r| r.starts_with("+PONG"))
-        {
-            return Ok((child, port));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("redis-server did not answer within 10 s")
-}
-
-/// One inline command to Redis and its whole reply (bounded at 64 KiB).
-async fn redis_command(port: u16, command: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = TcpStream::connect(("127.0.0.1", port)).await?;
-    c.write_all(format!("{command}\r\n").as_bytes()).await?;
-    let mut reply = vec![0u8; 64 * 1024];
-    let n = tokio::time::timeout(STALL, c.read(&mut reply)).await??;
-    Ok(String::from_utf8_lossy(&reply[..n]).to_string())
-}
-
 /// Redis's `used_memory`, in bytes.
-async fn redis_memory(port: u16) -> anyhow::Result<u64> {
-    let info = redis_command(port, "INFO memory").await?;
+async fn redis_memory(redis: &Redis) -> anyhow::Result<u64> {
+    let info = redis.command("INFO memory").await?;
     info.lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
@@ -574,15 +536,15 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     raise_fd_limit(args.tunnels as u64 + 1024)?;
     let redis = match args.nodes {
         1 => None,
-        _ => Some(start_redis().await?),
+        _ => Some(Redis::start().await?),
     };
     let mut servers = Vec::with_capacity(args.nodes);
     for i in 0..args.nodes {
         let extra: Vec<String> = match &redis {
             None => Vec::new(),
-            Some((_, port)) => [
+            Some(redis) => [
                 "--cluster",
-                &format!("redis://127.0.0.1:{port}"),
+                &redis.url(),
                 "--node-id",
                 &format!("node-{i}"),
                 "--peer",
@@ -613,7 +575,7 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     let app = App::start(None, Duration::ZERO).await?;
     let rss_before = total_rss(&pids)?;
     let redis_before = match &redis {
-        Some((_, port)) => redis_memory(*port).await?,
+        Some(redis) => redis_memory(redis).await?,
         None => 0,
     };
 
@@ -668,7 +630,7 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         .map(|p| rss(*p).map(mib))
         .collect::<anyhow::Result<_>>()?;
     let redis_after = match &redis {
-        Some((_, port)) => redis_memory(*port).await?,
+        Some(redis) => redis_memory(redis).await?,
         None => 0,
     };
 
@@ -732,14 +694,13 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         println!("  failed: {f}");
     }
 
-    if let Some((mut child, _)) = redis {
+    if let Some(redis) = redis {
         let per_tunnel = redis_after.saturating_sub(redis_before) / n;
         row("redis memory, before", mib(redis_before));
         row(&format!("redis memory, {n} tunnels"), mib(redis_after));
         row("  per tunnel in redis", format!("{per_tunnel} bytes"));
         row("each node's RSS", per_node.join(", "));
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        redis.kill().await;
     }
     for mut server in servers {
         let _ = server.child.start_kill();

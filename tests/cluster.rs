@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::redis_server::Redis;
 use common::*;
 use droid_client::{ClientEvent, MailSettings, MqttSettings};
 use droid_core::protocol::ErrorCode;
@@ -17,89 +18,6 @@ use droid_server::cluster::{Cluster, ClusterConfig, LiveClaim};
 use droid_server::registry::Lookup;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A `redis-server` of this test's own, without persistence.
-struct Redis {
-    child: tokio::process::Child,
-    port: u16,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Redis::on(port, None).await
-    }
-
-    /// On `port` (to come back where its clients look for it); with
-    /// `appendonly`, it keeps its data in that directory, fsynced always.
-    async fn on(port: u16, appendonly: Option<&std::path::Path>) -> Redis {
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        match appendonly {
-            Some(dir) => args.extend(
-                [
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                    "--dir",
-                    dir.to_str().unwrap(),
-                ]
-                .map(String::from),
-            ),
-            None => args.extend(["--appendonly", "no"].map(String::from)),
-        }
-        let child = tokio::process::Command::new("redis-server")
-            .args(&args)
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("redis-server is missing ({e}): install Debian's redis-server (bash .ci/test does)")
-            });
-        let redis = Redis { child, port };
-        within("redis-server answers PING", async {
-            loop {
-                if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)).await {
-                    let mut reply = [0u8; 7];
-                    if c.write_all(b"PING\r\n").await.is_ok()
-                        && c.read_exact(&mut reply).await.is_ok()
-                        && &reply == b"+PONG\r\n"
-                    {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn kill(mut self) {
-        self.child.start_kill().unwrap();
-        within("redis-server exits", self.child.wait())
-            .await
-            .unwrap();
-    }
-}
 
 const SECRET: &str = "the nodes' secret";
 
@@ -146,7 +64,7 @@ async fn node_leased(
 
 #[tokio::test]
 async fn a_name_is_held_once_across_nodes_and_kept_for_its_owner_on_every_node() {
-    let redis = Redis::start().await;
+    let redis = Redis::start().await.unwrap();
     let app = origin("app").await;
     let (one, _) = node(&redis, "one").await;
     let (two, cluster_two) = node(&redis, "two").await;
@@ -199,7 +117,7 @@ async fn a_name_is_held_once_across_nodes_and_kept_for_its_owner_on_every_node()
 
 #[tokio::test]
 async fn with_redis_gone_tunnels_keep_serving_and_new_claims_wait_for_it() {
-    let redis = Redis::start().await;
+    let redis = Redis::start().await.unwrap();
     let port = redis.port;
     let app = origin("app").await;
     let (one, _) = node(&redis, "one").await;
@@ -227,7 +145,7 @@ async fn with_redis_gone_tunnels_keep_serving_and_new_claims_wait_for_it() {
     );
 
     // Redis is back: the waiting client gets its name by itself.
-    let _redis = Redis::on(port, None).await;
+    let _redis = Redis::on(port, None).await.unwrap();
     let tunnels = waiting
         .wait_for("the claim granted", |e| match e {
             ClientEvent::Connected { tunnels, .. } => Some(tunnels.clone()),
@@ -239,7 +157,7 @@ async fn with_redis_gone_tunnels_keep_serving_and_new_claims_wait_for_it() {
 
 #[tokio::test]
 async fn when_its_node_is_killed_a_client_moves_to_another_with_its_names() {
-    let redis = Redis::start().await;
+    let redis = Redis::start().await.unwrap();
     let app = origin("app").await;
     let dir = tempfile::tempdir().unwrap();
     let start = |id: &str| {
@@ -300,7 +218,7 @@ async fn when_its_node_is_killed_a_client_moves_to_another_with_its_names() {
 async fn any_node_serves_any_tunnel_requests_websockets_events_and_100_mib() {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let redis = Redis::start().await;
+    let redis = Redis::start().await.unwrap();
     let app = origin("app").await;
     let (one, _) = node(&redis, "one").await;
     let (two, _) = node(&redis, "two").await;
@@ -392,7 +310,7 @@ async fn any_node_serves_any_tunnel_requests_websockets_events_and_100_mib() {
 
 #[tokio::test]
 async fn the_peer_port_refuses_a_wrong_secret() {
-    let redis = Redis::start().await;
+    let redis = Redis::start().await.unwrap();
     let app = origin("app").await;
     let (one, cluster) = node(&redis, "one").await;
     let c = client(client_config(one.control, vec![spec(None, &app.target)])).await;
@@ -438,7 +356,7 @@ async fn redis_reply(port: u16, command: &str) -> String {
 
 #[tokio::test]
 async fn a_redis_that_restarts_empty_gets_every_live_name_back() {
-    let redis = Redis::start().await;
+    let redis = Redis::start().await.unwrap();
     let port = redis.port;
     let app = origin("app").await;
     let (one, _) = node(&redis, "one").await;
@@ -449,7 +367,7 @@ async fn a_redis_that_restarts_empty_gets_every_live_name_back() {
     ))
     .await;
     redis.kill().await;
-    let redis = Redis::on(port, None).await;
+    let redis = Redis::on(port, None).await.unwrap();
     // Node one claims its names again with its next lease renewal.
     within("the name claimed again", async {
         while redis_reply(port, "EXISTS droid:name:kept").await != ":1" {
@@ -477,7 +395,7 @@ async fn with_appendonly_a_quarantined_name_survives_a_redis_restart() {
         .local_addr()
         .unwrap()
         .port();
-    let redis = Redis::on(port, Some(data.path())).await;
+    let redis = Redis::on(port, Some(data.path())).await.unwrap();
     let app = origin("app").await;
     let (one, _) = node(&redis, "one").await;
     let (two, _) = node(&redis, "two").await;
@@ -490,7 +408,7 @@ async fn with_appendonly_a_quarantined_name_survives_a_redis_restart() {
     };
     client(owner(one.control)).await.stop().await;
     redis.kill().await;
-    let redis = Redis::on(port, Some(data.path())).await;
+    let redis = Redis::on(port, Some(data.path())).await.unwrap();
     // Node two never saw the name: only Redis can refuse it now.
     let message = refused(two.control, "precious", &app.target).await;
     assert!(message.contains("kept for its previous owner"), "{message}");
@@ -514,7 +432,7 @@ fn signed(post: &Received) -> bool {
 #[tokio::test]
 async fn any_nodes_smtp_takes_mail_for_a_tunnel_on_another_node_and_spools_it_until_its_owner_is_back()
  {
-    let redis = Redis::start().await;
+    let redis = Redis::start().await.unwrap();
     let mut app = origin("app").await;
     let spool = tempfile::tempdir().unwrap();
     // Node one's spool first retries after a minute: mail it kept can only
@@ -587,7 +505,7 @@ async fn any_nodes_smtp_takes_mail_for_a_tunnel_on_another_node_and_spools_it_un
 
 #[tokio::test]
 async fn any_nodes_mqtt_takes_devices_and_their_subscriptions_for_a_tunnel_on_another_node() {
-    let redis = Redis::start().await;
+    let redis = Redis::start().await.unwrap();
     let mut app = origin("app").await;
     let (one, _) = node_of(&redis, "one", mqtt_server(None).await).await;
     let (two, _) = node_of(&redis, "two", mqtt_server(None).await).await;
@@ -704,7 +622,7 @@ fn lookups(srv: &TestServer) -> (u64, u64) {
 
 #[tokio::test]
 async fn each_node_keeps_where_names_are_and_forgets_it_when_they_change() {
-    let redis = Redis::start().await;
+    let redis = Redis::start().await.unwrap();
     let app = origin("app").await;
     // Leases far longer than the test: answers are forgotten by events,
     // not because a lease ran out.
@@ -783,7 +701,7 @@ async fn each_node_keeps_where_names_are_and_forgets_it_when_they_change() {
 
 #[tokio::test]
 async fn with_redis_gone_mail_for_other_nodes_is_deferred_never_refused_for_good() {
-    let redis = Redis::start().await;
+    let redis = Redis::start().await.unwrap();
     let port = redis.port;
     let mut app = origin("app").await;
     let (one, _) = node_of(&redis, "one", mail_server(None).await).await;
@@ -810,7 +728,7 @@ async fn with_redis_gone_mail_for_other_nodes_is_deferred_never_refused_for_good
 
     // Redis is back (empty): node two claims its names again, and node one
     // takes the mail.
-    let _redis = Redis::on(port, None).await;
+    let _redis = Redis::on(port, None).await.unwrap();
     within("node one taking the mail again", async {
         loop {
             let sent = smtplib_send(smtp_one, "shop@example.com", &[&rcpt], "Again", "x").await;

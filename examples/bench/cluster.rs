@@ -19,53 +19,14 @@ use droid_adapters::{SmtpConfig, Spool, SpoolConfig};
 use droid_client::{ClientConfig, ClientEvent, MailSettings, Target, TunnelSpec};
 use droid_server::cluster::{Cluster, ClusterConfig, LiveClaim};
 use droid_server::{Server, ServerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+#[path = "../../tests/common/redis_server.rs"]
+mod redis_server;
+use redis_server::Redis;
+
 use crate::{App, Args, DOMAIN, SECRET, SmtpMode, http_load, ms, ratio, smtp_limits, smtp_load};
-
-/// A `redis-server` of the bench's own; killed when dropped.
-struct Redis {
-    _child: tokio::process::Child,
-    url: String,
-}
-
-async fn redis() -> anyhow::Result<Redis> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = tokio::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("redis-server is missing: install Debian's redis-server")?;
-    let url = format!("redis://127.0.0.1:{port}");
-    // Ready once it answers PING; bounded at 10 s.
-    for _ in 0..200 {
-        if let Ok(mut c) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let mut reply = [0u8; 7];
-            if c.write_all(b"PING\r\n").await.is_ok()
-                && c.read_exact(&mut reply).await.is_ok()
-                && &reply == b"+PONG\r\n"
-            {
-                return Ok(Redis { _child: child, url });
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("redis-server did not answer within 10 s")
-}
 
 /// One node, with SMTP and a spool.
 struct Node {
@@ -95,7 +56,7 @@ async fn node(redis: &Redis, id: &str, stop: &CancellationToken) -> anyhow::Resu
     let cluster = Arc::new(
         Cluster::join(
             ClusterConfig {
-                redis: redis.url.clone(),
+                redis: redis.url(),
                 node_id: id.into(),
                 lease: Duration::from_secs(10),
                 peer: Some(peer.local_addr()?.to_string()),
@@ -127,7 +88,7 @@ async fn node(redis: &Redis, id: &str, stop: &CancellationToken) -> anyhow::Resu
 }
 
 pub(crate) async fn cluster_bench(args: &Args, app: &App) -> anyhow::Result<()> {
-    let redis = redis().await?;
+    let redis = Redis::start().await?;
     let stop = CancellationToken::new();
     let one = node(&redis, "one", &stop).await?;
     let two = node(&redis, "two", &stop).await?;
@@ -253,7 +214,7 @@ async fn claims_bench(redis: &Redis) -> anyhow::Result<()> {
     let cluster = Arc::new(
         Cluster::join(
             ClusterConfig {
-                redis: redis.url.clone(),
+                redis: redis.url(),
                 node_id: "claims".into(),
                 lease: Duration::from_secs(10),
                 peer: None,

@@ -4,6 +4,8 @@
 //! every wait is for an event, with a deadline.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod redis_server;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
