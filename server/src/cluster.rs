@@ -18,9 +18,10 @@
 //! it moves once the other node released it or its lease ran out. Times are
 //! Redis's own clock (`TIME`), so the nodes' clocks do not matter.
 //!
-//! A record also keeps what the tunnel's client asked of the adapters (its
-//! settings, as JSON) so that any node's SMTP and MQTT take messages for
-//! it, and the hash of its devices' MQTT login, indexed by that hash
+//! Beside its record, a name keeps what the tunnel's client asked of the
+//! adapters (`droid:settings:NAME`, JSON; a key of its own so the record
+//! stays a small hash in Redis's compact encoding) so that any node's SMTP
+//! and MQTT take messages for it, and the hash of its devices' MQTT login, indexed by that hash
 //! (`droid:login:HASH`, a set of names) so that any node checks a login.
 //! Claims and releases publish their names on `droid:names`; every node
 //! follows the channel ([`Cluster::follow`]) to forget what it remembered
@@ -118,8 +119,13 @@ for i, key in ipairs(KEYS) do
 end
 for i, key in ipairs(KEYS) do
   local settings, login = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
-  redis.call('HSET', key, 'owner', owner, 'node', node, 'session', session, 'state', 'live', 'resume_until', 0, 'until', 0, 'settings', settings, 'login', login)
+  redis.call('HSET', key, 'owner', owner, 'node', node, 'session', session, 'state', 'live', 'resume_until', 0, 'until', 0, 'login', login)
   redis.call('PERSIST', key)
+  if settings ~= '' then
+    redis.call('SET', 'droid:settings:' .. string.sub(key, 12), settings)
+  else
+    redis.call('DEL', 'droid:settings:' .. string.sub(key, 12))
+  end
   if login ~= '' then redis.call('SADD', 'droid:login:' .. login, string.sub(key, 12)) end
 end
 redis.call('PUBLISH', 'droid:names', 'claim ' .. owner .. ' ' .. table.concat(KEYS, ' '))
@@ -141,6 +147,7 @@ for _, key in ipairs(KEYS) do
     local until_ = resume_until + quarantine
     redis.call('HSET', key, 'state', 'released', 'resume_until', resume_until, 'until', until_)
     redis.call('PEXPIREAT', key, until_)
+    redis.call('PEXPIREAT', 'droid:settings:' .. string.sub(key, 12), until_)
     table.insert(released, key)
   end
 end
@@ -158,11 +165,11 @@ if ARGV[3] ~= '' then redis.call('HSET', 'droid:peers', ARGV[1], ARGV[3]) end
 return added
 ";
 
-/// KEYS: a name record. ARGV: grace ms. Where the name is while it is
-/// live or resuming: {'live' or 'resuming', node, its peer address or '',
-/// owner, settings, ms the state lasts}; nil otherwise.
+/// KEYS: a name record, its settings. ARGV: grace ms. Where the name is
+/// while it is live or resuming: {'live' or 'resuming', node, its peer
+/// address or '', owner, settings, ms the state lasts}; nil otherwise.
 const LOCATE: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'owner', 'node', 'state', 'resume_until', 'settings')
+local r = redis.call('HMGET', KEYS[1], 'owner', 'node', 'state', 'resume_until')
 if not r[1] then return false end
 local state, left = 'resuming', (tonumber(r[4]) or 0) - now
 if r[3] == 'live' then
@@ -171,7 +178,7 @@ if r[3] == 'live' then
   else left = lease + tonumber(ARGV[1]) - now end
 end
 if left <= 0 then return false end
-return {state, r[2], redis.call('HGET', 'droid:peers', r[2]) or '', r[1], r[5] or '', tostring(left)}
+return {state, r[2], redis.call('HGET', 'droid:peers', r[2]) or '', r[1], redis.call('GET', KEYS[2]) or '', tostring(left)}
 ";
 
 /// KEYS: a login's set of names. ARGV: the login's hash. 1 when a name
@@ -466,6 +473,7 @@ impl Cluster {
         let answer = self
             .locate
             .key(key(name))
+            .key(format!("droid:settings:{name}"))
             .arg(ms(self.policy.grace))
             .invoke_async::<Option<Vec<String>>>(&mut conn)
             .await;
