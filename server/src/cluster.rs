@@ -447,17 +447,6 @@ impl Cluster {
         &self.config.node_id
     }
 
-    /// The peer address of the other node that serves `name` now, if one
-    /// does (`None` too while Redis is away).
-    pub(crate) async fn peer_of(&self, name: &str) -> Option<String> {
-        self.locate(name)
-            .await
-            .ok()
-            .flatten()
-            .filter(|l| l.live && l.node != self.config.node_id)
-            .and_then(|l| l.peer)
-    }
-
     /// Where `name` is while it is live or resuming on any node (this one
     /// included, as Redis sees it); `Ok(None)` otherwise; an error while
     /// Redis does not answer. Answers are kept as [`crate::directory`]

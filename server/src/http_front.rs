@@ -166,6 +166,18 @@ struct Visitor {
     node: Mutex<Option<NodeLink>>,
 }
 
+/// Where a tunnel this node does not serve is.
+enum Elsewhere {
+    /// Live on the node at this peer address.
+    Node(String),
+    /// Its client is reconnecting, to whichever node.
+    Resuming,
+    /// Nowhere, or nowhere this node may send the request.
+    Nowhere,
+    /// Redis does not answer.
+    Unknown,
+}
+
 /// A visitor connection's link to the node that holds a tunnel.
 struct NodeLink {
     /// The tunnel it was opened for: later requests for it on the same
@@ -279,32 +291,33 @@ impl Visitor {
                 );
             }
             Lookup::Live(tunnel) => tunnel,
-            Lookup::Resuming => {
-                // Its owner may have come back on another node.
-                if let Some(node) = self.node_of(name).await {
-                    return self.forward_to_node(node, name, request, html).await;
-                }
-                return own(
-                    proxy::error_page(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("the tunnel {name} is reconnecting; try again in a moment"),
-                        html,
-                    ),
-                    OwnAnswer::Reconnecting,
-                );
-            }
-            Lookup::Absent => {
-                if let Some(node) = self.node_of(name).await {
-                    return self.forward_to_node(node, name, request, html).await;
-                }
-                return own(
-                    proxy::error_page(
+            // Its owner may have come back on another node; or another
+            // node may hold it.
+            lookup => {
+                let resuming_here = matches!(lookup, Lookup::Resuming);
+                let (status, message, why) = match self.node_of(name).await {
+                    Elsewhere::Node(node) => {
+                        return self.forward_to_node(node, name, request, html).await;
+                    }
+                    Elsewhere::Nowhere if !resuming_here => (
                         StatusCode::NOT_FOUND,
-                        &format!("no tunnel named {name} is connected to this server"),
-                        html,
+                        format!("no tunnel named {name} is connected to this server"),
+                        OwnAnswer::NoTunnel,
                     ),
-                    OwnAnswer::NoTunnel,
-                );
+                    Elsewhere::Unknown if !resuming_here => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "the registry of tunnels is unavailable, so {name} cannot be found now; try again"
+                        ),
+                        OwnAnswer::RegistryAway,
+                    ),
+                    _ => (
+                        StatusCode::BAD_GATEWAY,
+                        format!("the tunnel {name} is reconnecting; try again in a moment"),
+                        OwnAnswer::Reconnecting,
+                    ),
+                };
+                return own(proxy::error_page(status, &message, html), why);
             }
         };
         let started = Instant::now();
@@ -502,24 +515,34 @@ impl Visitor {
         }
     }
 
-    /// The peer address of the other node of the cluster that holds
-    /// `name`: the one this connection's last request for it went to, else
-    /// Redis's answer. Never for a connection another node forwarded.
-    async fn node_of(&self, name: &str) -> Option<String> {
-        if self.forwarded {
-            return None;
-        }
-        let cluster = self.shared.cluster.get()?;
+    /// Where the cluster says `name` is, for a request this node cannot
+    /// serve: the node this connection's last request for it went to, else
+    /// Redis's answer (as kept). Nowhere for a connection another node
+    /// forwarded, and outside a cluster.
+    async fn node_of(&self, name: &str) -> Elsewhere {
+        let Some(cluster) = self.shared.cluster.get().filter(|_| !self.forwarded) else {
+            return Elsewhere::Nowhere;
+        };
         {
             let slot = self.node.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(link) = slot.as_ref()
                 && link.name == name
                 && !link.sender.is_closed()
             {
-                return Some(link.addr.clone());
+                return Elsewhere::Node(link.addr.clone());
             }
         }
-        cluster.peer_of(name).await
+        match cluster.locate(name).await {
+            Err(_) => Elsewhere::Unknown,
+            Ok(None) => Elsewhere::Nowhere,
+            Ok(Some(found)) => match found.peer {
+                Some(peer) if found.live && found.node != cluster.node_id() => {
+                    Elsewhere::Node(peer)
+                }
+                _ if !found.live => Elsewhere::Resuming,
+                _ => Elsewhere::Nowhere,
+            },
+        }
     }
 
     /// Sends a request for `name` to the node that holds its tunnel, at

@@ -43,6 +43,8 @@ pub(crate) enum OwnAnswer {
     AppClosed,
     /// 503: too many requests in flight on the tunnel.
     StreamLimit,
+    /// 503: in a cluster, Redis does not answer where the tunnel is.
+    RegistryAway,
     /// 401: the tunnel asks for a login.
     Unauthorized,
     /// 403: the visitor's address is not allowed.
@@ -69,6 +71,7 @@ impl OwnAnswer {
             OwnAnswer::TunnelGone => ("502", "tunnel_gone"),
             OwnAnswer::AppClosed => ("502", "app_closed"),
             OwnAnswer::StreamLimit => ("503", "stream_limit"),
+            OwnAnswer::RegistryAway => ("503", "registry_away"),
             OwnAnswer::Unauthorized => ("401", "unauthorized"),
             OwnAnswer::Forbidden => ("403", "forbidden"),
             OwnAnswer::BodyTimeout => ("408", "body_timeout"),
