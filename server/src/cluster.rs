@@ -264,7 +264,8 @@ pub(crate) struct Broadcast {
 
 /// What a node does with the events it follows.
 pub(crate) trait Events: Send + Sync {
-    /// `owner`'s tunnel `name` came up, on this node or another.
+    /// `owner`'s tunnel `name` (or a TCP port's key) came up, on this node
+    /// or another.
     fn claimed(&self, owner: &str, name: &str);
     /// An app published on another node: hand it to this node's devices.
     fn published(&self, message: Broadcast, payload: Bytes);

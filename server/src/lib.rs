@@ -203,6 +203,9 @@ impl Shared {
 
 impl cluster::Events for Shared {
     fn claimed(&self, owner: &str, name: &str) {
+        // Claimed on another node (here, the name is live): what this node
+        // remembers of its release is stale.
+        self.registry.moved_away(name);
         if let Some(spool) = self.spool.get() {
             spool.wake(&format!("{owner}/{name}"));
         }

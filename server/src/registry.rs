@@ -892,6 +892,22 @@ impl Registry {
         self.commit(journal);
     }
 
+    /// Forgets `name` if it is only remembered here as released (resuming
+    /// or quarantined): another node of the cluster serves it now, and the
+    /// cluster's record is the one that keeps it for its owner.
+    pub fn moved_away(&self, name: &str) {
+        let mut state = self.lock();
+        if matches!(
+            state.claims.get(name),
+            Some(Claim::Resuming { .. } | Claim::Quarantined { .. })
+        ) {
+            let mut journal = self.journal();
+            state.claims.remove(name);
+            journal.forget(name);
+            self.commit(journal);
+        }
+    }
+
     /// Forgets expired names. Called on every change; call it now and then
     /// too, so memory is given back on an idle server.
     pub fn prune(&self) {
@@ -1077,6 +1093,23 @@ mod tests {
             quarantine: Duration::from_millis(quarantine_ms),
             max_released: max,
         }
+    }
+
+    #[tokio::test]
+    async fn a_name_that_moved_away_is_forgotten_here_unless_it_is_live() {
+        let r = Registry::new(NamePolicy::default());
+        let a = r
+            .claim(&want(&[Some("myapp")]), None, 1, &opener())
+            .unwrap();
+        r.moved_away("myapp");
+        assert!(matches!(r.lookup("myapp"), Lookup::Live(_)));
+        r.release(&a.tunnels, false);
+        assert!(matches!(r.lookup("myapp"), Lookup::Resuming));
+        r.moved_away("myapp");
+        assert!(matches!(r.lookup("myapp"), Lookup::Absent));
+        // Nothing here keeps it from another client now; the cluster does.
+        r.claim(&want(&[Some("myapp")]), None, 2, &opener())
+            .unwrap();
     }
 
     #[tokio::test]
