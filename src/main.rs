@@ -279,14 +279,14 @@ struct ServerArgs {
     /// lease in the cluster (it renews every third of it) [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration)]
     cluster_lease: Option<Duration>,
-    /// Where this node takes the other nodes' requests for its tunnels
-    /// (keep it on a private network); needs --cluster-secret.
+    /// Where this node takes the other nodes' requests and deliveries for
+    /// its tunnels (TLS keyed by --cluster-secret, which it needs).
     #[arg(long, value_name = "ADDR")]
     peer: Option<SocketAddr>,
     /// The address the other nodes reach --peer at [default: --peer's].
     #[arg(long, value_name = "HOST:PORT")]
     peer_advertise: Option<String>,
-    /// What the nodes prove to each other on their peer ports.
+    /// The secret every node knows: the key of the TLS between the nodes.
     #[arg(long, env = "DROID_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
     /// The public ports TCP tunnels get, LOW-HIGH (e.g. 20000-20999);

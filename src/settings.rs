@@ -328,7 +328,7 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
                 .or_else(|| file.and_then(|c| c.secret.as_ref().map(|s| s.0.clone())));
             if peer.is_some() && secret.is_none() {
                 bail!(
-                    "--peer needs --cluster-secret (or DROID_CLUSTER_SECRET): the nodes prove it to each other"
+                    "--peer needs --cluster-secret (or DROID_CLUSTER_SECRET): the nodes' TLS is keyed by it"
                 );
             }
             match (redis, node_id) {

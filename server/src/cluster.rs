@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 
 use crate::NamePolicy;
 use crate::directory::{Directory, Located};
+use crate::peer_tls::PeerTls;
 use crate::registry::Tunnel;
 
 /// How a node joins a cluster. Its `Debug` masks the secret.
@@ -57,7 +58,7 @@ pub struct ClusterConfig {
     /// Where the other nodes reach this one's peer port (`--peer`), if it
     /// takes requests for its tunnels from them.
     pub peer: Option<String>,
-    /// What nodes prove to each other on the peer port.
+    /// What every node knows: the key of the TLS between the nodes.
     pub secret: String,
 }
 
@@ -289,6 +290,8 @@ pub struct Cluster {
     pub(crate) lookups: Lookups,
     /// For the subscription that [`Cluster::follow`] holds.
     client: redis::Client,
+    /// The links between the nodes, keyed by the cluster secret.
+    peer_tls: PeerTls,
 }
 
 /// How [`Cluster::locate`] answered, for the metrics.
@@ -351,6 +354,7 @@ impl Cluster {
         };
         let client =
             redis::Client::open(config.redis.as_str()).map_err(|e| failed(e.to_string()))?;
+        let peer_tls = PeerTls::from_secret(&config.secret).map_err(|e| failed(e.to_string()))?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -373,6 +377,7 @@ impl Cluster {
             directory: Directory::default(),
             lookups: Lookups::default(),
             client,
+            peer_tls,
         };
         // A node back within its old lease may find itself known: its old
         // names are then released by the lease's end, as for a dead node.
@@ -629,9 +634,9 @@ impl Cluster {
         }
     }
 
-    /// What nodes prove to each other on the peer port.
-    pub(crate) fn secret(&self) -> &str {
-        &self.config.secret
+    /// The TLS of the links between the nodes.
+    pub(crate) fn peer_tls(&self) -> &PeerTls {
+        &self.peer_tls
     }
 
     /// Claims a session's names on this node, all or none.

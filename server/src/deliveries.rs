@@ -38,7 +38,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::Shared;
@@ -482,11 +481,8 @@ impl NodeSink {
     async fn connect(&self) -> Result<Sender, Box<dyn std::error::Error + Send + Sync>> {
         let cluster = self.shared.cluster.get().ok_or("not in a cluster")?;
         let timeout = self.shared.config.stream_open_timeout;
-        let mut stream = tokio::time::timeout(timeout, TcpStream::connect(&self.addr)).await??;
-        let _ = stream.set_nodelay(true);
-        let from = stream.local_addr()?;
-        let line = crate::peer::preface(cluster.secret(), from, crate::peer::Mode::Deliver);
-        stream.write_all(line.as_bytes()).await?;
+        let mode = crate::peer::Mode::Deliver;
+        let stream = crate::peer::open(cluster, &self.addr, None, mode, timeout).await?;
         Ok(proxy::handshake::<_, Full<Bytes>>(stream).await?)
     }
 }

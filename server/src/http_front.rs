@@ -608,20 +608,20 @@ impl Visitor {
     /// A connection to another node's peer port, for this visitor.
     async fn open_node(&self, node: &str) -> Option<SendRequest<Incoming>> {
         let cluster = self.shared.cluster.get()?;
-        let connect = TcpStream::connect(node);
-        let mut stream = tokio::time::timeout(self.shared.config.stream_open_timeout, connect)
-            .await
-            .ok()?
-            .ok()?;
-        let _ = stream.set_nodelay(true);
         let mode = if self.https {
             crate::peer::Mode::Https
         } else {
             crate::peer::Mode::Http
         };
-        let line = crate::peer::preface(cluster.secret(), self.peer, mode);
-        stream.write_all(line.as_bytes()).await.ok()?;
-        proxy::handshake(stream).await.ok()
+        let timeout = self.shared.config.stream_open_timeout;
+        let opened = crate::peer::open(cluster, node, Some(self.peer), mode, timeout).await;
+        match opened {
+            Ok(stream) => proxy::handshake(stream).await.ok(),
+            Err(e) => {
+                info!(%node, error = %e, "could not open a link to another node");
+                None
+            }
+        }
     }
 
     fn take_upstream(&self, tunnel: &Arc<Tunnel>) -> Option<SendRequest<GuardedBody>> {

@@ -39,6 +39,7 @@ mod mqtt;
 pub mod name_store;
 pub mod names;
 mod peer;
+mod peer_tls;
 pub mod rate;
 pub mod registry;
 pub mod request_log;

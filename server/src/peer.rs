@@ -1,18 +1,16 @@
 //! The link between the nodes of a cluster.
 //!
 //! A visitor's request for a tunnel another node holds goes to that node's
-//! peer port over a TCP connection of its own, opened for that visitor's
+//! peer port over a connection of its own, opened for that visitor's
 //! connection and kept for its next requests. An adapter's delivery to
 //! such a tunnel goes there too, on connections kept for deliveries. A
-//! connection starts with one line, then is plain HTTP/1.1:
+//! connection is TLS 1.3 with the certificate every node derives from the
+//! cluster secret, shown and checked by both sides (`crate::peer_tls`);
+//! inside it, one line, then plain HTTP/1.1:
 //!
 //! ```text
-//! DROID-PEER/1 PROOF FROM_ADDR http|https|deliver
+//! DROID-PEER/2 FROM_ADDR http|https|deliver
 //! ```
-//!
-//! PROOF is the hex SHA-256 of `droid-peer ` and the cluster secret (any
-//! secret, spaces and all, makes one word). The receiving node checks it,
-//! then:
 //!
 //! - `http`, `https`: FROM_ADDR is the visitor's address, and the HTTP is
 //!   the visitor's, as it sent it (upgrades, streaming bodies and all). The
@@ -23,26 +21,23 @@
 //! - `deliver`: FROM_ADDR is the sending node's, and each request is an
 //!   adapter's POST for the tunnel and owner its `Droid-Node-Tunnel` and
 //!   `Droid-Node-Owner` headers name (`crate::deliveries`).
-//!
-//! The proof is the same on every connection, so whoever can read the
-//! link can replay it: keep the peer ports on a private network, as Redis.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tracing::info;
 
 use crate::Shared;
+use crate::cluster::Cluster;
 
 /// The first word of the line.
-const PREFACE: &str = "DROID-PEER/1";
+const PREFACE: &str = "DROID-PEER/2";
 
-/// How long the line may take, and how long it may be.
+/// How long the handshake and the line may take, and how long the line
+/// may be.
 const LINE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_LINE: u64 = 1024;
 
@@ -67,47 +62,69 @@ impl Mode {
     }
 }
 
-/// The line that opens a connection to another node, from `from` (the
-/// visitor, or this node).
-pub(crate) fn preface(secret: &str, from: SocketAddr, mode: Mode) -> String {
-    format!("{PREFACE} {} {from} {}\n", proof(secret), mode.word())
+/// Opens a connection to the node at `addr` for `mode`, from `from` (the
+/// visitor; this node's own address when `None`), within `timeout`: TLS
+/// and the line done, ready for HTTP.
+pub(crate) async fn open(
+    cluster: &Cluster,
+    addr: &str,
+    from: Option<SocketAddr>,
+    mode: Mode,
+    timeout: Duration,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let opening = async {
+        let stream = TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        let from = match from {
+            Some(from) => from,
+            None => stream.local_addr()?,
+        };
+        let mut stream = cluster.peer_tls().connect(stream).await?;
+        let line = format!("{PREFACE} {from} {}\n", mode.word());
+        stream.write_all(line.as_bytes()).await?;
+        Ok(stream)
+    };
+    tokio::time::timeout(timeout, opening).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the node did not answer in time",
+        )
+    })?
 }
 
-/// What a node shows for the cluster secret.
-fn proof(secret: &str) -> String {
-    let digest = Sha256::digest(format!("droid-peer {secret}").as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Serves one connection on the peer port: the line, then HTTP.
+/// Serves one connection on the peer port: TLS, the line, then HTTP.
 pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, from: SocketAddr) {
     let Some(cluster) = shared.cluster.get() else {
         return;
     };
     let _ = stream.set_nodelay(true);
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    let read = tokio::time::timeout(
-        LINE_TIMEOUT,
-        (&mut reader).take(MAX_LINE).read_line(&mut line),
-    )
+    let opened = tokio::time::timeout(LINE_TIMEOUT, async {
+        let stream = cluster.peer_tls().accept(stream).await?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        (&mut reader).take(MAX_LINE).read_line(&mut line).await?;
+        Ok::<_, std::io::Error>((reader, line))
+    })
     .await;
-    if !matches!(read, Ok(Ok(n)) if n > 0 && line.ends_with('\n')) {
-        info!(%from, "a peer connection without its line; closed");
-        return;
-    }
+    let (reader, line) = match opened {
+        Ok(Ok((reader, line))) if line.ends_with('\n') => (reader, line),
+        Ok(Err(e)) => {
+            info!(%from, error = %e, "a peer connection failed its TLS handshake (another cluster secret?); closed");
+            return;
+        }
+        _ => {
+            info!(%from, "a peer connection without its line; closed");
+            return;
+        }
+    };
     let words: Vec<&str> = line.split_whitespace().collect();
-    let (shown, visitor, proto) = match words.as_slice() {
-        [PREFACE, shown, visitor, proto] => (*shown, *visitor, *proto),
+    let (visitor, proto) = match words.as_slice() {
+        [PREFACE, visitor, proto] => (*visitor, *proto),
         _ => {
             info!(%from, "a peer connection with a malformed line; closed");
             return;
         }
     };
-    if !bool::from(shown.as_bytes().ct_eq(proof(cluster.secret()).as_bytes())) {
-        info!(%from, "a peer connection with the wrong cluster secret; closed");
-        return;
-    }
     let Ok(visitor) = visitor.parse::<SocketAddr>() else {
         info!(%from, "a peer connection with a malformed visitor address; closed");
         return;

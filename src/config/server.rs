@@ -79,7 +79,7 @@ pub struct ClusterFile {
     pub peer: Option<Addr>,
     /// The address the other nodes reach `peer` at (`--peer-advertise`).
     pub peer_advertise: Option<NonEmpty>,
-    /// What the nodes prove to each other (`--cluster-secret`).
+    /// The key of the TLS between the nodes (`--cluster-secret`).
     pub secret: Option<NonEmpty>,
 }
 
