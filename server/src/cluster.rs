@@ -448,9 +448,11 @@ impl Cluster {
         }
     }
 
-    /// This node's id.
-    pub(crate) fn node_id(&self) -> &str {
-        &self.config.node_id
+    /// The peer address of the node that serves `found` live, if that is
+    /// another node than this one (and it has a peer port).
+    pub(crate) fn peer_serving<'a>(&self, found: &'a Located) -> Option<&'a str> {
+        let elsewhere = found.live && found.node != self.config.node_id;
+        found.peer.as_deref().filter(|_| elsewhere)
     }
 
     /// Where `name` is while it is live or resuming on any node (this one

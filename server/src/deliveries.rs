@@ -121,7 +121,7 @@ impl RegistryTunnels {
                     };
                     return Ok(Some(Destination {
                         name: name.to_string(),
-                        owner: format!("{}/{name}", found.owner),
+                        owner: owner_key(&found.owner, name),
                         sink: self.remote_sink(name, &found),
                         settings,
                     }));
@@ -141,7 +141,7 @@ impl RegistryTunnels {
             return None;
         }
         Some(Destination {
-            owner: owner_key(tunnel),
+            owner: owner_key(&tunnel.owner_id, &tunnel.name),
             sink: self.sink_to(&tunnel.name, &tunnel.owner_id),
             settings: tunnel.adapters.clone(),
             name: tunnel.name.clone(),
@@ -151,19 +151,19 @@ impl RegistryTunnels {
     /// A sink to the node that serves `name` live, or one that says it is
     /// offline while it resumes.
     fn remote_sink(&self, name: &str, found: &Located) -> Arc<dyn Deliver> {
-        let elsewhere = self
+        let peer = self
             .shared
             .cluster
             .get()
-            .is_some_and(|c| found.node != c.node_id());
-        match &found.peer {
-            Some(addr) if found.live && elsewhere => Arc::new(NodeSink {
+            .and_then(|c| c.peer_serving(found));
+        match peer {
+            Some(addr) => Arc::new(NodeSink {
                 shared: self.shared.clone(),
-                addr: addr.clone(),
+                addr: addr.to_string(),
                 name: name.to_string(),
                 owner_id: found.owner.clone(),
             }),
-            _ => Arc::new(Away {
+            None => Arc::new(Away {
                 name: name.to_string(),
             }),
         }
@@ -174,8 +174,9 @@ impl RegistryTunnels {
         if let Lookup::Live(t) = self.shared.registry.lookup(name) {
             return (t.owner_id == owner_id).then(|| self.sink_to(name, owner_id));
         }
-        let found = self.shared.cluster.get()?.locate(name).await.ok()??;
-        (found.live && found.owner == owner_id && found.peer.is_some())
+        let cluster = self.shared.cluster.get()?;
+        let found = cluster.locate(name).await.ok()??;
+        (found.owner == owner_id && cluster.peer_serving(&found).is_some())
             .then(|| self.remote_sink(name, &found))
     }
 
@@ -205,9 +206,10 @@ fn same(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-/// The spool key of a tunnel's messages.
-pub(crate) fn owner_key(tunnel: &Tunnel) -> String {
-    format!("{}/{}", tunnel.owner_id, tunnel.name)
+/// The spool key of the messages for `owner_id`'s tunnel `name`
+/// ([`RegistryTunnels::owner_sink`] reads it back).
+pub(crate) fn owner_key(owner_id: &str, name: &str) -> String {
+    format!("{owner_id}/{name}")
 }
 
 impl Tunnels for RegistryTunnels {

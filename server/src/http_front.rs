@@ -535,12 +535,10 @@ impl Visitor {
         match cluster.locate(name).await {
             Err(_) => Elsewhere::Unknown,
             Ok(None) => Elsewhere::Nowhere,
-            Ok(Some(found)) => match found.peer {
-                Some(peer) if found.live && found.node != cluster.node_id() => {
-                    Elsewhere::Node(peer)
-                }
-                _ if !found.live => Elsewhere::Resuming,
-                _ => Elsewhere::Nowhere,
+            Ok(Some(found)) => match cluster.peer_serving(&found) {
+                Some(peer) => Elsewhere::Node(peer.to_string()),
+                None if !found.live => Elsewhere::Resuming,
+                None => Elsewhere::Nowhere,
             },
         }
     }

@@ -196,7 +196,7 @@ impl Shared {
     fn wake_mail(&self, tunnels: &[Arc<registry::Tunnel>]) {
         if let Some(spool) = self.spool.get() {
             for tunnel in tunnels {
-                spool.wake(&deliveries::owner_key(tunnel));
+                spool.wake(&deliveries::owner_key(&tunnel.owner_id, &tunnel.name));
             }
         }
     }
@@ -208,7 +208,7 @@ impl cluster::Events for Shared {
         // remembers of its release is stale.
         self.registry.moved_away(name);
         if let Some(spool) = self.spool.get() {
-            spool.wake(&format!("{owner}/{name}"));
+            spool.wake(&deliveries::owner_key(owner, name));
         }
     }
 
