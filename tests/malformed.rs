@@ -187,6 +187,60 @@ async fn invalid_hosts_get_a_400() {
     s.still_serving("after").await;
 }
 
+/// The headers the app saw for a raw request to `/headers` (its answer's
+/// JSON `headers` object).
+async fn app_headers(s: &Setup, request: &str) -> serde_json::Value {
+    let answer = exchange(s.srv.http, request.as_bytes()).await;
+    assert_eq!(status_of(&answer), 200, "{answer:?}");
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    let seen: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    seen["headers"].clone()
+}
+
+#[tokio::test]
+async fn a_visitor_cannot_strip_the_headers_droid_adds() {
+    let s = Setup::new().await;
+    let host = s.host();
+    // `Connection` naming the forwarding headers and Host: before the fix
+    // the app saw neither the visitor's address nor any Host.
+    let request = format!(
+        "GET /headers HTTP/1.1\r\nHost: {host}\r\n\
+         Connection: X-Forwarded-For, Host, X-Forwarded-Host, X-Forwarded-Proto, X-Hop, close\r\n\
+         X-Hop: 1\r\n\r\n"
+    );
+    let seen = app_headers(&s, &request).await;
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["host"], host.as_str(), "{seen}");
+    assert_eq!(seen["x-forwarded-host"], host.as_str(), "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "http", "{seen}");
+    assert!(
+        seen.get("x-hop").is_none(),
+        "a named hop-by-hop header passed: {seen}"
+    );
+    s.still_serving("after").await;
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_replaces_the_host_header() {
+    let s = Setup::new().await;
+    let host = s.host();
+    // RFC 9112 §3.2.2: the target's authority wins over Host. Before the
+    // fix the request was routed by the target but the app saw evil.example.
+    let request = format!(
+        "GET http://{host}/headers HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    );
+    let seen = app_headers(&s, &request).await;
+    assert_eq!(seen["host"], host.as_str(), "{seen}");
+    assert_eq!(seen["x-forwarded-host"], host.as_str(), "{seen}");
+    // With a port, the port stays in Host.
+    let request = format!(
+        "GET http://{host}:8080/headers HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    );
+    let seen = app_headers(&s, &request).await;
+    assert_eq!(seen["host"], format!("{host}:8080").as_str(), "{seen}");
+    s.still_serving("after").await;
+}
+
 #[tokio::test]
 async fn request_smuggling_never_reaches_the_app() {
     let mut s = Setup::new().await;

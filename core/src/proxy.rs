@@ -142,9 +142,21 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::TRAILER,
 ];
 
+/// Headers a `Connection` list may not remove: the message's host, and the
+/// forwarding headers a proxy adds (a visitor naming them would hide its
+/// address or its host from the app).
+const NEVER_HOP_BY_HOP: [&str; 5] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
+
 /// Removes the headers that describe one hop, not the message: those RFC 9110
-/// lists and those named in `Connection`. An upgrade keeps `Connection:
-/// upgrade` and `Upgrade`, which the next hop needs to agree to it.
+/// lists and those named in `Connection` (never `Host` or the forwarding
+/// headers). An upgrade keeps `Connection: upgrade` and `Upgrade`, which the
+/// next hop needs to agree to it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One look at each name finds which of them are there: most messages
     // carry none, or only `Connection: keep-alive`, and a removal hashes
@@ -169,7 +181,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .filter(|t| {
                 let kept_anyway = keep_upgrade && t.eq_ignore_ascii_case("upgrade");
                 let removed_anyway = t.is_empty() || t.eq_ignore_ascii_case("keep-alive");
-                !(kept_anyway || removed_anyway)
+                let protected = NEVER_HOP_BY_HOP.iter().any(|p| t.eq_ignore_ascii_case(p));
+                !(kept_anyway || removed_anyway || protected)
             })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
@@ -257,6 +270,27 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-end"));
+    }
+
+    #[test]
+    fn connection_cannot_name_the_host_or_the_forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("X-Forwarded-For, Host, x-forwarded-host, Forwarded, X-Hop"),
+        );
+        for name in [
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "forwarded",
+            "x-hop",
+        ] {
+            h.insert(name, HeaderValue::from_static("v"));
+        }
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 4, "{h:?}");
+        assert!(!h.contains_key("x-hop"));
     }
 
     #[test]

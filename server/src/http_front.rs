@@ -216,7 +216,7 @@ impl Visitor {
         response
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let html = proxy::wants_html(request.headers());
         if request.headers().get_all(HOST).iter().nth(1).is_some() {
             // RFC 9112 §3.2: which Host wins is the ambiguity an attacker wants.
@@ -229,6 +229,7 @@ impl Visitor {
                 OwnAnswer::BadRequest,
             );
         }
+        use_target_authority(&mut request);
         let Some(host) = request_host(&request) else {
             return own(
                 proxy::error_page(
@@ -401,6 +402,10 @@ impl Visitor {
         {
             return too_many(name, wait, html);
         }
+        // The visitor's hop-by-hop headers go first, so that a `Connection`
+        // naming them cannot remove what Droid adds below.
+        let upgrading = proxy::is_upgrade(request.headers());
+        proxy::strip_hop_by_hop(request.headers_mut(), upgrading);
         self.add_forwarded_headers(&mut request, host);
         if let Some(app_host) = &tunnel.host_header {
             request.headers_mut().insert(HOST, app_host.clone());
@@ -727,6 +732,23 @@ fn too_many(name: &str, wait: Duration, html: bool) -> Response<Body> {
     page.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(rate::retry_after_secs(wait)));
     own(page, OwnAnswer::RateLimited)
+}
+
+/// An absolute-form target (`GET http://NAME.domain/x`) names the host the
+/// request is for, and RFC 9112 §3.2.2 says it replaces `Host`: the app
+/// must see the host the request was routed by, not another one the
+/// visitor wrote beside it.
+fn use_target_authority<B>(request: &mut Request<B>) {
+    let Some(host) = request.uri().host() else {
+        return;
+    };
+    let authority = match request.uri().port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&authority) {
+        request.headers_mut().insert(HOST, value);
+    }
 }
 
 /// The host a request is for, lowercased, without port or trailing dot.
