@@ -33,6 +33,11 @@ pub struct SmtpArgs {
     /// Recipients per message; the next one gets 452 [default: 100].
     #[arg(long)]
     pub max_recipients: Option<usize>,
+    /// The memory all messages being received may take together, in
+    /// bytes; a message past it gets 452 and its sender retries later
+    /// [default: 268435456].
+    #[arg(long, value_name = "BYTES")]
+    pub message_memory: Option<usize>,
     /// SMTP connections at once; more wait to be accepted [default: 1000].
     #[arg(long)]
     pub max_connections: Option<usize>,
@@ -91,6 +96,10 @@ impl SmtpArgs {
                 .max_recipients
                 .or(f.max_recipients)
                 .unwrap_or(defaults.max_recipients),
+            message_memory: self
+                .message_memory
+                .or(f.message_memory)
+                .unwrap_or(defaults.message_memory),
             idle_timeout: f.idle_timeout.map_or(defaults.idle_timeout, |d| d.0),
             session_timeout: f.session_timeout.map_or(defaults.session_timeout, |d| d.0),
             deliver_timeout: f.deliver_timeout.map_or(defaults.deliver_timeout, |d| d.0),

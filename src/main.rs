@@ -304,6 +304,23 @@ struct ServerArgs {
     /// How long a released name is kept from new users [default: 7d].
     #[arg(long, value_parser = humantime::parse_duration)]
     quarantine: Option<Duration>,
+    /// The most names the server remembers at once, live or kept for their
+    /// owners; past it new names are refused, never an old one forgotten
+    /// [default: 200000].
+    #[arg(long, value_name = "N")]
+    max_names: Option<usize>,
+    /// The most names the clients of one address (an IPv6 /64) may have
+    /// remembered at once; 0: no limit [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_names_per_ip: Option<usize>,
+    /// The most names one token may have remembered at once; 0: no limit
+    /// [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_names_per_token: Option<usize>,
+    /// New names one address, or one token, may claim per minute (and at
+    /// once); 0: no limit [default: 60].
+    #[arg(long, value_name = "N")]
+    new_names_per_minute: Option<u32>,
     /// A client silent for this long is dead [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_timeout: Option<Duration>,
@@ -367,6 +384,22 @@ struct LimitArgs {
     /// Live tunnels the clients of one IP address may hold [default: no limit].
     #[arg(long)]
     max_tunnels_per_ip: Option<usize>,
+    /// Client sessions (one per running `droid`) open at once
+    /// [default: 20000].
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<usize>,
+    /// Client sessions open at once from one address (an IPv6 /64)
+    /// [default: 50].
+    #[arg(long, value_name = "N")]
+    max_sessions_per_ip: Option<usize>,
+    /// Visitor connections open at once, HTTP and HTTPS together; more
+    /// get a 503 [default: 20000].
+    #[arg(long, value_name = "N")]
+    max_visitor_connections: Option<usize>,
+    /// Visitor connections open at once from one address (an IPv6 /64)
+    /// [default: 256].
+    #[arg(long, value_name = "N")]
+    max_visitor_connections_per_ip: Option<usize>,
     /// Requests per second each tunnel takes from visitors; more get a 429
     /// with Retry-After [default: no limit].
     #[arg(long, value_name = "N")]

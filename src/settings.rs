@@ -91,6 +91,45 @@ pub struct ServerSettings {
     pub threads: Option<usize>,
 }
 
+/// What strangers may make the registry remember: the command line over
+/// the file's `[names]` over the defaults; 0 lifts a per-key bound.
+fn name_limits(
+    args: &ServerArgs,
+    names: Option<&crate::config::server::NamesFile>,
+) -> droid_server::NameLimits {
+    let defaults = droid_server::NameLimits::default();
+    let per_key =
+        |flag: Option<usize>, key: Option<usize>, default: Option<usize>| match flag.or(key) {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => default,
+        };
+    droid_server::NameLimits {
+        max_names: args
+            .max_names
+            .or(names.and_then(|n| n.max_names))
+            .unwrap_or(defaults.max_names),
+        per_address: per_key(
+            args.max_names_per_ip,
+            names.and_then(|n| n.max_names_per_ip),
+            defaults.per_address,
+        ),
+        per_token: per_key(
+            args.max_names_per_token,
+            names.and_then(|n| n.max_names_per_token),
+            defaults.per_token,
+        ),
+        new_per_minute: match args
+            .new_names_per_minute
+            .or(names.and_then(|n| n.new_names_per_minute))
+        {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => defaults.new_per_minute,
+        },
+    }
+}
+
 /// `droid server [--config FILE]`.
 pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSettings> {
     let Some(domain) = args
@@ -116,9 +155,7 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
             .quarantine
             .or(names.and_then(|n| n.quarantine.map(|d| d.0)))
             .unwrap_or(defaults.quarantine),
-        max_released: names
-            .and_then(|n| n.max_released)
-            .unwrap_or(defaults.max_released),
+        limits: name_limits(args, names),
     };
     if let Some(d) = f.and_then(|f| f.heartbeat_interval) {
         config.heartbeat_interval = d.0;
@@ -183,6 +220,37 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
             droid_server::RequestRate::new(per_second, burst)
                 .context("--requests-per-second and --burst must be at least 1")?,
         ),
+    };
+    let cap = |flag: &str, arg: Option<usize>, key: Option<&toml::Spanned<usize>>, default| {
+        at_least_one(flag, arg).map(|v| v.or(spanned(key)).unwrap_or(default))
+    };
+    config.sessions = droid_adapters::ConnLimits {
+        max_connections: cap(
+            "max-sessions",
+            a.max_sessions,
+            limits.and_then(|l| l.max_sessions.as_ref()),
+            config.sessions.max_connections,
+        )?,
+        max_per_ip: cap(
+            "max-sessions-per-ip",
+            a.max_sessions_per_ip,
+            limits.and_then(|l| l.max_sessions_per_ip.as_ref()),
+            config.sessions.max_per_ip,
+        )?,
+    };
+    config.visitors = droid_adapters::ConnLimits {
+        max_connections: cap(
+            "max-visitor-connections",
+            a.max_visitor_connections,
+            limits.and_then(|l| l.max_visitor_connections.as_ref()),
+            config.visitors.max_connections,
+        )?,
+        max_per_ip: cap(
+            "max-visitor-connections-per-ip",
+            a.max_visitor_connections_per_ip,
+            limits.and_then(|l| l.max_visitor_connections_per_ip.as_ref()),
+            config.visitors.max_per_ip,
+        )?,
     };
     let mut tokens: Vec<TokenRule> = f
         .map(|f| {

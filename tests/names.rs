@@ -299,3 +299,146 @@ async fn a_client_given_several_servers_skips_a_dead_one_and_moves_on_when_its_s
         "origin app /moved"
     );
 }
+
+/// `droid server` on loopback ports with `extra` options; its control
+/// address.
+async fn server_binary(extra: &[&str], dir: &std::path::Path) -> (Droid, std::net::SocketAddr) {
+    let mut args = vec![
+        "server",
+        "--domain",
+        DOMAIN,
+        "--http",
+        "127.0.0.1:0",
+        "--control",
+        "127.0.0.1:0",
+        "--state",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut server = Droid::start(&args, dir);
+    let (_, control) = server.line("the server's addresses", server_addrs).await;
+    (server, control)
+}
+
+/// The attack of issue 36: hellos of 64 names each, dropped without a
+/// goodbye, as fast as a script sends them, to push a victim's names out
+/// of the registry's memory. Returns how many were granted, and the
+/// refusals' messages.
+async fn flood(control: std::net::SocketAddr, hellos: usize) -> (usize, Vec<String>) {
+    let started = std::time::Instant::now();
+    let (mut granted, mut refusals) = (0, Vec::new());
+    for _ in 0..hellos {
+        let session = raw_hello(control, &[None; 64], None).await;
+        match &session.answer {
+            Ok(_) => granted += 1,
+            Err(e) => {
+                assert_eq!(
+                    e.code,
+                    droid_core::protocol::ErrorCode::Unavailable,
+                    "{}",
+                    e.message
+                );
+                refusals.push(e.message.clone());
+            }
+        }
+        session.drop_without_goodbye();
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the flood is bounded in time"
+        );
+    }
+    (granted, refusals)
+}
+
+/// A victim's two names: one dropped without a goodbye (resuming), one
+/// released cleanly (quarantined); and the secret that owns them.
+async fn victim(control: std::net::SocketAddr) -> String {
+    let dropped = raw_hello(control, &[Some("bank")], None).await;
+    let secret = dropped.answer.as_ref().unwrap().resume.clone();
+    dropped.drop_without_goodbye();
+    let left = raw_hello(control, &[Some("shop")], Some(&secret)).await;
+    assert!(left.answer.is_ok());
+    left.goodbye().await;
+    secret
+}
+
+/// After the flood: strangers get neither name, the owner gets both back.
+async fn names_still_held(control: std::net::SocketAddr, secret: &str) {
+    for name in ["bank", "shop"] {
+        let stranger = raw_hello(control, &[Some(name)], None).await;
+        let e = stranger.answer.as_ref().unwrap_err();
+        assert_eq!(
+            e.code,
+            droid_core::protocol::ErrorCode::NameTaken,
+            "{name}: {}",
+            e.message
+        );
+    }
+    let owner = raw_hello(control, &[Some("bank"), Some("shop")], Some(secret)).await;
+    let names: Vec<String> = owner
+        .answer
+        .as_ref()
+        .unwrap()
+        .tunnels
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    assert_eq!(names, ["bank", "shop"]);
+}
+
+#[tokio::test]
+async fn a_flood_of_names_from_one_address_is_refused_and_steals_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // The defaults: 60 new names a minute per address.
+    let (_server, control) = server_binary(&[], dir.path()).await;
+    let secret = victim(control).await;
+    let (granted, refusals) = flood(control, 1600).await;
+    // The victim's two names took 2 of the minute's 60: a hello of 64
+    // needs a full bucket.
+    assert_eq!(granted, 0);
+    assert_eq!(refusals.len(), 1600);
+    assert!(
+        refusals[0].starts_with("too many new names from address 127.0.0.1; try again in "),
+        "{}",
+        refusals[0]
+    );
+    names_still_held(control, &secret).await;
+}
+
+#[tokio::test]
+async fn at_the_cap_of_names_new_ones_are_refused_and_old_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // No rate: only the caps stand between the flood and the victim.
+    let extra = [
+        "--new-names-per-minute",
+        "0",
+        "--max-names",
+        "2000",
+        "--max-names-per-ip",
+        "0",
+    ];
+    let (_server, control) = server_binary(&extra, dir.path()).await;
+    let secret = victim(control).await;
+    let (granted, refusals) = flood(control, 1600).await;
+    assert_eq!(granted, (2000 - 2) / 64, "until the registry is full");
+    assert!(
+        refusals[0].starts_with("this server remembers as many names as it may (2000)"),
+        "{}",
+        refusals[0]
+    );
+    names_still_held(control, &secret).await;
+
+    // One address's share, on its own.
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--new-names-per-minute", "0", "--max-names-per-ip", "640"];
+    let (_server, control) = server_binary(&extra, dir.path()).await;
+    let secret = victim(control).await;
+    let (granted, refusals) = flood(control, 20).await;
+    assert_eq!(granted, (640 - 2) / 64);
+    assert!(
+        refusals[0].starts_with("too many names from address 127.0.0.1: it has 578 remembered"),
+        "{}",
+        refusals[0]
+    );
+    names_still_held(control, &secret).await;
+}

@@ -35,7 +35,13 @@ fn listener() -> TcpListener {
 }
 
 async fn wide_server(tweak: impl FnOnce(&mut droid_server::ServerConfig)) -> TestServer {
-    server_on(listener(), listener(), tweak).await
+    server_on(listener(), listener(), |c| {
+        // Every visitor here comes from 127.0.0.1: as if each came from an
+        // address of its own.
+        c.visitors.max_per_ip = c.visitors.max_connections;
+        tweak(c)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

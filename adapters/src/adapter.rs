@@ -8,16 +8,16 @@
 //! [`Adapter::serve`] gets a connection ready for it, plain or TLS alike,
 //! and a cancellation token to watch.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use droid_core::conn_caps::{Admission, ConnCaps};
+pub use droid_core::conn_caps::{ConnLimits, Refusal};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,15 +33,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// An accepted connection, TLS already done where the listener has it.
 pub type Conn = Box<dyn Io>;
-
-/// Why the runtime refused a connection before handing it to the adapter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// The total connection cap is reached.
-    TooManyConnections,
-    /// The per-IP cap is reached for this peer.
-    TooManyFromPeer,
-}
 
 /// A protocol turned into deliveries. One value serves every connection.
 pub trait Adapter: Send + Sync + 'static {
@@ -63,62 +54,6 @@ pub trait Adapter: Send + Sync + 'static {
     fn refuse(self: Arc<Self>, io: Conn, reason: Refusal) -> ServeFuture {
         let _ = reason;
         Box::pin(async move { drop(io) })
-    }
-}
-
-/// Connection caps enforced by [`run_adapter`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnLimits {
-    /// Connections open at once, in total.
-    pub max_connections: usize,
-    /// Connections open at once from one IP address.
-    pub max_per_ip: usize,
-}
-
-impl Default for ConnLimits {
-    fn default() -> ConnLimits {
-        ConnLimits {
-            max_connections: 1000,
-            max_per_ip: 100,
-        }
-    }
-}
-
-/// Counts connections per IP; a slot is released when its guard drops.
-#[derive(Default)]
-struct PerIp {
-    counts: Mutex<HashMap<IpAddr, usize>>,
-}
-
-struct IpSlot {
-    table: Arc<PerIp>,
-    ip: IpAddr,
-}
-
-impl PerIp {
-    fn try_take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(IpSlot {
-            table: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut counts = self.table.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
-            }
-        }
     }
 }
 
@@ -171,13 +106,6 @@ impl From<TcpListener> for Listener {
     }
 }
 
-/// The caps every listener of one adapter shares.
-struct Caps {
-    total: Arc<Semaphore>,
-    per_ip: Arc<PerIp>,
-    max_per_ip: usize,
-}
-
 /// Accepts connections on every listener and serves each with `adapter`
 /// until `shutdown` is cancelled; then stops accepting and waits for the
 /// open connections to finish (they see the same token). Listeners are
@@ -188,11 +116,8 @@ pub async fn run_adapter<A: Adapter>(
     limits: ConnLimits,
     shutdown: CancellationToken,
 ) {
-    let caps = Arc::new(Caps {
-        total: Arc::new(Semaphore::new(limits.max_connections.max(1))),
-        per_ip: Arc::new(PerIp::default()),
-        max_per_ip: limits.max_per_ip,
-    });
+    // Every listener of one adapter shares its caps.
+    let caps = ConnCaps::new(limits);
     let tracker = TaskTracker::new();
     let loops = listeners.into_iter().map(|listener| {
         accept_loop(
@@ -212,7 +137,7 @@ pub async fn run_adapter<A: Adapter>(
 async fn accept_loop<A: Adapter>(
     listener: Listener,
     adapter: Arc<A>,
-    caps: Arc<Caps>,
+    caps: Arc<ConnCaps>,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -243,12 +168,10 @@ async fn accept_loop<A: Adapter>(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let permit = caps.total.clone().try_acquire_owned().ok();
-        let slot = caps.per_ip.try_take(peer.ip(), caps.max_per_ip);
         let span = tracing::info_span!("conn", adapter = name, %peer, tls);
         let (adapter, tls, shutdown) = (adapter.clone(), listener.tls.clone(), shutdown.clone());
-        match (permit, slot) {
-            (Some(permit), Some(slot)) => {
+        match caps.admit(peer.ip()) {
+            Admission::Admitted(slot) => {
                 tracker.spawn(
                     async move {
                         tracing::debug!("accepted");
@@ -256,17 +179,12 @@ async fn accept_loop<A: Adapter>(
                             adapter.serve(io, peer, shutdown).await;
                         }
                         tracing::debug!("closed");
-                        drop((permit, slot));
+                        drop(slot);
                     }
                     .instrument(span),
                 );
             }
-            (permit, _) => {
-                let reason = if permit.is_none() {
-                    Refusal::TooManyConnections
-                } else {
-                    Refusal::TooManyFromPeer
-                };
+            Admission::Refuse(reason, slot) => {
                 tracker.spawn(
                     async move {
                         tracing::warn!(?reason, "connection refused");
@@ -276,9 +194,14 @@ async fn accept_loop<A: Adapter>(
                             }
                         })
                         .await;
+                        drop(slot);
                     }
                     .instrument(span),
                 );
+            }
+            Admission::Close(reason) => {
+                tracing::debug!(parent: &span, ?reason, "connection closed: too many refusals at once");
+                drop(tcp);
             }
         }
     }

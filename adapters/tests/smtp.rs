@@ -664,3 +664,58 @@ async fn a_kept_connection_the_app_drops_loses_no_mail() {
     stop.cancel();
     retries.await.unwrap();
 }
+
+/// Opens a transaction on a raw client up to `354`.
+async fn in_data(addr: std::net::SocketAddr, rcpt: &str) -> RawClient {
+    let mut c = RawClient::connect(addr).await;
+    assert!(c.reply().await.starts_with("220"));
+    c.send(format!("EHLO x\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n").as_bytes())
+        .await;
+    for _ in 0..3 {
+        let r = c.reply().await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    assert!(c.reply().await.starts_with("354"));
+    c
+}
+
+#[tokio::test]
+async fn messages_being_received_share_a_memory_budget_and_past_it_get_452() {
+    let mut origin = Origin::start().await;
+    let config = SmtpConfig {
+        // The slow one's 400 KiB take 512 KiB (its buffer doubles as it grows).
+        message_memory: 768 * 1024,
+        ..SmtpConfig::default()
+    };
+    let smtp = simple(&origin, config, None).await;
+    // One sender holds 400 KiB of a message it has not finished.
+    let mut slow = in_data(smtp.addr, "slow@example.com").await;
+    let line = format!("{}\r\n", "a".repeat(998));
+    let held = line.repeat(400 * 1024 / line.len());
+    slow.send(format!("Subject: slow\r\n\r\n{held}").as_bytes())
+        .await;
+    // Another's 300 KiB does not fit beside it: 452, and it keeps its mail.
+    let mut other = in_data(smtp.addr, "other@example.com").await;
+    let body = line.repeat(300 * 1024 / line.len());
+    other
+        .send(format!("Subject: other\r\n\r\n{body}.\r\n").as_bytes())
+        .await;
+    let reply = other.reply().await;
+    assert!(reply.starts_with("452 4.3.1"), "{reply}");
+    // The session goes on, and a small mail fits.
+    other
+        .send(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<other@example.com>\r\nDATA\r\n")
+        .await;
+    for _ in 0..2 {
+        assert!(other.reply().await.starts_with("250"));
+    }
+    assert!(other.reply().await.starts_with("354"));
+    other.send(b"Subject: small\r\n\r\nhi\r\n.\r\n").await;
+    assert!(other.reply().await.starts_with("250"));
+    assert_eq!(origin.next().await.json()["subject"], "small");
+    // The slow one finishes: delivered whole.
+    slow.send(b".\r\n").await;
+    let reply = slow.reply().await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(origin.next().await.json()["subject"], "slow");
+}

@@ -17,9 +17,13 @@
 //! - [`sign`]: the `Droid-Signature` on every delivery: made by the server's
 //!   adapters, made afresh by the client when it replays one, checked by apps.
 //!
+//! - [`conn_caps`]: connections open at once, in total and per address, for
+//!   every listener.
+//!
 //! This crate knows no server, client or adapter.
 #![warn(missing_docs)]
 
+pub mod conn_caps;
 pub mod deliver;
 pub mod protocol;
 pub mod proxy;

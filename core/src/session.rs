@@ -31,9 +31,18 @@ use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
-/// The yamux stream limit both ends configure. Far above what [`Opener`] lets
-/// be open at once, so streams that linger half-closed never reach it.
+/// The yamux stream limit of a client's end. Far above what a server's
+/// [`Opener`] lets be open at once, so streams that linger half-closed
+/// never reach it.
 pub const MAX_STREAMS: usize = 8192;
+
+/// Streams a client may have open at once that it opened itself: its
+/// control stream and its app's publishes (the server opens every other
+/// stream). Past it the server resets the new stream at once, so a client
+/// that opens streams and sends nothing on them (or data nobody reads)
+/// holds at most this many yamux windows (256 KiB each) of the server's
+/// memory.
+pub const CLIENT_STREAMS: usize = 32;
 
 /// The write buffer under yamux: a download reaches the socket 128 KiB per
 /// syscall. At 32 KiB (with 16 KiB frames) it went one frame per syscall (a
@@ -104,10 +113,23 @@ impl Session {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let mut config = yamux::Config::default();
-        // yamux panics when the connection window is below streams × 256 KiB,
-        // so the window grows first. It is a credit, not an allocation.
-        config.set_max_connection_receive_window(Some(MAX_STREAMS * 256 * 1024));
-        config.set_max_num_streams(MAX_STREAMS);
+        // A server's yamux holds the streams it opens (twice what may be
+        // open at once, for those that linger half-closed) and the few a
+        // client may open. The connection window bounds what the peer may
+        // send that is not read yet; yamux panics when it is below streams
+        // × 256 KiB, so the window grows first. It is a credit, not an
+        // allocation.
+        let (max_streams, inbound_limit) = match side {
+            Side::Server => (
+                (2 * concurrent_streams).max(64) + CLIENT_STREAMS,
+                CLIENT_STREAMS,
+            ),
+            Side::Client => (MAX_STREAMS, MAX_STREAMS),
+        };
+        // (Each setter checks the pair against the other's current value.)
+        config.set_max_connection_receive_window(None);
+        config.set_max_num_streams(max_streams);
+        config.set_max_connection_receive_window(Some(max_streams * 256 * 1024));
         // Each stream queues up to eleven frames for the session's task: at
         // 8 KiB a frame (yamux's default is 16) 16 parallel downloads held
         // 1.1 MiB less in the client, at the same MiB/s and CPU per MiB.
@@ -130,11 +152,15 @@ impl Session {
         let closing = CancellationToken::new();
         let ended = CancellationToken::new();
         let limit = Arc::new(Semaphore::new(concurrent_streams.max(1)));
+        let peer_streams = Inbound {
+            tx: Some(inbound_tx),
+            open: Arc::new(Semaphore::new(inbound_limit)),
+        };
         tokio::spawn(drive(
             connection,
             corked,
             open_rx,
-            inbound_tx,
+            peer_streams,
             closing.clone(),
             ended.clone(),
         ));
@@ -216,11 +242,11 @@ pub struct Stream {
 }
 
 impl Stream {
-    fn inbound(stream: yamux::Stream) -> Stream {
+    fn inbound(stream: yamux::Stream, permit: OwnedSemaphorePermit) -> Stream {
         Stream {
             inner: stream,
             unread: None,
-            _permit: None,
+            _permit: Some(permit),
         }
     }
 
@@ -314,24 +340,21 @@ async fn drive<T>(
     mut connection: yamux::Connection<Compat<Buffered<T>>>,
     corked: Arc<AtomicBool>,
     mut open_rx: mpsc::UnboundedReceiver<OpenReply>,
-    inbound_tx: mpsc::UnboundedSender<Stream>,
+    mut inbound: Inbound,
     closing: CancellationToken,
     ended: CancellationToken,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut waiting: VecDeque<OpenReply> = VecDeque::new();
-    // `None` once nobody takes inbound streams (the server takes only the
-    // control stream): the channel's memory then goes with its last end.
-    let mut inbound_tx = Some(inbound_tx);
     let closing_fut = closing.cancelled();
     tokio::pin!(closing_fut);
     let result: Result<(), yamux::ConnectionError> = poll_fn(|cx| {
         if closing_fut.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Ok(()));
         }
-        if inbound_tx.as_ref().is_some_and(|tx| tx.is_closed()) {
-            inbound_tx = None;
+        if inbound.tx.as_ref().is_some_and(|tx| tx.is_closed()) {
+            inbound.tx = None;
         }
         // Outbound: take requests while yamux can open streams.
         loop {
@@ -360,12 +383,12 @@ async fn drive<T>(
         // writes every frame that is ready without flushing; once yamux has
         // nothing left to do, a second pass flushes them all at once.
         corked.store(true, Ordering::Relaxed);
-        let first = poll_inbound(&mut connection, &mut inbound_tx, cx);
+        let first = poll_inbound(&mut connection, &mut inbound, cx);
         corked.store(false, Ordering::Relaxed);
         if first.is_ready() {
             return first;
         }
-        poll_inbound(&mut connection, &mut inbound_tx, cx)
+        poll_inbound(&mut connection, &mut inbound, cx)
     })
     .await;
     match result {
@@ -383,11 +406,20 @@ async fn drive<T>(
     .await;
 }
 
+/// Where the streams the peer opens go, and how many may be open at once.
+struct Inbound {
+    /// `None` once nobody takes inbound streams (the server takes only the
+    /// control stream): the channel's memory then goes with its last end.
+    tx: Option<mpsc::UnboundedSender<Stream>>,
+    /// A place per open inbound stream; a stream that finds none is reset.
+    open: Arc<Semaphore>,
+}
+
 /// Polls the connection until it has nothing to do: hands out inbound
 /// streams and moves frames both ways. Ready when the connection ends.
 fn poll_inbound<T>(
     connection: &mut yamux::Connection<T>,
-    inbound_tx: &mut Option<mpsc::UnboundedSender<Stream>>,
+    inbound: &mut Inbound,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), yamux::ConnectionError>>
 where
@@ -397,11 +429,16 @@ where
         match connection.poll_next_inbound(cx) {
             Poll::Ready(Some(Ok(stream))) => {
                 trace!(id = %stream.id(), "inbound stream");
+                let Ok(permit) = inbound.open.clone().try_acquire_owned() else {
+                    // Dropped unclosed: yamux resets it, and its window goes.
+                    debug!(id = %stream.id(), "the peer opened more streams than it may; reset one");
+                    continue;
+                };
                 // A receiver that is gone does not want streams: drop them.
-                if let Some(tx) = inbound_tx
-                    && tx.send(Stream::inbound(stream)).is_err()
+                if let Some(tx) = &inbound.tx
+                    && tx.send(Stream::inbound(stream, permit)).is_err()
                 {
-                    *inbound_tx = None;
+                    inbound.tx = None;
                 }
             }
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),

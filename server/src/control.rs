@@ -18,6 +18,7 @@ use crate::Shared;
 use crate::access::Access;
 use crate::auth::TokenRefusal;
 use crate::cluster::LiveClaim;
+use crate::name_budget::Claimant;
 use crate::registry::{ClaimRules, TcpRules, Tunnel};
 use crate::request_log::{Pending, RequestLog};
 
@@ -290,7 +291,12 @@ fn grant(
         .map(|t| Access::new(t.auth.as_deref(), &t.allow_ip))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|why| refuse(ErrorCode::BadRequest, why))?;
+    let token = match caller {
+        crate::auth::Caller::Token(i) => Some(i),
+        crate::auth::Caller::Anonymous => None,
+    };
     let rules = ClaimRules {
+        claimant: Claimant::new(&shared.config.names.limits, peer.ip(), token),
         owned,
         limits: shared.auth.limit_keys(caller, peer.ip()),
         access,

@@ -46,6 +46,18 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     serve_io(shared, stream, peer, None).await;
 }
 
+/// Refuses a visitor connection past the caps with a 503 saying why.
+pub(crate) async fn refuse(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    why: droid_core::conn_caps::Refusal,
+) {
+    shared
+        .metrics
+        .answered(503, Some(OwnAnswer::ConnectionLimit), None);
+    crate::listener::refuse_http(stream, why).await;
+}
+
 /// Serves one visitor connection, plain or (with the host its TLS
 /// handshake named, `sni`) over HTTPS, until it closes.
 pub(crate) async fn serve_io<IO>(

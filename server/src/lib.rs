@@ -5,6 +5,8 @@
 //! - [`cluster`]: names agreed on by several servers, in Redis.
 //! - `directory`: where the cluster's names are, as a node remembers.
 //! - [`name_store`]: names written down, to outlive a restart (`--state`).
+//! - [`name_budget`]: how many names each address and token may add, and
+//!   how fast.
 //! - `control`: a client's session: handshake, heartbeats, goodbye.
 //! - `http_front`: the public HTTP listener, routing by Host into tunnels.
 //! - `tls`: TLS on the control port, and the HTTPS listener (SNI checked
@@ -36,6 +38,7 @@ mod http_front;
 mod listener;
 mod metrics;
 mod mqtt;
+pub mod name_budget;
 pub mod name_store;
 pub mod names;
 mod peer;
@@ -53,6 +56,7 @@ use droid_adapters::{
     ConnLimits, Listener, MqttAdapter, MqttConfig, SmtpAdapter, SmtpConfig, Spool, TunnelMail,
     TunnelTopics, Tunnels,
 };
+use droid_core::conn_caps::ConnCaps;
 use droid_core::protocol;
 use droid_core::session::DEFAULT_CONCURRENT_STREAMS;
 pub use droid_core::transport::ServerTls;
@@ -61,6 +65,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 pub use auth::{AuthPolicy, TokenRule};
+pub use name_budget::NameLimits;
 pub use name_store::{NameStore, RedbNames, StoreError};
 pub use rate::RequestRate;
 pub use registry::{NamePolicy, Registry, TcpPorts};
@@ -128,6 +133,12 @@ pub struct ServerConfig {
     pub tcp_bind: std::net::IpAddr,
     /// The host TCP tunnels' URLs name; `None`: the domain.
     pub tcp_host: Option<String>,
+    /// Client sessions (control connections) open at once, in total and
+    /// from one address; more are refused with a sentence saying so.
+    pub sessions: ConnLimits,
+    /// Visitor connections open at once on the HTTP and HTTPS fronts
+    /// together, in total and from one address; more get a 503.
+    pub visitors: ConnLimits,
 }
 
 impl ServerConfig {
@@ -155,6 +166,14 @@ impl ServerConfig {
             tcp_ports: None,
             tcp_bind: std::net::IpAddr::from([0, 0, 0, 0]),
             tcp_host: None,
+            sessions: ConnLimits {
+                max_connections: 20_000,
+                max_per_ip: 50,
+            },
+            visitors: ConnLimits {
+                max_connections: 20_000,
+                max_per_ip: 256,
+            },
         }
     }
 
@@ -189,6 +208,10 @@ pub(crate) struct Shared {
     cluster: OnceLock<Arc<cluster::Cluster>>,
     /// Connections kept for adapters' deliveries.
     pools: deliveries::DeliveryPools,
+    /// The caps on client sessions.
+    session_caps: Arc<ConnCaps>,
+    /// The caps on visitors' connections, HTTP and HTTPS together.
+    visitor_caps: Arc<ConnCaps>,
 }
 
 impl Shared {
@@ -255,6 +278,8 @@ impl Server {
     fn with_registry(config: ServerConfig, auth: auth::Auth, registry: Registry) -> Server {
         Server {
             shared: Arc::new(Shared {
+                session_caps: ConnCaps::new(config.sessions),
+                visitor_caps: ConnCaps::new(config.visitors),
                 config,
                 registry,
                 auth,
@@ -303,9 +328,19 @@ impl Server {
     /// them. Without [`Server::join_cluster`] it closes every connection.
     pub async fn serve_peers(&self, listener: TcpListener, shutdown: CancellationToken) {
         let shared = self.shared.clone();
-        listener::accept_loop(listener, "peer", shutdown, move |stream, from| {
-            peer::serve(shared.clone(), stream, from)
-        })
+        // Only the cluster's nodes have business here.
+        let caps = ConnCaps::new(ConnLimits {
+            max_connections: 4096,
+            max_per_ip: 1024,
+        });
+        listener::accept_loop(
+            listener,
+            "peer",
+            caps,
+            shutdown,
+            move |stream, from| peer::serve(shared.clone(), stream, from),
+            |_, _, _| async {},
+        )
         .await;
     }
 
@@ -313,9 +348,15 @@ impl Server {
     pub async fn serve_control(&self, listener: TcpListener, shutdown: CancellationToken) {
         let shared = self.shared.clone();
         let token = shutdown.clone();
-        listener::accept_loop(listener, "control", shutdown, move |stream, peer| {
-            tls::serve_control(shared.clone(), stream, peer, token.clone())
-        })
+        let refusing = self.shared.clone();
+        listener::accept_loop(
+            listener,
+            "control",
+            self.shared.session_caps.clone(),
+            shutdown,
+            move |stream, peer| tls::serve_control(shared.clone(), stream, peer, token.clone()),
+            move |stream, peer, why| tls::refuse_control(refusing.clone(), stream, peer, why),
+        )
         .await;
     }
 
@@ -329,18 +370,32 @@ impl Server {
             return;
         };
         let shared = self.shared.clone();
-        listener::accept_loop(listener, "https", shutdown, move |stream, peer| {
-            tls::serve_https(shared.clone(), acceptor.clone(), stream, peer)
-        })
+        let refusing = (self.shared.clone(), acceptor.clone());
+        listener::accept_loop(
+            listener,
+            "https",
+            self.shared.visitor_caps.clone(),
+            shutdown,
+            move |stream, peer| tls::serve_https(shared.clone(), acceptor.clone(), stream, peer),
+            move |stream, _, why| {
+                tls::refuse_https(refusing.0.clone(), refusing.1.clone(), stream, why)
+            },
+        )
         .await;
     }
 
     /// Accepts visitors on the public HTTP port until `shutdown`.
     pub async fn serve_http(&self, listener: TcpListener, shutdown: CancellationToken) {
         let shared = self.shared.clone();
-        listener::accept_loop(listener, "http", shutdown, move |stream, peer| {
-            http_front::serve(shared.clone(), stream, peer)
-        })
+        let refusing = self.shared.clone();
+        listener::accept_loop(
+            listener,
+            "http",
+            self.shared.visitor_caps.clone(),
+            shutdown,
+            move |stream, peer| http_front::serve(shared.clone(), stream, peer),
+            move |stream, _, why| http_front::refuse(refusing.clone(), stream, why),
+        )
         .await;
     }
 

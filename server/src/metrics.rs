@@ -45,6 +45,8 @@ pub(crate) enum OwnAnswer {
     StreamLimit,
     /// 503: in a cluster, Redis does not answer where the tunnel is.
     RegistryAway,
+    /// 503: too many connections from the visitor's address, or in all.
+    ConnectionLimit,
     /// 401: the tunnel asks for a login.
     Unauthorized,
     /// 403: the visitor's address is not allowed.
@@ -72,6 +74,7 @@ impl OwnAnswer {
             OwnAnswer::AppClosed => ("502", "app_closed"),
             OwnAnswer::StreamLimit => ("503", "stream_limit"),
             OwnAnswer::RegistryAway => ("503", "registry_away"),
+            OwnAnswer::ConnectionLimit => ("503", "connection_limit"),
             OwnAnswer::Unauthorized => ("401", "unauthorized"),
             OwnAnswer::Forbidden => ("403", "forbidden"),
             OwnAnswer::BodyTimeout => ("408", "body_timeout"),

@@ -15,8 +15,9 @@ use crate::Shared;
 /// Publishes at once from one session: more streams wait for a turn.
 const PUBLISHES_AT_ONCE: usize = 16;
 
-/// How long a publish stream may take to bring its header and payload.
-const PUBLISH_READ: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a publish stream may take to bring its header and payload
+/// (a megabyte at most, from a client that is already connected).
+const PUBLISH_READ: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves the streams a client opens on its session (publishes from its
 /// app) until the session ends. `tunnels` are the session's names: it may

@@ -9,9 +9,10 @@
 //!   quarantine ends, so old links never reach a new user.
 //!
 //! Released names (resuming and quarantined) are remembered in FIFO queues
-//! ordered by expiry, capped at `max_released` entries: memory stays bounded
-//! whatever the churn, and expired entries are dropped on every change and by
-//! [`Registry::prune`].
+//! ordered by expiry; expired entries are dropped on every change and by
+//! [`Registry::prune`]. A promise about a name is never dropped to make
+//! room: memory stays bounded because what each client address and token
+//! may add, and how fast, is bounded instead ([`crate::name_budget`]).
 //!
 //! With a [`NameStore`] ([`Registry::keep_in`]), every change of a name's
 //! owner, state or deadline is also written down as it happens, and read
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use crate::access::Access;
+use crate::name_budget::{Budget, Claimant, NameLimits};
 use crate::name_store::{Held, NameChange, NameStore, SavedName, StoreError};
 use crate::names::{self, NameGenerator};
 use crate::rate::{Limiter, RequestRate};
@@ -45,8 +47,9 @@ pub struct NamePolicy {
     pub grace: Duration,
     /// How long a released name is kept from new users (default 7 days).
     pub quarantine: Duration,
-    /// The most released names remembered at once; the oldest go first.
-    pub max_released: usize,
+    /// How many names strangers may make the registry remember, and how
+    /// fast.
+    pub limits: NameLimits,
 }
 
 impl Default for NamePolicy {
@@ -54,7 +57,7 @@ impl Default for NamePolicy {
         NamePolicy {
             grace: Duration::from_secs(10 * 60),
             quarantine: Duration::from_secs(7 * 24 * 3600),
-            max_released: 100_000,
+            limits: NameLimits::default(),
         }
     }
 }
@@ -196,6 +199,8 @@ pub struct ClaimRules {
     pub access: Vec<Access>,
     /// The request rate each granted tunnel gets a bucket for.
     pub rate: Option<RequestRate>,
+    /// Whom the new names count against (an address, a token).
+    pub claimant: Claimant,
     /// Where the session's request lines go.
     pub log: RequestLog,
     /// TCP tunnels' ports; `None`: TCP tunnels are refused.
@@ -203,13 +208,27 @@ pub struct ClaimRules {
 }
 
 /// The owner of a name: the hash of its resume secret ([`owner_id`]), so
-/// that it can be written down without the secret.
+/// that it can be written down without the secret; and whom the name is
+/// counted against while it is remembered (who first claimed it).
 #[derive(Clone)]
-struct Owner(Arc<str>);
+struct Owner {
+    id: Arc<str>,
+    origin: Claimant,
+}
 
 impl Owner {
     fn is(&self, secret: &str) -> bool {
-        self.0.as_bytes().ct_eq(owner_id(secret).as_bytes()).into()
+        self.id.as_bytes().ct_eq(owner_id(secret).as_bytes()).into()
+    }
+}
+
+impl Claim {
+    fn owner(&self) -> &Owner {
+        match self {
+            Claim::Live { owner, .. }
+            | Claim::Resuming { owner, .. }
+            | Claim::Quarantined { owner, .. } => owner,
+        }
     }
 }
 
@@ -290,7 +309,7 @@ impl Journal {
         if self.on {
             self.changes.push(NameChange::Keep(SavedName {
                 key: key.to_string(),
-                owner: owner.0.to_string(),
+                owner: owner.id.to_string(),
                 held,
             }));
         }
@@ -308,16 +327,47 @@ fn wall(until: Instant, now: Instant) -> SystemTime {
     SystemTime::now() + until.saturating_duration_since(now)
 }
 
-#[derive(Default)]
 struct State {
     claims: HashMap<String, Claim>,
     resuming: VecDeque<(Instant, String)>,
     quarantined: VecDeque<(Instant, String)>,
     /// Live tunnels per limit key (a token, an address).
     live_by_key: HashMap<String, usize>,
+    /// Names remembered per address and token, and their buckets.
+    budget: Budget,
 }
 
 impl State {
+    fn new(limits: NameLimits) -> State {
+        State {
+            claims: HashMap::new(),
+            resuming: VecDeque::new(),
+            quarantined: VecDeque::new(),
+            live_by_key: HashMap::new(),
+            budget: Budget::new(limits),
+        }
+    }
+
+    /// Forgets `key` entirely: it no longer counts against whoever added it.
+    fn remove(&mut self, key: &str) {
+        if let Some(claim) = self.claims.remove(key) {
+            self.budget.refund(&claim.owner().origin);
+        }
+    }
+
+    /// The owner a claim of `key` by `id` gets: a key remembered already
+    /// stays counted against whoever added it.
+    fn owner_for(&self, key: &str, id: &Arc<str>, claimant: &Claimant) -> Owner {
+        let origin = match self.claims.get(key) {
+            Some(claim) => claim.owner().origin.clone(),
+            None => claimant.clone(),
+        };
+        Owner {
+            id: id.clone(),
+            origin,
+        }
+    }
+
     /// A live tunnel stopped being live: it no longer counts.
     fn uncount(&mut self, tunnel: &Tunnel) {
         for key in &tunnel.limit_keys {
@@ -340,11 +390,11 @@ impl Registry {
     /// An empty registry that never gives the `reserved` names at random.
     pub fn with_reserved(policy: NamePolicy, reserved: HashSet<String>) -> Registry {
         Registry {
+            state: Mutex::new(State::new(policy.limits.clone())),
             policy,
             reserved,
             generator: NameGenerator::default(),
             next_session: AtomicU64::new(1),
-            state: Mutex::new(State::default()),
             store: None,
         }
     }
@@ -368,7 +418,11 @@ impl Registry {
                 .get_mut()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             for name in saved {
-                let owner = Owner(Arc::from(name.owner.as_str()));
+                // Counted in the total only: who added it is not written down.
+                let owner = Owner {
+                    id: Arc::from(name.owner.as_str()),
+                    origin: Claimant::default(),
+                };
                 let until = match name.held {
                     Held::Live => now + self.policy.quarantine,
                     Held::Until(t) => match t.duration_since(wall_now) {
@@ -704,6 +758,10 @@ impl Registry {
                 ));
             }
         }
+        let new = new_keys(&state, requests, rules.tcp.is_some());
+        state
+            .budget
+            .check(&rules.claimant, new, state.claims.len(), now)?;
         for request in requests {
             let adapters = request.adapter_settings();
             match &request.name {
@@ -757,8 +815,9 @@ impl Registry {
             ports.push(port);
         }
 
+        state.budget.charge(&rules.claimant, new, now);
         let owner_id = owner_id(&secret);
-        let owner = Owner(Arc::from(owner_id.as_str()));
+        let id: Arc<str> = Arc::from(owner_id.as_str());
         let keys: Vec<String> = rules.limits.iter().map(|(k, _)| k.clone()).collect();
         let mut access = rules.access.into_iter();
         let mut host_headers = requests.iter().map(|r| {
@@ -786,11 +845,12 @@ impl Registry {
                 for key in &keys {
                     *state.live_by_key.entry(key.clone()).or_insert(0) += 1;
                 }
+                let owner = state.owner_for(&name, &id, &rules.claimant);
                 journal.keep(&name, &owner, Held::Live);
                 let before = state.claims.insert(
                     name,
                     Claim::Live {
-                        owner: owner.clone(),
+                        owner,
                         tunnel: tunnel.clone(),
                     },
                 );
@@ -798,11 +858,13 @@ impl Registry {
                     state.uncount(&old);
                 }
                 if let Some(port) = &tunnel.tcp {
-                    journal.keep(&port_key(port.port), &owner, Held::Live);
+                    let key = port_key(port.port);
+                    let owner = state.owner_for(&key, &id, &rules.claimant);
+                    journal.keep(&key, &owner, Held::Live);
                     state.claims.insert(
-                        port_key(port.port),
+                        key,
                         Claim::Live {
-                            owner: owner.clone(),
+                            owner,
                             tunnel: tunnel.clone(),
                         },
                     );
@@ -880,7 +942,7 @@ impl Registry {
             for key in tunnel.keys() {
                 if matches!(state.claims.get(&key), Some(Claim::Live { tunnel: t, .. }) if t.session == tunnel.session)
                 {
-                    state.claims.remove(&key);
+                    state.remove(&key);
                     journal.forget(&key);
                     forgot = true;
                 }
@@ -902,7 +964,7 @@ impl Registry {
             Some(Claim::Resuming { .. } | Claim::Quarantined { .. })
         ) {
             let mut journal = self.journal();
-            state.claims.remove(name);
+            state.remove(name);
             journal.forget(name);
             self.commit(journal);
         }
@@ -911,9 +973,11 @@ impl Registry {
     /// Forgets expired names. Called on every change; call it now and then
     /// too, so memory is given back on an idle server.
     pub fn prune(&self) {
+        let now = Instant::now();
         let mut state = self.lock();
         let mut journal = self.journal();
-        self.expire(&mut state, Instant::now(), &mut journal);
+        self.expire(&mut state, now, &mut journal);
+        state.budget.prune(now);
         self.commit(journal);
     }
 
@@ -952,21 +1016,6 @@ impl Registry {
                 journal.forget(&name);
             }
         }
-        // Over the cap: forget the oldest quarantined names, then the oldest resuming.
-        let mut released = state.resuming.len() + state.quarantined.len();
-        while released > self.policy.max_released {
-            let Some((until, name)) = state
-                .quarantined
-                .pop_front()
-                .or_else(|| state.resuming.pop_front())
-            else {
-                break;
-            };
-            if forget_if(state, &name, until) {
-                journal.forget(&name);
-            }
-            released -= 1;
-        }
     }
 }
 
@@ -978,9 +1027,24 @@ fn forget_if(state: &mut State, name: &str, until: Instant) -> bool {
         _ => false,
     };
     if stale {
-        state.claims.remove(name);
+        state.remove(name);
     }
     stale
+}
+
+/// How many keys (names, and TCP tunnels' ports) a claim of `requests`
+/// adds to what the registry remembers: random ones, and those it does
+/// not remember yet.
+fn new_keys(state: &State, requests: &[TunnelRequest], tcp: bool) -> usize {
+    let is_new = |key: Option<String>| key.is_none_or(|k| !state.claims.contains_key(&k));
+    requests
+        .iter()
+        .map(|r| {
+            let name = usize::from(is_new(r.name.clone()));
+            let port = tcp && r.kind == Some(TunnelKind::Tcp);
+            name + usize::from(port && is_new(r.port.map(port_key)))
+        })
+        .sum()
 }
 
 /// Whether the holder of `secret` may claim `key` (a name or a port's
@@ -1087,11 +1151,14 @@ mod tests {
             .collect()
     }
 
-    fn policy(grace_ms: u64, quarantine_ms: u64, max: usize) -> NamePolicy {
+    fn policy(grace_ms: u64, quarantine_ms: u64, max_names: usize) -> NamePolicy {
         NamePolicy {
             grace: Duration::from_millis(grace_ms),
             quarantine: Duration::from_millis(quarantine_ms),
-            max_released: max,
+            limits: NameLimits {
+                max_names,
+                ..NameLimits::unbounded()
+            },
         }
     }
 
@@ -1206,16 +1273,102 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn memory_of_released_names_is_bounded() {
+    async fn a_flood_of_names_is_refused_and_never_takes_a_name_from_its_owner() {
         let r = Registry::new(policy(60_000, 60_000, 100));
-        for i in 0..1000 {
-            let g = r
-                .claim(&want(&[Some(&format!("n{i}"))]), None, i, &opener())
-                .unwrap();
-            r.release(&g.tunnels, i % 2 == 0);
+        // The victim dropped without a goodbye: its name waits for it.
+        let victim = r.claim(&want(&[Some("bank")]), None, 0, &opener()).unwrap();
+        r.release(&victim.tunnels, false);
+        let mut refused = 0;
+        for i in 1..1000 {
+            match r.claim(&want(&[Some(&format!("n{i}"))]), None, i, &opener()) {
+                Ok(g) => r.release(&g.tunnels, i % 2 == 0),
+                Err(e) => {
+                    assert_eq!(e.code, ErrorCode::Unavailable);
+                    assert!(
+                        e.message.contains("as many names as it may (100)"),
+                        "{}",
+                        e.message
+                    );
+                    refused += 1;
+                }
+            }
         }
+        assert_eq!(r.released_count(), 100, "memory stays bounded");
+        assert_eq!(refused, 1000 - 100);
+        let e = r
+            .claim(&want(&[Some("bank")]), None, 5000, &opener())
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::NameTaken, "{}", e.message);
+        // Its owner comes back at the cap, releases it cleanly: still kept.
+        let back = r
+            .claim(
+                &want(&[Some("bank")]),
+                Some(&victim.secret),
+                5001,
+                &opener(),
+            )
+            .unwrap();
+        r.release(&back.tunnels, true);
+        let e = r
+            .claim(&want(&[Some("bank")]), None, 5002, &opener())
+            .unwrap_err();
+        assert!(
+            e.message.contains("kept for its previous owner"),
+            "{}",
+            e.message
+        );
+        // Expired names make room again.
+        r.prune();
         assert_eq!(r.released_count(), 100);
-        assert_eq!(r.live_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn each_address_adds_at_most_its_share_and_owners_coming_back_add_nothing() {
+        let limits = NameLimits {
+            max_names: 1000,
+            per_address: Some(5),
+            per_token: None,
+            new_per_minute: None,
+        };
+        let r = Registry::new(NamePolicy {
+            limits: limits.clone(),
+            ..NamePolicy::default()
+        });
+        let from = |ip: &str| ClaimRules {
+            claimant: Claimant::new(&limits, ip.parse().unwrap(), None),
+            ..ClaimRules::default()
+        };
+        let g = r
+            .claim_with(
+                &want(&[None, None, None, None, None]),
+                None,
+                1,
+                &opener(),
+                from("192.0.2.1"),
+            )
+            .unwrap();
+        r.release(&g.tunnels, true);
+        let e = r
+            .claim_with(&want(&[None]), None, 2, &opener(), from("192.0.2.1"))
+            .unwrap_err();
+        assert!(
+            e.message.contains("too many names from address 192.0.2.1"),
+            "{}",
+            e.message
+        );
+        // Another address is unaffected; the owner takes its names back
+        // from anywhere.
+        r.claim_with(&want(&[None]), None, 3, &opener(), from("192.0.2.2"))
+            .unwrap();
+        let names: Vec<Option<&str>> = g.tunnels.iter().map(|t| Some(t.name.as_str())).collect();
+        r.claim_with(
+            &want(&names),
+            Some(&g.secret),
+            4,
+            &opener(),
+            from("192.0.2.1"),
+        )
+        .unwrap();
     }
 
     #[tokio::test]

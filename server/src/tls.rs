@@ -44,15 +44,60 @@ pub(crate) async fn serve_control(
         Ok(Accepted::Ready(conn)) => control::serve(shared, conn, peer, shutdown).await,
         Ok(Accepted::NeedsTls(tcp)) => {
             info!(%peer, "a client connected without TLS; told it to use TLS");
-            refuse_plain(tcp).await;
+            refuse_session(tcp, tls_required()).await;
         }
         Err(e) => info!(%peer, error = %e, "control connection refused"),
     }
 }
 
-/// Answers a plain client's hello with an error saying TLS is required.
-async fn refuse_plain(tcp: TcpStream) {
-    let mut session = Session::start(tcp, Side::Server, 1);
+/// Refuses a client past the session caps: its hello is answered with an
+/// error saying why, and the client tries again later.
+pub(crate) async fn refuse_control(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    why: droid_core::conn_caps::Refusal,
+) {
+    info!(%peer, ?why, "refused a client session: too many sessions");
+    let refusal = ErrorMessage {
+        code: ErrorCode::Unavailable,
+        message: why.sentence().replace("connections", "sessions"),
+    };
+    match transport::accept(stream, shared.config.tls.as_ref()).await {
+        Ok(Accepted::Ready(conn)) => refuse_session(conn, refusal).await,
+        Ok(Accepted::NeedsTls(tcp)) => refuse_session(tcp, tls_required()).await,
+        Err(_) => {}
+    }
+}
+
+fn tls_required() -> ErrorMessage {
+    ErrorMessage {
+        code: ErrorCode::BadRequest,
+        message: TLS_REQUIRED.into(),
+    }
+}
+
+/// Refuses a visitor past the caps on HTTPS: a 503 after the handshake.
+pub(crate) async fn refuse_https(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    why: droid_core::conn_caps::Refusal,
+) {
+    if let Ok(tls) = acceptor.accept(stream).await {
+        shared
+            .metrics
+            .answered(503, Some(crate::metrics::OwnAnswer::ConnectionLimit), None);
+        crate::listener::refuse_http(tls, why).await;
+    }
+}
+
+/// Answers a client's hello with `refusal`, and closes.
+async fn refuse_session<IO>(io: IO, refusal: ErrorMessage)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut session = Session::start(io, Side::Server, 1);
     let opener = session.opener.clone();
     let _ = timeout(protocol::HANDSHAKE_TIMEOUT, async {
         let Some(control) = session.inbound.recv().await else {
@@ -63,10 +108,7 @@ async fn refuse_plain(tcp: TcpStream) {
         // The hello itself does not matter; wait for it so the client is
         // listening for the answer.
         let _ = reader.next().await;
-        let refusal = ControlMessage::Error(ErrorMessage {
-            code: ErrorCode::BadRequest,
-            message: TLS_REQUIRED.into(),
-        });
+        let refusal = ControlMessage::Error(refusal);
         let _ = protocol::write_message(&mut write, &refusal).await;
         let _ = write.shutdown().await;
         // Let the client read it and close its side.

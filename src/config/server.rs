@@ -91,8 +91,14 @@ pub struct NamesFile {
     pub grace: Option<Dur>,
     /// How long a released name is kept from new users (`--quarantine`).
     pub quarantine: Option<Dur>,
-    /// The most released names remembered at once.
-    pub max_released: Option<usize>,
+    /// The most names remembered at once, live or released (`--max-names`).
+    pub max_names: Option<usize>,
+    /// The most names one address may have remembered; 0: no limit.
+    pub max_names_per_ip: Option<usize>,
+    /// The most names one token may have remembered; 0: no limit.
+    pub max_names_per_token: Option<usize>,
+    /// New names per address, and per token, per minute; 0: no limit.
+    pub new_names_per_minute: Option<u32>,
 }
 
 /// `[limits]`.
@@ -120,6 +126,14 @@ pub struct LimitsFile {
     pub max_tunnels_per_token: Option<usize>,
     /// Live tunnels the clients of one IP address may hold.
     pub max_tunnels_per_ip: Option<usize>,
+    /// Client sessions open at once.
+    pub max_sessions: Option<Spanned<usize>>,
+    /// Client sessions open at once from one address.
+    pub max_sessions_per_ip: Option<Spanned<usize>>,
+    /// Visitor connections open at once (HTTP and HTTPS).
+    pub max_visitor_connections: Option<Spanned<usize>>,
+    /// Visitor connections open at once from one address.
+    pub max_visitor_connections_per_ip: Option<Spanned<usize>>,
     /// Requests per second each tunnel takes; more get a 429.
     pub requests_per_second: Option<Spanned<u32>>,
     /// Requests a tunnel takes at once after a quiet spell (default: the rate).

@@ -20,6 +20,9 @@ pub struct SmtpFile {
     pub max_message_size: Option<usize>,
     /// Recipients per message (`--max-recipients`).
     pub max_recipients: Option<usize>,
+    /// The memory every message being received may take together, in
+    /// bytes (`--message-memory`); past it a message gets 452.
+    pub message_memory: Option<usize>,
     /// SMTP connections open at once, in total.
     pub max_connections: Option<usize>,
     /// SMTP connections open at once from one IP address.

@@ -1115,3 +1115,93 @@ pub async fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ---------------------------------------------------------------- raw sessions
+
+/// A session opened by hand, as a script would: a hello, and the answer.
+pub struct RawSession {
+    pub opener: droid_core::session::Opener,
+    pub answer: Result<droid_core::protocol::Welcome, droid_core::protocol::ErrorMessage>,
+    /// Kept open while the session lives: closing it is a goodbye-less end.
+    _control: droid_core::session::Stream,
+}
+
+impl RawSession {
+    /// Ends the session without a goodbye, as a crash or a cut cable would:
+    /// its names wait for their owner.
+    pub fn drop_without_goodbye(self) {
+        self.opener.close();
+    }
+
+    /// Says goodbye, as `droid` does when it exits: its names are
+    /// quarantined for their owner. Returns once the server has closed.
+    pub async fn goodbye(mut self) {
+        use droid_core::protocol::{self, ControlMessage};
+        protocol::write_message(&mut self._control, &ControlMessage::Release)
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = within("the server to close", self._control.read_to_end(&mut rest)).await;
+        self.opener.close();
+    }
+}
+
+/// Opens a session to `control` with a hello for `names` (`None`: a random
+/// name) and `resume`, and reads the answer.
+pub async fn raw_hello(
+    control: SocketAddr,
+    names: &[Option<&str>],
+    resume: Option<&str>,
+) -> RawSession {
+    raw_session(control, names, resume, 4).await
+}
+
+/// [`raw_hello`] on a session that may open `streams` streams at once.
+pub async fn raw_session(
+    control: SocketAddr,
+    names: &[Option<&str>],
+    resume: Option<&str>,
+    streams: usize,
+) -> RawSession {
+    use droid_core::protocol::{self, ControlMessage, Hello, MessageReader, TunnelRequest};
+    let tcp = TcpStream::connect(control).await.unwrap();
+    let session =
+        droid_core::session::Session::start(tcp, droid_core::session::Side::Client, streams);
+    let mut stream = session.opener.open().await.unwrap();
+    let hello = ControlMessage::Hello(Hello {
+        version: protocol::PROTOCOL_VERSION,
+        token: None,
+        resume: resume.map(str::to_string),
+        tunnels: names
+            .iter()
+            .map(|n| TunnelRequest {
+                name: n.map(str::to_string),
+                ..TunnelRequest::default()
+            })
+            .collect(),
+    });
+    protocol::write_message(&mut stream, &hello).await.unwrap();
+    let mut reader = MessageReader::new(&mut stream, protocol::MAX_CONTROL_LINE);
+    let answer = match within("the server's answer to a hello", reader.next()).await {
+        Ok(ControlMessage::Welcome(w)) => Ok(w),
+        Ok(ControlMessage::Error(e)) => Err(e),
+        other => panic!("expected welcome or error, got {other:?}"),
+    };
+    drop(reader);
+    RawSession {
+        opener: session.opener,
+        answer,
+        _control: stream,
+    }
+}
+
+/// The resident memory of process `pid`, in bytes.
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}

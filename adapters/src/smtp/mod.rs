@@ -14,6 +14,7 @@
 //! message is fsynced in the spool.
 
 pub mod accept;
+mod memory;
 pub mod session;
 mod tunnels;
 
@@ -52,6 +53,10 @@ pub struct SmtpConfig {
     pub deliver_timeout: Duration,
     /// Bad commands allowed before the session is closed.
     pub max_errors: usize,
+    /// The memory every message being received may take together (default
+    /// 256 MiB); a message that finds it spent gets `452`, and its sender
+    /// tries again later.
+    pub message_memory: usize,
 }
 
 impl Default for SmtpConfig {
@@ -65,6 +70,7 @@ impl Default for SmtpConfig {
             session_timeout: Duration::from_secs(1800),
             deliver_timeout: Duration::from_secs(30),
             max_errors: 10,
+            message_memory: 256 * 1024 * 1024,
         }
     }
 }
@@ -75,6 +81,7 @@ pub struct SmtpAdapter {
     router: Arc<dyn MailRouter>,
     spool: Option<Arc<Spool>>,
     stats: DeliveryStats,
+    memory: memory::MessageMemory,
 }
 
 impl SmtpAdapter {
@@ -90,6 +97,7 @@ impl SmtpAdapter {
             .map(|s| s.stats().clone())
             .unwrap_or_default();
         SmtpAdapter {
+            memory: memory::MessageMemory::new(config.message_memory),
             config,
             router,
             spool,

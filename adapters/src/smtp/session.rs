@@ -7,7 +7,9 @@
 //! A line longer than the limit is answered with `500` and the session is
 //! closed at once, so the buffer never holds more than one limit plus one
 //! read. In DATA mode `smtp_proto::DataReceiver` unstuffs dots and finds
-//! the end; past the size limit the rest is discarded (and `552` answered).
+//! the end; past the size limit the rest is discarded (and `552` answered),
+//! and so is a message that finds the memory budget of all messages spent
+//! (`452`: the sender tries again later).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::SmtpAdapter;
+use super::memory::Held;
 use crate::delivery::unix_now;
 use crate::mail::Envelope;
 use crate::route::Route;
@@ -41,10 +44,14 @@ enum Mode {
     Data {
         receiver: DataReceiver,
         message: Vec<u8>,
+        /// Its share of the memory budget, held until it is delivered.
+        held: Held,
     },
-    /// Over the size limit: the rest of DATA is read and dropped.
+    /// Over the size limit, or the memory budget: the rest of DATA is
+    /// read and dropped, then `reply` is answered.
     Discard {
         receiver: DummyDataReceiver,
+        reply: String,
     },
 }
 
@@ -200,13 +207,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         return Flow::Close;
                     }
                 }
-                Mode::Data { receiver, message } => {
+                Mode::Data {
+                    receiver,
+                    message,
+                    held,
+                } => {
                     let mut bytes = self.input.iter();
                     let done = receiver.ingest(&mut bytes, message);
                     let consumed = self.input.len() - bytes.as_slice().len();
                     self.input.advance(consumed);
+                    let too_big = message.len() > self.adapter.config.max_message_size + 2;
+                    if !too_big && !held.cover(message.capacity()) {
+                        tracing::warn!(
+                            size = message.len(),
+                            "the memory for messages being received is spent; answering 452"
+                        );
+                        let reply = "452 4.3.1 Insufficient system storage; try again later";
+                        self.discard(done, reply.into());
+                        continue;
+                    }
                     if done {
-                        let Mode::Data { message, .. } =
+                        let Mode::Data { message, held, .. } =
                             std::mem::replace(&mut self.mode, Mode::Command)
                         else {
                             continue;
@@ -227,15 +248,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             continue;
                         }
                         let reply = self.end_of_data(raw).await;
+                        drop(held);
                         self.reply(&reply);
-                    } else if message.len() > self.adapter.config.max_message_size + 2 {
-                        let discard = DummyDataReceiver::new_data(receiver);
-                        self.mode = Mode::Discard { receiver: discard };
+                    } else if too_big {
+                        let max = self.adapter.config.max_message_size;
+                        tracing::info!(max, "message over the size limit refused");
+                        self.discard(
+                            false,
+                            format!("552 5.3.4 Message too big (the limit is {max} bytes)"),
+                        );
                     } else {
                         return Flow::Continue;
                     }
                 }
-                Mode::Discard { receiver } => {
+                Mode::Discard { receiver, .. } => {
                     let mut bytes = self.input.iter();
                     let done = receiver.ingest(&mut bytes);
                     let consumed = self.input.len() - bytes.as_slice().len();
@@ -243,15 +269,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     if !done {
                         return Flow::Continue;
                     }
-                    self.mode = Mode::Command;
+                    let Mode::Discard { reply, .. } =
+                        std::mem::replace(&mut self.mode, Mode::Command)
+                    else {
+                        continue;
+                    };
                     self.transaction = None;
-                    let max = self.adapter.config.max_message_size;
-                    tracing::info!(max, "message over the size limit refused");
-                    self.reply(&format!(
-                        "552 5.3.4 Message too big (the limit is {max} bytes)"
-                    ));
+                    self.reply(&reply);
                 }
             }
+        }
+    }
+
+    /// Drops the message being received: the rest of its DATA is read and
+    /// dropped (none is left when it is `done`), then `reply` is answered.
+    fn discard(&mut self, done: bool, reply: String) {
+        let Mode::Data { receiver, .. } = std::mem::replace(&mut self.mode, Mode::Command) else {
+            return;
+        };
+        if done {
+            self.transaction = None;
+            self.reply(&reply);
+        } else {
+            let receiver = DummyDataReceiver::new_data(&receiver);
+            self.mode = Mode::Discard { receiver, reply };
         }
     }
 
@@ -380,7 +421,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     // Prime the receiver with a line end, so a message that is
                     // just "." ends at once and a leading ".." is unstuffed.
                     receiver.ingest(&mut b"\r\n".iter(), &mut message);
-                    self.mode = Mode::Data { receiver, message };
+                    let held = self.adapter.memory.hold();
+                    self.mode = Mode::Data {
+                        receiver,
+                        message,
+                        held,
+                    };
                     self.reply("354 End data with <CR><LF>.<CR><LF>");
                 }
             },
