@@ -129,6 +129,12 @@ impl SmtpArgs {
         retry.max_delay = s.max_retry_delay.map_or(retry.max_delay, |d| d.0);
         spool_config.max_bytes = s.max_bytes.unwrap_or(spool_config.max_bytes);
         spool_config.max_messages = s.max_messages.unwrap_or(spool_config.max_messages);
+        spool_config.max_messages_per_owner = s
+            .max_messages_per_owner
+            .unwrap_or(spool_config.max_messages_per_owner);
+        spool_config.max_bytes_per_owner = s
+            .max_bytes_per_owner
+            .unwrap_or(spool_config.max_bytes_per_owner);
         SmtpSetup {
             config,
             limits,

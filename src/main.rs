@@ -321,6 +321,10 @@ struct ServerArgs {
     /// once); 0: no limit [default: 60].
     #[arg(long, value_name = "N")]
     new_names_per_minute: Option<u32>,
+    /// Let anybody claim common service names (www, mail, api, admin...)
+    /// and punycode names; by default only a token that lists them may.
+    #[arg(long)]
+    free_service_names: bool,
     /// A client silent for this long is dead [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_timeout: Option<Duration>,
@@ -484,6 +488,9 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(ready.log_level())),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only where a person reads them: a log file or a
+        // journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // The client serves one user's tunnels: one thread does it with no
     // wakeups across threads and one allocator arena. A server spreads its

@@ -177,9 +177,13 @@ fn describe_event(event: ClientEvent, mail: &Announce, out: &mut String) {
                 }
             }
             if !reconnected && tunnels.iter().any(|t| t.smtp.is_some() || t.mqtt.is_some()) {
-                say(&format!(
-                    "droid: mail and MQTT POSTs are signed (Droid-Signature) with the secret {mail_secret}"
-                ));
+                // The secret in use, never a remembered one nothing signs with.
+                say(&match mail_secret {
+                    Some(secret) => format!(
+                        "droid: mail and MQTT POSTs are signed (Droid-Signature) with the secret {secret}"
+                    ),
+                    None => "droid: mail and MQTT POSTs are signed (Droid-Signature) with the secret you set (--mail-secret)".to_string(),
+                });
             }
         }
         ClientEvent::Disconnected { reason, retry_in } => {

@@ -156,6 +156,8 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
             .or(names.and_then(|n| n.quarantine.map(|d| d.0)))
             .unwrap_or(defaults.quarantine),
         limits: name_limits(args, names),
+        keep_service_names: !args.free_service_names
+            && names.and_then(|n| n.keep_service_names).unwrap_or(true),
     };
     if let Some(d) = f.and_then(|f| f.heartbeat_interval) {
         config.heartbeat_interval = d.0;

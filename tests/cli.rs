@@ -267,3 +267,77 @@ async fn droid_smtp_posts_mail_to_a_url_with_no_tunnel() {
     ));
     assert!(droid.interrupt().await.success());
 }
+
+#[tokio::test]
+async fn with_mail_secret_the_printed_secret_is_the_one_in_use() {
+    let mut app = origin("app").await;
+    let state = tempfile::tempdir().unwrap();
+    let port = app.addr.port().to_string();
+    let args = |secret: Option<&'static str>| {
+        let mut a = vec![
+            "http",
+            port.as_str(),
+            "--http",
+            "127.0.0.1:0",
+            "--smtp",
+            "127.0.0.1:0",
+            "--mail-path",
+            "/inbound/m",
+        ];
+        if let Some(s) = secret {
+            a.extend(["--mail-secret", s]);
+        }
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    // A first run remembers a secret of its own...
+    let first: Vec<String> = args(None);
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let mut droid = Droid::start(&first, state.path());
+    let remembered = droid
+        .line("the secret", |l| {
+            l.split("with the secret ").nth(1).map(str::to_string)
+        })
+        .await;
+    assert!(droid.interrupt().await.success());
+    // ...which a run given --mail-secret neither uses nor prints.
+    let second: Vec<String> = args(Some("given-secret"));
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let mut droid = Droid::start(&second, state.path());
+    let (smtp, domain) = droid
+        .line("the mail line", |l| {
+            let rest = l.strip_prefix("smtp ")?;
+            let addr: std::net::SocketAddr = rest.split(',').next()?.parse().ok()?;
+            Some((
+                addr,
+                rest.split("anything@")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .to_string(),
+            ))
+        })
+        .await;
+    let said = droid
+        .line("the secret line", |l| {
+            l.contains("are signed").then(|| l.to_string())
+        })
+        .await;
+    assert!(
+        said.ends_with("with the secret you set (--mail-secret)"),
+        "{said}"
+    );
+    assert!(!said.contains(&remembered), "{said}");
+    let to = format!("me@{domain}");
+    assert_eq!(
+        smtplib_send(smtp, "a@example.com", &[&to], "hi", "text").await,
+        "SENT"
+    );
+    let mail = app.next_mail().await;
+    assert!(droid_adapters::verify_signature(
+        b"given-secret",
+        &mail.header("droid-timestamp"),
+        &mail.body,
+        &mail.header("droid-signature")
+    ));
+    assert!(droid.interrupt().await.success());
+}

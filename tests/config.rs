@@ -279,7 +279,7 @@ dir = "{}"
         &format!(
             r#"server = "{control}"
 [[tunnels]]
-name = "api"
+name = "billing"
 local = {}
 [tunnels.mail]
 path = "/inbound/fallback"
@@ -316,7 +316,7 @@ host_header = "rewrite"
     assert_eq!(
         urls,
         [
-            format!("http://api.tunnel.test:{port}"),
+            format!("http://billing.tunnel.test:{port}"),
             format!("http://web.tunnel.test:{port}")
         ]
     );
@@ -324,7 +324,7 @@ host_header = "rewrite"
     for i in 0..3 {
         // three in a row: the file's rate (burst 1) would refuse two
         assert_eq!(
-            get(http, "api.tunnel.test", &format!("/x{i}")).await,
+            get(http, "billing.tunnel.test", &format!("/x{i}")).await,
             (http::StatusCode::OK, format!("origin app /x{i}"))
         );
     }
@@ -342,9 +342,9 @@ host_header = "rewrite"
         smtp,
         "ann@example.com",
         &[
-            "support@api.tunnel.test",
-            "bob+orders@api.tunnel.test",
-            "hello@api.tunnel.test",
+            "support@billing.tunnel.test",
+            "bob+orders@billing.tunnel.test",
+            "hello@billing.tunnel.test",
         ],
         "routed",
         "text",
@@ -368,15 +368,15 @@ host_header = "rewrite"
         [
             (
                 "/inbound/fallback".to_string(),
-                serde_json::json!(["hello@api.tunnel.test"])
+                serde_json::json!(["hello@billing.tunnel.test"])
             ),
             (
                 "/inbound/orders".to_string(),
-                serde_json::json!(["bob+orders@api.tunnel.test"])
+                serde_json::json!(["bob+orders@billing.tunnel.test"])
             ),
             (
                 "/inbound/support".to_string(),
-                serde_json::json!(["support@api.tunnel.test"])
+                serde_json::json!(["support@billing.tunnel.test"])
             ),
         ]
         .into_iter()

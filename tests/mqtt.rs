@@ -833,3 +833,277 @@ async fn keep_alive_drops_a_silent_device_and_a_second_connection_takes_its_id_o
     assert_eq!(checked(&app.next_mail().await)["payload"], "still me");
     c.stop().await;
 }
+
+/// Publishes `message` at QoS 1 on a connected 3.1.1 device's socket; true
+/// once acknowledged.
+async fn publish_on(socket: &mut TcpStream, topic: &str, message: &str) -> bool {
+    let mut out = BytesMut::new();
+    let mut publish = v4::Publish::new(topic, QoS::AtLeastOnce, message.as_bytes().to_vec());
+    publish.pkid = 7;
+    publish.write(&mut out).unwrap();
+    if socket.write_all(&out).await.is_err() {
+        return false;
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        match v4::read(&mut buf, 1 << 20) {
+            Ok(v4::Packet::PubAck(ack)) => return ack.pkid == 7,
+            Ok(_) => {}
+            Err(mqttbytes::Error::InsufficientBytes(_)) => {
+                match within("a PUBACK", socket.read_buf(&mut buf)).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return false,
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stranger_with_the_same_client_id_takes_no_device_over() {
+    let mut app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let c = tunnel(&srv, &app, Some("dev:pw")).await;
+    let mqtt = srv.mqtt.unwrap();
+    let topic = format!("{}/t", c.name());
+    let mut login = v4::Connect::new("sensor-1");
+    login.login = Some(v4::Login::new("dev", "pw"));
+    let mut victim = connected(mqtt, login.clone()).await;
+    // The attack: an anonymous device (another tunnel's, or nobody's) with
+    // the victim's client id. Before, it ended the victim's connection.
+    let _stranger = connected(mqtt, v4::Connect::new("sensor-1")).await;
+    assert!(publish_on(&mut victim, &topic, "still here").await);
+    assert_eq!(checked(&app.next_mail().await)["payload"], "still here");
+    // The tunnel's own device with the same id and login does take over.
+    let _again = connected(mqtt, login).await;
+    closed(&mut victim, "the victim's own second connection takes over").await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn published_topics_with_wildcards_or_nul_are_refused() {
+    use rumqttc::v5::mqttbytes::{QoS as QoS5, v5};
+    let app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let c = tunnel(&srv, &app, None).await;
+    let mqtt = srv.mqtt.unwrap();
+    let mut socket = TcpStream::connect(mqtt).await.unwrap();
+    let mut out = BytesMut::new();
+    let connect = v5::Connect {
+        keep_alive: 30,
+        client_id: "bad-topics".into(),
+        clean_start: true,
+        properties: None,
+    };
+    connect.write(&None, &None, &mut out).unwrap();
+    for (pkid, topic) in [
+        (1, format!("{}/+", c.name())),
+        (2, format!("{}/#", c.name())),
+        (3, format!("{}/a\0b", c.name())),
+    ] {
+        let mut p = v5::Publish::new(topic, QoS5::AtLeastOnce, "x", None);
+        p.pkid = pkid;
+        p.write(&mut out).unwrap();
+    }
+    socket.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut refused = Vec::new();
+    while refused.len() < 3 {
+        match v5::Packet::read(&mut buf, None) {
+            Ok(v5::Packet::PubAck(ack)) => refused.push((ack.pkid, ack.reason)),
+            Ok(_) => {}
+            Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {
+                let n = within("the PUBACKs", socket.read_buf(&mut buf))
+                    .await
+                    .unwrap();
+                assert!(n > 0, "closed; refused so far: {refused:?}");
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(
+        refused,
+        [1, 2, 3].map(|pkid| (pkid, v5::PubAckReason::TopicNameInvalid))
+    );
+    c.stop().await;
+}
+
+/// A client of `srv` for `name`, remembering its secret in `state`, with
+/// its MQTT login `auth` and an inspector; the inspector's address.
+async fn owner_of(
+    srv: &TestServer,
+    app: &Origin,
+    name: &str,
+    state: &std::path::Path,
+    auth: Option<&str>,
+) -> (TestClient, SocketAddr) {
+    let mut spec = spec(Some(name), &app.target);
+    spec.mqtt.auth = auth.map(str::to_string);
+    let mut config = client_config(srv.control, vec![spec]);
+    config.state_dir = Some(state.to_path_buf());
+    config.state_key = "firmware".into();
+    let inspector = droid_client::Inspector::new(droid_client::InspectorOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    config.inspector = Some(inspector.clone());
+    let c = client(config).await;
+    let shutdown = c.shutdown.clone();
+    tokio::spawn(async move { inspector.serve(listener, None, shutdown).await });
+    (c, api)
+}
+
+#[tokio::test]
+async fn a_new_login_or_a_new_owner_ends_what_the_old_ones_were_given() {
+    let app = origin("app").await;
+    let (srv, _) = mqtt_server_with(None, Duration::from_millis(50), None, |c| {
+        c.names.grace = Duration::from_millis(100);
+        c.names.quarantine = Duration::from_millis(100);
+    })
+    .await;
+    let mqtt = srv.mqtt.unwrap();
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (c, api) = owner_of(&srv, &app, "firm", first.path(), None).await;
+    let mut device = Subscriber::start(mqtt, "mqttv311", &["firm/#"], None).await;
+    let publish = |api, topic: &str, payload: &str, retain: bool| {
+        app_publish(
+            api,
+            serde_json::json!({"topic": topic, "payload": payload, "retain": retain}),
+        )
+    };
+    assert_eq!(
+        publish(api, "firmware_url", "https://a.example/fw", true)
+            .await
+            .1["delivered_to"],
+        1
+    );
+    device
+        .line("the owner's message", |l| {
+            l.starts_with("firm/firmware_url")
+        })
+        .await;
+
+    // The owner sets a login: the device subscribed without it hears no more.
+    c.stop().await;
+    let (c, api) = owner_of(&srv, &app, "firm", first.path(), Some("dev:pw")).await;
+    assert_eq!(
+        publish(api, "cmd", "reboot", false).await.1["delivered_to"],
+        0
+    );
+    // Its devices with the login still get its retained message.
+    let mut own = Subscriber::start(mqtt, "mqttv5", &["firm/#"], Some(("dev", "pw"))).await;
+    own.line("the retained message", |l| {
+        l.contains("https://a.example/fw")
+    })
+    .await;
+
+    // The name passes to a new owner (after its quarantine): none of the
+    // previous owner's retained messages reach the new owner's devices.
+    c.stop().await;
+    within("the name is free again", async {
+        loop {
+            srv.server.registry().prune();
+            if srv.server.registry().released_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (c2, api2) = owner_of(&srv, &app, "firm", second.path(), None).await;
+    let mut theirs = Subscriber::start(mqtt, "mqttv311", &["firm/#"], None).await;
+    assert_eq!(
+        publish(api2, "hello", "new owner", false).await.1["delivered_to"],
+        1
+    );
+    let first_line = theirs
+        .line("the new owner's message", |l| l.starts_with("firm/"))
+        .await;
+    assert!(
+        first_line.starts_with("firm/hello"),
+        "the old owner's retained message leaked: {first_line}"
+    );
+    drop(device);
+    c2.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_a_device_sends_reaches_the_servers_log_except_through_tracing() {
+    use rumqttc::v5::mqttbytes::v5;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = droid_command(
+        &[
+            "server",
+            "--domain",
+            DOMAIN,
+            "--http",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+            "--mqtt",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let mqtt = next_line(&mut lines, "the MQTT address", |l| {
+        addr_after(l, "mqtt on ")
+    })
+    .await;
+    // The attack: UNSUBSCRIBEs from an MQTT 5 device. mqttbytes 0.6
+    // printed each one's packet id on stderr with the build's cargo path.
+    let mut socket = TcpStream::connect(mqtt).await.unwrap();
+    let mut out = BytesMut::new();
+    let connect = v5::Connect {
+        keep_alive: 30,
+        client_id: "quiet".into(),
+        clean_start: true,
+        properties: None,
+    };
+    connect.write(&None, &None, &mut out).unwrap();
+    for pkid in 1..=5 {
+        let mut u = v5::Unsubscribe::new("nobody/#", None);
+        u.pkid = pkid;
+        u.write(&mut out).unwrap();
+    }
+    socket.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut acks = 0;
+    while acks < 5 {
+        match v5::Packet::read(&mut buf, None) {
+            Ok(v5::Packet::UnsubAck(_)) => acks += 1,
+            Ok(_) => {}
+            Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {
+                let n = within("the UNSUBACKs", socket.read_buf(&mut buf))
+                    .await
+                    .unwrap();
+                assert!(n > 0, "closed after {acks} UNSUBACKs");
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    drop(socket);
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    within("the server exits", child.wait()).await.unwrap();
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !written.contains("pkid"),
+        "a device's packet reached stderr: {written}"
+    );
+    assert!(!written.contains(".cargo"), "{written}");
+    assert!(
+        !written.contains('\x1b'),
+        "colour codes in a log that is no terminal: {written:?}"
+    );
+}

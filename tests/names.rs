@@ -442,3 +442,38 @@ async fn at_the_cap_of_names_new_ones_are_refused_and_old_ones_kept() {
     );
     names_still_held(control, &secret).await;
 }
+
+#[tokio::test]
+async fn common_service_names_and_punycode_are_kept_unless_the_server_frees_them() {
+    let srv = server().await;
+    for name in [
+        "www",
+        "mail",
+        "smtp",
+        "mqtt",
+        "api",
+        "admin",
+        "xn--80ak6aa92e",
+    ] {
+        let s = raw_hello(srv.control, &[Some(name)], None).await;
+        let e = s.answer.as_ref().unwrap_err();
+        assert_eq!(
+            e.code,
+            droid_core::protocol::ErrorCode::BadName,
+            "{name}: {}",
+            e.message
+        );
+        assert!(
+            e.message
+                .starts_with(&format!("the name {name} is kept on this server")),
+            "{}",
+            e.message
+        );
+    }
+    // Names that merely contain them are anybody's.
+    let s = raw_hello(srv.control, &[Some("my-api"), Some("www2")], None).await;
+    assert!(s.answer.is_ok());
+    let free = server_with(|c| c.names.keep_service_names = false).await;
+    let s = raw_hello(free.control, &[Some("www"), Some("xn--80ak6aa92e")], None).await;
+    assert!(s.answer.is_ok(), "{:?}", s.answer);
+}

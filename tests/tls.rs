@@ -562,8 +562,13 @@ async fn mosquitto_pub_tls(port: u16, args: &[&str]) -> (bool, String) {
 async fn mqtt_over_tls_delivers_and_refuses_devices_that_do_not_trust_it() {
     let pki = Pki::new();
     let mut app = origin("app").await;
-    let (srv, tls) =
-        mqtt_server_with(None, Duration::from_millis(50), Some(pki.server_tls())).await;
+    let (srv, tls) = mqtt_server_with(
+        None,
+        Duration::from_millis(50),
+        Some(pki.server_tls()),
+        |_| {},
+    )
+    .await;
     let tls = tls.unwrap();
     let mut spec = spec(None, &app.target);
     spec.mqtt.path = Some("/inbound/mqtt".into());

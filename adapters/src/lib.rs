@@ -27,7 +27,7 @@
 //! - [`smtp`]: the SMTP adapter, a tokio loop over Stalwart's sans-IO
 //!   `smtp-proto` parser; [`TunnelMail`] routes `*@NAME.domain`.
 //! - [`mqtt`]: the MQTT adapter (3.1.1 and 5.0), a tokio loop over the
-//!   sans-IO `mqttbytes` codec; [`TunnelTopics`] routes `NAME/...`.
+//!   sans-IO rumqttc codecs; [`TunnelTopics`] routes `NAME/...`.
 //!
 //! [`Deliver`]: droid_core::deliver::Deliver
 #![warn(missing_docs)]
@@ -47,7 +47,9 @@ pub mod url_sink;
 pub use adapter::{Adapter, Conn, ConnLimits, Io, Listener, Refusal, bind_listener, run_adapter};
 pub use delivery::{Attempt, Content, Delivery, PostOptions};
 pub use mail::{Envelope, Format};
-pub use mqtt::{MqttAdapter, MqttConfig, TopicRefusal, TopicRoute, TopicRouter, TunnelTopics};
+pub use mqtt::{
+    MqttAdapter, MqttConfig, Tenancy, TopicRefusal, TopicRoute, TopicRouter, TunnelTopics,
+};
 pub use pool::Pool;
 pub use route::{
     Answer, Destination, MailOptions, MailRouter, Owners, Route, Tunnels, Unavailable, UrlRouter,

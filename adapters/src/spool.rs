@@ -73,6 +73,13 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     /// Number of queued messages; beyond it [`Spool::store`] says Full.
     pub max_messages: usize,
+    /// The share of one owner (one tunnel's name and its owner): its
+    /// messages and bytes queued at most. Past it that owner's mail gets
+    /// 451, and every other owner's is kept as before: one abandoned name
+    /// flooded with mail cannot fill the spool for the others.
+    pub max_messages_per_owner: usize,
+    /// See [`SpoolConfig::max_messages_per_owner`].
+    pub max_bytes_per_owner: u64,
     /// Retry spacing.
     pub retry: RetryPolicy,
     /// Time allowed for one delivery attempt.
@@ -86,6 +93,8 @@ impl Default for SpoolConfig {
         SpoolConfig {
             max_bytes: 1 << 30,
             max_messages: 10_000,
+            max_messages_per_owner: 1_000,
+            max_bytes_per_owner: 100 << 20,
             retry: RetryPolicy::default(),
             deliver_timeout: Duration::from_secs(30),
             concurrency: 8,
@@ -102,6 +111,17 @@ pub enum SpoolError {
         /// Messages queued.
         messages: usize,
         /// Bytes queued.
+        bytes: u64,
+    },
+    /// The owner's share of the spool is used up: answer 451 (the other
+    /// owners' mail is still kept).
+    #[error(
+        "this address's share of the spool is used up ({messages} messages, {bytes} bytes waiting for its app)"
+    )]
+    OwnerFull {
+        /// The owner's messages queued.
+        messages: usize,
+        /// The owner's bytes queued.
         bytes: u64,
     },
     /// A file operation failed.
@@ -154,6 +174,42 @@ struct Entry {
 struct State {
     entries: HashMap<String, Entry>,
     bytes: u64,
+    /// Messages and bytes queued per owner.
+    owners: HashMap<String, (usize, u64)>,
+}
+
+impl State {
+    /// Queues `meta`'s entry and counts it.
+    fn add(&mut self, meta: Meta, in_flight: bool) {
+        self.bytes += meta.size;
+        let owner = self.owners.entry(meta.owner.clone()).or_default();
+        owner.0 += 1;
+        owner.1 += meta.size;
+        self.entries.insert(
+            meta.id.clone(),
+            Entry {
+                meta,
+                in_flight,
+                woken: false,
+            },
+        );
+    }
+
+    /// Removes the entry `id`, if queued, and uncounts it.
+    fn remove(&mut self, id: &str) {
+        let Some(entry) = self.entries.remove(id) else {
+            return;
+        };
+        let size = entry.meta.size;
+        self.bytes = self.bytes.saturating_sub(size);
+        if let Some(owner) = self.owners.get_mut(&entry.meta.owner) {
+            owner.0 = owner.0.saturating_sub(1);
+            owner.1 = owner.1.saturating_sub(size);
+            if owner.0 == 0 {
+                self.owners.remove(&entry.meta.owner);
+            }
+        }
+    }
 }
 
 /// The durable spool. Share it as `Arc<Spool>`; run [`Spool::run`] once.
@@ -266,15 +322,7 @@ impl Spool {
                     match meta {
                         Some(mut meta) if eml.exists() && valid_id(&meta.id) && meta.id == id => {
                             meta.next_attempt_ms = now;
-                            state.bytes += meta.size;
-                            state.entries.insert(
-                                id,
-                                Entry {
-                                    meta,
-                                    in_flight: false,
-                                    woken: false,
-                                },
-                            );
+                            state.add(meta, false);
                         }
                         _ => {
                             tracing::error!(path = %path.display(), "unreadable spool record, moved to dead/");
@@ -391,6 +439,12 @@ impl Spool {
         };
         {
             let mut state = self.lock();
+            let (messages, bytes) = state.owners.get(&meta.owner).copied().unwrap_or((0, 0));
+            if messages >= self.config.max_messages_per_owner
+                || bytes.saturating_add(size) > self.config.max_bytes_per_owner
+            {
+                return Err(SpoolError::OwnerFull { messages, bytes });
+            }
             if state.entries.len() >= self.config.max_messages
                 || state.bytes.saturating_add(size) > self.config.max_bytes
                 || state.entries.contains_key(&meta.id)
@@ -401,15 +455,7 @@ impl Spool {
                     bytes: state.bytes,
                 });
             }
-            state.bytes += size;
-            state.entries.insert(
-                meta.id.clone(),
-                Entry {
-                    meta: meta.clone(),
-                    in_flight: true,
-                    woken: false,
-                },
-            );
+            state.add(meta.clone(), true);
         }
         let spool = self.clone();
         let raw = delivery.raw.clone();
@@ -435,8 +481,7 @@ impl Spool {
                 Ok(())
             }
             Err(error) => {
-                state.entries.remove(&meta.id);
-                state.bytes = state.bytes.saturating_sub(size);
+                state.remove(&meta.id);
                 Err(error)
             }
         }
@@ -550,10 +595,7 @@ impl Spool {
             Ok(raw) => Bytes::from(raw),
             Err(error) => {
                 tracing::error!(id = %meta.id, %error, "spooled message vanished");
-                let mut state = self.lock();
-                if state.entries.remove(&meta.id).is_some() {
-                    state.bytes = state.bytes.saturating_sub(meta.size);
-                }
+                self.lock().remove(&meta.id);
                 return;
             }
         };
@@ -633,10 +675,7 @@ impl Spool {
     }
 
     fn forget(&self, meta: &Meta) {
-        let mut state = self.lock();
-        if state.entries.remove(&meta.id).is_some() {
-            state.bytes = state.bytes.saturating_sub(meta.size);
-        }
+        self.lock().remove(&meta.id);
     }
 
     fn remove_files(&self, id: &str) {

@@ -326,3 +326,79 @@ async fn only_the_owner_may_enter_the_spool() {
     let mode = std::fs::metadata(&spool_dir).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "spool mode {:o}", mode & 0o777);
 }
+
+/// Each recipient's domain is its own owner (`x@abandoned.test` belongs to
+/// `abandoned`), and every app is down.
+struct ByDomain {
+    sink: Arc<dyn Deliver>,
+}
+
+impl MailRouter for ByDomain {
+    fn resolve<'a>(&'a self, recipient: &'a str) -> Answer<'a, Result<Option<Route>, Unavailable>> {
+        let domain = recipient.rsplit('@').next().unwrap_or_default();
+        let owner = domain.trim_end_matches(".test").to_string();
+        Box::pin(std::future::ready(Ok(Some(Route {
+            owner: owner.clone(),
+            destination: owner,
+            sink: self.sink.clone(),
+            options: MailOptions::default(),
+        }))))
+    }
+}
+
+impl droid_adapters::Owners for ByDomain {
+    fn sink<'a>(&'a self, _owner: &'a str) -> Answer<'a, Option<Arc<dyn Deliver>>> {
+        Box::pin(std::future::ready(Some(self.sink.clone())))
+    }
+}
+
+/// Sends `n` mails to `rcpt`, each on a connection of its own (a sender
+/// that hears 451 comes back later); prints each DATA reply code.
+const SEND_MANY: &str = r#"
+import smtplib, sys
+for i in range(int(sys.argv[3])):
+    with smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=30) as s:
+        s.ehlo()
+        s.mail('flood@example.com')
+        s.rcpt(sys.argv[2])
+        try:
+            code, resp = s.data('Subject: %d\r\n\r\nflood\r\n' % i)
+            print(code)
+        except smtplib.SMTPDataError as e:
+            print(e.smtp_code)
+"#;
+
+#[tokio::test]
+async fn one_owner_flooded_with_mail_fills_its_share_of_the_spool_not_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = Arc::new(ByDomain {
+        sink: Arc::new(UrlSink::new(&format!("http://{}/hook", free_port())).unwrap()),
+    });
+    let config = SpoolConfig {
+        max_messages_per_owner: 20,
+        ..slow_retries()
+    };
+    let spool = Spool::open(dir.path(), config).unwrap();
+    let smtp = start_smtp(
+        SmtpConfig::default(),
+        router,
+        Some(spool.clone()),
+        ConnLimits::default(),
+    )
+    .await;
+    // The attack: mail to an abandoned name, as fast as a script sends it.
+    let (ok, out, err) = python(SEND_MANY, &[&smtp.port(), "x@abandoned.test", "50"]).await;
+    assert!(ok, "{err}");
+    let codes: Vec<&str> = out.lines().collect();
+    assert_eq!(codes[..20], ["250"; 20], "its share is kept");
+    assert_eq!(
+        codes[20..],
+        ["451"; 30],
+        "past its share, its own mail waits with the sender"
+    );
+    // Another tenant whose app is down still has its mail kept.
+    let (ok, out, err) = python(SEND_MANY, &[&smtp.port(), "y@victim.test", "5"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["250"; 5]);
+    assert_eq!(spool.len(), 25);
+}

@@ -197,9 +197,10 @@ pub enum ClientEvent {
         tunnels: Vec<TunnelGrant>,
         /// Whether this is a reconnection.
         reconnected: bool,
-        /// The secret that signs mail deliveries of tunnels that were not
-        /// given one.
-        mail_secret: String,
+        /// The secret this client made (and remembers) for the tunnels that
+        /// were not given one; `None` when every tunnel was given one, so
+        /// it signs nothing.
+        mail_secret: Option<String>,
     },
     /// The session is down; the client tries again after `retry_in`.
     Disconnected {
@@ -294,8 +295,12 @@ pub async fn run(
         .get_or_insert_with(new_mail_secret)
         .clone();
     let mut config = config;
+    let default_used = config.tunnels.iter().any(|t| t.mail.secret.is_none());
+    let mail_secret = default_used.then_some(mail_secret);
     for spec in &mut config.tunnels {
-        spec.mail.secret.get_or_insert_with(|| mail_secret.clone());
+        if let Some(default) = &mail_secret {
+            spec.mail.secret.get_or_insert_with(|| default.clone());
+        }
         if spec.mqtt.secret.is_none() {
             spec.mqtt.secret = spec.mail.secret.clone();
         }

@@ -74,7 +74,7 @@ impl TopicRouter for OneSink {
         &'a self,
         filter: &'a str,
         _login: Option<&'a str>,
-    ) -> Answer<'a, Result<String, TopicRefusal>> {
+    ) -> Answer<'a, Result<(String, droid_adapters::Tenancy), TopicRefusal>> {
         Box::pin(std::future::ready(Err(TopicRefusal::NoTunnel(
             filter.to_string(),
         ))))

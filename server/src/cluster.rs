@@ -258,6 +258,9 @@ pub(crate) struct Broadcast {
     /// The node it was published on (which handed it to its own devices).
     pub node: String,
     pub tunnel: String,
+    /// Whom the tunnel's topics belong to (its owner, its devices' login).
+    #[serde(default)]
+    pub tenancy: droid_adapters::Tenancy,
     pub topic: String,
     pub qos: u8,
     pub retain: bool,
@@ -528,6 +531,7 @@ impl Cluster {
     pub(crate) async fn broadcast(
         &self,
         tunnel: &str,
+        tenancy: &droid_adapters::Tenancy,
         topic: &str,
         payload: &[u8],
         qos: u8,
@@ -536,6 +540,7 @@ impl Cluster {
         let head = Broadcast {
             node: self.config.node_id.clone(),
             tunnel: tunnel.to_string(),
+            tenancy: tenancy.clone(),
             topic: topic.to_string(),
             qos,
             retain,

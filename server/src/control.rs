@@ -126,11 +126,10 @@ pub(crate) async fn serve<IO>(
             crate::tcp_front::serve_port(shared.clone(), port);
         }
     }
-    let names_owned: Vec<String> = tunnels.iter().map(|t| t.name.clone()).collect();
     let publishing = tokio::spawn(crate::mqtt::serve_client_streams(
         shared.clone(),
         inbound,
-        names_owned,
+        tunnels.clone(),
     ));
 
     let clean = heartbeat(&shared, &mut control, &lines, &opener, &tunnels, &shutdown).await;
@@ -283,6 +282,19 @@ fn grant(
         return Err(refuse(
             ErrorCode::BadName,
             format!("the name {name} is reserved on this server; only its token may claim it"),
+        ));
+    }
+    if shared.config.names.keep_service_names
+        && let Some(name) = names
+            .iter()
+            .find(|n| crate::names::is_kept_by_default(n) && !owned.contains(**n))
+    {
+        return Err(refuse(
+            ErrorCode::BadName,
+            format!(
+                "the name {name} is kept on this server (common service names such as www, mail \
+                 and api, and punycode names, go only to a token that reserves them); choose another"
+            ),
         ));
     }
     let access = hello

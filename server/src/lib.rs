@@ -239,12 +239,13 @@ impl cluster::Events for Shared {
         if let Some(mqtt) = self.mqtt.get() {
             let cluster::Broadcast {
                 tunnel,
+                tenancy,
                 topic,
                 qos,
                 retain,
                 ..
             } = message;
-            mqtt.publish(&tunnel, &topic, payload, qos, retain);
+            mqtt.publish(&tunnel, &tenancy, &topic, payload, qos, retain);
         }
     }
 }

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing::debug;
 
 use crate::Shared;
+use crate::registry::Tunnel;
 
 /// Publishes at once from one session: more streams wait for a turn.
 const PUBLISHES_AT_ONCE: usize = 16;
@@ -20,12 +21,12 @@ const PUBLISHES_AT_ONCE: usize = 16;
 const PUBLISH_READ: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves the streams a client opens on its session (publishes from its
-/// app) until the session ends. `tunnels` are the session's names: it may
+/// app) until the session ends. `tunnels` are the session's: it may
 /// publish in their namespaces only.
 pub(crate) async fn serve_client_streams(
     shared: Arc<Shared>,
     mut inbound: tokio::sync::mpsc::UnboundedReceiver<Stream>,
-    tunnels: Vec<String>,
+    tunnels: Vec<Arc<Tunnel>>,
 ) {
     let turns = Arc::new(tokio::sync::Semaphore::new(PUBLISHES_AT_ONCE));
     let tunnels = Arc::new(tunnels);
@@ -41,7 +42,15 @@ pub(crate) async fn serve_client_streams(
     }
 }
 
-async fn publish_stream(shared: &Shared, mut stream: Stream, tunnels: &[String]) {
+/// The tenancy of `tunnel`'s topics: its owner and its devices' login.
+pub(crate) fn tenancy(tunnel: &Tunnel) -> droid_adapters::Tenancy {
+    droid_adapters::Tenancy::new(
+        &crate::deliveries::owner_key(&tunnel.owner_id, &tunnel.name),
+        tunnel.adapters.mqtt.auth.as_deref(),
+    )
+}
+
+async fn publish_stream(shared: &Shared, mut stream: Stream, tunnels: &[Arc<Tunnel>]) {
     if stream.acknowledge().await.is_err() {
         return;
     }
@@ -62,14 +71,16 @@ async fn publish_stream(shared: &Shared, mut stream: Stream, tunnels: &[String])
         else {
             return Err(refused("a client may open publish streams only".into()));
         };
-        if !tunnels.contains(&tunnel) || !topic.starts_with(&format!("{tunnel}/")) {
+        let owned = tunnels.iter().find(|t| t.name == tunnel);
+        let Some(owned) = owned.filter(|_| topic.starts_with(&format!("{tunnel}/"))) else {
             return Err(PublishAnswer {
                 forbidden: true,
                 ..refused(format!(
                     "{topic} is not in the namespace of this client's tunnel {tunnel}"
                 ))
             });
-        }
+        };
+        let tenancy = tenancy(owned);
         if size > protocol::MAX_PUBLISH {
             return Err(refused(format!(
                 "a payload of {size} bytes is over the limit of {}",
@@ -87,10 +98,10 @@ async fn publish_stream(shared: &Shared, mut stream: Stream, tunnels: &[String])
         let payload = Bytes::from(payload);
         if let Some(cluster) = shared.cluster.get() {
             cluster
-                .broadcast(&tunnel, &topic, &payload, qos, retain)
+                .broadcast(&tunnel, &tenancy, &topic, &payload, qos, retain)
                 .await;
         }
-        let delivered = adapter.publish(&tunnel, &topic, payload, qos, retain);
+        let delivered = adapter.publish(&tunnel, &tenancy, &topic, payload, qos, retain);
         debug!(%topic, delivered, "the app published");
         Ok(PublishAnswer {
             delivered_to: Some(delivered as u64),

@@ -41,6 +41,33 @@ impl NameGenerator {
     }
 }
 
+/// Names kept from anybody but a token that reserves them, by default: the
+/// names of common services (a stranger's tunnel at `mail.` or `api.` of a
+/// server's domain is a phishing page waiting to happen).
+pub const SERVICE_NAMES: [&str; 15] = [
+    "www",
+    "mail",
+    "smtp",
+    "mqtt",
+    "api",
+    "admin",
+    "mx",
+    "imap",
+    "pop",
+    "ftp",
+    "webmail",
+    "autoconfig",
+    "autodiscover",
+    "ns1",
+    "ns2",
+];
+
+/// Whether `name` is kept by default: a common service's name, or
+/// punycode (`xn--`: an internationalized name that may look like another).
+pub fn is_kept_by_default(name: &str) -> bool {
+    SERVICE_NAMES.contains(&name) || name.starts_with("xn--")
+}
+
 /// Checks that `name` can be a DNS label of a tunnel's host name: 1 to 63
 /// lowercase letters, digits and inner hyphens.
 pub fn validate(name: &str) -> Result<(), String> {

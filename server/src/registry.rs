@@ -50,6 +50,10 @@ pub struct NamePolicy {
     /// How many names strangers may make the registry remember, and how
     /// fast.
     pub limits: NameLimits,
+    /// Whether common service names (`www`, `mail`, `api`...) and punycode
+    /// names are kept from anybody but a token that reserves them
+    /// ([`crate::names::is_kept_by_default`]).
+    pub keep_service_names: bool,
 }
 
 impl Default for NamePolicy {
@@ -58,6 +62,7 @@ impl Default for NamePolicy {
             grace: Duration::from_secs(10 * 60),
             quarantine: Duration::from_secs(7 * 24 * 3600),
             limits: NameLimits::default(),
+            keep_service_names: true,
         }
     }
 }
@@ -1159,6 +1164,7 @@ mod tests {
                 max_names,
                 ..NameLimits::unbounded()
             },
+            keep_service_names: true,
         }
     }
 

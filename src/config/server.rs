@@ -99,6 +99,9 @@ pub struct NamesFile {
     pub max_names_per_token: Option<usize>,
     /// New names per address, and per token, per minute; 0: no limit.
     pub new_names_per_minute: Option<u32>,
+    /// `false` lets anybody claim common service names and punycode names
+    /// (`--free-service-names`).
+    pub keep_service_names: Option<bool>,
 }
 
 /// `[limits]`.

@@ -78,6 +78,10 @@ pub struct SpoolFile {
     pub max_bytes: Option<u64>,
     /// Messages queued; beyond it new mail gets 451.
     pub max_messages: Option<usize>,
+    /// Messages queued for one tunnel's owner; beyond it its mail gets 451.
+    pub max_messages_per_owner: Option<usize>,
+    /// Bytes queued for one tunnel's owner; beyond it its mail gets 451.
+    pub max_bytes_per_owner: Option<u64>,
 }
 
 /// A standalone SMTP-to-URL deployment.

@@ -414,7 +414,7 @@ pub async fn mqtt_server_retrying(
     spool: Option<&std::path::Path>,
     first_retry: Duration,
 ) -> TestServer {
-    mqtt_server_with(spool, first_retry, None).await.0
+    mqtt_server_with(spool, first_retry, None, |_| {}).await.0
 }
 
 /// A server with MQTT on a plain listener and, with `tls`, on a TLS one
@@ -423,11 +423,13 @@ pub async fn mqtt_server_with(
     spool: Option<&std::path::Path>,
     first_retry: Duration,
     tls: Option<droid_server::ServerTls>,
+    tweak: impl FnOnce(&mut ServerConfig),
 ) -> (TestServer, Option<SocketAddr>) {
     let with_tls = tls.is_some();
     let mut srv = server_with(|c| {
         c.mqtt = true;
         c.tls = tls;
+        tweak(c);
     })
     .await;
     let any = || droid_adapters::bind_listener("127.0.0.1:0".parse().unwrap());

@@ -1,9 +1,12 @@
-//! MQTT 3.1.1 and 5.0 packets, read and written with the `mqttbytes`
-//! codec (sans-IO), behind one shape for both versions: the session speaks
-//! in [`Incoming`] packets and the few answers it sends.
+//! MQTT 3.1.1 and 5.0 packets, read and written with rumqttc's codecs
+//! (sans-IO, maintained with rumqttc), behind one shape for both versions:
+//! the session speaks in [`Incoming`] packets and the few answers it
+//! sends. Nothing here prints: what a device sends reaches the log only
+//! through the session's `tracing`.
 
 use bytes::{Bytes, BytesMut};
-use mqttbytes::{QoS, v4, v5};
+use rumqttc::mqttbytes::{self as bytes4, QoS, v4};
+use rumqttc::v5::mqttbytes::{self as bytes5, v5};
 
 /// The protocol version a connection speaks, from its CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,14 +125,15 @@ fn qos(q: QoS) -> u8 {
     q as u8
 }
 
-fn read_error(e: mqttbytes::Error, max: usize) -> ReadError {
-    match e {
-        mqttbytes::Error::PayloadSizeLimitExceeded(n) => ReadError::TooLarge(n),
-        other => {
-            let _ = max;
-            ReadError::Malformed(format!("{other:?}"))
-        }
-    }
+fn qos5(q: bytes5::QoS) -> u8 {
+    q as u8
+}
+
+/// A topic as the codec read it (MQTT 5 keeps it as bytes): UTF-8, as
+/// MQTT requires.
+fn text(topic: Bytes) -> Result<String, ReadError> {
+    String::from_utf8(topic.to_vec())
+        .map_err(|_| ReadError::Malformed("a topic that is not UTF-8".into()))
 }
 
 /// Reads the next packet from `buf`: `Ok(None)` when more bytes are needed.
@@ -139,15 +143,25 @@ pub(crate) fn read(
     max: usize,
 ) -> Result<Option<Incoming>, ReadError> {
     let packet = match version {
-        Version::V4 => match v4::read(buf, max) {
+        Version::V4 => match v4::Packet::read(buf, max) {
             Ok(p) => from_v4(p),
-            Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
-            Err(e) => return Err(read_error(e, max)),
+            Err(bytes4::Error::InsufficientBytes(_)) => return Ok(None),
+            Err(bytes4::Error::PayloadSizeLimitExceeded(n)) => return Err(ReadError::TooLarge(n)),
+            Err(e) => return Err(ReadError::Malformed(format!("{e:?}"))),
         },
-        Version::V5 => match v5::read(buf, max) {
-            Ok(p) => from_v5(p),
-            Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
-            Err(e) => return Err(read_error(e, max)),
+        // A DISCONNECT with no reason code (0x00, "normal") has no body,
+        // which the MQTT 5 codec does not take.
+        Version::V5 if buf.starts_with(&[0xE0, 0x00]) => {
+            let _ = buf.split_to(2);
+            Incoming::Disconnect
+        }
+        Version::V5 => match v5::Packet::read(buf, u32::try_from(max).ok()) {
+            Ok(p) => from_v5(p)?,
+            Err(bytes5::Error::InsufficientBytes(_)) => return Ok(None),
+            Err(bytes5::Error::PayloadSizeLimitExceeded { pkt_size, .. }) => {
+                return Err(ReadError::TooLarge(pkt_size));
+            }
+            Err(e) => return Err(ReadError::Malformed(format!("{e:?}"))),
         },
     };
     Ok(Some(packet))
@@ -196,38 +210,41 @@ fn from_v4(packet: v4::Packet) -> Incoming {
     }
 }
 
-fn from_v5(packet: v5::Packet) -> Incoming {
-    match packet {
-        v5::Packet::Connect(c) => Incoming::Connect(Connect {
+fn from_v5(packet: v5::Packet) -> Result<Incoming, ReadError> {
+    Ok(match packet {
+        v5::Packet::Connect(c, will, login) => Incoming::Connect(Connect {
             version: Version::V5,
             client_id: c.client_id,
             keep_alive: c.keep_alive,
-            login: c.login.map(|l| (l.username, l.password)),
-            will: c.last_will.map(|w| {
-                let p = w.properties.unwrap_or_else(|| v5::WillProperties {
-                    delay_interval: None,
-                    payload_format_indicator: None,
-                    message_expiry_interval: None,
-                    content_type: None,
-                    response_topic: None,
-                    correlation_data: None,
-                    user_properties: Vec::new(),
-                });
-                Message {
-                    topic: w.topic,
-                    qos: qos(w.qos),
-                    retain: w.retain,
-                    payload: w.message,
-                    properties: Properties {
-                        user_properties: p.user_properties,
-                        content_type: p.content_type,
-                        response_topic: p.response_topic,
-                        correlation_data: p.correlation_data,
-                        payload_format_indicator: p.payload_format_indicator,
-                        message_expiry_interval: p.message_expiry_interval,
-                    },
+            login: login.map(|l| (l.username, l.password)),
+            will: match will {
+                Some(w) => {
+                    let p = w.properties.unwrap_or(v5::LastWillProperties {
+                        delay_interval: None,
+                        payload_format_indicator: None,
+                        message_expiry_interval: None,
+                        content_type: None,
+                        response_topic: None,
+                        correlation_data: None,
+                        user_properties: Vec::new(),
+                    });
+                    Some(Message {
+                        topic: text(w.topic)?,
+                        qos: qos5(w.qos),
+                        retain: w.retain,
+                        payload: w.message,
+                        properties: Properties {
+                            user_properties: p.user_properties,
+                            content_type: p.content_type,
+                            response_topic: p.response_topic,
+                            correlation_data: p.correlation_data,
+                            payload_format_indicator: p.payload_format_indicator,
+                            message_expiry_interval: p.message_expiry_interval,
+                        },
+                    })
                 }
-            }),
+                None => None,
+            },
         }),
         v5::Packet::Publish(p) => {
             let properties = p
@@ -244,8 +261,8 @@ fn from_v5(packet: v5::Packet) -> Incoming {
             Incoming::Publish {
                 pkid: p.pkid,
                 message: Message {
-                    topic: p.topic,
-                    qos: qos(p.qos),
+                    topic: text(p.topic)?,
+                    qos: qos5(p.qos),
                     retain: p.retain,
                     payload: p.payload,
                     properties,
@@ -257,17 +274,17 @@ fn from_v5(packet: v5::Packet) -> Incoming {
             filters: s
                 .filters
                 .into_iter()
-                .map(|f| (f.path, qos(f.qos)))
+                .map(|f| (f.path, qos5(f.qos)))
                 .collect(),
         },
         v5::Packet::Unsubscribe(u) => Incoming::Unsubscribe {
             pkid: u.pkid,
             filters: u.filters,
         },
-        v5::Packet::PingReq => Incoming::PingReq,
+        v5::Packet::PingReq(_) => Incoming::PingReq,
         v5::Packet::Disconnect(_) => Incoming::Disconnect,
         _ => Incoming::Other,
-    }
+    })
 }
 
 /// How a CONNECT is answered.
@@ -294,7 +311,7 @@ pub(crate) fn connack(
                 ConnectAnswer::BadLogin => v4::ConnectReturnCode::BadUserNamePassword,
                 ConnectAnswer::Unavailable => v4::ConnectReturnCode::ServiceUnavailable,
             };
-            v4::ConnAck::new(code, false).write(out)
+            v4::ConnAck::new(code, false).write(out).is_ok()
         }
         Version::V5 => {
             let code = match answer {
@@ -302,14 +319,31 @@ pub(crate) fn connack(
                 ConnectAnswer::BadLogin => v5::ConnectReturnCode::BadUserNamePassword,
                 ConnectAnswer::Unavailable => v5::ConnectReturnCode::ServerUnavailable,
             };
-            let mut ack = v5::ConnAck::new(code, false);
-            let mut properties = v5::ConnAckProperties::new();
-            properties.max_qos = Some(1);
-            properties.retain_available = Some(0);
-            properties.shared_subscription_available = Some(0);
-            properties.max_packet_size = u32::try_from(max_packet).ok();
-            ack.properties = Some(properties);
-            ack.write(out)
+            let properties = v5::ConnAckProperties {
+                session_expiry_interval: None,
+                receive_max: None,
+                max_qos: Some(1),
+                retain_available: Some(0),
+                max_packet_size: u32::try_from(max_packet).ok(),
+                assigned_client_identifier: None,
+                topic_alias_max: None,
+                reason_string: None,
+                user_properties: Vec::new(),
+                wildcard_subscription_available: None,
+                subscription_identifiers_available: None,
+                shared_subscription_available: Some(0),
+                server_keep_alive: None,
+                response_information: None,
+                server_reference: None,
+                authentication_method: None,
+                authentication_data: None,
+            };
+            let ack = v5::ConnAck {
+                session_present: false,
+                code,
+                properties: Some(properties),
+            };
+            ack.write(out).is_ok()
         }
     };
 }
@@ -318,9 +352,9 @@ pub(crate) fn connack(
 /// above with a reason string when the message was not taken.
 pub(crate) fn puback(version: Version, pkid: u16, refused: Option<(u8, &str)>, out: &mut BytesMut) {
     let _ = match version {
-        Version::V4 => v4::PubAck::new(pkid).write(out),
+        Version::V4 => v4::PubAck::new(pkid).write(out).is_ok(),
         Version::V5 => {
-            let mut ack = v5::PubAck::new(pkid);
+            let mut ack = v5::PubAck::new(pkid, None);
             if let Some((code, reason)) = refused {
                 ack.reason = match code {
                     0x87 => v5::PubAckReason::NotAuthorized,
@@ -335,7 +369,7 @@ pub(crate) fn puback(version: Version, pkid: u16, refused: Option<(u8, &str)>, o
                     user_properties: Vec::new(),
                 });
             }
-            ack.write(out)
+            ack.write(out).is_ok()
         }
     };
 }
@@ -343,8 +377,8 @@ pub(crate) fn puback(version: Version, pkid: u16, refused: Option<(u8, &str)>, o
 /// Writes a PINGRESP.
 pub(crate) fn pingresp(version: Version, out: &mut BytesMut) {
     let _ = match version {
-        Version::V4 => v4::PingResp.write(out),
-        Version::V5 => v5::PingResp.write(out),
+        Version::V4 => v4::PingResp.write(out).is_ok(),
+        Version::V5 => v5::PingResp::write(out).is_ok(),
     };
 }
 
@@ -368,19 +402,24 @@ pub(crate) fn suback(version: Version, pkid: u16, granted: &[Granted], out: &mut
                     Granted::Refused(_) => v4::SubscribeReasonCode::Failure,
                 })
                 .collect();
-            v4::SubAck::new(pkid, codes).write(out)
+            v4::SubAck::new(pkid, codes).write(out).is_ok()
         }
         Version::V5 => {
-            let codes = granted
+            let return_codes = granted
                 .iter()
                 .map(|g| match g {
-                    Granted::QoS(0) => v5::SubscribeReasonCode::QoS0,
-                    Granted::QoS(_) => v5::SubscribeReasonCode::QoS1,
+                    Granted::QoS(0) => v5::SubscribeReasonCode::Success(bytes5::QoS::AtMostOnce),
+                    Granted::QoS(_) => v5::SubscribeReasonCode::Success(bytes5::QoS::AtLeastOnce),
                     Granted::Refused(0x87) => v5::SubscribeReasonCode::NotAuthorized,
                     Granted::Refused(_) => v5::SubscribeReasonCode::TopicFilterInvalid,
                 })
                 .collect();
-            v5::SubAck::new(pkid, codes).write(out)
+            let ack = v5::SubAck {
+                pkid,
+                return_codes,
+                properties: None,
+            };
+            ack.write(out).is_ok()
         }
     };
 }
@@ -406,13 +445,18 @@ pub(crate) fn publish(
             let mut p = v4::Publish::from_bytes(topic, q, payload.clone());
             p.retain = retain;
             p.pkid = pkid;
-            p.write(out)
+            p.write(out).is_ok()
         }
         Version::V5 => {
-            let mut p = v5::Publish::from_bytes(topic, q, payload.clone());
+            let q = if qos == 0 {
+                bytes5::QoS::AtMostOnce
+            } else {
+                bytes5::QoS::AtLeastOnce
+            };
+            let mut p = v5::Publish::new(topic, q, payload.clone(), None);
             p.retain = retain;
             p.pkid = pkid;
-            p.write(out)
+            p.write(out).is_ok()
         }
     };
 }
@@ -420,11 +464,14 @@ pub(crate) fn publish(
 /// Answers an UNSUBSCRIBE.
 pub(crate) fn unsuback(version: Version, pkid: u16, filters: usize, out: &mut BytesMut) {
     let _ = match version {
-        Version::V4 => v4::UnsubAck::new(pkid).write(out),
+        Version::V4 => v4::UnsubAck::new(pkid).write(out).is_ok(),
         Version::V5 => {
-            let mut ack = v5::UnsubAck::new(pkid);
-            ack.reasons = vec![v5::UnsubAckReason::Success; filters];
-            ack.write(out)
+            let ack = v5::UnsubAck {
+                pkid,
+                reasons: vec![v5::UnsubAckReason::Success; filters],
+                properties: None,
+            };
+            ack.write(out).is_ok()
         }
     };
 }
@@ -434,21 +481,15 @@ pub(crate) fn disconnect(version: Version, reason: u8, sentence: &str, out: &mut
     if version != Version::V5 {
         return;
     }
-    let mut packet = v5::Disconnect::new();
-    packet.reason_code = match reason {
-        0x81 => v5::DisconnectReasonCode::MalformedPacket,
-        0x87 => v5::DisconnectReasonCode::NotAuthorized,
-        0x8D => v5::DisconnectReasonCode::KeepAliveTimeout,
-        0x8E => v5::DisconnectReasonCode::SessionTakenOver,
-        0x90 => v5::DisconnectReasonCode::TopicNameInvalid,
-        0x95 => v5::DisconnectReasonCode::PacketTooLarge,
-        0x9B => v5::DisconnectReasonCode::QoSNotSupported,
-        0x8B => v5::DisconnectReasonCode::ServerShuttingDown,
-        _ => v5::DisconnectReasonCode::UnspecifiedError,
-    };
-    let mut properties = v5::DisconnectProperties::new();
-    properties.reason_string = Some(sentence.into());
-    packet.properties = Some(properties);
+    let code = v5::DisconnectReasonCode::try_from(reason)
+        .unwrap_or(v5::DisconnectReasonCode::UnspecifiedError);
+    let mut packet = v5::Disconnect::new(code);
+    packet.properties = Some(v5::DisconnectProperties {
+        session_expiry_interval: None,
+        reason_string: Some(sentence.into()),
+        user_properties: Vec::new(),
+        server_reference: None,
+    });
     let _ = packet.write(out);
 }
 
@@ -466,7 +507,13 @@ mod tests {
         }
         assert_eq!(connect_version(&v4).unwrap(), Some(Version::V4));
         let mut v5 = BytesMut::new();
-        v5::Connect::new("dev").write(&mut v5).unwrap();
+        let connect = v5::Connect {
+            keep_alive: 10,
+            client_id: "dev".into(),
+            clean_start: true,
+            properties: None,
+        };
+        connect.write(&None, &None, &mut v5).unwrap();
         assert_eq!(connect_version(&v5).unwrap(), Some(Version::V5));
         assert!(connect_version(b"\x30\x00").is_err(), "a PUBLISH first");
         let mut level3 = v4.to_vec();
@@ -485,7 +532,7 @@ mod tests {
             matches!(got, Incoming::Publish { pkid: 7, ref message } if message.topic == "t/a" && message.qos == 1)
         );
         let mut buf = BytesMut::new();
-        let mut p = v5::Publish::new("t/b", QoS::AtMostOnce, b"yo".to_vec());
+        let mut p = v5::Publish::new("t/b", bytes5::QoS::AtMostOnce, b"yo".to_vec(), None);
         p.properties = Some(v5::PublishProperties {
             payload_format_indicator: None,
             message_expiry_interval: None,
@@ -517,6 +564,31 @@ mod tests {
         assert!(matches!(
             read(Version::V4, &mut buf, 1000),
             Err(ReadError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn an_mqtt_5_disconnect_with_no_reason_code_is_a_clean_end() {
+        let mut buf = BytesMut::from(&[0xE0, 0x00, 0xC0, 0x00][..]);
+        assert_eq!(
+            read(Version::V5, &mut buf, 1024),
+            Ok(Some(Incoming::Disconnect))
+        );
+        assert_eq!(
+            read(Version::V5, &mut buf, 1024),
+            Ok(Some(Incoming::PingReq))
+        );
+        assert_eq!(read(Version::V5, &mut buf, 1024), Ok(None));
+    }
+
+    #[test]
+    fn an_mqtt_5_unsubscribe_is_read_quietly() {
+        // mqttbytes 0.6 printed a line on stderr for each of these (dbg!).
+        let mut buf = BytesMut::new();
+        v5::Unsubscribe::new("t/#", None).write(&mut buf).unwrap();
+        assert!(matches!(
+            read(Version::V5, &mut buf, 1024),
+            Ok(Some(Incoming::Unsubscribe { filters, .. })) if filters == ["t/#"]
         ));
     }
 }

@@ -1,8 +1,8 @@
 //! The MQTT adapter: devices publish, the app gets each message as a
 //! signed JSON POST, through the same delivery and spool as mail.
 //!
-//! MQTT 3.1.1 and 5.0, server side, on the `mqttbytes` codec driven by the
-//! adapter runtime's tokio loop:
+//! MQTT 3.1.1 and 5.0, server side, on rumqttc's packet codecs driven by
+//! the adapter runtime's tokio loop:
 //! - CONNECT: a login, when given, must be one a tunnel set (else "bad user
 //!   name or password"); keep-alive is honoured at 1.5 times its interval;
 //!   a second connection with the same client id takes over.
@@ -23,7 +23,7 @@ mod session;
 mod subscriptions;
 mod tunnels;
 
-pub use subscriptions::{MAX_RETAINED, MAX_RETAINED_BYTES};
+pub use subscriptions::{MAX_RETAINED, MAX_RETAINED_BYTES, Tenancy};
 pub use tunnels::TunnelTopics;
 
 use std::collections::HashMap;
@@ -106,14 +106,31 @@ pub trait TopicRouter: Send + Sync {
     /// Whether `user:password` is a login some tunnel set.
     fn login<'a>(&'a self, credentials: &'a str) -> Answer<'a, Result<bool, Unavailable>>;
 
-    /// The tunnel whose namespace `filter` subscribes to, for a device
-    /// logged in as `login`: its first level must name a live or resuming
-    /// tunnel (never a wildcard), and the tunnel's login must match.
+    /// The tunnel whose namespace `filter` subscribes to, and its tenancy,
+    /// for a device logged in as `login`: its first level must name a live
+    /// or resuming tunnel (never a wildcard), and the tunnel's login must
+    /// match.
     fn subscribe<'a>(
         &'a self,
         filter: &'a str,
         login: Option<&'a str>,
-    ) -> Answer<'a, Result<String, TopicRefusal>>;
+    ) -> Answer<'a, Result<(String, Tenancy), TopicRefusal>>;
+}
+
+/// The key a device's client id is known by: MQTT says a second
+/// connection with the same id takes the first over, and the id is the
+/// device's to choose, so it is scoped to what a stranger cannot give: the
+/// login (a tunnel's devices share it), or for a device without one, its
+/// address. A device of another tunnel, or a stranger, with the same id
+/// gets a session of its own instead of ending this one.
+pub(crate) fn client_key(client_id: &str, login: Option<&str>, peer: std::net::IpAddr) -> String {
+    match login {
+        Some(login) => format!(
+            "{}\0{client_id}",
+            Tenancy::new("", Some(login)).login.unwrap_or_default()
+        ),
+        None => format!("{}\0{client_id}", droid_core::conn_caps::address_of(peer)),
+    }
 }
 
 /// Reads `bytes` as the start of a device's connection (a CONNECT, then
@@ -164,20 +181,22 @@ impl MqttAdapter {
         }
     }
 
-    /// Publishes for `tunnel` (the app's message): `topic` is whole
-    /// (`NAME/...`). Every device subscribed to a matching filter gets it at
-    /// the lower of `qos` and its subscription's; `retain` keeps it for
-    /// later subscribers. Returns how many devices it was handed to.
+    /// Publishes for `tunnel` (the app's message, under the tunnel's
+    /// `tenancy`): `topic` is whole (`NAME/...`). Every device subscribed
+    /// to a matching filter gets it at the lower of `qos` and its
+    /// subscription's; `retain` keeps it for later subscribers. Returns how
+    /// many devices it was handed to.
     pub fn publish(
         &self,
         tunnel: &str,
+        tenancy: &Tenancy,
         topic: &str,
         payload: bytes::Bytes,
         qos: u8,
         retain: bool,
     ) -> usize {
         self.subscriptions
-            .publish(tunnel, topic, payload, qos.min(1), retain)
+            .publish(tunnel, tenancy, topic, payload, qos.min(1), retain)
     }
 
     /// What its messages came to.
@@ -185,8 +204,9 @@ impl MqttAdapter {
         &self.stats
     }
 
-    /// Registers the connection of `client_id`; an older one with the same
-    /// id is told to end (taken over). Returns its number and its token.
+    /// Registers the connection of `client_id` (scoped: see
+    /// [`client_key`]); an older one with the same key is told to end
+    /// (taken over). Returns its number and its token.
     fn take_over(&self, client_id: &str) -> (u64, CancellationToken) {
         let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let token = CancellationToken::new();
@@ -232,13 +252,13 @@ impl Adapter for MqttAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mqttbytes::v4;
+    use rumqttc::mqttbytes::{QoS, v4};
 
     #[test]
     fn packets_in_counts_whole_packets_and_stops_at_the_limit() {
         let mut buf = bytes::BytesMut::new();
         v4::Connect::new("dev").write(&mut buf).unwrap();
-        v4::Publish::new("n/t", mqttbytes::QoS::AtMostOnce, vec![b'x'; 100])
+        v4::Publish::new("n/t", QoS::AtMostOnce, vec![b'x'; 100])
             .write(&mut buf)
             .unwrap();
         v4::PingReq.write(&mut buf).unwrap();

@@ -105,10 +105,11 @@ pub(super) async fn run<S>(
         // A device that gave no id gets one of its own: it takes nobody over.
         connect.client_id = format!("droid-{}", delivery::new_id());
     }
-    let (number, taken) = adapter.take_over(&connect.client_id);
+    let client_key = super::client_key(&connect.client_id, login.as_deref(), peer.ip());
+    let (number, taken) = adapter.take_over(&client_key);
     codec::connack(version, ConnectAnswer::Accepted, max, &mut out);
     if io.write_all(&out).await.is_err() {
-        adapter.left(&connect.client_id, number);
+        adapter.left(&client_key, number);
         return;
     }
     out.clear();
@@ -191,7 +192,7 @@ pub(super) async fn run<S>(
         let _ = io.write_all(&out).await;
     }
     let _ = io.shutdown().await;
-    adapter.left(&connect.client_id, number);
+    adapter.left(&client_key, number);
     adapter.subscriptions.forget(number);
     if let (End::Lost, Some(will)) = (end, connect.will) {
         info!(client_id = %connect.client_id, topic = %will.topic, "posting the Will of a dropped device");
@@ -254,10 +255,11 @@ async fn handle(
                     .subscribe(&filter, device.login.as_deref())
                     .await
                 {
-                    Ok(tunnel) => {
+                    Ok((tunnel, tenancy)) => {
                         let qos = qos.min(1);
                         retained.extend(adapter.subscriptions.subscribe(
                             &tunnel,
+                            &tenancy,
                             device.session,
                             &filter,
                             qos,
@@ -317,6 +319,11 @@ async fn publish(
         Version::V5 => Outcome::Refuse(code, why),
         Version::V4 => Outcome::Close(why),
     };
+    if let Err(why) = valid_topic(&message.topic) {
+        stats.refused.inc();
+        info!(topic = %message.topic.escape_debug(), %why, "MQTT publish refused");
+        return refuse(0x90, why.into());
+    }
     let route = match adapter.router.resolve(&message.topic, login).await {
         Ok(route) => route,
         Err(TopicRefusal::NoTunnel(why)) => {
@@ -406,5 +413,19 @@ async fn publish(
                 }
             }
         }
+    }
+}
+
+/// Whether `topic` may be published to: MQTT forbids an empty topic, the
+/// wildcards `+` and `#` (they are for filters) and NUL.
+fn valid_topic(topic: &str) -> Result<(), &'static str> {
+    if topic.is_empty() {
+        Err("a topic may not be empty")
+    } else if topic.contains(['+', '#']) {
+        Err("a published topic may not hold the wildcards + or #")
+    } else if topic.contains('\0') {
+        Err("a topic may not hold NUL")
+    } else {
+        Ok(())
     }
 }

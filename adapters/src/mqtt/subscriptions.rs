@@ -6,12 +6,21 @@
 //! is matched against that tunnel's subscriptions only. Retained messages
 //! are kept per tunnel, at most [`MAX_RETAINED`] topics and
 //! [`MAX_RETAINED_BYTES`] of payload; past either, the oldest topic goes.
+//!
+//! Both belong to the tunnel's [`Tenancy`] at the time they were made: its
+//! owner and the login its devices must give. Every subscription and every
+//! publish says the tenancy it is made under; when a tunnel's differs from
+//! the one its state was kept under, what no longer belongs goes first: a
+//! new login ends the subscriptions made with the old one, a new owner
+//! also the retained messages of the previous one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use droid_core::protocol::topic_matches;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 /// Retained topics kept per tunnel.
@@ -26,6 +35,29 @@ pub(crate) struct Outgoing {
     pub payload: Bytes,
     pub qos: u8,
     pub retain: bool,
+}
+
+/// Whom a tunnel's topics belong to now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenancy {
+    /// The owner key of the tunnel (its name and its owner).
+    pub owner: String,
+    /// A hash of the login its devices must give, if it asks for one.
+    pub login: Option<String>,
+}
+
+impl Tenancy {
+    /// The tenancy of a tunnel of `owner` (its owner key) whose devices
+    /// log in with `login` (`user:password`), if it set one.
+    pub fn new(owner: &str, login: Option<&str>) -> Tenancy {
+        Tenancy {
+            owner: owner.to_string(),
+            login: login.map(|l| {
+                let digest = Sha256::digest(format!("droid-mqtt-tenancy {l}").as_bytes());
+                digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+            }),
+        }
+    }
 }
 
 struct Subscriber {
@@ -47,6 +79,34 @@ struct Retained {
 struct State {
     subscribers: HashMap<String, Vec<Subscriber>>,
     retained: HashMap<String, Retained>,
+    /// The tenancy each tunnel's subscriptions and retained messages were
+    /// kept under.
+    tenancies: HashMap<String, Tenancy>,
+}
+
+impl State {
+    /// Makes `tenancy` the one `tunnel`'s state is kept under, dropping
+    /// what belonged to an earlier one.
+    fn settle(&mut self, tunnel: &str, tenancy: &Tenancy) {
+        match self.tenancies.get(tunnel) {
+            Some(kept) if kept == tenancy => return,
+            Some(kept) => {
+                if kept.owner != tenancy.owner {
+                    self.retained.remove(tunnel);
+                }
+                self.subscribers.remove(tunnel);
+            }
+            None => {}
+        }
+        self.tenancies.insert(tunnel.to_string(), tenancy.clone());
+    }
+
+    /// Forgets `tunnel`'s tenancy once nothing is kept under it.
+    fn tidy(&mut self, tunnel: &str) {
+        if !self.subscribers.contains_key(tunnel) && !self.retained.contains_key(tunnel) {
+            self.tenancies.remove(tunnel);
+        }
+    }
 }
 
 /// The subscriptions and retained messages of every tunnel.
@@ -60,17 +120,20 @@ impl Subscriptions {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Subscribes a device's session to `filter` (in `tunnel`'s namespace)
-    /// at `qos`; returns the retained messages it matches, to send now.
+    /// Subscribes a device's session to `filter` (in `tunnel`'s namespace,
+    /// under `tenancy`) at `qos`; returns the retained messages it
+    /// matches, to send now.
     pub fn subscribe(
         &self,
         tunnel: &str,
+        tenancy: &Tenancy,
         session: u64,
         filter: &str,
         qos: u8,
         to: mpsc::Sender<Outgoing>,
     ) -> Vec<Outgoing> {
         let mut state = self.lock();
+        state.settle(tunnel, tenancy);
         let list = state.subscribers.entry(tunnel.to_string()).or_default();
         list.retain(|s| !(s.session == session && s.filter == filter));
         list.push(Subscriber {
@@ -113,21 +176,33 @@ impl Subscriptions {
         for list in state.subscribers.values_mut() {
             list.retain(|s| s.session != session);
         }
-        state.subscribers.retain(|_, list| !list.is_empty());
+        let empty: Vec<String> = state
+            .subscribers
+            .iter()
+            .filter(|(_, list)| list.is_empty())
+            .map(|(tunnel, _)| tunnel.clone())
+            .collect();
+        for tunnel in empty {
+            state.subscribers.remove(&tunnel);
+            state.tidy(&tunnel);
+        }
     }
 
-    /// Sends a message for `tunnel` to every matching subscriber (and keeps
-    /// it when `retain`: an empty payload forgets the topic's). Returns how
-    /// many subscribers it was handed to; a device too far behind misses it.
+    /// Sends a message for `tunnel` (under `tenancy`) to every matching
+    /// subscriber (and keeps it when `retain`: an empty payload forgets the
+    /// topic's). Returns how many subscribers it was handed to; a device
+    /// too far behind misses it.
     pub fn publish(
         &self,
         tunnel: &str,
+        tenancy: &Tenancy,
         topic: &str,
         payload: Bytes,
         qos: u8,
         retain: bool,
     ) -> usize {
         let mut state = self.lock();
+        state.settle(tunnel, tenancy);
         if retain {
             let kept = state.retained.entry(tunnel.to_string()).or_default();
             if let Some((old, _)) = kept.messages.remove(topic) {
@@ -175,15 +250,20 @@ mod tests {
     #[test]
     fn messages_reach_matching_filters_and_retained_ones_late_subscribers() {
         let subs = Subscriptions::default();
+        let t = Tenancy::default();
         let (a, mut a_rx) = mpsc::channel(8);
         let (b, mut b_rx) = mpsc::channel(8);
         assert!(
-            subs.subscribe("api", 1, "api/sensors/+/cmd", 1, a)
+            subs.subscribe("api", &t, 1, "api/sensors/+/cmd", 1, a)
                 .is_empty()
         );
-        assert!(subs.subscribe("api", 2, "api/#", 0, b.clone()).is_empty());
+        assert!(
+            subs.subscribe("api", &t, 2, "api/#", 0, b.clone())
+                .is_empty()
+        );
         let n = subs.publish(
             "api",
+            &t,
             "api/sensors/1/cmd",
             Bytes::from_static(b"on"),
             1,
@@ -197,20 +277,20 @@ mod tests {
             "at most the subscription's QoS"
         );
         assert_eq!(
-            subs.publish("web", "web/x", Bytes::from_static(b"x"), 0, false),
+            subs.publish("web", &t, "web/x", Bytes::from_static(b"x"), 0, false),
             0
         );
         // A late subscriber gets the retained message.
-        let late = subs.subscribe("api", 3, "api/sensors/#", 1, b);
+        let late = subs.subscribe("api", &t, 3, "api/sensors/#", 1, b);
         assert_eq!(late.len(), 1);
         assert!(late[0].retain);
         subs.forget(1);
         assert_eq!(
-            subs.publish("api", "api/sensors/1/cmd", Bytes::new(), 0, true),
+            subs.publish("api", &t, "api/sensors/1/cmd", Bytes::new(), 0, true),
             2
         );
         assert!(
-            subs.subscribe("api", 4, "api/#", 1, mpsc::channel(1).0)
+            subs.subscribe("api", &t, 4, "api/#", 1, mpsc::channel(1).0)
                 .is_empty(),
             "an empty retained payload forgets it"
         );
@@ -219,17 +299,71 @@ mod tests {
     #[test]
     fn retained_messages_are_bounded_per_tunnel() {
         let subs = Subscriptions::default();
+        let t = Tenancy::default();
         for i in 0..MAX_RETAINED + 10 {
             subs.publish(
                 "api",
+                &t,
                 &format!("api/t/{i}"),
                 Bytes::from_static(b"x"),
                 0,
                 true,
             );
         }
-        let kept = subs.subscribe("api", 1, "api/#", 0, mpsc::channel(1).0);
+        let kept = subs.subscribe("api", &t, 1, "api/#", 0, mpsc::channel(1).0);
         assert_eq!(kept.len(), MAX_RETAINED);
         assert_eq!(kept[0].topic, "api/t/10", "the oldest went first");
+    }
+
+    #[test]
+    fn a_new_login_ends_old_subscriptions_and_a_new_owner_also_the_retained() {
+        let subs = Subscriptions::default();
+        let first = Tenancy::new("owner-a/api", None);
+        let (old, mut old_rx) = mpsc::channel(8);
+        subs.subscribe("api", &first, 1, "api/#", 1, old);
+        subs.publish(
+            "api",
+            &first,
+            "api/firmware_url",
+            Bytes::from_static(b"https://a"),
+            1,
+            true,
+        );
+        assert!(old_rx.try_recv().is_ok());
+        // The owner sets a login: the subscription made without it ends...
+        let locked = Tenancy::new("owner-a/api", Some("dev:pw"));
+        assert_eq!(
+            subs.publish(
+                "api",
+                &locked,
+                "api/cmd",
+                Bytes::from_static(b"x"),
+                1,
+                false
+            ),
+            0
+        );
+        assert!(old_rx.try_recv().is_err());
+        // ...and its retained message is still its own.
+        let (dev, _dev_rx) = mpsc::channel(8);
+        assert_eq!(subs.subscribe("api", &locked, 2, "api/#", 1, dev).len(), 1);
+        // A new owner of the name gets none of the previous one's.
+        let stranger = Tenancy::new("owner-b/api", None);
+        let (theirs, _rx) = mpsc::channel(8);
+        assert!(
+            subs.subscribe("api", &stranger, 3, "api/#", 1, theirs)
+                .is_empty()
+        );
+        assert_eq!(
+            subs.publish(
+                "api",
+                &stranger,
+                "api/x",
+                Bytes::from_static(b"x"),
+                0,
+                false
+            ),
+            1
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 
-use super::{TopicRefusal, TopicRoute, TopicRouter};
+use super::{Tenancy, TopicRefusal, TopicRoute, TopicRouter};
 use crate::delivery::PostOptions;
 use crate::route::{Answer, Destination, Tunnels, Unavailable};
 
@@ -68,7 +68,7 @@ impl TopicRouter for TunnelTopics {
         &'a self,
         filter: &'a str,
         login: Option<&'a str>,
-    ) -> Answer<'a, Result<String, TopicRefusal>> {
+    ) -> Answer<'a, Result<(String, Tenancy), TopicRefusal>> {
         Box::pin(async move {
             let name = filter.split('/').next().unwrap_or_default();
             if name == "+" || name == "#" || name.is_empty() {
@@ -76,7 +76,9 @@ impl TopicRouter for TunnelTopics {
                     "a filter's first level must be a tunnel's name, not a wildcard".into(),
                 ));
             }
-            Ok(self.tunnel(name, login, "subscriptions").await?.name)
+            let tunnel = self.tunnel(name, login, "subscriptions").await?;
+            let tenancy = Tenancy::new(&tunnel.owner, tunnel.settings.mqtt.auth.as_deref());
+            Ok((tunnel.name, tenancy))
         })
     }
 
