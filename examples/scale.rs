@@ -476,9 +476,20 @@ async fn start_server(
             "127.0.0.1:0",
             "--control",
             "127.0.0.1:0",
-            // every tunnel comes from 127.0.0.1
+            // every tunnel comes from 127.0.0.1, each its own session, as
+            // if each came from an address of its own
             "--max-tunnels-per-ip",
             &(tunnels + 100).to_string(),
+            "--max-sessions-per-ip",
+            &(tunnels + 100).to_string(),
+            "--max-sessions",
+            &(tunnels + 100).to_string(),
+            "--max-visitor-connections-per-ip",
+            &(tunnels + 100).to_string(),
+            "--max-names-per-ip",
+            "0",
+            "--new-names-per-minute",
+            "0",
         ])
         .args(extra)
         .env("RUST_LOG", "warn")
@@ -550,7 +561,7 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
                 "--peer",
                 "127.0.0.1:0",
                 "--cluster-secret",
-                "scale",
+                "the scale bench's cluster secret, 7c0b9a1e",
             ]
             .map(String::from)
             .to_vec(),

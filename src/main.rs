@@ -59,6 +59,16 @@ enum Command {
     /// Check a config file, or print a commented example of one.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Helpers for running several servers as one cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(clap::Subcommand)]
+enum ClusterCommand {
+    /// Print a fresh cluster secret (256 random bits), to give every node
+    /// as --cluster-secret or DROID_CLUSTER_SECRET.
+    Secret,
 }
 
 #[derive(clap::Args)]
@@ -449,7 +459,9 @@ fn prepare(command: Command) -> Result<Ready> {
             let file = args.config.as_deref().map(config::load).transpose()?;
             Ready::Smtp(settings::standalone(&args, file)?)
         }
-        Command::Config(_) => unreachable!("config commands start nothing"),
+        Command::Config(_) | Command::Cluster(_) => {
+            unreachable!("config and cluster commands start nothing")
+        }
     })
 }
 
@@ -477,6 +489,10 @@ fn main() -> std::process::ExitCode {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             };
+        }
+        Command::Cluster(ClusterCommand::Secret) => {
+            println!("{}", settings::new_cluster_secret());
+            return std::process::ExitCode::SUCCESS;
         }
         command => match prepare(command) {
             Ok(ready) => ready,

@@ -387,7 +387,6 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
                 .node_id
                 .clone()
                 .or_else(|| file.map(|c| c.node_id.0.clone()));
-            let peer = args.peer.or(file.and_then(|c| c.peer.map(|a| a.0)));
             let advertise = args
                 .peer_advertise
                 .clone()
@@ -396,10 +395,15 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
                 .cluster_secret
                 .clone()
                 .or_else(|| file.and_then(|c| c.secret.as_ref().map(|s| s.0.clone())));
-            if peer.is_some() && secret.is_none() {
-                bail!(
-                    "--peer needs --cluster-secret (or DROID_CLUSTER_SECRET): the nodes' TLS is keyed by it"
-                );
+            if redis.is_some() {
+                let Some(secret) = &secret else {
+                    bail!(
+                        "--cluster needs --cluster-secret (or DROID_CLUSTER_SECRET, or `secret` in \
+                         [cluster]): the TLS between the nodes is keyed by it; make one with \
+                         `droid cluster secret`"
+                    );
+                };
+                droid_server::check_secret(secret).map_err(anyhow::Error::msg)?;
             }
             match (redis, node_id) {
                 (Some(redis), Some(node_id)) => Some(droid_server::cluster::ClusterConfig {
@@ -760,4 +764,10 @@ fn server_list(given: &[String]) -> Option<String> {
         .filter(|s| !s.is_empty())
         .collect();
     (!servers.is_empty()).then(|| servers.join(","))
+}
+
+/// A fresh cluster secret: 256 random bits as 64 hex digits.
+pub fn new_cluster_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

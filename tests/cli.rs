@@ -341,3 +341,69 @@ async fn with_mail_secret_the_printed_secret_is_the_one_in_use() {
     ));
     assert!(droid.interrupt().await.success());
 }
+
+#[tokio::test]
+async fn a_cluster_needs_a_strong_secret_and_droid_makes_one() {
+    let state = tempfile::tempdir().unwrap();
+    let run = |args: Vec<String>| {
+        let state = state.path().to_path_buf();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            within("droid", droid_command(&args, &state).output())
+                .await
+                .unwrap()
+        }
+    };
+    let made = run(vec!["cluster".into(), "secret".into()]).await;
+    assert!(made.status.success());
+    let secret = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    assert_eq!(secret.len(), 64, "{secret}");
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
+    let again = run(vec!["cluster".into(), "secret".into()]).await;
+    assert_ne!(
+        String::from_utf8(again.stdout).unwrap().trim(),
+        secret,
+        "each is fresh"
+    );
+    // A node with a weak secret, or none, does not start, and says why;
+    // nothing listens at this Redis, so a node that passed would fail later.
+    let node = |secret: Option<&str>| {
+        let mut args: Vec<String> = [
+            "server",
+            "--domain",
+            "droid.test",
+            "--http",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+            "--cluster",
+            "redis://127.0.0.1:1",
+            "--node-id",
+            "a",
+        ]
+        .map(str::to_string)
+        .to_vec();
+        if let Some(s) = secret {
+            args.extend(["--cluster-secret".to_string(), s.to_string()]);
+        }
+        args
+    };
+    for (secret, said) in [
+        (Some("hunter2"), "it has 7 characters, fewer than 32"),
+        (
+            Some("a".repeat(40).leak() as &str),
+            "it repeats a few characters",
+        ),
+        (None, "--cluster needs --cluster-secret"),
+    ] {
+        let out = run(node(secret)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(said), "{stderr}");
+        assert!(stderr.contains("droid cluster secret"), "{stderr}");
+    }
+    // The secret droid made passes the check (and the node goes on to Redis).
+    let out = run(node(Some(&secret))).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("too weak"), "{stderr}");
+}

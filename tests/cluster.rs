@@ -19,7 +19,7 @@ use droid_server::registry::Lookup;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const SECRET: &str = "the nodes' secret";
+const SECRET: &str = "the nodes' secret, long enough 7c0b9a1e";
 
 /// A server that is node `id` of the cluster in `redis`, taking the other
 /// nodes' requests on a peer port of its own.
@@ -187,6 +187,8 @@ async fn when_its_node_is_killed_a_client_moves_to_another_with_its_names() {
                 id,
                 "--cluster-lease",
                 "1s",
+                "--cluster-secret",
+                SECRET,
             ],
             dir.path(),
         )
@@ -358,7 +360,7 @@ async fn the_peer_port_refuses_a_wrong_secret() {
                 node_id: "rogue".into(),
                 lease: Duration::from_secs(1),
                 peer: None,
-                secret: "a guess".into(),
+                secret: "another secret, long enough 7c0b9a1e".into(),
             },
             rogue_srv.server.config().names.clone(),
         )

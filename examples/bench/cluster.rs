@@ -28,6 +28,9 @@ use redis_server::Redis;
 
 use crate::{App, Args, DOMAIN, SECRET, SmtpMode, http_load, ms, ratio, smtp_limits, smtp_load};
 
+/// The nodes' cluster secret (32 characters or more).
+const NODES_SECRET: &str = "the cluster bench's secret, 7c0b9a1e";
+
 /// One node, with SMTP and a spool.
 struct Node {
     http: SocketAddr,
@@ -52,6 +55,8 @@ async fn node(redis: &Redis, id: &str, stop: &CancellationToken) -> anyhow::Resu
     let mut config = ServerConfig::new(DOMAIN);
     config.public_port = Some(node.http.port());
     config.smtp = true;
+    // The load comes from 127.0.0.1: as if from many addresses.
+    config.visitors.max_per_ip = config.visitors.max_connections;
     let server = Server::new(config);
     let cluster = Arc::new(
         Cluster::join(
@@ -60,7 +65,7 @@ async fn node(redis: &Redis, id: &str, stop: &CancellationToken) -> anyhow::Resu
                 node_id: id.into(),
                 lease: Duration::from_secs(10),
                 peer: Some(peer.local_addr()?.to_string()),
-                secret: "bench".into(),
+                secret: NODES_SECRET.into(),
             },
             server.config().names.clone(),
         )
@@ -218,7 +223,7 @@ async fn claims_bench(redis: &Redis) -> anyhow::Result<()> {
                 node_id: "claims".into(),
                 lease: Duration::from_secs(10),
                 peer: None,
-                secret: "bench".into(),
+                secret: NODES_SECRET.into(),
             },
             droid_server::NamePolicy::default(),
         )

@@ -391,6 +391,8 @@ impl Tunnel {
         config.public_port = Some(http_addr.port());
         config.smtp = true;
         config.mqtt = true;
+        // The load comes from 127.0.0.1: as if from many addresses.
+        config.visitors.max_per_ip = config.visitors.max_connections;
         let server = Server::new(config);
         let (s, token) = (server.clone(), stop.clone());
         tokio::spawn(async move { s.run(http, control, token).await });

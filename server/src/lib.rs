@@ -67,6 +67,7 @@ use tracing::error;
 pub use auth::{AuthPolicy, TokenRule};
 pub use name_budget::NameLimits;
 pub use name_store::{NameStore, RedbNames, StoreError};
+pub use peer_tls::{MIN_SECRET_LEN, check_secret};
 pub use rate::RequestRate;
 pub use registry::{NamePolicy, Registry, TcpPorts};
 

@@ -1,7 +1,7 @@
 //! TLS between the nodes of a cluster, keyed by the cluster secret alone.
 //!
 //! Every node derives the same Ed25519 key from the secret (its seed is the
-//! SHA-256 of `droid-peer-key ` and the secret) and the same self-signed
+//! secret through Argon2id, [`seed`]) and the same self-signed
 //! certificate from that key: rcgen's defaults are fixed dates and a serial
 //! number taken from the public key, and Ed25519 signatures are
 //! deterministic, so the certificate's bytes are the same on every node.
@@ -9,6 +9,13 @@
 //! certificate from the other (TLS 1.3, mutual). A node that does not know
 //! the secret can neither answer nor connect, and whoever reads the link
 //! sees only ciphertext, and cannot replay it.
+//!
+//! Anyone who reaches a peer port is shown the certificate (TLS shows it
+//! before the client has proved anything), and the certificate's public
+//! key is a function of the secret: a guess can be checked offline. So a
+//! secret must be long and not repetitive ([`check_secret`]: 32 characters
+//! or more, `droid cluster secret` prints one), and the derivation is slow
+//! (Argon2id, 19 MiB and two passes) so that each guess costs a great deal.
 
 use std::sync::Arc;
 
@@ -18,7 +25,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DistinguishedName, SignatureScheme};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -43,10 +49,11 @@ pub(crate) struct PeerTls {
 }
 
 impl PeerTls {
-    /// The TLS of every node that knows `secret`.
+    /// The TLS of every node that knows `secret`; a weak secret is refused.
     pub(crate) fn from_secret(secret: &str) -> Result<PeerTls, PeerTlsError> {
         let failed = |e: &dyn std::fmt::Display| PeerTlsError(e.to_string());
-        let seed = Sha256::digest(format!("droid-peer-key {secret}").as_bytes());
+        check_secret(secret).map_err(PeerTlsError)?;
+        let seed = seed(secret).map_err(|e| failed(&e))?;
         let mut pkcs8 = ED25519_PKCS8_PREFIX.to_vec();
         pkcs8.extend_from_slice(&seed);
         let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8);
@@ -97,6 +104,44 @@ impl PeerTls {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         self.connector.connect(name, stream).await
     }
+}
+
+/// The fewest characters a cluster secret may have.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Refuses a cluster secret that a guess could find: fewer than
+/// [`MIN_SECRET_LEN`] characters, or fewer than 10 different ones (`aaaa…`,
+/// `abcabc…`). The sentence says how to make a good one.
+pub fn check_secret(secret: &str) -> Result<(), String> {
+    let distinct = secret
+        .chars()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let why = if secret.chars().count() < MIN_SECRET_LEN {
+        format!(
+            "it has {} characters, fewer than {MIN_SECRET_LEN}",
+            secret.chars().count()
+        )
+    } else if distinct < 10 {
+        format!("it repeats a few characters ({distinct} different ones)")
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "the cluster secret is too weak to key the TLS between the nodes: {why}; \
+         make one with `droid cluster secret` and give every node the same"
+    ))
+}
+
+/// The Ed25519 seed of every node that knows `secret`: Argon2id (m = 19
+/// MiB, t = 2, p = 1) with a salt fixed for the protocol, since every node
+/// must find the same one.
+fn seed(secret: &str) -> Result<[u8; 32], argon2::Error> {
+    let params = argon2::Params::new(19 * 1024, 2, 1, Some(32))?;
+    let kdf = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut seed = [0u8; 32];
+    kdf.hash_password_into(secret.as_bytes(), b"droid-peer-key/3", &mut seed)?;
+    Ok(seed)
 }
 
 /// Accepts the one certificate every node of the cluster shows, from
@@ -233,13 +278,32 @@ mod tests {
         got
     }
 
+    const SECRET: &str = "3f7c0b9a1e5d4c2b8a6f0e9d7c5b3a19";
+
     #[tokio::test]
     async fn nodes_with_the_same_secret_connect_and_others_cannot() {
-        let a = PeerTls::from_secret("the nodes' secret").unwrap();
-        let b = PeerTls::from_secret("the nodes' secret").unwrap();
+        let a = PeerTls::from_secret(SECRET).unwrap();
+        let b = PeerTls::from_secret(SECRET).unwrap();
         assert_eq!(link(&a, &b).await.unwrap(), b"hello");
-        let stranger = PeerTls::from_secret("a guess").unwrap();
+        let stranger = PeerTls::from_secret("3f7c0b9a1e5d4c2b8a6f0e9d7c5b3a18").unwrap();
         assert!(link(&a, &stranger).await.is_err(), "a stranger connected");
         assert!(link(&stranger, &a).await.is_err(), "a stranger answered");
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_with_a_way_to_make_a_good_one() {
+        for weak in [
+            "",
+            "a",
+            "the nodes' secret",
+            &"a".repeat(64),
+            &"abc".repeat(20),
+        ] {
+            let e = check_secret(weak).unwrap_err();
+            assert!(e.contains("droid cluster secret"), "{e}");
+            assert!(PeerTls::from_secret(weak).is_err());
+        }
+        check_secret(SECRET).unwrap();
+        check_secret("correct horse battery staple, twice").unwrap();
     }
 }
