@@ -300,20 +300,10 @@ async fn a_client_given_several_servers_skips_a_dead_one_and_moves_on_when_its_s
     );
 }
 
-/// `droid server` on loopback ports with `extra` options; its control
-/// address.
+/// `droid server --state DIR` on loopback ports with `extra` options; its
+/// control address.
 async fn server_binary(extra: &[&str], dir: &std::path::Path) -> (Droid, std::net::SocketAddr) {
-    let mut args = vec![
-        "server",
-        "--domain",
-        DOMAIN,
-        "--http",
-        "127.0.0.1:0",
-        "--control",
-        "127.0.0.1:0",
-        "--state",
-        dir.to_str().unwrap(),
-    ];
+    let mut args = stateful_args(dir).to_vec();
     args.extend_from_slice(extra);
     let mut server = Droid::start(&args, dir);
     let (_, control) = server.line("the server's addresses", server_addrs).await;

@@ -89,16 +89,9 @@ impl Claimant {
 
 /// An IPv4 address, or the /64 of an IPv6 one (what one host gets).
 fn address_key(ip: IpAddr) -> String {
-    match ip {
+    match droid_core::conn_caps::address_of(ip) {
         IpAddr::V4(v4) => format!("address {v4}"),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => format!("address {v4}"),
-            None => {
-                let s = v6.segments();
-                let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
-                format!("addresses {prefix}/64")
-            }
-        },
+        IpAddr::V6(prefix) => format!("addresses {prefix}/64"),
     }
 }
 

@@ -92,6 +92,44 @@ enum State {
     Lost,
 }
 
+/// Reads `bytes` as one direction of a connection (requests, or with
+/// `responses` the app's answers), cut into pieces of `cut` bytes as they
+/// might arrive, the way a capture does; returns how many messages began.
+/// For the fuzz target and tests: a capture never panics or loops on what
+/// this never panics or loops on.
+pub fn messages_in(bytes: &[u8], responses: bool, cut: usize) -> usize {
+    let side = if responses {
+        Side::Response
+    } else {
+        Side::Request
+    };
+    let mut reader = MessageReader::new(side);
+    let mut heads = 0;
+    for mut chunk in bytes.chunks(cut.max(1)) {
+        // Each call uses some bytes or ends a piece: bounded by twice the
+        // input and its pieces, so a loop that makes no progress fails.
+        let (mut calls, limit) = (0, 2 * chunk.len() + 4);
+        loop {
+            calls += 1;
+            assert!(calls <= limit, "the reader made no progress");
+            let (used, piece) = reader.next(chunk);
+            chunk = &chunk[used..];
+            match piece {
+                Some(Piece::Head(..)) => heads += 1,
+                Some(Piece::Lost(_)) => return heads,
+                Some(_) => {}
+                None if chunk.is_empty() => break,
+                None => {}
+            }
+            if chunk.is_empty() && used == 0 {
+                break;
+            }
+        }
+    }
+    let _ = reader.finish();
+    heads
+}
+
 /// Follows the messages of one direction.
 #[derive(Debug)]
 pub(crate) struct MessageReader {
@@ -441,6 +479,17 @@ fn parse_head(side: Side, raw: Vec<u8>) -> Result<(Head, Framing), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn messages_in_counts_heads_however_the_bytes_are_cut() {
+        let two = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        for cut in [1, 2, 7, 1000] {
+            assert_eq!(super::messages_in(two, false, cut), 2, "cut {cut}");
+        }
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(super::messages_in(chunked, true, 5), 2);
+        assert_eq!(super::messages_in(b"\x16\x03\x01 not http", false, 3), 0);
+    }
+
     use super::*;
 
     /// Feeds `bytes` in pieces of `step` and describes what was found.

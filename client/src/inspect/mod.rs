@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use capture::StreamInfo;
 pub(crate) use capture::StreamTap;
 use exchange::{Exchange, Kind};
+pub use http1::messages_in;
 use metrics::Metrics;
 use store::Store;
 
