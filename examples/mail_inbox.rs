@@ -7,8 +7,8 @@
 //! prints, e.g. with `swaks --server 127.0.0.1:2525 --to me@example.com`.
 //!
 //! With `DROID_SECRET` set (the secret Droid printed or was configured
-//! with), it checks `Droid-Signature` and refuses a POST whose signature is
-//! wrong or whose `Droid-Timestamp` is more than five minutes off: the 401
+//! with), it checks `webhook-signature` and refuses a POST whose signature is
+//! wrong or whose `webhook-timestamp` is more than five minutes off: the 401
 //! reaches the sender as an SMTP 550.
 
 use std::convert::Infallible;
@@ -35,8 +35,9 @@ fn check_signature(parts: &http::request::Parts, body: &[u8]) -> Result<&'static
     let Ok(secret) = std::env::var("DROID_SECRET") else {
         return Ok("not checked (DROID_SECRET unset)");
     };
-    let timestamp = header(parts, "droid-timestamp");
-    let signature = header(parts, "droid-signature");
+    let id = header(parts, "webhook-id");
+    let timestamp = header(parts, "webhook-timestamp");
+    let signature = header(parts, "webhook-signature");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -44,10 +45,11 @@ fn check_signature(parts: &http::request::Parts, body: &[u8]) -> Result<&'static
         .parse::<u64>()
         .is_ok_and(|ts| ts.abs_diff(now) <= MAX_SKEW_SECS);
     if !fresh {
-        return Err(format!("stale or missing Droid-Timestamp {timestamp:?}"));
+        return Err(format!("stale or missing webhook-timestamp {timestamp:?}"));
     }
-    if !droid_adapters::verify_signature(secret.as_bytes(), timestamp, body, signature) {
-        return Err("bad Droid-Signature".into());
+    let key = droid_adapters::Secret::key_of(&secret);
+    if !droid_adapters::verify(&key, id, timestamp, body, signature) {
+        return Err("bad webhook-signature".into());
     }
     Ok("ok")
 }
@@ -71,7 +73,7 @@ fn addresses(list: &Value) -> String {
 
 fn print_mail(parts: &http::request::Parts, body: &[u8], signature: &str) {
     println!("──── {} {} ({} bytes)", parts.method, parts.uri, body.len());
-    println!("delivery  {}", header(parts, "droid-delivery-id"));
+    println!("delivery  {}", header(parts, "webhook-id"));
     println!("signature {signature}");
     let content_type = header(parts, "content-type");
     if !content_type.starts_with("application/json") {

@@ -1,11 +1,14 @@
 //! Run with: `cargo run --example webhook_verify [-- PORT]` (default port 3000).
 //!
-//! How a receiving app checks that a POST really comes from Droid: every
-//! delivery carries `Droid-Timestamp` (unix seconds) and `Droid-Signature`,
-//! the hex HMAC-SHA256 of `"{timestamp}.{body}"` keyed with the tunnel's
-//! secret. Recompute it over the raw body bytes, compare in constant time
-//! (`droid_adapters::verify_signature` does both), and refuse old
-//! timestamps so a captured request cannot be replayed later.
+//! How a receiving app checks that a POST really comes from Droid. Every
+//! delivery is signed the Standard Webhooks way: `webhook-id` (the
+//! delivery's id), `webhook-timestamp` (unix seconds) and
+//! `webhook-signature` (`v1,` and the base64 of HMAC-SHA256 over
+//! `"{id}.{timestamp}.{body}"`, keyed with the tunnel's secret, printed as
+//! `whsec_...`). Recompute it over the raw body bytes, compare in constant
+//! time (`droid_adapters::verify` does both), and refuse old timestamps so
+//! a captured request cannot be replayed later. Any Standard Webhooks
+//! library does the same in one call (Python: `standardwebhooks`).
 //!
 //! Start it with `DROID_SECRET` set to the secret Droid printed (or the
 //! `secret` of your config file), then run `droid http 3000` and send a mail
@@ -25,7 +28,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-/// How far `Droid-Timestamp` may be from our clock.
+/// How far `webhook-timestamp` may be from our clock.
 const MAX_SKEW_SECS: u64 = 300;
 
 /// Why a delivery is refused.
@@ -43,7 +46,8 @@ fn now() -> u64 {
 
 /// The whole check: fresh timestamp, then a signature over the exact bytes.
 fn verify(
-    secret: &[u8],
+    key: &[u8],
+    id: &str,
     timestamp: &str,
     body: &[u8],
     signature: &str,
@@ -55,7 +59,7 @@ fn verify(
     if !fresh {
         return Err(Refused::Stale);
     }
-    if !droid_adapters::verify_signature(secret, timestamp, body, signature) {
+    if !droid_adapters::verify(key, id, timestamp, body, signature) {
         return Err(Refused::BadSignature);
     }
     Ok(())
@@ -77,14 +81,15 @@ async fn handle(
     let Ok(body) = body.collect().await.map(|c| c.to_bytes()) else {
         return Ok(answer(StatusCode::BAD_REQUEST, "unreadable body"));
     };
+    let id = header(&parts, "webhook-id");
     let result = verify(
         &secret,
-        header(&parts, "droid-timestamp"),
+        id,
+        header(&parts, "webhook-timestamp"),
         &body,
-        header(&parts, "droid-signature"),
+        header(&parts, "webhook-signature"),
         now(),
     );
-    let id = header(&parts, "droid-delivery-id");
     Ok(match result {
         Ok(()) => {
             println!(
@@ -114,26 +119,33 @@ fn answer(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
 /// Signs like Droid does, to show the check passes and fails when it should.
 fn self_test() {
     let sign = droid_adapters::sign::sign;
-    let (secret, body, t) = (
-        b"s3cret".as_slice(),
+    let secret = droid_adapters::Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .expect("a secret as Droid prints it");
+    let (key, id, body, t) = (
+        secret.key(),
+        "01JD8Y2M4Q6V0X1S9T3R5W7Z2B",
         br#"{"subject":"hi"}"#.as_slice(),
         now(),
     );
     let ts = t.to_string();
-    let good = sign(secret, &ts, body);
-    assert_eq!(verify(secret, &ts, body, &good, t), Ok(()));
+    let good = sign(key, id, &ts, body);
+    assert_eq!(verify(key, id, &ts, body, &good, t), Ok(()));
     assert_eq!(
-        verify(secret, &ts, b"{}", &good, t),
+        verify(key, id, &ts, b"{}", &good, t),
         Err(Refused::BadSignature)
     );
     assert_eq!(
-        verify(b"other", &ts, body, &good, t),
+        verify(key, "another id", &ts, body, &good, t),
+        Err(Refused::BadSignature)
+    );
+    assert_eq!(
+        verify(b"other", id, &ts, body, &good, t),
         Err(Refused::BadSignature)
     );
     let old = (t - 3600).to_string();
-    let replayed = sign(secret, &old, body);
+    let replayed = sign(key, id, &old, body);
     assert_eq!(
-        verify(secret, &old, body, &replayed, t),
+        verify(key, id, &old, body, &replayed, t),
         Err(Refused::Stale)
     );
     println!(
@@ -149,10 +161,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let port: u16 = arg.map(|p| p.parse()).transpose()?.unwrap_or(3000);
-    let secret = Bytes::from(
-        std::env::var("DROID_SECRET")
-            .map_err(|_| "set DROID_SECRET to the secret droid printed or was configured with")?,
-    );
+    let secret = std::env::var("DROID_SECRET")
+        .map_err(|_| "set DROID_SECRET to the secret droid printed or was configured with")?;
+    let secret = Bytes::from(droid_adapters::Secret::key_of(&secret));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!(
         "webhook_verify listening on http://{}/",

@@ -161,9 +161,10 @@ struct HttpArgs {
     /// The body of mail POSTs: json, multipart or raw.
     #[arg(long, default_value = "json", value_parser = mail::format)]
     mail_format: Format,
-    /// The key of the Droid-Signature HMAC on mail POSTs (default: one made
-    /// for you, remembered, and printed).
-    #[arg(long, env = "DROID_MAIL_SECRET", hide_env_values = true)]
+    /// The secret deliveries are signed with, the Standard Webhooks way:
+    /// whsec_ and base64 (default: one made for you, remembered, and
+    /// printed).
+    #[arg(long, env = "DROID_MAIL_SECRET", hide_env_values = true, value_parser = signing_secret)]
     mail_secret: Option<String>,
     #[command(flatten)]
     smtp_options: mail::SmtpArgs,
@@ -236,8 +237,9 @@ struct SmtpStandaloneArgs {
     /// The body of mail POSTs: json, multipart or raw [default: json].
     #[arg(long, value_parser = mail::format)]
     format: Option<Format>,
-    /// The key of the Droid-Signature HMAC.
-    #[arg(long, env = "DROID_MAIL_SECRET", hide_env_values = true)]
+    /// The secret deliveries are signed with, the Standard Webhooks way:
+    /// whsec_ and base64.
+    #[arg(long, env = "DROID_MAIL_SECRET", hide_env_values = true, value_parser = signing_secret)]
     secret: Option<String>,
     #[command(flatten)]
     smtp_options: mail::SmtpArgs,
@@ -474,6 +476,13 @@ fn config_command(command: ConfigCommand) -> Result<()> {
         ConfigCommand::Example { kind } => print!("{}", config::example(kind)),
     }
     Ok(())
+}
+
+/// A signing secret on the command line: `whsec_` and base64.
+fn signing_secret(text: &str) -> Result<String, String> {
+    droid_core::sign::Secret::parse(text)
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn fail(e: &anyhow::Error) -> std::process::ExitCode {
@@ -767,7 +776,7 @@ async fn smtp(s: settings::StandaloneSettings, shutdown: CancellationToken) -> R
     );
     let options = MailOptions {
         format: s.format,
-        secret: s.secret.unwrap_or_default().into_bytes(),
+        secret: droid_adapters::Secret::key_of(&s.secret.unwrap_or_default()),
         ..MailOptions::default()
     };
     mail::standalone(listener, &s.post, s.domain, options, &s.setup, shutdown).await

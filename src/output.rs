@@ -180,9 +180,9 @@ fn describe_event(event: ClientEvent, mail: &Announce, out: &mut String) {
                 // The secret in use, never a remembered one nothing signs with.
                 say(&match mail_secret {
                     Some(secret) => format!(
-                        "droid: mail and MQTT POSTs are signed (Droid-Signature) with the secret {secret}"
+                        "droid: deliveries are signed (Standard Webhooks) with the secret {secret}"
                     ),
-                    None => "droid: mail and MQTT POSTs are signed (Droid-Signature) with the secret you set (--mail-secret)".to_string(),
+                    None => "droid: deliveries are signed (Standard Webhooks) with the secret you set (--mail-secret)".to_string(),
                 });
             }
         }

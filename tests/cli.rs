@@ -199,12 +199,14 @@ async fn droid_http_prints_an_smtp_address_whose_mail_reaches_the_app_signed() {
     let mail = app.next_mail().await;
     assert_eq!(mail.path, "/inbound/mail");
     assert_eq!(mail.json()["subject"], "hi");
-    assert!(droid_adapters::verify_signature(
-        secret.as_bytes(),
-        &mail.header("droid-timestamp"),
-        &mail.body,
-        &mail.header("droid-signature")
-    ));
+    assert!(signed_with(&mail, &secret));
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    // The official Standard Webhooks verifier agrees, and refuses a
+    // tampered body.
+    standard_webhooks_verify(&mail, &secret).await.unwrap();
+    let mut tampered = mail;
+    tampered.body = bytes::Bytes::from_static(b"{}");
+    assert!(standard_webhooks_verify(&tampered, &secret).await.is_err());
     let line = droid
         .line("the delivery's request line", |l| {
             l.starts_with("POST").then(|| l.to_string())
@@ -234,7 +236,7 @@ async fn droid_smtp_posts_mail_to_a_url_with_no_tunnel() {
             "--format",
             "multipart",
             "--secret",
-            "s",
+            WHSEC,
         ],
         state.path(),
     );
@@ -259,12 +261,7 @@ async fn droid_smtp_posts_mail_to_a_url_with_no_tunnel() {
         mail.header("content-type")
     );
     assert!(String::from_utf8_lossy(&mail.body).contains("report.pdf"));
-    assert!(droid_adapters::verify_signature(
-        b"s",
-        &mail.header("droid-timestamp"),
-        &mail.body,
-        &mail.header("droid-signature")
-    ));
+    assert!(signed_with(&mail, WHSEC));
     assert!(droid.interrupt().await.success());
 }
 
@@ -300,7 +297,7 @@ async fn with_mail_secret_the_printed_secret_is_the_one_in_use() {
         .await;
     assert!(droid.interrupt().await.success());
     // ...which a run given --mail-secret neither uses nor prints.
-    let second: Vec<String> = args(Some("given-secret"));
+    let second: Vec<String> = args(Some(WHSEC));
     let second: Vec<&str> = second.iter().map(String::as_str).collect();
     let mut droid = Droid::start(&second, state.path());
     let (smtp, domain) = droid
@@ -333,12 +330,7 @@ async fn with_mail_secret_the_printed_secret_is_the_one_in_use() {
         "SENT"
     );
     let mail = app.next_mail().await;
-    assert!(droid_adapters::verify_signature(
-        b"given-secret",
-        &mail.header("droid-timestamp"),
-        &mail.body,
-        &mail.header("droid-signature")
-    ));
+    assert!(signed_with(&mail, WHSEC));
     assert!(droid.interrupt().await.success());
 }
 

@@ -447,12 +447,7 @@ const APP_SECRET: &str = "the app's secret";
 
 /// Whether a delivery carries a good signature by [`APP_SECRET`].
 fn signed(post: &Received) -> bool {
-    droid_adapters::verify_signature(
-        APP_SECRET.as_bytes(),
-        &post.header("droid-timestamp"),
-        &post.body,
-        &post.header("droid-signature"),
-    )
+    signed_with(&post, APP_SECRET)
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs")
 }
 
-const EXAMPLE_ENV: &[(&str, &str)] = &[("DROID_TOKEN", "t0ken"), ("DROID_MAIL_SECRET", "s3cret")];
+const EXAMPLE_ENV: &[(&str, &str)] = &[("DROID_TOKEN", "t0ken"), ("DROID_MAIL_SECRET", WHSEC)];
 
 #[tokio::test]
 async fn every_example_config_passes_config_check_and_is_what_config_example_prints() {
@@ -301,7 +301,7 @@ host_header = "rewrite"
     let mut client = Droid::start_with(
         &["start", "--config", &client_file],
         dir.path(),
-        &[("TEST_MAIL_SECRET", "k3y")],
+        &[("TEST_MAIL_SECRET", WHSEC)],
     );
     let port = http.rsplit(':').next().unwrap().to_string();
     let mut urls = Vec::new();
@@ -354,12 +354,7 @@ host_header = "rewrite"
     let mut by_path = std::collections::BTreeMap::new();
     for _ in 0..3 {
         let mail = app.next_mail().await;
-        assert!(droid_adapters::verify_signature(
-            b"k3y",
-            &mail.header("droid-timestamp"),
-            &mail.body,
-            &mail.header("droid-signature")
-        ));
+        assert!(signed_with(&mail, WHSEC));
         let rcpts = mail.json()["envelope"]["rcpt_to"].clone();
         by_path.insert(mail.path.clone(), rcpts);
     }
@@ -454,7 +449,7 @@ enabled = false
     let mut droid = Droid::start_with(
         &["smtp", "--config", &file, "--format", "raw"],
         dir.path(),
-        &[("TEST_MAIL_SECRET", "s")],
+        &[("TEST_MAIL_SECRET", WHSEC)],
     );
     let smtp: std::net::SocketAddr = droid
         .line("the listening line", |l| addr_after(l, "listening on "))
@@ -471,11 +466,6 @@ enabled = false
     let mail = app.next_mail().await;
     assert_eq!(mail.path, "/inbound/standalone");
     assert_eq!(mail.header("content-type"), "message/rfc822");
-    assert!(droid_adapters::verify_signature(
-        b"s",
-        &mail.header("droid-timestamp"),
-        &mail.body,
-        &mail.header("droid-signature")
-    ));
+    assert!(signed_with(&mail, WHSEC));
     assert!(droid.interrupt().await.success());
 }

@@ -147,12 +147,12 @@ async fn no_inspect_prints_no_line_and_opens_no_listener() {
         ],
         state.path(),
     );
-    // The banner ends with the line about signed mail.
+    // The banner ends with the line about signed deliveries.
     let mut lines = Vec::new();
     droid
         .line("the banner", |l| {
             lines.push(l.to_string());
-            l.contains("POSTs are signed").then_some(())
+            l.contains("deliveries are signed").then_some(())
         })
         .await;
     assert!(!lines.iter().any(|l| l.starts_with("inspect")), "{lines:?}");

@@ -8,7 +8,6 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use common::*;
-use droid_adapters::verify_signature;
 use droid_client::{ClientEvent, MailSettings};
 use droid_server::registry::Lookup;
 
@@ -56,19 +55,9 @@ async fn a_mail_reaches_the_app_as_a_signed_json_post_through_the_tunnel() {
         "{}",
         mail.header("content-type")
     );
-    assert!(verify_signature(
-        b"k3y",
-        &mail.header("droid-timestamp"),
-        &mail.body,
-        &mail.header("droid-signature")
-    ));
-    assert!(!verify_signature(
-        b"wrong",
-        &mail.header("droid-timestamp"),
-        &mail.body,
-        &mail.header("droid-signature")
-    ));
-    assert!(!mail.header("droid-delivery-id").is_empty());
+    assert!(signed_with(&mail, "k3y"));
+    assert!(!signed_with(&mail, "wrong"));
+    assert!(!mail.header("webhook-id").is_empty());
     let json = mail.json();
     assert_eq!(json["subject"], "Grüße ✓");
     assert_eq!(json["envelope"]["mail_from"], "alice@example.com");
@@ -138,12 +127,7 @@ async fn one_mail_for_two_tunnels_reaches_each_once_and_an_app_rejection_is_a_55
     );
     assert_eq!(mb.json()["envelope"]["rcpt_to"][0], "y@two.droid.test");
     assert_eq!(mb.path, "/inbound/b");
-    assert!(verify_signature(
-        b"kb",
-        &mb.header("droid-timestamp"),
-        &mb.body,
-        &mb.header("droid-signature")
-    ));
+    assert!(signed_with(&mb, "kb"));
     assert!(a.inbox.try_recv().is_err(), "tunnel one got the mail twice");
     // the app says no: the sender hears it while still connected
     a.inbox_status.store(422, Ordering::SeqCst);
@@ -189,7 +173,7 @@ async fn mail_for_a_reconnecting_tunnel_is_spooled_and_delivered_once_when_it_is
     assert_eq!(again.name(), "desk");
     let mail = app.next_mail().await;
     assert_eq!(mail.json()["subject"], "while away");
-    let id = mail.header("droid-delivery-id");
+    let id = mail.header("webhook-id");
     within("spool drained", async {
         while spool
             .path()

@@ -66,7 +66,7 @@ pub struct PostOptions {
     pub path: String,
     /// The body's `Content-Type`.
     pub content_type: String,
-    /// The HMAC-SHA256 key for `Droid-Signature`.
+    /// The key of the `webhook-signature` HMAC.
     #[serde(with = "crate::route::hex_bytes")]
     pub secret: Vec<u8>,
 }
@@ -188,7 +188,7 @@ impl Delivery {
             ),
         };
         let ts = timestamp.to_string();
-        let signature = sign::sign(secret, &ts, &body);
+        let signature = sign::sign(secret, &self.id, &ts, &body);
         let mut request = http::Request::new(body);
         *request.method_mut() = http::Method::POST;
         let path = if path.starts_with('/') {
@@ -205,10 +205,7 @@ impl Delivery {
                 USER_AGENT,
                 format!("droid-{adapter}/{}", env!("CARGO_PKG_VERSION")),
             ),
-            (
-                HeaderName::from_static(sign::DELIVERY_ID_HEADER),
-                self.id.clone(),
-            ),
+            (HeaderName::from_static(sign::ID_HEADER), self.id.clone()),
             (HeaderName::from_static(sign::TIMESTAMP_HEADER), ts),
             (HeaderName::from_static(sign::SIGNATURE_HEADER), signature),
             (
@@ -317,14 +314,16 @@ mod tests {
         let r = d.request(1_700_000_000);
         assert_eq!(r.uri().path(), "/inbound");
         let h = |n: &str| r.headers().get(n).unwrap().to_str().unwrap().to_string();
-        assert_eq!(h("droid-timestamp"), "1700000000");
-        assert_eq!(h("droid-delivery-id"), d.id);
-        assert!(sign::verify_signature(
+        assert_eq!(h("webhook-timestamp"), "1700000000");
+        assert_eq!(h("webhook-id"), d.id);
+        assert!(sign::verify(
             b"s3cret",
+            &d.id,
             "1700000000",
             r.body(),
-            &h("droid-signature")
+            &h("webhook-signature")
         ));
+        assert!(r.headers().get("droid-signature").is_none());
         let json: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
         assert_eq!(json["subject"], "hi");
         assert_eq!(json["envelope"]["mail_from"], "");

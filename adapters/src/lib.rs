@@ -15,8 +15,9 @@
 //! - [`url_sink`]: [`UrlSink`], a [`Deliver`] that POSTs to an `http://` URL.
 //! - [`pool`]: [`Pool`], idle HTTP/1.1 connections a sink keeps for its
 //!   next delivery (the URL sink's, and the server's per tunnel).
-//! - [`sign`]: the `Droid-*` delivery headers, the HMAC-SHA256 signature and
-//!   [`verify_signature`] for apps.
+//! - [`sign`]: the Standard Webhooks headers of every delivery
+//!   (`webhook-id`, `webhook-timestamp`, `webhook-signature`), [`Secret`]
+//!   and [`verify`] for apps.
 //! - [`mail`]: an email (raw bytes plus [`Envelope`]) turned into a JSON,
 //!   multipart/form-data or raw `message/rfc822` request body.
 //! - [`delivery`]: one message for one destination ([`Delivery`]), how it
@@ -54,7 +55,7 @@ pub use pool::Pool;
 pub use route::{
     Answer, Destination, MailOptions, MailRouter, Owners, Route, Tunnels, Unavailable, UrlRouter,
 };
-pub use sign::verify_signature;
+pub use sign::{Secret, verify};
 pub use smtp::{SmtpAdapter, SmtpConfig, TunnelMail};
 pub use spool::{RetryPolicy, Spool, SpoolConfig, SpoolError};
 pub use stats::DeliveryStats;

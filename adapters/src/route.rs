@@ -34,7 +34,7 @@ pub struct MailOptions {
     pub path: String,
     /// The body format.
     pub format: Format,
-    /// The HMAC-SHA256 key for `Droid-Signature`.
+    /// The key of the `webhook-signature` HMAC.
     #[serde(with = "hex_bytes")]
     pub secret: Vec<u8>,
     /// Attachments larger than this (decoded bytes) are listed in JSON

@@ -12,7 +12,7 @@ use base64::Engine;
 use common::*;
 use droid_adapters::{
     Answer, ConnLimits, Format, MailOptions, MailRouter, Route, SmtpConfig, Unavailable, UrlSink,
-    verify_signature,
+    verify,
 };
 use droid_core::deliver::Deliver;
 
@@ -89,19 +89,21 @@ async fn signature_verifies() {
     let (ok, _, err) = python(SEND_BASIC, &[&smtp.port(), "bob@example.com"]).await;
     assert!(ok, "{err}");
     let got = origin.next().await;
-    let ts = got.header("droid-timestamp");
-    let sig = got.header("droid-signature");
-    assert_eq!(got.header("droid-delivery-id").len(), 26);
+    let ts = got.header("webhook-timestamp");
+    let sig = got.header("webhook-signature");
+    let id = got.header("webhook-id");
+    assert_eq!(got.header("webhook-id").len(), 26);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     assert!(ts.parse::<u64>().unwrap().abs_diff(now) < 60);
-    assert!(verify_signature(b"topsecret", &ts, &got.body, &sig));
-    assert!(!verify_signature(b"wrong", &ts, &got.body, &sig));
+    assert!(verify(b"topsecret", &id, &ts, &got.body, &sig));
+    assert!(!verify(b"wrong", &id, &ts, &got.body, &sig));
+    assert!(!verify(b"topsecret", "another-id", &ts, &got.body, &sig));
     let mut tampered = got.body.to_vec();
     tampered[0] = b' ';
-    assert!(!verify_signature(b"topsecret", &ts, &tampered, &sig));
+    assert!(!verify(b"topsecret", &id, &ts, &tampered, &sig));
 }
 
 #[tokio::test]
@@ -456,21 +458,13 @@ with smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=30) as s:
         "name=\"envelope\"\r\n\r\n{\"from\":\"ann@example.com\",\"to\":[\"x@a.test\",\"y@a.test\"]}"
     ));
     assert!(body.contains("name=\"attachment1\"; filename=\"d.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n\u{0}\u{1}data\r\n"));
-    assert!(verify_signature(
-        b"owner-a",
-        &got_a.header("droid-timestamp"),
-        &got_a.body,
-        &got_a.header("droid-signature")
-    ));
+    assert!(signed_with(&got_a, b"owner-a"));
     // Raw for b: the message itself, envelope in headers, only b's recipient.
     assert_eq!(got_b.header("content-type"), "message/rfc822");
     assert_eq!(got_b.header("droid-rcpt-to"), "z@b.test");
     assert_eq!(got_b.header("droid-mail-from"), "ann@example.com");
     assert!(String::from_utf8_lossy(&got_b.body).contains("Subject: fan out"));
-    assert_ne!(
-        got_a.header("droid-delivery-id"),
-        got_b.header("droid-delivery-id")
-    );
+    assert_ne!(got_a.header("webhook-id"), got_b.header("webhook-id"));
     assert_eq!(a.count.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(b.count.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

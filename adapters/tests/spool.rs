@@ -97,7 +97,7 @@ async fn app_offline_then_online_gets_the_message_exactly_once() {
     spool.wake("url");
     let got = origin.next().await;
     assert_eq!(got.path, "/hook");
-    assert_eq!(got.header("droid-delivery-id"), queued_id(&reply));
+    assert_eq!(got.header("webhook-id"), queued_id(&reply));
     assert_eq!(got.json()["subject"], "spooled");
     wait_until("spool empty", || spool.is_empty()).await;
     assert_eq!(
@@ -142,14 +142,9 @@ async fn restart_delivers_what_the_spool_holds() {
     let stop = CancellationToken::new();
     let runner = tokio::spawn(spool.clone().run(router_to(addr), stop.clone()));
     let got = origin.next().await;
-    assert_eq!(got.header("droid-delivery-id"), id);
+    assert_eq!(got.header("webhook-id"), id);
     assert_eq!(got.json()["message_id"], "m1@example.com");
-    assert!(droid_adapters::verify_signature(
-        b"s",
-        &got.header("droid-timestamp"),
-        &got.body,
-        &got.header("droid-signature")
-    ));
+    assert!(signed_with(&got, b"s"));
     wait_until("spool empty", || spool.is_empty()).await;
     assert_eq!(origin.count.load(Ordering::SeqCst), 1);
     stop.cancel();
@@ -178,10 +173,7 @@ async fn app_4xx_during_retries_dead_letters_with_reason() {
     origin.set_answer(410, "mailbox closed\nmore detail");
     spool.wake("url");
     let second = origin.next().await;
-    assert_eq!(
-        first.header("droid-delivery-id"),
-        second.header("droid-delivery-id")
-    );
+    assert_eq!(first.header("webhook-id"), second.header("webhook-id"));
     wait_until("spool empty", || spool.is_empty()).await;
     let id = queued_id(&reply);
     let reason =

@@ -290,6 +290,11 @@ pub async fn run(
     }
     let events = Events(events);
     let (state_file, mut remembered) = open_state(&config);
+    // A secret remembered from before deliveries were signed the Standard
+    // Webhooks way (hex, not whsec_) is replaced.
+    remembered
+        .mail_secret
+        .take_if(|s| droid_core::sign::Secret::parse(s).is_err());
     let mail_secret = remembered
         .mail_secret
         .get_or_insert_with(new_mail_secret)
@@ -471,10 +476,11 @@ fn hello_for(config: &ClientConfig, remembered: &state::Remembered) -> Hello {
     }
 }
 
-/// A new secret for signing mail deliveries: 128 random bits in hex.
+/// A new secret for signing deliveries: `whsec_` and 256 random bits in
+/// base64, as Standard Webhooks libraries take it.
 fn new_mail_secret() -> String {
-    let bytes: [u8; 16] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let bytes: [u8; 32] = rand::rng().random();
+    droid_core::sign::Secret::from_key(bytes.to_vec()).to_string()
 }
 
 fn jitter(d: Duration) -> Duration {

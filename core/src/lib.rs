@@ -14,7 +14,7 @@
 //!   HTTP request to a sink (a tunnel or a plain URL) and get the answer back.
 //! - [`watch`]: a connection whose bytes are seen as they pass (metrics,
 //!   the inspector).
-//! - [`sign`]: the `Droid-Signature` on every delivery: made by the server's
+//! - [`sign`]: the Standard Webhooks signature of every delivery: made by the server's
 //!   adapters, made afresh by the client when it replays one, checked by apps.
 //!
 //! - [`conn_caps`]: connections open at once, in total and per address, for

@@ -163,7 +163,7 @@ pub struct MqttSettings {
     /// The path messages no route matches are POSTed to (default `/mqtt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// The key of the `Droid-Signature` HMAC.
+    /// The key of the `webhook-signature` HMAC (`whsec_...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// `user:password` devices must log in with to publish to this tunnel.
@@ -262,7 +262,7 @@ pub struct MailSettings {
     /// `json` (default), `multipart` or `raw`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
-    /// The key of the `Droid-Signature` HMAC.
+    /// The key of the `webhook-signature` HMAC (`whsec_...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// Recipient patterns to paths, tried in order; the first match gives

@@ -336,7 +336,7 @@ impl TunnelSink {
                 .of(&tunnel.name, tunnel.session, &tunnel.opener, max_idle);
         let id = request
             .headers()
-            .get("droid-delivery-id")
+            .get(droid_core::sign::ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
@@ -387,7 +387,7 @@ impl TunnelSink {
 
     /// Opens a delivery stream on `tunnel` and starts HTTP/1.1 on it. The
     /// header names the delivery it is opened for (later ones on the same
-    /// stream carry their own `Droid-Delivery-Id`).
+    /// stream carry their own `webhook-id`).
     async fn open(
         &self,
         tunnel: &Tunnel,

@@ -5,7 +5,8 @@ use toml::Spanned;
 
 use super::smtp::{SmtpFile, SpoolFile};
 use super::values::{
-    Addr, Credentials, Dur, IpAllow, Local, LogLevel, MailFormat, NonEmpty, TunnelName, UrlPath,
+    Addr, Credentials, Dur, IpAllow, Local, LogLevel, MailFormat, NonEmpty, SigningSecret,
+    TunnelName, UrlPath,
 };
 
 /// A client's settings: a server and named tunnels over one connection.
@@ -108,8 +109,8 @@ pub struct TunnelMailFile {
     pub path: Option<UrlPath>,
     /// `json`, `multipart` or `raw`.
     pub format: Option<MailFormat>,
-    /// The key of the Droid-Signature HMAC.
-    pub secret: Option<NonEmpty>,
+    /// The key of the `webhook-signature` HMAC (`whsec_...`).
+    pub secret: Option<SigningSecret>,
     /// Recipient patterns to paths, first match wins.
     #[serde(default)]
     pub routes: Vec<RouteFile>,
@@ -121,8 +122,8 @@ pub struct TunnelMailFile {
 pub struct TunnelMqttFile {
     /// The path messages no route matches are POSTed to (`--mqtt-path`).
     pub path: Option<UrlPath>,
-    /// The key of the Droid-Signature HMAC (default: the mail secret).
-    pub secret: Option<NonEmpty>,
+    /// The key of the `webhook-signature` HMAC (default: the mail secret).
+    pub secret: Option<SigningSecret>,
     /// Devices must log in with this `user:password` (`--mqtt-auth`).
     pub auth: Option<Credentials>,
     /// Topic filters (after `NAME/`) to paths, first match wins.

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::values::{Addr, Dur, LogLevel, MailFormat, NonEmpty, Text};
+use super::values::{Addr, Dur, LogLevel, MailFormat, NonEmpty, SigningSecret};
 
 /// `[adapters.smtp]` (server, standalone) or `[embedded.smtp]` (client).
 #[derive(Debug, Default, Deserialize)]
@@ -40,7 +40,7 @@ pub struct SmtpFile {
     /// Standalone only: the POST's body (`--format`).
     pub format: Option<Spanned<MailFormat>>,
     /// Standalone only: the signing key (`--secret`).
-    pub secret: Option<Spanned<Text>>,
+    pub secret: Option<Spanned<SigningSecret>>,
 }
 
 impl SmtpFile {

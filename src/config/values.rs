@@ -62,16 +62,6 @@ where
     parse(&text).map_err(de::Error::custom)
 }
 
-/// A string value, `${VAR}` expanded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Text(pub String);
-
-impl<'de> Deserialize<'de> for Text {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        parsed(d, |s| Ok(Text(s.to_string())))
-    }
-}
-
 /// A non-empty string value, `${VAR}` expanded (a token, a secret, a URL).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NonEmpty(pub String);
@@ -84,6 +74,21 @@ impl<'de> Deserialize<'de> for NonEmpty {
             } else {
                 Ok(NonEmpty(s.to_string()))
             }
+        })
+    }
+}
+
+/// A signing secret, `whsec_` and base64 (Standard Webhooks), `${VAR}`
+/// expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningSecret(pub String);
+
+impl<'de> Deserialize<'de> for SigningSecret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |s| {
+            droid_core::sign::Secret::parse(s)
+                .map(|_| SigningSecret(s.to_string()))
+                .map_err(|e| e.to_string())
         })
     }
 }

@@ -1207,3 +1207,58 @@ pub fn rss_of(pid: u32) -> u64 {
         .unwrap();
     kib * 1024
 }
+
+// ---------------------------------------------------------------- signatures
+
+/// A signing secret as Droid prints one (the Standard Webhooks example's).
+pub const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Whether `post` carries a good Standard Webhooks signature (`webhook-id`,
+/// `webhook-timestamp`, `webhook-signature`) by `secret` (`whsec_...`, or
+/// a plain text used as its bytes).
+pub fn signed_with(post: &Received, secret: &str) -> bool {
+    droid_adapters::verify(
+        &droid_adapters::Secret::key_of(secret),
+        &post.header("webhook-id"),
+        &post.header("webhook-timestamp"),
+        &post.body,
+        &post.header("webhook-signature"),
+    )
+}
+
+/// Checks `post` with the official Standard Webhooks verifier (Python's
+/// `standardwebhooks`, installed by `bash .ci/test`) and `secret`
+/// (`whsec_...`); its verdict, or why it failed.
+pub async fn standard_webhooks_verify(post: &Received, secret: &str) -> Result<(), String> {
+    use base64::Engine as _;
+    const SCRIPT: &str = r#"
+import base64, sys
+try:
+    from standardwebhooks.webhooks import Webhook
+except ImportError:
+    print("MISSING: pip install standardwebhooks (bash .ci/test installs it)")
+    sys.exit(3)
+secret, id, ts, sig, body = sys.argv[1:6]
+try:
+    Webhook(secret).verify(base64.b64decode(body), {"webhook-id": id, "webhook-timestamp": ts, "webhook-signature": sig})
+except Exception as e:
+    print("REFUSED", e)
+    sys.exit(1)
+print("VERIFIED")
+"#;
+    let body = base64::engine::general_purpose::STANDARD.encode(&post.body);
+    let args = [
+        secret.to_string(),
+        post.header("webhook-id"),
+        post.header("webhook-timestamp"),
+        post.header("webhook-signature"),
+        body,
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out, err) = python(SCRIPT, &args).await;
+    assert!(!out.starts_with("MISSING"), "{out}");
+    match (ok, out.trim()) {
+        (true, "VERIFIED") => Ok(()),
+        _ => Err(format!("{out}{err}")),
+    }
+}

@@ -112,7 +112,7 @@ impl TunnelTopics {
                 adapter: "mqtt".into(),
                 path,
                 content_type: "application/json".into(),
-                secret: secret.into_bytes(),
+                secret: crate::Secret::key_of(&secret),
             },
             subtopic: subtopic.to_string(),
         })

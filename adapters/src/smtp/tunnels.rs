@@ -112,7 +112,7 @@ fn mail_options(settings: &MailSettings) -> MailOptions {
             }
             None => defaults.format,
         },
-        secret: settings.secret.clone().unwrap_or_default().into_bytes(),
+        secret: crate::Secret::key_of(settings.secret.as_deref().unwrap_or_default()),
         ..defaults
     }
 }

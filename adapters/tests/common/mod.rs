@@ -269,3 +269,15 @@ pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// Whether `post` carries a good Standard Webhooks signature by the key
+/// `key`.
+pub fn signed_with(post: &Received, key: &[u8]) -> bool {
+    droid_adapters::verify(
+        key,
+        &post.header("webhook-id"),
+        &post.header("webhook-timestamp"),
+        &post.body,
+        &post.header("webhook-signature"),
+    )
+}

@@ -225,7 +225,7 @@ impl StreamTap {
             };
             exchange.delivery_id = exchange
                 .request
-                .header("droid-delivery-id")
+                .header(droid_core::sign::ID_HEADER)
                 .map(str::to_string)
                 .or_else(|| self.info.delivery_id.clone());
         }

@@ -3,8 +3,8 @@
 //! A replay does not go through the server: the client connects to the
 //! target itself, as it does for every stream, and captures the new
 //! exchange with `replay_of` set. A mail delivery is signed afresh (a new
-//! `Droid-Timestamp` and `Droid-Signature` with the tunnel's secret), so
-//! the app's signature check passes; its `Droid-Delivery-Id` stays the
+//! `webhook-timestamp` and `webhook-signature` with the tunnel's secret), so
+//! the app's signature check passes; its `webhook-id` stays the
 //! same, for it is the same message.
 
 use std::borrow::Cow;
@@ -111,18 +111,25 @@ pub(crate) async fn replay(
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case(sign::SIGNATURE_HEADER));
     if signed && let Some(secret) = &tunnel.spec.mail.secret {
+        // The same delivery id, a new timestamp, signed afresh.
+        let id = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(sign::ID_HEADER))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs()
             .to_string();
-        let signature = sign::sign(secret.as_bytes(), &timestamp, &body);
+        let key = sign::Secret::key_of(secret);
+        let signature = sign::sign(&key, &id, &timestamp, &body);
         headers.retain(|(n, _)| {
             !n.eq_ignore_ascii_case(sign::TIMESTAMP_HEADER)
                 && !n.eq_ignore_ascii_case(sign::SIGNATURE_HEADER)
         });
-        headers.push(("Droid-Timestamp".into(), timestamp.into_bytes()));
-        headers.push(("Droid-Signature".into(), signature.into_bytes()));
+        headers.push((sign::TIMESTAMP_HEADER.into(), timestamp.into_bytes()));
+        headers.push((sign::SIGNATURE_HEADER.into(), signature.into_bytes()));
     }
 
     let mut request = http::Request::builder().method(&*method).uri(path.as_str());
