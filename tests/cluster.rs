@@ -447,7 +447,7 @@ const APP_SECRET: &str = "the app's secret";
 
 /// Whether a delivery carries a good signature by [`APP_SECRET`].
 fn signed(post: &Received) -> bool {
-    signed_with(&post, APP_SECRET)
+    signed_with(post, APP_SECRET)
 }
 
 #[tokio::test]

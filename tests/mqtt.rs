@@ -42,7 +42,7 @@ async fn mosquitto_pub(addr: SocketAddr, args: &[&str]) -> (bool, String) {
 fn checked(post: &Received) -> Value {
     assert_eq!(post.header("droid-adapter"), "mqtt");
     assert_eq!(post.header("content-type"), "application/json");
-    assert!(signed_with(&post, SECRET));
+    assert!(signed_with(post, SECRET));
     post.json()
 }
 
