@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use droid_adapters::bind_listener;
@@ -55,8 +56,6 @@ pub async fn start(
     let control = control_listener.local_addr()?;
     let mut config = ServerConfig::new("localhost");
     config.public_port = Some(http.port()).filter(|&p| p != 80);
-    config.smtp = smtp.is_some();
-    config.mqtt = mqtt.is_some();
     // TCP tunnels get any free port on the same loopback address.
     config.tcp_ports = Some(droid_server::TcpPorts::Any);
     config.tcp_bind = http.ip();
@@ -75,23 +74,12 @@ pub async fn start(
         Some(addr) => {
             let listener = bind_next_free(addr, "MQTT", "mqtt").await?;
             let bound = listener.local_addr()?;
-            let (server, spool, shutdown) = (server.clone(), spool.clone(), shutdown.clone());
-            tasks.push(tokio::spawn(async move {
-                let config = droid_adapters::MqttConfig::default();
-                let limits = droid_adapters::ConnLimits::default();
-                server
-                    .serve_mqtt(
-                        droid_server::MqttListeners {
-                            plain: Some(listener),
-                            tls: None,
-                        },
-                        config,
-                        spool,
-                        limits,
-                        shutdown,
-                    )
-                    .await;
-            }));
+            server.add_adapter(Arc::new(droid_adapters::MqttService::new(
+                droid_adapters::MqttConfig::default(),
+                vec![listener],
+                Vec::new(),
+                droid_adapters::ConnLimits::default(),
+            )));
             Some(bound)
         }
         None => None,
@@ -100,23 +88,22 @@ pub async fn start(
         Some((addr, setup)) => {
             let listener = bind_next_free(addr, "SMTP", "smtp").await?;
             let bound = listener.local_addr()?;
-            let spool = spool.clone();
             let described = crate::mail::describe_spool(spool.as_ref());
-            let (server, config, limits, shutdown) = (
-                server.clone(),
+            server.add_adapter(Arc::new(droid_adapters::SmtpService::new(
                 setup.config.clone(),
+                vec![listener.into()],
                 setup.limits,
-                shutdown.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                server
-                    .serve_smtp(listener, config, spool, limits, shutdown)
-                    .await;
-            }));
+            )));
             Some((bound, described))
         }
         None => None,
     };
+    {
+        let (server, shutdown) = (server.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            server.serve_adapters(spool, shutdown).await;
+        }));
+    }
     tasks.push(tokio::spawn(async move {
         server.run(http_listener, control_listener, shutdown).await;
     }));

@@ -691,66 +691,58 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
     } else {
         None
     };
-    let mqtt = match s.mqtt {
-        Some(setup) => {
-            let mut listeners = droid_server::MqttListeners::default();
-            if let Some(addr) = setup.listen {
-                let listener = bind_listener(addr)
-                    .await
-                    .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
-                println!(
-                    "droid server: mqtt on {}, a publish to NAME/... goes to NAME's tunnel",
-                    listener.local_addr()?
-                );
-                listeners.plain = Some(listener);
-            }
-            if let Some(addr) = setup.listen_tls {
-                let listener = bind_listener(addr)
-                    .await
-                    .with_context(|| format!("cannot listen for MQTT over TLS on {addr}"))?;
-                println!(
-                    "droid server: mqtts on {}, MQTT over TLS with the server's certificate",
-                    listener.local_addr()?
-                );
-                listeners.tls = Some(listener);
-            }
-            let (server, spool, shutdown) = (server.clone(), spool.clone(), shutdown.clone());
-            Some(tokio::spawn(async move {
-                server
-                    .serve_mqtt(listeners, setup.config, spool, setup.limits, shutdown)
-                    .await;
-            }))
-        }
-        None => None,
-    };
-    let smtp = match s.smtp {
-        Some((addr, setup)) => {
+    if let Some(setup) = s.mqtt {
+        let mut plain = Vec::new();
+        let mut tls = Vec::new();
+        if let Some(addr) = setup.listen {
             let listener = bind_listener(addr)
                 .await
-                .with_context(|| format!("cannot listen for SMTP on {addr}"))?;
-            let spool = spool.clone();
+                .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
             println!(
-                "droid server: smtp on {}, mail to *@NAME.{}, {}",
-                listener.local_addr()?,
-                server.config().domain,
-                mail::describe_spool(spool.as_ref())
+                "droid server: mqtt on {}, a publish to NAME/... goes to NAME's tunnel",
+                listener.local_addr()?
             );
-            let (server, shutdown) = (server.clone(), shutdown.clone());
-            Some(tokio::spawn(async move {
-                server
-                    .serve_smtp(listener, setup.config, spool, setup.limits, shutdown)
-                    .await;
-            }))
+            plain.push(listener);
         }
-        None => None,
+        if let Some(addr) = setup.listen_tls {
+            let listener = bind_listener(addr)
+                .await
+                .with_context(|| format!("cannot listen for MQTT over TLS on {addr}"))?;
+            println!(
+                "droid server: mqtts on {}, MQTT over TLS with the server's certificate",
+                listener.local_addr()?
+            );
+            tls.push(listener);
+        }
+        server.add_adapter(Arc::new(droid_adapters::MqttService::new(
+            setup.config,
+            plain,
+            tls,
+            setup.limits,
+        )));
+    }
+    if let Some((addr, setup)) = s.smtp {
+        let listener = bind_listener(addr)
+            .await
+            .with_context(|| format!("cannot listen for SMTP on {addr}"))?;
+        println!(
+            "droid server: smtp on {}, mail to *@NAME.{}, {}",
+            listener.local_addr()?,
+            server.config().domain,
+            mail::describe_spool(spool.as_ref())
+        );
+        server.add_adapter(Arc::new(droid_adapters::SmtpService::new(
+            setup.config,
+            vec![listener.into()],
+            setup.limits,
+        )));
+    }
+    let adapters = {
+        let (server, shutdown) = (server.clone(), shutdown.clone());
+        tokio::spawn(async move { server.serve_adapters(spool, shutdown).await })
     };
     server.run(http, control, shutdown).await;
-    if let Some(smtp) = smtp {
-        let _ = smtp.await;
-    }
-    if let Some(mqtt) = mqtt {
-        let _ = mqtt.await;
-    }
+    let _ = adapters.await;
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }
@@ -828,8 +820,7 @@ async fn tunnels(s: settings::TunnelSettings, shutdown: CancellationToken) -> Re
             .as_ref()
             .and_then(|e| e.smtp.as_ref().map(|(addr, _)| *addr)),
         mqtt: embedded.as_ref().and_then(|e| e.mqtt),
-        mqtt_tunnels: config.tunnels.iter().map(|t| t.mqtt.clone()).collect(),
-        tunnels: config.tunnels.iter().map(|t| t.mail.clone()).collect(),
+        tunnels: config.tunnels.iter().map(|t| t.adapters.clone()).collect(),
         inspect,
     };
     let (printed, all_printed) = tokio::sync::oneshot::channel::<()>();

@@ -6,7 +6,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use droid_client::{ClientEvent, MailSettings, Target, TunnelSpec};
+use droid_adapters::mqtt::MqttSettings;
+use droid_adapters::smtp::MailSettings;
+use droid_client::{AdapterParts, ClientEvent, Target, TunnelSpec};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -49,18 +51,30 @@ pub fn banner(tunnels: &[TunnelSpec], embedded: Option<&Embedded>) {
 pub struct Announce {
     /// The embedded server's SMTP listener, if any.
     pub smtp: Option<SocketAddr>,
-    /// Each tunnel's mail settings, in the order of the grants.
-    pub tunnels: Vec<MailSettings>,
+    /// What each tunnel asked of the adapters, in the order of the grants.
+    pub tunnels: Vec<AdapterParts>,
     /// Where the inspector listens, if it runs.
     pub inspect: Option<SocketAddr>,
     /// The embedded server's MQTT listener, if any.
     pub mqtt: Option<SocketAddr>,
-    /// Each tunnel's MQTT settings, in the order of the grants.
-    pub mqtt_tunnels: Vec<droid_client::MqttSettings>,
+}
+
+/// What tunnel `i` asked of `adapter`, read as `T`.
+fn asked<T: serde::de::DeserializeOwned + Default>(
+    announce: &Announce,
+    i: usize,
+    adapter: &str,
+) -> T {
+    announce
+        .tunnels
+        .get(i)
+        .and_then(|parts| parts.get(adapter))
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// `POST /mqtt`, and the routes when there are any.
-fn describe_mqtt(mqtt: &droid_client::MqttSettings) -> String {
+fn describe_mqtt(mqtt: &MqttSettings) -> String {
     let mut line = format!("POST {} (json)", mqtt.path.as_deref().unwrap_or("/mqtt"));
     for route in &mqtt.routes {
         line.push_str(&format!(", {} to {}", route.topic, route.path));
@@ -142,7 +156,7 @@ fn describe_event(event: ClientEvent, mail: &Announce, out: &mut String) {
         ClientEvent::Connected {
             tunnels,
             reconnected,
-            mail_secret,
+            signing_secret,
         } => {
             for (i, t) in tunnels.iter().enumerate() {
                 if reconnected {
@@ -158,27 +172,30 @@ fn describe_event(event: ClientEvent, mail: &Announce, out: &mut String) {
                         "inspect http://{inspect}, every request and mail, with replay"
                     ));
                 }
-                if let Some(domain) = &t.smtp {
+                let granted = |adapter: &str, key: &str| {
+                    t.adapters
+                        .get(adapter)
+                        .and_then(|g| g.get(key))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string)
+                };
+                if let Some(domain) = granted(droid_adapters::smtp::NAME, "domain") {
                     let via = mail.smtp.map(|a| format!("smtp {a}, ")).unwrap_or_default();
-                    let how = mail.tunnels.get(i).map(describe_mail).unwrap_or_default();
+                    let how = describe_mail(&asked(mail, i, droid_adapters::smtp::NAME));
                     say(&format!("{via}mail to anything@{domain} arrives as {how}"));
                 }
-                if let Some(topics) = &t.mqtt {
+                if let Some(topics) = granted(droid_adapters::mqtt::NAME, "topics") {
                     let via = mail
                         .mqtt
                         .map(|a| format!("mqtt {a}, "))
                         .unwrap_or_else(|| "mqtt ".into());
-                    let how = mail
-                        .mqtt_tunnels
-                        .get(i)
-                        .map(describe_mqtt)
-                        .unwrap_or_default();
+                    let how = describe_mqtt(&asked(mail, i, droid_adapters::mqtt::NAME));
                     say(&format!("{via}{topics} arrives as {how}"));
                 }
             }
-            if !reconnected && tunnels.iter().any(|t| t.smtp.is_some() || t.mqtt.is_some()) {
+            if !reconnected && tunnels.iter().any(|t| !t.adapters.is_empty()) {
                 // The secret in use, never a remembered one nothing signs with.
-                say(&match mail_secret {
+                say(&match signing_secret {
                     Some(secret) => format!(
                         "droid: deliveries are signed (Standard Webhooks) with the secret {secret}"
                     ),

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use droid_adapters::Format;
-use droid_client::{HostHeader, MailSettings, TunnelSpec};
-use droid_core::protocol::MailRoute;
+use droid_adapters::mqtt::{MqttRoute, MqttSettings};
+use droid_adapters::smtp::{MailRoute, MailSettings};
+use droid_client::{HostHeader, TunnelSpec};
 use droid_server::{AuthPolicy, NamePolicy, ServerConfig, TokenRule};
 
 use crate::config::client::HostHeaderFile;
@@ -314,7 +315,6 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
     });
     let spool_file = f.and_then(|f| f.spool.as_ref().map(|s| s.get_ref()));
     let smtp = smtp_addr.map(|a| (a, args.smtp_options.resolve(smtp_file, spool_file)));
-    config.smtp = smtp.is_some();
     let mqtt_file = f.and_then(|f| f.adapters.as_ref()?.mqtt.as_ref());
     let mqtt_on = mqtt_file.filter(|m| m.enabled != Some(false));
     // The file's listeners count only when the command line names neither.
@@ -345,7 +345,6 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
             limits,
         }
     });
-    config.mqtt = mqtt.is_some();
     let spool = args.smtp_options.resolve(smtp_file, spool_file).spool;
     let tls = crate::tls::server(
         &args.tls,
@@ -477,6 +476,20 @@ pub struct TunnelSettings {
     pub inspect: Option<crate::inspect::InspectSettings>,
 }
 
+/// A tunnel's parts for the adapters: mail and MQTT, as asked.
+fn adapter_parts(mail: MailSettings, mqtt: MqttSettings) -> droid_client::AdapterParts {
+    let mut parts = droid_client::AdapterParts::new();
+    parts.insert(
+        droid_adapters::smtp::NAME.into(),
+        serde_json::to_value(mail).unwrap_or_default(),
+    );
+    parts.insert(
+        droid_adapters::mqtt::NAME.into(),
+        serde_json::to_value(mqtt).unwrap_or_default(),
+    );
+    parts
+}
+
 /// `droid http TARGET ...`: one tunnel from the command line.
 pub fn http(args: &HttpArgs) -> Result<TunnelSettings> {
     if !args.mail_path.starts_with('/') {
@@ -489,22 +502,23 @@ pub fn http(args: &HttpArgs) -> Result<TunnelSettings> {
             HostHeaderArg::Preserve => HostHeader::Preserve,
             HostHeaderArg::Rewrite => HostHeader::Rewrite,
         },
-        mail: MailSettings {
-            path: Some(args.mail_path.clone()),
-            format: Some(args.mail_format.to_string()),
-            secret: args.mail_secret.clone(),
-            routes: Vec::new(),
-        },
+        secret: args.mail_secret.clone(),
+        adapters: adapter_parts(
+            MailSettings {
+                path: Some(args.mail_path.clone()),
+                format: Some(args.mail_format.to_string()),
+                routes: Vec::new(),
+            },
+            MqttSettings {
+                path: Some(args.mqtt_path.clone()),
+                auth: args.mqtt_auth.clone(),
+                routes: Vec::new(),
+            },
+        ),
         auth: args.auth.clone(),
         allow_ip: args.allow_ip.clone(),
         kind: droid_client::TunnelKind::Http,
         port: None,
-        mqtt: droid_client::MqttSettings {
-            path: Some(args.mqtt_path.clone()),
-            secret: args.mail_secret.clone(),
-            auth: args.mqtt_auth.clone(),
-            routes: Vec::new(),
-        },
     };
     if !args.mqtt_path.starts_with('/') {
         bail!("--mqtt-path must start with /, e.g. /mqtt");
@@ -598,29 +612,53 @@ pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
                     HostHeaderFile::Preserve => HostHeader::Preserve,
                     HostHeaderFile::Rewrite => HostHeader::Rewrite,
                 },
-                mail: MailSettings {
-                    path: Some(
-                        mail.and_then(|m| m.path.as_ref().map(|p| p.0.clone()))
-                            .unwrap_or_else(|| "/".into()),
-                    ),
-                    format: Some(
-                        mail.and_then(|m| m.format.map(|f| f.0))
-                            .unwrap_or(Format::Json)
-                            .to_string(),
-                    ),
-                    secret: mail.and_then(|m| m.secret.as_ref().map(|s| s.0.clone())),
-                    routes: mail
-                        .map(|m| {
-                            m.routes
+                secret: mail
+                    .and_then(|m| m.secret.as_ref())
+                    .or_else(|| t.mqtt.as_ref().and_then(|m| m.secret.as_ref()))
+                    .map(|s| s.0.clone()),
+                adapters: adapter_parts(
+                    MailSettings {
+                        path: Some(
+                            mail.and_then(|m| m.path.as_ref().map(|p| p.0.clone()))
+                                .unwrap_or_else(|| "/".into()),
+                        ),
+                        format: Some(
+                            mail.and_then(|m| m.format.map(|f| f.0))
+                                .unwrap_or(Format::Json)
+                                .to_string(),
+                        ),
+                        routes: mail
+                            .map(|m| {
+                                m.routes
+                                    .iter()
+                                    .map(|r| MailRoute {
+                                        pattern: r.pattern.0.clone(),
+                                        path: r.path.0.clone(),
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    },
+                    t.mqtt
+                        .as_ref()
+                        .map(|m| MqttSettings {
+                            path: Some(
+                                m.path
+                                    .as_ref()
+                                    .map_or_else(|| "/mqtt".into(), |p| p.0.clone()),
+                            ),
+                            auth: m.auth.as_ref().map(|a| a.0.clone()),
+                            routes: m
+                                .routes
                                 .iter()
-                                .map(|r| MailRoute {
-                                    pattern: r.pattern.0.clone(),
+                                .map(|r| MqttRoute {
+                                    topic: r.topic.0.clone(),
                                     path: r.path.0.clone(),
                                 })
-                                .collect()
+                                .collect(),
                         })
                         .unwrap_or_default(),
-                },
+                ),
                 auth: t.auth.as_ref().map(|a| a.0.clone()),
                 allow_ip: t.allow_ip.iter().map(|b| b.0.clone()).collect(),
                 kind: match t.kind {
@@ -628,27 +666,6 @@ pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
                     _ => droid_client::TunnelKind::Http,
                 },
                 port: t.port.as_ref().map(|p| *p.get_ref()),
-                mqtt: t
-                    .mqtt
-                    .as_ref()
-                    .map(|m| droid_client::MqttSettings {
-                        path: Some(
-                            m.path
-                                .as_ref()
-                                .map_or_else(|| "/mqtt".into(), |p| p.0.clone()),
-                        ),
-                        secret: m.secret.as_ref().map(|s| s.0.clone()),
-                        auth: m.auth.as_ref().map(|a| a.0.clone()),
-                        routes: m
-                            .routes
-                            .iter()
-                            .map(|r| droid_client::TopicRoute {
-                                topic: r.topic.0.clone(),
-                                path: r.path.0.clone(),
-                            })
-                            .collect(),
-                    })
-                    .unwrap_or_default(),
             }
         })
         .collect();

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use common::redis_server::Redis;
 use common::*;
-use droid_client::{ClientEvent, MailSettings, MqttSettings};
+use droid_adapters::{MailSettings, MqttSettings};
+use droid_client::ClientEvent;
 use droid_core::protocol::ErrorCode;
 use droid_server::cluster::{Cluster, ClusterConfig, LiveClaim};
 use droid_server::registry::Lookup;
@@ -95,7 +96,7 @@ async fn a_name_is_held_once_across_nodes_and_kept_for_its_owner_on_every_node()
     let claim = LiveClaim {
         keys: vec!["shared".into()],
         settings: vec![String::new()],
-        logins: vec![String::new()],
+        index: vec![String::new()],
         owner: owner_id,
         session: 99,
     };
@@ -465,11 +466,14 @@ async fn any_nodes_smtp_takes_mail_for_a_tunnel_on_another_node_and_spools_it_un
     let target = app.target.clone();
     let owner = |control: SocketAddr| {
         let mut tunnel = spec(Some("inbox"), &target);
-        tunnel.mail = MailSettings {
-            path: Some("/inbound".into()),
-            secret: Some(APP_SECRET.into()),
-            ..MailSettings::default()
-        };
+        set_mail(
+            &mut tunnel,
+            MailSettings {
+                path: Some("/inbound".into()),
+                ..MailSettings::default()
+            },
+        );
+        tunnel.secret = Some(APP_SECRET.into());
         let mut config = client_config(control, vec![tunnel]);
         config.state_dir = Some(state.path().to_path_buf());
         config.state_key = "the owner".into();
@@ -531,12 +535,15 @@ async fn any_nodes_mqtt_takes_devices_and_their_subscriptions_for_a_tunnel_on_an
     let (one, _) = node_of(&redis, "one", mqtt_server(None).await).await;
     let (two, _) = node_of(&redis, "two", mqtt_server(None).await).await;
     let mut tunnel = spec(Some("sensors"), &app.target);
-    tunnel.mail.secret = Some(APP_SECRET.into());
-    tunnel.mqtt = MqttSettings {
-        path: Some("/inbound/mqtt".into()),
-        auth: Some("dev:pw".into()),
-        ..MqttSettings::default()
-    };
+    tunnel.secret = Some(APP_SECRET.into());
+    set_mqtt(
+        &mut tunnel,
+        MqttSettings {
+            path: Some("/inbound/mqtt".into()),
+            auth: Some("dev:pw".into()),
+            ..MqttSettings::default()
+        },
+    );
     let inspector = droid_client::Inspector::new(droid_client::InspectorOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = listener.local_addr().unwrap();
@@ -727,11 +734,14 @@ async fn with_redis_gone_mail_and_requests_for_other_nodes_are_deferred_never_re
     let (one, _) = node_of(&redis, "one", mail_server(None).await).await;
     let (two, _) = node_of(&redis, "two", mail_server(None).await).await;
     let mut tunnel = spec(Some("inbox"), &app.target);
-    tunnel.mail = MailSettings {
-        path: Some("/inbound".into()),
-        secret: Some(APP_SECRET.into()),
-        ..MailSettings::default()
-    };
+    set_mail(
+        &mut tunnel,
+        MailSettings {
+            path: Some("/inbound".into()),
+            ..MailSettings::default()
+        },
+    );
+    tunnel.secret = Some(APP_SECRET.into());
     let _live = client(client_config(two.control, vec![tunnel])).await;
     let rcpt = format!("orders@inbox.{DOMAIN}");
     let (smtp_one, smtp_two) = (one.smtp.unwrap(), two.smtp.unwrap());

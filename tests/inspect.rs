@@ -393,8 +393,8 @@ async fn a_mail_is_shown_as_a_mail_and_its_replay_is_signed_afresh() {
     let mut app = origin("app").await;
     let srv = mail_server(None).await;
     let mut tunnel = spec(None, &app.target);
-    tunnel.mail.path = Some("/inbound".into());
-    tunnel.mail.secret = Some("s3cret".into());
+    set_mail(&mut tunnel, inbound_mail("/inbound"));
+    tunnel.secret = Some("s3cret".into());
     let (c, inspector) = inspected(&srv, tunnel, InspectorOptions::default()).await;
     let to = format!("hi@{}", c.host());
     let sent = smtplib_send(
@@ -761,7 +761,7 @@ async fn bytes_a_visitor_sent_are_served_as_downloads_that_run_nothing() {
     let app = origin("app").await;
     let srv = mail_server(None).await;
     let mut tunnel = spec(None, &app.target);
-    tunnel.mail.path = Some("/inbound".into());
+    set_mail(&mut tunnel, inbound_mail("/inbound"));
     let (c, inspector) = inspected(&srv, tunnel, InspectorOptions::default()).await;
     // The attack: a page posted through the tunnel, then opened at the
     // inspector's origin by any page the developer visits.

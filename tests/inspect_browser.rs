@@ -195,8 +195,8 @@ async fn the_page_shows_requests_live_replays_them_and_shows_mail() {
     let mut app = origin("app").await;
     let srv = mail_server(None).await;
     let mut tunnel = spec(None, &app.target);
-    tunnel.mail.path = Some("/inbound/mail".into());
-    tunnel.mail.secret = Some("s3cret".into());
+    set_mail(&mut tunnel, inbound_mail("/inbound/mail"));
+    tunnel.secret = Some("s3cret".into());
     let inspector = Inspector::new(InspectorOptions::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let page = listener.local_addr().unwrap();

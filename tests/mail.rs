@@ -8,7 +8,8 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use common::*;
-use droid_client::{ClientEvent, MailSettings};
+use droid_adapters::MailSettings;
+use droid_client::ClientEvent;
 use droid_server::registry::Lookup;
 
 fn mail_spec(
@@ -18,12 +19,15 @@ fn mail_spec(
     secret: &str,
 ) -> droid_client::TunnelSpec {
     let mut s = spec(Some(name), target);
-    s.mail = MailSettings {
-        path: Some(path.into()),
-        format: None,
-        secret: Some(secret.into()),
-        routes: Vec::new(),
-    };
+    set_mail(
+        &mut s,
+        MailSettings {
+            path: Some(path.into()),
+            format: None,
+            routes: Vec::new(),
+        },
+    );
+    s.secret = Some(secret.into());
     s
 }
 
@@ -36,7 +40,7 @@ async fn a_mail_reaches_the_app_as_a_signed_json_post_through_the_tunnel() {
         vec![mail_spec("shop", &app.target, "/inbound", "k3y")],
     ))
     .await;
-    assert_eq!(c.grants[0].smtp.as_deref(), Some("shop.droid.test"));
+    assert_eq!(c.grants[0].adapters["smtp"]["domain"], "shop.droid.test");
     let smtp = srv.smtp.unwrap();
     let out = smtplib_send(
         smtp,

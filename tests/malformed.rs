@@ -427,7 +427,7 @@ async fn hello_refused(control: SocketAddr, line: &[u8]) -> protocol::ErrorMessa
 #[tokio::test]
 async fn malformed_hellos_get_a_bad_request_error() {
     let s = Setup::new().await;
-    let mut huge = br#"{"type":"hello","version":1,"tunnels":[{"name":""#.to_vec();
+    let mut huge = br#"{"type":"hello","version":2,"tunnels":[{"name":""#.to_vec();
     huge.resize(huge.len() + 200 * 1024, b'a');
     huge.extend_from_slice(b"\"}]}\n");
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -447,11 +447,11 @@ async fn malformed_hellos_get_a_bad_request_error() {
         ("not a hello", br#"{"type":"ping"}"#.to_vec()),
         (
             "no tunnels",
-            br#"{"type":"hello","version":1,"tunnels":[]}"#.to_vec(),
+            br#"{"type":"hello","version":2,"tunnels":[]}"#.to_vec(),
         ),
         (
             "a name that is no DNS label",
-            br#"{"type":"hello","version":1,"tunnels":[{"name":"../etc"}]}"#.to_vec(),
+            br#"{"type":"hello","version":2,"tunnels":[{"name":"../etc"}]}"#.to_vec(),
         ),
     ];
     for (what, mut line) in cases {
@@ -465,5 +465,21 @@ async fn malformed_hellos_get_a_bad_request_error() {
         );
         assert!(!e.message.is_empty(), "{what}");
     }
+    s.still_serving("after").await;
+}
+
+#[tokio::test]
+async fn a_client_of_another_protocol_version_is_told_which_versions_differ() {
+    let s = Setup::new().await;
+    // The hello of protocol 1 (mail and MQTT settings as fields of their own).
+    let old = br#"{"type":"hello","version":1,"tunnels":[{"name":"old","mail":{"path":"/"}}]}"#;
+    let mut line = old.to_vec();
+    line.push(b'\n');
+    let e = hello_refused(s.srv.control, &line).await;
+    assert_eq!(e.code, ErrorCode::Version);
+    assert_eq!(
+        e.message,
+        "this server speaks Droid protocol 2 and the client protocol 1; run the same release of droid on both"
+    );
     s.still_serving("after").await;
 }

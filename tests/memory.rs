@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The attack of issue 36: a client with a plain hello opens 2,000 streams,
-/// each with a publish header and 200 KiB of a payload it never finishes.
+/// each with a call header and 200 KiB of a body it never finishes.
 /// Before the fix they queued unread behind the 16 publish slots, each
 /// holding up to a yamux window: 103 MB grew to 627 MB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,11 +39,10 @@ async fn streams_a_client_opens_and_never_finishes_hold_little_of_the_servers_me
 
     let attacker = raw_session(control, &[Some("attacker")], None, 4096).await;
     assert!(attacker.answer.is_ok());
-    let header = protocol::encode_line(&StreamHeader::Publish {
+    let header = protocol::encode_line(&StreamHeader::Call {
         tunnel: "attacker".into(),
-        topic: "attacker/x".into(),
-        qos: 0,
-        retain: false,
+        adapter: "mqtt".into(),
+        action: "publish".into(),
         size: 1_000_000,
     });
     let junk = vec![b'x'; 200 * 1024];

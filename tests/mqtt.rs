@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
-use droid_client::MqttSettings;
+use droid_adapters::MqttSettings;
 use mqttbytes::{QoS, v4};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,12 +24,15 @@ const SECRET: &str = WHSEC;
 /// A tunnel whose MQTT messages go to the origin's `/inbound/mqtt`.
 async fn tunnel(srv: &TestServer, app: &Origin, auth: Option<&str>) -> TestClient {
     let mut spec = spec(None, &app.target);
-    spec.mail.secret = Some(SECRET.into());
-    spec.mqtt = MqttSettings {
-        path: Some("/inbound/mqtt".into()),
-        auth: auth.map(str::to_string),
-        ..MqttSettings::default()
-    };
+    spec.secret = Some(SECRET.into());
+    set_mqtt(
+        &mut spec,
+        MqttSettings {
+            path: Some("/inbound/mqtt".into()),
+            auth: auth.map(str::to_string),
+            ..MqttSettings::default()
+        },
+    );
     client(client_config(srv.control, vec![spec])).await
 }
 
@@ -459,7 +462,7 @@ async fn a_message_spooled_while_the_app_is_stopped_arrives_within_3_s_of_its_st
         port,
     };
     let mut spec = spec(None, &target);
-    spec.mail.secret = Some(SECRET.into());
+    spec.secret = Some(SECRET.into());
     let c = client(client_config(srv.control, vec![spec])).await;
     let topic = format!("{}/restart", c.name());
     let (ok, out) = mosquitto_pub(
@@ -653,8 +656,8 @@ async fn a_rust_client_publishes_subscribes_and_reads_reason_codes() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = listener.local_addr().unwrap();
     let mut spec = spec(None, &app.target);
-    spec.mail.secret = Some(SECRET.into());
-    spec.mqtt.path = Some("/inbound/mqtt".into());
+    spec.secret = Some(SECRET.into());
+    set_mqtt(&mut spec, inbound_mqtt());
     let mut config = client_config(srv.control, vec![spec]);
     config.inspector = Some(inspector.clone());
     let c = client(config).await;
@@ -937,7 +940,13 @@ async fn owner_of(
     auth: Option<&str>,
 ) -> (TestClient, SocketAddr) {
     let mut spec = spec(Some(name), &app.target);
-    spec.mqtt.auth = auth.map(str::to_string);
+    set_mqtt(
+        &mut spec,
+        MqttSettings {
+            auth: auth.map(str::to_string),
+            ..MqttSettings::default()
+        },
+    );
     let mut config = client_config(srv.control, vec![spec]);
     config.state_dir = Some(state.to_path_buf());
     config.state_key = "firmware".into();

@@ -57,7 +57,7 @@ async fn the_server_counts_requests_its_own_answers_tunnels_and_mail() {
     let (server, shutdown) = (srv.server.clone(), srv.shutdown.clone());
     tokio::spawn(async move { server.serve_metrics(listener, shutdown).await });
     let mut tunnel = spec(None, &app.target);
-    tunnel.mail.path = Some("/inbound".into());
+    set_mail(&mut tunnel, inbound_mail("/inbound"));
     let c = client(client_config(srv.control, vec![tunnel])).await;
 
     // Four answers from the app, two 404s and a 413 from the server, and a

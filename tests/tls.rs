@@ -571,7 +571,13 @@ async fn mqtt_over_tls_delivers_and_refuses_devices_that_do_not_trust_it() {
     .await;
     let tls = tls.unwrap();
     let mut spec = spec(None, &app.target);
-    spec.mqtt.path = Some("/inbound/mqtt".into());
+    set_mqtt(
+        &mut spec,
+        droid_adapters::MqttSettings {
+            path: Some("/inbound/mqtt".into()),
+            ..Default::default()
+        },
+    );
     let mut config = client_config(srv.control, vec![spec]);
     config.server = by_name(srv.control);
     config.tls = Some(pki.client_tls());

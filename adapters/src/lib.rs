@@ -8,6 +8,9 @@
 //! Module map:
 //! - [`adapter`]: the [`Adapter`] trait and [`run_adapter`], the accept loop
 //!   with per-IP and total connection caps, back-off and graceful shutdown.
+//! - [`host`]: how a server runs its adapters: [`ServerAdapter`] (a name,
+//!   its listeners, the grant, index keys, broadcasts between nodes, calls
+//!   from apps) and the [`Host`] it is given.
 //! - [`route`]: the seam every adapter shares with its host: [`Tunnels`]
 //!   (a tunnel by name, a sink by spool owner: [`Owners`]); and mail's own
 //!   routing, [`MailRouter`], [`Route`], [`MailOptions`], and [`UrlRouter`]
@@ -35,6 +38,7 @@
 
 pub mod adapter;
 pub mod delivery;
+pub mod host;
 pub mod mail;
 pub mod mqtt;
 pub mod pool;
@@ -47,16 +51,18 @@ pub mod url_sink;
 
 pub use adapter::{Adapter, Conn, ConnLimits, Io, Listener, Refusal, bind_listener, run_adapter};
 pub use delivery::{Attempt, Content, Delivery, PostOptions};
+pub use host::{Alone, Broadcast, Call, Host, ServerAdapter};
 pub use mail::{Envelope, Format};
 pub use mqtt::{
-    MqttAdapter, MqttConfig, Tenancy, TopicRefusal, TopicRoute, TopicRouter, TunnelTopics,
+    MqttAdapter, MqttConfig, MqttService, MqttSettings, Tenancy, TopicRefusal, TopicRoute,
+    TopicRouter, TunnelTopics,
 };
 pub use pool::Pool;
 pub use route::{
     Answer, Destination, MailOptions, MailRouter, Owners, Route, Tunnels, Unavailable, UrlRouter,
 };
 pub use sign::{Secret, verify};
-pub use smtp::{SmtpAdapter, SmtpConfig, TunnelMail};
+pub use smtp::{MailSettings, SmtpAdapter, SmtpConfig, SmtpService, TunnelMail};
 pub use spool::{RetryPolicy, Spool, SpoolConfig, SpoolError};
 pub use stats::DeliveryStats;
 pub use url_sink::{UrlSink, UrlSinkError};

@@ -133,12 +133,16 @@ pub struct Destination {
 /// The tunnels, for adapters; the server implements it over its registry.
 pub trait Tunnels: Owners {
     /// The tunnel `name` while it is live or resuming (its owner may come
-    /// back), if it takes adapters' messages (a TCP tunnel does not).
+    /// back). An adapter serves it only if its settings name the adapter.
     fn find<'a>(&'a self, name: &'a str) -> Answer<'a, Result<Option<Destination>, Unavailable>>;
 
-    /// Whether some live tunnel set `credentials` (`user:password`) as its
-    /// devices' login (`mqtt.auth` in its [`AdapterSettings`]).
-    fn knows_login<'a>(&'a self, credentials: &'a str) -> Answer<'a, Result<bool, Unavailable>>;
+    /// Whether some live tunnel, on any node, has `key` among the
+    /// [`crate::ServerAdapter::index_keys`] of `adapter`.
+    fn indexed<'a>(
+        &'a self,
+        adapter: &'static str,
+        key: &'a str,
+    ) -> Answer<'a, Result<bool, Unavailable>>;
 }
 
 /// Maps recipients to destinations; the spool asks it for owners' sinks.

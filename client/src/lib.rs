@@ -28,7 +28,7 @@ use droid_core::protocol::{
     self, ControlMessage, ErrorCode, ErrorMessage, Hello, PROTOCOL_VERSION, ProtocolError,
     TunnelGrant, TunnelRequest, Welcome,
 };
-pub use droid_core::protocol::{MailSettings, MqttSettings, TopicRoute, TunnelKind};
+pub use droid_core::protocol::{AdapterParts, TunnelKind};
 use droid_core::session::{Opener, Session, Side, Stream};
 pub use droid_core::transport::{ClientTls, ConnectError, Trust};
 use rand::RngExt;
@@ -60,9 +60,13 @@ pub struct TunnelSpec {
     pub target: Target,
     /// Whether to rewrite Host.
     pub host_header: HostHeader,
-    /// How the server should POST this tunnel's mail. A missing secret is
-    /// generated once and remembered in the state directory.
-    pub mail: MailSettings,
+    /// The secret its deliveries are signed with (`whsec_...`); `None`:
+    /// one made once and remembered in the state directory.
+    pub secret: Option<String>,
+    /// What it asks of each adapter of the server, by the adapter's name
+    /// (`{"smtp": {"path": "/inbound"}}`); an adapter it does not name
+    /// leaves it alone.
+    pub adapters: AdapterParts,
     /// HTTP basic auth the server asks of every visitor, `user:password`.
     pub auth: Option<String>,
     /// Visitor addresses the server lets through (IPs or CIDR blocks);
@@ -73,9 +77,6 @@ pub struct TunnelSpec {
     /// The public port a TCP tunnel asks for; `None`: the one it held
     /// last (remembered between runs), else any.
     pub port: Option<u16>,
-    /// How the server should POST this tunnel's MQTT messages. A missing
-    /// secret is the mail secret.
-    pub mqtt: MqttSettings,
 }
 
 impl TunnelSpec {
@@ -85,12 +86,12 @@ impl TunnelSpec {
             name: None,
             target,
             host_header: HostHeader::Preserve,
-            mail: MailSettings::default(),
+            secret: None,
+            adapters: AdapterParts::new(),
             auth: None,
             allow_ip: Vec::new(),
             kind: TunnelKind::Http,
             port: None,
-            mqtt: MqttSettings::default(),
         }
     }
 
@@ -110,12 +111,12 @@ impl std::fmt::Debug for TunnelSpec {
             .field("name", &self.name)
             .field("target", &self.target)
             .field("host_header", &self.host_header)
-            .field("mail", &self.mail)
+            .field("secret", &self.secret.as_ref().map(|_| "MASKED"))
+            .field("adapters", &self.adapters)
             .field("auth", &self.auth.as_ref().map(|_| "MASKED"))
             .field("allow_ip", &self.allow_ip)
             .field("kind", &self.kind)
             .field("port", &self.port)
-            .field("mqtt", &self.mqtt)
             .finish()
     }
 }
@@ -200,7 +201,7 @@ pub enum ClientEvent {
         /// The secret this client made (and remembers) for the tunnels that
         /// were not given one; `None` when every tunnel was given one, so
         /// it signs nothing.
-        mail_secret: Option<String>,
+        signing_secret: Option<String>,
     },
     /// The session is down; the client tries again after `retry_in`.
     Disconnected {
@@ -300,14 +301,11 @@ pub async fn run(
         .get_or_insert_with(new_mail_secret)
         .clone();
     let mut config = config;
-    let default_used = config.tunnels.iter().any(|t| t.mail.secret.is_none());
+    let default_used = config.tunnels.iter().any(|t| t.secret.is_none());
     let mail_secret = default_used.then_some(mail_secret);
     for spec in &mut config.tunnels {
         if let Some(default) = &mail_secret {
-            spec.mail.secret.get_or_insert_with(|| default.clone());
-        }
-        if spec.mqtt.secret.is_none() {
-            spec.mqtt.secret = spec.mail.secret.clone();
+            spec.secret.get_or_insert_with(|| default.clone());
         }
     }
     let mut backoff = config.min_backoff;
@@ -357,7 +355,7 @@ pub async fn run(
                 events.send(ClientEvent::Connected {
                     tunnels: live.welcome.tunnels.clone(),
                     reconnected: connected_before,
-                    mail_secret: mail_secret.clone(),
+                    signing_secret: mail_secret.clone(),
                 });
                 connected_before = true;
                 let routes: Arc<Vec<(String, TunnelSpec)>> = Arc::new(
@@ -455,14 +453,17 @@ fn hello_for(config: &ClientConfig, remembered: &state::Remembered) -> Hello {
                     .name
                     .clone()
                     .or_else(|| reuse.then(|| remembered.names[i].clone())),
-                mail: Some(spec.mail.clone()),
+                secret: spec.secret.clone(),
+                adapters: match spec.kind {
+                    TunnelKind::Http => spec.adapters.clone(),
+                    _ => Default::default(),
+                },
                 auth: spec.auth.clone(),
                 allow_ip: spec.allow_ip.clone(),
                 host_header: (spec.host_header == HostHeader::Rewrite
                     && spec.kind == TunnelKind::Http)
                     .then(|| spec.target.host_header()),
                 kind: (spec.kind != TunnelKind::Http).then_some(spec.kind),
-                mqtt: (spec.kind == TunnelKind::Http).then(|| spec.mqtt.clone()),
                 port: match spec.kind {
                     TunnelKind::Tcp => spec.port.or_else(|| {
                         reuse
@@ -598,6 +599,16 @@ where
             .map_err(|e| lost(&e))?;
         loop {
             match reader.next().await {
+                Ok(ControlMessage::Welcome(welcome)) if welcome.version != PROTOCOL_VERSION => {
+                    return Err(Failure::Refused(ErrorMessage {
+                        code: ErrorCode::Version,
+                        message: format!(
+                            "this client speaks Droid protocol {PROTOCOL_VERSION} and the server protocol {}; \
+                             run the same release of droid on both",
+                            welcome.version
+                        ),
+                    }));
+                }
                 Ok(ControlMessage::Welcome(welcome)) => return Ok((welcome, reader, writer)),
                 Ok(ControlMessage::Error(e)) => return Err(Failure::Refused(e)),
                 Ok(other) => debug!(message = ?other, "ignored before welcome"),

@@ -75,7 +75,7 @@ pub(crate) async fn serve_stream(
     };
     let Some((name, spec)) = header
         .tunnel()
-        .filter(|_| !matches!(header, StreamHeader::Publish { .. }))
+        .filter(|_| !matches!(header, StreamHeader::Call { .. }))
         .and_then(|name| tunnels.iter().find(|(n, _)| n == name))
     else {
         debug!(?header, "stream for an unknown tunnel or kind; closing it");

@@ -1,6 +1,6 @@
 //! The delivery seam between adapters and sinks.
 //!
-//! An adapter (SMTP first) builds an HTTP request from its protocol and hands
+//! An adapter builds an HTTP request from its protocol (a mail, a message) and hands
 //! it to a [`Deliver`] sink. The sink may be a tunnel (the server opens a
 //! stream to the client, which forwards to the local app) or a plain URL (the
 //! standalone mode). The adapter never knows which, and never touches yamux.

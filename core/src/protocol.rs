@@ -1,4 +1,4 @@
-//! The wire protocol, version 1.
+//! The wire protocol, version 2.
 //!
 //! A client opens one connection and runs a yamux session on it as the client
 //! side. The first stream it opens is the *control stream*: newline-delimited
@@ -12,6 +12,7 @@
 //! [`PROTOCOL_VERSION`].
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::io;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWrite
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 
 /// The protocol version spoken by this build. Sent in `hello` and `welcome`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The longest control message accepted, newline excluded.
 pub const MAX_CONTROL_LINE: usize = 64 * 1024;
@@ -100,9 +101,6 @@ pub struct TunnelRequest {
     /// The name wanted; `None` asks the server for a random one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// How mail for this tunnel is delivered, when the server accepts mail.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mail: Option<MailSettings>,
     /// HTTP basic auth the server asks of every visitor, `user:password`.
     /// The server keeps only a salted hash of it. An addition old servers
     /// ignore (they then serve the tunnel without it).
@@ -126,102 +124,62 @@ pub struct TunnelRequest {
     /// held, else any free one in the server's range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// How the server's MQTT adapter should POST this tunnel's messages
-    /// (topics `NAME/...`). An addition old servers ignore.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mqtt: Option<MqttSettings>,
-}
-
-impl TunnelRequest {
-    /// What this tunnel asks of the server's adapters, defaults filled in.
-    pub fn adapter_settings(&self) -> AdapterSettings {
-        AdapterSettings {
-            mail: self.mail.clone().unwrap_or_default(),
-            mqtt: self.mqtt.clone().unwrap_or_default(),
-        }
-    }
-}
-
-/// What one tunnel asks of the server's adapters: one key of
-/// [`TunnelRequest`] per adapter. An adapter's settings are its own (the
-/// server only keeps them with the tunnel and hands them to the adapter),
-/// so a new adapter adds its key there and its field here. A cluster's
-/// nodes keep it in Redis as JSON, so that any node's adapters can take
-/// messages for a tunnel another node serves.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AdapterSettings {
-    /// How mail is POSTed (the SMTP adapter).
-    pub mail: MailSettings,
-    /// How MQTT messages are POSTed, and the devices' login.
-    pub mqtt: MqttSettings,
-}
-
-/// How a tunnel wants its MQTT messages.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MqttSettings {
-    /// The path messages no route matches are POSTed to (default `/mqtt`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// The key of the `webhook-signature` HMAC (`whsec_...`).
+    /// The secret the tunnel's deliveries are signed with, `whsec_...`
+    /// (Standard Webhooks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
-    /// `user:password` devices must log in with to publish to this tunnel.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<String>,
-    /// Topic filters (after `NAME/`, with `+` and `#`) to paths, tried in
-    /// order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<TopicRoute>,
+    /// What the tunnel asks of each adapter, by the adapter's name: JSON
+    /// that only that adapter reads. An adapter it does not name leaves it
+    /// alone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub adapters: AdapterParts,
 }
 
-impl std::fmt::Debug for MqttSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttSettings")
-            .field("path", &self.path)
-            .field("secret", &self.secret.as_ref().map(|_| "MASKED"))
-            .field("auth", &self.auth.as_ref().map(|_| "MASKED"))
-            .field("routes", &self.routes)
-            .finish()
-    }
-}
+/// Each adapter's part of a tunnel's request or grant, by the adapter's
+/// name: JSON that only that adapter reads and writes.
+pub type AdapterParts = BTreeMap<String, serde_json::Value>;
 
-impl MqttSettings {
-    /// The path a message to `subtopic` (the topic after `NAME/`) goes to.
-    pub fn path_for(&self, subtopic: &str) -> &str {
-        self.routes
-            .iter()
-            .find(|r| topic_matches(&r.topic, subtopic))
-            .map_or_else(
-                || self.path.as_deref().unwrap_or("/mqtt"),
-                |r| r.path.as_str(),
-            )
-    }
-}
-
-/// One MQTT route: messages whose topic (after `NAME/`) matches the filter
-/// `topic` are POSTed to `path`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopicRoute {
-    /// A topic filter: `sensors/+/temp`, `alerts/#`.
-    pub topic: String,
-    /// The path, e.g. `/temp`.
-    pub path: String,
-}
-
-/// Whether `topic` matches the MQTT topic filter `filter` (`+` one level,
-/// `#` the rest, including none).
-pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    let mut levels = topic.split('/');
-    for want in filter.split('/') {
-        match (want, levels.next()) {
-            ("#", _) => return true,
-            ("+", Some(_)) => {}
-            (want, Some(level)) if want == level => {}
-            _ => return false,
+impl TunnelRequest {
+    /// What this tunnel asks of the server's adapters.
+    pub fn adapter_settings(&self) -> AdapterSettings {
+        AdapterSettings {
+            secret: self.secret.clone(),
+            adapters: self.adapters.clone(),
         }
     }
-    levels.next().is_none()
+}
+
+/// What one tunnel asks of the server's adapters: the secret its
+/// deliveries are signed with, and each adapter's settings by its name.
+/// The server only keeps them with the tunnel and hands them to the
+/// adapters, which read their own part. A cluster's nodes keep them in
+/// Redis as JSON, so that any node's adapters can take messages for a
+/// tunnel another node serves. Its `Debug` masks the secret.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdapterSettings {
+    /// The key of the `webhook-signature` HMAC (`whsec_...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Each adapter's settings, by the adapter's name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub adapters: AdapterParts,
+}
+
+impl AdapterSettings {
+    /// The settings of `adapter`, if the tunnel asked for it.
+    pub fn of(&self, adapter: &str) -> Option<&serde_json::Value> {
+        self.adapters.get(adapter)
+    }
+}
+
+impl std::fmt::Debug for AdapterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdapterSettings")
+            .field("secret", &self.secret.as_ref().map(|_| "MASKED"))
+            .field("adapters", &self.adapters.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// What a tunnel carries.
@@ -242,89 +200,13 @@ impl std::fmt::Debug for TunnelRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TunnelRequest")
             .field("name", &self.name)
-            .field("mail", &self.mail)
             .field("auth", &self.auth.as_ref().map(|_| "MASKED"))
             .field("allow_ip", &self.allow_ip)
             .field("host_header", &self.host_header)
             .field("kind", &self.kind)
             .field("port", &self.port)
-            .field("mqtt", &self.mqtt)
-            .finish()
-    }
-}
-
-/// How a tunnel wants its mail: the POST the server's SMTP adapter builds.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MailSettings {
-    /// The path mail is POSTed to (default `/`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// `json` (default), `multipart` or `raw`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<String>,
-    /// The key of the `webhook-signature` HMAC (`whsec_...`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
-    /// Recipient patterns to paths, tried in order; the first match gives
-    /// the path, and a recipient no route matches goes to `path`. An
-    /// addition old servers ignore (all mail then goes to `path`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<MailRoute>,
-}
-
-/// One mail route: recipients matching `pattern` are POSTed to `path`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MailRoute {
-    /// A recipient address pattern, case-insensitive, where `*` matches any
-    /// run of characters: `support@*`, `*+orders@*`, `*`.
-    pub pattern: String,
-    /// The path the matching mail is POSTed to, e.g. `/support`.
-    pub path: String,
-}
-
-impl MailRoute {
-    /// Whether `recipient` (a bare address, `<>` optional) matches the pattern.
-    pub fn matches(&self, recipient: &str) -> bool {
-        let recipient = recipient
-            .trim()
-            .trim_start_matches('<')
-            .trim_end_matches('>')
-            .to_ascii_lowercase();
-        glob(&self.pattern.to_ascii_lowercase(), &recipient)
-    }
-}
-
-/// `*`-only wildcard matching, linear in practice (greedy with backtracking
-/// to the last star).
-fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
-
-impl std::fmt::Debug for MailSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MailSettings")
-            .field("path", &self.path)
-            .field("format", &self.format)
             .field("secret", &self.secret.as_ref().map(|_| "MASKED"))
-            .field("routes", &self.routes)
+            .field("adapters", &self.adapters.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -351,15 +233,14 @@ pub struct TunnelGrant {
     pub name: String,
     /// The public URL that reaches it.
     pub url: String,
-    /// The mail domain that reaches it, when the server runs an SMTP adapter.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub smtp: Option<String>,
     /// A TCP tunnel's public port (its `url` is `tcp://HOST:PORT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<u16>,
-    /// The topics that reach it (`NAME/#`), when the server runs MQTT.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mqtt: Option<String>,
+    /// What each adapter of the server that serves the tunnel says of it
+    /// (the mail domain that reaches it, its topics, its port), by the
+    /// adapter's name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub adapters: AdapterParts,
 }
 
 /// A fatal error on the control stream.
@@ -475,24 +356,23 @@ pub enum StreamHeader {
     Delivery {
         /// The tunnel it is for.
         tunnel: String,
-        /// The adapter that built it, e.g. `smtp`.
+        /// The adapter that built it, by its name.
         adapter: String,
         /// The delivery id; the same on every retry of one delivery.
         id: String,
     },
-    /// Client → server, on a stream the client opens: the app publishes
-    /// an MQTT message for its tunnel's devices. `size` payload bytes follow
-    /// the line; the server answers one line, a [`PublishAnswer`].
-    Publish {
-        /// The client's tunnel whose namespace the topic is in.
+    /// Client → server, on a stream the client opens: the app calls an
+    /// adapter (`POST /api/ADAPTER/ACTION` on its client), for one of the
+    /// session's tunnels. `size` bytes of the call's body follow the line;
+    /// the server answers one line, a [`CallAnswer`].
+    Call {
+        /// The client's tunnel the call is made for.
         tunnel: String,
-        /// The whole topic, `NAME/...`.
-        topic: String,
-        /// 0 or 1.
-        qos: u8,
-        /// Whether later subscribers get it too.
-        retain: bool,
-        /// The payload's length.
+        /// The adapter called.
+        adapter: String,
+        /// What it is asked to do (`publish`).
+        action: String,
+        /// The body's length, at most [`MAX_CALL_BODY`].
         size: u64,
     },
     /// A visitor's connection to a TCP tunnel's port: raw bytes both ways.
@@ -514,28 +394,36 @@ impl StreamHeader {
             StreamHeader::Http { tunnel, .. }
             | StreamHeader::Delivery { tunnel, .. }
             | StreamHeader::Tcp { tunnel, .. }
-            | StreamHeader::Publish { tunnel, .. } => Some(tunnel),
+            | StreamHeader::Call { tunnel, .. } => Some(tunnel),
             StreamHeader::Unknown => None,
         }
     }
 }
 
-/// The server's answer to a [`StreamHeader::Publish`].
+/// The server's answer to a [`StreamHeader::Call`], as the client gives it
+/// to the app: an HTTP status and a JSON body (`{"error": "..."}` when it
+/// failed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublishAnswer {
-    /// How many devices it was handed to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivered_to: Option<u64>,
-    /// Why it was not published.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Whether the error is the publisher's right to the topic.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub forbidden: bool,
+pub struct CallAnswer {
+    /// The status the app gets.
+    pub status: u16,
+    /// The body the app gets.
+    #[serde(default)]
+    pub body: serde_json::Value,
 }
 
-/// The most payload bytes one publish stream may carry.
-pub const MAX_PUBLISH: u64 = 4 * 1024 * 1024;
+impl CallAnswer {
+    /// A refusal with `status` and a sentence.
+    pub fn error(status: u16, message: impl Into<String>) -> CallAnswer {
+        CallAnswer {
+            status,
+            body: serde_json::json!({ "error": message.into() }),
+        }
+    }
+}
+
+/// The most body bytes one call may carry.
+pub const MAX_CALL_BODY: u64 = 4 * 1024 * 1024;
 
 /// Errors reading or writing protocol lines.
 #[derive(Debug, thiserror::Error)]
@@ -680,27 +568,6 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, BufReader};
-
-    #[test]
-    fn mail_routes_match_recipient_patterns() {
-        let route = |pattern: &str| MailRoute {
-            pattern: pattern.into(),
-            path: "/p".into(),
-        };
-        assert!(route("support@*").matches("Support@Shop.Example.com"));
-        assert!(route("support@*").matches("<support@x>"));
-        assert!(!route("support@*").matches("support+tag@x"));
-        assert!(route("*+orders@*").matches("ann+orders@x"));
-        assert!(route("*").matches("anyone@anywhere"));
-        assert!(route("a*b*c@x").matches("abxbyc@x"));
-        assert!(!route("a*b*c@x").matches("abxbyd@x"));
-        assert!(!route("exact@x").matches("exact@xy"));
-        // an old server ignores routes; a new one reads a hello without them
-        let m: MailSettings = serde_json::from_str(r#"{"path":"/in"}"#).unwrap();
-        assert!(m.routes.is_empty());
-        let json = serde_json::to_string(&MailSettings::default()).unwrap();
-        assert_eq!(json, "{}");
-    }
 
     #[test]
     fn unknown_message_types_and_fields_are_ignored() {
@@ -877,26 +744,5 @@ mod tests {
             read_line(&mut partial, 10).await,
             Err(ProtocolError::Closed)
         ));
-    }
-}
-
-#[cfg(test)]
-mod topic_tests {
-    use super::topic_matches;
-
-    #[test]
-    fn topic_filters_match_as_mqtt_says() {
-        for (filter, topic, want) in [
-            ("sensors/+/temp", "sensors/1/temp", true),
-            ("sensors/+/temp", "sensors/1/2/temp", false),
-            ("sensors/#", "sensors", true),
-            ("sensors/#", "sensors/1/temp", true),
-            ("#", "anything/at/all", true),
-            ("a/b", "a/b", true),
-            ("a/b", "a/b/c", false),
-            ("a/+", "a", false),
-        ] {
-            assert_eq!(topic_matches(filter, topic), want, "{filter} {topic}");
-        }
     }
 }

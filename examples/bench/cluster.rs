@@ -15,8 +15,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use droid_adapters::MailSettings;
 use droid_adapters::{SmtpConfig, Spool, SpoolConfig};
-use droid_client::{ClientConfig, ClientEvent, MailSettings, Target, TunnelSpec};
+use droid_client::{ClientConfig, ClientEvent, Target, TunnelSpec};
 use droid_server::cluster::{Cluster, ClusterConfig, LiveClaim};
 use droid_server::{Server, ServerConfig};
 use tokio::net::TcpListener;
@@ -54,7 +55,6 @@ async fn node(redis: &Redis, id: &str, stop: &CancellationToken) -> anyhow::Resu
     };
     let mut config = ServerConfig::new(DOMAIN);
     config.public_port = Some(node.http.port());
-    config.smtp = true;
     // The load comes from 127.0.0.1: as if from many addresses.
     config.visitors.max_per_ip = config.visitors.max_connections;
     let server = Server::new(config);
@@ -76,17 +76,13 @@ async fn node(redis: &Redis, id: &str, stop: &CancellationToken) -> anyhow::Resu
     tokio::spawn(async move { s.keep_cluster_lease(token).await });
     let (s, token) = (server.clone(), stop.clone());
     tokio::spawn(async move { s.serve_peers(peer, token).await });
+    server.add_adapter(Arc::new(droid_adapters::SmtpService::new(
+        SmtpConfig::default(),
+        vec![smtp.into()],
+        smtp_limits(),
+    )));
     let (s, token) = (server.clone(), stop.clone());
-    tokio::spawn(async move {
-        s.serve_smtp(
-            smtp,
-            SmtpConfig::default(),
-            Some(spool),
-            smtp_limits(),
-            token,
-        )
-        .await;
-    });
+    tokio::spawn(async move { s.serve_adapters(Some(spool), token).await });
     let token = stop.clone();
     tokio::spawn(async move { server.run(http, control, token).await });
     Ok(node)
@@ -98,12 +94,17 @@ pub(crate) async fn cluster_bench(args: &Args, app: &App) -> anyhow::Result<()> 
     let one = node(&redis, "one", &stop).await?;
     let two = node(&redis, "two", &stop).await?;
     let (one_http, two_http) = (one.http, two.http);
+    let mail = MailSettings {
+        path: Some("/inbound".into()),
+        ..MailSettings::default()
+    };
     let spec = TunnelSpec {
-        mail: MailSettings {
-            path: Some("/inbound".into()),
-            secret: Some(SECRET.into()),
-            ..MailSettings::default()
-        },
+        secret: Some(SECRET.into()),
+        adapters: [(
+            droid_adapters::smtp::NAME.to_string(),
+            serde_json::to_value(mail)?,
+        )]
+        .into(),
         ..TunnelSpec::http(Target {
             host: "127.0.0.1".into(),
             port: app.addr.port(),
@@ -247,7 +248,7 @@ async fn claims_bench(redis: &Redis) -> anyhow::Result<()> {
                     let claim = LiveClaim {
                         keys: vec![format!("claim-{row}-{i}")],
                         settings: vec![settings.clone()],
-                        logins: vec![String::new()],
+                        index: vec![String::new()],
                         owner: "owner".into(),
                         session: i as u64,
                     };

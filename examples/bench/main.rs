@@ -86,7 +86,8 @@ use droid_adapters::{
     ConnLimits, Format, MailOptions, MailRouter, SmtpAdapter, SmtpConfig, Spool, SpoolConfig,
     UrlRouter, UrlSink,
 };
-use droid_client::{ClientConfig, ClientEvent, MailSettings, Target, TunnelSpec};
+use droid_adapters::{MailSettings, MqttSettings};
+use droid_client::{ClientConfig, ClientEvent, Target, TunnelSpec};
 use droid_core::deliver::{Deliver, DeliverFuture};
 use droid_server::{Server, ServerConfig};
 use http_body_util::{BodyExt, Empty, Full};
@@ -389,8 +390,6 @@ impl Tunnel {
         );
         let mut config = ServerConfig::new(DOMAIN);
         config.public_port = Some(http_addr.port());
-        config.smtp = true;
-        config.mqtt = true;
         // The load comes from 127.0.0.1: as if from many addresses.
         config.visitors.max_per_ip = config.visitors.max_connections;
         let server = Server::new(config);
@@ -398,40 +397,42 @@ impl Tunnel {
         tokio::spawn(async move { s.run(http, control, token).await });
         let dir = tempfile::tempdir()?;
         let spool = Spool::open(dir.path(), SpoolConfig::default())?;
-        let (s, token, mail_spool) = (server.clone(), stop.clone(), spool.clone());
-        tokio::spawn(async move {
-            s.serve_smtp(
-                smtp,
-                SmtpConfig::default(),
-                Some(mail_spool),
-                smtp_limits(),
-                token,
-            )
-            .await;
-        });
+        server.add_adapter(Arc::new(droid_adapters::SmtpService::new(
+            SmtpConfig::default(),
+            vec![smtp.into()],
+            smtp_limits(),
+        )));
+        server.add_adapter(Arc::new(droid_adapters::MqttService::new(
+            droid_adapters::MqttConfig::default(),
+            vec![mqtt],
+            Vec::new(),
+            smtp_limits(),
+        )));
         let (s, token) = (server.clone(), stop.clone());
-        tokio::spawn(async move {
-            let listeners = droid_server::MqttListeners {
-                plain: Some(mqtt),
-                tls: None,
-            };
-            let config = droid_adapters::MqttConfig::default();
-            s.serve_mqtt(listeners, config, Some(spool), smtp_limits(), token)
-                .await;
-        });
+        tokio::spawn(async move { s.serve_adapters(Some(spool), token).await });
 
+        let mail = MailSettings {
+            path: Some("/inbound".into()),
+            ..MailSettings::default()
+        };
+        let mqtt = MqttSettings {
+            path: Some("/inbound".into()),
+            ..MqttSettings::default()
+        };
         let spec = TunnelSpec {
             name: Some(NAME.into()),
-            mail: MailSettings {
-                path: Some("/inbound".into()),
-                format: None,
-                secret: Some(SECRET.into()),
-                ..MailSettings::default()
-            },
-            mqtt: droid_client::MqttSettings {
-                path: Some("/inbound".into()),
-                ..droid_client::MqttSettings::default()
-            },
+            secret: Some(SECRET.into()),
+            adapters: [
+                (
+                    droid_adapters::smtp::NAME.to_string(),
+                    serde_json::to_value(mail)?,
+                ),
+                (
+                    droid_adapters::mqtt::NAME.to_string(),
+                    serde_json::to_value(mqtt)?,
+                ),
+            ]
+            .into(),
             ..TunnelSpec::http(Target {
                 host: "127.0.0.1".into(),
                 port: app.addr.port(),

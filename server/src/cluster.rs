@@ -20,14 +20,14 @@
 //!
 //! Beside its record, a name keeps what the tunnel's client asked of the
 //! adapters (`droid:settings:NAME`, JSON; a key of its own so the record
-//! stays a small hash in Redis's compact encoding) so that any node's SMTP
-//! and MQTT take messages for it, and the hash of its devices' MQTT login, indexed by that hash
-//! (`droid:login:HASH`, a set of names) so that any node checks a login.
+//! stays a small hash in Redis's compact encoding) so that any node's
+//! adapters take messages for it, and the index entries its adapters find
+//! it by (`ADAPTER:KEY`, each a set of names `droid:index:ADAPTER:KEY`).
 //! Claims and releases publish their names on `droid:names`; every node
 //! follows the channel ([`Cluster::follow`]) to forget what it remembered
-//! of them ([`crate::directory`]) and to wake the mail it spooled for an
-//! owner who is back, on whatever node. An app's MQTT publish goes to the
-//! devices of every node over `droid:mqtt`.
+//! of them ([`crate::directory`]) and to wake the deliveries it spooled for
+//! an owner who is back, on whatever node. Adapters send bytes to
+//! themselves on the other nodes over `droid:adapters`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +37,6 @@ use droid_core::protocol::{ErrorCode, ErrorMessage};
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -88,12 +87,13 @@ const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 100
 /// The channel claims and releases publish their names on.
 const NAMES_CHANNEL: &str = "droid:names";
 
-/// The channel apps' MQTT publishes go to every node on.
-const MQTT_CHANNEL: &str = "droid:mqtt";
+/// The channel adapters send bytes to themselves on the other nodes on.
+const ADAPTERS_CHANNEL: &str = "droid:adapters";
 
 /// KEYS: name records. ARGV: owner, node, grace ms, quarantine ms,
-/// session, then for each key its settings (JSON, or '') and its login's
-/// hash (or ''). Returns {'ok'} or {index, why, ms left}.
+/// session, then for each key its settings (JSON, or '') and its index
+/// entries (`ADAPTER:KEY`, space-separated, or ''). Returns {'ok'} or
+/// {index, why, ms left}.
 const CLAIM: &str = r"
 local owner, node = ARGV[1], ARGV[2]
 local grace, quarantine = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -119,15 +119,17 @@ for i, key in ipairs(KEYS) do
   end
 end
 for i, key in ipairs(KEYS) do
-  local settings, login = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
-  redis.call('HSET', key, 'owner', owner, 'node', node, 'session', session, 'state', 'live', 'resume_until', 0, 'until', 0, 'login', login)
+  local settings, index = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  redis.call('HSET', key, 'owner', owner, 'node', node, 'session', session, 'state', 'live', 'resume_until', 0, 'until', 0, 'index', index)
   redis.call('PERSIST', key)
   if settings ~= '' then
     redis.call('SET', 'droid:settings:' .. string.sub(key, 12), settings)
   else
     redis.call('DEL', 'droid:settings:' .. string.sub(key, 12))
   end
-  if login ~= '' then redis.call('SADD', 'droid:login:' .. login, string.sub(key, 12)) end
+  for entry in string.gmatch(index, '%S+') do
+    redis.call('SADD', 'droid:index:' .. entry, string.sub(key, 12))
+  end
 end
 redis.call('PUBLISH', 'droid:names', 'claim ' .. owner .. ' ' .. table.concat(KEYS, ' '))
 return {'ok'}
@@ -182,13 +184,13 @@ if left <= 0 then return false end
 return {state, r[2], redis.call('HGET', 'droid:peers', r[2]) or '', r[1], redis.call('GET', KEYS[2]) or '', tostring(left)}
 ";
 
-/// KEYS: a login's set of names. ARGV: the login's hash. 1 when a name
-/// that set it is live under a running lease; names that no longer set it
-/// leave the set.
-const LOGIN: &str = r"
+/// KEYS: an index entry's set of names. ARGV: the entry (`ADAPTER:KEY`).
+/// 1 when a name that has it is live under a running lease; names that no
+/// longer have it leave the set.
+const INDEXED: &str = r"
 for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local r = redis.call('HMGET', 'droid:name:' .. name, 'login', 'state', 'node')
-  if r[1] ~= ARGV[1] then
+  local r = redis.call('HMGET', 'droid:name:' .. name, 'index', 'state', 'node')
+  if not string.find(' ' .. (r[1] or '') .. ' ', ' ' .. ARGV[1] .. ' ', 1, true) then
     redis.call('SREM', KEYS[1], name)
   elseif r[2] == 'live' and (tonumber(redis.call('ZSCORE', 'droid:nodes', r[3])) or 0) >= now then
     return 1
@@ -206,8 +208,9 @@ pub struct LiveClaim {
     /// For each key, what its tunnel asked of the adapters, as JSON; empty
     /// for a TCP tunnel's keys, which take no adapter's messages.
     pub settings: Vec<String>,
-    /// For each key, the hash of its devices' MQTT login, or empty.
-    pub logins: Vec<String>,
+    /// For each key, its tunnel's index entries (`ADAPTER:KEY`,
+    /// space-separated), or empty.
+    pub index: Vec<String>,
     /// Their owner (the hash of the resume secret).
     pub owner: String,
     /// The session serving them.
@@ -221,49 +224,38 @@ impl LiveClaim {
         let mut claim = LiveClaim {
             keys: Vec::new(),
             settings: Vec::new(),
-            logins: Vec::new(),
+            index: Vec::new(),
             owner: first.owner_id.clone(),
             session: first.session,
         };
         for tunnel in tunnels {
             let takes_messages = tunnel.tcp.is_none();
             for key in tunnel.keys() {
-                let (settings, login) = if takes_messages {
-                    let login = tunnel.adapters.mqtt.auth.as_deref().map(login_hash);
+                let (settings, index) = if takes_messages {
                     (
                         serde_json::to_string(&*tunnel.adapters).unwrap_or_default(),
-                        login.unwrap_or_default(),
+                        tunnel.index.join(" "),
                     )
                 } else {
                     (String::new(), String::new())
                 };
                 claim.keys.push(key);
                 claim.settings.push(settings);
-                claim.logins.push(login);
+                claim.index.push(index);
             }
         }
         Some(claim)
     }
 }
 
-/// How Redis knows a login: its hex SHA-256, never the login itself.
-fn login_hash(credentials: &str) -> String {
-    let digest = Sha256::digest(format!("droid-mqtt-login {credentials}").as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// An app's MQTT publish, as it goes to the other nodes.
+/// The line before the bytes an adapter sends to itself on the other
+/// nodes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Broadcast {
-    /// The node it was published on (which handed it to its own devices).
-    pub node: String,
-    pub tunnel: String,
-    /// Whom the tunnel's topics belong to (its owner, its devices' login).
-    #[serde(default)]
-    pub tenancy: droid_adapters::Tenancy,
-    pub topic: String,
-    pub qos: u8,
-    pub retain: bool,
+struct Broadcast {
+    /// The node it was sent from (which acted on it itself).
+    node: String,
+    /// The adapter that sent it, and the one that gets it.
+    adapter: String,
 }
 
 /// What a node does with the events it follows.
@@ -271,8 +263,8 @@ pub(crate) trait Events: Send + Sync {
     /// `owner`'s tunnel `name` (or a TCP port's key) came up, on this node
     /// or another.
     fn claimed(&self, owner: &str, name: &str);
-    /// An app published on another node: hand it to this node's devices.
-    fn published(&self, message: Broadcast, payload: Bytes);
+    /// `adapter` on another node sent `bytes` to itself here.
+    fn received(&self, adapter: &str, bytes: Bytes);
 }
 
 /// A node's handle on the cluster registry. Cheap to share behind an `Arc`.
@@ -284,7 +276,7 @@ pub struct Cluster {
     release: redis::Script,
     renew: redis::Script,
     locate: redis::Script,
-    login: redis::Script,
+    indexed: redis::Script,
     /// Releases Redis did not take, retried with each lease renewal.
     pending: Mutex<Vec<Release>>,
     /// Redis's answers to [`Cluster::locate`], kept.
@@ -375,7 +367,7 @@ impl Cluster {
             release: script(RELEASE),
             renew: script(RENEW),
             locate: script(LOCATE),
-            login: script(LOGIN),
+            indexed: script(INDEXED),
             pending: Mutex::new(Vec::new()),
             directory: Directory::default(),
             lookups: Lookups::default(),
@@ -510,15 +502,14 @@ impl Cluster {
         self.directory.changed([name]);
     }
 
-    /// Whether a tunnel live on some node set `credentials` as its
-    /// devices' MQTT login.
-    pub(crate) async fn knows_login(&self, credentials: &str) -> Result<bool, RegistryAway> {
-        let hash = login_hash(credentials);
+    /// Whether a tunnel live on some node has the index entry `entry`
+    /// (`ADAPTER:KEY`).
+    pub(crate) async fn indexed(&self, entry: &str) -> Result<bool, RegistryAway> {
         let mut conn = self.conn.clone();
         let found = self
-            .login
-            .key(format!("droid:login:{hash}"))
-            .arg(&hash)
+            .indexed
+            .key(format!("droid:index:{entry}"))
+            .arg(entry)
             .invoke_async::<i64>(&mut conn)
             .await;
         found.map(|found| found == 1).map_err(|e| {
@@ -527,35 +518,23 @@ impl Cluster {
         })
     }
 
-    /// Sends an app's MQTT publish to the devices of the other nodes.
-    pub(crate) async fn broadcast(
-        &self,
-        tunnel: &str,
-        tenancy: &droid_adapters::Tenancy,
-        topic: &str,
-        payload: &[u8],
-        qos: u8,
-        retain: bool,
-    ) {
+    /// Sends `bytes` to `adapter` on the other nodes.
+    pub(crate) async fn broadcast(&self, adapter: &str, bytes: &[u8]) {
         let head = Broadcast {
             node: self.config.node_id.clone(),
-            tunnel: tunnel.to_string(),
-            tenancy: tenancy.clone(),
-            topic: topic.to_string(),
-            qos,
-            retain,
+            adapter: adapter.to_string(),
         };
         let mut message = serde_json::to_vec(&head).unwrap_or_default();
         message.push(b'\n');
-        message.extend_from_slice(payload);
+        message.extend_from_slice(bytes);
         let mut conn = self.conn.clone();
         if let Err(e) = redis::cmd("PUBLISH")
-            .arg(MQTT_CHANNEL)
+            .arg(ADAPTERS_CHANNEL)
             .arg(message)
             .query_async::<i64>(&mut conn)
             .await
         {
-            warn!(error = %e, %topic, "could not send an app's publish to the other nodes");
+            warn!(error = %e, %adapter, "could not send an adapter's bytes to the other nodes");
         }
     }
 
@@ -607,21 +586,21 @@ impl Cluster {
             .map_err(|_| {
                 redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
             })??;
-        pubsub.subscribe(&[NAMES_CHANNEL, MQTT_CHANNEL]).await?;
+        pubsub.subscribe(&[NAMES_CHANNEL, ADAPTERS_CHANNEL]).await?;
         Ok(pubsub)
     }
 
     fn event(&self, channel: &str, payload: &[u8], events: &dyn Events) {
-        if channel == MQTT_CHANNEL {
+        if channel == ADAPTERS_CHANNEL {
             let Some(split) = payload.iter().position(|&b| b == b'\n') else {
                 return;
             };
             match serde_json::from_slice::<Broadcast>(&payload[..split]) {
                 Ok(head) if head.node != self.config.node_id => {
-                    events.published(head, Bytes::copy_from_slice(&payload[split + 1..]));
+                    events.received(&head.adapter, Bytes::copy_from_slice(&payload[split + 1..]));
                 }
                 Ok(_) => {}
-                Err(e) => debug!(error = %e, "a malformed publish on the cluster's channel"),
+                Err(e) => debug!(error = %e, "a malformed message on the adapters' channel"),
             }
             return;
         }
@@ -659,8 +638,8 @@ impl Cluster {
             .arg(ms(self.policy.grace))
             .arg(ms(self.policy.quarantine))
             .arg(claim.session);
-        for (settings, login) in claim.settings.iter().zip(&claim.logins) {
-            invocation.arg(settings).arg(login);
+        for (settings, index) in claim.settings.iter().zip(&claim.index) {
+            invocation.arg(settings).arg(index);
         }
         let mut conn = self.conn.clone();
         let answer: Vec<String> = invocation.invoke_async(&mut conn).await.map_err(|e| {

@@ -45,8 +45,8 @@ pub(crate) async fn serve<IO>(
             return;
         }
     };
-    // The client opens streams of its own only to publish (MQTT from its
-    // app); they are served once its tunnels are known.
+    // The client opens streams of its own only to call an adapter for its
+    // app; they are served once its tunnels are known.
     let inbound = session.inbound;
     let (read, write) = tokio::io::split(control);
     let mut control = Control {
@@ -120,20 +120,20 @@ pub(crate) async fn serve<IO>(
     };
     let names: Vec<&str> = tunnels.iter().map(|t| t.name.as_str()).collect();
     info!(%peer, session = session_id, ?names, "tunnels up");
-    shared.wake_mail(&tunnels);
+    shared.wake_deliveries(&tunnels);
     for tunnel in &tunnels {
         if let Some(port) = &tunnel.tcp {
             crate::tcp_front::serve_port(shared.clone(), port);
         }
     }
-    let publishing = tokio::spawn(crate::mqtt::serve_client_streams(
+    let calls = tokio::spawn(crate::calls::serve(
         shared.clone(),
         inbound,
         tunnels.clone(),
     ));
 
     let clean = heartbeat(&shared, &mut control, &lines, &opener, &tunnels, &shutdown).await;
-    publishing.abort();
+    calls.abort();
     release(&shared, &tunnels, clean).await;
     info!(%peer, session = session_id, ?names, clean, "tunnels down");
     let _ = control.writer.shutdown().await;
@@ -191,7 +191,7 @@ where
                         let back: Vec<Arc<Tunnel>> =
                             tunnels.iter().filter(|t| t.name == up.tunnel).cloned().collect();
                         debug!(tunnel = %up.tunnel, "the client says its target answers again");
-                        shared.wake_mail(&back);
+                        shared.wake_deliveries(&back);
                     }
                     Ok(other) => debug!(message = ?other, "ignored a control message"),
                     Err(ProtocolError::Malformed(e)) => {
@@ -231,11 +231,12 @@ fn grant(
     peer: SocketAddr,
     log: RequestLog,
 ) -> Result<(Welcome, Vec<Arc<Tunnel>>), ErrorMessage> {
-    if hello.version < 1 {
+    if hello.version != PROTOCOL_VERSION {
         return Err(refuse(
             ErrorCode::Version,
             format!(
-                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                "this server speaks Droid protocol {PROTOCOL_VERSION} and the client protocol {}; \
+                 run the same release of droid on both",
                 hello.version
             ),
         ));
@@ -284,10 +285,13 @@ fn grant(
             format!("the name {name} is reserved on this server; only its token may claim it"),
         ));
     }
+    let adapters = shared.adapters();
+    let kept = |name: &str| {
+        crate::names::is_kept_by_default(name)
+            || adapters.iter().any(|a| a.reserved_names().contains(&name))
+    };
     if shared.config.names.keep_service_names
-        && let Some(name) = names
-            .iter()
-            .find(|n| crate::names::is_kept_by_default(n) && !owned.contains(**n))
+        && let Some(name) = names.iter().find(|n| kept(n) && !owned.contains(**n))
     {
         return Err(refuse(
             ErrorCode::BadName,
@@ -307,8 +311,25 @@ fn grant(
         crate::auth::Caller::Token(i) => Some(i),
         crate::auth::Caller::Anonymous => None,
     };
+    let index = hello
+        .tunnels
+        .iter()
+        .map(|t| {
+            let settings = t.adapter_settings();
+            adapters
+                .iter()
+                .filter(|a| settings.of(a.name()).is_some())
+                .flat_map(|a| {
+                    a.index_keys(&settings)
+                        .into_iter()
+                        .map(|key| format!("{}:{key}", a.name()))
+                })
+                .collect()
+        })
+        .collect();
     let rules = ClaimRules {
         claimant: Claimant::new(&shared.config.names.limits, peer.ip(), token),
+        index,
         owned,
         limits: shared.auth.limit_keys(caller, peer.ip()),
         access,
@@ -337,19 +358,20 @@ fn grant(
                 Some(port) => TunnelGrant {
                     name: t.name.clone(),
                     url: shared.config.tcp_url_for(port.port),
-                    smtp: None,
                     tcp: Some(port.port),
-                    mqtt: None,
+                    adapters: Default::default(),
                 },
                 None => TunnelGrant {
                     name: t.name.clone(),
                     url: shared.config.url_for(&t.name),
-                    smtp: shared
-                        .config
-                        .smtp
-                        .then(|| format!("{}.{}", t.name, shared.config.domain)),
                     tcp: None,
-                    mqtt: shared.config.mqtt.then(|| format!("{}/#", t.name)),
+                    adapters: adapters
+                        .iter()
+                        .filter_map(|a| {
+                            let granted = a.grant(&t.name, &shared.config.domain, &t.adapters)?;
+                            Some((a.name().to_string(), granted))
+                        })
+                        .collect(),
                 },
             })
             .collect(),

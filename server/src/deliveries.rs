@@ -1,7 +1,7 @@
 //! Adapters' deliveries into tunnels: the server's side of the adapters.
 //!
 //! The adapters know nothing of tunnels; they map their own addresses onto
-//! names (`*@NAME.domain`, `NAME/...`) and ask [`Tunnels`], implemented
+//! names (a recipient's domain, a topic's first level) and ask [`Tunnels`], implemented
 //! here over the registry, for NAME: while it is live or resuming they get
 //! its owner key `OWNER_ID/NAME` (so a spooled message goes back only to
 //! the same owner's tunnel of the same name, never to whoever holds the
@@ -137,15 +137,7 @@ impl RegistryTunnels {
 
     /// A tunnel of this node, unless it is a TCP tunnel.
     fn local(&self, tunnel: &Tunnel) -> Option<Destination> {
-        if tunnel.tcp.is_some() {
-            return None;
-        }
-        Some(Destination {
-            owner: owner_key(&tunnel.owner_id, &tunnel.name),
-            sink: self.sink_to(&tunnel.name, &tunnel.owner_id),
-            settings: tunnel.adapters.clone(),
-            name: tunnel.name.clone(),
-        })
+        (tunnel.tcp.is_none()).then(|| destination(&self.shared, tunnel))
     }
 
     /// A sink to the node that serves `name` live, or one that says it is
@@ -180,30 +172,46 @@ impl RegistryTunnels {
             .then(|| self.remote_sink(name, &found))
     }
 
-    async fn knows(&self, credentials: &str) -> Result<bool, Unavailable> {
-        let local = self.shared.registry.any_live(|t| {
-            t.adapters
-                .mqtt
-                .auth
-                .as_deref()
-                .is_some_and(|wanted| same(wanted, credentials))
-        });
-        if local {
+    async fn is_indexed(&self, adapter: &str, key: &str) -> Result<bool, Unavailable> {
+        let entry = format!("{adapter}:{key}");
+        if self.shared.registry.any_live(|t| t.index.contains(&entry)) {
             return Ok(true);
         }
         match self.shared.cluster.get() {
             Some(cluster) => {
-                (cluster.knows_login(credentials).await).map_err(|e| Unavailable(e.to_string()))
+                (cluster.indexed(&entry).await).map_err(|e| Unavailable(e.to_string()))
             }
             None => Ok(false),
         }
     }
 }
 
-/// Compares in constant time: a login is a secret.
-fn same(a: &str, b: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    a.as_bytes().ct_eq(b.as_bytes()).into()
+/// `tunnel` of this node as the adapters see it.
+pub(crate) fn destination(shared: &Arc<Shared>, tunnel: &Tunnel) -> Destination {
+    Destination {
+        owner: owner_key(&tunnel.owner_id, &tunnel.name),
+        sink: Arc::new(TunnelSink {
+            shared: shared.clone(),
+            name: tunnel.name.clone(),
+            owner_id: tunnel.owner_id.clone(),
+        }),
+        settings: tunnel.adapters.clone(),
+        name: tunnel.name.clone(),
+    }
+}
+
+/// What adapters send to themselves on the other nodes, through the
+/// cluster when there is one.
+pub(crate) struct ClusterBroadcast(pub(crate) Arc<Shared>);
+
+impl droid_adapters::Broadcast for ClusterBroadcast {
+    fn send(&self, adapter: &'static str, bytes: bytes::Bytes) -> Answer<'_, ()> {
+        Box::pin(async move {
+            if let Some(cluster) = self.0.cluster.get() {
+                cluster.broadcast(adapter, &bytes).await;
+            }
+        })
+    }
 }
 
 /// The spool key of the messages for `owner_id`'s tunnel `name`
@@ -217,8 +225,12 @@ impl Tunnels for RegistryTunnels {
         Box::pin(self.find_tunnel(name))
     }
 
-    fn knows_login<'a>(&'a self, credentials: &'a str) -> Answer<'a, Result<bool, Unavailable>> {
-        Box::pin(self.knows(credentials))
+    fn indexed<'a>(
+        &'a self,
+        adapter: &'static str,
+        key: &'a str,
+    ) -> Answer<'a, Result<bool, Unavailable>> {
+        Box::pin(self.is_indexed(adapter, key))
     }
 }
 
@@ -344,7 +356,7 @@ impl TunnelSink {
             .headers()
             .get("droid-adapter")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("smtp")
+            .unwrap_or("adapter")
             .to_string();
         let (mut parts, body) = request.into_parts();
         let host = match &tunnel.host_header {

@@ -1,6 +1,6 @@
 //! Where the cluster's names are, as one node remembers Redis's answers.
 //!
-//! A visitor's request, a mail or an MQTT message for a name this node
+//! A visitor's request, or an adapter's message, for a name this node
 //! does not serve asks Redis where the name is ([`Located`], or nowhere).
 //! The answer is kept here so the next one does not pay the round trip:
 //!

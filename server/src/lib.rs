@@ -18,9 +18,13 @@
 //! - `deliveries`: the tunnels as every adapter sees them
 //!   ([`droid_adapters::Tunnels`]), and the sink that POSTs an adapter's
 //!   message through one.
-//! - `mqtt`: the app's MQTT publishes, from its client to the adapter.
+//! - `calls`: the streams a client opens to call an adapter for its app.
 //! - `metrics`: requests, the server's own answers, durations, bytes,
-//!   names by state, sessions, streams and mail, for Prometheus.
+//!   names by state, sessions, streams and deliveries, for Prometheus.
+//!
+//! The server runs adapters it is given ([`Server::add_adapter`]) and
+//! knows them only through [`ServerAdapter`]: what a protocol means stays
+//! in `adapters/`.
 //!
 //! Every listener-owning function takes a bound listener and a cancellation
 //! token, so tests bind port 0 and run in parallel, and the binary decides
@@ -29,6 +33,7 @@
 
 pub mod access;
 pub mod auth;
+mod calls;
 pub mod cluster;
 mod control;
 mod deliveries;
@@ -37,7 +42,6 @@ mod guard;
 mod http_front;
 mod listener;
 mod metrics;
-mod mqtt;
 pub mod name_budget;
 pub mod name_store;
 pub mod names;
@@ -49,20 +53,16 @@ pub mod request_log;
 mod tcp_front;
 mod tls;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use droid_adapters::{
-    ConnLimits, Listener, MqttAdapter, MqttConfig, SmtpAdapter, SmtpConfig, Spool, TunnelMail,
-    TunnelTopics, Tunnels,
-};
+use droid_adapters::{ConnLimits, Host, ServerAdapter, Spool, Tunnels};
 use droid_core::conn_caps::ConnCaps;
 use droid_core::protocol;
 use droid_core::session::DEFAULT_CONCURRENT_STREAMS;
 pub use droid_core::transport::ServerTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
 
 pub use auth::{AuthPolicy, TokenRule};
 pub use name_budget::NameLimits;
@@ -70,18 +70,6 @@ pub use name_store::{NameStore, RedbNames, StoreError};
 pub use peer_tls::{MIN_SECRET_LEN, check_secret};
 pub use rate::RequestRate;
 pub use registry::{NamePolicy, Registry, TcpPorts};
-
-/// Where [`Server::serve_mqtt`] accepts devices: plain, TLS (with
-/// [`ServerConfig::tls`]'s certificate), or both. Both share the adapter:
-/// a device on one sees the subscriptions and retained messages of the
-/// other.
-#[derive(Debug, Default)]
-pub struct MqttListeners {
-    /// Plain MQTT (port 1883 by custom).
-    pub plain: Option<TcpListener>,
-    /// MQTT over TLS (port 8883 by custom).
-    pub tls: Option<TcpListener>,
-}
 
 /// What a server needs to know; every field has a sensible default but the domain.
 #[derive(Debug, Clone)]
@@ -117,12 +105,6 @@ pub struct ServerConfig {
     pub request_rate: Option<RequestRate>,
     /// Tokens, reserved names and tunnel limits.
     pub auth: AuthPolicy,
-    /// Whether this server accepts mail for its tunnels; the welcome then
-    /// tells each tunnel its mail domain.
-    pub smtp: bool,
-    /// Whether this server accepts MQTT for its tunnels; the welcome then
-    /// tells each tunnel its topics.
-    pub mqtt: bool,
     /// The certificate chain and key of the control port (TLS is then
     /// required there) and of the HTTPS listener.
     pub tls: Option<ServerTls>,
@@ -160,8 +142,6 @@ impl ServerConfig {
             body_read_timeout: Duration::from_secs(60),
             request_rate: None,
             auth: AuthPolicy::default(),
-            smtp: false,
-            mqtt: false,
             tls: None,
             https: false,
             tcp_ports: None,
@@ -200,11 +180,12 @@ pub(crate) struct Shared {
     config: ServerConfig,
     registry: Registry,
     auth: auth::Auth,
-    /// The mail spool, once SMTP runs: woken when an owner reconnects.
+    /// The spool the adapters share, once they run: woken when an owner
+    /// reconnects.
     spool: OnceLock<Arc<Spool>>,
     metrics: metrics::Metrics,
-    /// The MQTT adapter, once MQTT runs: apps publish through it.
-    mqtt: OnceLock<Arc<MqttAdapter>>,
+    /// The adapters this server runs.
+    adapters: RwLock<Vec<Arc<dyn ServerAdapter>>>,
     /// The cluster registry, when this server is one node of several.
     cluster: OnceLock<Arc<cluster::Cluster>>,
     /// Connections kept for adapters' deliveries.
@@ -216,8 +197,27 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Retries the spooled mail of these tunnels now: their owner is back.
-    fn wake_mail(&self, tunnels: &[Arc<registry::Tunnel>]) {
+    /// The adapters this server runs.
+    fn adapters(&self) -> Vec<Arc<dyn ServerAdapter>> {
+        self.adapters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The adapter named `name`, if this server runs it.
+    fn adapter(&self, name: &str) -> Option<Arc<dyn ServerAdapter>> {
+        self.adapters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|a| a.name() == name)
+            .cloned()
+    }
+
+    /// Retries the spooled deliveries of these tunnels now: their owner is
+    /// back.
+    fn wake_deliveries(&self, tunnels: &[Arc<registry::Tunnel>]) {
         if let Some(spool) = self.spool.get() {
             for tunnel in tunnels {
                 spool.wake(&deliveries::owner_key(&tunnel.owner_id, &tunnel.name));
@@ -236,17 +236,9 @@ impl cluster::Events for Shared {
         }
     }
 
-    fn published(&self, message: cluster::Broadcast, payload: bytes::Bytes) {
-        if let Some(mqtt) = self.mqtt.get() {
-            let cluster::Broadcast {
-                tunnel,
-                tenancy,
-                topic,
-                qos,
-                retain,
-                ..
-            } = message;
-            mqtt.publish(&tunnel, &tenancy, &topic, payload, qos, retain);
+    fn received(&self, adapter: &str, bytes: bytes::Bytes) {
+        if let Some(adapter) = self.adapter(adapter) {
+            adapter.received(bytes);
         }
     }
 }
@@ -287,7 +279,7 @@ impl Server {
                 auth,
                 spool: OnceLock::new(),
                 metrics: metrics::Metrics::new(),
-                mqtt: OnceLock::new(),
+                adapters: RwLock::new(Vec::new()),
                 cluster: OnceLock::new(),
                 pools: deliveries::DeliveryPools::default(),
             }),
@@ -406,77 +398,49 @@ impl Server {
         Arc::new(deliveries::RegistryTunnels::new(self.shared.clone()))
     }
 
-    /// Accepts mail for the tunnels until `shutdown`. With a spool, mail
-    /// the app cannot take now is kept and retried (and retried at once
-    /// when its owner reconnects); without one, such mail gets a 451.
-    pub async fn serve_smtp(
-        &self,
-        listener: TcpListener,
-        config: SmtpConfig,
-        spool: Option<Arc<Spool>>,
-        limits: ConnLimits,
-        shutdown: CancellationToken,
-    ) {
-        let router = Arc::new(TunnelMail::new(self.tunnels(), &self.shared.config.domain));
-        let retries = self.run_spool(spool.as_ref(), &shutdown);
-        let adapter = Arc::new(SmtpAdapter::new(config, router, spool));
+    /// Runs `adapter` for the tunnels once [`Server::serve_adapters`]
+    /// starts: from now on the welcome says what it grants each tunnel
+    /// that asks for it. Add every adapter before clients connect.
+    pub fn add_adapter(&self, adapter: Arc<dyn ServerAdapter>) {
         self.shared
-            .metrics
-            .count_deliveries("droid_mail", "Mails", adapter.stats());
-        droid_adapters::run_adapter([listener.into()], adapter, limits, shutdown).await;
+            .adapters
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(adapter);
+    }
+
+    /// Runs the adapters added until `shutdown`, then drains them. With a
+    /// spool, what an app cannot take now is kept and retried (at once when
+    /// its owner reconnects); without one, adapters refuse it for now.
+    pub async fn serve_adapters(&self, spool: Option<Arc<Spool>>, shutdown: CancellationToken) {
+        let retries = spool.as_ref().map(|spool| {
+            let _ = self.shared.spool.set(spool.clone());
+            tokio::spawn(spool.clone().run(self.tunnels(), shutdown.clone()))
+        });
+        let host = Host {
+            tunnels: self.tunnels(),
+            domain: self.shared.config.domain.clone(),
+            spool,
+            tls: self.shared.config.tls.as_ref().map(|tls| tls.acceptor()),
+            broadcast: Arc::new(deliveries::ClusterBroadcast(self.shared.clone())),
+            shutdown,
+        };
+        let running: Vec<_> = self
+            .shared
+            .adapters()
+            .into_iter()
+            .map(|adapter| {
+                let run = adapter.clone().run(host.clone());
+                if let Some((prefix, what, stats)) = adapter.stats() {
+                    self.shared.metrics.count_deliveries(prefix, what, &stats);
+                }
+                run
+            })
+            .collect();
+        futures::future::join_all(running).await;
         if let Some(retries) = retries {
             let _ = retries.await;
         }
-    }
-
-    /// Accepts MQTT devices for the tunnels until `shutdown`: a publish to
-    /// `NAME/...` goes to NAME's tunnel. With a spool, a QoS 1 message the
-    /// app cannot take now is kept and retried (the same spool as mail's
-    /// may be given); without one it is not acknowledged.
-    pub async fn serve_mqtt(
-        &self,
-        listeners: MqttListeners,
-        config: MqttConfig,
-        spool: Option<Arc<Spool>>,
-        limits: ConnLimits,
-        shutdown: CancellationToken,
-    ) {
-        let retries = self.run_spool(spool.as_ref(), &shutdown);
-        let router = Arc::new(TunnelTopics::new(self.tunnels()));
-        let adapter = Arc::new(MqttAdapter::new(config, router, spool));
-        let _ = self.shared.mqtt.set(adapter.clone());
-        self.shared
-            .metrics
-            .count_deliveries("droid_mqtt", "MQTT messages", adapter.stats());
-        let mut bound: Vec<Listener> = listeners.plain.into_iter().map(Listener::from).collect();
-        match (listeners.tls, &self.shared.config.tls) {
-            (Some(listener), Some(tls)) => bound.push(Listener::tls(listener, tls.acceptor())),
-            (Some(_), None) => {
-                error!(
-                    "MQTT over TLS needs a certificate: set ServerConfig::tls (--tls-cert and --tls-key)"
-                );
-            }
-            (None, _) => {}
-        }
-        droid_adapters::run_adapter(bound, adapter, limits, shutdown).await;
-        if let Some(retries) = retries {
-            let _ = retries.await;
-        }
-    }
-
-    /// Starts retrying `spool`'s deliveries through the tunnels, once per
-    /// server whichever adapter asks first.
-    fn run_spool(
-        &self,
-        spool: Option<&Arc<Spool>>,
-        shutdown: &CancellationToken,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        let spool = spool?;
-        if self.shared.spool.set(spool.clone()).is_err() {
-            return None;
-        }
-        let owners = self.tunnels();
-        Some(tokio::spawn(spool.clone().run(owners, shutdown.clone())))
     }
 
     /// Serves `GET /metrics` (Prometheus's text format) until `shutdown`.

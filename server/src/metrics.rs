@@ -111,7 +111,7 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// The server's metrics.
 pub(crate) struct Metrics {
-    /// Behind a lock: the mail counters join it when SMTP starts.
+    /// Behind a lock: adapters' counters join it when they start.
     registry: Mutex<Registry>,
     requests: [Counter; 5],
     own: Family<Answer, Counter>,
@@ -291,7 +291,7 @@ impl Metrics {
     }
 
     /// Reports what an adapter's deliveries come to (and its spool's),
-    /// under `prefix` (`droid_mail`, `droid_mqtt`); `what` names them.
+    /// under `prefix` (`droid_mail`); `what` names them.
     pub fn count_deliveries(&self, prefix: &str, what: &str, stats: &DeliveryStats) {
         let Ok(mut registry) = self.registry.lock() else {
             return;

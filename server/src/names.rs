@@ -44,11 +44,11 @@ impl NameGenerator {
 /// Names kept from anybody but a token that reserves them, by default: the
 /// names of common services (a stranger's tunnel at `mail.` or `api.` of a
 /// server's domain is a phishing page waiting to happen).
-pub const SERVICE_NAMES: [&str; 15] = [
+/// Each adapter the server runs adds its own protocol's names
+/// (`droid_adapters::ServerAdapter::reserved_names`).
+pub const SERVICE_NAMES: [&str; 13] = [
     "www",
     "mail",
-    "smtp",
-    "mqtt",
     "api",
     "admin",
     "mx",

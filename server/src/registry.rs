@@ -79,8 +79,10 @@ pub struct Tunnel {
     /// Who owns it: a hash of the resume secret, safe to log and store
     /// (spooled mail belongs to it, not to the bare name).
     pub owner_id: String,
-    /// What the client asked of each adapter (mail, MQTT).
+    /// What the client asked of each adapter.
     pub adapters: Arc<AdapterSettings>,
+    /// The entries (`ADAPTER:KEY`) its adapters find it by, on any node.
+    pub index: Vec<String>,
     /// Who may reach it: basic auth and an IP allow-list.
     pub access: Access,
     /// The counters it counts against (a token, an address).
@@ -202,6 +204,9 @@ pub struct ClaimRules {
     /// Each tunnel's access checks, in the order of the requests; missing
     /// ones are open.
     pub access: Vec<Access>,
+    /// Each tunnel's index entries (`ADAPTER:KEY`), in the order of the
+    /// requests.
+    pub index: Vec<Vec<String>>,
     /// The request rate each granted tunnel gets a bucket for.
     pub rate: Option<RequestRate>,
     /// Whom the new names count against (an address, a token).
@@ -825,6 +830,7 @@ impl Registry {
         let id: Arc<str> = Arc::from(owner_id.as_str());
         let keys: Vec<String> = rules.limits.iter().map(|(k, _)| k.clone()).collect();
         let mut access = rules.access.into_iter();
+        let mut index = rules.index.into_iter();
         let mut host_headers = requests.iter().map(|r| {
             r.host_header
                 .as_deref()
@@ -841,6 +847,7 @@ impl Registry {
                     opener: opener.clone(),
                     owner_id: owner_id.clone(),
                     adapters: Arc::new(adapters),
+                    index: index.next().unwrap_or_default(),
                     access: access.next().unwrap_or_default(),
                     limit_keys: keys.clone(),
                     rate: rules.rate.map(Limiter::new),

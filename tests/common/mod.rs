@@ -427,7 +427,6 @@ pub async fn mqtt_server_with(
 ) -> (TestServer, Option<SocketAddr>) {
     let with_tls = tls.is_some();
     let mut srv = server_with(|c| {
-        c.mqtt = true;
         c.tls = tls;
         tweak(c);
     })
@@ -451,21 +450,17 @@ pub async fn mqtt_server_with(
         deliver_timeout: Duration::from_secs(5),
         ..Default::default()
     };
+    s.add_adapter(Arc::new(droid_adapters::MqttService::new(
+        config,
+        vec![listener],
+        tls_listener.into_iter().collect(),
+        droid_adapters::ConnLimits {
+            max_connections: 2000,
+            max_per_ip: 2000,
+        },
+    )));
     srv.tasks.push(tokio::spawn(async move {
-        s.serve_mqtt(
-            droid_server::MqttListeners {
-                plain: Some(listener),
-                tls: tls_listener,
-            },
-            config,
-            spool,
-            droid_adapters::ConnLimits {
-                max_connections: 2000,
-                max_per_ip: 2000,
-            },
-            token,
-        )
-        .await;
+        s.serve_adapters(spool, token).await;
     }));
     (srv, tls_addr)
 }
@@ -489,11 +484,7 @@ pub async fn mail_server_retrying(
     first_retry: Duration,
     tweak: impl FnOnce(&mut ServerConfig),
 ) -> TestServer {
-    let mut srv = server_with(|c| {
-        c.smtp = true;
-        tweak(c);
-    })
-    .await;
+    let mut srv = server_with(tweak).await;
     let listener = droid_adapters::bind_listener("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -509,15 +500,13 @@ pub async fn mail_server_retrying(
         deliver_timeout: Duration::from_secs(5),
         ..Default::default()
     };
+    s.add_adapter(Arc::new(droid_adapters::SmtpService::new(
+        smtp_config,
+        vec![listener.into()],
+        droid_adapters::ConnLimits::default(),
+    )));
     srv.tasks.push(tokio::spawn(async move {
-        s.serve_smtp(
-            listener,
-            smtp_config,
-            spool,
-            droid_adapters::ConnLimits::default(),
-            token,
-        )
-        .await;
+        s.serve_adapters(spool, token).await;
     }));
     srv
 }
@@ -593,10 +582,44 @@ impl Drop for TestClient {
 }
 
 pub fn spec(name: Option<&str>, target: &Target) -> TunnelSpec {
-    TunnelSpec {
+    let mut spec = TunnelSpec {
         name: name.map(str::to_string),
         ..TunnelSpec::http(target.clone())
+    };
+    // As `droid http` asks: mail and MQTT, with their defaults.
+    set_mail(&mut spec, droid_adapters::MailSettings::default());
+    set_mqtt(&mut spec, droid_adapters::MqttSettings::default());
+    spec
+}
+
+/// What `spec` asks of the SMTP adapter.
+pub fn set_mail(spec: &mut TunnelSpec, mail: droid_adapters::MailSettings) {
+    let value = serde_json::to_value(mail).unwrap();
+    spec.adapters
+        .insert(droid_adapters::smtp::NAME.into(), value);
+}
+
+/// Mail POSTed to `path`, as JSON.
+pub fn inbound_mail(path: &str) -> droid_adapters::MailSettings {
+    droid_adapters::MailSettings {
+        path: Some(path.into()),
+        ..Default::default()
     }
+}
+
+/// MQTT messages POSTed to `/inbound/mqtt`.
+pub fn inbound_mqtt() -> droid_adapters::MqttSettings {
+    droid_adapters::MqttSettings {
+        path: Some("/inbound/mqtt".into()),
+        ..Default::default()
+    }
+}
+
+/// What `spec` asks of the MQTT adapter.
+pub fn set_mqtt(spec: &mut TunnelSpec, mqtt: droid_adapters::MqttSettings) {
+    let value = serde_json::to_value(mqtt).unwrap();
+    spec.adapters
+        .insert(droid_adapters::mqtt::NAME.into(), value);
 }
 
 /// A client config with no state dir and quick reconnects.

@@ -19,12 +19,19 @@
 
 mod codec;
 mod post;
+mod service;
 mod session;
+mod settings;
 mod subscriptions;
 mod tunnels;
 
+pub use service::MqttService;
+pub use settings::{MqttRoute, MqttSettings, topic_matches};
 pub use subscriptions::{MAX_RETAINED, MAX_RETAINED_BYTES, Tenancy};
 pub use tunnels::TunnelTopics;
+
+/// The adapter's name: the key of its settings in a tunnel's hello.
+pub const NAME: &str = "mqtt";
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -236,7 +243,7 @@ impl MqttAdapter {
 
 impl Adapter for MqttAdapter {
     fn name(&self) -> &'static str {
-        "mqtt"
+        NAME
     }
 
     fn serve(

@@ -17,8 +17,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use super::settings::topic_matches;
 use bytes::Bytes;
-use droid_core::protocol::topic_matches;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;

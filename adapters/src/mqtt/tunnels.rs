@@ -1,15 +1,18 @@
 //! MQTT for tunnels: the first topic level is the tunnel's name, and a
-//! message goes through that tunnel while it is live or resuming, POSTed as
-//! its client asked (`mqtt` in its hello: the path, routes by topic filter,
-//! the secret, falling back to the mail secret). A tunnel that set a login
-//! takes messages and subscriptions only from devices that logged in with
-//! it.
+//! message goes through that tunnel while it is live or resuming and asked
+//! for MQTT, POSTed as its client asked (`mqtt` in its hello: the path,
+//! routes by topic filter; signed with the tunnel's secret). A tunnel that
+//! set a login takes messages and subscriptions only from devices that
+//! logged in with it.
 
 use std::sync::Arc;
 
+use droid_core::protocol::AdapterSettings;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Tenancy, TopicRefusal, TopicRoute, TopicRouter};
+use super::settings::MqttSettings;
+use super::{NAME, Tenancy, TopicRefusal, TopicRoute, TopicRouter};
 use crate::delivery::PostOptions;
 use crate::route::{Answer, Destination, Tunnels, Unavailable};
 
@@ -18,35 +21,59 @@ pub struct TunnelTopics {
     tunnels: Arc<dyn Tunnels>,
 }
 
+/// A tunnel's MQTT settings, if it asked for MQTT.
+pub(crate) fn settings_of(settings: &AdapterSettings) -> Option<MqttSettings> {
+    let value = settings.of(NAME)?;
+    Some(serde_json::from_value(value.clone()).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "MQTT settings not understood; using the defaults");
+        MqttSettings::default()
+    }))
+}
+
+/// The tenancy of `tunnel`'s topics: its owner, and its devices' login.
+pub(crate) fn tenancy_of(tunnel: &Destination) -> Tenancy {
+    let login = settings_of(&tunnel.settings).and_then(|s| s.auth);
+    Tenancy::new(&tunnel.owner, login.as_deref())
+}
+
+/// The key a login is indexed by across a cluster: a hash, never the
+/// login.
+pub(crate) fn login_key(credentials: &str) -> String {
+    let digest = Sha256::digest(format!("droid-mqtt-login {credentials}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl TunnelTopics {
     /// Topics `NAME/...` to the tunnel NAME of `tunnels`.
     pub fn new(tunnels: Arc<dyn Tunnels>) -> TunnelTopics {
         TunnelTopics { tunnels }
     }
 
-    /// The tunnel `name`, if a device logged in as `login` may use it for
-    /// `what` ("messages", "subscriptions").
+    /// The tunnel `name` and its MQTT settings, if a device logged in as
+    /// `login` may use it for `what` ("messages", "subscriptions").
     async fn tunnel(
         &self,
         name: &str,
         login: Option<&str>,
         what: &str,
-    ) -> Result<Destination, TopicRefusal> {
+    ) -> Result<(Destination, MqttSettings), TopicRefusal> {
         let found = self.tunnels.find(name).await;
         let found = found.map_err(|e| TopicRefusal::Unavailable(e.to_string()))?;
-        let tunnel = found.ok_or_else(|| {
+        let no_tunnel = || {
             TopicRefusal::NoTunnel(format!(
                 "no tunnel named {name} is connected to this server; topics start with a tunnel's name"
             ))
-        })?;
-        if let Some(wanted) = &tunnel.settings.mqtt.auth
+        };
+        let tunnel = found.ok_or_else(no_tunnel)?;
+        let settings = settings_of(&tunnel.settings).ok_or_else(no_tunnel)?;
+        if let Some(wanted) = &settings.auth
             && !login.is_some_and(|given| same(given, wanted))
         {
             return Err(TopicRefusal::NotAuthorized(format!(
                 "the tunnel {name} takes {what} only from devices that log in with its user name and password"
             )));
         }
-        Ok(tunnel)
+        Ok((tunnel, settings))
     }
 }
 
@@ -76,30 +103,23 @@ impl TopicRouter for TunnelTopics {
                     "a filter's first level must be a tunnel's name, not a wildcard".into(),
                 ));
             }
-            let tunnel = self.tunnel(name, login, "subscriptions").await?;
-            let tenancy = Tenancy::new(&tunnel.owner, tunnel.settings.mqtt.auth.as_deref());
+            let (tunnel, _) = self.tunnel(name, login, "subscriptions").await?;
+            let tenancy = tenancy_of(&tunnel);
             Ok((tunnel.name, tenancy))
         })
     }
 
     fn login<'a>(&'a self, credentials: &'a str) -> Answer<'a, Result<bool, Unavailable>> {
-        self.tunnels.knows_login(credentials)
+        Box::pin(async move { self.tunnels.indexed(NAME, &login_key(credentials)).await })
     }
 }
 
 impl TunnelTopics {
     async fn route(&self, topic: &str, login: Option<&str>) -> Result<TopicRoute, TopicRefusal> {
         let (name, subtopic) = topic.split_once('/').unwrap_or((topic, ""));
-        let tunnel = self.tunnel(name, login, "messages").await?;
-        let settings = &tunnel.settings;
-        let path = settings.mqtt.path_for(subtopic).to_string();
-        let secret = settings
-            .mqtt
-            .secret
-            .clone()
-            .or_else(|| settings.mail.secret.clone())
-            .unwrap_or_default();
-        let destination = if settings.mqtt.routes.is_empty() {
+        let (tunnel, settings) = self.tunnel(name, login, "messages").await?;
+        let path = settings.path_for(subtopic).to_string();
+        let destination = if settings.routes.is_empty() {
             tunnel.name.clone()
         } else {
             format!("{}{path}", tunnel.name)
@@ -109,10 +129,12 @@ impl TunnelTopics {
             destination,
             sink: tunnel.sink,
             post: PostOptions {
-                adapter: "mqtt".into(),
+                adapter: NAME.into(),
                 path,
                 content_type: "application/json".into(),
-                secret: crate::Secret::key_of(&secret),
+                secret: crate::Secret::key_of(
+                    tunnel.settings.secret.as_deref().unwrap_or_default(),
+                ),
             },
             subtopic: subtopic.to_string(),
         })

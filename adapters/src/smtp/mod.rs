@@ -15,10 +15,17 @@
 
 pub mod accept;
 mod memory;
+mod service;
 pub mod session;
+mod settings;
 mod tunnels;
 
+pub use service::SmtpService;
+pub use settings::{MailRoute, MailSettings};
 pub use tunnels::TunnelMail;
+
+/// The adapter's name: the key of its settings in a tunnel's hello.
+pub const NAME: &str = "smtp";
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -126,7 +133,7 @@ impl SmtpAdapter {
 
 impl Adapter for SmtpAdapter {
     fn name(&self) -> &'static str {
-        "smtp"
+        NAME
     }
 
     fn serve(

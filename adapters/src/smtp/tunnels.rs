@@ -1,14 +1,16 @@
 //! Mail for tunnels: `anything@NAME.domain` goes to NAME's tunnel while
-//! NAME is live or resuming, and nowhere otherwise (550, never an open
-//! relay), POSTed as that tunnel's client asked (`mail` in its hello: the
-//! path, the format, the secret, routes by recipient).
+//! NAME is live or resuming and asked for mail, and nowhere otherwise (550,
+//! never an open relay), POSTed as that tunnel's client asked (`smtp` in
+//! its hello: the path, the format, routes by recipient; signed with the
+//! tunnel's secret).
 
 use std::str::FromStr;
 use std::sync::Arc;
 
 use droid_core::deliver::Deliver;
-use droid_core::protocol::MailSettings;
 use tracing::warn;
+
+use super::settings::MailSettings;
 
 use crate::mail::Format;
 use crate::route::{Answer, MailOptions, MailRouter, Owners, Route, Tunnels, Unavailable};
@@ -43,15 +45,21 @@ impl TunnelMail {
         let Some(tunnel) = self.tunnels.find(&name).await? else {
             return Ok(None);
         };
-        let settings = &tunnel.settings.mail;
-        let mut options = mail_options(settings);
+        let Some(settings) = tunnel.settings.of(super::NAME) else {
+            return Ok(None);
+        };
+        let settings: MailSettings = serde_json::from_value(settings.clone()).unwrap_or_else(|e| {
+            warn!(tunnel = %tunnel.name, error = %e, "mail settings not understood; using the defaults");
+            MailSettings::default()
+        });
+        let mut options = mail_options(&settings, tunnel.settings.secret.as_deref());
         // With mail routes, each path is a destination of its own, so the
         // adapter delivers once per path; the owner (what the spool retries
         // through) stays the tunnel's.
         let destination = if settings.routes.is_empty() {
             tunnel.name
         } else {
-            if let Some(path) = routed_path(settings, recipient) {
+            if let Some(path) = routed_path(&settings, recipient) {
                 options.path = path.to_string();
             }
             format!("{}{}", tunnel.name, options.path)
@@ -95,7 +103,7 @@ fn routed_path<'a>(settings: &'a MailSettings, recipient: &str) -> Option<&'a st
 }
 
 /// The adapter's options from what the client asked for.
-fn mail_options(settings: &MailSettings) -> MailOptions {
+fn mail_options(settings: &MailSettings, secret: Option<&str>) -> MailOptions {
     let defaults = MailOptions::default();
     let format = settings.format.as_deref().map(Format::from_str);
     MailOptions {
@@ -112,7 +120,7 @@ fn mail_options(settings: &MailSettings) -> MailOptions {
             }
             None => defaults.format,
         },
-        secret: crate::Secret::key_of(settings.secret.as_deref().unwrap_or_default()),
+        secret: crate::Secret::key_of(secret.unwrap_or_default()),
         ..defaults
     }
 }
@@ -139,23 +147,25 @@ mod tests {
 
     #[test]
     fn mail_settings_become_adapter_options() {
-        let o = mail_options(&MailSettings {
-            path: Some("/inbound".into()),
-            format: Some("multipart".into()),
-            secret: Some("s3cret".into()),
-            routes: Vec::new(),
-        });
+        let o = mail_options(
+            &MailSettings {
+                path: Some("/inbound".into()),
+                format: Some("multipart".into()),
+                routes: Vec::new(),
+            },
+            Some("s3cret"),
+        );
         assert_eq!(o.path, "/inbound");
         assert_eq!(o.format, Format::Multipart);
         assert_eq!(o.secret, b"s3cret");
-        let o = mail_options(&MailSettings::default());
+        let o = mail_options(&MailSettings::default(), None);
         assert_eq!(o.path, "/");
         assert_eq!(o.format, Format::Json);
     }
 
     #[test]
     fn the_first_matching_route_gives_the_path() {
-        let route = |pattern: &str, path: &str| droid_core::protocol::MailRoute {
+        let route = |pattern: &str, path: &str| super::super::settings::MailRoute {
             pattern: pattern.into(),
             path: path.into(),
         };

@@ -10,7 +10,7 @@
 //! | `GET /api/requests/{id}/{request,response}/body` | a body's kept bytes |
 //! | `GET /api/requests/{id}/attachments/{n}` | a mail's attachment |
 //! | `POST /api/requests/{id}/replay` | send it again, with optional edits |
-//! | `POST /api/mqtt/publish` | an MQTT message to the tunnel's devices |
+//! | `POST /api/ADAPTER/ACTION` | a call to an adapter of the server (`/api/mqtt/publish`: to the devices) |
 //! | `GET /api/events` | new exchanges as server-sent events |
 //! | `GET /metrics` | the client's metrics, Prometheus text format |
 //!
@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::store::Filter;
-use super::{Shared, StoreEvent, mail, publish, replay};
+use super::{Shared, StoreEvent, call, mail, replay};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -287,31 +287,6 @@ async fn answer(
             json_answer(StatusCode::OK, &json!({"cleared": true}))
         }
         (&Method::GET, ["api", "events"]) => events(shared, shutdown),
-        (&Method::POST, ["api", "mqtt", "publish"]) => {
-            let body = match Limited::new(request.into_body(), MAX_EDIT).collect().await {
-                Ok(body) => body.to_bytes(),
-                Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read it: {e}")),
-            };
-            let wanted: publish::Publish = match serde_json::from_slice(&body) {
-                Ok(wanted) => wanted,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("expected {{\"topic\", \"payload\", \"qos\", \"retain\"}}: {e}"),
-                    );
-                }
-            };
-            match publish::publish(shared, wanted).await {
-                Ok((topic, n)) => {
-                    json_answer(StatusCode::OK, &json!({"topic": topic, "delivered_to": n}))
-                }
-                Err(e @ publish::PublishError::BadRequest(_)) => error(StatusCode::BAD_REQUEST, e),
-                Err(e @ publish::PublishError::Forbidden(_)) => error(StatusCode::FORBIDDEN, e),
-                Err(e @ publish::PublishError::Unavailable(_)) => {
-                    error(StatusCode::SERVICE_UNAVAILABLE, e)
-                }
-            }
-        }
         (method, ["api", "requests", id, rest @ ..]) => {
             let Some(exchange) = id
                 .parse::<u64>()
@@ -324,7 +299,7 @@ async fn answer(
                 (&Method::GET, []) => {
                     let mut detail = exchange.detail();
                     detail["curl"] = Value::from(super::curl::command(&exchange));
-                    if exchange.kind == super::Kind::Mail
+                    if exchange.kind.is_mail()
                         && let Some(view) = mail::read(&exchange.request)
                     {
                         detail["mail"] = view.to_json(exchange.id);
@@ -386,6 +361,17 @@ async fn answer(
                 _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
             }
         }
+        (&Method::POST, ["api", adapter, action]) => {
+            let (adapter, action) = (adapter.to_string(), action.to_string());
+            let limit = usize::try_from(droid_core::protocol::MAX_CALL_BODY).unwrap_or(usize::MAX);
+            let body = match Limited::new(request.into_body(), limit).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read it: {e}")),
+            };
+            let answer = call::call(shared, &adapter, &action, &body).await;
+            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            json_answer(status, &answer.body)
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no route {} {path}", request.method()),
@@ -399,7 +385,7 @@ fn tunnels(shared: &Shared) -> Value {
     let (requests, mails) = shared
         .store
         .lock()
-        .map(|s| (s.count(super::Kind::Http), s.count(super::Kind::Mail)))
+        .map(|s| (s.count("http"), s.count("mail")))
         .unwrap_or_default();
     let tunnels: Vec<Value> = list
         .iter()
@@ -414,9 +400,7 @@ fn tunnels(shared: &Shared) -> Value {
                     format!("http://{}", t.spec.target)
                 },
                 "state": t.state,
-                "smtp": t.smtp,
-                "mail_path": t.spec.mail.path.as_deref().unwrap_or("/"),
-                "mail_format": t.spec.mail.format.as_deref().unwrap_or("json"),
+                "adapters": t.adapters,
             })
         })
         .collect();
@@ -424,7 +408,9 @@ fn tunnels(shared: &Shared) -> Value {
 }
 
 fn attachment(exchange: &super::Exchange, n: &str) -> Response<Body> {
-    let view = (exchange.kind == super::Kind::Mail)
+    let view = exchange
+        .kind
+        .is_mail()
         .then(|| mail::read(&exchange.request))
         .flatten();
     let found = view.and_then(|view| {

@@ -28,7 +28,7 @@ pub(crate) struct StreamInfo {
     pub tunnel: Arc<str>,
     /// The visitor's address, for a visitor's stream.
     pub remote: Option<Arc<str>>,
-    /// `http`, or `mail` for an adapter's delivery.
+    /// `http`, `tcp`, or the adapter's for an adapter's delivery.
     pub kind: Kind,
     /// The delivery id of an adapter's POST.
     pub delivery_id: Option<String>,
@@ -209,7 +209,7 @@ impl StreamTap {
     fn new_exchange(&self, head: Head) -> Exchange {
         let mut exchange = Exchange::new(
             self.shared.next_id(),
-            self.info.kind,
+            self.info.kind.clone(),
             self.info.tunnel.clone(),
             SystemTime::now(),
         );
@@ -219,9 +219,8 @@ impl StreamTap {
         // each says its own adapter and id.
         if self.info.delivery_id.is_some() {
             exchange.kind = match exchange.request.header("droid-adapter") {
-                Some("mqtt") => Kind::Mqtt,
-                Some("smtp") => Kind::Mail,
-                _ => self.info.kind,
+                Some(adapter) => Kind::Delivery(adapter.into()),
+                None => self.info.kind.clone(),
             };
             exchange.delivery_id = exchange
                 .request

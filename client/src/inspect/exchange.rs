@@ -14,28 +14,41 @@ use super::http1::Head;
 use super::mail::MailSummary;
 
 /// What carried the request to the app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     /// A visitor's request through the tunnel.
     Http,
-    /// A mail, POSTed by the server's SMTP adapter.
-    Mail,
     /// A connection to a TCP tunnel: its bytes are counted, not kept.
     Tcp,
-    /// An MQTT message, POSTed by the server's MQTT adapter.
-    Mqtt,
+    /// A request an adapter of the server built (a mail, an MQTT
+    /// message), by the adapter's name.
+    Delivery(Arc<str>),
 }
 
+/// The adapter whose deliveries are mail, shown as mail.
+const MAIL_ADAPTER: &str = "smtp";
+
 impl Kind {
-    /// The name the API uses.
-    pub fn as_str(self) -> &'static str {
+    /// The name the API uses: `http`, `tcp`, the adapter's name, and
+    /// `mail` for mail.
+    pub fn as_str(&self) -> &str {
         match self {
             Kind::Http => "http",
-            Kind::Mail => "mail",
             Kind::Tcp => "tcp",
-            Kind::Mqtt => "mqtt",
+            Kind::Delivery(adapter) if &**adapter == MAIL_ADAPTER => "mail",
+            Kind::Delivery(adapter) => adapter,
         }
+    }
+
+    /// Whether it is a mail, read back and shown as one.
+    pub fn is_mail(&self) -> bool {
+        matches!(self, Kind::Delivery(adapter) if &**adapter == MAIL_ADAPTER)
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

@@ -10,18 +10,18 @@
 //! - `api`: the page, the JSON API and `/metrics` on 127.0.0.1:4040.
 //! - `replay`: an exchange sent again, straight to the local target.
 //! - `curl`: an exchange as a shell command, every part quoted.
-//! - `publish`: the app's MQTT messages for its devices, sent to the server
-//!   on a stream the client opens.
+//! - `call`: the app's calls to an adapter of the server, on a stream the
+//!   client opens.
 //! - `metrics`: the client's counters.
 
 mod api;
+mod call;
 mod capture;
 mod curl;
 mod exchange;
 mod http1;
 mod mail;
 mod metrics;
-mod publish;
 mod replay;
 mod store;
 
@@ -105,7 +105,8 @@ impl Budget {
 pub(crate) struct TunnelView {
     pub name: String,
     pub url: String,
-    pub smtp: Option<String>,
+    /// What each adapter of the server granted it.
+    pub adapters: droid_core::protocol::AdapterParts,
     pub spec: TunnelSpec,
     pub state: &'static str,
 }
@@ -128,7 +129,7 @@ pub(crate) struct Shared {
     tunnels: Mutex<Vec<TunnelView>>,
     /// Why the session is down, while it is.
     down: Mutex<Option<String>>,
-    /// Opens streams to the server while the session is up (to publish).
+    /// Opens streams to the server while the session is up (for calls).
     opener: Mutex<Option<droid_core::session::Opener>>,
 }
 
@@ -153,7 +154,7 @@ impl Shared {
         let mut added = Vec::new();
         if let Ok(mut store) = self.store.lock() {
             for mut exchange in exchanges {
-                if exchange.kind == Kind::Mail {
+                if exchange.kind.is_mail() {
                     exchange.mail = mail::read(&exchange.request).map(|m| m.summary);
                 }
                 let exchange = Arc::new(exchange);
@@ -247,17 +248,10 @@ impl Inspector {
                 tunnel,
                 adapter,
                 id,
-                ..
-            } if adapter == "smtp" => StreamInfo {
+            } => StreamInfo {
                 tunnel: tunnel.as_str().into(),
                 remote: None,
-                kind: Kind::Mail,
-                delivery_id: Some(id.clone()),
-            },
-            StreamHeader::Delivery { tunnel, id, .. } => StreamInfo {
-                tunnel: tunnel.as_str().into(),
-                remote: None,
-                kind: Kind::Http,
+                kind: Kind::Delivery(adapter.as_str().into()),
                 delivery_id: Some(id.clone()),
             },
             StreamHeader::Tcp { tunnel, remote } => StreamInfo {
@@ -266,7 +260,7 @@ impl Inspector {
                 kind: Kind::Tcp,
                 delivery_id: None,
             },
-            StreamHeader::Publish { .. } | StreamHeader::Unknown => return None,
+            StreamHeader::Call { .. } | StreamHeader::Unknown => return None,
         };
         Some(StreamTap::new(self.0.clone(), info))
     }
@@ -297,7 +291,7 @@ impl Inspector {
             .map(|(grant, spec)| TunnelView {
                 name: grant.name.clone(),
                 url: grant.url.clone(),
-                smtp: grant.smtp.clone(),
+                adapters: grant.adapters.clone(),
                 spec: spec.clone(),
                 state: "online",
             })

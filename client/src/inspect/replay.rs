@@ -106,11 +106,11 @@ pub(crate) async fn replay(
             .collect(),
     };
     headers.retain(|(name, _)| !dropped(name));
-    let signed = original.kind == Kind::Mail
+    let signed = original.kind.is_mail()
         || headers
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case(sign::SIGNATURE_HEADER));
-    if signed && let Some(secret) = &tunnel.spec.mail.secret {
+    if signed && let Some(secret) = &tunnel.spec.secret {
         // The same delivery id, a new timestamp, signed afresh.
         let id = headers
             .iter()
@@ -142,7 +142,7 @@ pub(crate) async fn replay(
 
     let mut exchange = Exchange::new(
         shared.next_id(),
-        original.kind,
+        original.kind.clone(),
         original.tunnel.clone(),
         SystemTime::now(),
     );
