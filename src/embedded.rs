@@ -41,11 +41,13 @@ impl Embedded {
 
 /// Starts a server for `*.localhost` on `http` (or the next free port),
 /// SMTP on `smtp` and MQTT on `mqtt` (each or the next free port) unless
-/// `None`. Both keep what the app cannot take now in one spool.
+/// `None`, and the other `adapters`. All keep what the app cannot take
+/// now in one spool.
 pub async fn start(
     http: SocketAddr,
     smtp: Option<(SocketAddr, &SmtpSetup)>,
     mqtt: Option<SocketAddr>,
+    adapters: Vec<Arc<dyn droid_adapters::ServerAdapter>>,
     shutdown: CancellationToken,
 ) -> Result<Embedded> {
     let http_listener = bind_next_free(http, "HTTP", "http").await?;
@@ -62,14 +64,17 @@ pub async fn start(
     config.tcp_host = Some(http.ip().to_string());
     let server = Server::new(config);
     let mut tasks = Vec::new();
-    let spool = match (smtp, mqtt) {
+    let spool = match (smtp, mqtt.is_some() || !adapters.is_empty()) {
         (Some((_, setup)), _) => setup.spool.open()?,
-        (None, Some(_)) => crate::mail::SmtpArgs::default()
+        (None, true) => crate::mail::SmtpArgs::default()
             .resolve(None, None)
             .spool
             .open()?,
-        (None, None) => None,
+        (None, false) => None,
     };
+    for adapter in adapters {
+        server.add_adapter(adapter);
+    }
     let mqtt = match mqtt {
         Some(addr) => {
             let listener = bind_next_free(addr, "MQTT", "mqtt").await?;

@@ -4,6 +4,7 @@
 //! tracing and prints what a user needs to see; the protocol lives in
 //! `droid-core`, the server in `droid-server`, the client in `droid-client`.
 
+mod adapters;
 mod config;
 mod embedded;
 mod inspect;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use droid_adapters::{Format, MailOptions, bind_listener};
 use droid_client::{ClientConfig, Target};
 use droid_server::Server;
@@ -303,7 +304,7 @@ struct ServerArgs {
     cluster_secret: Option<String>,
     /// The public ports TCP tunnels get, LOW-HIGH (e.g. 20000-20999);
     /// without it TCP tunnels are refused.
-    #[arg(long, value_name = "LOW-HIGH", value_parser = settings::port_range)]
+    #[arg(long, value_name = "LOW-HIGH", value_parser = droid_adapters::plugin::port_range)]
     tcp_ports: Option<(u16, u16)>,
     /// The address TCP tunnels' ports listen on [default: 0.0.0.0].
     #[arg(long, value_name = "IP")]
@@ -445,17 +446,29 @@ impl Ready {
 
 /// Reads the config file, if any, and merges the command line over it.
 /// Nothing has started yet when this fails.
-fn prepare(command: Command) -> Result<Ready> {
+/// `flags` are the subcommand's, with the adapters' own among them.
+fn prepare(command: Command, flags: &clap::ArgMatches) -> Result<Ready> {
     Ok(match command {
-        Command::Http(args) => Ready::Tunnels(settings::http(&args)?),
+        Command::Http(args) => Ready::Tunnels(settings::http(&args, flags)?),
         Command::Tcp(args) => Ready::Tunnels(settings::tcp(&args)?),
         Command::Start(args) => {
-            let file = config::load(&args.config)?;
-            Ready::Tunnels(settings::start(&args, file)?)
+            let (file, text) = config::load_with_text(&args.config)?;
+            let source = adapters::Source {
+                path: &args.config,
+                text: &text,
+            };
+            Ready::Tunnels(settings::start(&args, file, source)?)
         }
         Command::Server(args) => {
-            let file = args.config.as_deref().map(config::load).transpose()?;
-            Ready::Server(Box::new(settings::server(&args, file)?))
+            let loaded = match args.config.as_deref() {
+                Some(path) => Some((config::load_with_text(path)?, path)),
+                None => None,
+            };
+            let (file, source) = match &loaded {
+                Some(((file, text), path)) => (Some(file), Some(adapters::Source { path, text })),
+                None => (None, None),
+            };
+            Ready::Server(Box::new(settings::server(&args, file, flags, source)?))
         }
         Command::Smtp(args) => {
             let file = args.config.as_deref().map(config::load).transpose()?;
@@ -491,7 +504,15 @@ fn fail(e: &anyhow::Error) -> std::process::ExitCode {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = adapters::command(Cli::command()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let flags = matches
+        .subcommand()
+        .map(|(_, flags)| flags.clone())
+        .unwrap_or_default();
     let ready = match cli.command {
         Command::Config(command) => {
             return match config_command(command) {
@@ -503,7 +524,7 @@ fn main() -> std::process::ExitCode {
             println!("{}", settings::new_cluster_secret());
             return std::process::ExitCode::SUCCESS;
         }
-        command => match prepare(command) {
+        command => match prepare(command, &flags) {
             Ok(ready) => ready,
             Err(e) => return fail(&e),
         },
@@ -686,7 +707,7 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
         tokio::spawn(async move { server.serve_https(listener, shutdown).await })
     });
     // Mail and MQTT keep what the app cannot take now in one spool.
-    let spool = if s.smtp.is_some() || s.mqtt.is_some() {
+    let spool = if s.smtp.is_some() || s.mqtt.is_some() || !s.adapters.is_empty() {
         s.spool.open()?
     } else {
         None
@@ -737,6 +758,10 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
             setup.limits,
         )));
     }
+    for started in s.adapters {
+        println!("droid server: {}", started.line);
+        server.add_adapter(started.adapter);
+    }
     let adapters = {
         let (server, shutdown) = (server.clone(), shutdown.clone());
         tokio::spawn(async move { server.serve_adapters(spool, shutdown).await })
@@ -781,8 +806,14 @@ async fn tunnels(s: settings::TunnelSettings, shutdown: CancellationToken) -> Re
         Some(server) => (server.clone(), server, None),
         None => {
             let smtp = s.embedded_smtp.as_ref().map(|(addr, setup)| (*addr, setup));
-            let embedded =
-                embedded::start(s.embedded_http, smtp, s.embedded_mqtt, shutdown.clone()).await?;
+            let embedded = embedded::start(
+                s.embedded_http,
+                smtp,
+                s.embedded_mqtt,
+                s.embedded_adapters,
+                shutdown.clone(),
+            )
+            .await?;
             // Not the port: the same command gets the same name even when
             // the embedded server had to take another port.
             (

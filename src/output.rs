@@ -192,6 +192,11 @@ fn describe_event(event: ClientEvent, mail: &Announce, out: &mut String) {
                     let how = describe_mqtt(&asked(mail, i, droid_adapters::mqtt::NAME));
                     say(&format!("{via}{topics} arrives as {how}"));
                 }
+                if let Some(asked) = mail.tunnels.get(i) {
+                    for line in crate::adapters::describe(asked, &t.adapters) {
+                        say(&line);
+                    }
+                }
             }
             if !reconnected && tunnels.iter().any(|t| !t.adapters.is_empty()) {
                 // The secret in use, never a remembered one nothing signs with.

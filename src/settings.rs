@@ -29,27 +29,6 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
-/// `LOW-HIGH`, a range of ports, for `--tcp-ports`.
-pub fn port_range(s: &str) -> Result<(u16, u16), String> {
-    let (low, high) = s.split_once('-').ok_or_else(|| {
-        format!("`{s}` is not a range of ports; write LOW-HIGH, e.g. 20000-20999")
-    })?;
-    let port = |p: &str| {
-        p.trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| format!("`{p}` is not a port (1-65535)"))
-    };
-    let (low, high) = (port(low)?, port(high)?);
-    if low > high {
-        return Err(format!(
-            "{low}-{high} is empty: the first port must not be above the last"
-        ));
-    }
-    Ok((low, high))
-}
-
 /// `droid server`'s MQTT: where devices connect, plain and TLS, and how.
 pub struct MqttSetup {
     /// The plain listener (`--mqtt`).
@@ -84,6 +63,8 @@ pub struct ServerSettings {
     pub smtp: Option<(SocketAddr, SmtpSetup)>,
     /// The MQTT listeners, settings and limits, when MQTT is on.
     pub mqtt: Option<MqttSetup>,
+    /// The registered adapters the flags and file turned on.
+    pub adapters: Vec<droid_adapters::Started>,
     /// The spool mail and MQTT share.
     pub spool: crate::mail::SpoolSetup,
     /// The log level, when `RUST_LOG` is unset.
@@ -132,17 +113,22 @@ fn name_limits(
 }
 
 /// `droid server [--config FILE]`.
-pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSettings> {
+pub fn server(
+    args: &ServerArgs,
+    file: Option<&ServerFile>,
+    flags: &clap::ArgMatches,
+    source: Option<crate::adapters::Source<'_>>,
+) -> Result<ServerSettings> {
     let Some(domain) = args
         .domain
         .clone()
-        .or_else(|| file.as_ref().map(|f| f.domain.0.clone()))
+        .or_else(|| file.map(|f| f.domain.0.clone()))
     else {
         bail!(
             "a server needs a domain: --domain tunnel.example.com, or `domain` in a --config file"
         );
     };
-    let f = file.as_ref();
+    let f = file;
     let limits = f.and_then(|f| f.limits.as_ref());
     let names = f.and_then(|f| f.names.as_ref());
     let mut config = ServerConfig::new(domain);
@@ -440,6 +426,7 @@ pub fn server(args: &ServerArgs, file: Option<ServerFile>) -> Result<ServerSetti
         config,
         smtp,
         mqtt,
+        adapters: crate::adapters::server(Some(flags), source)?,
         spool,
         log_level: f
             .and_then(|f| f.log_level.as_ref().map(|l| l.0.clone()))
@@ -470,6 +457,8 @@ pub struct TunnelSettings {
     pub embedded_smtp: Option<(SocketAddr, SmtpSetup)>,
     /// The embedded server's MQTT address; `None`: no MQTT.
     pub embedded_mqtt: Option<SocketAddr>,
+    /// The registered adapters the embedded server runs.
+    pub embedded_adapters: Vec<std::sync::Arc<dyn droid_adapters::ServerAdapter>>,
     /// The log level, when `RUST_LOG` is unset.
     pub log_level: String,
     /// The inspector; `None`: off.
@@ -491,11 +480,11 @@ fn adapter_parts(mail: MailSettings, mqtt: MqttSettings) -> droid_client::Adapte
 }
 
 /// `droid http TARGET ...`: one tunnel from the command line.
-pub fn http(args: &HttpArgs) -> Result<TunnelSettings> {
+pub fn http(args: &HttpArgs, flags: &clap::ArgMatches) -> Result<TunnelSettings> {
     if !args.mail_path.starts_with('/') {
         bail!("--mail-path must start with /, e.g. /inbound");
     }
-    let spec = TunnelSpec {
+    let mut spec = TunnelSpec {
         name: args.name.clone(),
         target: args.target.clone(),
         host_header: match args.host_header {
@@ -520,6 +509,8 @@ pub fn http(args: &HttpArgs) -> Result<TunnelSettings> {
         kind: droid_client::TunnelKind::Http,
         port: None,
     };
+    spec.adapters
+        .extend(crate::adapters::tunnel_from_flags(flags)?);
     if !args.mqtt_path.starts_with('/') {
         bail!("--mqtt-path must start with /, e.g. /mqtt");
     }
@@ -548,6 +539,7 @@ pub fn http(args: &HttpArgs) -> Result<TunnelSettings> {
         embedded_http: args.http,
         embedded_smtp: (!args.no_smtp).then(|| (args.smtp, args.smtp_options.resolve(None, None))),
         embedded_mqtt: (!args.no_mqtt).then_some(args.mqtt),
+        embedded_adapters: crate::adapters::embedded(None)?,
         log_level: "warn".into(),
         inspect: args.inspect.resolve(None)?,
     })
@@ -578,6 +570,7 @@ pub fn tcp(args: &TcpArgs) -> Result<TunnelSettings> {
         embedded_http: addr("127.0.0.1:0"),
         embedded_smtp: None,
         embedded_mqtt: None,
+        embedded_adapters: Vec::new(),
         log_level: "warn".into(),
         inspect: args.inspect.resolve(None)?,
     })
@@ -585,7 +578,11 @@ pub fn tcp(args: &TcpArgs) -> Result<TunnelSettings> {
 
 /// `droid start --config FILE [NAMES...]`: the file's tunnels, or the
 /// ones named.
-pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
+pub fn start(
+    args: &StartArgs,
+    file: ClientFile,
+    source: crate::adapters::Source<'_>,
+) -> Result<TunnelSettings> {
     let all = file.names();
     for wanted in &args.names {
         if !all.contains(wanted) {
@@ -598,77 +595,23 @@ pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
             );
         }
     }
-    let tunnels: Vec<TunnelSpec> = file
-        .tunnels
-        .get_ref()
-        .iter()
-        .filter(|t| args.names.is_empty() || args.names.contains(&t.name.get_ref().0))
-        .map(|t| {
-            let mail = t.mail.as_ref();
-            TunnelSpec {
-                name: Some(t.name.get_ref().0.clone()),
-                target: t.local.0.clone(),
-                host_header: match t.host_header {
-                    HostHeaderFile::Preserve => HostHeader::Preserve,
-                    HostHeaderFile::Rewrite => HostHeader::Rewrite,
-                },
-                secret: mail
-                    .and_then(|m| m.secret.as_ref())
-                    .or_else(|| t.mqtt.as_ref().and_then(|m| m.secret.as_ref()))
-                    .map(|s| s.0.clone()),
-                adapters: adapter_parts(
-                    MailSettings {
-                        path: Some(
-                            mail.and_then(|m| m.path.as_ref().map(|p| p.0.clone()))
-                                .unwrap_or_else(|| "/".into()),
-                        ),
-                        format: Some(
-                            mail.and_then(|m| m.format.map(|f| f.0))
-                                .unwrap_or(Format::Json)
-                                .to_string(),
-                        ),
-                        routes: mail
-                            .map(|m| {
-                                m.routes
-                                    .iter()
-                                    .map(|r| MailRoute {
-                                        pattern: r.pattern.0.clone(),
-                                        path: r.path.0.clone(),
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                    },
-                    t.mqtt
-                        .as_ref()
-                        .map(|m| MqttSettings {
-                            path: Some(
-                                m.path
-                                    .as_ref()
-                                    .map_or_else(|| "/mqtt".into(), |p| p.0.clone()),
-                            ),
-                            auth: m.auth.as_ref().map(|a| a.0.clone()),
-                            routes: m
-                                .routes
-                                .iter()
-                                .map(|r| MqttRoute {
-                                    topic: r.topic.0.clone(),
-                                    path: r.path.0.clone(),
-                                })
-                                .collect(),
-                        })
-                        .unwrap_or_default(),
-                ),
-                auth: t.auth.as_ref().map(|a| a.0.clone()),
-                allow_ip: t.allow_ip.iter().map(|b| b.0.clone()).collect(),
-                kind: match t.kind {
-                    Some(crate::config::client::KindFile::Tcp) => droid_client::TunnelKind::Tcp,
-                    _ => droid_client::TunnelKind::Http,
-                },
-                port: t.port.as_ref().map(|p| *p.get_ref()),
-            }
-        })
-        .collect();
+    let mut tunnels: Vec<TunnelSpec> = Vec::new();
+    for (i, t) in file.tunnels.get_ref().iter().enumerate() {
+        if !args.names.is_empty() && !args.names.contains(&t.name.get_ref().0) {
+            continue;
+        }
+        let mut spec = tunnel_spec(t);
+        let asked = crate::adapters::tunnel_from_file(source, i)?;
+        if let (droid_client::TunnelKind::Tcp, Some(name)) = (spec.kind, asked.keys().next()) {
+            bail!(
+                "{}: tunnels[{i}].{name}: `{name}` is for HTTP tunnels, and the tunnel `{}` is `kind = \"tcp\"`: remove it",
+                source.path.display(),
+                t.name.get_ref().0
+            );
+        }
+        spec.adapters.extend(asked);
+        tunnels.push(spec);
+    }
     let embedded = file.embedded.as_ref().map(|e| e.get_ref());
     let smtp_file = embedded.and_then(|e| e.smtp.as_ref());
     let spool_file = file.spool.as_ref().map(|s| s.get_ref());
@@ -702,6 +645,7 @@ pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
             Some(m) if m.enabled == Some(false) => None,
             m => Some(m.and_then(|m| m.listen).map_or(addr(LOCAL_MQTT), |a| a.0)),
         },
+        embedded_adapters: crate::adapters::embedded(Some(source))?,
         log_level: file
             .log_level
             .as_ref()
@@ -710,6 +654,73 @@ pub fn start(args: &StartArgs, file: ClientFile) -> Result<TunnelSettings> {
             .inspect
             .resolve(file.inspect.as_ref().map(|i| i.get_ref()))?,
     })
+}
+
+/// What a client file's tunnel asks for with the keys of its own.
+fn tunnel_spec(t: &crate::config::client::TunnelFile) -> TunnelSpec {
+    let mail = t.mail.as_ref();
+    TunnelSpec {
+        name: Some(t.name.get_ref().0.clone()),
+        target: t.local.0.clone(),
+        host_header: match t.host_header {
+            HostHeaderFile::Preserve => HostHeader::Preserve,
+            HostHeaderFile::Rewrite => HostHeader::Rewrite,
+        },
+        secret: mail
+            .and_then(|m| m.secret.as_ref())
+            .or_else(|| t.mqtt.as_ref().and_then(|m| m.secret.as_ref()))
+            .map(|s| s.0.clone()),
+        adapters: adapter_parts(
+            MailSettings {
+                path: Some(
+                    mail.and_then(|m| m.path.as_ref().map(|p| p.0.clone()))
+                        .unwrap_or_else(|| "/".into()),
+                ),
+                format: Some(
+                    mail.and_then(|m| m.format.map(|f| f.0))
+                        .unwrap_or(Format::Json)
+                        .to_string(),
+                ),
+                routes: mail
+                    .map(|m| {
+                        m.routes
+                            .iter()
+                            .map(|r| MailRoute {
+                                pattern: r.pattern.0.clone(),
+                                path: r.path.0.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            },
+            t.mqtt
+                .as_ref()
+                .map(|m| MqttSettings {
+                    path: Some(
+                        m.path
+                            .as_ref()
+                            .map_or_else(|| "/mqtt".into(), |p| p.0.clone()),
+                    ),
+                    auth: m.auth.as_ref().map(|a| a.0.clone()),
+                    routes: m
+                        .routes
+                        .iter()
+                        .map(|r| MqttRoute {
+                            topic: r.topic.0.clone(),
+                            path: r.path.0.clone(),
+                        })
+                        .collect(),
+                })
+                .unwrap_or_default(),
+        ),
+        auth: t.auth.as_ref().map(|a| a.0.clone()),
+        allow_ip: t.allow_ip.iter().map(|b| b.0.clone()).collect(),
+        kind: match t.kind {
+            Some(crate::config::client::KindFile::Tcp) => droid_client::TunnelKind::Tcp,
+            _ => droid_client::TunnelKind::Http,
+        },
+        port: t.port.as_ref().map(|p| *p.get_ref()),
+    }
 }
 
 /// `droid smtp`: mail to a URL.

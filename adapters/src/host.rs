@@ -54,6 +54,31 @@ pub struct Host {
     pub shutdown: CancellationToken,
 }
 
+/// A tunnel being granted, as [`ServerAdapter::grant`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Grantee<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// The owner key its spooled messages belong to (as
+    /// [`Destination::owner`]).
+    pub owner: &'a str,
+    /// The server's domain.
+    pub domain: &'a str,
+    /// What its client asked of each adapter.
+    pub settings: &'a AdapterSettings,
+}
+
+/// The grant of an adapter that cannot serve a tunnel which asked for it:
+/// `{"refused": why}`. The tunnel itself still comes up.
+pub fn refused(why: impl Into<String>) -> serde_json::Value {
+    serde_json::json!({ "refused": why.into() })
+}
+
+/// Why a grant is a refusal, if it is one.
+pub fn refusal(grant: &serde_json::Value) -> Option<&str> {
+    grant.get("refused").and_then(serde_json::Value::as_str)
+}
+
 /// A call an app made to an adapter (`POST /api/ADAPTER/ACTION` on its
 /// client).
 pub struct Call {
@@ -76,15 +101,11 @@ pub trait ServerAdapter: Send + Sync + 'static {
     fn run(self: Arc<Self>, host: Host) -> Answer<'static, ()>;
 
     /// What the welcome tells the client of `tunnel` about this adapter,
-    /// when the tunnel asked for it (`settings.of(self.name())`): its mail
-    /// domain, its topics. `None` says nothing.
-    fn grant(
-        &self,
-        tunnel: &str,
-        domain: &str,
-        settings: &AdapterSettings,
-    ) -> Option<serde_json::Value> {
-        let _ = (tunnel, domain, settings);
+    /// when it asked for it (`tunnel.settings.of(self.name())`): its mail
+    /// domain, its topics, its port; or [`refused`] and why. `None` says
+    /// nothing. Called on every connect of the tunnel, resumes included.
+    fn grant(&self, tunnel: &Grantee<'_>) -> Option<serde_json::Value> {
+        let _ = tunnel;
         None
     }
 

@@ -32,6 +32,9 @@
 //!   `smtp-proto` parser; [`TunnelMail`] routes `*@NAME.domain`.
 //! - [`mqtt`]: the MQTT adapter (3.1.1 and 5.0), a tokio loop over the
 //!   sans-IO rumqttc codecs; [`TunnelTopics`] routes `NAME/...`.
+//! - [`plugin`]: [`Plugin`], an adapter as the `droid` command knows it
+//!   (flags, file keys, the printed line).
+//! - `syslog`: a port per tunnel, each message a signed JSON POST.
 //!
 //! [`Deliver`]: droid_core::deliver::Deliver
 #![warn(missing_docs)]
@@ -41,22 +44,25 @@ pub mod delivery;
 pub mod host;
 pub mod mail;
 pub mod mqtt;
+pub mod plugin;
 pub mod pool;
 pub mod route;
 pub use droid_core::sign;
 pub mod smtp;
 pub mod spool;
 pub mod stats;
+pub mod syslog;
 pub mod url_sink;
 
 pub use adapter::{Adapter, Conn, ConnLimits, Io, Listener, Refusal, bind_listener, run_adapter};
 pub use delivery::{Attempt, Content, Delivery, PostOptions};
-pub use host::{Alone, Broadcast, Call, Host, ServerAdapter};
+pub use host::{Alone, Broadcast, Call, Grantee, Host, ServerAdapter};
 pub use mail::{Envelope, Format};
 pub use mqtt::{
     MqttAdapter, MqttConfig, MqttService, MqttSettings, Tenancy, TopicRefusal, TopicRoute,
     TopicRouter, TunnelTopics,
 };
+pub use plugin::{Plugin, SetupError, Started};
 pub use pool::Pool;
 pub use route::{
     Answer, Destination, MailOptions, MailRouter, Owners, Route, Tunnels, Unavailable, UrlRouter,

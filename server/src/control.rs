@@ -1,5 +1,6 @@
 //! The control side of a client's session: handshake, heartbeats, goodbye.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use droid_adapters::host::{Grantee, ServerAdapter, refused};
 
 use crate::Shared;
 use crate::access::Access;
@@ -365,19 +368,44 @@ fn grant(
                     name: t.name.clone(),
                     url: shared.config.url_for(&t.name),
                     tcp: None,
-                    adapters: adapters
-                        .iter()
-                        .filter_map(|a| {
-                            let granted = a.grant(&t.name, &shared.config.domain, &t.adapters)?;
-                            Some((a.name().to_string(), granted))
-                        })
-                        .collect(),
+                    adapters: adapter_grants(&adapters, t, &shared.config.domain),
                 },
             })
             .collect(),
         heartbeat_ms: duration_ms(shared.config.heartbeat_interval),
     };
     Ok((welcome, grant.tunnels))
+}
+
+/// What each adapter the tunnel asked for says to it; an adapter this
+/// server does not run says so.
+fn adapter_grants(
+    adapters: &[Arc<dyn ServerAdapter>],
+    tunnel: &Tunnel,
+    domain: &str,
+) -> BTreeMap<String, serde_json::Value> {
+    let owner = crate::deliveries::owner_key(&tunnel.owner_id, &tunnel.name);
+    let grantee = Grantee {
+        name: &tunnel.name,
+        owner: &owner,
+        domain,
+        settings: &tunnel.adapters,
+    };
+    tunnel
+        .adapters
+        .adapters
+        .keys()
+        .map(|name| {
+            let granted = match adapters.iter().find(|a| a.name() == name) {
+                Some(adapter) => adapter.grant(&grantee),
+                None => Some(refused(format!(
+                    "this server does not run the {name} adapter"
+                ))),
+            };
+            (name.clone(), granted)
+        })
+        .filter_map(|(name, granted)| Some((name, granted?)))
+        .collect()
 }
 
 fn duration_ms(d: Duration) -> u64 {

@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod error;
+pub mod parts;
 pub mod server;
 pub mod smtp;
 pub mod values;
@@ -58,15 +59,27 @@ pub trait Validate {
 
 /// Reads and checks a config file.
 pub fn load<T: DeserializeOwned + Validate>(file: &Path) -> Result<T, ConfigError> {
-    let source = std::fs::read_to_string(file)
-        .map_err(|e| ConfigError::whole(file, format!("cannot read the config file: {e}")))?;
-    parse(file, &source)
+    load_with_text(file).map(|(value, _)| value)
 }
 
-/// Parses and checks `source`, read from `file`.
+/// Reads and checks a config file, and keeps its text for the adapters'
+/// parts ([`parts`]).
+pub fn load_with_text<T: DeserializeOwned + Validate>(
+    file: &Path,
+) -> Result<(T, String), ConfigError> {
+    let source = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::whole(file, format!("cannot read the config file: {e}")))?;
+    let value = parse(file, &source)?;
+    Ok((value, source))
+}
+
+/// Parses and checks `source`, read from `file`. The adapters' parts
+/// ([`parts`]) are left for the adapters to read.
 pub fn parse<T: DeserializeOwned + Validate>(file: &Path, source: &str) -> Result<T, ConfigError> {
-    let document = toml::de::Deserializer::parse(source)
+    let mut document = toml::de::DeTable::parse(source)
         .map_err(|e| ConfigError::from_toml(file, source, None, &e))?;
+    parts::strip(document.get_mut(), &crate::adapters::names());
+    let document = toml::de::Deserializer::from(document);
     let value: T = serde_path_to_error::deserialize(document).map_err(|e| {
         let path = e.path().to_string();
         ConfigError::from_toml(file, source, Some(path), e.inner())

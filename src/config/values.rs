@@ -129,7 +129,7 @@ pub struct PortRange(pub (u16, u16));
 
 impl<'de> Deserialize<'de> for PortRange {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        parsed(d, |s| crate::settings::port_range(s).map(PortRange))
+        parsed(d, |s| droid_adapters::plugin::port_range(s).map(PortRange))
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use super::tunnels::{login_key, settings_of, tenancy_of};
 use super::{MqttAdapter, MqttConfig, NAME, Tenancy, TunnelTopics};
 use crate::adapter::{ConnLimits, Listener, run_adapter};
-use crate::host::{Call, Host, ServerAdapter};
+use crate::host::{Call, Grantee, Host, ServerAdapter};
 use crate::route::{Answer, Destination};
 use crate::stats::DeliveryStats;
 
@@ -116,15 +116,12 @@ impl ServerAdapter for MqttService {
         Box::pin(run_adapter(listeners, adapter, self.limits, host.shutdown))
     }
 
-    fn grant(
-        &self,
-        tunnel: &str,
-        _domain: &str,
-        settings: &AdapterSettings,
-    ) -> Option<serde_json::Value> {
-        settings
+    fn grant(&self, tunnel: &Grantee<'_>) -> Option<serde_json::Value> {
+        let topics = format!("{}/#", tunnel.name);
+        tunnel
+            .settings
             .of(NAME)
-            .map(|_| json!({ "topics": format!("{tunnel}/#") }))
+            .map(|_| json!({ "topics": topics }))
     }
 
     fn index_keys(&self, settings: &AdapterSettings) -> Vec<String> {

@@ -3,12 +3,11 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use droid_core::protocol::AdapterSettings;
 use serde_json::json;
 
 use super::{NAME, SmtpAdapter, SmtpConfig, TunnelMail};
 use crate::adapter::{ConnLimits, Listener, run_adapter};
-use crate::host::{Host, ServerAdapter};
+use crate::host::{Grantee, Host, ServerAdapter};
 use crate::route::Answer;
 use crate::stats::DeliveryStats;
 
@@ -50,15 +49,12 @@ impl ServerAdapter for SmtpService {
         Box::pin(run_adapter(listeners, adapter, self.limits, host.shutdown))
     }
 
-    fn grant(
-        &self,
-        tunnel: &str,
-        domain: &str,
-        settings: &AdapterSettings,
-    ) -> Option<serde_json::Value> {
-        settings
+    fn grant(&self, tunnel: &Grantee<'_>) -> Option<serde_json::Value> {
+        let domain = format!("{}.{}", tunnel.name, tunnel.domain);
+        tunnel
+            .settings
             .of(NAME)
-            .map(|_| json!({ "domain": format!("{tunnel}.{domain}") }))
+            .map(|_| json!({ "domain": domain }))
     }
 
     fn stats(&self) -> Option<(&'static str, &'static str, DeliveryStats)> {

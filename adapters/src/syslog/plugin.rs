@@ -1,0 +1,271 @@
+//! Syslog's flags, config-file keys and printed line, for the `droid`
+//! command.
+//!
+//! - `droid server --syslog-ports LOW-HIGH` (or `[adapters.syslog]
+//!   ports = "LOW-HIGH"`) gives each tunnel that asks a port of the range.
+//! - `droid http 3000 --syslog` (or `syslog = true` on a client file's
+//!   tunnel) asks for one; the server inside `droid http` gives any free
+//!   port.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use clap::{Arg, ArgAction, ArgMatches};
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde_json::Value;
+use toml::de::ValueDeserializer;
+
+use super::settings::{DEFAULT_PATH, SyslogConfig, SyslogGrant, SyslogSettings};
+use super::{NAME, SyslogService};
+use crate::adapter::ConnLimits;
+use crate::host::{ServerAdapter, refusal};
+use crate::plugin::{Plugin, SetupError, Started, port_range};
+
+/// Syslog, for the `droid` command.
+pub struct SyslogPlugin;
+
+/// `[adapters.syslog]` of a server file; `[embedded.syslog]` of a client
+/// file takes the same keys but `ports`, `bind` and `host`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerTable {
+    /// `false` turns syslog off.
+    enabled: Option<bool>,
+    /// `LOW-HIGH` (`--syslog-ports`).
+    #[serde(default, deserialize_with = "range")]
+    ports: Option<(u16, u16)>,
+    /// The address the ports are opened on (`--syslog-bind`).
+    bind: Option<IpAddr>,
+    /// The host tunnels are told to send to (default: the domain).
+    host: Option<String>,
+    /// The largest message, in bytes (`--syslog-max-message`).
+    max_message: Option<usize>,
+    /// TCP connections per port.
+    max_connections: Option<usize>,
+    /// TCP connections per port from one address.
+    max_connections_per_ip: Option<usize>,
+}
+
+fn range<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<(u16, u16)>, D::Error> {
+    let text = String::deserialize(d)?;
+    port_range(&text).map(Some).map_err(de::Error::custom)
+}
+
+impl ServerTable {
+    fn read(file: Option<ValueDeserializer<'_>>) -> Result<ServerTable, SetupError> {
+        Ok(match file {
+            Some(file) => ServerTable::deserialize(file)?,
+            None => ServerTable::default(),
+        })
+    }
+
+    fn config(self, defaults: SyslogConfig) -> SyslogConfig {
+        SyslogConfig {
+            ports: self.ports.or(defaults.ports),
+            bind: self.bind.unwrap_or(defaults.bind),
+            host: self.host.or(defaults.host),
+            max_message: self.max_message.unwrap_or(defaults.max_message),
+            limits: ConnLimits {
+                max_connections: self
+                    .max_connections
+                    .unwrap_or(defaults.limits.max_connections),
+                max_per_ip: self
+                    .max_connections_per_ip
+                    .unwrap_or(defaults.limits.max_per_ip),
+            },
+            ..defaults
+        }
+    }
+}
+
+/// A tunnel's `syslog = true`, `false`, or `{ path = "/logs", port = N }`.
+struct TunnelValue(Option<SyslogSettings>);
+
+impl<'de> Deserialize<'de> for TunnelValue {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<TunnelValue, D::Error> {
+        struct Either;
+        impl<'de> Visitor<'de> for Either {
+            type Value = TunnelValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, or a table { path = \"/syslog\", port = 20001 }")
+            }
+            fn visit_bool<E: de::Error>(self, on: bool) -> Result<TunnelValue, E> {
+                Ok(TunnelValue(on.then(SyslogSettings::default)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TunnelValue, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Table {
+                    path: Option<String>,
+                    port: Option<u16>,
+                }
+                let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                if let Some(path) = &t.path
+                    && !path.starts_with('/')
+                {
+                    return Err(de::Error::custom("path must start with /"));
+                }
+                Ok(TunnelValue(Some(SyslogSettings {
+                    path: t.path,
+                    port: t.port,
+                })))
+            }
+        }
+        d.deserialize_any(Either)
+    }
+}
+
+fn url_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') {
+        Ok(s.to_string())
+    } else {
+        Err(format!("`{s}` is not a path; it starts with /"))
+    }
+}
+
+impl Plugin for SyslogPlugin {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn server_flags(&self) -> Vec<Arg> {
+        vec![
+            Arg::new("syslog_ports")
+                .long("syslog-ports")
+                .value_name("LOW-HIGH")
+                .value_parser(port_range)
+                .help_heading("Syslog")
+                .help("Give each tunnel that asks for syslog a port of these (UDP and TCP); without it syslog is refused"),
+            Arg::new("syslog_bind")
+                .long("syslog-bind")
+                .value_name("IP")
+                .value_parser(clap::value_parser!(IpAddr))
+                .help_heading("Syslog")
+                .help("The address syslog ports are opened on [default: 0.0.0.0]"),
+            Arg::new("syslog_max_message")
+                .long("syslog-max-message")
+                .value_name("BYTES")
+                .value_parser(clap::value_parser!(usize))
+                .help_heading("Syslog")
+                .help("The largest syslog message; a longer one is cut and flagged [default: 65536]"),
+        ]
+    }
+
+    fn tunnel_flags(&self) -> Vec<Arg> {
+        vec![
+            Arg::new("syslog")
+                .long("syslog")
+                .action(ArgAction::SetTrue)
+                .help_heading("Syslog")
+                .help("Give this tunnel a syslog port: what devices and servers log to it (UDP or TCP) arrives as a POST"),
+            Arg::new("syslog_path")
+                .long("syslog-path")
+                .value_name("PATH")
+                .value_parser(url_path)
+                .help_heading("Syslog")
+                .help("The path syslog messages are POSTed to (implies --syslog) [default: /syslog]"),
+            Arg::new("syslog_port")
+                .long("syslog-port")
+                .value_name("PORT")
+                .value_parser(clap::value_parser!(u16).range(1..))
+                .help_heading("Syslog")
+                .help("The syslog port wanted (implies --syslog) [default: the last one, else any free one]"),
+        ]
+    }
+
+    fn server(
+        &self,
+        flags: Option<&ArgMatches>,
+        file: Option<ValueDeserializer<'_>>,
+    ) -> Result<Option<Started>, SetupError> {
+        let table = ServerTable::read(file)?;
+        if table.enabled == Some(false) {
+            return Ok(None);
+        }
+        let mut config = table.config(SyslogConfig {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ..SyslogConfig::default()
+        });
+        if let Some(flags) = flags {
+            if let Some(&ports) = flags.get_one::<(u16, u16)>("syslog_ports") {
+                config.ports = Some(ports);
+            }
+            if let Some(&bind) = flags.get_one::<IpAddr>("syslog_bind") {
+                config.bind = bind;
+            }
+            if let Some(&max) = flags.get_one::<usize>("syslog_max_message") {
+                config.max_message = max;
+            }
+        }
+        if config.max_message == 0 {
+            return Err(SetupError::Flag(
+                "the largest syslog message must be at least 1 byte".into(),
+            ));
+        }
+        // A public server hands out ports it was given, never any.
+        let Some((low, high)) = config.ports else {
+            return Ok(None);
+        };
+        let line = format!(
+            "syslog on ports {low}-{high} of {}, one per tunnel that asks (udp and tcp)",
+            config.bind
+        );
+        Ok(Some(Started {
+            adapter: Arc::new(SyslogService::new(config)),
+            line,
+        }))
+    }
+
+    fn embedded(
+        &self,
+        file: Option<ValueDeserializer<'_>>,
+    ) -> Result<Option<Arc<dyn ServerAdapter>>, SetupError> {
+        let table = ServerTable::read(file)?;
+        if table.enabled == Some(false) {
+            return Ok(None);
+        }
+        let mut config = table.config(SyslogConfig::default());
+        config.host.get_or_insert_with(|| config.bind.to_string());
+        Ok(Some(Arc::new(SyslogService::new(config))))
+    }
+
+    fn tunnel_from_flags(&self, flags: &ArgMatches) -> Result<Option<Value>, SetupError> {
+        let path = flags.get_one::<String>("syslog_path").cloned();
+        let port = flags.get_one::<u16>("syslog_port").copied();
+        let asked = flags.get_flag("syslog") || path.is_some() || port.is_some();
+        Ok(asked.then(|| json(&SyslogSettings { path, port })))
+    }
+
+    fn tunnel_from_file(&self, value: ValueDeserializer<'_>) -> Result<Option<Value>, SetupError> {
+        Ok(TunnelValue::deserialize(value)?.0.map(|s| json(&s)))
+    }
+
+    fn describe(&self, asked: &Value, granted: Option<&Value>) -> String {
+        let asked: SyslogSettings = serde_json::from_value(asked.clone()).unwrap_or_default();
+        let path = asked.path.as_deref().unwrap_or(DEFAULT_PATH);
+        let Some(granted) = granted else {
+            return "syslog: the server said nothing of it (is it an older droid?)".into();
+        };
+        if let Some(why) = refusal(granted) {
+            let hint = if why.contains("does not run") {
+                " (a server gives syslog ports with --syslog-ports LOW-HIGH)"
+            } else {
+                ""
+            };
+            return format!("syslog refused: {why}{hint}");
+        }
+        match serde_json::from_value::<SyslogGrant>(granted.clone()) {
+            Ok(g) => format!(
+                "syslog {}:{} (udp and tcp), arrives as POST {path} (json)",
+                g.host, g.port
+            ),
+            Err(_) => format!("syslog: granted as {granted}"),
+        }
+    }
+}
+
+fn json(settings: &SyslogSettings) -> Value {
+    serde_json::to_value(settings).unwrap_or_default()
+}

@@ -1,0 +1,270 @@
+//! Syslog as a server runs it: a port per tunnel that asks, UDP and TCP on
+//! the same number, held for the tunnel's owner while its name is.
+//!
+//! A port is opened when a tunnel is granted and stays its owner's across
+//! reconnects; a sweep gives it back once the name is no longer held for
+//! that owner (gone past its grace, or claimed by someone else).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use droid_core::sign::Secret;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::NAME;
+use super::receive::{PortTarget, TcpSide, udp};
+use super::settings::{SyslogConfig, SyslogGrant, SyslogSettings};
+use crate::adapter::{Listener, run_adapter};
+use crate::delivery::PostOptions;
+use crate::host::{Grantee, Host, ServerAdapter, refused};
+use crate::route::Answer;
+use crate::stats::DeliveryStats;
+
+/// How often ports are checked for names no longer held.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// How many ports are tried for one tunnel before it is refused.
+const BIND_TRIES: usize = 64;
+
+/// Syslog for the tunnels that ask for it.
+pub struct SyslogService {
+    config: Arc<SyslogConfig>,
+    stats: DeliveryStats,
+    ports: Mutex<HashMap<u16, Port>>,
+    host: OnceLock<Host>,
+    tasks: TaskTracker,
+}
+
+/// An open port and whose it is.
+struct Port {
+    target: Arc<PortTarget>,
+    stop: CancellationToken,
+}
+
+impl SyslogService {
+    /// Syslog with `config`; it opens no port until a tunnel asks.
+    pub fn new(config: SyslogConfig) -> SyslogService {
+        SyslogService {
+            config: Arc::new(config),
+            stats: DeliveryStats::default(),
+            ports: Mutex::new(HashMap::new()),
+            host: OnceLock::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    fn ports(&self) -> MutexGuard<'_, HashMap<u16, Port>> {
+        self.ports.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The port of `tunnel`: the one its owner holds, the one it asks for
+    /// if free, or any free one.
+    fn open(&self, tunnel: &Grantee<'_>, settings: &SyslogSettings) -> Result<u16, String> {
+        let host = self
+            .host
+            .get()
+            .ok_or("syslog is starting; connect again in a moment")?;
+        let post = PostOptions {
+            adapter: NAME.into(),
+            path: settings.path().to_string(),
+            content_type: "application/json".into(),
+            secret: Secret::key_of(tunnel.settings.secret.as_deref().unwrap_or_default()),
+        };
+        let mut ports = self.ports();
+        let held = ports
+            .iter()
+            .find(|(_, p)| p.target.owner == tunnel.owner && p.target.name == tunnel.name)
+            .map(|(&port, _)| port);
+        if let Some(port) = held.filter(|&p| settings.port.is_none_or(|wanted| wanted == p)) {
+            *ports[&port]
+                .target
+                .post
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = post;
+            return Ok(port);
+        }
+        if let Some(wanted) = settings.port {
+            self.check_wanted(&ports, wanted)?;
+        }
+        let (tcp, udp_socket) = self.bind(&ports, settings.port)?;
+        let port = tcp.local_addr().map_err(|e| e.to_string())?.port();
+        if let Some(old) = held.and_then(|p| ports.remove(&p)) {
+            old.stop.cancel();
+        }
+        let target = Arc::new(PortTarget {
+            name: tunnel.name.to_string(),
+            owner: tunnel.owner.to_string(),
+            post: Mutex::new(post),
+            config: self.config.clone(),
+            host: host.clone(),
+            stats: self.stats.clone(),
+        });
+        let stop = host.shutdown.child_token();
+        self.tasks
+            .spawn(udp(udp_socket, target.clone(), stop.clone()));
+        self.tasks.spawn(run_adapter(
+            [Listener::from(tcp)],
+            Arc::new(TcpSide(target.clone())),
+            self.config.limits,
+            stop.clone(),
+        ));
+        info!(tunnel = %tunnel.name, port, "syslog port opened");
+        ports.insert(port, Port { target, stop });
+        Ok(port)
+    }
+
+    fn check_wanted(&self, ports: &HashMap<u16, Port>, wanted: u16) -> Result<(), String> {
+        if let Some((low, high)) = self.config.ports
+            && !(low..=high).contains(&wanted)
+        {
+            return Err(format!(
+                "port {wanted} is outside this server's syslog ports ({low}-{high}); ask for one in it, or for none to get any"
+            ));
+        }
+        if ports.contains_key(&wanted) {
+            return Err(format!(
+                "syslog port {wanted} is another tunnel's; ask for another, or for none to get a free one"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Binds TCP and UDP on one port number: `wanted`, or a free one.
+    fn bind(
+        &self,
+        ports: &HashMap<u16, Port>,
+        wanted: Option<u16>,
+    ) -> Result<(TcpListener, UdpSocket), String> {
+        let ip = self.config.bind;
+        let candidates: Vec<u16> = match (wanted, self.config.ports) {
+            (Some(port), _) => vec![port],
+            (None, None) => vec![0; BIND_TRIES],
+            (None, Some((low, high))) => {
+                let span = u32::from(high - low) + 1;
+                let start = rand::random::<u32>() % span;
+                (0..span)
+                    .map(|i| low + ((start + i) % span) as u16)
+                    .filter(|p| !ports.contains_key(p))
+                    .take(BIND_TRIES)
+                    .collect()
+            }
+        };
+        if candidates.is_empty() {
+            return Err(self.full());
+        }
+        let mut last = String::new();
+        for port in candidates {
+            match bind_both(SocketAddr::new(ip, port)) {
+                Ok(pair) => return Ok(pair),
+                Err(e) => last = format!("cannot open syslog port {port} on {ip}: {e}"),
+            }
+        }
+        Err(match wanted {
+            Some(_) => last,
+            None if self.config.ports.is_some() => self.full(),
+            None => last,
+        })
+    }
+
+    fn full(&self) -> String {
+        let (low, high) = self.config.ports.unwrap_or((0, 0));
+        format!(
+            "no free port is left in this server's syslog ports ({low}-{high}); try again later"
+        )
+    }
+
+    /// Gives back the ports whose names are no longer held for their owner.
+    async fn sweep(&self, host: &Host) {
+        let held: Vec<(u16, Arc<PortTarget>)> = self
+            .ports()
+            .iter()
+            .map(|(&port, p)| (port, p.target.clone()))
+            .collect();
+        for (port, target) in held {
+            let gone = match host.tunnels.find(&target.name).await {
+                Ok(Some(tunnel)) => tunnel.owner != target.owner,
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if gone {
+                let mut ports = self.ports();
+                if ports
+                    .get(&port)
+                    .is_some_and(|p| Arc::ptr_eq(&p.target, &target))
+                    && let Some(p) = ports.remove(&port)
+                {
+                    p.stop.cancel();
+                    info!(tunnel = %target.name, port, "syslog port given back");
+                }
+            }
+        }
+    }
+}
+
+/// TCP and UDP bound to the same address (port 0: TCP picks, UDP follows).
+fn bind_both(addr: SocketAddr) -> std::io::Result<(TcpListener, UdpSocket)> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let tcp = socket.listen(crate::adapter::LISTEN_BACKLOG)?;
+    let bound = tcp.local_addr()?;
+    let udp = std::net::UdpSocket::bind(bound)?;
+    // Room for a burst: datagrams that find the buffer full are lost.
+    let udp = socket2::Socket::from(udp);
+    if let Err(e) = udp.set_recv_buffer_size(4 << 20) {
+        warn!(error = %e, "syslog: a larger UDP receive buffer was refused");
+    }
+    udp.set_nonblocking(true)?;
+    let udp = UdpSocket::from_std(udp.into())?;
+    Ok((tcp, udp))
+}
+
+impl ServerAdapter for SyslogService {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn run(self: Arc<Self>, host: Host) -> Answer<'static, ()> {
+        let _ = self.host.set(host.clone());
+        Box::pin(async move {
+            loop {
+                tokio::select! {
+                    () = host.shutdown.cancelled() => break,
+                    () = tokio::time::sleep(SWEEP_EVERY) => self.sweep(&host).await,
+                }
+            }
+            self.tasks.close();
+            self.tasks.wait().await;
+        })
+    }
+
+    fn grant(&self, tunnel: &Grantee<'_>) -> Option<serde_json::Value> {
+        let settings = SyslogSettings::of(tunnel.settings)?;
+        Some(match self.open(tunnel, &settings) {
+            Ok(port) => {
+                let host = self
+                    .config
+                    .host
+                    .clone()
+                    .unwrap_or_else(|| tunnel.domain.to_string());
+                serde_json::to_value(SyslogGrant { host, port }).unwrap_or_default()
+            }
+            Err(why) => {
+                info!(tunnel = %tunnel.name, %why, "syslog refused");
+                refused(why)
+            }
+        })
+    }
+
+    fn stats(&self) -> Option<(&'static str, &'static str, DeliveryStats)> {
+        Some(("droid_syslog", "syslog messages", self.stats.clone()))
+    }
+}
