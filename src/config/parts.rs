@@ -58,7 +58,7 @@ pub fn tunnel(i: usize, adapter: &str) -> [Step<'_>; 3] {
     [Step::Key("tunnels"), Step::Index(i), Step::Key(adapter)]
 }
 
-/// How `steps` are written in a message: `tunnels[0].syslog`.
+/// How `steps` are written in a message: `tunnels[0].NAME`.
 pub fn describe(steps: &[Step<'_>]) -> String {
     let mut out = String::new();
     for step in steps {

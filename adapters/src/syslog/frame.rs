@@ -1,6 +1,7 @@
 //! Syslog over a byte stream (RFC 6587): each frame is either
-//! octet-counted (`LEN SP MSG`) or ends at a line feed. Senders pick one
-//! per frame; a frame that starts with a digit is counted.
+//! octet-counted (`LEN SP MSG`) or ends at a line feed (or a NUL, as
+//! Python's `SysLogHandler` ends its messages). Senders pick one per
+//! frame; a frame that starts with a digit is counted.
 
 use bytes::{Buf, BytesMut};
 
@@ -54,7 +55,7 @@ impl Framer {
     /// bytes come.
     pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         if self.skipping {
-            match buf.iter().position(|&b| b == b'\n') {
+            match buf.iter().position(|&b| b == b'\n' || b == b'\0') {
                 Some(end) => {
                     buf.advance(end + 1);
                     self.skipping = false;
@@ -111,7 +112,11 @@ impl Framer {
     }
 
     fn line(&mut self, buf: &mut BytesMut) -> Option<Frame> {
-        if let Some(end) = buf.iter().take(self.max + 1).position(|&b| b == b'\n') {
+        if let Some(end) = buf
+            .iter()
+            .take(self.max + 1)
+            .position(|&b| b == b'\n' || b == b'\0')
+        {
             let bytes = buf.split_to(end);
             buf.advance(1);
             return Some(Frame {
@@ -146,13 +151,15 @@ mod tests {
     #[test]
     fn counted_and_line_frames_mixed() {
         let mut f = Framer::new(100);
-        let got = frames(&mut f, b"5 <1>ab<2>line one\n\n6 <3>cd\n").unwrap();
+        let got = frames(&mut f, b"5 <1>ab<2>line one\n\n6 <3>cd\n<4>py\0<5>thon\0").unwrap();
         assert_eq!(
             got,
             vec![
                 (b"<1>ab".to_vec(), false),
                 (b"<2>line one".to_vec(), false),
-                (b"<3>cd\n".to_vec(), false)
+                (b"<3>cd\n".to_vec(), false),
+                (b"<4>py".to_vec(), false),
+                (b"<5>thon".to_vec(), false)
             ]
         );
     }

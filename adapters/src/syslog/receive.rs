@@ -54,7 +54,10 @@ impl PortTarget {
         self.post.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    async fn deliver(&self, body: Bytes) -> Outcome {
+    /// Delivers `body`, or spools it; an attempt still running at `stop`
+    /// is given up and the message spooled (it may then arrive twice,
+    /// never not at all).
+    async fn deliver(&self, body: Bytes, stop: &CancellationToken) -> Outcome {
         let delivery = Delivery {
             id: delivery::new_id(),
             owner: self.owner.clone(),
@@ -67,7 +70,12 @@ impl PortTarget {
             _ => None,
         };
         let attempt = match sink {
-            Some(sink) => delivery.attempt(&*sink, self.config.deliver_timeout).await,
+            Some(sink) => tokio::select! {
+                attempt = delivery.attempt(&*sink, self.config.deliver_timeout) => attempt,
+                () = stop.cancelled() => Attempt::Retry {
+                    reason: "the server stopped during the attempt".into(),
+                },
+            },
             None => Attempt::Retry {
                 reason: "the tunnel is not connected".into(),
             },
@@ -100,11 +108,20 @@ impl PortTarget {
     }
 }
 
+/// A datagram as it came, waiting to be read and delivered.
+struct Datagram {
+    bytes: Bytes,
+    truncated: bool,
+    remote: SocketAddr,
+    at: SystemTime,
+}
+
 /// Receives datagrams until `stop`; delivers them `config.concurrency` at
-/// a time.
+/// a time. The receiving loop only copies each one into the queue, so a
+/// burst finds the socket's buffer drained.
 pub(crate) async fn udp(socket: UdpSocket, target: Arc<PortTarget>, stop: CancellationToken) {
-    let (queue, waiting) = mpsc::channel::<Bytes>(target.config.queue.max(1));
-    let deliveries = tokio::spawn(deliver_datagrams(target.clone(), waiting));
+    let (queue, waiting) = mpsc::channel::<Datagram>(target.config.queue.max(1));
+    let deliveries = tokio::spawn(deliver_datagrams(target.clone(), waiting, stop.clone()));
     let max = target.config.max_message;
     // One byte over the largest message tells a longer one.
     let mut buf = vec![0u8; max.saturating_add(1).min(65_536)];
@@ -121,14 +138,13 @@ pub(crate) async fn udp(socket: UdpSocket, target: Arc<PortTarget>, stop: Cancel
             },
         };
         target.stats.received.inc();
-        let body = post::body(&Received {
-            bytes: &buf[..n.min(max)],
+        let datagram = Datagram {
+            bytes: Bytes::copy_from_slice(&buf[..n.min(max)]),
             truncated: n > max,
-            transport: Transport::Udp,
             remote,
             at: SystemTime::now(),
-        });
-        if queue.try_send(Bytes::from(body)).is_err() {
+        };
+        if queue.try_send(datagram).is_err() {
             dropped += 1;
             target.stats.refused.inc();
             if dropped.is_power_of_two() {
@@ -140,16 +156,27 @@ pub(crate) async fn udp(socket: UdpSocket, target: Arc<PortTarget>, stop: Cancel
     let _ = deliveries.await;
 }
 
-async fn deliver_datagrams(target: Arc<PortTarget>, waiting: mpsc::Receiver<Bytes>) {
+async fn deliver_datagrams(
+    target: Arc<PortTarget>,
+    waiting: mpsc::Receiver<Datagram>,
+    stop: CancellationToken,
+) {
     let concurrency = target.config.concurrency.max(1);
     futures::stream::unfold(
         waiting,
-        |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
+        |mut rx| async move { rx.recv().await.map(|d| (d, rx)) },
     )
-    .for_each_concurrent(concurrency, |body| {
-        let target = target.clone();
+    .for_each_concurrent(concurrency, |datagram| {
+        let (target, stop) = (target.clone(), stop.clone());
         async move {
-            if let Outcome::NotKept(why) = target.deliver(body).await {
+            let body = post::body(&Received {
+                bytes: &datagram.bytes,
+                truncated: datagram.truncated,
+                transport: Transport::Udp,
+                remote: datagram.remote,
+                at: datagram.at,
+            });
+            if let Outcome::NotKept(why) = target.deliver(Bytes::from(body), &stop).await {
                 info!(tunnel = %target.name, %why, "a syslog datagram was lost");
             }
         }
@@ -222,7 +249,7 @@ async fn stream(
 async fn deliver_or_wait(target: &PortTarget, body: Bytes, stop: &CancellationToken) -> bool {
     let mut wait = Duration::from_millis(500);
     loop {
-        match target.deliver(body.clone()).await {
+        match target.deliver(body.clone(), stop).await {
             Outcome::Done => return true,
             Outcome::NotKept(why) => {
                 info!(tunnel = %target.name, %why, ?wait, "a syslog message waits; its connection is held");

@@ -2,8 +2,9 @@
 //! the same number, held for the tunnel's owner while its name is.
 //!
 //! A port is opened when a tunnel is granted and stays its owner's across
-//! reconnects; a sweep gives it back once the name is no longer held for
-//! that owner (gone past its grace, or claimed by someone else).
+//! reconnects; a sweep closes it once the name is no longer live for that
+//! owner, and remembers whose it was: the owner's next connect gets it
+//! again, while ports nobody remembers are left.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,13 +32,50 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// How many ports are tried for one tunnel before it is refused.
 const BIND_TRIES: usize = 64;
 
+/// How many closed ports are remembered for their owners.
+const REMEMBERED: usize = 10_000;
+
 /// Syslog for the tunnels that ask for it.
 pub struct SyslogService {
     config: Arc<SyslogConfig>,
     stats: DeliveryStats,
-    ports: Mutex<HashMap<u16, Port>>,
+    ports: Mutex<Ports>,
     host: OnceLock<Host>,
     tasks: TaskTracker,
+}
+
+/// The open ports, and the closed ones remembered for their owners.
+#[derive(Default)]
+struct Ports {
+    open: HashMap<u16, Port>,
+    /// (owner, name) to the port it had, and the reverse.
+    remembered: HashMap<(String, String), u16>,
+    remembered_by_port: HashMap<u16, (String, String)>,
+}
+
+impl Ports {
+    fn remember(&mut self, owner: &str, name: &str, port: u16) {
+        if self.remembered.len() >= REMEMBERED
+            && let Some(&old) = self.remembered_by_port.keys().next()
+            && let Some(key) = self.remembered_by_port.remove(&old)
+        {
+            self.remembered.remove(&key);
+        }
+        let key = (owner.to_string(), name.to_string());
+        if let Some(before) = self.remembered.insert(key.clone(), port) {
+            self.remembered_by_port.remove(&before);
+        }
+        self.remembered_by_port.insert(port, key);
+    }
+
+    /// Whether `port` is open, or remembered for someone but `owner`.
+    fn taken(&self, port: u16, owner: &str, name: &str) -> bool {
+        self.open.contains_key(&port)
+            || self
+                .remembered_by_port
+                .get(&port)
+                .is_some_and(|(o, n)| o != owner || n != name)
+    }
 }
 
 /// An open port and whose it is.
@@ -52,13 +90,13 @@ impl SyslogService {
         SyslogService {
             config: Arc::new(config),
             stats: DeliveryStats::default(),
-            ports: Mutex::new(HashMap::new()),
+            ports: Mutex::new(Ports::default()),
             host: OnceLock::new(),
             tasks: TaskTracker::new(),
         }
     }
 
-    fn ports(&self) -> MutexGuard<'_, HashMap<u16, Port>> {
+    fn ports(&self) -> MutexGuard<'_, Ports> {
         self.ports.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -77,11 +115,12 @@ impl SyslogService {
         };
         let mut ports = self.ports();
         let held = ports
+            .open
             .iter()
             .find(|(_, p)| p.target.owner == tunnel.owner && p.target.name == tunnel.name)
             .map(|(&port, _)| port);
         if let Some(port) = held.filter(|&p| settings.port.is_none_or(|wanted| wanted == p)) {
-            *ports[&port]
+            *ports.open[&port]
                 .target
                 .post
                 .lock()
@@ -89,11 +128,11 @@ impl SyslogService {
             return Ok(port);
         }
         if let Some(wanted) = settings.port {
-            self.check_wanted(&ports, wanted)?;
+            self.check_wanted(&ports, wanted, tunnel)?;
         }
-        let (tcp, udp_socket) = self.bind(&ports, settings.port)?;
+        let (tcp, udp_socket) = self.bind(&ports, settings.port, tunnel)?;
         let port = tcp.local_addr().map_err(|e| e.to_string())?.port();
-        if let Some(old) = held.and_then(|p| ports.remove(&p)) {
+        if let Some(old) = held.and_then(|p| ports.open.remove(&p)) {
             old.stop.cancel();
         }
         let target = Arc::new(PortTarget {
@@ -114,11 +153,12 @@ impl SyslogService {
             stop.clone(),
         ));
         info!(tunnel = %tunnel.name, port, "syslog port opened");
-        ports.insert(port, Port { target, stop });
+        ports.remember(tunnel.owner, tunnel.name, port);
+        ports.open.insert(port, Port { target, stop });
         Ok(port)
     }
 
-    fn check_wanted(&self, ports: &HashMap<u16, Port>, wanted: u16) -> Result<(), String> {
+    fn check_wanted(&self, ports: &Ports, wanted: u16, tunnel: &Grantee<'_>) -> Result<(), String> {
         if let Some((low, high)) = self.config.ports
             && !(low..=high).contains(&wanted)
         {
@@ -126,7 +166,7 @@ impl SyslogService {
                 "port {wanted} is outside this server's syslog ports ({low}-{high}); ask for one in it, or for none to get any"
             ));
         }
-        if ports.contains_key(&wanted) {
+        if ports.taken(wanted, tunnel.owner, tunnel.name) {
             return Err(format!(
                 "syslog port {wanted} is another tunnel's; ask for another, or for none to get a free one"
             ));
@@ -134,30 +174,42 @@ impl SyslogService {
         Ok(())
     }
 
-    /// Binds TCP and UDP on one port number: `wanted`, or a free one.
+    /// Binds TCP and UDP on one port number: `wanted`, the one the tunnel
+    /// had, or a free one.
     fn bind(
         &self,
-        ports: &HashMap<u16, Port>,
+        ports: &Ports,
         wanted: Option<u16>,
+        tunnel: &Grantee<'_>,
     ) -> Result<(TcpListener, UdpSocket), String> {
         let ip = self.config.bind;
-        let candidates: Vec<u16> = match (wanted, self.config.ports) {
-            (Some(port), _) => vec![port],
-            (None, None) => vec![0; BIND_TRIES],
-            (None, Some((low, high))) => {
-                let span = u32::from(high - low) + 1;
-                let start = rand::random::<u32>() % span;
-                (0..span)
-                    .map(|i| low + ((start + i) % span) as u16)
-                    .filter(|p| !ports.contains_key(p))
-                    .take(BIND_TRIES)
-                    .collect()
-            }
+        let had = ports
+            .remembered
+            .get(&(tunnel.owner.to_string(), tunnel.name.to_string()))
+            .copied();
+        let mut candidates: Vec<u16> = match wanted {
+            Some(port) => vec![port],
+            None => had.into_iter().collect(),
         };
-        if candidates.is_empty() {
-            return Err(self.full());
+        if wanted.is_none() {
+            match self.config.ports {
+                None => candidates.extend([0; BIND_TRIES]),
+                Some((low, high)) => {
+                    let span = u32::from(high - low) + 1;
+                    let start = rand::random::<u32>() % span;
+                    let range = (0..span).map(|i| low + ((start + i) % span) as u16);
+                    let free: Vec<u16> = range
+                        .clone()
+                        .filter(|&p| !ports.taken(p, tunnel.owner, tunnel.name))
+                        .collect();
+                    // Ports remembered for others go last, once no other
+                    // is free.
+                    let others = range.filter(|p| !ports.open.contains_key(p));
+                    candidates.extend(free.into_iter().chain(others).take(BIND_TRIES));
+                }
+            }
         }
-        let mut last = String::new();
+        let mut last = self.full();
         for port in candidates {
             match bind_both(SocketAddr::new(ip, port)) {
                 Ok(pair) => return Ok(pair),
@@ -165,9 +217,8 @@ impl SyslogService {
             }
         }
         Err(match wanted {
-            Some(_) => last,
             None if self.config.ports.is_some() => self.full(),
-            None => last,
+            _ => last,
         })
     }
 
@@ -178,10 +229,11 @@ impl SyslogService {
         )
     }
 
-    /// Gives back the ports whose names are no longer held for their owner.
+    /// Closes the ports whose names are no longer live for their owner.
     async fn sweep(&self, host: &Host) {
         let held: Vec<(u16, Arc<PortTarget>)> = self
             .ports()
+            .open
             .iter()
             .map(|(&port, p)| (port, p.target.clone()))
             .collect();
@@ -194,12 +246,13 @@ impl SyslogService {
             if gone {
                 let mut ports = self.ports();
                 if ports
+                    .open
                     .get(&port)
                     .is_some_and(|p| Arc::ptr_eq(&p.target, &target))
-                    && let Some(p) = ports.remove(&port)
+                    && let Some(p) = ports.open.remove(&port)
                 {
                     p.stop.cancel();
-                    info!(tunnel = %target.name, port, "syslog port given back");
+                    info!(tunnel = %target.name, port, "syslog port closed; kept for its owner while free");
                 }
             }
         }
