@@ -84,7 +84,12 @@ struct StartArgs {
     all: bool,
     /// The droid server to use, HOST:PORT; overrides the file's `server`.
     /// Several (repeated, or comma-separated) are tried in turn.
-    #[arg(long, env = "DROID_SERVER", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "DROID_SERVER",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
     server: Vec<String>,
     /// An auth token; overrides the file's `token`.
     #[arg(long, env = "DROID_TOKEN", hide_env_values = true)]
@@ -119,7 +124,12 @@ struct HttpArgs {
     target: Target,
     /// The droid server to use, HOST:PORT of its control port. Several
     /// (repeated, or comma-separated) are tried in turn.
-    #[arg(long, env = "DROID_SERVER", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "DROID_SERVER",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
     server: Vec<String>,
     /// The name wanted (NAME.domain); a random one by default.
     #[arg(long)]
@@ -198,7 +208,12 @@ struct TcpArgs {
     target: Target,
     /// The droid server to use, HOST:PORT of its control port. Several
     /// (repeated, or comma-separated) are tried in turn.
-    #[arg(long, env = "DROID_SERVER", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "DROID_SERVER",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
     server: Vec<String>,
     /// The public port wanted (default: the one this command got last
     /// time, else any free one the server offers).

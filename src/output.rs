@@ -45,6 +45,24 @@ pub fn banner(tunnels: &[TunnelSpec], embedded: Option<&Embedded>) {
         }
         None => say(&format!("droid: forwarding {target}")),
     }
+    for t in tunnels {
+        let who = t
+            .name
+            .as_deref()
+            .map(|n| format!(" of {n}"))
+            .unwrap_or_default();
+        if t.auth.is_some() {
+            say(&format!(
+                "droid: visitors{who} must log in (--auth): the server asks before anything reaches your app"
+            ));
+        }
+        if !t.allow_ip.is_empty() {
+            say(&format!(
+                "droid: only visitors{who} from {} get through (--allow-ip); others get a 403",
+                t.allow_ip.join(", ")
+            ));
+        }
+    }
 }
 
 /// What the lines printed when the tunnels are up say besides their URLs.

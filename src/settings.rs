@@ -601,15 +601,9 @@ pub fn start(
             continue;
         }
         let mut spec = tunnel_spec(t);
-        let asked = crate::adapters::tunnel_from_file(source, i)?;
-        if let (droid_client::TunnelKind::Tcp, Some(name)) = (spec.kind, asked.keys().next()) {
-            bail!(
-                "{}: tunnels[{i}].{name}: `{name}` is for HTTP tunnels, and the tunnel `{}` is `kind = \"tcp\"`: remove it",
-                source.path.display(),
-                t.name.get_ref().0
-            );
-        }
-        spec.adapters.extend(asked);
+        // The file's check refused adapters on a TCP tunnel already.
+        spec.adapters
+            .extend(crate::adapters::tunnel_from_file(source, i)?);
         tunnels.push(spec);
     }
     let embedded = file.embedded.as_ref().map(|e| e.get_ref());

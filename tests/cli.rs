@@ -65,10 +65,57 @@ async fn droid_http_with_no_server_prints_a_localhost_url_that_works() {
 }
 
 #[tokio::test]
+async fn droid_http_says_when_visitors_must_log_in_or_come_from_allowed_addresses() {
+    let app = origin("app").await;
+    let port = app.addr.port().to_string();
+    let state = tempfile::tempdir().unwrap();
+    let mut droid = Droid::start(
+        &[
+            "http",
+            &port,
+            "--http",
+            "127.0.0.1:0",
+            "--auth",
+            "ann:s3cret",
+            "--allow-ip",
+            "127.0.0.0/8",
+        ],
+        state.path(),
+    );
+    let auth = droid
+        .line("the auth line", |l| {
+            l.contains("--auth").then(|| l.to_string())
+        })
+        .await;
+    assert_eq!(
+        auth,
+        "droid: visitors must log in (--auth): the server asks before anything reaches your app"
+    );
+    let allow = droid
+        .line("the allow-ip line", |l| {
+            l.contains("--allow-ip").then(|| l.to_string())
+        })
+        .await;
+    assert_eq!(
+        allow,
+        "droid: only visitors from 127.0.0.0/8 get through (--allow-ip); others get a 403"
+    );
+    droid
+        .line("the URL", |l| l.starts_with("http://").then_some(()))
+        .await;
+    assert!(droid.interrupt().await.success());
+}
+
+#[tokio::test]
 async fn droid_http_says_plainly_when_the_app_is_not_running_yet() {
     let port = dead_port().await.to_string();
     let state = tempfile::tempdir().unwrap();
-    let mut droid = Droid::start(&["http", &port, "--http", "127.0.0.1:0"], state.path());
+    let log = state.path().join("stderr.log");
+    let mut droid = Droid::start_logging(
+        &["http", &port, "--http", "127.0.0.1:0"],
+        state.path(),
+        &log,
+    );
     let warning = droid
         .line("the warning", |l| {
             l.contains("nothing listens").then(|| l.to_string())
@@ -85,7 +132,18 @@ async fn droid_http_says_plainly_when_the_app_is_not_running_yet() {
         out,
         format!("the tunnel is up but nothing answers at 127.0.0.1:{port}\n 502")
     );
+    let said = droid
+        .line("the 502 line", |l| {
+            l.contains("nothing answers at").then(|| l.to_string())
+        })
+        .await;
+    assert!(said.starts_with("droid: the tunnel is up"), "{said}");
     assert!(droid.interrupt().await.success());
+    // Said once, on stdout: the log (a file here) has no second copy, and
+    // no colour codes.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.contains("nothing answers"), "{logged}");
+    assert!(!logged.contains('\x1b'), "{logged}");
 }
 
 #[tokio::test]

@@ -60,9 +60,34 @@ async fn every_example_config_passes_config_check_and_is_what_config_example_pri
     )
     .await;
     assert!(!out.status.success());
+    // Every variable it needs, in one run; and its first line says which.
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("environment variable DROID_TOKEN is not set")
+        stderr.contains("`token`: environment variable DROID_TOKEN is not set; and line ")
+            && stderr.contains(
+                "`tunnels[0].mail.secret`: environment variable DROID_MAIL_SECRET is not set"
+            ),
+        "{stderr}"
+    );
+    for file in ["droid.toml", "server.toml", "smtp.toml"] {
+        let text = std::fs::read_to_string(examples_dir().join(file)).unwrap();
+        let first = text.lines().next().unwrap();
+        assert!(first.starts_with("# Set DROID_"), "{file}: {first}");
+    }
+    // The summaries name every adapter, from the registration.
+    let check = |file: &str| {
+        let path = examples_dir().join(file);
+        async move {
+            let out = run(&["config", "check", path.to_str().unwrap()], EXAMPLE_ENV).await;
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let server = check("server.toml").await;
+    assert!(server.contains("adapters: smtp, mqtt, syslog"), "{server}");
+    let client = check("droid.toml").await;
+    assert!(
+        client.contains("api -> 127.0.0.1:3000 (mail, mqtt, syslog)") && client.contains("(tcp)"),
+        "{client}"
     );
 }
 
@@ -185,6 +210,21 @@ async fn each_kind_of_bad_input_gives_one_error_naming_file_line_column_and_key(
             "droid.toml:3:9: `tunnels[0].local`: https://x: https targets are not supported",
         ),
         ("TOML syntax", "domain = \"t.example\n", "droid.toml:1:20: "),
+        (
+            "an adapter's key misspelt",
+            "domain = \"t.example\"\n[adapters.syslog]\nprots = \"20000-20010\"\n",
+            "droid.toml:3:1: unknown key `prots` in `adapters.syslog`; did you mean `ports`?",
+        ),
+        (
+            "an adapter's bad value",
+            "[[tunnels]]\nname = \"api\"\nlocal = 3000\nsyslog = { path = \"logs\" }\n",
+            "droid.toml:4:10: `tunnels[0].syslog`: path must start with /",
+        ),
+        (
+            "an adapter on a TCP tunnel",
+            "[[tunnels]]\nname = \"db\"\nkind = \"tcp\"\nlocal = 5432\nsyslog = true\n",
+            "droid.toml:2:8: `syslog` is for HTTP tunnels, and the tunnel `db` is `kind = \"tcp\"`",
+        ),
     ];
     for (what, text, expected) in cases {
         let error = check_error("droid.toml", text).await;

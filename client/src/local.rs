@@ -22,7 +22,7 @@ use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
 };
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::inspect::{Inspector, StreamTap};
 use crate::probe::Probes;
@@ -87,7 +87,8 @@ pub(crate) async fn serve_stream(
         Ok(app) => app,
         Err(e) => {
             let reason = format!("the tunnel is up but nothing answers at {target}");
-            warn!(tunnel = %name, error = %e, "{reason}");
+            // Printed by whoever reads the events (`droid http` does, once).
+            debug!(tunnel = %name, error = %e, "{reason}");
             if let Some(inspector) = &inspector {
                 inspector.target_unreachable();
             }

@@ -78,6 +78,7 @@ pub fn load_with_text<T: DeserializeOwned + Validate>(
 pub fn parse<T: DeserializeOwned + Validate>(file: &Path, source: &str) -> Result<T, ConfigError> {
     let mut document = toml::de::DeTable::parse(source)
         .map_err(|e| ConfigError::from_toml(file, source, None, &e))?;
+    unset_variables(file, source, document.get_ref())?;
     parts::strip(document.get_mut(), &crate::adapters::names());
     let document = toml::de::Deserializer::from(document);
     let value: T = serde_path_to_error::deserialize(document).map_err(|e| {
@@ -86,6 +87,67 @@ pub fn parse<T: DeserializeOwned + Validate>(file: &Path, source: &str) -> Resul
     })?;
     value.validate(file, source)?;
     Ok(value)
+}
+
+/// Every `${VAR}` of the file whose variable is not set, in one error: a
+/// file that needs three variables says so in one run, not three.
+fn unset_variables(
+    file: &Path,
+    source: &str,
+    doc: &toml::de::DeTable<'_>,
+) -> Result<(), ConfigError> {
+    type Found = Vec<(String, String, usize)>;
+    fn walk(path: String, value: &toml::Spanned<toml::de::DeValue<'_>>, out: &mut Found) {
+        match value.get_ref() {
+            toml::de::DeValue::String(text) => {
+                if let Err(why) = values::expand(text) {
+                    out.push((path, why, value.span().start));
+                }
+            }
+            toml::de::DeValue::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(format!("{path}[{i}]"), v, out);
+                }
+            }
+            toml::de::DeValue::Table(table) => {
+                for (k, v) in table.iter() {
+                    let key = k.get_ref();
+                    let path = if path.is_empty() {
+                        key.to_string()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    walk(path, v, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut unset = Found::new();
+    for (k, v) in doc.iter() {
+        walk(k.get_ref().to_string(), v, &mut unset);
+    }
+    let Some(((key, why, at), rest)) = unset.split_first() else {
+        return Ok(());
+    };
+    let line = |at: usize| source[..at.min(source.len())].lines().count().max(1);
+    let mut message = why.clone();
+    for (key, why, at) in rest {
+        message.push_str(&format!("; and line {}, `{key}`: {why}", line(*at)));
+    }
+    Err(ConfigError::at(
+        file,
+        source,
+        Some(*at..*at + 1),
+        Some(key.clone()),
+        message,
+    ))
+}
+
+/// An adapter's error about `file`, placed in it when it can be.
+fn as_config_error(file: &Path, e: anyhow::Error) -> ConfigError {
+    e.downcast::<ConfigError>()
+        .unwrap_or_else(|e| ConfigError::whole(file, format!("{e:#}")))
 }
 
 /// Which kind of file `source` is, from its top-level keys.
@@ -137,12 +199,29 @@ pub fn check(file: &Path, kind: Option<Kind>) -> Result<String, ConfigError> {
     Ok(match kind {
         Kind::Server => {
             let f: ServerFile = parse(file, &source)?;
-            let smtp = f.adapters.as_ref().and_then(|a| a.smtp.as_ref());
-            let mail = match smtp {
-                Some(s) if s.enabled != Some(false) => "with smtp",
-                _ => "no smtp",
+            let adapters = f.adapters.as_ref();
+            let on = |enabled: Option<Option<bool>>| enabled.is_some_and(|e| e != Some(false));
+            let mut running: Vec<String> = Vec::new();
+            if on(adapters.and_then(|a| a.smtp.as_ref()).map(|s| s.enabled)) {
+                running.push(droid_adapters::smtp::NAME.into());
+            }
+            if on(adapters.and_then(|a| a.mqtt.as_ref()).map(|m| m.enabled)) {
+                running.push(droid_adapters::mqtt::NAME.into());
+            }
+            let plugins = crate::adapters::server(
+                None,
+                Some(crate::adapters::Source {
+                    path: file,
+                    text: &source,
+                }),
+            )
+            .map_err(|e| as_config_error(file, e))?;
+            running.extend(plugins.iter().map(|p| p.adapter.name().to_string()));
+            let adapters = match running.as_slice() {
+                [] => "no adapters".to_string(),
+                some => format!("adapters: {}", some.join(", ")),
             };
-            format!("{name}: ok: a server for *.{}, {mail}", f.domain.0)
+            format!("{name}: ok: a server for *.{}, {adapters}", f.domain.0)
         }
         Kind::Client => {
             let f: ClientFile = parse(file, &source)?;
@@ -150,12 +229,25 @@ pub fn check(file: &Path, kind: Option<Kind>) -> Result<String, ConfigError> {
                 .server
                 .as_ref()
                 .map_or("a local embedded server".to_string(), |s| s.0.clone());
-            let tunnels: Vec<String> = f
-                .tunnels
-                .get_ref()
-                .iter()
-                .map(|t| format!("{} -> {}", t.name.get_ref().0, t.local.0))
-                .collect();
+            let source_of = crate::adapters::Source {
+                path: file,
+                text: &source,
+            };
+            let mut tunnels: Vec<String> = Vec::new();
+            for (i, t) in f.tunnels.get_ref().iter().enumerate() {
+                let mut adapters: Vec<String> = Vec::new();
+                if !matches!(t.kind, Some(client::KindFile::Tcp)) {
+                    adapters.extend(["mail".to_string(), droid_adapters::mqtt::NAME.into()]);
+                }
+                let asked = crate::adapters::tunnel_from_file(source_of, i)
+                    .map_err(|e| as_config_error(file, e))?;
+                adapters.extend(asked.into_keys());
+                let with = match adapters.as_slice() {
+                    [] => "tcp".to_string(),
+                    some => some.join(", "),
+                };
+                tunnels.push(format!("{} -> {} ({with})", t.name.get_ref().0, t.local.0));
+            }
             format!(
                 "{name}: ok: a client of {server}, tunnels {}",
                 tunnels.join(", ")
@@ -192,13 +284,17 @@ impl Validate for ServerFile {
             ));
         }
         let mqtt = self.adapters.as_ref().and_then(|a| a.mqtt.as_ref());
-        if let (None, None, Some(spool)) = (smtp, mqtt, &self.spool) {
+        let mut others = false;
+        for name in crate::adapters::names() {
+            others |= parts::read(file, source, &parts::server(name), |_| Ok(()))?.is_some();
+        }
+        if let (None, None, false, Some(spool)) = (smtp, mqtt, others, &self.spool) {
             return Err(ConfigError::at(
                 file,
                 source,
                 Some(spool.span()),
                 Some("spool".into()),
-                "[spool] holds mail and MQTT messages, but this server runs no [adapters.smtp] or [adapters.mqtt]; add one or remove [spool]",
+                "[spool] holds the messages of the adapters, but this server runs none ([adapters.smtp], [adapters.mqtt], ...); add one or remove [spool]",
             ));
         }
         if let Some(threads) = &self.threads
@@ -333,6 +429,29 @@ impl Validate for ClientFile {
                     Some(t.name.span()),
                     Some(format!("tunnels[{i}].{key}")),
                     why,
+                ));
+            }
+        }
+        for (i, t) in tunnels.iter().enumerate() {
+            if !matches!(t.kind, Some(client::KindFile::Tcp)) {
+                continue;
+            }
+            let whole = crate::adapters::Source {
+                path: file,
+                text: source,
+            };
+            let asked = crate::adapters::tunnel_from_file(whole, i)
+                .map_err(|e| as_config_error(file, e))?;
+            if let Some(adapter) = asked.keys().next() {
+                return Err(ConfigError::at(
+                    file,
+                    source,
+                    Some(t.name.span()),
+                    Some(format!("tunnels[{i}].{adapter}")),
+                    format!(
+                        "`{adapter}` is for HTTP tunnels, and the tunnel `{}` is `kind = \"tcp\"` (raw bytes): remove it",
+                        t.name.get_ref().0
+                    ),
                 ));
             }
         }

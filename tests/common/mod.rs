@@ -959,12 +959,33 @@ impl Droid {
 
     /// The same, with extra environment variables.
     pub fn start_with(args: &[&str], state_dir: &std::path::Path, env: &[(&str, &str)]) -> Droid {
+        Droid::spawn(
+            droid_command(args, state_dir),
+            env,
+            std::process::Stdio::inherit(),
+        )
+    }
+
+    /// The same, with its stderr (its logs) written to `log`.
+    pub fn start_logging(
+        args: &[&str],
+        state_dir: &std::path::Path,
+        log: &std::path::Path,
+    ) -> Droid {
+        let file = std::fs::File::create(log).unwrap();
+        Droid::spawn(droid_command(args, state_dir), &[], file.into())
+    }
+
+    fn spawn(
+        mut command: tokio::process::Command,
+        env: &[(&str, &str)],
+        stderr: std::process::Stdio,
+    ) -> Droid {
         use tokio::io::AsyncBufReadExt as _;
-        let mut command = droid_command(args, state_dir);
         command.envs(env.iter().copied());
         let mut child = command
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
