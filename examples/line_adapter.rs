@@ -198,7 +198,7 @@ fn server(domain: &str, listeners: Listeners, shutdown: CancellationToken) -> So
     }));
     let control = listeners.control.local_addr().unwrap();
     let (s, token) = (server.clone(), shutdown.clone());
-    tokio::spawn(async move { s.serve_adapters(None, token).await });
+    tokio::spawn(s.serve_adapters(None, token));
     tokio::spawn(async move {
         server
             .run(listeners.http, listeners.control, shutdown)

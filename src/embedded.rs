@@ -103,12 +103,7 @@ pub async fn start(
         }
         None => None,
     };
-    {
-        let (server, shutdown) = (server.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            server.serve_adapters(spool, shutdown).await;
-        }));
-    }
+    tasks.push(tokio::spawn(server.serve_adapters(spool, shutdown.clone())));
     tasks.push(tokio::spawn(async move {
         server.run(http_listener, control_listener, shutdown).await;
     }));

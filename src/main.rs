@@ -777,10 +777,7 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
         println!("droid server: {}", started.line);
         server.add_adapter(started.adapter);
     }
-    let adapters = {
-        let (server, shutdown) = (server.clone(), shutdown.clone());
-        tokio::spawn(async move { server.serve_adapters(spool, shutdown).await })
-    };
+    let adapters = tokio::spawn(server.serve_adapters(spool, shutdown.clone()));
     server.run(http, control, shutdown).await;
     let _ = adapters.await;
     if let Some(metrics) = metrics {

@@ -82,7 +82,7 @@ async fn node(redis: &Redis, id: &str, stop: &CancellationToken) -> anyhow::Resu
         smtp_limits(),
     )));
     let (s, token) = (server.clone(), stop.clone());
-    tokio::spawn(async move { s.serve_adapters(Some(spool), token).await });
+    tokio::spawn(s.serve_adapters(Some(spool), token));
     let token = stop.clone();
     tokio::spawn(async move { server.run(http, control, token).await });
     Ok(node)

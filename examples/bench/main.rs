@@ -1,4 +1,4 @@
-//! Run with: `cargo run --release --example bench -- [http|smtp|mqtt|all|cluster] [--secs N]
+//! Run with: `cargo run --release --example bench -- [http|smtp|mqtt|syslog|all|cluster] [--secs N]
 //! [--max-mails N] [--only TEXT] [--mode conn|kept]`, or `... --example bench -- peers`.
 //!
 //! - `peers`: the `droid` binary as separate processes under `wrk`, beside
@@ -53,6 +53,8 @@
 //!   publishers, to a bare sink, to Droid's adapter with a discarding sink,
 //!   and through the tunnel to the app (see `mqtt.rs`). `--max-mails`
 //!   bounds each row's messages too.
+//! - `syslog` (only when asked): syslog over TCP and UDP beside MQTT QoS 0,
+//!   messages per second from the sender to the app (see `syslog.rs`).
 //! - `cluster` (only when asked; it starts a `redis-server`): GETs through
 //!   the node that holds a tunnel and through another node that forwards
 //!   them over the peer link (see `cluster.rs`).
@@ -102,6 +104,7 @@ use tokio_util::sync::CancellationToken;
 
 mod cluster;
 mod mqtt;
+mod syslog;
 
 const DOMAIN: &str = "bench.test";
 const NAME: &str = "bench";
@@ -121,6 +124,7 @@ struct Args {
     smtp: bool,
     mqtt: bool,
     cluster: bool,
+    syslog: bool,
     secs: f64,
     max_mails: u64,
     only: Option<String>,
@@ -151,6 +155,7 @@ fn args() -> anyhow::Result<Args> {
         smtp: true,
         mqtt: true,
         cluster: false,
+        syslog: false,
         secs: 5.0,
         max_mails: 1_000_000,
         only: None,
@@ -162,6 +167,10 @@ fn args() -> anyhow::Result<Args> {
             "http" => (a.http, a.smtp, a.mqtt) = (true, false, false),
             "smtp" => (a.http, a.smtp, a.mqtt) = (false, true, false),
             "mqtt" => (a.http, a.smtp, a.mqtt) = (false, false, true),
+            "syslog" => {
+                (a.http, a.smtp, a.mqtt) = (false, false, false);
+                a.syslog = true;
+            }
             "all" => (a.http, a.smtp, a.mqtt) = (true, true, true),
             "cluster" => {
                 (a.http, a.smtp, a.mqtt) = (false, false, false);
@@ -183,7 +192,7 @@ fn args() -> anyhow::Result<Args> {
                 }
             }
             other => bail!(
-                "unknown argument {other:?}; usage: bench [http|smtp|mqtt|all|cluster] [--secs N] \
+                "unknown argument {other:?}; usage: bench [http|smtp|mqtt|syslog|all|cluster] [--secs N] \
                  [--max-mails N] [--only TEXT] [--mode conn|kept]"
             ),
         }
@@ -235,6 +244,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.mqtt {
         mqtt::mqtt_bench(&args, &app, &tunnel).await?;
+    }
+    if args.syslog {
+        syslog::syslog_bench(&args, &app, &tunnel).await?;
     }
     if args.cluster {
         cluster::cluster_bench(&args, &app).await?;
@@ -366,6 +378,8 @@ struct Tunnel {
     http: SocketAddr,
     smtp: SocketAddr,
     mqtt: SocketAddr,
+    /// The tunnel's syslog port (UDP and TCP).
+    syslog: SocketAddr,
     host: String,
     stop: CancellationToken,
     /// Its mail spool, removed when the bench ends.
@@ -408,8 +422,16 @@ impl Tunnel {
             Vec::new(),
             smtp_limits(),
         )));
+        server.add_adapter(Arc::new(droid_adapters::syslog::SyslogService::new(
+            droid_adapters::syslog::SyslogConfig {
+                host: Some("127.0.0.1".into()),
+                // 32 senders from one address: past the default of 20.
+                limits: smtp_limits(),
+                ..Default::default()
+            },
+        )));
         let (s, token) = (server.clone(), stop.clone());
-        tokio::spawn(async move { s.serve_adapters(Some(spool), token).await });
+        tokio::spawn(s.serve_adapters(Some(spool), token));
 
         let mail = MailSettings {
             path: Some("/inbound".into()),
@@ -430,6 +452,10 @@ impl Tunnel {
                 (
                     droid_adapters::mqtt::NAME.to_string(),
                     serde_json::to_value(mqtt)?,
+                ),
+                (
+                    droid_adapters::syslog::NAME.to_string(),
+                    serde_json::json!({ "path": "/inbound" }),
                 ),
             ]
             .into(),
@@ -457,10 +483,14 @@ impl Tunnel {
         .context("no tunnel within 20 s")??;
         // The client reports every request: keep the channel empty.
         tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let syslog_port = grant[0].adapters[droid_adapters::syslog::NAME]["port"]
+            .as_u64()
+            .context("no syslog port in the grant")?;
         Ok(Tunnel {
             http: http_addr,
             smtp: smtp_addr,
             mqtt: mqtt_addr,
+            syslog: SocketAddr::from(([127, 0, 0, 1], u16::try_from(syslog_port)?)),
             host: format!("{}.{DOMAIN}", grant[0].name),
             stop,
             _spool: dir,

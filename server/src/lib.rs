@@ -409,10 +409,17 @@ impl Server {
             .push(adapter);
     }
 
-    /// Runs the adapters added until `shutdown`, then drains them. With a
-    /// spool, what an app cannot take now is kept and retried (at once when
-    /// its owner reconnects); without one, adapters refuse it for now.
-    pub async fn serve_adapters(&self, spool: Option<Arc<Spool>>, shutdown: CancellationToken) {
+    /// Starts the adapters added, now: each is given its host before this
+    /// returns, so a client that connects next is granted by running
+    /// adapters. The future runs them until `shutdown`, then drains them.
+    /// With a spool, what an app cannot take now is kept and retried (at
+    /// once when its owner reconnects); without one, adapters refuse it
+    /// for now.
+    pub fn serve_adapters(
+        &self,
+        spool: Option<Arc<Spool>>,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let retries = spool.as_ref().map(|spool| {
             let _ = self.shared.spool.set(spool.clone());
             tokio::spawn(spool.clone().run(self.tunnels(), shutdown.clone()))
@@ -437,9 +444,11 @@ impl Server {
                 run
             })
             .collect();
-        futures::future::join_all(running).await;
-        if let Some(retries) = retries {
-            let _ = retries.await;
+        async move {
+            futures::future::join_all(running).await;
+            if let Some(retries) = retries {
+                let _ = retries.await;
+            }
         }
     }
 

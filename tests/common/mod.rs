@@ -459,9 +459,7 @@ pub async fn mqtt_server_with(
             max_per_ip: 2000,
         },
     )));
-    srv.tasks.push(tokio::spawn(async move {
-        s.serve_adapters(spool, token).await;
-    }));
+    srv.tasks.push(tokio::spawn(s.serve_adapters(spool, token)));
     (srv, tls_addr)
 }
 
@@ -505,9 +503,7 @@ pub async fn mail_server_retrying(
         vec![listener.into()],
         droid_adapters::ConnLimits::default(),
     )));
-    srv.tasks.push(tokio::spawn(async move {
-        s.serve_adapters(spool, token).await;
-    }));
+    srv.tasks.push(tokio::spawn(s.serve_adapters(spool, token)));
     srv
 }
 
