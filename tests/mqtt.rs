@@ -1114,3 +1114,73 @@ async fn nothing_a_device_sends_reaches_the_servers_log_except_through_tracing()
         "colour codes in a log that is no terminal: {written:?}"
     );
 }
+
+#[tokio::test]
+async fn a_burst_of_qos_0_from_one_device_arrives_whole_a_few_at_a_time() {
+    const BURST: usize = 2_000;
+    let mut app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let c = tunnel(&srv, &app, None).await;
+    let mut device = connected(srv.mqtt.unwrap(), v4::Connect::new("burst")).await;
+    let topic = format!("{}/burst", c.name());
+    device.write_all(&qos0_burst(&topic, BURST)).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    within("every QoS 0 message of the burst", async {
+        while seen.len() < BURST {
+            let post = app.inbox.recv().await.unwrap();
+            let payload = post.json()["payload"].as_str().unwrap().to_string();
+            assert!(seen.insert(payload), "a message arrived twice");
+        }
+    })
+    .await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_flooding_qos_0_at_an_app_that_never_answers_holds_16_deliveries() {
+    let app = origin("app").await;
+    let srv = mqtt_server(None).await;
+    let mut spec = spec(None, &app.target);
+    set_mqtt(
+        &mut spec,
+        MqttSettings {
+            path: Some("/hang".into()),
+            ..MqttSettings::default()
+        },
+    );
+    let c = client(client_config(srv.control, vec![spec])).await;
+    let mut device = connected(srv.mqtt.unwrap(), v4::Connect::new("flood")).await;
+    let topic = format!("{}/flood", c.name());
+    device.write_all(&qos0_burst(&topic, 500)).await.unwrap();
+    // The first 16 reach the app and hang there; the server reads no more
+    // of the device until one ends (the test's deliver timeout is 5 s).
+    within("16 deliveries hanging at the app", async {
+        while app.connections.load(Ordering::SeqCst) < 16 {
+            app.hang_started.notified().await;
+        }
+    })
+    .await;
+    let more = tokio::time::timeout(Duration::from_millis(500), async {
+        while app.connections.load(Ordering::SeqCst) <= 16 {
+            app.hang_started.notified().await;
+        }
+    })
+    .await;
+    assert!(
+        more.is_err(),
+        "{} deliveries at once from one device",
+        app.connections.load(Ordering::SeqCst)
+    );
+    c.stop().await;
+}
+
+/// `count` QoS 0 PUBLISHes to `topic`, payloads "0", "1", ..., in one buffer.
+fn qos0_burst(topic: &str, count: usize) -> BytesMut {
+    let mut out = BytesMut::new();
+    for i in 0..count {
+        v4::Publish::new(topic, QoS::AtMostOnce, format!("{i}"))
+            .write(&mut out)
+            .unwrap();
+    }
+    out
+}

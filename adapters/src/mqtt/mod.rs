@@ -60,6 +60,9 @@ pub struct MqttConfig {
     /// The keep-alive used when a device asks for none (0): an idle
     /// connection is closed after this.
     pub idle_timeout: Duration,
+    /// QoS 0 messages delivered at once, from every device together (16
+    /// at most from one); past it devices wait to be read.
+    pub max_qos0_in_flight: usize,
 }
 
 impl Default for MqttConfig {
@@ -69,6 +72,7 @@ impl Default for MqttConfig {
             connect_timeout: Duration::from_secs(10),
             deliver_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
+            max_qos0_in_flight: 64,
         }
     }
 }
@@ -166,6 +170,8 @@ pub struct MqttAdapter {
     sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
     next: std::sync::atomic::AtomicU64,
     subscriptions: subscriptions::Subscriptions,
+    /// QoS 0 messages being delivered, from every device.
+    at_most_once: Arc<tokio::sync::Semaphore>,
 }
 
 impl MqttAdapter {
@@ -177,6 +183,9 @@ impl MqttAdapter {
         router: Arc<dyn TopicRouter>,
         spool: Option<Arc<Spool>>,
     ) -> MqttAdapter {
+        let at_most_once = Arc::new(tokio::sync::Semaphore::new(
+            config.max_qos0_in_flight.max(1),
+        ));
         MqttAdapter {
             config,
             router,
@@ -185,6 +194,7 @@ impl MqttAdapter {
             sessions: Mutex::new(HashMap::new()),
             next: std::sync::atomic::AtomicU64::new(0),
             subscriptions: subscriptions::Subscriptions::default(),
+            at_most_once,
         }
     }
 

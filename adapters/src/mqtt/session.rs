@@ -127,6 +127,7 @@ pub(super) async fn run<S>(
         publisher,
         session: number,
         to: to_device,
+        at_most_once: Arc::new(tokio::sync::Semaphore::new(QOS0_PER_DEVICE)),
     };
     let quiet = match connect.keep_alive {
         0 => adapter.config.idle_timeout,
@@ -209,7 +210,13 @@ struct Device {
     session: u64,
     /// Where messages for its subscriptions go.
     to: tokio::sync::mpsc::Sender<Outgoing>,
+    /// Its QoS 0 messages being delivered: past [`QOS0_PER_DEVICE`], its
+    /// next publish waits (and its connection is not read meanwhile).
+    at_most_once: Arc<tokio::sync::Semaphore>,
 }
+
+/// QoS 0 messages of one device delivered at once.
+const QOS0_PER_DEVICE: usize = 16;
 
 /// Handles one packet; `Some` when the connection ends after it.
 async fn handle(
@@ -355,9 +362,17 @@ async fn publish(
     stats.received.inc();
     let timeout = adapter.config.deliver_timeout;
     if message.qos == 0 {
-        // At most once: posted once, never kept, nobody waits.
+        // At most once: posted once, never kept, nobody waits for the
+        // app. Bounded all the same: past its device's share, or the
+        // adapter's, the device waits (TCP holds the rest on its side)
+        // rather than the server holding every message of a flood.
+        let permits = (
+            device.at_most_once.clone().acquire_owned().await,
+            adapter.at_most_once.clone().acquire_owned().await,
+        );
         let (sink, stats) = (route.sink.clone(), stats.clone());
         tokio::spawn(async move {
+            let _permits = permits;
             match delivery.attempt(&*sink, timeout).await {
                 Attempt::Accepted => {
                     stats.delivered.inc();
