@@ -511,6 +511,27 @@ async fn public_server(state: &std::path::Path, ports: Option<&str>) -> (Droid, 
     (server, control)
 }
 
+/// `droid http TARGET --server CONTROL --name NAME WISH...`, and the line
+/// it printed for syslog.
+async fn client_of(
+    control: &str,
+    target: &str,
+    name: &str,
+    wish: &[&str],
+    state: &std::path::Path,
+) -> (Droid, String) {
+    let mut args = vec!["http", target, "--server", control, "--name", name];
+    args.extend_from_slice(wish);
+    args.extend(["--inspect", "127.0.0.1:0"]);
+    let mut client = Droid::start(&args, state);
+    let line = client
+        .line("the syslog line", |l| {
+            l.starts_with("syslog").then(|| l.to_string())
+        })
+        .await;
+    (client, line)
+}
+
 #[tokio::test]
 async fn a_tunnel_keeps_its_port_and_another_client_is_refused_it() {
     let app = origin("app").await;
@@ -521,25 +542,8 @@ async fn a_tunnel_keeps_its_port_and_another_client_is_refused_it() {
     let control = control.to_string();
     let target = app.addr.port().to_string();
     let alpha_state = tempfile::tempdir().unwrap();
-    let mut alpha = Droid::start(
-        &[
-            "http",
-            &target,
-            "--server",
-            &control,
-            "--name",
-            "alpha",
-            "--syslog",
-            "--inspect",
-            "127.0.0.1:0",
-        ],
-        alpha_state.path(),
-    );
-    let line = alpha
-        .line("alpha's syslog line", |l| {
-            l.starts_with("syslog").then(|| l.to_string())
-        })
-        .await;
+    let alpha_dir = alpha_state.path();
+    let (alpha, line) = client_of(&control, &target, "alpha", &["--syslog"], alpha_dir).await;
     let held: u16 = line
         .strip_prefix("syslog tunnel.test:")
         .and_then(|r| r.split(' ').next())
@@ -548,26 +552,14 @@ async fn a_tunnel_keeps_its_port_and_another_client_is_refused_it() {
     assert!((low..=low + 5).contains(&held), "{line}");
     let beta_state = tempfile::tempdir().unwrap();
     let wanted = held.to_string();
-    let mut beta = Droid::start(
-        &[
-            "http",
-            &target,
-            "--server",
-            &control,
-            "--name",
-            "beta",
-            "--syslog-port",
-            &wanted,
-            "--inspect",
-            "127.0.0.1:0",
-        ],
+    let (beta, refused) = client_of(
+        &control,
+        &target,
+        "beta",
+        &["--syslog-port", &wanted],
         beta_state.path(),
-    );
-    let refused = beta
-        .line("beta's syslog line", |l| {
-            l.starts_with("syslog").then(|| l.to_string())
-        })
-        .await;
+    )
+    .await;
     assert_eq!(
         refused,
         format!(
@@ -577,25 +569,7 @@ async fn a_tunnel_keeps_its_port_and_another_client_is_refused_it() {
     beta.interrupt().await;
     // alpha, back with the same name, gets the same port.
     alpha.interrupt().await;
-    let mut alpha = Droid::start(
-        &[
-            "http",
-            &target,
-            "--server",
-            &control,
-            "--name",
-            "alpha",
-            "--syslog",
-            "--inspect",
-            "127.0.0.1:0",
-        ],
-        alpha_state.path(),
-    );
-    let again = alpha
-        .line("alpha's syslog line again", |l| {
-            l.starts_with("syslog").then(|| l.to_string())
-        })
-        .await;
+    let (alpha, again) = client_of(&control, &target, "alpha", &["--syslog"], alpha_dir).await;
     assert_eq!(again, line);
     alpha.interrupt().await;
     server.interrupt().await;
