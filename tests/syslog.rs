@@ -485,7 +485,11 @@ enabled = false
 }
 
 /// A public server with `--syslog-ports`, or without.
-async fn public_server(state: &std::path::Path, ports: Option<&str>) -> (Droid, SocketAddr) {
+async fn public_server(
+    state: &std::path::Path,
+    ports: Option<&str>,
+    extra: &[&str],
+) -> (Droid, SocketAddr) {
     let mut args = vec![
         "server",
         "--domain",
@@ -498,6 +502,7 @@ async fn public_server(state: &std::path::Path, ports: Option<&str>) -> (Droid, 
     if let Some(ports) = ports {
         args.extend(["--syslog-ports", ports, "--syslog-bind", "127.0.0.1"]);
     }
+    args.extend_from_slice(extra);
     let mut server = Droid::start(&args, state);
     let (_, control) = server.line("the addresses", server_addrs).await;
     if let Some(ports) = ports {
@@ -538,7 +543,7 @@ async fn a_tunnel_keeps_its_port_and_another_client_is_refused_it() {
     let state = tempfile::tempdir().unwrap();
     let low = dead_port().await;
     let range = format!("{low}-{}", low.saturating_add(5));
-    let (server, control) = public_server(state.path(), Some(&range)).await;
+    let (server, control) = public_server(state.path(), Some(&range), &[]).await;
     let control = control.to_string();
     let target = app.addr.port().to_string();
     let alpha_state = tempfile::tempdir().unwrap();
@@ -579,7 +584,7 @@ async fn a_tunnel_keeps_its_port_and_another_client_is_refused_it() {
 async fn a_server_without_syslog_ports_refuses_clearly() {
     let app = origin("app").await;
     let state = tempfile::tempdir().unwrap();
-    let (server, control) = public_server(state.path(), None).await;
+    let (server, control) = public_server(state.path(), None, &[]).await;
     let control = control.to_string();
     let target = app.addr.port().to_string();
     let mut client = Droid::start(
@@ -613,5 +618,40 @@ async fn a_server_without_syslog_ports_refuses_clearly() {
         "syslog refused: this server does not run the syslog adapter (a server gives syslog ports with --syslog-ports LOW-HIGH)"
     );
     client.interrupt().await;
+    server.interrupt().await;
+}
+
+#[tokio::test]
+async fn the_clients_of_one_address_get_only_so_many_syslog_ports() {
+    let app = origin("app").await;
+    let state = tempfile::tempdir().unwrap();
+    let low = dead_port().await;
+    let range = format!("{low}-{}", low.saturating_add(20));
+    let (server, control) =
+        public_server(state.path(), Some(&range), &["--syslog-ports-per-ip", "2"]).await;
+    let (control, target) = (control.to_string(), app.addr.port().to_string());
+    let mut clients = Vec::new();
+    for name in ["one", "two", "three"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, line) = client_of(&control, &target, name, &["--syslog"], dir.path()).await;
+        clients.push((client, line, dir));
+    }
+    assert!(
+        clients[0].1.starts_with("syslog tunnel.test:"),
+        "{}",
+        clients[0].1
+    );
+    assert!(
+        clients[1].1.starts_with("syslog tunnel.test:"),
+        "{}",
+        clients[1].1
+    );
+    assert_eq!(
+        clients[2].1,
+        "syslog refused: the clients of 127.0.0.1 have 2 syslog ports open, the most this server gives one address"
+    );
+    for (client, _, _) in clients {
+        client.interrupt().await;
+    }
     server.interrupt().await;
 }

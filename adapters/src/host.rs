@@ -66,6 +66,8 @@ pub struct Grantee<'a> {
     pub domain: &'a str,
     /// What its client asked of each adapter.
     pub settings: &'a AdapterSettings,
+    /// The address its client connected from, for bounds per address.
+    pub client: std::net::IpAddr,
 }
 
 /// The grant of an adapter that cannot serve a tunnel which asked for it:

@@ -368,7 +368,7 @@ fn grant(
                     name: t.name.clone(),
                     url: shared.config.url_for(&t.name),
                     tcp: None,
-                    adapters: adapter_grants(&adapters, t, &shared.config.domain),
+                    adapters: adapter_grants(&adapters, t, &shared.config.domain, peer.ip()),
                 },
             })
             .collect(),
@@ -383,6 +383,7 @@ fn adapter_grants(
     adapters: &[Arc<dyn ServerAdapter>],
     tunnel: &Tunnel,
     domain: &str,
+    client: std::net::IpAddr,
 ) -> BTreeMap<String, serde_json::Value> {
     let owner = crate::deliveries::owner_key(&tunnel.owner_id, &tunnel.name);
     let grantee = Grantee {
@@ -390,6 +391,7 @@ fn adapter_grants(
         owner: &owner,
         domain,
         settings: &tunnel.adapters,
+        client,
     };
     tunnel
         .adapters

@@ -46,6 +46,9 @@ struct ServerTable {
     max_connections: Option<usize>,
     /// TCP connections per port from one address.
     max_connections_per_ip: Option<usize>,
+    /// Ports for the clients of one address; 0: no limit
+    /// (`--syslog-ports-per-ip`).
+    max_ports_per_ip: Option<usize>,
 }
 
 fn range<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<(u16, u16)>, D::Error> {
@@ -75,6 +78,7 @@ impl ServerTable {
                     .max_connections_per_ip
                     .unwrap_or(defaults.limits.max_per_ip),
             },
+            max_ports_per_ip: self.max_ports_per_ip.unwrap_or(defaults.max_ports_per_ip),
             ..defaults
         }
     }
@@ -144,6 +148,12 @@ impl Plugin for SyslogPlugin {
                 .value_parser(clap::value_parser!(IpAddr))
                 .help_heading("Syslog")
                 .help("The address syslog ports are opened on [default: 0.0.0.0]"),
+            Arg::new("syslog_ports_per_ip")
+                .long("syslog-ports-per-ip")
+                .value_name("N")
+                .value_parser(clap::value_parser!(usize))
+                .help_heading("Syslog")
+                .help("Syslog ports the clients of one address (an IPv6 /64) may hold at once; 0: no limit [default: 10]"),
             Arg::new("syslog_max_message")
                 .long("syslog-max-message")
                 .value_name("BYTES")
@@ -186,6 +196,7 @@ impl Plugin for SyslogPlugin {
         }
         let mut config = table.config(SyslogConfig {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            max_ports_per_ip: 10,
             ..SyslogConfig::default()
         });
         if let Some(flags) = flags {
@@ -194,6 +205,9 @@ impl Plugin for SyslogPlugin {
             }
             if let Some(&bind) = flags.get_one::<IpAddr>("syslog_bind") {
                 config.bind = bind;
+            }
+            if let Some(&most) = flags.get_one::<usize>("syslog_ports_per_ip") {
+                config.max_ports_per_ip = most;
             }
             if let Some(&max) = flags.get_one::<usize>("syslog_max_message") {
                 config.max_message = max;

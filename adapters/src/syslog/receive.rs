@@ -34,6 +34,8 @@ pub(crate) struct PortTarget {
     pub name: String,
     /// Its owner key: messages are the owner's, spooled or not.
     pub owner: String,
+    /// The address its client connected from (an IPv6 /64 as one).
+    pub client: std::net::IpAddr,
     /// How its messages are POSTed; updated when the tunnel reconnects.
     pub post: Mutex<PostOptions>,
     pub config: Arc<SyslogConfig>,

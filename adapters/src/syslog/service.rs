@@ -127,6 +127,18 @@ impl SyslogService {
                 .unwrap_or_else(|p| p.into_inner()) = post;
             return Ok(port);
         }
+        let client = droid_core::conn_caps::address_of(tunnel.client);
+        let most = self.config.max_ports_per_ip;
+        let theirs = ports
+            .open
+            .values()
+            .filter(|p| p.target.client == client)
+            .count();
+        if most > 0 && held.is_none() && theirs >= most {
+            return Err(format!(
+                "the clients of {client} have {theirs} syslog ports open, the most this server gives one address"
+            ));
+        }
         if let Some(wanted) = settings.port {
             self.check_wanted(&ports, wanted, tunnel)?;
         }
@@ -138,6 +150,7 @@ impl SyslogService {
         let target = Arc::new(PortTarget {
             name: tunnel.name.to_string(),
             owner: tunnel.owner.to_string(),
+            client,
             post: Mutex::new(post),
             config: self.config.clone(),
             host: host.clone(),

@@ -64,6 +64,9 @@ pub struct SyslogConfig {
     pub max_message: usize,
     /// TCP connections per port, in total and from one address.
     pub limits: ConnLimits,
+    /// Ports open at once for the clients of one address (an IPv6 /64);
+    /// 0: no limit.
+    pub max_ports_per_ip: usize,
     /// How long the app has to answer before a message is spooled.
     pub deliver_timeout: Duration,
     /// UDP messages a port keeps waiting for the app; past it they are
@@ -85,6 +88,7 @@ impl Default for SyslogConfig {
                 max_per_ip: 20,
             },
             deliver_timeout: Duration::from_secs(30),
+            max_ports_per_ip: 0,
             queue: 50_000,
             concurrency: 16,
         }
