@@ -52,6 +52,12 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// streams cannot crowd out visitors.
 const MAX_IDLE_STREAMS: usize = 32;
 
+/// Deliveries through one tunnel at once, per idle stream kept: more wait
+/// for one to finish and take its stream. Without this bound a burst of
+/// 256 opened a stream, and a connection to the app, for each, and closed
+/// most of them after: a tenth of the rate of 64 at once.
+const BUSY_PER_IDLE_STREAM: usize = 2;
+
 /// The most of a delivery a node takes from another: more than any
 /// adapter sends.
 const MAX_NODE_DELIVERY: usize = 256 * 1024 * 1024;
@@ -264,11 +270,19 @@ impl Deliver for Away {
 #[derive(Default)]
 struct TunnelPools {
     /// By tunnel name: the session the pool belongs to, and the pool.
-    by_name: Mutex<HashMap<String, (u64, Arc<Pool>)>>,
+    by_name: Mutex<HashMap<String, (u64, TunnelPool)>>,
+}
+
+/// One tunnel session's idle delivery streams, and the deliveries that
+/// may use it at once.
+#[derive(Clone)]
+struct TunnelPool {
+    pool: Arc<Pool>,
+    busy: Arc<tokio::sync::Semaphore>,
 }
 
 impl TunnelPools {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, (u64, Arc<Pool>)>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (u64, TunnelPool)>> {
         self.by_name.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -280,14 +294,19 @@ impl TunnelPools {
         session: u64,
         opener: &Opener,
         max_idle: usize,
-    ) -> Arc<Pool> {
+    ) -> TunnelPool {
         let mut by_name = self.lock();
         if let Some((s, pool)) = by_name.get(name)
             && *s == session
         {
             return pool.clone();
         }
-        let pool = Pool::new(max_idle, pool::IDLE_TIMEOUT);
+        let pool = TunnelPool {
+            pool: Pool::new(max_idle, pool::IDLE_TIMEOUT),
+            busy: Arc::new(tokio::sync::Semaphore::new(
+                (max_idle * BUSY_PER_IDLE_STREAM).max(1),
+            )),
+        };
         by_name.insert(name.to_string(), (session, pool.clone()));
         drop(by_name);
         let (pools, opener, name) = (Arc::downgrade(self), opener.clone(), name.to_string());
@@ -341,11 +360,12 @@ impl TunnelSink {
             _ => return Err(self.offline()),
         };
         let max_idle = MAX_IDLE_STREAMS.min(self.shared.config.max_streams_per_tunnel / 4);
-        let pool =
+        let TunnelPool { pool, busy } =
             self.shared
                 .pools
                 .tunnels
                 .of(&tunnel.name, tunnel.session, &tunnel.opener, max_idle);
+        let _turn = busy.acquire_owned().await.map_err(|_| self.offline())?;
         let id = request
             .headers()
             .get(droid_core::sign::ID_HEADER)
