@@ -609,21 +609,21 @@ mod tests {
         let pools = Arc::new(TunnelPools::default());
         let (first, _first_client) = session();
         let (second, _second_client) = session();
-        let a = pools.of("shop", 1, &first.opener, 4);
-        assert!(Arc::ptr_eq(&a, &pools.of("shop", 1, &first.opener, 4)));
+        let a = pools.of("shop", 1, &first.opener, 4).pool;
+        assert!(Arc::ptr_eq(&a, &pools.of("shop", 1, &first.opener, 4).pool));
         // The name is served by another session now (a reconnect, or a
         // takeover while the first is still up): never the first's pool.
-        let b = pools.of("shop", 2, &second.opener, 4);
+        let b = pools.of("shop", 2, &second.opener, 4).pool;
         assert!(!Arc::ptr_eq(&a, &b));
-        assert!(Arc::ptr_eq(&b, &pools.of("shop", 2, &second.opener, 4)));
-        assert!(Arc::ptr_eq(&b, &pools.lock()["shop"].1));
+        assert!(Arc::ptr_eq(&b, &pools.of("shop", 2, &second.opener, 4).pool));
+        assert!(Arc::ptr_eq(&b, &pools.lock()["shop"].1.pool));
         // The first session ending leaves the second's pool alone.
         first.opener.close();
         first.opener.ended().await;
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
-        assert!(Arc::ptr_eq(&b, &pools.lock()["shop"].1));
+        assert!(Arc::ptr_eq(&b, &pools.lock()["shop"].1.pool));
         // Its own session ending forgets it.
         second.opener.close();
         second.opener.ended().await;
