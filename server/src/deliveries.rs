@@ -615,7 +615,10 @@ mod tests {
         // takeover while the first is still up): never the first's pool.
         let b = pools.of("shop", 2, &second.opener, 4).pool;
         assert!(!Arc::ptr_eq(&a, &b));
-        assert!(Arc::ptr_eq(&b, &pools.of("shop", 2, &second.opener, 4).pool));
+        assert!(Arc::ptr_eq(
+            &b,
+            &pools.of("shop", 2, &second.opener, 4).pool
+        ));
         assert!(Arc::ptr_eq(&b, &pools.lock()["shop"].1.pool));
         // The first session ending leaves the second's pool alone.
         first.opener.close();
