@@ -14,6 +14,7 @@ const INSPECT: &str = "127.0.0.1:4040";
 
 /// `--inspect`, `--no-inspect`, `--inspect-auth`, and what it keeps.
 #[derive(clap::Args, Default)]
+#[command(next_help_heading = "Inspector")]
 pub struct InspectArgs {
     /// Where the inspector (the page, the JSON API and /metrics) listens;
     /// when the port is taken, the next free one is used [default:
@@ -112,7 +113,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(Inspector, SocketAddr)> {
     let listener =
-        crate::embedded::bind_next_free(settings.listen, "the inspector", "inspect").await?;
+        droid_adapters::plugin::bind_next_free(settings.listen, "the inspector", "inspect").await?;
     let addr = listener.local_addr()?;
     let inspector = Inspector::new(settings.options);
     let serving = inspector.clone();

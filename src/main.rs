@@ -159,45 +159,13 @@ struct HttpArgs {
     /// port is taken, the next free one is used.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
-    /// Without --server: where the embedded server accepts mail; when the
-    /// port is taken, the next free one is used.
-    #[arg(long, default_value = "127.0.0.1:2525")]
-    smtp: SocketAddr,
-    /// Without --server: do not accept mail.
-    #[arg(long)]
-    no_smtp: bool,
-    /// The path mail is POSTed to.
-    #[arg(long, default_value = "/")]
-    mail_path: String,
-    /// The body of mail POSTs: json, multipart or raw.
-    #[arg(long, default_value = "json", value_parser = mail::format)]
-    mail_format: Format,
     /// The secret deliveries are signed with, the Standard Webhooks way:
     /// whsec_ and base64 (default: one made for you, remembered, and
     /// printed).
     #[arg(long, env = "DROID_MAIL_SECRET", hide_env_values = true, value_parser = signing_secret)]
     mail_secret: Option<String>,
     #[command(flatten)]
-    smtp_options: mail::SmtpArgs,
-    /// Without --server: where the embedded server accepts MQTT; when the
-    /// port is taken, the next free one is used.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    mqtt: SocketAddr,
-    /// Without --server: do not accept MQTT.
-    #[arg(long)]
-    no_mqtt: bool,
-    /// The path MQTT messages are POSTed to.
-    #[arg(long, default_value = "/mqtt")]
-    mqtt_path: String,
-    /// Take MQTT messages only from devices that log in with this user name
-    /// and password.
-    #[arg(
-        long,
-        value_name = "USER:PASSWORD",
-        env = "DROID_MQTT_AUTH",
-        hide_env_values = true
-    )]
-    mqtt_auth: Option<String>,
+    spool: mail::SpoolArgs,
     #[command(flatten)]
     inspect: inspect::InspectArgs,
 }
@@ -258,7 +226,9 @@ struct SmtpStandaloneArgs {
     #[arg(long, env = "DROID_MAIL_SECRET", hide_env_values = true, value_parser = signing_secret)]
     secret: Option<String>,
     #[command(flatten)]
-    smtp_options: mail::SmtpArgs,
+    options: droid_adapters::SmtpOptions,
+    #[command(flatten)]
+    spool: mail::SpoolArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -368,17 +338,8 @@ struct ServerArgs {
     require_token: Option<bool>,
     #[command(flatten)]
     limits: LimitArgs,
-    /// Accept mail for *@NAME.DOMAIN here and deliver it through NAME's tunnel.
-    #[arg(long)]
-    smtp: Option<SocketAddr>,
-    /// Accept MQTT here: a publish to NAME/... goes through NAME's tunnel.
-    #[arg(long)]
-    mqtt: Option<SocketAddr>,
-    /// Accept MQTT over TLS here (usually port 8883), with --tls-cert.
-    #[arg(long)]
-    mqtts: Option<SocketAddr>,
     #[command(flatten)]
-    smtp_options: mail::SmtpArgs,
+    spool: mail::SpoolArgs,
 }
 
 /// `droid server` limits; each is also a key of the file's `[limits]`.
@@ -721,60 +682,21 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
         let (server, shutdown) = (server.clone(), shutdown.clone());
         tokio::spawn(async move { server.serve_https(listener, shutdown).await })
     });
-    // Mail and MQTT keep what the app cannot take now in one spool.
-    let spool = if s.smtp.is_some() || s.mqtt.is_some() || !s.adapters.is_empty() {
-        s.spool.open()?
-    } else {
+    // The adapters keep what the app cannot take now in one spool.
+    let spool = if s.adapters.is_empty() {
         None
+    } else {
+        s.spool.open()?
     };
-    if let Some(setup) = s.mqtt {
-        let mut plain = Vec::new();
-        let mut tls = Vec::new();
-        if let Some(addr) = setup.listen {
-            let listener = bind_listener(addr)
-                .await
-                .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
-            println!(
-                "droid server: mqtt on {}, a publish to NAME/... goes to NAME's tunnel",
-                listener.local_addr()?
-            );
-            plain.push(listener);
+    let place = droid_adapters::Place {
+        domain: server.config().domain.clone(),
+        spool: spool.clone(),
+    };
+    let setups = s.adapters.into_iter().map(|(_, setup)| setup).collect();
+    for started in adapters::start(setups, place).await? {
+        for line in &started.lines {
+            println!("droid server: {line}");
         }
-        if let Some(addr) = setup.listen_tls {
-            let listener = bind_listener(addr)
-                .await
-                .with_context(|| format!("cannot listen for MQTT over TLS on {addr}"))?;
-            println!(
-                "droid server: mqtts on {}, MQTT over TLS with the server's certificate",
-                listener.local_addr()?
-            );
-            tls.push(listener);
-        }
-        server.add_adapter(Arc::new(droid_adapters::MqttService::new(
-            setup.config,
-            plain,
-            tls,
-            setup.limits,
-        )));
-    }
-    if let Some((addr, setup)) = s.smtp {
-        let listener = bind_listener(addr)
-            .await
-            .with_context(|| format!("cannot listen for SMTP on {addr}"))?;
-        println!(
-            "droid server: smtp on {}, mail to *@NAME.{}, {}",
-            listener.local_addr()?,
-            server.config().domain,
-            mail::describe_spool(spool.as_ref())
-        );
-        server.add_adapter(Arc::new(droid_adapters::SmtpService::new(
-            setup.config,
-            vec![listener.into()],
-            setup.limits,
-        )));
-    }
-    for started in s.adapters {
-        println!("droid server: {}", started.line);
         server.add_adapter(started.adapter);
     }
     let adapters = tokio::spawn(server.serve_adapters(spool, shutdown.clone()));
@@ -808,7 +730,11 @@ async fn smtp(s: settings::StandaloneSettings, shutdown: CancellationToken) -> R
         secret: droid_adapters::Secret::key_of(&s.secret.unwrap_or_default()),
         ..MailOptions::default()
     };
-    mail::standalone(listener, &s.post, s.domain, options, &s.setup, shutdown).await
+    let smtp = (s.config, s.limits);
+    mail::standalone(
+        listener, &s.post, s.domain, options, smtp, &s.spool, shutdown,
+    )
+    .await
 }
 
 /// `droid http` and `droid start`: one or more tunnels over one connection,
@@ -817,12 +743,10 @@ async fn tunnels(s: settings::TunnelSettings, shutdown: CancellationToken) -> Re
     let (server_addr, state_server, embedded) = match s.server {
         Some(server) => (server.clone(), server, None),
         None => {
-            let smtp = s.embedded_smtp.as_ref().map(|(addr, setup)| (*addr, setup));
             let embedded = embedded::start(
                 s.embedded_http,
-                smtp,
-                s.embedded_mqtt,
                 s.embedded_adapters,
+                &s.spool,
                 shutdown.clone(),
             )
             .await?;
@@ -858,17 +782,13 @@ async fn tunnels(s: settings::TunnelSettings, shutdown: CancellationToken) -> Re
         output::check_target(&spec.target).await;
     }
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(droid_client::EVENT_QUEUE);
-    let mail = output::Announce {
-        smtp: embedded
-            .as_ref()
-            .and_then(|e| e.smtp.as_ref().map(|(addr, _)| *addr)),
-        mqtt: embedded.as_ref().and_then(|e| e.mqtt),
+    let announce = output::Announce {
         tunnels: config.tunnels.iter().map(|t| t.adapters.clone()).collect(),
         inspect,
     };
     let (printed, all_printed) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
-        output::print_events(events_rx, mail);
+        output::print_events(events_rx, announce);
         let _ = printed.send(());
     });
     let result = droid_client::run(config, Some(events_tx), shutdown.clone()).await;

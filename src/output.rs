@@ -6,8 +6,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use droid_adapters::mqtt::MqttSettings;
-use droid_adapters::smtp::MailSettings;
 use droid_client::{AdapterParts, ClientEvent, Target, TunnelSpec};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -39,8 +37,8 @@ pub fn banner(tunnels: &[TunnelSpec], embedded: Option<&Embedded>) {
                 "droid: forwarding {target} through a local server on {} (use --server HOST:PORT for a public one)",
                 e.http
             ));
-            if let Some((_, spool)) = &e.smtp {
-                say(&format!("droid: mail {spool}"));
+            for line in &e.lines {
+                say(&format!("droid: {line}"));
             }
         }
         None => say(&format!("droid: forwarding {target}")),
@@ -67,53 +65,10 @@ pub fn banner(tunnels: &[TunnelSpec], embedded: Option<&Embedded>) {
 
 /// What the lines printed when the tunnels are up say besides their URLs.
 pub struct Announce {
-    /// The embedded server's SMTP listener, if any.
-    pub smtp: Option<SocketAddr>,
     /// What each tunnel asked of the adapters, in the order of the grants.
     pub tunnels: Vec<AdapterParts>,
     /// Where the inspector listens, if it runs.
     pub inspect: Option<SocketAddr>,
-    /// The embedded server's MQTT listener, if any.
-    pub mqtt: Option<SocketAddr>,
-}
-
-/// What tunnel `i` asked of `adapter`, read as `T`.
-fn asked<T: serde::de::DeserializeOwned + Default>(
-    announce: &Announce,
-    i: usize,
-    adapter: &str,
-) -> T {
-    announce
-        .tunnels
-        .get(i)
-        .and_then(|parts| parts.get(adapter))
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default()
-}
-
-/// `POST /mqtt`, and the routes when there are any.
-fn describe_mqtt(mqtt: &MqttSettings) -> String {
-    let mut line = format!("POST {} (json)", mqtt.path.as_deref().unwrap_or("/mqtt"));
-    for route in &mqtt.routes {
-        line.push_str(&format!(", {} to {}", route.topic, route.path));
-    }
-    if mqtt.auth.is_some() {
-        line.push_str(", from devices that log in");
-    }
-    line
-}
-
-/// `POST /inbound (json)`, and the routes when there are any.
-fn describe_mail(mail: &MailSettings) -> String {
-    let mut line = format!(
-        "POST {} ({})",
-        mail.path.as_deref().unwrap_or("/"),
-        mail.format.as_deref().unwrap_or("json")
-    );
-    for route in &mail.routes {
-        line.push_str(&format!(", {} to {}", route.pattern, route.path));
-    }
-    line
 }
 
 /// Says plainly when nothing listens at the target yet; the tunnel comes up
@@ -139,12 +94,12 @@ pub async fn check_target(target: &Target) {
 /// before it waits for the next one: an event that finds it waiting must
 /// wake it, a syscall and a thread switch on the tunnels' own thread, and
 /// under load that came to one for every two requests.
-pub fn print_events(mut events: mpsc::Receiver<ClientEvent>, mail: Announce) {
+pub fn print_events(mut events: mpsc::Receiver<ClientEvent>, announce: Announce) {
     let mut lines = String::new();
     while let Some(first) = events.blocking_recv() {
         let mut next = Some(first);
         while let Some(event) = next.take() {
-            describe_event(event, &mail, &mut lines);
+            describe_event(event, &announce, &mut lines);
             if lines.len() < 64 * 1024 {
                 next = events.try_recv().ok();
             }
@@ -165,7 +120,7 @@ pub fn print_events(mut events: mpsc::Receiver<ClientEvent>, mail: Announce) {
 const PRINT_GATHER: Duration = Duration::from_millis(5);
 
 /// Appends the lines an event prints to `out`.
-fn describe_event(event: ClientEvent, mail: &Announce, out: &mut String) {
+fn describe_event(event: ClientEvent, announce: &Announce, out: &mut String) {
     let mut say = |line: &str| {
         out.push_str(line);
         out.push('\n');
@@ -183,34 +138,14 @@ fn describe_event(event: ClientEvent, mail: &Announce, out: &mut String) {
                 }
                 say(&t.url);
                 if i == 0
-                    && let Some(inspect) = mail.inspect
+                    && let Some(inspect) = announce.inspect
                 {
                     // Right after the (first) tunnel's URL, where it is looked for.
                     say(&format!(
                         "inspect http://{inspect}, every request and mail, with replay"
                     ));
                 }
-                let granted = |adapter: &str, key: &str| {
-                    t.adapters
-                        .get(adapter)
-                        .and_then(|g| g.get(key))
-                        .and_then(|v| v.as_str())
-                        .map(str::to_string)
-                };
-                if let Some(domain) = granted(droid_adapters::smtp::NAME, "domain") {
-                    let via = mail.smtp.map(|a| format!("smtp {a}, ")).unwrap_or_default();
-                    let how = describe_mail(&asked(mail, i, droid_adapters::smtp::NAME));
-                    say(&format!("{via}mail to anything@{domain} arrives as {how}"));
-                }
-                if let Some(topics) = granted(droid_adapters::mqtt::NAME, "topics") {
-                    let via = mail
-                        .mqtt
-                        .map(|a| format!("mqtt {a}, "))
-                        .unwrap_or_else(|| "mqtt ".into());
-                    let how = describe_mqtt(&asked(mail, i, droid_adapters::mqtt::NAME));
-                    say(&format!("{via}{topics} arrives as {how}"));
-                }
-                if let Some(asked) = mail.tunnels.get(i) {
+                if let Some(asked) = announce.tunnels.get(i) {
                     for line in crate::adapters::describe(asked, &t.adapters) {
                         say(&line);
                     }

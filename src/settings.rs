@@ -7,36 +7,22 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use droid_adapters::Format;
-use droid_adapters::mqtt::{MqttRoute, MqttSettings};
-use droid_adapters::smtp::{MailRoute, MailSettings};
+use droid_adapters::{ConnLimits, Format, Setup, SmtpConfig};
 use droid_client::{HostHeader, TunnelSpec};
 use droid_server::{AuthPolicy, NamePolicy, ServerConfig, TokenRule};
 
 use crate::config::client::HostHeaderFile;
 use crate::config::{ClientFile, ServerFile, StandaloneFile};
-use crate::mail::SmtpSetup;
+use crate::mail::SpoolSetup;
 use crate::{HostHeaderArg, HttpArgs, ServerArgs, SmtpStandaloneArgs, StartArgs, TcpArgs};
 
 /// The default HTTP address of the embedded server.
 const EMBEDDED_HTTP: &str = "127.0.0.1:8080";
-/// The default SMTP address of the embedded server and of `droid smtp`.
+/// The default address of `droid smtp`.
 const LOCAL_SMTP: &str = "127.0.0.1:2525";
-/// The default MQTT address of the embedded server.
-const LOCAL_MQTT: &str = "127.0.0.1:1883";
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
-}
-
-/// `droid server`'s MQTT: where devices connect, plain and TLS, and how.
-pub struct MqttSetup {
-    /// The plain listener (`--mqtt`).
-    pub listen: Option<SocketAddr>,
-    /// The TLS listener (`--mqtts`), with the server's certificate.
-    pub listen_tls: Option<SocketAddr>,
-    pub config: droid_adapters::MqttConfig,
-    pub limits: droid_adapters::ConnLimits,
 }
 
 /// `droid server`.
@@ -59,14 +45,11 @@ pub struct ServerSettings {
     pub cluster: Option<droid_server::cluster::ClusterConfig>,
     /// Where it takes the other nodes' requests, in a cluster.
     pub peer: Option<SocketAddr>,
-    /// The SMTP listener, when mail is on.
-    pub smtp: Option<(SocketAddr, SmtpSetup)>,
-    /// The MQTT listeners, settings and limits, when MQTT is on.
-    pub mqtt: Option<MqttSetup>,
-    /// The registered adapters the flags and file turned on.
-    pub adapters: Vec<droid_adapters::Started>,
-    /// The spool mail and MQTT share.
-    pub spool: crate::mail::SpoolSetup,
+    /// The adapters the flags and file turned on, by name, their
+    /// listeners not open yet.
+    pub adapters: Vec<(&'static str, Box<dyn Setup>)>,
+    /// The spool the adapters share.
+    pub spool: SpoolSetup,
     /// The log level, when `RUST_LOG` is unset.
     pub log_level: String,
     /// Threads serving tunnels; `None`: one per core.
@@ -294,44 +277,8 @@ pub fn server(
             .max_tunnels_per_ip
             .or(limits.and_then(|l| l.max_tunnels_per_ip)),
     };
-    let smtp_file = f.and_then(|f| f.adapters.as_ref()?.smtp.as_ref());
-    let smtp_addr = args.smtp.or_else(|| {
-        let s = smtp_file.filter(|s| s.enabled != Some(false))?;
-        Some(s.listen.map_or(addr("0.0.0.0:25"), |a| a.0))
-    });
     let spool_file = f.and_then(|f| f.spool.as_ref().map(|s| s.get_ref()));
-    let smtp = smtp_addr.map(|a| (a, args.smtp_options.resolve(smtp_file, spool_file)));
-    let mqtt_file = f.and_then(|f| f.adapters.as_ref()?.mqtt.as_ref());
-    let mqtt_on = mqtt_file.filter(|m| m.enabled != Some(false));
-    // The file's listeners count only when the command line names neither.
-    let (listen, listen_tls) = if args.mqtt.is_some() || args.mqtts.is_some() {
-        (args.mqtt, args.mqtts)
-    } else {
-        match mqtt_on {
-            Some(m) if m.listen_tls.is_some() => (
-                m.listen.map(|a| a.0),
-                m.listen_tls.as_ref().map(|a| a.get_ref().0),
-            ),
-            Some(m) => (Some(m.listen.map_or(addr("0.0.0.0:1883"), |a| a.0)), None),
-            None => (None, None),
-        }
-    };
-    let mqtt = (listen.is_some() || listen_tls.is_some()).then(|| {
-        let mut config = droid_adapters::MqttConfig::default();
-        let mut limits = droid_adapters::ConnLimits::default();
-        if let Some(m) = mqtt_file {
-            config.max_packet_size = m.max_packet_size.unwrap_or(config.max_packet_size);
-            limits.max_connections = m.max_connections.unwrap_or(limits.max_connections);
-            limits.max_per_ip = m.max_connections_per_ip.unwrap_or(limits.max_per_ip);
-        }
-        MqttSetup {
-            listen,
-            listen_tls,
-            config,
-            limits,
-        }
-    });
-    let spool = args.smtp_options.resolve(smtp_file, spool_file).spool;
+    let spool = args.spool.resolve(spool_file);
     let tls = crate::tls::server(
         &args.tls,
         f.and_then(|f| f.tls_cert.as_ref())
@@ -342,13 +289,6 @@ pub fn server(
     )?;
     config.tls = tls.tls;
     config.https = tls.https.is_some();
-    if let Some(addr) = mqtt.as_ref().and_then(|m| m.listen_tls)
-        && config.tls.is_none()
-    {
-        bail!(
-            "MQTT over TLS on {addr} needs the server's certificate: add --tls-cert and --tls-key (tls_cert and tls_key in the file)"
-        );
-    }
     config.tcp_ports = args
         .tcp_ports
         .or(f.and_then(|f| f.tcp_ports.as_ref().map(|r| r.0)))
@@ -423,10 +363,8 @@ pub fn server(
             .or(f.and_then(|f| f.control.map(|a| a.0)))
             .unwrap_or(addr("0.0.0.0:7835")),
         public_port: args.public_port.or(f.and_then(|f| f.public_port)),
+        adapters: crate::adapters::server(Some(flags), source, config.tls.is_some())?,
         config,
-        smtp,
-        mqtt,
-        adapters: crate::adapters::server(Some(flags), source)?,
         spool,
         log_level: f
             .and_then(|f| f.log_level.as_ref().map(|l| l.0.clone()))
@@ -453,38 +391,20 @@ pub struct TunnelSettings {
     pub tls: Option<droid_client::ClientTls>,
     /// The embedded server's HTTP address.
     pub embedded_http: SocketAddr,
-    /// The embedded server's SMTP address and settings; `None`: no mail.
-    pub embedded_smtp: Option<(SocketAddr, SmtpSetup)>,
-    /// The embedded server's MQTT address; `None`: no MQTT.
-    pub embedded_mqtt: Option<SocketAddr>,
-    /// The registered adapters the embedded server runs.
-    pub embedded_adapters: Vec<std::sync::Arc<dyn droid_adapters::ServerAdapter>>,
+    /// The adapters the embedded server runs.
+    pub embedded_adapters: Vec<Box<dyn Setup>>,
+    /// The embedded server's spool.
+    pub spool: SpoolSetup,
     /// The log level, when `RUST_LOG` is unset.
     pub log_level: String,
     /// The inspector; `None`: off.
     pub inspect: Option<crate::inspect::InspectSettings>,
 }
 
-/// A tunnel's parts for the adapters: mail and MQTT, as asked.
-fn adapter_parts(mail: MailSettings, mqtt: MqttSettings) -> droid_client::AdapterParts {
-    let mut parts = droid_client::AdapterParts::new();
-    parts.insert(
-        droid_adapters::smtp::NAME.into(),
-        serde_json::to_value(mail).unwrap_or_default(),
-    );
-    parts.insert(
-        droid_adapters::mqtt::NAME.into(),
-        serde_json::to_value(mqtt).unwrap_or_default(),
-    );
-    parts
-}
-
 /// `droid http TARGET ...`: one tunnel from the command line.
 pub fn http(args: &HttpArgs, flags: &clap::ArgMatches) -> Result<TunnelSettings> {
-    if !args.mail_path.starts_with('/') {
-        bail!("--mail-path must start with /, e.g. /inbound");
-    }
-    let mut spec = TunnelSpec {
+    let asked = crate::adapters::tunnel_from_flags(flags)?;
+    let spec = TunnelSpec {
         name: args.name.clone(),
         target: args.target.clone(),
         host_header: match args.host_header {
@@ -492,32 +412,12 @@ pub fn http(args: &HttpArgs, flags: &clap::ArgMatches) -> Result<TunnelSettings>
             HostHeaderArg::Rewrite => HostHeader::Rewrite,
         },
         secret: args.mail_secret.clone(),
-        adapters: adapter_parts(
-            MailSettings {
-                path: Some(args.mail_path.clone()),
-                format: Some(args.mail_format.to_string()),
-                routes: Vec::new(),
-            },
-            MqttSettings {
-                path: Some(args.mqtt_path.clone()),
-                auth: args.mqtt_auth.clone(),
-                routes: Vec::new(),
-            },
-        ),
+        adapters: asked.parts,
         auth: args.auth.clone(),
         allow_ip: args.allow_ip.clone(),
         kind: droid_client::TunnelKind::Http,
         port: None,
     };
-    spec.adapters
-        .extend(crate::adapters::tunnel_from_flags(flags)?);
-    if !args.mqtt_path.starts_with('/') {
-        bail!("--mqtt-path must start with /, e.g. /mqtt");
-    }
-    if let Some(auth) = &args.mqtt_auth {
-        crate::config::values::check_credentials(auth)
-            .map_err(|why| anyhow::anyhow!("--mqtt-auth: {why}"))?;
-    }
     if let Some(auth) = &args.auth {
         crate::config::values::check_credentials(auth)
             .map_err(|why| anyhow::anyhow!("--auth: {why}"))?;
@@ -537,9 +437,8 @@ pub fn http(args: &HttpArgs, flags: &clap::ArgMatches) -> Result<TunnelSettings>
         heartbeat_timeout: None,
         tunnels: vec![spec],
         embedded_http: args.http,
-        embedded_smtp: (!args.no_smtp).then(|| (args.smtp, args.smtp_options.resolve(None, None))),
-        embedded_mqtt: (!args.no_mqtt).then_some(args.mqtt),
-        embedded_adapters: crate::adapters::embedded(None)?,
+        embedded_adapters: crate::adapters::embedded(Some(flags), None)?,
+        spool: args.spool.resolve(None),
         log_level: "warn".into(),
         inspect: args.inspect.resolve(None)?,
     })
@@ -568,9 +467,8 @@ pub fn tcp(args: &TcpArgs) -> Result<TunnelSettings> {
         heartbeat_timeout: None,
         tunnels: vec![spec],
         embedded_http: addr("127.0.0.1:0"),
-        embedded_smtp: None,
-        embedded_mqtt: None,
         embedded_adapters: Vec::new(),
+        spool: SpoolSetup::default(),
         log_level: "warn".into(),
         inspect: args.inspect.resolve(None)?,
     })
@@ -602,22 +500,14 @@ pub fn start(
         }
         let mut spec = tunnel_spec(t);
         // The file's check refused adapters on a TCP tunnel already.
-        spec.adapters
-            .extend(crate::adapters::tunnel_from_file(source, i)?);
+        if spec.kind == droid_client::TunnelKind::Http {
+            let asked = crate::adapters::tunnel_from_file(source, i)?;
+            spec.adapters = asked.parts;
+            spec.secret = asked.secret;
+        }
         tunnels.push(spec);
     }
     let embedded = file.embedded.as_ref().map(|e| e.get_ref());
-    let smtp_file = embedded.and_then(|e| e.smtp.as_ref());
-    let spool_file = file.spool.as_ref().map(|s| s.get_ref());
-    let embedded_smtp = match smtp_file {
-        Some(s) if s.enabled == Some(false) => None,
-        _ => Some((
-            smtp_file
-                .and_then(|s| s.listen)
-                .map_or(addr(LOCAL_SMTP), |a| a.0),
-            crate::mail::SmtpArgs::default().resolve(smtp_file, spool_file),
-        )),
-    };
     Ok(TunnelSettings {
         tls: crate::tls::client(
             &args.tls,
@@ -634,12 +524,8 @@ pub fn start(
         embedded_http: embedded
             .and_then(|e| e.http)
             .map_or(addr(EMBEDDED_HTTP), |a| a.0),
-        embedded_smtp,
-        embedded_mqtt: match embedded.and_then(|e| e.mqtt.as_ref()) {
-            Some(m) if m.enabled == Some(false) => None,
-            m => Some(m.and_then(|m| m.listen).map_or(addr(LOCAL_MQTT), |a| a.0)),
-        },
-        embedded_adapters: crate::adapters::embedded(Some(source))?,
+        embedded_adapters: crate::adapters::embedded(None, Some(source))?,
+        spool: crate::mail::SpoolArgs::default().resolve(file.spool.as_ref().map(|s| s.get_ref())),
         log_level: file
             .log_level
             .as_ref()
@@ -652,7 +538,6 @@ pub fn start(
 
 /// What a client file's tunnel asks for with the keys of its own.
 fn tunnel_spec(t: &crate::config::client::TunnelFile) -> TunnelSpec {
-    let mail = t.mail.as_ref();
     TunnelSpec {
         name: Some(t.name.get_ref().0.clone()),
         target: t.local.0.clone(),
@@ -660,53 +545,8 @@ fn tunnel_spec(t: &crate::config::client::TunnelFile) -> TunnelSpec {
             HostHeaderFile::Preserve => HostHeader::Preserve,
             HostHeaderFile::Rewrite => HostHeader::Rewrite,
         },
-        secret: mail
-            .and_then(|m| m.secret.as_ref())
-            .or_else(|| t.mqtt.as_ref().and_then(|m| m.secret.as_ref()))
-            .map(|s| s.0.clone()),
-        adapters: adapter_parts(
-            MailSettings {
-                path: Some(
-                    mail.and_then(|m| m.path.as_ref().map(|p| p.0.clone()))
-                        .unwrap_or_else(|| "/".into()),
-                ),
-                format: Some(
-                    mail.and_then(|m| m.format.map(|f| f.0))
-                        .unwrap_or(Format::Json)
-                        .to_string(),
-                ),
-                routes: mail
-                    .map(|m| {
-                        m.routes
-                            .iter()
-                            .map(|r| MailRoute {
-                                pattern: r.pattern.0.clone(),
-                                path: r.path.0.clone(),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            },
-            t.mqtt
-                .as_ref()
-                .map(|m| MqttSettings {
-                    path: Some(
-                        m.path
-                            .as_ref()
-                            .map_or_else(|| "/mqtt".into(), |p| p.0.clone()),
-                    ),
-                    auth: m.auth.as_ref().map(|a| a.0.clone()),
-                    routes: m
-                        .routes
-                        .iter()
-                        .map(|r| MqttRoute {
-                            topic: r.topic.0.clone(),
-                            path: r.path.0.clone(),
-                        })
-                        .collect(),
-                })
-                .unwrap_or_default(),
-        ),
+        secret: None,
+        adapters: droid_client::AdapterParts::new(),
         auth: t.auth.as_ref().map(|a| a.0.clone()),
         allow_ip: t.allow_ip.iter().map(|b| b.0.clone()).collect(),
         kind: match t.kind {
@@ -730,7 +570,11 @@ pub struct StandaloneSettings {
     /// The signing key.
     pub secret: Option<String>,
     /// The adapter's settings.
-    pub setup: SmtpSetup,
+    pub config: SmtpConfig,
+    /// Its connection caps.
+    pub limits: ConnLimits,
+    /// Its spool.
+    pub spool: SpoolSetup,
     /// The log level, when `RUST_LOG` is unset.
     pub log_level: String,
 }
@@ -744,13 +588,14 @@ pub fn standalone(
     let Some(post) = args
         .post
         .clone()
-        .or_else(|| f.and_then(|f| f.post.as_ref().map(|p| p.get_ref().0.clone())))
+        .or_else(|| f.and_then(|f| f.post.as_ref().map(|p| p.0.clone())))
     else {
         bail!(
             "where should mail go? --post http://localhost:3000/inbound, or `post` in a --config file's [adapters.smtp]"
         );
     };
     let spool = file.as_ref().and_then(|f| f.spool.as_ref());
+    let (config, limits) = f.unwrap_or(&Default::default()).resolve(&args.options);
     Ok(StandaloneSettings {
         listen: args
             .listen
@@ -760,16 +605,18 @@ pub fn standalone(
         domain: args
             .domain
             .clone()
-            .or_else(|| f.and_then(|f| f.domain.as_ref().map(|d| d.get_ref().0.clone()))),
+            .or_else(|| f.and_then(|f| f.domain.as_ref().map(|d| d.0.clone()))),
         format: args
             .format
-            .or(f.and_then(|f| f.format.as_ref().map(|x| x.get_ref().0)))
+            .or(f.and_then(|f| f.format.as_ref().map(|x| x.0)))
             .unwrap_or(Format::Json),
         secret: args
             .secret
             .clone()
-            .or_else(|| f.and_then(|f| f.secret.as_ref().map(|s| s.get_ref().0.clone()))),
-        setup: args.smtp_options.resolve(f, spool),
+            .or_else(|| f.and_then(|f| f.secret.as_ref().map(|s| s.0.clone()))),
+        config,
+        limits,
+        spool: args.spool.resolve(spool),
         log_level: file
             .as_ref()
             .and_then(|f| f.log_level.as_ref().map(|l| l.0.clone()))

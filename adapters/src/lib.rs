@@ -62,13 +62,15 @@ pub use mqtt::{
     MqttAdapter, MqttConfig, MqttService, MqttSettings, Tenancy, TopicRefusal, TopicRoute,
     TopicRouter, TunnelTopics,
 };
-pub use plugin::{Plugin, SetupError, Started};
+pub use plugin::{Part, Place, Plugin, Setup, SetupError, Started};
 pub use pool::Pool;
 pub use route::{
     Answer, Destination, MailOptions, MailRouter, Owners, Route, Tunnels, Unavailable, UrlRouter,
 };
 pub use sign::{Secret, verify};
-pub use smtp::{MailSettings, SmtpAdapter, SmtpConfig, SmtpService, TunnelMail};
+pub use smtp::{
+    MailSettings, SmtpAdapter, SmtpConfig, SmtpOptions, SmtpService, SmtpTable, TunnelMail,
+};
 pub use spool::{RetryPolicy, Spool, SpoolConfig, SpoolError};
 pub use stats::DeliveryStats;
 pub use url_sink::{UrlSink, UrlSinkError};

@@ -3,11 +3,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::smtp::{SmtpFile, SpoolFile};
-use super::values::{
-    Addr, Credentials, Dur, IpAllow, Local, LogLevel, MailFormat, NonEmpty, SigningSecret,
-    TunnelName, UrlPath,
-};
+use super::smtp::SpoolFile;
+use super::values::{Addr, Credentials, Dur, IpAllow, Local, LogLevel, NonEmpty, TunnelName};
 
 /// A client's settings: a server and named tunnels over one connection.
 #[derive(Debug, Deserialize)]
@@ -65,10 +62,6 @@ pub struct TunnelFile {
     /// `preserve` (the app sees the public Host) or `rewrite`.
     #[serde(default)]
     pub host_header: HostHeaderFile,
-    /// How mail to this tunnel is POSTed.
-    pub mail: Option<TunnelMailFile>,
-    /// How MQTT messages to this tunnel are POSTed.
-    pub mqtt: Option<TunnelMqttFile>,
     /// HTTP basic auth the server asks of every visitor (`--auth`).
     pub auth: Option<Credentials>,
     /// Visitor addresses let through, IPs or CIDR blocks (`--allow-ip`).
@@ -101,87 +94,15 @@ pub enum HostHeaderFile {
     Rewrite,
 }
 
-/// `[tunnels.mail]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TunnelMailFile {
-    /// The path mail is POSTed to when no route matches.
-    pub path: Option<UrlPath>,
-    /// `json`, `multipart` or `raw`.
-    pub format: Option<MailFormat>,
-    /// The key of the `webhook-signature` HMAC (`whsec_...`).
-    pub secret: Option<SigningSecret>,
-    /// Recipient patterns to paths, first match wins.
-    #[serde(default)]
-    pub routes: Vec<RouteFile>,
-}
-
-/// `[tunnels.mqtt]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TunnelMqttFile {
-    /// The path messages no route matches are POSTed to (`--mqtt-path`).
-    pub path: Option<UrlPath>,
-    /// The key of the `webhook-signature` HMAC (default: the mail secret).
-    pub secret: Option<SigningSecret>,
-    /// Devices must log in with this `user:password` (`--mqtt-auth`).
-    pub auth: Option<Credentials>,
-    /// Topic filters (after `NAME/`) to paths, first match wins.
-    #[serde(default)]
-    pub routes: Vec<TopicRouteFile>,
-}
-
-/// One MQTT route: `{ topic = "sensors/+/temp", path = "/temp" }`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopicRouteFile {
-    /// A topic filter, with `+` and `#`.
-    pub topic: NonEmpty,
-    /// The path matching messages go to.
-    pub path: UrlPath,
-}
-
-/// `[embedded.mqtt]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmbeddedMqttFile {
-    /// `false`: no MQTT.
-    pub enabled: Option<bool>,
-    /// Where devices connect (default `127.0.0.1:1883`, or the next free port).
-    pub listen: Option<Addr>,
-}
-
-/// One mail route: `{ pattern = "support@*", path = "/support" }`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteFile {
-    /// A recipient pattern; `*` matches any run of characters.
-    pub pattern: NonEmpty,
-    /// The path matching mail goes to.
-    pub path: UrlPath,
-}
-
 /// `[embedded]`: the local server `droid start` runs when `server` is absent.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedFile {
     /// Where it serves HTTP (`--http` of `droid http`).
     pub http: Option<Addr>,
-    /// Its SMTP listener and limits.
-    pub smtp: Option<SmtpFile>,
-    /// Its MQTT listener.
-    pub mqtt: Option<EmbeddedMqttFile>,
 }
 
 impl ClientFile {
-    /// The standalone-only SMTP key set in `[embedded.smtp]`, if any.
-    pub fn misplaced_smtp_key(&self) -> Option<(&'static str, std::ops::Range<usize>)> {
-        self.embedded
-            .as_ref()
-            .and_then(|e| e.get_ref().smtp.as_ref())
-            .and_then(SmtpFile::standalone_key)
-    }
-
     /// The names of the tunnels, in order.
     pub fn names(&self) -> Vec<String> {
         self.tunnels

@@ -55,6 +55,10 @@ pub fn example(kind: Kind) -> &'static str {
 pub trait Validate {
     /// The first problem, if any.
     fn validate(&self, file: &Path, source: &str) -> Result<(), ConfigError>;
+
+    /// Whether the adapters read their parts of this kind of file
+    /// themselves ([`parts`]).
+    const ADAPTERS_READ_PARTS: bool = true;
 }
 
 /// Reads and checks a config file.
@@ -79,7 +83,10 @@ pub fn parse<T: DeserializeOwned + Validate>(file: &Path, source: &str) -> Resul
     let mut document = toml::de::DeTable::parse(source)
         .map_err(|e| ConfigError::from_toml(file, source, None, &e))?;
     unset_variables(file, source, document.get_ref())?;
-    parts::strip(document.get_mut(), &crate::adapters::names());
+    if T::ADAPTERS_READ_PARTS {
+        let (names, keys) = (crate::adapters::names(), crate::adapters::tunnel_keys());
+        parts::strip(document.get_mut(), &names, &keys);
+    }
     let document = toml::de::Deserializer::from(document);
     let value: T = serde_path_to_error::deserialize(document).map_err(|e| {
         let path = e.path().to_string();
@@ -199,24 +206,16 @@ pub fn check(file: &Path, kind: Option<Kind>) -> Result<String, ConfigError> {
     Ok(match kind {
         Kind::Server => {
             let f: ServerFile = parse(file, &source)?;
-            let adapters = f.adapters.as_ref();
-            let on = |enabled: Option<Option<bool>>| enabled.is_some_and(|e| e != Some(false));
-            let mut running: Vec<String> = Vec::new();
-            if on(adapters.and_then(|a| a.smtp.as_ref()).map(|s| s.enabled)) {
-                running.push(droid_adapters::smtp::NAME.into());
-            }
-            if on(adapters.and_then(|a| a.mqtt.as_ref()).map(|m| m.enabled)) {
-                running.push(droid_adapters::mqtt::NAME.into());
-            }
-            let plugins = crate::adapters::server(
-                None,
-                Some(crate::adapters::Source {
-                    path: file,
-                    text: &source,
-                }),
-            )
-            .map_err(|e| as_config_error(file, e))?;
-            running.extend(plugins.iter().map(|p| p.adapter.name().to_string()));
+            let whole = crate::adapters::Source {
+                path: file,
+                text: &source,
+            };
+            let running: Vec<&str> =
+                crate::adapters::server(None, Some(whole), f.tls_cert.is_some())
+                    .map_err(|e| as_config_error(file, e))?
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect();
             let adapters = match running.as_slice() {
                 [] => "no adapters".to_string(),
                 some => format!("adapters: {}", some.join(", ")),
@@ -235,13 +234,16 @@ pub fn check(file: &Path, kind: Option<Kind>) -> Result<String, ConfigError> {
             };
             let mut tunnels: Vec<String> = Vec::new();
             for (i, t) in f.tunnels.get_ref().iter().enumerate() {
-                let mut adapters: Vec<String> = Vec::new();
+                let mut adapters: Vec<&str> = Vec::new();
                 if !matches!(t.kind, Some(client::KindFile::Tcp)) {
-                    adapters.extend(["mail".to_string(), droid_adapters::mqtt::NAME.into()]);
+                    let asked = crate::adapters::tunnel_from_file(source_of, i)
+                        .map_err(|e| as_config_error(file, e))?;
+                    adapters = crate::adapters::plugins()
+                        .iter()
+                        .filter(|p| asked.parts.contains_key(p.name()))
+                        .map(|p| p.tunnel_key())
+                        .collect();
                 }
-                let asked = crate::adapters::tunnel_from_file(source_of, i)
-                    .map_err(|e| as_config_error(file, e))?;
-                adapters.extend(asked.into_keys());
                 let with = match adapters.as_slice() {
                     [] => "tcp".to_string(),
                     some => some.join(", "),
@@ -261,7 +263,7 @@ pub fn check(file: &Path, kind: Option<Kind>) -> Result<String, ConfigError> {
                 .get_ref()
                 .post
                 .as_ref()
-                .map(|p| p.get_ref().0.clone())
+                .map(|p| p.0.clone())
                 .unwrap_or_default();
             format!("{name}: ok: a standalone smtp adapter posting to {post}")
         }
@@ -271,24 +273,28 @@ pub fn check(file: &Path, kind: Option<Kind>) -> Result<String, ConfigError> {
 impl Validate for ServerFile {
     fn validate(&self, file: &Path, source: &str) -> Result<(), ConfigError> {
         self.validate_tls(file, source)?;
-        let smtp = self.adapters.as_ref().and_then(|a| a.smtp.as_ref());
-        if let Some((key, span)) = smtp.and_then(smtp::SmtpFile::standalone_key) {
+        if let Some(unknown) = self.adapters.iter().flat_map(|a| a.keys()).next() {
+            let names = crate::adapters::names();
+            let known: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let hint = error::hint(unknown.get_ref(), &known)
+                .map(|h| format!("; {h}"))
+                .unwrap_or_default();
             return Err(ConfigError::at(
                 file,
                 source,
-                Some(span),
-                Some(format!("adapters.smtp.{key}")),
+                Some(unknown.span()),
+                Some(format!("adapters.{}", unknown.get_ref())),
                 format!(
-                    "`{key}` belongs in a standalone smtp file (droid smtp --config); on a server each client's tunnel says where its mail goes"
+                    "no adapter is named `{}`{hint} (this droid has {})",
+                    unknown.get_ref(),
+                    names.join(", ")
                 ),
             ));
         }
-        let mqtt = self.adapters.as_ref().and_then(|a| a.mqtt.as_ref());
-        let mut others = false;
-        for name in crate::adapters::names() {
-            others |= parts::read(file, source, &parts::server(name), |_| Ok(()))?.is_some();
-        }
-        if let (None, None, false, Some(spool)) = (smtp, mqtt, others, &self.spool) {
+        let runs_adapters = crate::adapters::names()
+            .into_iter()
+            .any(|name| parts::present(source, &parts::server(name)));
+        if let (false, Some(spool)) = (runs_adapters, &self.spool) {
             return Err(ConfigError::at(
                 file,
                 source,
@@ -401,14 +407,15 @@ impl Validate for ClientFile {
         }
         for (i, t) in tunnels.iter().enumerate() {
             let tcp = matches!(t.kind, Some(client::KindFile::Tcp));
+            let adapter_key = crate::adapters::tunnel_keys()
+                .into_iter()
+                .find(|key| parts::present(source, &parts::tunnel(i, key)));
             let misplaced = if tcp {
-                t.mail
-                    .as_ref()
-                    .map(|_| "mail")
-                    .or(t.mqtt.as_ref().map(|_| "mqtt"))
-                    .or(t.auth.as_ref().map(|_| "auth"))
-                    .or(matches!(t.host_header, client::HostHeaderFile::Rewrite)
-                        .then_some("host_header"))
+                adapter_key.or(t.auth.as_ref().map(|_| "auth")).or(matches!(
+                    t.host_header,
+                    client::HostHeaderFile::Rewrite
+                )
+                .then_some("host_header"))
             } else {
                 t.port.as_ref().map(|_| "port")
             };
@@ -432,29 +439,11 @@ impl Validate for ClientFile {
                 ));
             }
         }
-        for (i, t) in tunnels.iter().enumerate() {
-            if !matches!(t.kind, Some(client::KindFile::Tcp)) {
-                continue;
-            }
-            let whole = crate::adapters::Source {
-                path: file,
-                text: source,
-            };
-            let asked = crate::adapters::tunnel_from_file(whole, i)
-                .map_err(|e| as_config_error(file, e))?;
-            if let Some(adapter) = asked.keys().next() {
-                return Err(ConfigError::at(
-                    file,
-                    source,
-                    Some(t.name.span()),
-                    Some(format!("tunnels[{i}].{adapter}")),
-                    format!(
-                        "`{adapter}` is for HTTP tunnels, and the tunnel `{}` is `kind = \"tcp\"` (raw bytes): remove it",
-                        t.name.get_ref().0
-                    ),
-                ));
-            }
-        }
+        let whole = crate::adapters::Source {
+            path: file,
+            text: source,
+        };
+        crate::adapters::embedded(None, Some(whole)).map_err(|e| as_config_error(file, e))?;
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, t) in tunnels.iter().enumerate() {
             let name = t.name.get_ref().0.as_str();
@@ -474,17 +463,6 @@ impl Validate for ClientFile {
                 ));
             }
             seen.insert(name, i);
-        }
-        if let Some((key, span)) = self.misplaced_smtp_key() {
-            return Err(ConfigError::at(
-                file,
-                source,
-                Some(span),
-                Some(format!("embedded.smtp.{key}")),
-                format!(
-                    "`{key}` belongs in a standalone smtp file (droid smtp --config); here each tunnel's [tunnels.mail] says where its mail goes"
-                ),
-            ));
         }
         if let Some(inspect) = &self.inspect {
             let i = inspect.get_ref();
@@ -522,6 +500,8 @@ impl Validate for ClientFile {
 }
 
 impl Validate for StandaloneFile {
+    const ADAPTERS_READ_PARTS: bool = false;
+
     fn validate(&self, file: &Path, source: &str) -> Result<(), ConfigError> {
         let smtp = &self.adapters.smtp;
         if smtp.get_ref().post.is_none() {

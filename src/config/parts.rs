@@ -1,18 +1,17 @@
 //! The parts of a file that adapters read themselves: `[adapters.NAME]`
 //! (server), `[embedded.NAME]` and the key `NAME` of each `[[tunnels]]`
-//! (client), for every registered adapter `NAME`.
+//! (client; `mail` for smtp), for every registered adapter `NAME`.
 //!
 //! They are taken out before the rest of the file is read, so its own
 //! tables stay `deny_unknown_fields`; then each adapter reads its part
 //! with a deserializer whose errors point into the file.
-
-use std::path::Path;
 
 use droid_adapters::SetupError;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::ConfigError;
+use crate::adapters::Source;
 
 /// A step to a part: a table's key or an array's index.
 #[derive(Debug, Clone, Copy)]
@@ -23,8 +22,9 @@ pub enum Step<'a> {
     Index(usize),
 }
 
-/// Takes every adapter's part out of `doc`.
-pub fn strip(doc: &mut DeTable<'_>, adapters: &[&str]) {
+/// Takes every adapter's part out of `doc`: `adapters` are their names,
+/// `tunnel_keys` the keys of a tunnel they read.
+pub fn strip(doc: &mut DeTable<'_>, adapters: &[&str], tunnel_keys: &[&str]) {
     for table in ["adapters", "embedded"] {
         if let Some(DeValue::Table(t)) = doc.get_mut(table).map(Spanned::get_mut) {
             for name in adapters {
@@ -35,8 +35,8 @@ pub fn strip(doc: &mut DeTable<'_>, adapters: &[&str]) {
     if let Some(DeValue::Array(tunnels)) = doc.get_mut("tunnels").map(Spanned::get_mut) {
         for tunnel in tunnels.iter_mut() {
             if let DeValue::Table(t) = tunnel.get_mut() {
-                for name in adapters {
-                    t.remove(*name);
+                for key in tunnel_keys {
+                    t.remove(*key);
                 }
             }
         }
@@ -74,39 +74,48 @@ pub fn describe(steps: &[Step<'_>]) -> String {
     out
 }
 
-/// Gives the part at `steps` of `source` (read from `file`) to `read`, if
-/// the file has it; an error of `read`'s is placed in the file.
-pub fn read<R>(
-    file: &Path,
-    source: &str,
+/// Gives the part at `steps` of `file` to `read` (`None`: no file, or
+/// the file has no such part); an error of `read`'s about the file is
+/// placed in it, at the key it names.
+pub fn with_part<R>(
+    file: Option<Source<'_>>,
     steps: &[Step<'_>],
-    read: impl FnOnce(ValueDeserializer<'_>) -> Result<R, SetupError>,
-) -> Result<Option<R>, ConfigError> {
-    let doc = DeTable::parse(source).map_err(|e| ConfigError::from_toml(file, source, None, &e))?;
-    let Some(value) = find(doc.get_ref(), steps) else {
-        return Ok(None);
+    read: impl FnOnce(Option<ValueDeserializer<'_>>) -> Result<R, SetupError>,
+) -> anyhow::Result<R> {
+    let Some(file) = file else {
+        return read(None).map_err(|e| anyhow::anyhow!("{e}"));
     };
-    match read(ValueDeserializer::from(value)) {
-        Ok(part) => Ok(Some(part)),
-        Err(SetupError::File(e)) => Err(ConfigError::from_toml(
-            file,
-            source,
-            Some(describe(steps)),
-            &e,
-        )),
-        Err(SetupError::Flag(message)) => {
-            let span = DeTable::parse(source)
-                .ok()
-                .and_then(|doc| find(doc.get_ref(), steps).map(|v| v.span()));
-            Err(ConfigError::at(
-                file,
-                source,
-                span,
-                Some(describe(steps)),
-                message,
-            ))
+    let (path, source) = (file.path, file.text);
+    let doc = DeTable::parse(source).map_err(|e| ConfigError::from_toml(path, source, None, &e))?;
+    let part = find(doc.get_ref(), steps);
+    let span = part.as_ref().map(Spanned::span);
+    let error = match read(part.map(ValueDeserializer::from)) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
+    let here = describe(steps);
+    Err(match error {
+        SetupError::File(key, e) => {
+            let at = if key.is_empty() {
+                here
+            } else {
+                format!("{here}.{key}")
+            };
+            ConfigError::from_toml(path, source, Some(at), &e).into()
         }
-    }
+        SetupError::Key(key, message) => {
+            let mut to_key = steps.to_vec();
+            to_key.push(Step::Key(key));
+            let span = find(doc.get_ref(), &to_key).map(|v| v.span()).or(span);
+            ConfigError::at(path, source, span, Some(format!("{here}.{key}")), message).into()
+        }
+        other => anyhow::anyhow!("{other}"),
+    })
+}
+
+/// Whether `source` has a part at `steps`.
+pub fn present(source: &str, steps: &[Step<'_>]) -> bool {
+    DeTable::parse(source).is_ok_and(|doc| find(doc.get_ref(), steps).is_some())
 }
 
 fn find<'i>(doc: &DeTable<'i>, steps: &[Step<'_>]) -> Option<Spanned<DeValue<'i>>> {

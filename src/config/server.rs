@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::smtp::{SmtpFile, SpoolFile};
+use super::smtp::SpoolFile;
 use super::values::{Addr, Dur, Ip, LogLevel, NonEmpty, PortRange, TunnelName};
 
 /// `[[tokens]]`.
@@ -56,8 +56,9 @@ pub struct ServerFile {
     /// Auth tokens, the names each reserves, and each one's tunnel cap.
     #[serde(default)]
     pub tokens: Tokens,
-    /// The adapters to run.
-    pub adapters: Option<ServerAdapters>,
+    /// What is left of `[adapters]` once every registered adapter took
+    /// its own table: only names no adapter has.
+    pub adapters: Option<std::collections::BTreeMap<Spanned<String>, toml::Value>>,
     /// Where mail waits, and its retries.
     pub spool: Option<Spanned<SpoolFile>>,
     /// One node of several sharing a registry in Redis.
@@ -170,35 +171,6 @@ impl std::fmt::Debug for TokenFile {
     }
 }
 
-/// `[adapters]` of a server.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerAdapters {
-    /// Mail for `*@NAME.domain`, delivered through NAME's tunnel.
-    pub smtp: Option<SmtpFile>,
-    /// MQTT: a publish to `NAME/...` goes through NAME's tunnel.
-    pub mqtt: Option<MqttFile>,
-}
-
-/// `[adapters.mqtt]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttFile {
-    /// `false` turns it off.
-    pub enabled: Option<bool>,
-    /// Where devices connect (`--mqtt`; default `0.0.0.0:1883`).
-    pub listen: Option<Addr>,
-    /// Where devices connect over TLS (`--mqtts`, usually port 8883), with
-    /// `tls_cert`; with it alone, no plain listener unless `listen` is set.
-    pub listen_tls: Option<Spanned<Addr>>,
-    /// The largest packet accepted, in bytes (default 4 MiB).
-    pub max_packet_size: Option<usize>,
-    /// Connections open at once, in total.
-    pub max_connections: Option<usize>,
-    /// Connections open at once from one address.
-    pub max_connections_per_ip: Option<usize>,
-}
-
 impl ServerFile {
     /// `tls_cert` and `tls_key` come together, load, and `https` has them.
     pub fn validate_tls(
@@ -246,14 +218,6 @@ impl ServerFile {
                         "https",
                         "HTTPS needs a certificate: add `tls_cert` and `tls_key` (for *.DOMAIN)"
                             .into(),
-                    );
-                }
-                let mqtt = self.adapters.as_ref().and_then(|a| a.mqtt.as_ref());
-                if let Some(listen_tls) = mqtt.and_then(|m| m.listen_tls.as_ref()) {
-                    return at(
-                        listen_tls.span(),
-                        "listen_tls",
-                        "MQTT over TLS needs a certificate: add `tls_cert` and `tls_key`".into(),
                     );
                 }
             }

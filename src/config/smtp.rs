@@ -1,64 +1,11 @@
-//! The SMTP adapter's and the spool's sections, shared by the three files,
-//! and the standalone SMTP-to-URL file (`droid smtp --config smtp.toml`).
+//! The spool's section, shared by the three files, and the standalone
+//! SMTP-to-URL file (`droid smtp --config smtp.toml`), whose
+//! `[adapters.smtp]` is the mail adapter's own table.
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::values::{Addr, Dur, LogLevel, MailFormat, NonEmpty, SigningSecret};
-
-/// `[adapters.smtp]` (server, standalone) or `[embedded.smtp]` (client).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmtpFile {
-    /// `false` turns mail off (`--no-smtp` of `droid http`).
-    pub enabled: Option<bool>,
-    /// Where mail is accepted (`--smtp`, or `--listen` standalone).
-    pub listen: Option<Addr>,
-    /// The name in the greeting (`--hostname`).
-    pub hostname: Option<NonEmpty>,
-    /// The largest message, in bytes (`--max-message-size`).
-    pub max_message_size: Option<usize>,
-    /// Recipients per message (`--max-recipients`).
-    pub max_recipients: Option<usize>,
-    /// The memory every message being received may take together, in
-    /// bytes (`--message-memory`); past it a message gets 452.
-    pub message_memory: Option<usize>,
-    /// SMTP connections open at once, in total.
-    pub max_connections: Option<usize>,
-    /// SMTP connections open at once from one IP address.
-    pub max_connections_per_ip: Option<usize>,
-    /// How long a client may stay silent.
-    pub idle_timeout: Option<Dur>,
-    /// How long one SMTP session may last in all.
-    pub session_timeout: Option<Dur>,
-    /// How long the app has to answer before the message is spooled.
-    pub deliver_timeout: Option<Dur>,
-    /// Standalone only: the URL each mail is POSTed to (`--post`).
-    pub post: Option<Spanned<NonEmpty>>,
-    /// Standalone only: accept mail for `*@domain` only (`--domain`).
-    pub domain: Option<Spanned<NonEmpty>>,
-    /// Standalone only: the POST's body (`--format`).
-    pub format: Option<Spanned<MailFormat>>,
-    /// Standalone only: the signing key (`--secret`).
-    pub secret: Option<Spanned<SigningSecret>>,
-}
-
-impl SmtpFile {
-    /// The first standalone-only key set, with its span, for files where
-    /// mail goes through tunnels instead.
-    pub fn standalone_key(&self) -> Option<(&'static str, std::ops::Range<usize>)> {
-        if let Some(v) = &self.post {
-            return Some(("post", v.span()));
-        }
-        if let Some(v) = &self.domain {
-            return Some(("domain", v.span()));
-        }
-        if let Some(v) = &self.format {
-            return Some(("format", v.span()));
-        }
-        self.secret.as_ref().map(|v| ("secret", v.span()))
-    }
-}
+use super::values::{Dur, LogLevel, NonEmpty};
 
 /// `[spool]`: where mail the app cannot take now waits, and its retries.
 #[derive(Debug, Default, Deserialize)]
@@ -101,5 +48,5 @@ pub struct StandaloneFile {
 #[serde(deny_unknown_fields)]
 pub struct StandaloneAdapters {
     /// The SMTP adapter; `post` is required here.
-    pub smtp: Spanned<SmtpFile>,
+    pub smtp: Spanned<droid_adapters::SmtpTable>,
 }

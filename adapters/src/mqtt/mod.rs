@@ -18,6 +18,7 @@
 //! - A device that drops without DISCONNECT has its Will posted.
 
 mod codec;
+pub mod plugin;
 mod post;
 mod service;
 mod session;
@@ -25,6 +26,7 @@ mod settings;
 mod subscriptions;
 mod tunnels;
 
+pub use plugin::MqttPlugin;
 pub use service::MqttService;
 pub use settings::{MqttRoute, MqttSettings, topic_matches};
 pub use subscriptions::{MAX_RETAINED, MAX_RETAINED_BYTES, Tenancy};

@@ -25,6 +25,7 @@ pub struct MqttService {
     plain: Mutex<Vec<TcpListener>>,
     tls: Mutex<Vec<TcpListener>>,
     running: OnceLock<(Arc<MqttAdapter>, Host)>,
+    announce: Option<String>,
 }
 
 impl MqttService {
@@ -44,7 +45,16 @@ impl MqttService {
             plain: Mutex::new(plain),
             tls: Mutex::new(tls),
             running: OnceLock::new(),
+            announce: None,
         }
+    }
+
+    /// Tells each tunnel's client where devices connect (`address` in the
+    /// grant): the server inside `droid http` does, a public server's
+    /// address is its clients' to know.
+    pub fn announcing(mut self, address: impl Into<String>) -> MqttService {
+        self.announce = Some(address.into());
+        self
     }
 }
 
@@ -118,10 +128,10 @@ impl ServerAdapter for MqttService {
 
     fn grant(&self, tunnel: &Grantee<'_>) -> Option<serde_json::Value> {
         let topics = format!("{}/#", tunnel.name);
-        tunnel
-            .settings
-            .of(NAME)
-            .map(|_| json!({ "topics": topics }))
+        tunnel.settings.of(NAME).map(|_| match &self.announce {
+            Some(address) => json!({ "topics": topics, "address": address }),
+            None => json!({ "topics": topics }),
+        })
     }
 
     fn index_keys(&self, settings: &AdapterSettings) -> Vec<String> {

@@ -15,11 +15,13 @@
 
 pub mod accept;
 mod memory;
+pub mod plugin;
 mod service;
 pub mod session;
 mod settings;
 mod tunnels;
 
+pub use plugin::{SmtpOptions, SmtpPlugin, SmtpTable};
 pub use service::SmtpService;
 pub use settings::{MailRoute, MailSettings};
 pub use tunnels::TunnelMail;

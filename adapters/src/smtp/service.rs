@@ -17,6 +17,7 @@ pub struct SmtpService {
     limits: ConnLimits,
     listeners: Mutex<Vec<Listener>>,
     stats: OnceLock<DeliveryStats>,
+    announce: Option<String>,
 }
 
 impl SmtpService {
@@ -27,7 +28,16 @@ impl SmtpService {
             limits,
             listeners: Mutex::new(listeners),
             stats: OnceLock::new(),
+            announce: None,
         }
+    }
+
+    /// Tells each tunnel's client where mail is accepted (`address` in the
+    /// grant): the server inside `droid http` does, a public server's
+    /// address is its clients' to know.
+    pub fn announcing(mut self, address: impl Into<String>) -> SmtpService {
+        self.announce = Some(address.into());
+        self
     }
 }
 
@@ -51,10 +61,10 @@ impl ServerAdapter for SmtpService {
 
     fn grant(&self, tunnel: &Grantee<'_>) -> Option<serde_json::Value> {
         let domain = format!("{}.{}", tunnel.name, tunnel.domain);
-        tunnel
-            .settings
-            .of(NAME)
-            .map(|_| json!({ "domain": domain }))
+        tunnel.settings.of(NAME).map(|_| match &self.announce {
+            Some(address) => json!({ "domain": domain, "address": address }),
+            None => json!({ "domain": domain }),
+        })
     }
 
     fn stats(&self) -> Option<(&'static str, &'static str, DeliveryStats)> {

@@ -21,7 +21,8 @@ use super::settings::{DEFAULT_PATH, SyslogConfig, SyslogGrant, SyslogSettings};
 use super::{NAME, SyslogService};
 use crate::adapter::ConnLimits;
 use crate::host::{ServerAdapter, refusal};
-use crate::plugin::{Plugin, SetupError, Started, port_range};
+use crate::plugin::{Part, Place, Plugin, Setup, SetupError, Started, port_range, read_table};
+use crate::route::Answer;
 
 /// Syslog, for the `droid` command.
 pub struct SyslogPlugin;
@@ -58,10 +59,7 @@ fn range<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<(u16, u16)>, D::E
 
 impl ServerTable {
     fn read(file: Option<ValueDeserializer<'_>>) -> Result<ServerTable, SetupError> {
-        Ok(match file {
-            Some(file) => ServerTable::deserialize(file)?,
-            None => ServerTable::default(),
-        })
+        Ok(file.map(read_table).transpose()?.unwrap_or_default())
     }
 
     fn config(self, defaults: SyslogConfig) -> SyslogConfig {
@@ -163,7 +161,7 @@ impl Plugin for SyslogPlugin {
         ]
     }
 
-    fn tunnel_flags(&self) -> Vec<Arg> {
+    fn http_flags(&self) -> Vec<Arg> {
         vec![
             Arg::new("syslog")
                 .long("syslog")
@@ -189,7 +187,8 @@ impl Plugin for SyslogPlugin {
         &self,
         flags: Option<&ArgMatches>,
         file: Option<ValueDeserializer<'_>>,
-    ) -> Result<Option<Started>, SetupError> {
+        _has_cert: bool,
+    ) -> Result<Option<Box<dyn Setup>>, SetupError> {
         let table = ServerTable::read(file)?;
         if table.enabled == Some(false) {
             return Ok(None);
@@ -210,11 +209,17 @@ impl Plugin for SyslogPlugin {
                 config.max_ports_per_ip = most;
             }
             if let Some(&max) = flags.get_one::<usize>("syslog_max_message") {
+                if max == 0 {
+                    return Err(SetupError::Flag(
+                        "--syslog-max-message must be at least 1 byte".into(),
+                    ));
+                }
                 config.max_message = max;
             }
         }
         if config.max_message == 0 {
-            return Err(SetupError::Flag(
+            return Err(SetupError::Key(
+                "max_message",
                 "the largest syslog message must be at least 1 byte".into(),
             ));
         }
@@ -226,60 +231,88 @@ impl Plugin for SyslogPlugin {
             "syslog on ports {low}-{high} of {}, one per tunnel that asks (udp and tcp)",
             config.bind
         );
-        Ok(Some(Started {
+        Ok(Some(Box::new(Ready {
             adapter: Arc::new(SyslogService::new(config)),
-            line,
-        }))
+            line: Some(line),
+        })))
     }
 
     fn embedded(
         &self,
+        _flags: Option<&ArgMatches>,
         file: Option<ValueDeserializer<'_>>,
-    ) -> Result<Option<Arc<dyn ServerAdapter>>, SetupError> {
+    ) -> Result<Option<Box<dyn Setup>>, SetupError> {
         let table = ServerTable::read(file)?;
         if table.enabled == Some(false) {
             return Ok(None);
         }
         let mut config = table.config(SyslogConfig::default());
         config.host.get_or_insert_with(|| config.bind.to_string());
-        Ok(Some(Arc::new(SyslogService::new(config))))
+        Ok(Some(Box::new(Ready {
+            adapter: Arc::new(SyslogService::new(config)),
+            line: None,
+        })))
     }
 
-    fn tunnel_from_flags(&self, flags: &ArgMatches) -> Result<Option<Value>, SetupError> {
+    fn tunnel_from_flags(&self, flags: &ArgMatches) -> Result<Option<Part>, SetupError> {
         let path = flags.get_one::<String>("syslog_path").cloned();
         let port = flags.get_one::<u16>("syslog_port").copied();
         let asked = flags.get_flag("syslog") || path.is_some() || port.is_some();
-        Ok(asked.then(|| json(&SyslogSettings { path, port })))
+        Ok(asked.then(|| Part::of(&SyslogSettings { path, port })))
     }
 
-    fn tunnel_from_file(&self, value: ValueDeserializer<'_>) -> Result<Option<Value>, SetupError> {
-        Ok(TunnelValue::deserialize(value)?.0.map(|s| json(&s)))
-    }
-
-    fn describe(&self, asked: &Value, granted: Option<&Value>) -> String {
-        let asked: SyslogSettings = serde_json::from_value(asked.clone()).unwrap_or_default();
-        let path = asked.path.as_deref().unwrap_or(DEFAULT_PATH);
-        let Some(granted) = granted else {
-            return "syslog: the server said nothing of it (is it an older droid?)".into();
+    fn tunnel_from_file(
+        &self,
+        value: Option<ValueDeserializer<'_>>,
+    ) -> Result<Option<Part>, SetupError> {
+        let Some(value) = value else {
+            return Ok(None);
         };
-        if let Some(why) = refusal(granted) {
-            let hint = if why.contains("does not run") {
-                " (a server gives syslog ports with --syslog-ports LOW-HIGH)"
-            } else {
-                ""
-            };
-            return format!("syslog refused: {why}{hint}");
-        }
-        match serde_json::from_value::<SyslogGrant>(granted.clone()) {
-            Ok(g) => format!(
-                "syslog {}:{} (udp and tcp), arrives as POST {path} (json)",
-                g.host, g.port
-            ),
-            Err(_) => format!("syslog: granted as {granted}"),
-        }
+        let TunnelValue(asked) = read_table(value)?;
+        Ok(asked.map(|s| Part::of(&s)))
+    }
+
+    fn describe(&self, asked: &Value, granted: Option<&Value>) -> Option<String> {
+        Some(describe(asked, granted))
     }
 }
 
-fn json(settings: &SyslogSettings) -> Value {
-    serde_json::to_value(settings).unwrap_or_default()
+/// Syslog's ports open per tunnel, as tunnels ask: nothing to open at start.
+struct Ready {
+    adapter: Arc<dyn ServerAdapter>,
+    line: Option<String>,
+}
+
+impl Setup for Ready {
+    fn start(self: Box<Self>, _place: Place) -> Answer<'static, Result<Started, SetupError>> {
+        let started = Started {
+            adapter: self.adapter,
+            lines: self.line.into_iter().collect(),
+        };
+        Box::pin(std::future::ready(Ok(started)))
+    }
+}
+
+/// The line `droid http` prints for a tunnel that asked for syslog.
+fn describe(asked: &Value, granted: Option<&Value>) -> String {
+    let asked: SyslogSettings = serde_json::from_value(asked.clone()).unwrap_or_default();
+    let path = asked.path.as_deref().unwrap_or(DEFAULT_PATH);
+    let Some(granted) = granted else {
+        return "syslog: the server said nothing of it (is it an older droid?)".into();
+    };
+    if let Some(why) = refusal(granted) {
+        let hint = if why.contains("does not run") {
+            " (a server gives syslog ports with --syslog-ports LOW-HIGH)"
+        } else {
+            ""
+        };
+        return format!("syslog refused: {why}{hint}");
+    }
+    match serde_json::from_value::<SyslogGrant>(granted.clone()) {
+        Ok(g) => format!(
+            "syslog {}:{} (udp and tcp), arrives as POST {path} (json)",
+            g.host, g.port
+        ),
+        Err(_) => format!("syslog: granted as {granted}"),
+    }
 }

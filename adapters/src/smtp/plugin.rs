@@ -1,0 +1,425 @@
+//! Mail's flags, config-file keys and printed lines, for the `droid`
+//! command.
+//!
+//! - `droid server --smtp ADDR` (or `[adapters.smtp]`): mail for
+//!   `*@NAME.DOMAIN` goes through NAME's tunnel.
+//! - Every HTTP tunnel asks for it (`--mail-path`, `--mail-format`; a
+//!   client file's `[tunnels.mail]`); the server inside `droid http`
+//!   accepts mail on `--smtp` (`127.0.0.1:2525` or the next free port)
+//!   unless `--no-smtp` (`[embedded.smtp]`).
+//! - [`SmtpOptions`] and [`SmtpTable`] are also `droid smtp`'s, the
+//!   standalone mode that POSTs mail to a URL.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches};
+use serde::Deserialize;
+use serde_json::Value;
+use toml::de::ValueDeserializer;
+
+use super::{MailRoute, MailSettings, NAME, SmtpConfig, SmtpService};
+use crate::adapter::ConnLimits;
+use crate::mail::Format;
+use crate::plugin::values::{Addr, Dur, MailFormat, NonEmpty, SigningSecret, UrlPath};
+use crate::plugin::{
+    Part, Place, Plugin, Setup, SetupError, Started, bind, bind_next_free, read_table,
+};
+use crate::route::Answer;
+use crate::spool::Spool;
+
+/// Mail, for the `droid` command.
+pub struct SmtpPlugin;
+
+/// The SMTP listener's options on the command line; each is `None` when
+/// not given, so a file's [`SmtpTable`] can fill it in.
+#[derive(Args, Clone, Debug, Default)]
+#[command(next_help_heading = "Mail")]
+pub struct SmtpOptions {
+    /// The largest message accepted, in bytes (advertised as SIZE)
+    /// [default: 26214400].
+    #[arg(long)]
+    pub max_message_size: Option<usize>,
+    /// Recipients per message; the next one gets 452 [default: 100].
+    #[arg(long)]
+    pub max_recipients: Option<usize>,
+    /// The memory all messages being received may take together, in
+    /// bytes; a message past it gets 452 and its sender retries later
+    /// [default: 268435456].
+    #[arg(long, value_name = "BYTES")]
+    pub message_memory: Option<usize>,
+    /// SMTP connections at once; more wait to be accepted [default: 1000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// SMTP connections at once from one IP address; more get 421
+    /// [default: 100].
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+    /// The name the SMTP server gives itself in its greeting [default: localhost].
+    #[arg(long)]
+    pub hostname: Option<String>,
+}
+
+/// `[adapters.smtp]` (a server's, or a standalone file's) and
+/// `[embedded.smtp]` (a client file's).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpTable {
+    /// `false` turns mail off.
+    pub enabled: Option<bool>,
+    /// Where mail is accepted (`--smtp`, or `--listen` standalone).
+    pub listen: Option<Addr>,
+    /// The name in the greeting (`--hostname`).
+    pub hostname: Option<NonEmpty>,
+    /// The largest message, in bytes (`--max-message-size`).
+    pub max_message_size: Option<usize>,
+    /// Recipients per message (`--max-recipients`).
+    pub max_recipients: Option<usize>,
+    /// The memory every message being received may take together.
+    pub message_memory: Option<usize>,
+    /// SMTP connections open at once, in total.
+    pub max_connections: Option<usize>,
+    /// SMTP connections open at once from one IP address.
+    pub max_connections_per_ip: Option<usize>,
+    /// How long a client may stay silent.
+    pub idle_timeout: Option<Dur>,
+    /// How long one SMTP session may last in all.
+    pub session_timeout: Option<Dur>,
+    /// How long the app has to answer before the message is spooled.
+    pub deliver_timeout: Option<Dur>,
+    /// Standalone only: the URL each mail is POSTed to (`--post`).
+    pub post: Option<NonEmpty>,
+    /// Standalone only: accept mail for `*@domain` only (`--domain`).
+    pub domain: Option<NonEmpty>,
+    /// Standalone only: the POST's body (`--format`).
+    pub format: Option<MailFormat>,
+    /// Standalone only: the signing key (`--secret`).
+    pub secret: Option<SigningSecret>,
+}
+
+impl SmtpTable {
+    /// The first standalone-only key set, where mail goes through tunnels
+    /// instead; the error says so.
+    fn refuse_standalone_keys(&self, instead: &str) -> Result<(), SetupError> {
+        let set = [
+            ("post", self.post.is_some()),
+            ("domain", self.domain.is_some()),
+            ("format", self.format.is_some()),
+            ("secret", self.secret.is_some()),
+        ];
+        match set.iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err(SetupError::Key(
+                key,
+                format!(
+                    "`{key}` belongs in a standalone smtp file (droid smtp --config); {instead}"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The adapter's settings and connection caps: `flags` over the table
+    /// over the defaults.
+    pub fn resolve(&self, flags: &SmtpOptions) -> (SmtpConfig, ConnLimits) {
+        let defaults = SmtpConfig::default();
+        let config = SmtpConfig {
+            hostname: flags
+                .hostname
+                .clone()
+                .or_else(|| self.hostname.as_ref().map(|h| h.0.clone()))
+                .unwrap_or(defaults.hostname),
+            max_message_size: flags
+                .max_message_size
+                .or(self.max_message_size)
+                .unwrap_or(defaults.max_message_size),
+            max_recipients: flags
+                .max_recipients
+                .or(self.max_recipients)
+                .unwrap_or(defaults.max_recipients),
+            message_memory: flags
+                .message_memory
+                .or(self.message_memory)
+                .unwrap_or(defaults.message_memory),
+            idle_timeout: self.idle_timeout.map_or(defaults.idle_timeout, |d| d.0),
+            session_timeout: self
+                .session_timeout
+                .map_or(defaults.session_timeout, |d| d.0),
+            deliver_timeout: self
+                .deliver_timeout
+                .map_or(defaults.deliver_timeout, |d| d.0),
+            ..defaults
+        };
+        let limit_defaults = ConnLimits::default();
+        let limits = ConnLimits {
+            max_connections: flags
+                .max_connections
+                .or(self.max_connections)
+                .unwrap_or(limit_defaults.max_connections),
+            max_per_ip: flags
+                .max_connections_per_ip
+                .or(self.max_connections_per_ip)
+                .unwrap_or(limit_defaults.max_per_ip),
+        };
+        (config, limits)
+    }
+}
+
+/// `[tunnels.mail]` of a client file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TunnelTable {
+    /// The path mail is POSTed to when no route matches.
+    path: Option<UrlPath>,
+    /// `json`, `multipart` or `raw`.
+    format: Option<MailFormat>,
+    /// The key of the `webhook-signature` HMAC (`whsec_...`).
+    secret: Option<SigningSecret>,
+    /// Recipient patterns to paths, first match wins.
+    #[serde(default)]
+    routes: Vec<RouteTable>,
+}
+
+/// `{ pattern = "support@*", path = "/support" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteTable {
+    pattern: NonEmpty,
+    path: UrlPath,
+}
+
+/// Where mail is accepted, and how.
+struct SmtpSetup {
+    listen: SocketAddr,
+    config: SmtpConfig,
+    limits: ConnLimits,
+    /// Inside `droid http`: the next free port, and the address told to
+    /// each tunnel's client.
+    embedded: bool,
+}
+
+/// What becomes of mail the app cannot take now, as printed.
+pub fn describe_spool(spool: Option<&Arc<Spool>>) -> String {
+    spool.map_or_else(
+        || "no spool: mail the app cannot take now gets 451".to_string(),
+        |s| format!("spool {}", s.dir().display()),
+    )
+}
+
+impl Setup for SmtpSetup {
+    fn start(self: Box<Self>, place: Place) -> Answer<'static, Result<Started, SetupError>> {
+        Box::pin(async move {
+            let addr = self.listen;
+            let listener = if self.embedded {
+                bind_next_free(addr, "SMTP", "smtp").await?
+            } else {
+                bind(addr, "SMTP").await?
+            };
+            let bound = listener.local_addr().unwrap_or(addr);
+            let spool = describe_spool(place.spool.as_ref());
+            let service = SmtpService::new(self.config, vec![listener.into()], self.limits);
+            let (service, line) = if self.embedded {
+                (
+                    service.announcing(bound.to_string()),
+                    format!("mail {spool}"),
+                )
+            } else {
+                let line = format!("smtp on {bound}, mail to *@NAME.{}, {spool}", place.domain);
+                (service, line)
+            };
+            Ok(Started {
+                adapter: Arc::new(service),
+                lines: vec![line],
+            })
+        })
+    }
+}
+
+fn options(flags: Option<&ArgMatches>) -> SmtpOptions {
+    flags
+        .and_then(|f| SmtpOptions::from_arg_matches(f).ok())
+        .unwrap_or_default()
+}
+
+fn url_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') {
+        Ok(s.to_string())
+    } else {
+        Err(format!("must start with /, e.g. /{s}"))
+    }
+}
+
+/// [`SmtpOptions`] as flags, after the adapter's own in `--help`.
+fn option_flags() -> Vec<Arg> {
+    SmtpOptions::augment_args(clap::Command::new(NAME))
+        .get_arguments()
+        .map(|arg| arg.clone().display_order(1000))
+        .collect()
+}
+
+impl Plugin for SmtpPlugin {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn tunnel_key(&self) -> &'static str {
+        "mail"
+    }
+
+    fn server_flags(&self) -> Vec<Arg> {
+        let mut flags = vec![
+            Arg::new("smtp")
+                .long("smtp")
+                .value_name("ADDR")
+                .value_parser(clap::value_parser!(SocketAddr))
+                .help_heading("Mail")
+                .help("Accept mail for *@NAME.DOMAIN here and deliver it through NAME's tunnel"),
+        ];
+        flags.extend(option_flags());
+        flags
+    }
+
+    fn http_flags(&self) -> Vec<Arg> {
+        let mut flags = vec![
+            Arg::new("smtp")
+                .long("smtp")
+                .value_name("ADDR")
+                .value_parser(clap::value_parser!(SocketAddr))
+                .default_value("127.0.0.1:2525")
+                .help_heading("Mail")
+                .help("Without --server: where the embedded server accepts mail; when the port is taken, the next free one is used"),
+            Arg::new("no_smtp")
+                .long("no-smtp")
+                .action(ArgAction::SetTrue)
+                .help_heading("Mail")
+                .help("Without --server: do not accept mail"),
+            Arg::new("mail_path")
+                .long("mail-path")
+                .value_name("PATH")
+                .value_parser(url_path)
+                .default_value("/")
+                .help_heading("Mail")
+                .help("The path mail is POSTed to"),
+            Arg::new("mail_format")
+                .long("mail-format")
+                .value_name("FORMAT")
+                .value_parser(|s: &str| s.parse::<Format>())
+                .default_value("json")
+                .help_heading("Mail")
+                .help("The body of mail POSTs: json, multipart or raw"),
+        ];
+        flags.extend(option_flags());
+        flags
+    }
+
+    fn server(
+        &self,
+        flags: Option<&ArgMatches>,
+        file: Option<ValueDeserializer<'_>>,
+        _has_cert: bool,
+    ) -> Result<Option<Box<dyn Setup>>, SetupError> {
+        let given: Option<SmtpTable> = file.map(read_table).transpose()?;
+        if let Some(table) = &given {
+            table.refuse_standalone_keys(
+                "on a server each client's tunnel says where its mail goes",
+            )?;
+        }
+        let flag = flags.and_then(|f| f.get_one::<SocketAddr>("smtp").copied());
+        let from_file = given
+            .as_ref()
+            .filter(|t| t.enabled != Some(false))
+            .map(|t| {
+                t.listen
+                    .map_or(SocketAddr::from(([0, 0, 0, 0], 25)), |a| a.0)
+            });
+        let Some(listen) = flag.or(from_file) else {
+            return Ok(None);
+        };
+        let (config, limits) = given.unwrap_or_default().resolve(&options(flags));
+        Ok(Some(Box::new(SmtpSetup {
+            listen,
+            config,
+            limits,
+            embedded: false,
+        })))
+    }
+
+    fn embedded(
+        &self,
+        flags: Option<&ArgMatches>,
+        file: Option<ValueDeserializer<'_>>,
+    ) -> Result<Option<Box<dyn Setup>>, SetupError> {
+        let table: SmtpTable = file.map(read_table).transpose()?.unwrap_or_default();
+        table
+            .refuse_standalone_keys("here each tunnel's [tunnels.mail] says where its mail goes")?;
+        let off = flags.is_some_and(|f| f.get_flag("no_smtp")) || table.enabled == Some(false);
+        if off {
+            return Ok(None);
+        }
+        let listen = flags
+            .and_then(|f| f.get_one::<SocketAddr>("smtp").copied())
+            .or(table.listen.map(|a| a.0))
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 2525)));
+        let (config, limits) = table.resolve(&options(flags));
+        Ok(Some(Box::new(SmtpSetup {
+            listen,
+            config,
+            limits,
+            embedded: true,
+        })))
+    }
+
+    fn tunnel_from_flags(&self, flags: &ArgMatches) -> Result<Option<Part>, SetupError> {
+        let format = flags.get_one::<Format>("mail_format").copied();
+        Ok(Some(Part::of(&MailSettings {
+            path: flags.get_one::<String>("mail_path").cloned(),
+            format: format.map(|f| f.to_string()),
+            routes: Vec::new(),
+        })))
+    }
+
+    fn tunnel_from_file(
+        &self,
+        value: Option<ValueDeserializer<'_>>,
+    ) -> Result<Option<Part>, SetupError> {
+        let table: Option<TunnelTable> = value.map(read_table).transpose()?;
+        let (path, format, secret, routes) = match table {
+            Some(t) => (t.path, t.format, t.secret, t.routes),
+            None => (None, None, None, Vec::new()),
+        };
+        let settings = MailSettings {
+            path: Some(path.map_or_else(|| "/".into(), |p| p.0)),
+            format: Some(format.map_or(Format::Json, |f| f.0).to_string()),
+            routes: routes
+                .into_iter()
+                .map(|r| MailRoute {
+                    pattern: r.pattern.0,
+                    path: r.path.0,
+                })
+                .collect(),
+        };
+        Ok(Some(Part {
+            secret: secret.map(|s| s.0),
+            ..Part::of(&settings)
+        }))
+    }
+
+    fn describe(&self, asked: &Value, granted: Option<&Value>) -> Option<String> {
+        let granted = granted?;
+        let domain = granted.get("domain")?.as_str()?;
+        let via = granted
+            .get("address")
+            .and_then(Value::as_str)
+            .map(|a| format!("smtp {a}, "))
+            .unwrap_or_default();
+        let asked: MailSettings = serde_json::from_value(asked.clone()).unwrap_or_default();
+        let mut line = format!(
+            "{via}mail to anything@{domain} arrives as POST {} ({})",
+            asked.path.as_deref().unwrap_or("/"),
+            asked.format.as_deref().unwrap_or("json")
+        );
+        for route in &asked.routes {
+            line.push_str(&format!(", {} to {}", route.pattern, route.path));
+        }
+        Some(line)
+    }
+}
