@@ -225,6 +225,31 @@ async fn each_kind_of_bad_input_gives_one_error_naming_file_line_column_and_key(
             "[[tunnels]]\nname = \"db\"\nkind = \"tcp\"\nlocal = 5432\nsyslog = true\n",
             "droid.toml:2:8: `syslog` is for HTTP tunnels, and the tunnel `db` is `kind = \"tcp\"`",
         ),
+        (
+            "mail on a TCP tunnel",
+            "[[tunnels]]\nname = \"db\"\nkind = \"tcp\"\nlocal = 5432\n[tunnels.mail]\npath = \"/in\"\n",
+            "droid.toml:2:8: `mail` is for HTTP tunnels, and the tunnel `db` is `kind = \"tcp\"`",
+        ),
+        (
+            "an adapter this droid does not have",
+            "domain = \"t.example\"\n[adapters.smpt]\nlisten = \"0.0.0.0:25\"\n",
+            "droid.toml:2:11: no adapter is named `smpt`; did you mean `smtp`? (this droid has smtp, mqtt, syslog)",
+        ),
+        (
+            "a standalone mail key on the embedded server",
+            "[[tunnels]]\nname = \"api\"\nlocal = 3000\n[embedded.smtp]\npost = \"http://x\"\n",
+            "droid.toml:5:8: `post` belongs in a standalone smtp file (droid smtp --config); here each tunnel's [tunnels.mail] says where its mail goes",
+        ),
+        (
+            "MQTT's bad login",
+            "[[tunnels]]\nname = \"api\"\nlocal = 3000\n[tunnels.mqtt]\nauth = \"nobody\"\n",
+            "droid.toml:5:8: `tunnels[0].mqtt.auth`: expected user:password",
+        ),
+        (
+            "a mail key misspelt",
+            "domain = \"t.example\"\n[adapters.smtp]\nlisten = \"0.0.0.0:25\"\nmax_recipient = 5\n",
+            "droid.toml:4:1: unknown key `max_recipient` in `adapters.smtp`; did you mean `max_recipients`?",
+        ),
     ];
     for (what, text, expected) in cases {
         let error = check_error("droid.toml", text).await;

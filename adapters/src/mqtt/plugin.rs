@@ -19,7 +19,7 @@ use toml::de::ValueDeserializer;
 
 use super::{MqttConfig, MqttRoute, MqttService, MqttSettings, NAME};
 use crate::adapter::ConnLimits;
-use crate::plugin::values::{Addr, Credentials, NonEmpty, SigningSecret, UrlPath};
+use crate::plugin::values::{self, Addr, Credentials, NonEmpty, SigningSecret, UrlPath};
 use crate::plugin::{
     Part, Place, Plugin, Setup, SetupError, Started, bind, bind_next_free, read_table,
 };
@@ -135,19 +135,6 @@ fn listen_flag(flags: Option<&ArgMatches>, id: &str) -> Option<SocketAddr> {
     flags.and_then(|f| f.get_one::<SocketAddr>(id).copied())
 }
 
-fn credentials(s: &str) -> Result<String, String> {
-    crate::plugin::values::check_credentials(s)?;
-    Ok(s.to_string())
-}
-
-fn url_path(s: &str) -> Result<String, String> {
-    if s.starts_with('/') {
-        Ok(s.to_string())
-    } else {
-        Err(format!("must start with /, e.g. /{s}"))
-    }
-}
-
 impl Plugin for MqttPlugin {
     fn name(&self) -> &'static str {
         NAME
@@ -187,7 +174,7 @@ impl Plugin for MqttPlugin {
             Arg::new("mqtt_path")
                 .long("mqtt-path")
                 .value_name("PATH")
-                .value_parser(url_path)
+                .value_parser(values::url_path)
                 .default_value("/mqtt")
                 .help_heading("MQTT")
                 .help("The path MQTT messages are POSTed to"),
@@ -196,7 +183,7 @@ impl Plugin for MqttPlugin {
                 .value_name("USER:PASSWORD")
                 .env("DROID_MQTT_AUTH")
                 .hide_env_values(true)
-                .value_parser(credentials)
+                .value_parser(values::credentials)
                 .help_heading("MQTT")
                 .help("Take MQTT messages only from devices that log in with this user name and password"),
         ]

@@ -154,14 +154,23 @@ pub struct UrlPath(pub String);
 
 impl<'de> Deserialize<'de> for UrlPath {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        parsed(d, |s| {
-            if s.starts_with('/') {
-                Ok(UrlPath(s.to_string()))
-            } else {
-                Err(format!("`{s}` must start with /, e.g. /{s}"))
-            }
-        })
+        parsed(d, |s| url_path(s).map(UrlPath))
     }
+}
+
+/// A URL path, for a flag's `value_parser` too: it starts with `/`.
+pub fn url_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') {
+        Ok(s.to_string())
+    } else {
+        Err(format!("`{s}` must start with /, e.g. /{s}"))
+    }
+}
+
+/// `user:password`, for a flag's `value_parser`.
+pub fn credentials(s: &str) -> Result<String, String> {
+    check_credentials(s)?;
+    Ok(s.to_string())
 }
 
 /// Basic auth credentials, `user:password`. Its `Debug` masks them.

@@ -21,7 +21,7 @@ use toml::de::ValueDeserializer;
 use super::{MailRoute, MailSettings, NAME, SmtpConfig, SmtpService};
 use crate::adapter::ConnLimits;
 use crate::mail::Format;
-use crate::plugin::values::{Addr, Dur, MailFormat, NonEmpty, SigningSecret, UrlPath};
+use crate::plugin::values::{self, Addr, Dur, MailFormat, NonEmpty, SigningSecret, UrlPath};
 use crate::plugin::{
     Part, Place, Plugin, Setup, SetupError, Started, bind, bind_next_free, read_table,
 };
@@ -240,14 +240,6 @@ fn options(flags: Option<&ArgMatches>) -> SmtpOptions {
         .unwrap_or_default()
 }
 
-fn url_path(s: &str) -> Result<String, String> {
-    if s.starts_with('/') {
-        Ok(s.to_string())
-    } else {
-        Err(format!("must start with /, e.g. /{s}"))
-    }
-}
-
 /// [`SmtpOptions`] as flags, after the adapter's own in `--help`.
 fn option_flags() -> Vec<Arg> {
     SmtpOptions::augment_args(clap::Command::new(NAME))
@@ -295,7 +287,7 @@ impl Plugin for SmtpPlugin {
             Arg::new("mail_path")
                 .long("mail-path")
                 .value_name("PATH")
-                .value_parser(url_path)
+                .value_parser(values::url_path)
                 .default_value("/")
                 .help_heading("Mail")
                 .help("The path mail is POSTed to"),

@@ -21,6 +21,7 @@ use super::settings::{DEFAULT_PATH, SyslogConfig, SyslogGrant, SyslogSettings};
 use super::{NAME, SyslogService};
 use crate::adapter::ConnLimits;
 use crate::host::{ServerAdapter, refusal};
+use crate::plugin::values;
 use crate::plugin::{Part, Place, Plugin, Setup, SetupError, Started, port_range, read_table};
 use crate::route::Answer;
 
@@ -119,14 +120,6 @@ impl<'de> Deserialize<'de> for TunnelValue {
     }
 }
 
-fn url_path(s: &str) -> Result<String, String> {
-    if s.starts_with('/') {
-        Ok(s.to_string())
-    } else {
-        Err(format!("`{s}` is not a path; it starts with /"))
-    }
-}
-
 impl Plugin for SyslogPlugin {
     fn name(&self) -> &'static str {
         NAME
@@ -171,7 +164,7 @@ impl Plugin for SyslogPlugin {
             Arg::new("syslog_path")
                 .long("syslog-path")
                 .value_name("PATH")
-                .value_parser(url_path)
+                .value_parser(values::url_path)
                 .help_heading("Syslog")
                 .help("The path syslog messages are POSTed to (implies --syslog) [default: /syslog]"),
             Arg::new("syslog_port")
