@@ -662,3 +662,154 @@ async fn mqtts_without_a_certificate_is_a_clear_error() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("--tls-cert"), "{stderr}");
 }
+
+/// Sends `messages` to `127.0.0.1:PORT` with Python's `ssl` module,
+/// octet-counted as RFC 5425 says, trusting the CA in `ca` for the name
+/// `host`; prints `SENT`, or why not.
+const SYSLOG_TLS: &str = r#"
+import socket, ssl, sys
+port, ca, host = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+context = ssl.create_default_context(cafile=ca)
+try:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            for message in sys.argv[4:]:
+                frame = message.encode()
+                tls.sendall(str(len(frame)).encode() + b" " + frame)
+            tls.unwrap()
+    print("SENT")
+except ssl.SSLError as e:
+    print("TLS FAILED", e)
+"#;
+
+/// Sends `message` over plain TCP (LF-framed) and as a UDP datagram.
+const SYSLOG_PLAIN: &str = r#"
+import socket, sys
+port, message = int(sys.argv[1]), sys.argv[2]
+with socket.create_connection(("127.0.0.1", port), timeout=10) as tcp:
+    tcp.sendall(message.encode() + b" over tcp\n")
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.sendto((message + " over udp").encode(), ("127.0.0.1", port))
+print("SENT")
+"#;
+
+#[tokio::test]
+async fn syslog_over_tls_arrives_on_the_tunnels_port_beside_udp_and_tcp() {
+    let pki = Pki::new();
+    let mut app = origin("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write(dir.path(), "cert.pem", &pki.cert);
+    let key = write(dir.path(), "key.pem", &pki.key);
+    let ca = write(dir.path(), "ca.pem", &pki.ca);
+    let low = dead_port().await;
+    let range = format!("{low}-{}", low.saturating_add(3));
+    let mut server = Droid::start(
+        &[
+            "server",
+            "--domain",
+            DOMAIN,
+            "--http",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--syslog-ports",
+            &range,
+            "--syslog-bind",
+            "127.0.0.1",
+        ],
+        dir.path(),
+    );
+    let (_, control) = server.line("the addresses", server_addrs).await;
+    let said = server
+        .line("the syslog line", |l| {
+            l.contains("syslog on ports").then(|| l.to_string())
+        })
+        .await;
+    assert!(said.contains("tls with the server's certificate"), "{said}");
+
+    let state = tempfile::tempdir().unwrap();
+    let control = format!("localhost:{}", control.port());
+    let target = app.addr.port().to_string();
+    let mut client = Droid::start(
+        &[
+            "http",
+            &target,
+            "--server",
+            &control,
+            "--ca",
+            &ca,
+            "--syslog",
+            "--syslog-path",
+            "/inbound/syslog",
+            "--inspect",
+            "127.0.0.1:0",
+        ],
+        state.path(),
+    );
+    let line = client
+        .line("the syslog line", |l| {
+            l.starts_with("syslog ").then(|| l.to_string())
+        })
+        .await;
+    let suffix = "(udp, tcp and tls), arrives as POST /inbound/syslog (json)";
+    assert!(line.ends_with(suffix), "{line}");
+    let port = line
+        .strip_prefix(&format!("syslog {DOMAIN}:"))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let port_arg = port.to_string();
+
+    // Two messages over one TLS connection arrive in order, as tls.
+    let first = "<34>1 2026-12-07T10:00:00Z gw app 7 ID47 - first over tls";
+    let second = "<165>Dec  7 10:00:01 gw app[7]: second over tls";
+    let (ok, out, err) = python(SYSLOG_TLS, &[&port_arg, &ca, DOMAIN, first, second]).await;
+    assert!(ok && out.trim() == "SENT", "{out}{err}");
+    for (message, format) in [
+        ("first over tls", "rfc5424"),
+        ("second over tls", "rfc3164"),
+    ] {
+        let post = app.next_mail().await;
+        assert_eq!(post.path, "/inbound/syslog");
+        let json = post.json();
+        assert_eq!(json["transport"], "tls", "{json}");
+        assert_eq!(json["message"], message, "{json}");
+        assert_eq!(json["format"], format, "{json}");
+    }
+
+    // Plain TCP and UDP still work on the same port number.
+    let (ok, out, err) = python(SYSLOG_PLAIN, &[&port_arg, "<14>plain"]).await;
+    assert!(ok && out.trim() == "SENT", "{out}{err}");
+    let mut transports: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        let json = app.next_mail().await.json();
+        transports.push(json["transport"].as_str().unwrap().to_string());
+    }
+    transports.sort();
+    assert_eq!(transports, ["tcp", "udp"]);
+
+    // A sender that trusts another CA stops at the handshake: nothing of
+    // its message reaches the app.
+    let other = write(dir.path(), "other-ca.pem", &Pki::new().ca);
+    let (ok, out, err) = python(
+        SYSLOG_TLS,
+        &[&port_arg, &other, DOMAIN, "<14>1 - - - - - spoofed"],
+    )
+    .await;
+    assert!(ok && out.starts_with("TLS FAILED"), "{out}{err}");
+    let (ok, out, err) = python(SYSLOG_PLAIN, &[&port_arg, "<14>after"]).await;
+    assert!(ok, "{out}{err}");
+    for _ in 0..2 {
+        let json = app.next_mail().await.json();
+        assert!(
+            json["message"].as_str().unwrap().starts_with("after"),
+            "{json}"
+        );
+    }
+    assert!(app.inbox.try_recv().is_err(), "nothing else arrived");
+    drop((client, server));
+}

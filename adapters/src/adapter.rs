@@ -49,6 +49,17 @@ pub trait Adapter: Send + Sync + 'static {
         shutdown: CancellationToken,
     ) -> ServeFuture;
 
+    /// Serves a connection that came over TLS on a listener that takes
+    /// both ([`Listener::tls_or_plain`]). By default, as any other.
+    fn serve_tls(
+        self: Arc<Self>,
+        io: Conn,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> ServeFuture {
+        self.serve(io, peer, shutdown)
+    }
+
     /// Tells a connection it was refused, in the protocol's terms (SMTP
     /// says `421`). The default just closes it.
     fn refuse(self: Arc<Self>, io: Conn, reason: Refusal) -> ServeFuture {
@@ -87,7 +98,18 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A bound socket an adapter accepts on, with TLS or without.
 pub struct Listener {
     tcp: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Security,
+}
+
+/// What a listener's connections speak first.
+#[derive(Clone)]
+enum Security {
+    /// The protocol itself.
+    Plain,
+    /// A TLS handshake, always.
+    Tls(TlsAcceptor),
+    /// Either: a TLS handshake when the client starts with one.
+    Either(TlsAcceptor),
 }
 
 impl Listener {
@@ -95,14 +117,28 @@ impl Listener {
     pub fn tls(tcp: TcpListener, acceptor: TlsAcceptor) -> Listener {
         Listener {
             tcp,
-            tls: Some(acceptor),
+            tls: Security::Tls(acceptor),
+        }
+    }
+
+    /// Connections here speak TLS or not, as each client starts: one whose
+    /// first byte opens a TLS handshake record (22) gets TLS, any other is
+    /// served plain. For protocols whose clients speak first and never
+    /// with that byte (syslog: `<` or a digit), so one port serves both.
+    pub fn tls_or_plain(tcp: TcpListener, acceptor: TlsAcceptor) -> Listener {
+        Listener {
+            tcp,
+            tls: Security::Either(acceptor),
         }
     }
 }
 
 impl From<TcpListener> for Listener {
     fn from(tcp: TcpListener) -> Listener {
-        Listener { tcp, tls: None }
+        Listener {
+            tcp,
+            tls: Security::Plain,
+        }
     }
 }
 
@@ -144,7 +180,7 @@ async fn accept_loop<A: Adapter>(
     let mut backoff = Duration::from_millis(5);
     let name = adapter.name();
     let local = listener.tcp.local_addr().ok();
-    let tls = listener.tls.is_some();
+    let tls = !matches!(listener.tls, Security::Plain);
     tracing::info!(adapter = name, ?local, tls, "listening");
     loop {
         let accepted = tokio::select! {
@@ -175,8 +211,10 @@ async fn accept_loop<A: Adapter>(
                 tracker.spawn(
                     async move {
                         tracing::debug!("accepted");
-                        if let Some(io) = handshake(tcp, tls.as_ref()).await {
-                            adapter.serve(io, peer, shutdown).await;
+                        match handshake(tcp, &tls).await {
+                            Some((io, false)) => adapter.serve(io, peer, shutdown).await,
+                            Some((io, true)) => adapter.serve_tls(io, peer, shutdown).await,
+                            None => {}
                         }
                         tracing::debug!("closed");
                         drop(slot);
@@ -189,7 +227,7 @@ async fn accept_loop<A: Adapter>(
                     async move {
                         tracing::warn!(?reason, "connection refused");
                         let _ = tokio::time::timeout(REFUSE_TIMEOUT, async {
-                            if let Some(io) = handshake(tcp, tls.as_ref()).await {
+                            if let Some((io, _)) = handshake(tcp, &tls).await {
                                 adapter.refuse(io, reason).await;
                             }
                         })
@@ -207,14 +245,29 @@ async fn accept_loop<A: Adapter>(
     }
 }
 
-/// The connection ready for the adapter: as it is, or after the TLS
-/// handshake (`None`, logged, when that fails or takes too long).
-async fn handshake(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Option<Conn> {
-    let Some(acceptor) = tls else {
-        return Some(Box::new(tcp));
+/// The first byte of a TLS record that opens a handshake.
+const TLS_HANDSHAKE_RECORD: u8 = 22;
+
+/// The connection ready for the adapter, and whether it is TLS: as it is,
+/// or after the TLS handshake (`None`, logged, when that fails or takes
+/// too long).
+async fn handshake(tcp: TcpStream, security: &Security) -> Option<(Conn, bool)> {
+    let acceptor = match security {
+        Security::Plain => return Some((Box::new(tcp), false)),
+        Security::Tls(acceptor) => acceptor,
+        Security::Either(acceptor) => {
+            // A client silent this long is served plain: its protocol
+            // decides what to do with the silence.
+            let mut first = [0u8; 1];
+            let peeked = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await;
+            if !matches!(peeked, Ok(Ok(1))) || first[0] != TLS_HANDSHAKE_RECORD {
+                return Some((Box::new(tcp), false));
+            }
+            acceptor
+        }
     };
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Ok(tls)) => Some((Box::new(tls), true)),
         Ok(Err(error)) => {
             tracing::info!(%error, "TLS handshake failed");
             None

@@ -180,7 +180,7 @@ impl Plugin for SyslogPlugin {
         &self,
         flags: Option<&ArgMatches>,
         file: Option<ValueDeserializer<'_>>,
-        _has_cert: bool,
+        has_cert: bool,
     ) -> Result<Option<Box<dyn Setup>>, SetupError> {
         let table = ServerTable::read(file)?;
         if table.enabled == Some(false) {
@@ -221,8 +221,13 @@ impl Plugin for SyslogPlugin {
             return Ok(None);
         };
         let line = format!(
-            "syslog on ports {low}-{high} of {}, one per tunnel that asks (udp and tcp)",
-            config.bind
+            "syslog on ports {low}-{high} of {}, one per tunnel that asks ({})",
+            config.bind,
+            if has_cert {
+                "udp, tcp, and tls with the server's certificate"
+            } else {
+                "udp and tcp"
+            }
         );
         Ok(Some(Box::new(Ready {
             adapter: Arc::new(SyslogService::new(config)),
@@ -303,8 +308,14 @@ fn describe(asked: &Value, granted: Option<&Value>) -> String {
     }
     match serde_json::from_value::<SyslogGrant>(granted.clone()) {
         Ok(g) => format!(
-            "syslog {}:{} (udp and tcp), arrives as POST {path} (json)",
-            g.host, g.port
+            "syslog {}:{} ({}), arrives as POST {path} (json)",
+            g.host,
+            g.port,
+            if g.tls {
+                "udp, tcp and tls"
+            } else {
+                "udp and tcp"
+            }
         ),
         Err(_) => format!("syslog: granted as {granted}"),
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -202,6 +202,15 @@ impl Adapter for TcpSide {
     ) -> ServeFuture {
         Box::pin(async move { stream(io, peer, Transport::Tcp, &self.0, shutdown).await })
     }
+
+    fn serve_tls(
+        self: Arc<Self>,
+        io: Conn,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> ServeFuture {
+        Box::pin(async move { stream(io, peer, Transport::Tls, &self.0, shutdown).await })
+    }
 }
 
 /// Reads frames until the sender closes, a frame is bad, or `stop`.
@@ -223,7 +232,13 @@ async fn stream(
                     read = io.read_buf(&mut buf) => read,
                 };
                 match read {
-                    Ok(0) | Err(_) => return,
+                    // The sender is done: close our side too (over TLS,
+                    // with a close_notify, as RFC 5425 asks).
+                    Ok(0) => {
+                        let _ = io.shutdown().await;
+                        return;
+                    }
+                    Err(_) => return,
                     Ok(_) => continue,
                 }
             }

@@ -159,8 +159,14 @@ impl SyslogService {
         let stop = host.shutdown.child_token();
         self.tasks
             .spawn(udp(udp_socket, target.clone(), stop.clone()));
+        // With the server's certificate, the TCP side takes TLS too
+        // (RFC 5425), told apart by the client's first byte.
+        let listener = match &host.tls {
+            Some(acceptor) => Listener::tls_or_plain(tcp, acceptor.clone()),
+            None => Listener::from(tcp),
+        };
         self.tasks.spawn(run_adapter(
-            [Listener::from(tcp)],
+            [listener],
             Arc::new(TcpSide(target.clone())),
             self.config.limits,
             stop.clone(),
@@ -321,7 +327,8 @@ impl ServerAdapter for SyslogService {
                     .host
                     .clone()
                     .unwrap_or_else(|| tunnel.domain.to_string());
-                serde_json::to_value(SyslogGrant { host, port }).unwrap_or_default()
+                let tls = self.host.get().is_some_and(|h| h.tls.is_some());
+                serde_json::to_value(SyslogGrant { host, port, tls }).unwrap_or_default()
             }
             Err(why) => {
                 info!(tunnel = %tunnel.name, %why, "syslog refused");

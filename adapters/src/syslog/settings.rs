@@ -47,6 +47,10 @@ pub struct SyslogGrant {
     pub host: String,
     /// The port, the same for UDP and TCP.
     pub port: u16,
+    /// Whether the TCP side takes TLS too (RFC 5425): the server has a
+    /// certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 /// How a server runs syslog.
