@@ -693,10 +693,11 @@ udp.sendto((message + " over udp").encode(), ("127.0.0.1", port))
 print("SENT")
 "#;
 
-#[tokio::test]
-async fn syslog_over_tls_arrives_on_the_tunnels_port_beside_udp_and_tcp() {
-    let pki = Pki::new();
-    let mut app = origin("app").await;
+/// A public `droid server` with a certificate and syslog ports, and a
+/// `droid http` tunnel to `app` that asked for syslog: the server, the
+/// client, the folder of `cert.pem`, `key.pem` and `ca.pem`, and the
+/// tunnel's syslog port.
+async fn syslog_tls_tunnel(pki: &Pki, app: &Origin) -> (Droid, Droid, tempfile::TempDir, u16) {
     let dir = tempfile::tempdir().unwrap();
     let cert = write(dir.path(), "cert.pem", &pki.cert);
     let key = write(dir.path(), "key.pem", &pki.key);
@@ -731,7 +732,8 @@ async fn syslog_over_tls_arrives_on_the_tunnels_port_beside_udp_and_tcp() {
         .await;
     assert!(said.contains("tls with the server's certificate"), "{said}");
 
-    let state = tempfile::tempdir().unwrap();
+    let client_state = dir.path().join("client");
+    std::fs::create_dir(&client_state).unwrap();
     let control = format!("localhost:{}", control.port());
     let target = app.addr.port().to_string();
     let mut client = Droid::start(
@@ -748,7 +750,7 @@ async fn syslog_over_tls_arrives_on_the_tunnels_port_beside_udp_and_tcp() {
             "--inspect",
             "127.0.0.1:0",
         ],
-        state.path(),
+        &client_state,
     );
     let line = client
         .line("the syslog line", |l| {
@@ -762,6 +764,15 @@ async fn syslog_over_tls_arrives_on_the_tunnels_port_beside_udp_and_tcp() {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|p| p.parse::<u16>().ok())
         .unwrap_or_else(|| panic!("{line}"));
+    (client, server, dir, port)
+}
+
+#[tokio::test]
+async fn syslog_over_tls_arrives_on_the_tunnels_port_beside_udp_and_tcp() {
+    let pki = Pki::new();
+    let mut app = origin("app").await;
+    let (client, server, dir, port) = syslog_tls_tunnel(&pki, &app).await;
+    let ca = dir.path().join("ca.pem").display().to_string();
     let port_arg = port.to_string();
 
     // Two messages over one TLS connection arrive in order, as tls.
@@ -811,5 +822,74 @@ async fn syslog_over_tls_arrives_on_the_tunnels_port_beside_udp_and_tcp() {
         );
     }
     assert!(app.inbox.try_recv().is_err(), "nothing else arrived");
+    drop((client, server));
+}
+
+#[tokio::test]
+async fn rsyslog_forwards_over_tls_trusting_the_servers_certificate() {
+    let gtls = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ]
+    .iter()
+    .any(|dir| Path::new(dir).join("rsyslog/lmnsd_gtls.so").exists());
+    assert!(
+        gtls,
+        "rsyslog's TLS driver is not installed (Debian: rsyslog-gnutls); run `bash .ci/test`"
+    );
+    let pki = Pki::new();
+    let mut app = origin("app").await;
+    let (client, server, dir, port) = syslog_tls_tunnel(&pki, &app).await;
+    let input = dead_port().await;
+    let work = dir.path().join("rsyslog");
+    std::fs::create_dir(&work).unwrap();
+    let config = format!(
+        r#"global(workDirectory="{work}" DefaultNetstreamDriverCAFile="{ca}")
+module(load="imtcp")
+input(type="imtcp" address="127.0.0.1" port="{input}")
+action(type="omfwd" target="127.0.0.1" port="{port}" protocol="tcp"
+       StreamDriver="gtls" StreamDriverMode="1" StreamDriverAuthMode="x509/name"
+       StreamDriverPermittedPeers="{DOMAIN}"
+       TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format")
+"#,
+        work = work.display(),
+        ca = dir.path().join("ca.pem").display(),
+    );
+    let conf = dir.path().join("rsyslog.conf");
+    std::fs::write(&conf, config).unwrap();
+    let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("rsyslogd");
+    let mut rsyslog = Command::new(rsyslogd)
+        .args(["-n", "-f"])
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.path().join("rsyslog.pid"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("rsyslogd is not installed (Debian: rsyslog, rsyslog-gnutls); run `bash .ci/test`");
+    // Ready when its input takes a connection.
+    within("rsyslog listens", async {
+        while TcpStream::connect(("127.0.0.1", input)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut to_rsyslog = TcpStream::connect(("127.0.0.1", input)).await.unwrap();
+    for i in 0..3 {
+        let line = format!("<14>1 2026-12-07T10:00:0{i}Z gw fwd - - - sealed {i}\n");
+        tokio::io::AsyncWriteExt::write_all(&mut to_rsyslog, line.as_bytes())
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        let json = app.next_mail().await.json();
+        assert_eq!(json["transport"], "tls", "{json}");
+        assert_eq!(json["app_name"], "fwd", "{json}");
+        assert_eq!(json["message"], format!("sealed {i}"), "in order: {json}");
+    }
+    rsyslog.kill().await.unwrap();
     drop((client, server));
 }
