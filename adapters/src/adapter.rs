@@ -124,7 +124,7 @@ impl Listener {
     /// Connections here speak TLS or not, as each client starts: one whose
     /// first byte opens a TLS handshake record (22) gets TLS, any other is
     /// served plain. For protocols whose clients speak first and never
-    /// with that byte (syslog: `<` or a digit), so one port serves both.
+    /// with that byte (a `<` or a digit, say), so one port serves both.
     pub fn tls_or_plain(tcp: TcpListener, acceptor: TlsAcceptor) -> Listener {
         Listener {
             tcp,
