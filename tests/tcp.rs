@@ -425,19 +425,28 @@ async fn a_client_killed_mid_transfer_ends_the_visitors_connection() {
         }
     });
     let srv = tcp_server(TcpPorts::Any).await;
-    let c = client(client_config(
-        srv.control,
-        vec![TunnelSpec::tcp(target, None)],
-    ))
-    .await;
-    let mut visitor = TcpStream::connect(public(&c)).await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let control = srv.control.to_string();
+    let port = target.port.to_string();
+    let mut droid = Droid::start(
+        &["tcp", &port, "--server", &control, "--no-inspect"],
+        state.path(),
+    );
+    let public = droid
+        .line("the tcp:// line", |l| {
+            l.strip_prefix("tcp://")
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        })
+        .await;
+    let mut visitor = TcpStream::connect(public).await.unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0;
     while got < 1024 * 1024 {
         got += visitor.read(&mut buf).await.unwrap();
     }
-    // The client process dies: its connection to the server goes with it.
-    c.task.abort();
+    // The client process dies (SIGKILL): its connection to the server
+    // goes with it.
+    droid.child.kill().await.unwrap();
     let ended = within("the visitor's connection to end", async {
         loop {
             match visitor.read(&mut buf).await {

@@ -893,3 +893,232 @@ action(type="omfwd" target="127.0.0.1" port="{port}" protocol="tcp"
     rsyslog.kill().await.unwrap();
     drop((client, server));
 }
+
+/// A public `droid server` with a certificate taking mail on `--smtp`
+/// (STARTTLS) and `--smtps`, and a tunnel to `app` whose mail goes to
+/// `/inbound/mail`: the server, the client, the folder of the PEM files,
+/// the two SMTP addresses and the tunnel's mail domain.
+struct MailOverTls {
+    _server: Droid,
+    _client: Droid,
+    dir: tempfile::TempDir,
+    smtp: SocketAddr,
+    smtps: SocketAddr,
+    domain: String,
+}
+
+async fn mail_over_tls(pki: &Pki, app: &Origin) -> MailOverTls {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write(dir.path(), "cert.pem", &pki.cert);
+    let key = write(dir.path(), "key.pem", &pki.key);
+    let ca = write(dir.path(), "ca.pem", &pki.ca);
+    let mut server = Droid::start(
+        &[
+            "server",
+            "--domain",
+            DOMAIN,
+            "--http",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--smtp",
+            "127.0.0.1:0",
+            "--smtps",
+            "127.0.0.1:0",
+            "--no-spool",
+        ],
+        dir.path(),
+    );
+    let (_, control) = server.line("the addresses", server_addrs).await;
+    let line = server
+        .line("the smtp line", |l| {
+            l.contains("smtp on ").then(|| l.to_string())
+        })
+        .await;
+    assert!(
+        line.contains("STARTTLS with the server's certificate"),
+        "{line}"
+    );
+    let smtp = addr_after(&line, "smtp on ").unwrap();
+    let smtps = server
+        .line("the smtps line", |l| addr_after(l, "smtps on "))
+        .await;
+    let client_state = dir.path().join("client");
+    std::fs::create_dir(&client_state).unwrap();
+    let control = format!("localhost:{}", control.port());
+    let target = app.addr.port().to_string();
+    let mut client = Droid::start(
+        &[
+            "http",
+            &target,
+            "--server",
+            &control,
+            "--ca",
+            &ca,
+            "--mail-path",
+            "/inbound/mail",
+            "--inspect",
+            "127.0.0.1:0",
+        ],
+        &client_state,
+    );
+    let domain = client
+        .line("the mail line", |l| {
+            l.split("mail to anything@")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .map(str::to_string)
+        })
+        .await;
+    MailOverTls {
+        _server: server,
+        _client: client,
+        dir,
+        smtp,
+        smtps,
+        domain,
+    }
+}
+
+/// Sends one mail with Python's smtplib to `localhost:PORT` (the name the
+/// certificate covers): `starttls`, `plain` or `implicit` TLS, trusting
+/// the CA in `ca`; prints the TLS version it agreed on, or `plain`.
+const SMTPLIB_TLS: &str = r#"
+import smtplib, ssl, sys
+mode, port, ca, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+context = ssl.create_default_context(cafile=ca)
+message = "From: ann@example.com\r\nTo: " + rcpt + "\r\nSubject: " + mode + "\r\n\r\nsealed\r\n"
+if mode == "implicit":
+    smtp = smtplib.SMTP_SSL("localhost", port, context=context, timeout=10)
+else:
+    smtp = smtplib.SMTP("localhost", port, timeout=10)
+    smtp.ehlo()
+    if mode == "starttls":
+        assert smtp.has_extn("starttls"), smtp.esmtp_features
+        smtp.starttls(context=context)
+        smtp.ehlo()
+        assert not smtp.has_extn("starttls"), "offered again inside TLS"
+smtp.sendmail("ann@example.com", [rcpt], message)
+print(smtp.sock.version() if hasattr(smtp.sock, "version") else "plain")
+smtp.quit()
+"#;
+
+#[tokio::test]
+async fn mail_comes_over_starttls_and_implicit_tls_and_says_so() {
+    let pki = Pki::new();
+    let mut app = origin("app").await;
+    let m = mail_over_tls(&pki, &app).await;
+    let ca = m.dir.path().join("ca.pem").display().to_string();
+    let rcpt = format!("support@{}", m.domain);
+    for (mode, port) in [
+        ("starttls", m.smtp.port()),
+        ("implicit", m.smtps.port()),
+        ("plain", m.smtp.port()),
+    ] {
+        let (ok, out, err) = python(SMTPLIB_TLS, &[mode, &port.to_string(), &ca, &rcpt]).await;
+        assert!(ok, "{mode}: {out}{err}");
+        let post = app.next_mail().await;
+        assert_eq!(post.path, "/inbound/mail");
+        let json = post.json();
+        assert_eq!(json["subject"], mode);
+        if mode == "plain" {
+            assert_eq!(json["tls"], serde_json::Value::Null, "{json}");
+            assert_eq!(json["envelope"]["tls"], false);
+        } else {
+            assert_eq!(json["tls"]["version"], out.trim(), "{mode}: {json}");
+            let cipher = json["tls"]["cipher"].as_str().unwrap();
+            assert!(cipher.starts_with("TLS"), "{mode}: {json}");
+            assert_eq!(json["envelope"]["tls"], true);
+        }
+    }
+
+    // swaks, an independent SMTP client, checks the certificate too.
+    let out = within(
+        "swaks",
+        Command::new("swaks")
+            .args([
+                "--server",
+                "localhost",
+                "--port",
+                &m.smtp.port().to_string(),
+            ])
+            .args([
+                "--to",
+                &rcpt,
+                "--from",
+                "swaks@example.com",
+                "--header",
+                "Subject: swaks",
+            ])
+            .args(["--tls", "--tls-verify", "--tls-ca-path", &ca])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("swaks is not installed (Debian: swaks); run `bash .ci/test`");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    let json = app.next_mail().await.json();
+    assert_eq!(json["subject"], "swaks");
+    assert!(
+        json["tls"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("TLSv1."),
+        "{json}"
+    );
+}
+
+/// Says EHLO and STARTTLS in plain text with a whole mail transaction
+/// right behind it in the same packet (what a man in the middle would
+/// add), then TLS, EHLO and QUIT: prints the first reply inside TLS.
+const STARTTLS_INJECTION: &str = r#"
+import socket, ssl, sys
+port, ca, rcpt = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+def reply(f):
+    while True:
+        line = f.readline().decode()
+        if line[3:4] != "-":
+            return line.strip()
+f = raw.makefile("rb")
+reply(f)
+raw.sendall(b"EHLO attacker\r\n"); reply(f)
+injected = ("STARTTLS\r\nEHLO x\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<" + rcpt +
+            ">\r\nDATA\r\nSubject: injected\r\n\r\nforged\r\n.\r\n")
+raw.sendall(injected.encode())
+assert reply(f).startswith("220")
+tls = ssl.create_default_context(cafile=ca).wrap_socket(raw, server_hostname="localhost")
+g = tls.makefile("rb")
+tls.sendall(b"EHLO client\r\n")
+print(reply(g))
+tls.sendall(b"QUIT\r\n"); reply(g)
+"#;
+
+#[tokio::test]
+async fn commands_sent_in_plain_text_behind_starttls_are_dropped() {
+    let pki = Pki::new();
+    let mut app = origin("app").await;
+    let m = mail_over_tls(&pki, &app).await;
+    let ca = m.dir.path().join("ca.pem").display().to_string();
+    let rcpt = format!("support@{}", m.domain);
+    let (ok, out, err) = python(
+        STARTTLS_INJECTION,
+        &[&m.smtp.port().to_string(), &ca, &rcpt],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    // The first answer inside TLS is to the client's own EHLO.
+    assert!(out.trim().starts_with("250 "), "{out}");
+    // A real mail after it is the first thing the app gets: the
+    // injected one never was.
+    let port = m.smtp.port().to_string();
+    let (ok, out, err) = python(SMTPLIB_TLS, &["starttls", &port, &ca, &rcpt]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(app.next_mail().await.json()["subject"], "starttls");
+    assert!(app.inbox.try_recv().is_err(), "nothing else arrived");
+}

@@ -49,14 +49,17 @@ pub trait Adapter: Send + Sync + 'static {
         shutdown: CancellationToken,
     ) -> ServeFuture;
 
-    /// Serves a connection that came over TLS on a listener that takes
-    /// both ([`Listener::tls_or_plain`]). By default, as any other.
+    /// Serves a connection that came over TLS (`tls` says how), on a
+    /// [`Listener::tls`] or [`Listener::tls_or_plain`]. By default, as any
+    /// other.
     fn serve_tls(
         self: Arc<Self>,
         io: Conn,
         peer: SocketAddr,
+        tls: TlsSession,
         shutdown: CancellationToken,
     ) -> ServeFuture {
+        let _ = tls;
         self.serve(io, peer, shutdown)
     }
 
@@ -65,6 +68,34 @@ pub trait Adapter: Send + Sync + 'static {
     fn refuse(self: Arc<Self>, io: Conn, reason: Refusal) -> ServeFuture {
         let _ = reason;
         Box::pin(async move { drop(io) })
+    }
+}
+
+/// What a TLS connection agreed on, as apps are told it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TlsSession {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: String,
+    /// The cipher suite, IANA's name: `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
+
+impl TlsSession {
+    /// What `conn` agreed on, once its handshake is done.
+    pub fn of(conn: &tokio_rustls::rustls::ServerConnection) -> TlsSession {
+        use tokio_rustls::rustls::ProtocolVersion;
+        let version = match conn.protocol_version() {
+            Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+            Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+            Some(other) => format!("{other:?}"),
+            None => "unknown".to_string(),
+        };
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("unknown")
+            .to_string();
+        TlsSession { version, cipher }
     }
 }
 
@@ -212,8 +243,10 @@ async fn accept_loop<A: Adapter>(
                     async move {
                         tracing::debug!("accepted");
                         match handshake(tcp, &tls).await {
-                            Some((io, false)) => adapter.serve(io, peer, shutdown).await,
-                            Some((io, true)) => adapter.serve_tls(io, peer, shutdown).await,
+                            Some((io, None)) => adapter.serve(io, peer, shutdown).await,
+                            Some((io, Some(session))) => {
+                                adapter.serve_tls(io, peer, session, shutdown).await;
+                            }
                             None => {}
                         }
                         tracing::debug!("closed");
@@ -248,12 +281,12 @@ async fn accept_loop<A: Adapter>(
 /// The first byte of a TLS record that opens a handshake.
 const TLS_HANDSHAKE_RECORD: u8 = 22;
 
-/// The connection ready for the adapter, and whether it is TLS: as it is,
-/// or after the TLS handshake (`None`, logged, when that fails or takes
-/// too long).
-async fn handshake(tcp: TcpStream, security: &Security) -> Option<(Conn, bool)> {
+/// The connection ready for the adapter, and its TLS session if it has
+/// one: as it is, or after the TLS handshake (`None`, logged, when that
+/// fails or takes too long).
+async fn handshake(tcp: TcpStream, security: &Security) -> Option<(Conn, Option<TlsSession>)> {
     let acceptor = match security {
-        Security::Plain => return Some((Box::new(tcp), false)),
+        Security::Plain => return Some((Box::new(tcp), None)),
         Security::Tls(acceptor) => acceptor,
         Security::Either(acceptor) => {
             // A client silent this long is served plain: its protocol
@@ -261,13 +294,16 @@ async fn handshake(tcp: TcpStream, security: &Security) -> Option<(Conn, bool)> 
             let mut first = [0u8; 1];
             let peeked = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await;
             if !matches!(peeked, Ok(Ok(1))) || first[0] != TLS_HANDSHAKE_RECORD {
-                return Some((Box::new(tcp), false));
+                return Some((Box::new(tcp), None));
             }
             acceptor
         }
     };
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => Some((Box::new(tls), true)),
+        Ok(Ok(tls)) => {
+            let session = TlsSession::of(tls.get_ref().1);
+            Some((Box::new(tls), Some(session)))
+        }
         Ok(Err(error)) => {
             tracing::info!(%error, "TLS handshake failed");
             None

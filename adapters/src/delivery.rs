@@ -306,6 +306,7 @@ mod tests {
                     client_ip: "::1".into(),
                     helo: "h".into(),
                     tls: false,
+                    tls_session: None,
                     received_at: 1,
                 },
             },

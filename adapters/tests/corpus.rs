@@ -13,6 +13,7 @@ fn corpus_converts_without_panic() {
         client_ip: "127.0.0.1".into(),
         helo: "corpus".into(),
         tls: false,
+        tls_session: None,
         received_at: 0,
     };
     let mut count = 0;

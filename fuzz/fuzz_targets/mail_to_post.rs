@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
             client_ip: "127.0.0.1".into(),
             helo: "mx.example.com".into(),
             tls: false,
+            tls_session: None,
             received_at: 1_767_225_600,
         },
         // an envelope made of the input too: what a hostile SMTP peer controls
@@ -34,6 +35,10 @@ fuzz_target!(|data: &[u8]| {
             client_ip: "::1".into(),
             helo: text.to_string(),
             tls: true,
+            tls_session: Some(droid_adapters::adapter::TlsSession {
+                version: first_line.to_string(),
+                cipher: text.to_string(),
+            }),
             received_at: 0,
         },
     ];

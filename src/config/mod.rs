@@ -513,6 +513,15 @@ impl Validate for StandaloneFile {
                 "missing required key `post` in `[adapters.smtp]`: the URL each mail is POSTed to",
             ));
         }
+        if smtp.get_ref().listen_tls.is_some() {
+            return Err(ConfigError::at(
+                file,
+                source,
+                Some(smtp.span()),
+                Some("adapters.smtp.listen_tls".into()),
+                "a standalone smtp adapter has no certificate, so no TLS listener; remove `listen_tls`",
+            ));
+        }
         if smtp.get_ref().enabled == Some(false) {
             return Err(ConfigError::at(
                 file,

@@ -14,15 +14,19 @@
 
 use base64::Engine;
 use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::{Envelope, decode, reply};
 
 /// A parsed mail, as the JSON body of a delivery.
 #[derive(Debug, Clone, Serialize)]
 pub struct Mail {
-    /// The SMTP envelope of this delivery.
+    /// The SMTP envelope of this delivery (its TLS is in `tls`).
+    #[serde(serialize_with = "envelope_alone")]
     pub envelope: Envelope,
+    /// What the TLS of the SMTP session agreed on; `null` for mail that
+    /// came in plain text.
+    pub tls: Option<crate::adapter::TlsSession>,
     /// The `Message-ID`, without angle brackets.
     pub message_id: Option<String>,
     /// The `Date` header in RFC 3339.
@@ -64,6 +68,14 @@ pub struct Mail {
     /// fields are then mostly empty and `text` holds the raw bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parse_error: Option<String>,
+}
+
+fn envelope_alone<S: Serializer>(envelope: &Envelope, s: S) -> Result<S::Ok, S::Error> {
+    Envelope {
+        tls_session: None,
+        ..envelope.clone()
+    }
+    .serialize(s)
 }
 
 /// A name and an address.
@@ -240,6 +252,7 @@ pub fn parse(raw: &[u8], envelope: &Envelope, max_attachment_inline: usize) -> M
         let reply = reply::extract(&text);
         return Mail {
             envelope: envelope.clone(),
+            tls: envelope.tls_session.clone(),
             message_id: None,
             date: None,
             subject: None,
@@ -334,6 +347,7 @@ pub fn parse(raw: &[u8], envelope: &Envelope, max_attachment_inline: usize) -> M
 
     Mail {
         envelope: envelope.clone(),
+        tls: envelope.tls_session.clone(),
         message_id: message.message_id().map(str::to_string),
         date: message.date().map(|d| d.to_rfc3339()),
         subject: message.subject().map(str::to_string),
@@ -367,6 +381,7 @@ mod tests {
             client_ip: "127.0.0.1".into(),
             helo: "client".into(),
             tls: false,
+            tls_session: None,
             received_at: 0,
         }
     }

@@ -33,6 +33,10 @@ pub struct Envelope {
     pub helo: String,
     /// Whether the session was protected by TLS.
     pub tls: bool,
+    /// What its TLS agreed on, when it had TLS (the JSON's top-level
+    /// `tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_session: Option<crate::adapter::TlsSession>,
     /// Unix seconds when the message was received.
     pub received_at: u64,
 }
@@ -114,16 +118,23 @@ pub fn render(
     }
 }
 
-/// The headers that carry the envelope beside a raw (`message/rfc822`) body.
-/// Values are sanitised to visible ASCII; recipients are comma-separated.
+/// The headers that carry the envelope beside a raw (`message/rfc822`) body
+/// (`droid-tls-cipher`, `TLSv1.3 TLS13_AES_256_GCM_SHA384`, only for mail
+/// that came over TLS). Values are sanitised to visible ASCII; recipients
+/// are comma-separated.
 pub fn raw_envelope_headers(envelope: &Envelope) -> Vec<(&'static str, String)> {
-    vec![
+    let mut headers = vec![
         ("droid-mail-from", header_safe(&envelope.mail_from)),
         ("droid-rcpt-to", header_safe(&envelope.rcpt_to.join(", "))),
         ("droid-client-ip", header_safe(&envelope.client_ip)),
         ("droid-helo", header_safe(&envelope.helo)),
         ("droid-tls", envelope.tls.to_string()),
-    ]
+    ];
+    if let Some(tls) = &envelope.tls_session {
+        let value = header_safe(&format!("{} {}", tls.version, tls.cipher));
+        headers.push(("droid-tls-cipher", value));
+    }
+    headers
 }
 
 /// Makes `text` safe as an HTTP header value: control characters become

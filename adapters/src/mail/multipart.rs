@@ -108,6 +108,8 @@ pub fn render(raw: &[u8], envelope: &Envelope, max_attachment_inline: usize) -> 
         &json!({"to": envelope.rcpt_to, "from": envelope.mail_from}).to_string(),
     );
     form.field("sender_ip", &envelope.client_ip);
+    let tls = serde_json::to_string(&envelope.tls_session).unwrap_or_default();
+    form.field("tls", &tls);
     form.field(
         "charsets",
         &json!({"to": "UTF-8", "from": "UTF-8", "cc": "UTF-8", "subject": "UTF-8", "text": "UTF-8", "html": "UTF-8"})

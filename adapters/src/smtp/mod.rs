@@ -34,9 +34,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::adapter::{Adapter, Conn, Refusal, ServeFuture};
+use crate::adapter::{Adapter, Conn, Refusal, ServeFuture, TlsSession};
 use crate::route::MailRouter;
 use crate::spool::Spool;
 use crate::stats::DeliveryStats;
@@ -91,6 +92,8 @@ pub struct SmtpAdapter {
     spool: Option<Arc<Spool>>,
     stats: DeliveryStats,
     memory: memory::MessageMemory,
+    /// The certificate STARTTLS offers, if any.
+    tls: Option<TlsAcceptor>,
 }
 
 impl SmtpAdapter {
@@ -111,7 +114,14 @@ impl SmtpAdapter {
             router,
             spool,
             stats,
+            tls: None,
         }
+    }
+
+    /// Offers STARTTLS with `acceptor`'s certificate.
+    pub fn with_tls(mut self, acceptor: Option<TlsAcceptor>) -> SmtpAdapter {
+        self.tls = acceptor;
+        self
     }
 
     /// What this adapter's mail came to (shared with its spool's).
@@ -127,9 +137,11 @@ impl SmtpAdapter {
     /// Serves one session over any byte stream (tests use `io::duplex`).
     pub async fn serve_io<S>(self: Arc<Self>, io: S, peer: SocketAddr, shutdown: CancellationToken)
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        session::Session::new(self, io, peer, shutdown).run().await;
+        session::Session::new(self, Box::new(io), None, peer, shutdown)
+            .run()
+            .await;
     }
 }
 
@@ -145,6 +157,16 @@ impl Adapter for SmtpAdapter {
         shutdown: CancellationToken,
     ) -> ServeFuture {
         Box::pin(self.serve_io(io, peer, shutdown))
+    }
+
+    fn serve_tls(
+        self: Arc<Self>,
+        io: Conn,
+        peer: SocketAddr,
+        tls: TlsSession,
+        shutdown: CancellationToken,
+    ) -> ServeFuture {
+        Box::pin(session::Session::new(self, io, Some(tls), peer, shutdown).run())
     }
 
     fn refuse(self: Arc<Self>, mut io: Conn, reason: Refusal) -> ServeFuture {

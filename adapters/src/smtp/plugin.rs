@@ -69,6 +69,9 @@ pub struct SmtpTable {
     pub enabled: Option<bool>,
     /// Where mail is accepted (`--smtp`, or `--listen` standalone).
     pub listen: Option<Addr>,
+    /// Where mail is accepted over implicit TLS, usually port 465
+    /// (`--smtps`; a server with a certificate only).
+    pub listen_tls: Option<Addr>,
     /// The name in the greeting (`--hostname`).
     pub hostname: Option<NonEmpty>,
     /// The largest message, in bytes (`--max-message-size`).
@@ -189,7 +192,11 @@ struct RouteTable {
 
 /// Where mail is accepted, and how.
 struct SmtpSetup {
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
+    /// Implicit TLS (`--smtps`).
+    listen_tls: Option<SocketAddr>,
+    /// The server has a certificate: STARTTLS is offered.
+    starttls: bool,
     config: SmtpConfig,
     limits: ConnLimits,
     /// Inside `droid http`: the next free port, and the address told to
@@ -208,27 +215,48 @@ pub fn describe_spool(spool: Option<&Arc<Spool>>) -> String {
 impl Setup for SmtpSetup {
     fn start(self: Box<Self>, place: Place) -> Answer<'static, Result<Started, SetupError>> {
         Box::pin(async move {
-            let addr = self.listen;
-            let listener = if self.embedded {
-                bind_next_free(addr, "SMTP", "smtp").await?
-            } else {
-                bind(addr, "SMTP").await?
-            };
-            let bound = listener.local_addr().unwrap_or(addr);
             let spool = describe_spool(place.spool.as_ref());
-            let service = SmtpService::new(self.config, vec![listener.into()], self.limits);
-            let (service, line) = if self.embedded {
-                (
-                    service.announcing(bound.to_string()),
-                    format!("mail {spool}"),
-                )
-            } else {
-                let line = format!("smtp on {bound}, mail to *@NAME.{}, {spool}", place.domain);
-                (service, line)
-            };
+            let (mut plain, mut lines, mut announce) = (Vec::new(), Vec::new(), None);
+            if let Some(addr) = self.listen {
+                let listener = if self.embedded {
+                    bind_next_free(addr, "SMTP", "smtp").await?
+                } else {
+                    bind(addr, "SMTP").await?
+                };
+                let bound = listener.local_addr().unwrap_or(addr);
+                if self.embedded {
+                    announce = Some(bound.to_string());
+                    lines.push(format!("mail {spool}"));
+                } else {
+                    let tls = if self.starttls {
+                        ", STARTTLS with the server's certificate"
+                    } else {
+                        ""
+                    };
+                    lines.push(format!(
+                        "smtp on {bound}, mail to *@NAME.{}{tls}, {spool}",
+                        place.domain
+                    ));
+                }
+                plain.push(listener.into());
+            }
+            let mut tls = Vec::new();
+            if let Some(addr) = self.listen_tls {
+                let listener = bind(addr, "SMTP over TLS").await?;
+                let bound = listener.local_addr().unwrap_or(addr);
+                lines.push(format!(
+                    "smtps on {bound}, mail over TLS with the server's certificate"
+                ));
+                tls.push(listener);
+            }
+            let mut service =
+                SmtpService::new(self.config, plain, self.limits).with_implicit_tls(tls);
+            if let Some(address) = announce {
+                service = service.announcing(address);
+            }
             Ok(Started {
                 adapter: Arc::new(service),
-                lines: vec![line],
+                lines,
             })
         })
     }
@@ -264,7 +292,13 @@ impl Plugin for SmtpPlugin {
                 .value_name("ADDR")
                 .value_parser(clap::value_parser!(SocketAddr))
                 .help_heading("Mail")
-                .help("Accept mail for *@NAME.DOMAIN here and deliver it through NAME's tunnel"),
+                .help("Accept mail for *@NAME.DOMAIN here and deliver it through NAME's tunnel; with --tls-cert it offers STARTTLS"),
+            Arg::new("smtps")
+                .long("smtps")
+                .value_name("ADDR")
+                .value_parser(clap::value_parser!(SocketAddr))
+                .help_heading("Mail")
+                .help("Accept mail over implicit TLS here (usually port 465), with --tls-cert"),
         ];
         flags.extend(option_flags());
         flags
@@ -307,7 +341,7 @@ impl Plugin for SmtpPlugin {
         &self,
         flags: Option<&ArgMatches>,
         file: Option<ValueDeserializer<'_>>,
-        _has_cert: bool,
+        has_cert: bool,
     ) -> Result<Option<Box<dyn Setup>>, SetupError> {
         let given: Option<SmtpTable> = file.map(read_table).transpose()?;
         if let Some(table) = &given {
@@ -315,20 +349,41 @@ impl Plugin for SmtpPlugin {
                 "on a server each client's tunnel says where its mail goes",
             )?;
         }
-        let flag = flags.and_then(|f| f.get_one::<SocketAddr>("smtp").copied());
-        let from_file = given
-            .as_ref()
-            .filter(|t| t.enabled != Some(false))
-            .map(|t| {
-                t.listen
-                    .map_or(SocketAddr::from(([0, 0, 0, 0], 25)), |a| a.0)
-            });
-        let Some(listen) = flag.or(from_file) else {
-            return Ok(None);
+        let flag = |id: &str| flags.and_then(|f| f.get_one::<SocketAddr>(id).copied());
+        let (plain, tls) = if flag("smtp").is_some() || flag("smtps").is_some() {
+            if let Some(addr) = flag("smtps")
+                && !has_cert
+            {
+                return Err(SetupError::Flag(format!(
+                    "mail over TLS on {addr} needs the server's certificate: add --tls-cert and --tls-key (tls_cert and tls_key in the file)"
+                )));
+            }
+            (flag("smtp"), flag("smtps"))
+        } else {
+            match given.as_ref().filter(|t| t.enabled != Some(false)) {
+                None => (None, None),
+                Some(t) => {
+                    if t.listen_tls.is_some() && !has_cert {
+                        return Err(SetupError::Key(
+                            "listen_tls",
+                            "mail over TLS needs a certificate: add `tls_cert` and `tls_key`"
+                                .into(),
+                        ));
+                    }
+                    let default = SocketAddr::from(([0, 0, 0, 0], 25));
+                    let plain = t.listen.map_or(default, |a| a.0);
+                    (Some(plain), t.listen_tls.map(|a| a.0))
+                }
+            }
         };
+        if plain.is_none() && tls.is_none() {
+            return Ok(None);
+        }
         let (config, limits) = given.unwrap_or_default().resolve(&options(flags));
         Ok(Some(Box::new(SmtpSetup {
-            listen,
+            listen: plain,
+            listen_tls: tls,
+            starttls: has_cert,
             config,
             limits,
             embedded: false,
@@ -353,7 +408,9 @@ impl Plugin for SmtpPlugin {
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 2525)));
         let (config, limits) = table.resolve(&options(flags));
         Ok(Some(Box::new(SmtpSetup {
-            listen,
+            listen: Some(listen),
+            listen_tls: None,
+            starttls: false,
             config,
             limits,
             embedded: true,

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::json;
+use tokio::net::TcpListener;
 
 use super::{NAME, SmtpAdapter, SmtpConfig, TunnelMail};
 use crate::adapter::{ConnLimits, Listener, run_adapter};
@@ -16,6 +17,8 @@ pub struct SmtpService {
     config: SmtpConfig,
     limits: ConnLimits,
     listeners: Mutex<Vec<Listener>>,
+    /// Implicit-TLS listeners, given the server's certificate at run.
+    tls: Mutex<Vec<TcpListener>>,
     stats: OnceLock<DeliveryStats>,
     announce: Option<String>,
 }
@@ -27,9 +30,17 @@ impl SmtpService {
             config,
             limits,
             listeners: Mutex::new(listeners),
+            tls: Mutex::new(Vec::new()),
             stats: OnceLock::new(),
             announce: None,
         }
+    }
+
+    /// Accepts mail over implicit TLS on `listeners` too (usually port
+    /// 465), with the server's certificate.
+    pub fn with_implicit_tls(self, listeners: Vec<TcpListener>) -> SmtpService {
+        *self.tls.lock().unwrap_or_else(|p| p.into_inner()) = listeners;
+        self
     }
 
     /// Tells each tunnel's client where mail is accepted (`address` in the
@@ -52,10 +63,26 @@ impl ServerAdapter for SmtpService {
 
     fn run(self: Arc<Self>, host: Host) -> Answer<'static, ()> {
         let router = Arc::new(TunnelMail::new(host.tunnels.clone(), &host.domain));
-        let adapter = Arc::new(SmtpAdapter::new(self.config.clone(), router, host.spool));
+        // With the server's certificate, mail may come over TLS: STARTTLS
+        // on every listener, and the implicit-TLS ones (--smtps).
+        let adapter =
+            SmtpAdapter::new(self.config.clone(), router, host.spool).with_tls(host.tls.clone());
+        let adapter = Arc::new(adapter);
         let _ = self.stats.set(adapter.stats().clone());
-        let listeners =
+        let mut listeners =
             std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner()));
+        let tls = std::mem::take(&mut *self.tls.lock().unwrap_or_else(|p| p.into_inner()));
+        match &host.tls {
+            Some(acceptor) => {
+                listeners.extend(tls.into_iter().map(|l| Listener::tls(l, acceptor.clone())));
+            }
+            None if !tls.is_empty() => {
+                tracing::error!(
+                    "mail over TLS needs the server's certificate; its listener is closed"
+                );
+            }
+            None => {}
+        }
         Box::pin(run_adapter(listeners, adapter, self.limits, host.shutdown))
     }
 

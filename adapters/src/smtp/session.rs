@@ -10,6 +10,11 @@
 //! the end; past the size limit the rest is discarded (and `552` answered),
 //! and so is a message that finds the memory budget of all messages spent
 //! (`452`: the sender tries again later).
+//!
+//! With a certificate the session offers STARTTLS (RFC 3207): after `220`
+//! the connection becomes TLS, whatever the client sent after the command
+//! in plain text is dropped (never read as commands inside TLS), and the
+//! client starts over with EHLO.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,12 +22,13 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
 use smtp_proto::{Error as ParseError, Request};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::SmtpAdapter;
 use super::memory::Held;
+use crate::adapter::{Conn, TlsSession};
 use crate::delivery::unix_now;
 use crate::mail::Envelope;
 use crate::route::Route;
@@ -59,12 +65,19 @@ enum Mode {
 enum Flow {
     Continue,
     Close,
+    /// `220` was said to STARTTLS: the TLS handshake comes next.
+    StartTls,
 }
 
+/// How long a client may take over the TLS handshake after STARTTLS.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One SMTP session over `io`.
-pub struct Session<S> {
+pub struct Session {
     adapter: Arc<SmtpAdapter>,
-    io: S,
+    io: Conn,
+    /// What its TLS agreed on, once it has TLS.
+    tls: Option<TlsSession>,
     peer: SocketAddr,
     shutdown: CancellationToken,
     input: BytesMut,
@@ -76,18 +89,20 @@ pub struct Session<S> {
     deadline: Instant,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    /// A session that has not greeted yet.
+impl Session {
+    /// A session that has not greeted yet; `tls` when it came over TLS.
     pub fn new(
         adapter: Arc<SmtpAdapter>,
-        io: S,
+        io: Conn,
+        tls: Option<TlsSession>,
         peer: SocketAddr,
         shutdown: CancellationToken,
-    ) -> Session<S> {
+    ) -> Session {
         let deadline = Instant::now() + adapter.config.session_timeout;
         Session {
             adapter,
             io,
+            tls,
             peer,
             shutdown,
             input: BytesMut::with_capacity(4096),
@@ -125,6 +140,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         loop {
             match self.process_input().await {
                 Flow::Continue => {}
+                Flow::StartTls => {
+                    if !self.start_tls().await {
+                        return;
+                    }
+                    continue;
+                }
                 Flow::Close => {
                     self.flush().await;
                     let _ = self.io.shutdown().await;
@@ -170,6 +191,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let _ = self.io.shutdown().await;
     }
 
+    /// Says `220`, then does the TLS handshake on the connection; `false`
+    /// when it failed (the connection is then closed).
+    async fn start_tls(&mut self) -> bool {
+        let Some(acceptor) = self.adapter.tls.clone() else {
+            return false;
+        };
+        self.reply("220 2.0.0 Ready to start TLS");
+        if !self.flush().await {
+            return false;
+        }
+        // RFC 3207 §4.2: nothing sent before the handshake counts.
+        self.input.clear();
+        let plain = std::mem::replace(&mut self.io, Box::new(tokio::io::empty()));
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(plain)).await {
+            Ok(Ok(tls)) => {
+                self.tls = Some(TlsSession::of(tls.get_ref().1));
+                self.io = Box::new(tls);
+                // §4.2: the client must say EHLO again.
+                self.helo = None;
+                self.transaction = None;
+                true
+            }
+            Ok(Err(error)) => {
+                tracing::info!(%error, "STARTTLS handshake failed");
+                false
+            }
+            Err(_) => {
+                tracing::info!("STARTTLS handshake took too long");
+                false
+            }
+        }
+    }
+
     /// After closing our side, reads and drops what the client still sends,
     /// briefly (bounded in time and bytes), so that closing does not reset
     /// the connection before the client has read our last reply.
@@ -203,8 +257,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         self.reply("500 5.5.2 Line too long, closing connection");
                         return Flow::Close;
                     }
-                    if let Flow::Close = self.command(&line).await {
-                        return Flow::Close;
+                    match self.command(&line).await {
+                        Flow::Continue => {}
+                        other => return other,
                     }
                 }
                 Mode::Data {
@@ -340,8 +395,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Request::Ehlo { host } => {
                 self.helo = Some(host.into_owned());
                 self.transaction = None;
+                let starttls = if self.adapter.tls.is_some() && self.tls.is_none() {
+                    "250-STARTTLS\r\n"
+                } else {
+                    ""
+                };
                 let lines = format!(
-                    "250-{} Hello\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES",
+                    "250-{} Hello\r\n250-PIPELINING\r\n250-SIZE {}\r\n{starttls}250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES",
                     config.hostname, config.max_message_size
                 );
                 self.reply(&lines);
@@ -445,7 +505,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Request::Help { .. } => {
                 self.reply("214 2.0.0 Droid SMTP: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT")
             }
-            Request::StartTls => return self.error("502 5.5.1 STARTTLS not available"),
+            Request::StartTls if self.tls.is_some() => {
+                return self.error("503 5.5.1 TLS is already on");
+            }
+            Request::StartTls if self.adapter.tls.is_none() => {
+                return self.error("502 5.5.1 STARTTLS not available");
+            }
+            Request::StartTls if self.transaction.is_some() => {
+                return self.error("503 5.5.1 STARTTLS in a mail transaction; RSET first");
+            }
+            Request::StartTls => return Flow::StartTls,
             Request::Auth { .. } => return self.error("502 5.5.1 AUTH not available"),
             Request::Bdat { .. } => {
                 return self.error("502 5.5.1 BDAT not available (CHUNKING is not advertised)");
@@ -470,7 +539,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             rcpt_to: Vec::new(),
             client_ip: self.peer.ip().to_string(),
             helo: self.helo.clone().unwrap_or_default(),
-            tls: false,
+            tls: self.tls.is_some(),
+            tls_session: self.tls.clone(),
             received_at: unix_now(),
         };
         let size = raw.len();

@@ -23,7 +23,7 @@ use super::NAME;
 use super::frame::Framer;
 use super::post::{self, Received, Transport};
 use super::settings::SyslogConfig;
-use crate::adapter::{Adapter, Conn, ServeFuture};
+use crate::adapter::{Adapter, Conn, ServeFuture, TlsSession};
 use crate::delivery::{self, Attempt, Content, Delivery, PostOptions};
 use crate::host::Host;
 use crate::stats::DeliveryStats;
@@ -207,6 +207,7 @@ impl Adapter for TcpSide {
         self: Arc<Self>,
         io: Conn,
         peer: SocketAddr,
+        _tls: TlsSession,
         shutdown: CancellationToken,
     ) -> ServeFuture {
         Box::pin(async move { stream(io, peer, Transport::Tls, &self.0, shutdown).await })
