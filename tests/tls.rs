@@ -10,85 +10,19 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use common::pki::Pki;
 use common::*;
 use droid_client::{ClientError, ClientTls, ConnectError};
-use droid_server::ServerTls;
 use futures::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
-
-/// A CA and a server certificate it signed for `localhost`, the test domain
-/// and `*.` the test domain, all PEM.
-struct Pki {
-    ca: String,
-    cert: String,
-    key: String,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!("droid test CA {} {n}", std::process::id()),
-        );
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names = vec![
-            "localhost".to_string(),
-            DOMAIN.to_string(),
-            format!("*.{DOMAIN}"),
-        ];
-        let cert = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        Pki {
-            ca: ca_cert.pem(),
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-
-    fn server_tls(&self) -> ServerTls {
-        ServerTls::from_pem(self.cert.as_bytes(), self.key.as_bytes()).unwrap()
-    }
-
-    fn client_tls(&self) -> ClientTls {
-        ClientTls::from_ca_pem(self.ca.as_bytes()).unwrap()
-    }
-
-    /// A rustls client that trusts this CA, for visitors.
-    fn visitor_connector(&self) -> tokio_rustls::TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        let der = CertificateDer::from_pem_slice(self.ca.as_bytes()).unwrap();
-        roots.add(der).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-    }
-}
-
-use rustls::pki_types::pem::PemObject;
 
 /// The control address by the name the certificate covers.
 fn by_name(addr: SocketAddr) -> String {

@@ -95,11 +95,17 @@ async fn call_stream(shared: &Arc<Shared>, mut stream: Stream, tunnels: &[Arc<Tu
             action,
             body: body.into(),
         };
-        Ok(adapter.call(call).await)
+        Ok((adapter, call))
     })
     .await
     .unwrap_or_else(|_| Err(CallAnswer::error(408, "the call did not arrive in time")));
-    let answer = answer.unwrap_or_else(|refusal| refusal);
+    // Only the call's arrival is timed here: what the adapter does with it
+    // (a relay's exchange, say) is bounded by the adapter, and the app's
+    // client gives up on its own.
+    let answer = match answer {
+        Ok((adapter, call)) => adapter.call(call).await,
+        Err(refusal) => refusal,
+    };
     let _ = write.write_all(&protocol::encode_line(&answer)).await;
     let _ = write.shutdown().await;
 }

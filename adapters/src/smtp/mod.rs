@@ -15,14 +15,17 @@
 
 pub mod accept;
 mod memory;
+pub mod outbound;
 pub mod plugin;
+pub mod relay;
+pub mod send;
 mod service;
 pub mod session;
 mod settings;
 mod tunnels;
 
 pub use plugin::{SmtpOptions, SmtpPlugin, SmtpTable};
-pub use service::SmtpService;
+pub use service::{DEFAULT_SENDS_PER_MINUTE, SmtpService};
 pub use settings::{MailRoute, MailSettings};
 pub use tunnels::TunnelMail;
 

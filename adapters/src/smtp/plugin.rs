@@ -18,7 +18,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::de::ValueDeserializer;
 
-use super::{MailRoute, MailSettings, NAME, SmtpConfig, SmtpService};
+use super::outbound::Elsewhere;
+use super::relay::Relay;
+use super::{DEFAULT_SENDS_PER_MINUTE, MailRoute, MailSettings, NAME, SmtpConfig, SmtpService};
 use crate::adapter::ConnLimits;
 use crate::mail::Format;
 use crate::plugin::values::{self, Addr, Dur, MailFormat, NonEmpty, SigningSecret, UrlPath};
@@ -90,6 +92,14 @@ pub struct SmtpTable {
     pub session_timeout: Option<Dur>,
     /// How long the app has to answer before the message is spooled.
     pub deliver_timeout: Option<Dur>,
+    /// The relay apps' mail to other domains goes through (`--mail-relay`):
+    /// `smtp://USER:PASS@HOST:587` or `smtps://USER:PASS@HOST:465`.
+    pub relay: Option<NonEmpty>,
+    /// A PEM file of the CA the relay's certificate is checked against,
+    /// instead of the system's roots (`--mail-relay-ca`).
+    pub relay_ca: Option<NonEmpty>,
+    /// Messages one tunnel's app may send a minute (`--mail-send-rate`).
+    pub send_rate: Option<u32>,
     /// Standalone only: the URL each mail is POSTed to (`--post`).
     pub post: Option<NonEmpty>,
     /// Standalone only: accept mail for `*@domain` only (`--domain`).
@@ -190,8 +200,10 @@ struct RouteTable {
     path: UrlPath,
 }
 
-/// Where mail is accepted, and how.
+/// Where mail is accepted, and how; where apps' mail goes.
 struct SmtpSetup {
+    elsewhere: Elsewhere,
+    per_minute: u32,
     listen: Option<SocketAddr>,
     /// Implicit TLS (`--smtps`).
     listen_tls: Option<SocketAddr>,
@@ -249,8 +261,17 @@ impl Setup for SmtpSetup {
                 ));
                 tls.push(listener);
             }
-            let mut service =
-                SmtpService::new(self.config, plain, self.limits).with_implicit_tls(tls);
+            if let Elsewhere::Relay(relay) = &self.elsewhere
+                && !self.embedded
+            {
+                lines.push(format!(
+                    "mail apps send goes through the relay {}, {} a minute per tunnel",
+                    relay.name, self.per_minute
+                ));
+            }
+            let mut service = SmtpService::new(self.config, plain, self.limits)
+                .with_implicit_tls(tls)
+                .sending(self.elsewhere, self.per_minute);
             if let Some(address) = announce {
                 service = service.announcing(address);
             }
@@ -266,6 +287,60 @@ fn options(flags: Option<&ArgMatches>) -> SmtpOptions {
     flags
         .and_then(|f| SmtpOptions::from_arg_matches(f).ok())
         .unwrap_or_default()
+}
+
+/// Where apps' mail goes: the relay and its CA, on `droid server` and
+/// `droid http` alike; and, on a server, how much a tunnel may send.
+fn relay_flags(server: bool) -> Vec<Arg> {
+    let mut flags = vec![
+        Arg::new("mail_relay")
+            .long("mail-relay")
+            .value_name("URL")
+            .env("DROID_MAIL_RELAY")
+            .hide_env_values(true)
+            .help_heading("Mail")
+            .help(if server {
+                "Send the mail apps send (POST /email on their client) through this relay: smtp://USER:PASS@HOST:587 (STARTTLS) or smtps://USER:PASS@HOST:465"
+            } else {
+                "Without --server: send the mail your app sends through this relay (smtp://USER:PASS@HOST:587 or smtps://...:465) instead of catching it"
+            }),
+        Arg::new("mail_relay_ca")
+            .long("mail-relay-ca")
+            .value_name("FILE")
+            .help_heading("Mail")
+            .help("Check the relay's certificate against this PEM file's CA instead of the system's roots"),
+    ];
+    if server {
+        flags.push(
+            Arg::new("mail_send_rate")
+                .long("mail-send-rate")
+                .value_name("N")
+                .value_parser(clap::value_parser!(u32).range(1..))
+                .help_heading("Mail")
+                .help("Messages one tunnel's app may send a minute; more get 429 [default: 60]"),
+        );
+    }
+    flags
+}
+
+/// The relay the flags (over the table) name, if any.
+fn relay(flags: Option<&ArgMatches>, table: &SmtpTable) -> Result<Option<Relay>, SetupError> {
+    let flag = |id: &str| flags.and_then(|f| f.get_one::<String>(id).cloned());
+    let url = flag("mail_relay").or_else(|| table.relay.as_ref().map(|r| r.0.clone()));
+    let ca = flag("mail_relay_ca").or_else(|| table.relay_ca.as_ref().map(|c| c.0.clone()));
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let from_flag = flag("mail_relay").is_some();
+    Relay::new(&url, ca.as_deref().map(std::path::Path::new))
+        .map(Some)
+        .map_err(|why| {
+            if from_flag {
+                SetupError::Flag(format!("--mail-relay: {why}"))
+            } else {
+                SetupError::Key("relay", why)
+            }
+        })
 }
 
 /// [`SmtpOptions`] as flags, after the adapter's own in `--help`.
@@ -300,6 +375,7 @@ impl Plugin for SmtpPlugin {
                 .help_heading("Mail")
                 .help("Accept mail over implicit TLS here (usually port 465), with --tls-cert"),
         ];
+        flags.extend(relay_flags(true));
         flags.extend(option_flags());
         flags
     }
@@ -333,6 +409,7 @@ impl Plugin for SmtpPlugin {
                 .help_heading("Mail")
                 .help("The body of mail POSTs: json, multipart or raw"),
         ];
+        flags.extend(relay_flags(false));
         flags.extend(option_flags());
         flags
     }
@@ -376,11 +453,22 @@ impl Plugin for SmtpPlugin {
                 }
             }
         };
-        if plain.is_none() && tls.is_none() {
+        let table = given.unwrap_or_default();
+        let relay = relay(flags, &table)?;
+        if plain.is_none() && tls.is_none() && relay.is_none() {
             return Ok(None);
         }
-        let (config, limits) = given.unwrap_or_default().resolve(&options(flags));
+        let per_minute = flags
+            .and_then(|f| f.get_one::<u32>("mail_send_rate").copied())
+            .or(table.send_rate)
+            .unwrap_or(DEFAULT_SENDS_PER_MINUTE);
+        if per_minute == 0 {
+            return Err(SetupError::Key("send_rate", "must be at least 1".into()));
+        }
+        let (config, limits) = table.resolve(&options(flags));
         Ok(Some(Box::new(SmtpSetup {
+            elsewhere: relay.map_or(Elsewhere::Refuse, |r| Elsewhere::Relay(Box::new(r))),
+            per_minute,
             listen: plain,
             listen_tls: tls,
             starttls: has_cert,
@@ -407,7 +495,13 @@ impl Plugin for SmtpPlugin {
             .or(table.listen.map(|a| a.0))
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 2525)));
         let (config, limits) = table.resolve(&options(flags));
+        // Nothing leaves this machine unless asked: without a relay, mail
+        // for other domains is caught.
+        let elsewhere =
+            relay(flags, &table)?.map_or(Elsewhere::Catch, |r| Elsewhere::Relay(Box::new(r)));
         Ok(Some(Box::new(SmtpSetup {
+            elsewhere,
+            per_minute: table.send_rate.unwrap_or(DEFAULT_SENDS_PER_MINUTE),
             listen: Some(listen),
             listen_tls: None,
             starttls: false,

@@ -1,16 +1,21 @@
-//! The SMTP adapter as a server runs it: its listener, the grant's mail
-//! domain, and its counters.
+//! The SMTP adapter as a server runs it: its listeners, the grant's mail
+//! domain, its counters, and the mail apps send (`send`, `send-batch`).
 
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use super::outbound::{Elsewhere, Outbound, Running};
 use super::{NAME, SmtpAdapter, SmtpConfig, TunnelMail};
 use crate::adapter::{ConnLimits, Listener, run_adapter};
-use crate::host::{Grantee, Host, ServerAdapter};
+use crate::host::{Call, Grantee, Host, ServerAdapter};
 use crate::route::Answer;
 use crate::stats::DeliveryStats;
+use droid_core::protocol::CallAnswer;
+
+/// Messages one tunnel may send a minute, unless the server says otherwise.
+pub const DEFAULT_SENDS_PER_MINUTE: u32 = 60;
 
 /// Mail for `*@NAME.domain`, on the listeners it is given.
 pub struct SmtpService {
@@ -21,6 +26,8 @@ pub struct SmtpService {
     tls: Mutex<Vec<TcpListener>>,
     stats: OnceLock<DeliveryStats>,
     announce: Option<String>,
+    outbound: Outbound,
+    running: OnceLock<Running>,
 }
 
 impl SmtpService {
@@ -33,7 +40,16 @@ impl SmtpService {
             tls: Mutex::new(Vec::new()),
             stats: OnceLock::new(),
             announce: None,
+            outbound: Outbound::new(Elsewhere::Refuse, DEFAULT_SENDS_PER_MINUTE),
+            running: OnceLock::new(),
         }
+    }
+
+    /// Sends apps' mail for other domains as `elsewhere` says, at most
+    /// `per_minute` messages a tunnel.
+    pub fn sending(mut self, elsewhere: Elsewhere, per_minute: u32) -> SmtpService {
+        self.outbound = Outbound::new(elsewhere, per_minute);
+        self
     }
 
     /// Accepts mail over implicit TLS on `listeners` too (usually port
@@ -65,9 +81,14 @@ impl ServerAdapter for SmtpService {
         let router = Arc::new(TunnelMail::new(host.tunnels.clone(), &host.domain));
         // With the server's certificate, mail may come over TLS: STARTTLS
         // on every listener, and the implicit-TLS ones (--smtps).
-        let adapter =
-            SmtpAdapter::new(self.config.clone(), router, host.spool).with_tls(host.tls.clone());
+        let adapter = SmtpAdapter::new(self.config.clone(), router.clone(), host.spool)
+            .with_tls(host.tls.clone());
         let adapter = Arc::new(adapter);
+        let _ = self.running.set(Running {
+            adapter: adapter.clone(),
+            router: router.clone(),
+            domain: host.domain.clone(),
+        });
         let _ = self.stats.set(adapter.stats().clone());
         let mut listeners =
             std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner()));
@@ -91,6 +112,15 @@ impl ServerAdapter for SmtpService {
         tunnel.settings.of(NAME).map(|_| match &self.announce {
             Some(address) => json!({ "domain": domain, "address": address }),
             None => json!({ "domain": domain }),
+        })
+    }
+
+    fn call(&self, call: Call) -> Answer<'_, CallAnswer> {
+        Box::pin(async move {
+            match self.running.get() {
+                Some(running) => self.outbound.call(running, call).await,
+                None => CallAnswer::error(503, "mail is starting; try again"),
+            }
         })
     }
 

@@ -11,6 +11,7 @@
 //! | `GET /api/requests/{id}/attachments/{n}` | a mail's attachment |
 //! | `POST /api/requests/{id}/replay` | send it again, with optional edits |
 //! | `POST /api/ADAPTER/ACTION` | a call to an adapter of the server (`/api/mqtt/publish`: to the devices) |
+//! | `POST /email`, `POST /email/batch` | mail the app sends, in Postmark's shape (`/api/smtp/send`, `/api/smtp/send-batch`) |
 //! | `GET /api/events` | new exchanges as server-sent events |
 //! | `GET /metrics` | the client's metrics, Prometheus text format |
 //!
@@ -363,20 +364,60 @@ async fn answer(
         }
         (&Method::POST, ["api", adapter, action]) => {
             let (adapter, action) = (adapter.to_string(), action.to_string());
-            let limit = usize::try_from(droid_core::protocol::MAX_CALL_BODY).unwrap_or(usize::MAX);
-            let body = match Limited::new(request.into_body(), limit).collect().await {
-                Ok(body) => body.to_bytes(),
-                Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read it: {e}")),
+            let body = match call_body(request).await {
+                Ok(body) => body,
+                Err(answer) => return answer,
             };
             let answer = call::call(shared, &adapter, &action, &body).await;
             let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
             json_answer(status, &answer.body)
+        }
+        // Postmark's API, so its SDKs send through Droid with only their
+        // base URL changed: mail's `send` and `send-batch`.
+        (&Method::POST, ["email"]) | (&Method::POST, ["email", "batch"]) => {
+            let action = if segments.len() == 1 {
+                "send"
+            } else {
+                "send-batch"
+            };
+            let body = match call_body(request).await {
+                Ok(body) => body,
+                Err(answer) => return answer,
+            };
+            let answer = call::call(shared, super::exchange::MAIL_ADAPTER, action, &body).await;
+            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            json_answer(status, &postmark_shaped(answer))
         }
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no route {} {path}", request.method()),
         ),
     }
+}
+
+/// A call's body, at most [`droid_core::protocol::MAX_CALL_BODY`] bytes.
+async fn call_body(request: http::Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    let limit = usize::try_from(droid_core::protocol::MAX_CALL_BODY).unwrap_or(usize::MAX);
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read it: {e}"),
+        )),
+    }
+}
+
+/// An answer in Postmark's shape: the adapter's, or a refusal that came
+/// before it (`{"error": why}`) as `{"ErrorCode", "Message"}`.
+fn postmark_shaped(answer: droid_core::protocol::CallAnswer) -> Value {
+    if answer.status < 300 || answer.body.get("ErrorCode").is_some() {
+        return answer.body;
+    }
+    let why = answer.body["error"]
+        .as_str()
+        .unwrap_or("the server refused the message")
+        .to_string();
+    json!({ "ErrorCode": answer.status, "Message": why })
 }
 
 fn tunnels(shared: &Shared) -> Value {

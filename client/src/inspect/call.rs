@@ -13,8 +13,9 @@ use tokio::io::{AsyncWriteExt, BufReader};
 
 use super::Shared;
 
-/// How long a call may take, stream to answer.
-const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a call may take, stream to answer: longer than a mail relay's
+/// slowest exchange.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// Sends the app's call to `adapter`'s `action` with `body`; the server's
 /// answer, or why there is none.

@@ -26,7 +26,7 @@ pub enum Kind {
 }
 
 /// The adapter whose deliveries are mail, shown as mail.
-const MAIL_ADAPTER: &str = "smtp";
+pub(crate) const MAIL_ADAPTER: &str = "smtp";
 
 impl Kind {
     /// The name the API uses: `http`, `tcp`, the adapter's name, and

@@ -1,0 +1,279 @@
+//! Where mail an app sends goes ([`send`](super::send) builds it): to this
+//! server's own tunnels like any received mail, and through the relay, or
+//! caught, or refused, for the rest. One tunnel sends at most
+//! [`Outbound::per_minute`] messages a minute.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use droid_core::protocol::CallAnswer;
+use lettre::Address;
+use serde_json::Value;
+
+use super::accept;
+use super::relay::Relay;
+use super::send::{self, Built, Email, Refused};
+use super::{SmtpAdapter, TunnelMail};
+use crate::delivery::unix_now;
+use crate::host::Call;
+use crate::mail::Envelope;
+use crate::route::{MailRouter, Route};
+
+/// What becomes of mail for domains this server does not serve.
+#[derive(Debug, Clone, Default)]
+pub enum Elsewhere {
+    /// It goes through this relay.
+    Relay(Box<Relay>),
+    /// It is kept on this machine (the server inside `droid http`): the
+    /// app is told it was caught.
+    Catch,
+    /// It is refused: this server has no relay.
+    #[default]
+    Refuse,
+}
+
+/// How a server sends apps' mail.
+#[derive(Debug)]
+pub struct Outbound {
+    /// Mail for other domains.
+    pub elsewhere: Elsewhere,
+    /// Messages one tunnel may send a minute (and at once).
+    pub per_minute: u32,
+    sent: Mutex<HashMap<String, Window>>,
+}
+
+/// One tunnel's sends in the current minute.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    count: u32,
+}
+
+/// The adapter and router a running server sends local mail through.
+pub struct Running {
+    /// The adapter: its spool, settings and counters.
+    pub adapter: Arc<SmtpAdapter>,
+    /// The server's tunnels' mail domains.
+    pub router: Arc<TunnelMail>,
+    /// The server's domain.
+    pub domain: String,
+}
+
+impl Outbound {
+    /// Sends mail for other domains as `elsewhere` says, `per_minute`
+    /// messages a tunnel.
+    pub fn new(elsewhere: Elsewhere, per_minute: u32) -> Outbound {
+        Outbound {
+            elsewhere,
+            per_minute,
+            sent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `send` (one message) or `send-batch` (a list): each answered in
+    /// Postmark's shape.
+    pub async fn call(&self, running: &Running, call: Call) -> CallAnswer {
+        match call.action.as_str() {
+            "send" => match serde_json::from_slice::<Email>(&call.body) {
+                Ok(email) => match self.send(running, &call, &email).await {
+                    Ok(body) => CallAnswer { status: 200, body },
+                    Err(refused) => CallAnswer {
+                        status: refused.status,
+                        body: refused.body(),
+                    },
+                },
+                Err(e) => refused(Refused::invalid(format!(
+                    "the body is not a Postmark message (From, To, Subject, TextBody...): {e}"
+                ))),
+            },
+            "send-batch" => match serde_json::from_slice::<Vec<Email>>(&call.body) {
+                Ok(emails) => {
+                    let mut answers = Vec::with_capacity(emails.len());
+                    for email in &emails {
+                        answers.push(match self.send(running, &call, email).await {
+                            Ok(body) => body,
+                            Err(refused) => refused.body(),
+                        });
+                    }
+                    CallAnswer {
+                        status: 200,
+                        body: Value::Array(answers),
+                    }
+                }
+                Err(e) => refused(Refused::invalid(format!(
+                    "the body is not a list of Postmark messages: {e}"
+                ))),
+            },
+            other => CallAnswer::error(
+                404,
+                format!("mail takes no call {other:?}; it takes send and send-batch"),
+            ),
+        }
+    }
+
+    async fn send(&self, running: &Running, call: &Call, email: &Email) -> Result<Value, Refused> {
+        let from: Address = email
+            .from
+            .parse::<lettre::message::Mailbox>()
+            .map(|m| m.email)
+            .map_err(|e| Refused::invalid(format!("`From` is not an address: {e}")))?;
+        let Some(tunnel) = send::sender_tunnel(&from, &call.tunnels, &running.domain) else {
+            let yours: Vec<String> = call
+                .tunnels
+                .iter()
+                .map(|t| format!("anything@{}.{}", t.name, running.domain))
+                .collect();
+            return Err(Refused {
+                status: 403,
+                code: 400,
+                message: format!(
+                    "`From` must be at your tunnel's own mail domain ({}); {from} is not",
+                    yours.join(", ")
+                ),
+            });
+        };
+        self.admit(&tunnel.name)?;
+        let built = send::build(email, from.domain())?;
+        let (local, elsewhere) = self.split(running, &built.recipients).await?;
+        let said = match (&self.elsewhere, elsewhere.is_empty()) {
+            (_, true) => "OK".to_string(),
+            (Elsewhere::Relay(relay), false) => {
+                let reply = relay.send(&built.from, &elsewhere, &built.raw).await?;
+                tracing::info!(tunnel = %tunnel.name, relay = %relay.name, %reply, "mail sent");
+                "OK".to_string()
+            }
+            (Elsewhere::Catch, false) => {
+                "OK: caught, not sent: the server inside droid http sends nothing off this machine (droid http --mail-relay URL sends it)".to_string()
+            }
+            (Elsewhere::Refuse, false) => {
+                return Err(Refused {
+                    status: 422,
+                    code: 405,
+                    message: format!(
+                        "this server has no mail relay (droid server --mail-relay smtp://USER:PASS@HOST:587), so it sends no mail to other domains; mail to its own tunnels (anything@NAME.{}) is delivered",
+                        running.domain
+                    ),
+                });
+            }
+        };
+        if !local.is_empty() {
+            deliver_here(running, &built, local).await?;
+        }
+        Ok(send::sent(&built, &said))
+    }
+
+    /// One more message for `tunnel` this minute, or 429.
+    fn admit(&self, tunnel: &str) -> Result<(), Refused> {
+        let now = Instant::now();
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        if sent.len() > 4096 {
+            sent.retain(|_, w| now.duration_since(w.started) < Duration::from_secs(60));
+        }
+        let window = sent.entry(tunnel.to_string()).or_insert(Window {
+            started: now,
+            count: 0,
+        });
+        if now.duration_since(window.started) >= Duration::from_secs(60) {
+            *window = Window {
+                started: now,
+                count: 0,
+            };
+        }
+        if window.count >= self.per_minute {
+            let wait = 60u64.saturating_sub(now.duration_since(window.started).as_secs());
+            return Err(Refused {
+                status: 429,
+                code: 429,
+                message: format!(
+                    "the tunnel {tunnel} sent {} messages this minute, as many as this server allows (--mail-send-rate); try again in {wait} s",
+                    self.per_minute
+                ),
+            });
+        }
+        window.count += 1;
+        Ok(())
+    }
+
+    /// The recipients at this server's tunnels, routed, and the others.
+    async fn split(
+        &self,
+        running: &Running,
+        recipients: &[Address],
+    ) -> Result<(Vec<(String, Route)>, Vec<Address>), Refused> {
+        let (mut local, mut elsewhere) = (Vec::new(), Vec::new());
+        let suffix = format!(".{}", running.domain.to_ascii_lowercase());
+        for address in recipients {
+            if !address.domain().to_ascii_lowercase().ends_with(&suffix) {
+                elsewhere.push(address.clone());
+                continue;
+            }
+            match running.router.resolve(address.as_ref()).await {
+                Ok(Some(route)) => local.push((address.to_string(), route)),
+                Ok(None) => {
+                    return Err(Refused::invalid(format!(
+                        "no tunnel of this server takes mail for {address}"
+                    )));
+                }
+                Err(e) => {
+                    return Err(Refused {
+                        status: 503,
+                        code: 701,
+                        message: format!(
+                            "mail for {address} cannot be routed now ({e}); try again"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok((local, elsewhere))
+    }
+}
+
+fn refused(refused: Refused) -> CallAnswer {
+    CallAnswer {
+        status: refused.status,
+        body: refused.body(),
+    }
+}
+
+/// Delivers `built` to `local` recipients like any received mail: to their
+/// apps, or to the spool.
+async fn deliver_here(
+    running: &Running,
+    built: &Built,
+    local: Vec<(String, Route)>,
+) -> Result<(), Refused> {
+    let envelope = Envelope {
+        mail_from: built.from.to_string(),
+        rcpt_to: Vec::new(),
+        client_ip: "127.0.0.1".into(),
+        helo: "droid".into(),
+        tls: false,
+        tls_session: None,
+        received_at: unix_now(),
+    };
+    let adapter = &running.adapter;
+    let reply = accept::accept(
+        built.raw.clone(),
+        envelope,
+        local,
+        adapter.spool.as_ref(),
+        adapter.config.deliver_timeout,
+        &adapter.stats,
+    )
+    .await;
+    match reply.chars().next() {
+        Some('2') => Ok(()),
+        Some('5') => Err(Refused {
+            status: 422,
+            code: 406,
+            message: format!("the app refused the message: {reply}"),
+        }),
+        _ => Err(Refused {
+            status: 503,
+            code: 701,
+            message: format!("the message could not be delivered now: {reply}"),
+        }),
+    }
+}
