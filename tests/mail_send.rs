@@ -41,6 +41,20 @@ async fn post_email(inspect: SocketAddr, path: &str, body: &Value) -> (u16, Valu
     )
 }
 
+/// `GET http://INSPECT{path}`, as JSON.
+async fn inspector_get(inspect: SocketAddr, path: &str) -> Value {
+    let out = within(
+        "curl",
+        Command::new("curl")
+            .args(["-s", &format!("http://{inspect}{path}")])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A `droid http` client and what it printed: its inspector and the mail
 /// domain of its tunnel.
 struct Sender {
@@ -139,6 +153,25 @@ async fn an_app_mails_itself_and_other_mail_is_caught_on_this_machine() {
             .starts_with("OK: caught"),
         "{answer}"
     );
+    // The inspector lists it as a mail sent, and shows it as a mail.
+    let list = inspector_get(s.inspect, "/api/requests?kind=mail").await["requests"].clone();
+    let sent = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["direction"] == "out" && e["mail"]["to"][0] == "someone@example.com")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(sent["status"], 200);
+    let detail = inspector_get(s.inspect, &format!("/api/requests/{}", sent["id"])).await;
+    assert_eq!(detail["mail"]["text"], "x", "{detail}");
+    let said = detail["response"]["body"].as_str().unwrap_or_default();
+    assert!(said.contains("caught"), "{detail}");
+    let received = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["direction"] == "in");
+    assert_eq!(received.unwrap()["mail"]["subject"], "Grüße");
 
     // Postmark's batch: one answer each, in order.
     let (status, answers) = post_email(
@@ -310,7 +343,7 @@ async fn a_public_server_sends_through_its_relay_over_starttls_with_a_login() {
     let (_, _, ca) = pki.write(dir.path());
     let mut relay = relay(dir.path()).await;
     let url = format!("smtp://relayuser:s3cret@localhost:{}", relay.port);
-    let (_server, s) = public(
+    let (mut server, s) = public(
         &app,
         dir.path(),
         &[
@@ -318,6 +351,8 @@ async fn a_public_server_sends_through_its_relay_over_starttls_with_a_login() {
             &url,
             "--mail-relay-ca",
             &ca,
+            "--metrics",
+            "127.0.0.1:0",
             "--mail-send-rate",
             "4",
         ],
@@ -413,6 +448,20 @@ async fn a_public_server_sends_through_its_relay_over_starttls_with_a_login() {
         (429, Some(429)),
         "{answer}"
     );
+
+    // Every send is counted: 3 through the relay; the 550, the spoofed
+    // one and the one past the rate refused.
+    let metrics = server
+        .line("the metrics address", |l| {
+            l.split("metrics on http://")
+                .nth(1)
+                .and_then(|rest| rest.split('/').next())
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        })
+        .await;
+    let text = get(metrics, "127.0.0.1", "/metrics").await.1;
+    assert!(text.contains("droid_mail_sent_relayed_total 3"), "{text}");
+    assert!(text.contains("droid_mail_send_refused_total 3"), "{text}");
 
     // The relay gone: 503, and the app knows nothing was sent.
     relay.child.kill().await.unwrap();

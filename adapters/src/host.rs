@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use droid_core::protocol::{AdapterSettings, CallAnswer};
+use prometheus_client::metrics::counter::Counter;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -141,6 +142,12 @@ pub trait ServerAdapter: Send + Sync + 'static {
             ),
         );
         Box::pin(std::future::ready(answer))
+    }
+
+    /// More counters for the server's metrics: each one's name (without
+    /// `_total`), what it counts, and the counter.
+    fn counters(&self) -> Vec<(&'static str, &'static str, Counter)> {
+        Vec::new()
     }
 
     /// Its delivery counters for the server's metrics: the metrics' prefix

@@ -441,6 +441,9 @@ impl Server {
                 if let Some((prefix, what, stats)) = adapter.stats() {
                     self.shared.metrics.count_deliveries(prefix, what, &stats);
                 }
+                for (name, help, counter) in adapter.counters() {
+                    self.shared.metrics.count(name, help, counter);
+                }
                 run
             })
             .collect();

@@ -290,6 +290,13 @@ impl Metrics {
         }
     }
 
+    /// Reports an adapter's own `counter` as `name`.
+    pub fn count(&self, name: &str, help: &str, counter: Counter) {
+        if let Ok(mut registry) = self.registry.lock() {
+            registry.register(name, help, counter);
+        }
+    }
+
     /// Reports what an adapter's deliveries come to (and its spool's),
     /// under `prefix` (`droid_mail`); `what` names them.
     pub fn count_deliveries(&self, prefix: &str, what: &str, stats: &DeliveryStats) {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use droid_core::protocol::CallAnswer;
 use lettre::Address;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 
 use super::accept;
@@ -41,6 +42,49 @@ pub struct Outbound {
     /// Messages one tunnel may send a minute (and at once).
     pub per_minute: u32,
     sent: Mutex<HashMap<String, Window>>,
+    /// What sends came to, for the server's metrics.
+    pub counts: SendCounts,
+}
+
+/// What apps' sends came to.
+#[derive(Debug, Clone, Default)]
+pub struct SendCounts {
+    /// Messages the relay took.
+    pub relayed: Counter,
+    /// Messages caught by the server inside `droid http`.
+    pub caught: Counter,
+    /// Messages only for this server's own tunnels.
+    pub local: Counter,
+    /// Messages refused (by Droid or the relay).
+    pub refused: Counter,
+}
+
+impl SendCounts {
+    /// Each counter, named for the server's metrics.
+    pub fn named(&self) -> Vec<(&'static str, &'static str, Counter)> {
+        vec![
+            (
+                "droid_mail_sent_relayed",
+                "Mails apps sent that the relay took",
+                self.relayed.clone(),
+            ),
+            (
+                "droid_mail_sent_caught",
+                "Mails apps sent that were caught on this machine",
+                self.caught.clone(),
+            ),
+            (
+                "droid_mail_sent_local",
+                "Mails apps sent only to this server's own tunnels",
+                self.local.clone(),
+            ),
+            (
+                "droid_mail_send_refused",
+                "Mails apps sent that were refused, by Droid or the relay",
+                self.refused.clone(),
+            ),
+        ]
+    }
 }
 
 /// One tunnel's sends in the current minute.
@@ -68,6 +112,7 @@ impl Outbound {
             elsewhere,
             per_minute,
             sent: Mutex::new(HashMap::new()),
+            counts: SendCounts::default(),
         }
     }
 
@@ -112,7 +157,21 @@ impl Outbound {
         }
     }
 
+    /// Sends `email` and counts what came of it.
     async fn send(&self, running: &Running, call: &Call, email: &Email) -> Result<Value, Refused> {
+        let sent = self.send_counted(running, call, email).await;
+        if sent.is_err() {
+            self.counts.refused.inc();
+        }
+        sent
+    }
+
+    async fn send_counted(
+        &self,
+        running: &Running,
+        call: &Call,
+        email: &Email,
+    ) -> Result<Value, Refused> {
         let from: Address = email
             .from
             .parse::<lettre::message::Mailbox>()
@@ -137,13 +196,18 @@ impl Outbound {
         let built = send::build(email, from.domain())?;
         let (local, elsewhere) = self.split(running, &built.recipients).await?;
         let said = match (&self.elsewhere, elsewhere.is_empty()) {
-            (_, true) => "OK".to_string(),
+            (_, true) => {
+                self.counts.local.inc();
+                "OK".to_string()
+            }
             (Elsewhere::Relay(relay), false) => {
                 let reply = relay.send(&built.from, &elsewhere, &built.raw).await?;
                 tracing::info!(tunnel = %tunnel.name, relay = %relay.name, %reply, "mail sent");
+                self.counts.relayed.inc();
                 "OK".to_string()
             }
             (Elsewhere::Catch, false) => {
+                self.counts.caught.inc();
                 "OK: caught, not sent: the server inside droid http sends nothing off this machine (droid http --mail-relay URL sends it)".to_string()
             }
             (Elsewhere::Refuse, false) => {

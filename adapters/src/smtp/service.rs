@@ -124,6 +124,16 @@ impl ServerAdapter for SmtpService {
         })
     }
 
+    fn counters(
+        &self,
+    ) -> Vec<(
+        &'static str,
+        &'static str,
+        prometheus_client::metrics::counter::Counter,
+    )> {
+        self.outbound.counts.named()
+    }
+
     fn stats(&self) -> Option<(&'static str, &'static str, DeliveryStats)> {
         self.stats
             .get()

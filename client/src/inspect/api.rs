@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::store::Filter;
-use super::{Shared, StoreEvent, call, mail, replay};
+use super::{Shared, StoreEvent, call, mail, replay, sent};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -384,9 +384,12 @@ async fn answer(
                 Ok(body) => body,
                 Err(answer) => return answer,
             };
+            let started = std::time::Instant::now();
             let answer = call::call(shared, super::exchange::MAIL_ADAPTER, action, &body).await;
             let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            json_answer(status, &postmark_shaped(answer))
+            let answer = postmark_shaped(answer);
+            sent::record(shared, &body, status.as_u16(), &answer, started.elapsed());
+            json_answer(status, &answer)
         }
         _ => error(
             StatusCode::NOT_FOUND,

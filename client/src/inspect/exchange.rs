@@ -296,6 +296,8 @@ pub struct Exchange {
     pub delivery_id: Option<String>,
     /// A mail's from, to and subject, read from the POST's body.
     pub mail: Option<MailSummary>,
+    /// A mail the app sent (`POST /email`), not one it received.
+    pub outgoing: bool,
 }
 
 impl Exchange {
@@ -315,6 +317,7 @@ impl Exchange {
             replay_of: None,
             delivery_id: None,
             mail: None,
+            outgoing: false,
         }
     }
 
@@ -364,6 +367,9 @@ impl Exchange {
         }
         if let Some(mail) = &self.mail {
             out["mail"] = json!({"from": mail.from, "to": mail.to, "subject": mail.subject});
+        }
+        if self.kind.is_mail() {
+            out["direction"] = Value::from(if self.outgoing { "out" } else { "in" });
         }
         out
     }

@@ -81,6 +81,9 @@ pub(crate) fn read(request: &Message) -> Option<MailView> {
     match essence.as_str() {
         "application/json" => {
             let mail: Value = serde_json::from_slice(&request.body.to_vec()).ok()?;
+            if mail["From"].is_string() {
+                return Some(from_postmark(&mail));
+            }
             Some(from_json(&mail, |a| {
                 a["content"]
                     .as_str()
@@ -105,6 +108,49 @@ pub(crate) fn read(request: &Message) -> Option<MailView> {
         }
         "message/rfc822" => Some(from_raw(request)),
         _ => None,
+    }
+}
+
+/// A mail the app sent, in Postmark's shape (`POST /email`).
+fn from_postmark(email: &Value) -> MailView {
+    let text = |key: &str| email[key].as_str().map(str::to_string);
+    let to: Vec<String> = ["To", "Cc", "Bcc"]
+        .iter()
+        .filter_map(|k| email[*k].as_str())
+        .flat_map(|list| list.split(',').map(|a| a.trim().to_string()))
+        .filter(|a| !a.is_empty())
+        .collect();
+    let attachments = email["Attachments"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|a| {
+                    let bytes = a["Content"]
+                        .as_str()
+                        .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok());
+                    Attachment {
+                        filename: a["Name"].as_str().map(str::to_string),
+                        content_type: a["ContentType"]
+                            .as_str()
+                            .unwrap_or("application/octet-stream")
+                            .to_string(),
+                        size: bytes.as_ref().map_or(0, |b| b.len() as u64),
+                        bytes,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    MailView {
+        summary: MailSummary {
+            from: text("From").unwrap_or_default(),
+            to,
+            subject: text("Subject").unwrap_or_default(),
+        },
+        date: None,
+        text: text("TextBody"),
+        html: text("HtmlBody"),
+        attachments,
     }
 }
 

@@ -23,6 +23,7 @@ mod http1;
 mod mail;
 mod metrics;
 mod replay;
+mod sent;
 mod store;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
