@@ -512,3 +512,101 @@ async fn a_server_without_a_relay_refuses_mail_for_other_domains_and_delivers_it
     assert_eq!(status, 200, "{answer}");
     assert_eq!(app.next_mail().await.json()["subject"], "local");
 }
+
+/// Verifies the DKIM signature of the message in base64 (`argv[1]`) with
+/// dkimpy, its DNS answered with `argv[2]` (the TXT record); prints PASS or
+/// FAIL, then the same for the message with its body changed.
+const DKIM_VERIFY: &str = r#"
+import base64, sys
+import dkim
+raw, record = base64.b64decode(sys.argv[1]), sys.argv[2].encode()
+dns = lambda name, timeout=5: record
+print("PASS" if dkim.verify(raw, dnsfunc=dns) else "FAIL")
+tampered = raw.replace(b"signed body", b"forged body")
+print("PASS" if dkim.verify(tampered, dnsfunc=dns) else "FAIL")
+"#;
+
+/// Runs `script` with `sh -c`; its stdout.
+async fn sh(script: &str) -> String {
+    let out = within(
+        "openssl",
+        Command::new("sh")
+            .args(["-c", script])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {} (Debian: openssl; run `bash .ci/test`)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn mail_apps_send_is_signed_with_dkim_and_dkimpy_verifies_it() {
+    let pki = Pki::new();
+    let app = origin("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, ca) = pki.write(dir.path());
+    let d = dir.path().display();
+    // An RSA key (rsa-sha256) and an Ed25519 one (ed25519-sha256), with the
+    // TXT records a domain would publish for them.
+    let rsa = sh(&format!(
+        "openssl genrsa -out {d}/rsa.pem 2048 2>/dev/null && openssl rsa -in {d}/rsa.pem -pubout -outform DER 2>/dev/null | base64 -w0"
+    ))
+    .await;
+    let ed = sh(&format!(
+        "openssl genpkey -algorithm ed25519 -out {d}/ed.pem && openssl pkey -in {d}/ed.pem -pubout -outform DER | tail -c 32 | base64 -w0"
+    ))
+    .await;
+    for (key, selector, record) in [
+        ("rsa.pem", "rsa1", format!("v=DKIM1; k=rsa; p={rsa}")),
+        ("ed.pem", "ed1", format!("v=DKIM1; k=ed25519; p={ed}")),
+    ] {
+        let mut relay = relay(dir.path()).await;
+        let url = format!("smtp://relayuser:s3cret@localhost:{}", relay.port);
+        let key = dir.path().join(key).display().to_string();
+        let (mut server, s) = public(
+            &app,
+            dir.path(),
+            &[
+                "--mail-relay",
+                &url,
+                "--mail-relay-ca",
+                &ca,
+                "--dkim-key",
+                &key,
+                "--dkim-selector",
+                selector,
+            ],
+        )
+        .await;
+        let said = server
+            .line("the DKIM line", |l| {
+                l.contains("DKIM").then(|| l.to_string())
+            })
+            .await;
+        assert!(
+            said.ends_with(&format!("{selector}._domainkey.{DOMAIN}")),
+            "{said}"
+        );
+        let body = json!({
+            "From": format!("ann@{}", s.domain), "To": "bob@example.com",
+            "Subject": "signed", "TextBody": "the signed body",
+        });
+        let (status, answer) = post_email(s.inspect, "/email", &body).await;
+        assert_eq!(status, 200, "{answer}");
+        let got = relay.next().await;
+        let (ok, out, err) = python(DKIM_VERIFY, &[got["data"].as_str().unwrap(), &record]).await;
+        assert!(ok, "{out}{err}");
+        assert_eq!(
+            out.split_whitespace().collect::<Vec<_>>(),
+            ["PASS", "FAIL"],
+            "{selector}: {err}"
+        );
+        relay.child.kill().await.unwrap();
+    }
+}

@@ -14,6 +14,7 @@
 //! message is fsynced in the spool.
 
 pub mod accept;
+pub mod dkim;
 mod memory;
 pub mod outbound;
 pub mod plugin;

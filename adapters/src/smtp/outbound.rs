@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 
 use super::accept;
+use super::dkim::Dkim;
 use super::relay::Relay;
 use super::send::{self, Built, Email, Refused};
 use super::{SmtpAdapter, TunnelMail};
@@ -44,6 +45,8 @@ pub struct Outbound {
     sent: Mutex<HashMap<String, Window>>,
     /// What sends came to, for the server's metrics.
     pub counts: SendCounts,
+    /// The DKIM signature every message gets, if the server has a key.
+    pub dkim: Option<Dkim>,
 }
 
 /// What apps' sends came to.
@@ -113,6 +116,7 @@ impl Outbound {
             per_minute,
             sent: Mutex::new(HashMap::new()),
             counts: SendCounts::default(),
+            dkim: None,
         }
     }
 
@@ -193,7 +197,15 @@ impl Outbound {
             });
         };
         self.admit(&tunnel.name)?;
-        let built = send::build(email, from.domain())?;
+        let mut built = send::build(email, from.domain())?;
+        if let Some(dkim) = &self.dkim {
+            let signed = dkim.sign(&built.raw).map_err(|e| Refused {
+                status: 500,
+                code: 701,
+                message: e,
+            })?;
+            built.raw = signed.into();
+        }
         let (local, elsewhere) = self.split(running, &built.recipients).await?;
         let said = match (&self.elsewhere, elsewhere.is_empty()) {
             (_, true) => {

@@ -11,6 +11,7 @@
 //!   standalone mode that POSTs mail to a URL.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches};
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::de::ValueDeserializer;
 
+use super::dkim::Dkim;
 use super::outbound::Elsewhere;
 use super::relay::Relay;
 use super::{DEFAULT_SENDS_PER_MINUTE, MailRoute, MailSettings, NAME, SmtpConfig, SmtpService};
@@ -100,6 +102,11 @@ pub struct SmtpTable {
     pub relay_ca: Option<NonEmpty>,
     /// Messages one tunnel's app may send a minute (`--mail-send-rate`).
     pub send_rate: Option<u32>,
+    /// A PEM private key (RSA or Ed25519) that signs the mail apps send
+    /// (`--dkim-key`).
+    pub dkim_key: Option<NonEmpty>,
+    /// The selector its public key is published under (`--dkim-selector`).
+    pub dkim_selector: Option<NonEmpty>,
     /// Standalone only: the URL each mail is POSTed to (`--post`).
     pub post: Option<NonEmpty>,
     /// Standalone only: accept mail for `*@domain` only (`--domain`).
@@ -204,6 +211,8 @@ struct RouteTable {
 struct SmtpSetup {
     elsewhere: Elsewhere,
     per_minute: u32,
+    /// The DKIM key's file and selector.
+    dkim: Option<(String, String)>,
     listen: Option<SocketAddr>,
     /// Implicit TLS (`--smtps`).
     listen_tls: Option<SocketAddr>,
@@ -269,9 +278,22 @@ impl Setup for SmtpSetup {
                     relay.name, self.per_minute
                 ));
             }
+            let dkim = match &self.dkim {
+                Some((key, selector)) => {
+                    let dkim = Dkim::load(Path::new(key), selector, &place.domain)
+                        .map_err(SetupError::Flag)?;
+                    lines.push(format!(
+                        "mail apps send is signed with DKIM; publish its public key at {}",
+                        dkim.record
+                    ));
+                    Some(dkim)
+                }
+                None => None,
+            };
             let mut service = SmtpService::new(self.config, plain, self.limits)
                 .with_implicit_tls(tls)
-                .sending(self.elsewhere, self.per_minute);
+                .sending(self.elsewhere, self.per_minute)
+                .signing(dkim);
             if let Some(address) = announce {
                 service = service.announcing(address);
             }
@@ -312,6 +334,22 @@ fn relay_flags(server: bool) -> Vec<Arg> {
     ];
     if server {
         flags.push(
+            Arg::new("dkim_key")
+                .long("dkim-key")
+                .value_name("FILE")
+                .requires("dkim_selector")
+                .help_heading("Mail")
+                .help("Sign the mail apps send with DKIM (d= the server's domain), with this PEM private key (RSA or Ed25519)"),
+        );
+        flags.push(
+            Arg::new("dkim_selector")
+                .long("dkim-selector")
+                .value_name("SELECTOR")
+                .requires("dkim_key")
+                .help_heading("Mail")
+                .help("The selector the DKIM public key is published under (SELECTOR._domainkey.DOMAIN)"),
+        );
+        flags.push(
             Arg::new("mail_send_rate")
                 .long("mail-send-rate")
                 .value_name("N")
@@ -341,6 +379,40 @@ fn relay(flags: Option<&ArgMatches>, table: &SmtpTable) -> Result<Option<Relay>,
                 SetupError::Key("relay", why)
             }
         })
+}
+
+/// The DKIM key and selector the flags (over the table) name, checked:
+/// the key reads, the selector is one.
+fn dkim(
+    flags: Option<&ArgMatches>,
+    table: &SmtpTable,
+) -> Result<Option<(String, String)>, SetupError> {
+    let flag = |id: &str| flags.and_then(|f| f.get_one::<String>(id).cloned());
+    let from_flag = flag("dkim_key").is_some();
+    let key = flag("dkim_key").or_else(|| table.dkim_key.as_ref().map(|k| k.0.clone()));
+    let selector =
+        flag("dkim_selector").or_else(|| table.dkim_selector.as_ref().map(|s| s.0.clone()));
+    let wrong = |why: String| {
+        if from_flag {
+            SetupError::Flag(format!("--dkim-key: {why}"))
+        } else {
+            SetupError::Key("dkim_key", why)
+        }
+    };
+    match (key, selector) {
+        (None, None) => Ok(None),
+        (Some(key), Some(selector)) => {
+            Dkim::load(Path::new(&key), &selector, "example.com").map_err(wrong)?;
+            Ok(Some((key, selector)))
+        }
+        (Some(_), None) => Err(wrong(
+            "a DKIM key needs its selector (dkim_selector)".into(),
+        )),
+        (None, Some(_)) => Err(SetupError::Key(
+            "dkim_selector",
+            "a DKIM selector needs its key (dkim_key)".into(),
+        )),
+    }
 }
 
 /// [`SmtpOptions`] as flags, after the adapter's own in `--help`.
@@ -465,10 +537,12 @@ impl Plugin for SmtpPlugin {
         if per_minute == 0 {
             return Err(SetupError::Key("send_rate", "must be at least 1".into()));
         }
+        let dkim = dkim(flags, &table)?;
         let (config, limits) = table.resolve(&options(flags));
         Ok(Some(Box::new(SmtpSetup {
             elsewhere: relay.map_or(Elsewhere::Refuse, |r| Elsewhere::Relay(Box::new(r))),
             per_minute,
+            dkim,
             listen: plain,
             listen_tls: tls,
             starttls: has_cert,
@@ -502,6 +576,7 @@ impl Plugin for SmtpPlugin {
         Ok(Some(Box::new(SmtpSetup {
             elsewhere,
             per_minute: table.send_rate.unwrap_or(DEFAULT_SENDS_PER_MINUTE),
+            dkim: None,
             listen: Some(listen),
             listen_tls: None,
             starttls: false,

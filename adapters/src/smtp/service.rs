@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use super::dkim::Dkim;
 use super::outbound::{Elsewhere, Outbound, Running};
 use super::{NAME, SmtpAdapter, SmtpConfig, TunnelMail};
 use crate::adapter::{ConnLimits, Listener, run_adapter};
@@ -49,6 +50,12 @@ impl SmtpService {
     /// `per_minute` messages a tunnel.
     pub fn sending(mut self, elsewhere: Elsewhere, per_minute: u32) -> SmtpService {
         self.outbound = Outbound::new(elsewhere, per_minute);
+        self
+    }
+
+    /// Signs the mail apps send with `dkim`.
+    pub fn signing(mut self, dkim: Option<Dkim>) -> SmtpService {
+        self.outbound.dkim = dkim;
         self
     }
 
