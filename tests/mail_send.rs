@@ -395,6 +395,7 @@ async fn a_public_server_sends_through_its_relay_over_starttls_with_a_login() {
         helo: String::new(),
         tls: false,
         tls_session: None,
+        auth: None,
         received_at: 0,
     };
     let mail = droid_adapters::mail::json::parse(&raw, &envelope, usize::MAX);

@@ -307,6 +307,7 @@ mod tests {
                     helo: "h".into(),
                     tls: false,
                     tls_session: None,
+                    auth: None,
                     received_at: 1,
                 },
             },

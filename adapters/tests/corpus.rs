@@ -14,6 +14,7 @@ fn corpus_converts_without_panic() {
         helo: "corpus".into(),
         tls: false,
         tls_session: None,
+        auth: None,
         received_at: 0,
     };
     let mut count = 0;

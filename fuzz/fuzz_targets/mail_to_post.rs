@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
             helo: "mx.example.com".into(),
             tls: false,
             tls_session: None,
+            auth: None,
             received_at: 1_767_225_600,
         },
         // an envelope made of the input too: what a hostile SMTP peer controls
@@ -39,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
                 version: first_line.to_string(),
                 cipher: text.to_string(),
             }),
+            auth: None,
             received_at: 0,
         },
     ];

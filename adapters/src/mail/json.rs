@@ -27,6 +27,9 @@ pub struct Mail {
     /// What the TLS of the SMTP session agreed on; `null` for mail that
     /// came in plain text.
     pub tls: Option<crate::adapter::TlsSession>,
+    /// What SPF, DKIM, DMARC and ARC said of it; `null` where the server
+    /// does not check.
+    pub auth: Option<Box<crate::smtp::auth::AuthResults>>,
     /// The `Message-ID`, without angle brackets.
     pub message_id: Option<String>,
     /// The `Date` header in RFC 3339.
@@ -73,6 +76,7 @@ pub struct Mail {
 fn envelope_alone<S: Serializer>(envelope: &Envelope, s: S) -> Result<S::Ok, S::Error> {
     Envelope {
         tls_session: None,
+        auth: None,
         ..envelope.clone()
     }
     .serialize(s)
@@ -253,6 +257,7 @@ pub fn parse(raw: &[u8], envelope: &Envelope, max_attachment_inline: usize) -> M
         return Mail {
             envelope: envelope.clone(),
             tls: envelope.tls_session.clone(),
+            auth: envelope.auth.clone(),
             message_id: None,
             date: None,
             subject: None,
@@ -348,6 +353,7 @@ pub fn parse(raw: &[u8], envelope: &Envelope, max_attachment_inline: usize) -> M
     Mail {
         envelope: envelope.clone(),
         tls: envelope.tls_session.clone(),
+        auth: envelope.auth.clone(),
         message_id: message.message_id().map(str::to_string),
         date: message.date().map(|d| d.to_rfc3339()),
         subject: message.subject().map(str::to_string),
@@ -382,6 +388,7 @@ mod tests {
             helo: "client".into(),
             tls: false,
             tls_session: None,
+            auth: None,
             received_at: 0,
         }
     }

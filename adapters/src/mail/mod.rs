@@ -37,6 +37,10 @@ pub struct Envelope {
     /// `tls`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_session: Option<crate::adapter::TlsSession>,
+    /// What SPF, DKIM, DMARC and ARC said of it, when the server checks
+    /// (the JSON's top-level `auth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Box<crate::smtp::auth::AuthResults>>,
     /// Unix seconds when the message was received.
     pub received_at: u64,
 }
@@ -111,10 +115,20 @@ pub fn render(
             }
         }
         Format::Multipart => multipart::render(raw, envelope, max_attachment_inline),
-        Format::Raw => Body {
-            content_type: "message/rfc822".into(),
-            bytes: raw.to_vec(),
-        },
+        Format::Raw => {
+            // RFC 8601: the receiving server's verdict, on top.
+            let mut bytes = Vec::with_capacity(raw.len() + 512);
+            if let Some(auth) = &envelope.auth {
+                bytes.extend_from_slice(b"Authentication-Results: ");
+                bytes.extend_from_slice(auth.authentication_results.as_bytes());
+                bytes.extend_from_slice(b"\r\n");
+            }
+            bytes.extend_from_slice(raw);
+            Body {
+                content_type: "message/rfc822".into(),
+                bytes,
+            }
+        }
     }
 }
 

@@ -110,6 +110,17 @@ pub fn render(raw: &[u8], envelope: &Envelope, max_attachment_inline: usize) -> 
     form.field("sender_ip", &envelope.client_ip);
     let tls = serde_json::to_string(&envelope.tls_session).unwrap_or_default();
     form.field("tls", &tls);
+    if let Some(auth) = &envelope.auth {
+        // SendGrid's names beside the whole verdict.
+        form.field("SPF", &auth.spf.result);
+        let dkim: Vec<String> = auth
+            .dkim
+            .iter()
+            .map(|d| format!("@{} : {}", d.domain, d.result))
+            .collect();
+        form.field("dkim", &format!("{{{}}}", dkim.join(", ")));
+        form.field("auth", &serde_json::to_string(auth).unwrap_or_default());
+    }
     form.field(
         "charsets",
         &json!({"to": "UTF-8", "from": "UTF-8", "cc": "UTF-8", "subject": "UTF-8", "text": "UTF-8", "html": "UTF-8"})

@@ -14,6 +14,7 @@
 //! message is fsynced in the spool.
 
 pub mod accept;
+pub mod auth;
 pub mod dkim;
 mod memory;
 pub mod outbound;
@@ -98,6 +99,8 @@ pub struct SmtpAdapter {
     memory: memory::MessageMemory,
     /// The certificate STARTTLS offers, if any.
     tls: Option<TlsAcceptor>,
+    /// The SPF, DKIM, DMARC and ARC checks, if the server runs them.
+    auth: Option<Arc<auth::MailAuth>>,
 }
 
 impl SmtpAdapter {
@@ -119,7 +122,14 @@ impl SmtpAdapter {
             spool,
             stats,
             tls: None,
+            auth: None,
         }
+    }
+
+    /// Checks SPF, DKIM, DMARC and ARC of each mail with `checks`.
+    pub fn with_auth(mut self, checks: Option<Arc<auth::MailAuth>>) -> SmtpAdapter {
+        self.auth = checks;
+        self
     }
 
     /// Offers STARTTLS with `acceptor`'s certificate.

@@ -327,6 +327,7 @@ async fn deliver_here(
         helo: "droid".into(),
         tls: false,
         tls_session: None,
+        auth: None,
         received_at: unix_now(),
     };
     let adapter = &running.adapter;

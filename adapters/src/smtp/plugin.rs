@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::de::ValueDeserializer;
 
+use super::auth::MailAuth;
 use super::dkim::Dkim;
 use super::outbound::Elsewhere;
 use super::relay::Relay;
@@ -107,6 +108,12 @@ pub struct SmtpTable {
     pub dkim_key: Option<NonEmpty>,
     /// The selector its public key is published under (`--dkim-selector`).
     pub dkim_selector: Option<NonEmpty>,
+    /// `report` (the default), `enforce` or `off`: what SPF, DKIM, DMARC
+    /// and ARC checks of received mail do (`--mail-auth`).
+    pub mail_auth: Option<NonEmpty>,
+    /// The DNS resolver the checks ask, `IP` or `IP:PORT` (`--dns`;
+    /// default: the system's).
+    pub dns: Option<NonEmpty>,
     /// Standalone only: the URL each mail is POSTed to (`--post`).
     pub post: Option<NonEmpty>,
     /// Standalone only: accept mail for `*@domain` only (`--domain`).
@@ -213,6 +220,8 @@ struct SmtpSetup {
     per_minute: u32,
     /// The DKIM key's file and selector.
     dkim: Option<(String, String)>,
+    /// Received mail's checks: the resolver, and whether to enforce.
+    checks: Option<(Option<SocketAddr>, bool)>,
     listen: Option<SocketAddr>,
     /// Implicit TLS (`--smtps`).
     listen_tls: Option<SocketAddr>,
@@ -290,10 +299,17 @@ impl Setup for SmtpSetup {
                 }
                 None => None,
             };
+            let checks = match self.checks {
+                Some((dns, enforce)) => Some(Arc::new(
+                    MailAuth::new(dns, enforce, &self.config.hostname).map_err(SetupError::Flag)?,
+                )),
+                None => None,
+            };
             let mut service = SmtpService::new(self.config, plain, self.limits)
                 .with_implicit_tls(tls)
                 .sending(self.elsewhere, self.per_minute)
-                .signing(dkim);
+                .signing(dkim)
+                .checking(checks);
             if let Some(address) = announce {
                 service = service.announcing(address);
             }
@@ -333,6 +349,22 @@ fn relay_flags(server: bool) -> Vec<Arg> {
             .help("Check the relay's certificate against this PEM file's CA instead of the system's roots"),
     ];
     if server {
+        flags.push(
+            Arg::new("mail_auth")
+                .long("mail-auth")
+                .value_name("MODE")
+                .value_parser(["report", "enforce", "off"])
+                .help_heading("Mail")
+                .help("Check SPF, DKIM, DMARC and ARC of received mail and tell the app (report), also refuse what DMARC says to reject (enforce), or not (off) [default: report]"),
+        );
+        flags.push(
+            Arg::new("dns")
+                .long("dns")
+                .value_name("ADDR")
+                .value_parser(dns_addr)
+                .help_heading("Mail")
+                .help("The DNS resolver mail checks ask, IP or IP:PORT [default: the system's]"),
+        );
         flags.push(
             Arg::new("dkim_key")
                 .long("dkim-key")
@@ -411,6 +443,44 @@ fn dkim(
         (None, Some(_)) => Err(SetupError::Key(
             "dkim_selector",
             "a DKIM selector needs its key (dkim_key)".into(),
+        )),
+    }
+}
+
+/// `IP` (port 53) or `IP:PORT`.
+fn dns_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("`{s}` is not a resolver's address; write IP or IP:PORT"))
+}
+
+/// Received mail's checks, from the flags over the table: `None` when
+/// off; the resolver, and whether to enforce.
+fn checks(
+    flags: Option<&ArgMatches>,
+    table: &SmtpTable,
+) -> Result<Option<(Option<SocketAddr>, bool)>, SetupError> {
+    let mode = flags
+        .and_then(|f| f.get_one::<String>("mail_auth").cloned())
+        .or_else(|| table.mail_auth.as_ref().map(|m| m.0.clone()))
+        .unwrap_or_else(|| "report".into());
+    let dns = match flags.and_then(|f| f.get_one::<SocketAddr>("dns").copied()) {
+        Some(addr) => Some(addr),
+        None => match &table.dns {
+            Some(text) => Some(dns_addr(&text.0).map_err(|why| SetupError::Key("dns", why))?),
+            None => None,
+        },
+    };
+    match mode.as_str() {
+        "report" => Ok(Some((dns, false))),
+        "enforce" => Ok(Some((dns, true))),
+        "off" => Ok(None),
+        other => Err(SetupError::Key(
+            "mail_auth",
+            format!("`{other}` is not a mode; write report, enforce or off"),
         )),
     }
 }
@@ -538,11 +608,13 @@ impl Plugin for SmtpPlugin {
             return Err(SetupError::Key("send_rate", "must be at least 1".into()));
         }
         let dkim = dkim(flags, &table)?;
+        let checks = checks(flags, &table)?;
         let (config, limits) = table.resolve(&options(flags));
         Ok(Some(Box::new(SmtpSetup {
             elsewhere: relay.map_or(Elsewhere::Refuse, |r| Elsewhere::Relay(Box::new(r))),
             per_minute,
             dkim,
+            checks,
             listen: plain,
             listen_tls: tls,
             starttls: has_cert,
@@ -577,6 +649,8 @@ impl Plugin for SmtpPlugin {
             elsewhere,
             per_minute: table.send_rate.unwrap_or(DEFAULT_SENDS_PER_MINUTE),
             dkim: None,
+            // Mail from this machine is checked and reported, never refused.
+            checks: Some((None, false)),
             listen: Some(listen),
             listen_tls: None,
             starttls: false,

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use super::auth::MailAuth;
 use super::dkim::Dkim;
 use super::outbound::{Elsewhere, Outbound, Running};
 use super::{NAME, SmtpAdapter, SmtpConfig, TunnelMail};
@@ -29,6 +30,7 @@ pub struct SmtpService {
     announce: Option<String>,
     outbound: Outbound,
     running: OnceLock<Running>,
+    checks: Option<Arc<MailAuth>>,
 }
 
 impl SmtpService {
@@ -43,7 +45,14 @@ impl SmtpService {
             announce: None,
             outbound: Outbound::new(Elsewhere::Refuse, DEFAULT_SENDS_PER_MINUTE),
             running: OnceLock::new(),
+            checks: None,
         }
+    }
+
+    /// Checks SPF, DKIM, DMARC and ARC of each mail received.
+    pub fn checking(mut self, checks: Option<Arc<MailAuth>>) -> SmtpService {
+        self.checks = checks;
+        self
     }
 
     /// Sends apps' mail for other domains as `elsewhere` says, at most
@@ -89,7 +98,8 @@ impl ServerAdapter for SmtpService {
         // With the server's certificate, mail may come over TLS: STARTTLS
         // on every listener, and the implicit-TLS ones (--smtps).
         let adapter = SmtpAdapter::new(self.config.clone(), router.clone(), host.spool)
-            .with_tls(host.tls.clone());
+            .with_tls(host.tls.clone())
+            .with_auth(self.checks.clone());
         let adapter = Arc::new(adapter);
         let _ = self.running.set(Running {
             adapter: adapter.clone(),

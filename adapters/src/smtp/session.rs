@@ -534,13 +534,28 @@ impl Session {
         let Some(transaction) = self.transaction.take() else {
             return "503 5.5.1 No transaction".into();
         };
+        let helo = self.helo.clone().unwrap_or_default();
+        let auth = match &self.adapter.auth {
+            Some(checks) => {
+                let ip = self.peer.ip();
+                let checked = checks.check(&raw, ip, &helo, &transaction.mail_from).await;
+                if let Some(refusal) = checked.refusal {
+                    self.adapter.stats.refused.inc();
+                    tracing::info!(reply = %refusal, "message refused by its domain's DMARC policy");
+                    return refusal;
+                }
+                Some(Box::new(checked.results))
+            }
+            None => None,
+        };
         let envelope = Envelope {
             mail_from: transaction.mail_from,
             rcpt_to: Vec::new(),
             client_ip: self.peer.ip().to_string(),
-            helo: self.helo.clone().unwrap_or_default(),
+            helo,
             tls: self.tls.is_some(),
             tls_session: self.tls.clone(),
+            auth,
             received_at: unix_now(),
         };
         let size = raw.len();
