@@ -98,7 +98,7 @@ async fn server_checking(
     dir: &std::path::Path,
     dns: u16,
     mode: &str,
-) -> (Droid, Droid, SocketAddr, String) {
+) -> (Droid, Droid, SocketAddr, String, SocketAddr) {
     let dns = format!("127.0.0.1:{dns}");
     let mut server = Droid::start(
         &[
@@ -140,6 +140,9 @@ async fn server_checking(
         ],
         &state,
     );
+    let inspect = client
+        .line("the inspector", |l| addr_after(l, "inspect http://"))
+        .await;
     let domain = client
         .line("the mail line", |l| {
             l.split("mail to anything@")
@@ -148,7 +151,14 @@ async fn server_checking(
                 .map(str::to_string)
         })
         .await;
-    (server, client, smtp, domain)
+    (server, client, smtp, domain, inspect)
+}
+
+async fn curl_json(url: &str) -> Value {
+    let out = within("curl", Command::new("curl").args(["-s", url]).output())
+        .await
+        .expect("curl is not installed (Debian: curl)");
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 async fn sh(script: &str) -> String {
@@ -185,7 +195,7 @@ async fn received_mail_says_what_spf_dkim_and_dmarc_found_and_enforce_refuses_dm
     });
     let mut dns = dns(&records).await;
 
-    let (_server, _client, smtp, domain) =
+    let (_server, _client, smtp, domain, inspect) =
         server_checking(&app, dir.path(), dns.port, "report").await;
     let rcpt = format!("inbox@{domain}");
     let port = smtp.port().to_string();
@@ -218,6 +228,14 @@ async fn received_mail_says_what_spf_dkim_and_dmarc_found_and_enforce_refuses_dm
         header.contains("dkim=pass") && header.contains("spf=pass"),
         "{header}"
     );
+    // The inspector shows the verdicts with the mail.
+    let listed = curl_json(&format!("http://{inspect}/api/requests?kind=mail")).await;
+    let id = &listed["requests"][0]["id"];
+    let detail = curl_json(&format!("http://{inspect}/api/requests/{id}")).await;
+    assert_eq!(
+        detail["mail"]["auth"]["dmarc"]["result"], "pass",
+        "{detail}"
+    );
 
     // Its body changed after signing, from an address SPF does not allow:
     // reported, and delivered (report mode only tells).
@@ -233,7 +251,8 @@ async fn received_mail_says_what_spf_dkim_and_dmarc_found_and_enforce_refuses_dm
     );
 
     // Enforced, the same mail is refused; the good one still arrives.
-    let (_s2, _c2, smtp2, domain2) = server_checking(&app, dir.path(), dns.port, "enforce").await;
+    let (_s2, _c2, smtp2, domain2, _) =
+        server_checking(&app, dir.path(), dns.port, "enforce").await;
     let rcpt2 = format!("inbox@{domain2}");
     let port2 = smtp2.port().to_string();
     let (ok, out, err) = python(

@@ -1,4 +1,4 @@
-//! Run with: `cargo run --release --example bench -- [http|smtp|mqtt|syslog|all|cluster] [--secs N]
+//! Run with: `cargo run --release --example bench -- [http|smtp|mqtt|syslog|send|all|cluster] [--secs N]
 //! [--max-mails N] [--only TEXT] [--mode conn|kept]`, or `... --example bench -- peers`.
 //!
 //! - `peers`: the `droid` binary as separate processes under `wrk`, beside
@@ -55,6 +55,9 @@
 //!   bounds each row's messages too.
 //! - `syslog` (only when asked): syslog over TCP and UDP beside MQTT QoS 0,
 //!   messages per second from the sender to the app (see `syslog.rs`).
+//! - `send` (only when asked): mail the app sends (`POST /email`, through
+//!   the tunnel and a relay: Python's aiosmtpd with STARTTLS and AUTH)
+//!   beside mail it receives, per second, in the same run (see `send.rs`).
 //! - `cluster` (only when asked; it starts a `redis-server`): GETs through
 //!   the node that holds a tunnel and through another node that forwards
 //!   them over the peer link (see `cluster.rs`).
@@ -104,6 +107,7 @@ use tokio_util::sync::CancellationToken;
 
 mod cluster;
 mod mqtt;
+mod send;
 mod syslog;
 
 const DOMAIN: &str = "bench.test";
@@ -125,6 +129,7 @@ struct Args {
     mqtt: bool,
     cluster: bool,
     syslog: bool,
+    send: bool,
     secs: f64,
     max_mails: u64,
     only: Option<String>,
@@ -156,6 +161,7 @@ fn args() -> anyhow::Result<Args> {
         mqtt: true,
         cluster: false,
         syslog: false,
+        send: false,
         secs: 5.0,
         max_mails: 1_000_000,
         only: None,
@@ -170,6 +176,10 @@ fn args() -> anyhow::Result<Args> {
             "syslog" => {
                 (a.http, a.smtp, a.mqtt) = (false, false, false);
                 a.syslog = true;
+            }
+            "send" => {
+                (a.http, a.smtp, a.mqtt) = (false, false, false);
+                a.send = true;
             }
             "all" => (a.http, a.smtp, a.mqtt) = (true, true, true),
             "cluster" => {
@@ -192,7 +202,7 @@ fn args() -> anyhow::Result<Args> {
                 }
             }
             other => bail!(
-                "unknown argument {other:?}; usage: bench [http|smtp|mqtt|syslog|all|cluster] [--secs N] \
+                "unknown argument {other:?}; usage: bench [http|smtp|mqtt|syslog|send|all|cluster] [--secs N] \
                  [--max-mails N] [--only TEXT] [--mode conn|kept]"
             ),
         }
@@ -238,7 +248,10 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let app = App::start().await?;
-    let tunnel = Tunnel::start(&app, None).await?;
+    if args.send {
+        return send::send_bench(&args, &app).await;
+    }
+    let tunnel = Tunnel::start(&app, None, None).await?;
     if args.smtp {
         smtp_bench(&args, &app, &tunnel).await?;
     }
@@ -253,7 +266,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.http {
         let inspector = droid_client::Inspector::new(droid_client::InspectorOptions::default());
-        let inspected = Tunnel::start(&app, Some(inspector)).await?;
+        let inspected = Tunnel::start(&app, Some(inspector), None).await?;
         http_bench(&args, &app, &tunnel, &inspected).await?;
         inspected.stop.cancel();
     }
@@ -387,9 +400,12 @@ struct Tunnel {
 }
 
 impl Tunnel {
+    /// A server and a client with the tunnel `NAME`; the server sends
+    /// apps' mail through `relay`, if given.
     async fn start(
         app: &App,
         inspector: Option<droid_client::Inspector>,
+        relay: Option<droid_adapters::smtp::relay::Relay>,
     ) -> anyhow::Result<Tunnel> {
         let stop = CancellationToken::new();
         let http = TcpListener::bind("127.0.0.1:0").await?;
@@ -411,11 +427,18 @@ impl Tunnel {
         tokio::spawn(async move { s.run(http, control, token).await });
         let dir = tempfile::tempdir()?;
         let spool = Spool::open(dir.path(), SpoolConfig::default())?;
-        server.add_adapter(Arc::new(droid_adapters::SmtpService::new(
-            SmtpConfig::default(),
-            vec![smtp.into()],
-            smtp_limits(),
-        )));
+        let sending = match relay {
+            Some(relay) => droid_adapters::smtp::outbound::Elsewhere::Relay(Box::new(relay)),
+            None => droid_adapters::smtp::outbound::Elsewhere::Refuse,
+        };
+        server.add_adapter(Arc::new(
+            droid_adapters::SmtpService::new(
+                SmtpConfig::default(),
+                vec![smtp.into()],
+                smtp_limits(),
+            )
+            .sending(sending, u32::MAX),
+        ));
         server.add_adapter(Arc::new(droid_adapters::MqttService::new(
             droid_adapters::MqttConfig::default(),
             vec![mqtt],

@@ -38,6 +38,9 @@ pub(crate) struct MailView {
     pub text: Option<String>,
     pub html: Option<String>,
     pub attachments: Vec<Attachment>,
+    /// What the server's SPF, DKIM, DMARC and ARC checks said, and its TLS.
+    pub auth: Value,
+    pub tls: Value,
 }
 
 impl MailView {
@@ -64,6 +67,8 @@ impl MailView {
             "text": self.text,
             "html": self.html,
             "attachments": attachments,
+            "auth": self.auth,
+            "tls": self.tls,
         })
     }
 }
@@ -142,6 +147,8 @@ fn from_postmark(email: &Value) -> MailView {
         })
         .unwrap_or_default();
     MailView {
+        auth: Value::Null,
+        tls: Value::Null,
         summary: MailSummary {
             from: text("From").unwrap_or_default(),
             to,
@@ -194,6 +201,8 @@ fn from_json(mail: &Value, mut content: impl FnMut(&Value) -> Option<Vec<u8>>) -
         })
         .unwrap_or_default();
     MailView {
+        auth: mail["auth"].clone(),
+        tls: mail["tls"].clone(),
         summary: MailSummary {
             from: addresses(&mail["from"]).join(", "),
             to,
@@ -225,6 +234,8 @@ fn from_raw(request: &Message) -> MailView {
         })
     };
     MailView {
+        auth: Value::Null,
+        tls: Value::Null,
         summary: MailSummary {
             from: request
                 .header("droid-mail-from")
