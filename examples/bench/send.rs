@@ -71,6 +71,7 @@ async fn sink(dir: &Path) -> anyhow::Result<(Child, String)> {
         .arg(dir.join("key.pem"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .context("python3 is needed for the relay")?;
@@ -197,6 +198,7 @@ async fn sender(
             .header("host", "127.0.0.1")
             .header("content-type", "application/json")
             .body(Full::new(email.clone()))?;
+        send.ready().await?;
         let t0 = Instant::now();
         let response = send.send_request(request).await?;
         let status = response.status();
