@@ -61,6 +61,8 @@ struct Sender {
     droid: Droid,
     inspect: SocketAddr,
     domain: String,
+    /// The embedded server's SMTP address, when it has one.
+    smtp: Option<SocketAddr>,
     _state: tempfile::TempDir,
 }
 
@@ -80,18 +82,22 @@ async fn sender(app: &Origin, extra: &[&str]) -> Sender {
     let inspect = droid
         .line("the inspector", |l| addr_after(l, "inspect http://"))
         .await;
-    let domain = droid
+    let (domain, smtp) = droid
         .line("the mail line", |l| {
-            l.split("mail to anything@")
-                .nth(1)
-                .and_then(|rest| rest.split(' ').next())
-                .map(str::to_string)
+            let domain = l
+                .split("mail to anything@")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .to_string();
+            Some((domain, addr_after(l, "smtp ")))
         })
         .await;
     Sender {
         droid,
         inspect,
         domain,
+        smtp,
         _state: state,
     }
 }
@@ -136,7 +142,16 @@ async fn an_app_mails_itself_and_other_mail_is_caught_on_this_machine() {
     assert_eq!(mail["subject"], "Grüße");
     assert_eq!(mail["message_id"], id);
     assert_eq!(mail["in_reply_to"][0], "q1@example.com", "replies thread");
+    assert!(mail["auth"].is_null(), "mail the app sent is not checked");
     assert_eq!(mail["from"][0]["address"], format!("noreply@{}", s.domain));
+
+    // Mail that comes by SMTP is checked by the server inside droid http
+    // too, and never refused: whatever its DNS says, it says something.
+    let smtp = s.smtp.unwrap();
+    let said = smtplib_send(smtp, "ann@example.com", &[me.as_str()], "by smtp", "hi").await;
+    assert_eq!(said.trim(), "SENT", "{said}");
+    let mail = app.next_mail().await.json();
+    assert!(mail["auth"]["dmarc"]["result"].is_string(), "{mail}");
 
     // Mail for anywhere else is caught: nothing leaves the machine.
     let (status, answer) = post_email(
@@ -170,8 +185,9 @@ async fn an_app_mails_itself_and_other_mail_is_caught_on_this_machine() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["direction"] == "in");
-    assert_eq!(received.unwrap()["mail"]["subject"], "Grüße");
+        .filter(|e| e["direction"] == "in")
+        .count();
+    assert_eq!(received, 2, "the round trip and the SMTP mail: {list}");
 
     // Postmark's batch: one answer each, in order.
     let (status, answers) = post_email(
@@ -286,6 +302,7 @@ async fn relay(pki_dir: &std::path::Path) -> Relay {
         .arg(&key)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -610,4 +627,43 @@ async fn mail_apps_send_is_signed_with_dkim_and_dkimpy_verifies_it() {
         );
         relay.child.kill().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn droid_http_sends_through_a_relay_when_asked_instead_of_catching() {
+    let pki = Pki::new();
+    let app = origin("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, ca) = pki.write(dir.path());
+    let mut relay = relay(dir.path()).await;
+    let url = format!("smtp://relayuser:s3cret@localhost:{}", relay.port);
+    let s = sender(
+        &app,
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--smtp",
+            "127.0.0.1:0",
+            "--mqtt",
+            "127.0.0.1:0",
+            "--mail-relay",
+            &url,
+            "--mail-relay-ca",
+            &ca,
+        ],
+    )
+    .await;
+    let body =
+        json!({"From": format!("me@{}", s.domain), "To": "bob@example.com", "TextBody": "out"});
+    let (status, answer) = post_email(s.inspect, "/email", &body).await;
+    assert_eq!(
+        (status, answer["Message"].as_str()),
+        (200, Some("OK")),
+        "{answer}"
+    );
+    let got = relay.next().await;
+    assert_eq!(got["to"][0], "bob@example.com");
+    assert_eq!(got["tls"], true);
+    relay.child.kill().await.unwrap();
+    s.droid.interrupt().await;
 }

@@ -1056,3 +1056,105 @@ async fn commands_sent_in_plain_text_behind_starttls_are_dropped() {
     assert_eq!(app.next_mail().await.json()["subject"], "starttls");
     assert!(app.inbox.try_recv().is_err(), "nothing else arrived");
 }
+
+/// `postfix`, the binary Debian installs (outside a user's PATH).
+fn postfix_binary(name: &str) -> String {
+    ["/usr/sbin", "/sbin", "/usr/bin"]
+        .iter()
+        .map(|dir| format!("{dir}/{name}"))
+        .find(|p| Path::new(p).exists())
+        .unwrap_or_else(|| panic!("{name} is not installed (Debian: postfix); run `bash .ci/test`"))
+}
+
+#[tokio::test]
+async fn postfix_delivers_to_droid_over_starttls_when_it_must_encrypt() {
+    let pki = Pki::new();
+    let mut app = origin("app").await;
+    let m = mail_over_tls(&pki, &app).await;
+    // A Postfix of its own: its queue, its log, and one way out: Droid's
+    // SMTP port, where it must encrypt (smtp_tls_security_level = encrypt).
+    let pf = m.dir.path().join("postfix");
+    std::fs::create_dir_all(pf.join("queue")).unwrap();
+    std::fs::create_dir_all(pf.join("data")).unwrap();
+    std::fs::copy("/etc/postfix/master.cf", pf.join("master.cf"))
+        .expect("postfix is not installed (Debian: postfix); run `bash .ci/test`");
+    let d = pf.display();
+    std::fs::write(
+        pf.join("main.cf"),
+        format!(
+            "compatibility_level = 3.6\nqueue_directory = {d}/queue\ndata_directory = {d}/data\n\
+             mail_owner = postfix\nsetgid_group = postdrop\ninet_interfaces = loopback-only\n\
+             inet_protocols = ipv4\nmydestination =\nmyhostname = sender.example\n\
+             relayhost = [127.0.0.1]:{port}\nsmtp_tls_security_level = encrypt\n\
+             master_service_disable = inet\nmaillog_file_prefixes = {d}\n\
+             maillog_file = {d}/maillog\nalias_maps =\nalias_database =\n",
+            port = m.smtp.port()
+        ),
+    )
+    .unwrap();
+    let _ = std::process::Command::new("chown")
+        .args(["postfix"])
+        .arg(pf.join("data"))
+        .status();
+    let postfix = postfix_binary("postfix");
+    let made = within(
+        "postfix set-permissions",
+        Command::new(&postfix)
+            .arg("-c")
+            .arg(&pf)
+            .args(["set-permissions", "create-missing"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    // The master in the foreground (`postfix start-fg` leaves it detached):
+    // stopped by its own pid, and its children go with it.
+    let daemons = std::process::Command::new(postfix_binary("postconf"))
+        .args(["-h", "daemon_directory"])
+        .output()
+        .unwrap();
+    let daemons = String::from_utf8_lossy(&daemons.stdout).trim().to_string();
+    let mut master = Command::new(format!("{daemons}/master"))
+        .arg("-c")
+        .arg(&pf)
+        .arg("-d")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Mail dropped with sendmail waits in the queue until the master takes it.
+    let rcpt = format!("support@{}", m.domain);
+    let mut sendmail = Command::new(postfix_binary("sendmail"))
+        .arg("-C")
+        .arg(&pf)
+        .args(["-f", "ops@sender.example", &rcpt])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let message = format!(
+        "From: ops@sender.example\r\nTo: {rcpt}\r\nSubject: from postfix\r\n\r\nencrypted on the way\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(sendmail.stdin.as_mut().unwrap(), message.as_bytes())
+        .await
+        .unwrap();
+    drop(sendmail.stdin.take());
+    assert!(within("sendmail", sendmail.wait()).await.unwrap().success());
+    let mail = app.next_mail().await.json();
+    assert_eq!(mail["subject"], "from postfix");
+    assert!(
+        mail["tls"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("TLSv1."),
+        "{mail}"
+    );
+    assert_eq!(mail["envelope"]["mail_from"], "ops@sender.example");
+    let _ = std::process::Command::new("kill")
+        .arg(master.id().unwrap().to_string())
+        .status();
+    within("postfix's master to stop", master.wait())
+        .await
+        .unwrap();
+}

@@ -169,3 +169,63 @@ pub fn header_safe(text: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::auth::{AuthResults, DkimVerdict, DmarcVerdict, SpfVerdict};
+
+    fn checked() -> Envelope {
+        Envelope {
+            mail_from: "ann@example.com".into(),
+            rcpt_to: vec!["inbox@otter.localhost".into()],
+            client_ip: "192.0.2.7".into(),
+            helo: "mx.example.com".into(),
+            tls: false,
+            tls_session: None,
+            auth: Some(Box::new(AuthResults {
+                spf: SpfVerdict {
+                    result: "pass".into(),
+                    domain: "example.com".into(),
+                },
+                dkim: vec![DkimVerdict {
+                    result: "fail".into(),
+                    domain: "example.com".into(),
+                    selector: "s1".into(),
+                }],
+                dmarc: DmarcVerdict {
+                    result: "pass".into(),
+                    policy: Some("reject".into()),
+                },
+                arc: "none".into(),
+                authentication_results: "mx; spf=pass; dkim=fail; dmarc=pass".into(),
+            })),
+            received_at: 0,
+        }
+    }
+
+    #[test]
+    fn every_format_carries_the_checks() {
+        let raw = b"From: ann@example.com\r\nSubject: hi\r\n\r\nbody\r\n";
+        let envelope = checked();
+        let body = render(Format::Raw, raw, &envelope, usize::MAX);
+        let text = String::from_utf8(body.bytes).unwrap();
+        assert!(
+            text.starts_with(
+                "Authentication-Results: mx; spf=pass; dkim=fail; dmarc=pass\r\nFrom: "
+            ),
+            "{text}"
+        );
+        let body = render(Format::Multipart, raw, &envelope, usize::MAX);
+        let text = String::from_utf8_lossy(&body.bytes);
+        for (field, value) in [("SPF", "pass"), ("dkim", "{@example.com : fail}")] {
+            let part = format!("name=\"{field}\"\r\n\r\n{value}\r\n");
+            assert!(text.contains(&part), "{field}: {text}");
+        }
+        assert!(text.contains("name=\"auth\""), "{text}");
+        let body = render(Format::Json, raw, &envelope, usize::MAX);
+        let json: serde_json::Value = serde_json::from_slice(&body.bytes).unwrap();
+        assert_eq!(json["auth"]["dkim"][0]["selector"], "s1");
+        assert!(json["envelope"].get("auth").is_none(), "once, at the top");
+    }
+}
