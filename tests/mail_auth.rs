@@ -101,14 +101,7 @@ async fn server_checking(
 ) -> (Droid, Droid, SocketAddr, String, SocketAddr) {
     let dns = format!("127.0.0.1:{dns}");
     let mut server = Droid::start(
-        &[
-            "server",
-            "--domain",
-            DOMAIN,
-            "--http",
-            "127.0.0.1:0",
-            "--control",
-            "127.0.0.1:0",
+        &server_args(&[
             "--smtp",
             "127.0.0.1:0",
             "--no-spool",
@@ -116,7 +109,7 @@ async fn server_checking(
             &dns,
             "--mail-auth",
             mode,
-        ],
+        ]),
         dir,
     );
     let (_, control) = server.line("the addresses", server_addrs).await;
@@ -143,14 +136,7 @@ async fn server_checking(
     let inspect = client
         .line("the inspector", |l| addr_after(l, "inspect http://"))
         .await;
-    let domain = client
-        .line("the mail line", |l| {
-            l.split("mail to anything@")
-                .nth(1)
-                .and_then(|rest| rest.split(' ').next())
-                .map(str::to_string)
-        })
-        .await;
+    let domain = client.line("the mail line", mail_domain).await;
     (server, client, smtp, domain, inspect)
 }
 

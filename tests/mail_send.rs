@@ -84,13 +84,7 @@ async fn sender(app: &Origin, extra: &[&str]) -> Sender {
         .await;
     let (domain, smtp) = droid
         .line("the mail line", |l| {
-            let domain = l
-                .split("mail to anything@")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .to_string();
-            Some((domain, addr_after(l, "smtp ")))
+            Some((mail_domain(l)?, addr_after(l, "smtp ")))
         })
         .await;
     Sender {
@@ -332,18 +326,7 @@ impl Relay {
 /// A public `droid server` sending through `relay_url` (trusting the test
 /// CA), and a client of it: the server, and the sender.
 async fn public(app: &Origin, dir: &std::path::Path, extra: &[&str]) -> (Droid, Sender) {
-    let mut args = vec![
-        "server",
-        "--domain",
-        DOMAIN,
-        "--http",
-        "127.0.0.1:0",
-        "--control",
-        "127.0.0.1:0",
-        "--smtp",
-        "127.0.0.1:0",
-        "--no-spool",
-    ];
+    let mut args = server_args(&["--smtp", "127.0.0.1:0", "--no-spool"]);
     args.extend_from_slice(extra);
     let mut server = Droid::start(&args, dir);
     let (_, control) = server.line("the addresses", server_addrs).await;

@@ -575,23 +575,10 @@ async fn mqtt_over_tls_delivers_and_refuses_devices_that_do_not_trust_it() {
 #[tokio::test]
 async fn mqtts_without_a_certificate_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = droid_command(
-        &[
-            "server",
-            "--domain",
-            DOMAIN,
-            "--http",
-            "127.0.0.1:0",
-            "--control",
-            "127.0.0.1:0",
-            "--mqtts",
-            "127.0.0.1:0",
-        ],
-        dir.path(),
-    )
-    .output()
-    .await
-    .unwrap();
+    let out = droid_command(&server_args(&["--mqtts", "127.0.0.1:0"]), dir.path())
+        .output()
+        .await
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("--tls-cert"), "{stderr}");
@@ -639,14 +626,7 @@ async fn syslog_tls_tunnel(pki: &Pki, app: &Origin) -> (Droid, Droid, tempfile::
     let low = dead_port().await;
     let range = format!("{low}-{}", low.saturating_add(3));
     let mut server = Droid::start(
-        &[
-            "server",
-            "--domain",
-            DOMAIN,
-            "--http",
-            "127.0.0.1:0",
-            "--control",
-            "127.0.0.1:0",
+        &server_args(&[
             "--tls-cert",
             &cert,
             "--tls-key",
@@ -655,7 +635,7 @@ async fn syslog_tls_tunnel(pki: &Pki, app: &Origin) -> (Droid, Droid, tempfile::
             &range,
             "--syslog-bind",
             "127.0.0.1",
-        ],
+        ]),
         dir.path(),
     );
     let (_, control) = server.line("the addresses", server_addrs).await;
@@ -847,14 +827,7 @@ async fn mail_over_tls(pki: &Pki, app: &Origin) -> MailOverTls {
     let key = write(dir.path(), "key.pem", &pki.key);
     let ca = write(dir.path(), "ca.pem", &pki.ca);
     let mut server = Droid::start(
-        &[
-            "server",
-            "--domain",
-            DOMAIN,
-            "--http",
-            "127.0.0.1:0",
-            "--control",
-            "127.0.0.1:0",
+        &server_args(&[
             "--tls-cert",
             &cert,
             "--tls-key",
@@ -864,7 +837,7 @@ async fn mail_over_tls(pki: &Pki, app: &Origin) -> MailOverTls {
             "--smtps",
             "127.0.0.1:0",
             "--no-spool",
-        ],
+        ]),
         dir.path(),
     );
     let (_, control) = server.line("the addresses", server_addrs).await;
@@ -900,14 +873,7 @@ async fn mail_over_tls(pki: &Pki, app: &Origin) -> MailOverTls {
         ],
         &client_state,
     );
-    let domain = client
-        .line("the mail line", |l| {
-            l.split("mail to anything@")
-                .nth(1)
-                .and_then(|rest| rest.split(' ').next())
-                .map(str::to_string)
-        })
-        .await;
+    let domain = client.line("the mail line", mail_domain).await;
     MailOverTls {
         _server: server,
         _client: client,

@@ -899,6 +899,33 @@ pub fn droid_command(args: &[&str], state_dir: &std::path::Path) -> tokio::proce
 }
 
 /// The address printed after `label` in one of the binary's stdout lines,
+/// `droid server` for [`DOMAIN`] on loopback ports, then `extra`.
+pub fn server_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "server",
+        "--domain",
+        DOMAIN,
+        "--http",
+        "127.0.0.1:0",
+        "--control",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The tunnel's mail domain in `droid http`'s line `... mail to
+/// anything@DOMAIN arrives as ...`.
+pub fn mail_domain(line: &str) -> Option<String> {
+    Some(
+        line.split("mail to anything@")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .to_string(),
+    )
+}
+
 /// e.g. `addr_after(line, "smtp on ")` for `droid server: smtp on 127.0.0.1:2525, ...`.
 pub fn addr_after(line: &str, label: &str) -> Option<SocketAddr> {
     line.split(label)
