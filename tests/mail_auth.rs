@@ -248,6 +248,22 @@ async fn received_mail_says_what_spf_dkim_and_dmarc_found_and_enforce_refuses_dm
     .await;
     assert!(ok, "{out}{err}");
     assert!(out.starts_with("REFUSED 550 5.7.1"), "{out}");
+    // From addresses in two domains cannot be judged: refused too, so the
+    // domain an app would show is never one nobody checked.
+    let two_froms = r#"
+import smtplib, sys
+port, rcpt = int(sys.argv[1]), sys.argv[2]
+message = "From: x@strict.test, ceo@signed.test\r\nTo: " + rcpt + "\r\nSubject: two\r\n\r\nhi\r\n"
+try:
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
+        smtp.sendmail("x@strict.test", [rcpt], message)
+    print("SENT")
+except smtplib.SMTPDataError as e:
+    print("REFUSED", e.smtp_code, e.smtp_error.decode())
+"#;
+    let (ok, out, err) = python(two_froms, &[&port2, &rcpt2]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.starts_with("REFUSED 550 5.7.1"), "{out}");
     let (ok, out, err) = python(SEND_SIGNED, &[&port2, "signed.test", &key, "good", &rcpt2]).await;
     assert!(ok && out.trim() == "SENT", "{out}{err}");
     assert_eq!(

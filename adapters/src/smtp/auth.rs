@@ -159,7 +159,22 @@ impl MailAuth {
             ))
             .await;
         let header_from = message.from.first().map_or("", |f| f.as_str());
-        let dmarc_result = dmarc_word(&dmarc);
+        // RFC 7489 §6.6.1: a message with no From, or From addresses in
+        // several domains, cannot be judged: permerror, and refused when
+        // enforcing (else the domain an app shows would be unchecked).
+        let mut from_domains: Vec<&str> = message
+            .from
+            .iter()
+            .map(|f| f.rsplit_once('@').map_or(f.as_str(), |(_, d)| d))
+            .collect();
+        from_domains.sort_unstable();
+        from_domains.dedup();
+        let unjudged = from_domains.len() != 1;
+        let dmarc_result = if unjudged {
+            "permerror"
+        } else {
+            dmarc_word(&dmarc)
+        };
         let policy = match dmarc.policy() {
             Policy::None => Some("none"),
             Policy::Quarantine => Some("quarantine"),
@@ -180,15 +195,21 @@ impl MailAuth {
             .to_string();
         header.push_str(&format!(
             ";\r\n\tdmarc={dmarc_result} header.from={} policy.dmarc={}",
-            dmarc.domain(),
+            pvalue(dmarc.domain()),
             policy.unwrap_or("none")
         ));
-        let refusal = (self.enforce && dmarc_result == "fail" && policy == Some("reject")).then(|| {
-            format!(
+        let refusal = if !self.enforce {
+            None
+        } else if unjudged {
+            Some("550 5.7.1 Rejected: DMARC cannot judge a mail with no From or From addresses in several domains".to_string())
+        } else if dmarc_result == "fail" && policy == Some("reject") {
+            Some(format!(
                 "550 5.7.1 Rejected: the mail fails DMARC and {} asks that such mail be rejected",
-                dmarc.domain()
-            )
-        });
+                pvalue(dmarc.domain())
+            ))
+        } else {
+            None
+        };
         let results = AuthResults {
             spf: SpfVerdict {
                 result: spf_word(spf.result()).to_string(),
@@ -214,6 +235,13 @@ impl MailAuth {
         };
         Checked { results, refusal }
     }
+}
+
+/// `text` as an RFC 8601 pvalue: the characters a domain has, no others.
+fn pvalue(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .collect()
 }
 
 /// Every check `word`, for a mail that could not be checked (`why`).

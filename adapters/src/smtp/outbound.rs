@@ -22,6 +22,12 @@ use crate::host::Call;
 use crate::mail::Envelope;
 use crate::route::{MailRouter, Route};
 
+/// Messages one `send-batch` takes (Postmark's limit).
+const MAX_BATCH: usize = 500;
+
+/// The longest one message's exchange with the relay may take.
+const RELAY_EXCHANGE: Duration = Duration::from_secs(120);
+
 /// What becomes of mail for domains this server does not serve.
 #[derive(Debug, Clone, Default)]
 pub enum Elsewhere {
@@ -137,6 +143,10 @@ impl Outbound {
                 ))),
             },
             "send-batch" => match serde_json::from_slice::<Vec<Email>>(&call.body) {
+                Ok(emails) if emails.len() > MAX_BATCH => refused(Refused::invalid(format!(
+                    "a batch of {} messages; it takes at most {MAX_BATCH}",
+                    emails.len()
+                ))),
                 Ok(emails) => {
                     let mut answers = Vec::with_capacity(emails.len());
                     for email in &emails {
@@ -207,13 +217,42 @@ impl Outbound {
             built.raw = signed.into();
         }
         let (local, elsewhere) = self.split(running, &built.recipients).await?;
+        if !elsewhere.is_empty() && matches!(self.elsewhere, Elsewhere::Refuse) {
+            return Err(Refused {
+                status: 422,
+                code: 405,
+                message: format!(
+                    "this server has no mail relay (droid server --mail-relay smtp://USER:PASS@HOST:587), so it sends no mail to other domains; mail to its own tunnels (anything@NAME.{}) is delivered",
+                    running.domain
+                ),
+            });
+        }
+        // This server's own tunnels first: when one cannot take it now,
+        // nothing has left yet, and the app's retry sends it once.
+        if !local.is_empty() {
+            deliver_here(running, &built, local).await?;
+        }
         let said = match (&self.elsewhere, elsewhere.is_empty()) {
-            (_, true) => {
+            (Elsewhere::Refuse, _) | (_, true) => {
                 self.counts.local.inc();
                 "OK".to_string()
             }
             (Elsewhere::Relay(relay), false) => {
-                let reply = relay.send(&built.from, &elsewhere, &built.raw).await?;
+                let sent = tokio::time::timeout(
+                    RELAY_EXCHANGE,
+                    relay.send(&built.from, &elsewhere, &built.raw),
+                )
+                .await
+                .map_err(|_| Refused {
+                    status: 503,
+                    code: 701,
+                    message: format!(
+                        "the relay {} took over {} s; try again later",
+                        relay.name,
+                        RELAY_EXCHANGE.as_secs()
+                    ),
+                })?;
+                let reply = sent?;
                 tracing::info!(tunnel = %tunnel.name, relay = %relay.name, %reply, "mail sent");
                 self.counts.relayed.inc();
                 "OK".to_string()
@@ -222,20 +261,7 @@ impl Outbound {
                 self.counts.caught.inc();
                 "OK: caught, not sent: the server inside droid http sends nothing off this machine (droid http --mail-relay URL sends it)".to_string()
             }
-            (Elsewhere::Refuse, false) => {
-                return Err(Refused {
-                    status: 422,
-                    code: 405,
-                    message: format!(
-                        "this server has no mail relay (droid server --mail-relay smtp://USER:PASS@HOST:587), so it sends no mail to other domains; mail to its own tunnels (anything@NAME.{}) is delivered",
-                        running.domain
-                    ),
-                });
-            }
         };
-        if !local.is_empty() {
-            deliver_here(running, &built, local).await?;
-        }
         Ok(send::sent(&built, &said))
     }
 

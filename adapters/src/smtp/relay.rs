@@ -34,7 +34,7 @@ impl Relay {
     /// system's roots when given. The error says what is wrong.
     pub fn new(url: &str, ca: Option<&Path>) -> Result<Relay, String> {
         let parsed = url::Url::parse(url).map_err(|e| {
-            format!("`{url}` is not a relay URL ({e}); write smtp://USER:PASS@HOST:587 or smtps://USER:PASS@HOST:465")
+            format!("the relay is not a URL ({e}); write smtp://USER:PASS@HOST:587 or smtps://USER:PASS@HOST:465")
         })?;
         let implicit = match parsed.scheme() {
             "smtp" => false,
@@ -47,7 +47,7 @@ impl Relay {
         };
         let host = parsed
             .host_str()
-            .ok_or_else(|| format!("the relay URL `{url}` names no host"))?
+            .ok_or_else(|| "the relay URL names no host".to_string())?
             .to_string();
         let port = parsed.port().unwrap_or(if implicit { 465 } else { 587 });
         let mut tls = TlsParameters::builder(host.clone());
@@ -74,7 +74,7 @@ impl Relay {
         if !parsed.username().is_empty() {
             let decode = |s: &str| {
                 percent_decode(s).ok_or_else(|| {
-                    format!("the relay URL `{url}` has a %-escape that is not UTF-8")
+                    "the relay URL's login has a %-escape that is not UTF-8".to_string()
                 })
             };
             let user = decode(parsed.username())?;
@@ -154,7 +154,7 @@ mod tests {
         assert!(
             Relay::new("nonsense", None)
                 .unwrap_err()
-                .contains("not a relay URL")
+                .contains("not a URL")
         );
         assert_eq!(percent_decode("p%40ss").as_deref(), Some("p@ss"));
         assert_eq!(percent_decode("%ff"), None);

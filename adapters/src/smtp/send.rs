@@ -111,6 +111,9 @@ impl Refused {
     }
 }
 
+/// Recipients of one message (Postmark's limit).
+pub const MAX_RECIPIENTS: usize = 50;
+
 /// Headers the message gets from the other fields; the app may not set
 /// them in `Headers`.
 const OWN_HEADERS: &[&str] = &[
@@ -175,6 +178,12 @@ pub fn build(email: &Email, id_domain: &str) -> Result<Built, Refused> {
     if to.is_empty() && cc.is_empty() && bcc.is_empty() {
         return Err(Refused::invalid("no recipients: give `To`, `Cc` or `Bcc`"));
     }
+    let count = to.len() + cc.len() + bcc.len();
+    if count > MAX_RECIPIENTS {
+        return Err(Refused::invalid(format!(
+            "{count} recipients; a message takes at most {MAX_RECIPIENTS} (To, Cc and Bcc together)"
+        )));
+    }
     let message_id = format!(
         "{}@{id_domain}",
         ulid::Ulid::generate().to_string().to_lowercase()
@@ -217,11 +226,40 @@ pub fn build(email: &Email, id_domain: &str) -> Result<Built, Refused> {
     })
 }
 
+/// Headers that say what a server found (authentication, the path), which
+/// an app may not write: its mail would reach other tunnels' apps looking
+/// checked.
+const TRUST_HEADERS: &[&str] = &[
+    "authentication-results",
+    "dkim-signature",
+    "received",
+    "return-path",
+    "sender",
+];
+
+/// Prefixes of more such headers.
+const TRUST_PREFIXES: &[&str] = &["arc-", "resent-", "droid-"];
+
 fn header_value(header: &NameValue) -> Result<HeaderValue, Refused> {
-    let name = header.name.trim();
-    if OWN_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+    let name = header.name.as_str();
+    // RFC 5322 §2.2: printable ASCII but the colon; nothing else, or a
+    // line break in a name would start a header of its own.
+    if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
+        return Err(Refused::invalid(format!(
+            "{name:?} is not a header name (printable ASCII, no colon or space)"
+        )));
+    }
+    let lower = name.to_ascii_lowercase();
+    if OWN_HEADERS.contains(&lower.as_str()) {
         return Err(Refused::invalid(format!(
             "`{name}` comes from the message's own field; leave it out of `Headers`"
+        )));
+    }
+    if TRUST_HEADERS.contains(&lower.as_str())
+        || TRUST_PREFIXES.iter().any(|p| lower.starts_with(p))
+    {
+        return Err(Refused::invalid(format!(
+            "`{name}` is a header servers write about a mail, not its sender; leave it out of `Headers`"
         )));
     }
     if header.value.contains(['\r', '\n']) {
@@ -348,6 +386,20 @@ mod tests {
         .err()
         .unwrap();
         assert!(own.message.contains("`From`"), "{own:?}");
+        let named = build(
+            &email(json!({"From": "a@x.t", "To": "b@y.t", "Headers": [{"Name": "X\r\nFrom", "Value": "ceo@bank"}]})),
+            "x.t",
+        )
+        .err()
+        .unwrap();
+        assert!(named.message.contains("not a header name"), "{named:?}");
+        let trust = build(
+            &email(json!({"From": "a@x.t", "To": "b@y.t", "Headers": [{"Name": "Authentication-Results", "Value": "x; dmarc=pass"}]})),
+            "x.t",
+        )
+        .err()
+        .unwrap();
+        assert!(trust.message.contains("servers write"), "{trust:?}");
         let injected = build(
             &email(json!({"From": "a@x.t", "To": "b@y.t", "Headers": [{"Name": "X-A", "Value": "v\r\nBcc: e@vil"}]})),
             "x.t",
