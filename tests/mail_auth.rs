@@ -140,24 +140,6 @@ async fn server_checking(
     (server, client, smtp, domain, inspect)
 }
 
-async fn curl_json(url: &str) -> Value {
-    let out = within("curl", Command::new("curl").args(["-s", url]).output())
-        .await
-        .expect("curl is not installed (Debian: curl)");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-async fn sh(script: &str) -> String {
-    let out = within("openssl", Command::new("sh").args(["-c", script]).output())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: openssl is missing? (Debian: openssl)"
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[tokio::test]
 async fn received_mail_says_what_spf_dkim_and_dmarc_found_and_enforce_refuses_dmarc_rejects() {
     let mut app = origin("app").await;

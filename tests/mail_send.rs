@@ -41,20 +41,6 @@ async fn post_email(inspect: SocketAddr, path: &str, body: &Value) -> (u16, Valu
     )
 }
 
-/// `GET http://INSPECT{path}`, as JSON.
-async fn inspector_get(inspect: SocketAddr, path: &str) -> Value {
-    let out = within(
-        "curl",
-        Command::new("curl")
-            .args(["-s", &format!("http://{inspect}{path}")])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// A `droid http` client and what it printed: its inspector and the mail
 /// domain of its tunnel.
 struct Sender {
@@ -163,7 +149,8 @@ async fn an_app_mails_itself_and_other_mail_is_caught_on_this_machine() {
         "{answer}"
     );
     // The inspector lists it as a mail sent, and shows it as a mail.
-    let list = inspector_get(s.inspect, "/api/requests?kind=mail").await["requests"].clone();
+    let list = curl_json(&format!("http://{}/api/requests?kind=mail", s.inspect)).await["requests"]
+        .clone();
     let sent = list
         .as_array()
         .unwrap()
@@ -171,7 +158,7 @@ async fn an_app_mails_itself_and_other_mail_is_caught_on_this_machine() {
         .find(|e| e["direction"] == "out" && e["mail"]["to"][0] == "someone@example.com")
         .unwrap_or_else(|| panic!("{list}"));
     assert_eq!(sent["status"], 200);
-    let detail = inspector_get(s.inspect, &format!("/api/requests/{}", sent["id"])).await;
+    let detail = curl_json(&format!("http://{}/api/requests/{}", s.inspect, sent["id"])).await;
     assert_eq!(detail["mail"]["text"], "x", "{detail}");
     let said = detail["response"]["body"].as_str().unwrap_or_default();
     assert!(said.contains("caught"), "{detail}");
@@ -526,25 +513,6 @@ print("PASS" if dkim.verify(raw, dnsfunc=dns) else "FAIL")
 tampered = raw.replace(b"signed body", b"forged body")
 print("PASS" if dkim.verify(tampered, dnsfunc=dns) else "FAIL")
 "#;
-
-/// Runs `script` with `sh -c`; its stdout.
-async fn sh(script: &str) -> String {
-    let out = within(
-        "openssl",
-        Command::new("sh")
-            .args(["-c", script])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {} (Debian: openssl; run `bash .ci/test`)",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 #[tokio::test]
 async fn mail_apps_send_is_signed_with_dkim_and_dkimpy_verifies_it() {

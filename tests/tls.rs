@@ -284,9 +284,7 @@ async fn config_files_set_up_tls_and_https_and_curl_gets_through() {
     let pki = Pki::new();
     let app = origin("app").await;
     let dir = tempfile::tempdir().unwrap();
-    let cert = write(dir.path(), "cert.pem", &pki.cert);
-    let key = write(dir.path(), "key.pem", &pki.key);
-    let ca = write(dir.path(), "ca.pem", &pki.ca);
+    let (cert, key, ca) = pki.write(dir.path());
     let server_file = write(
         dir.path(),
         "server.toml",
@@ -620,9 +618,7 @@ print("SENT")
 /// tunnel's syslog port.
 async fn syslog_tls_tunnel(pki: &Pki, app: &Origin) -> (Droid, Droid, tempfile::TempDir, u16) {
     let dir = tempfile::tempdir().unwrap();
-    let cert = write(dir.path(), "cert.pem", &pki.cert);
-    let key = write(dir.path(), "key.pem", &pki.key);
-    let ca = write(dir.path(), "ca.pem", &pki.ca);
+    let (cert, key, ca) = pki.write(dir.path());
     let low = dead_port().await;
     let range = format!("{low}-{}", low.saturating_add(3));
     let mut server = Droid::start(
@@ -646,25 +642,12 @@ async fn syslog_tls_tunnel(pki: &Pki, app: &Origin) -> (Droid, Droid, tempfile::
         .await;
     assert!(said.contains("tls with the server's certificate"), "{said}");
 
-    let client_state = dir.path().join("client");
-    std::fs::create_dir(&client_state).unwrap();
-    let control = format!("localhost:{}", control.port());
-    let target = app.addr.port().to_string();
-    let mut client = Droid::start(
-        &[
-            "http",
-            &target,
-            "--server",
-            &control,
-            "--ca",
-            &ca,
-            "--syslog",
-            "--syslog-path",
-            "/inbound/syslog",
-            "--inspect",
-            "127.0.0.1:0",
-        ],
-        &client_state,
+    let mut client = tls_client(
+        app,
+        dir.path(),
+        control,
+        &ca,
+        &["--syslog", "--syslog-path", "/inbound/syslog"],
     );
     let line = client
         .line("the syslog line", |l| {
@@ -823,9 +806,7 @@ struct MailOverTls {
 
 async fn mail_over_tls(pki: &Pki, app: &Origin) -> MailOverTls {
     let dir = tempfile::tempdir().unwrap();
-    let cert = write(dir.path(), "cert.pem", &pki.cert);
-    let key = write(dir.path(), "key.pem", &pki.key);
-    let ca = write(dir.path(), "ca.pem", &pki.ca);
+    let (cert, key, ca) = pki.write(dir.path());
     let mut server = Droid::start(
         &server_args(&[
             "--tls-cert",
@@ -854,24 +835,12 @@ async fn mail_over_tls(pki: &Pki, app: &Origin) -> MailOverTls {
     let smtps = server
         .line("the smtps line", |l| addr_after(l, "smtps on "))
         .await;
-    let client_state = dir.path().join("client");
-    std::fs::create_dir(&client_state).unwrap();
-    let control = format!("localhost:{}", control.port());
-    let target = app.addr.port().to_string();
-    let mut client = Droid::start(
-        &[
-            "http",
-            &target,
-            "--server",
-            &control,
-            "--ca",
-            &ca,
-            "--mail-path",
-            "/inbound/mail",
-            "--inspect",
-            "127.0.0.1:0",
-        ],
-        &client_state,
+    let mut client = tls_client(
+        app,
+        dir.path(),
+        control,
+        &ca,
+        &["--mail-path", "/inbound/mail"],
     );
     let domain = client.line("the mail line", mail_domain).await;
     MailOverTls {
@@ -1021,6 +990,29 @@ async fn commands_sent_in_plain_text_behind_starttls_are_dropped() {
     assert!(ok, "{out}{err}");
     assert_eq!(app.next_mail().await.json()["subject"], "starttls");
     assert!(app.inbox.try_recv().is_err(), "nothing else arrived");
+}
+
+/// `droid http APP --server localhost:PORT --ca CA EXTRA...` with an
+/// inspector, its state in `dir/client`.
+fn tls_client(app: &Origin, dir: &Path, control: SocketAddr, ca: &str, extra: &[&str]) -> Droid {
+    let state = dir.join("client");
+    std::fs::create_dir(&state).unwrap();
+    let (control, target) = (
+        format!("localhost:{}", control.port()),
+        app.addr.port().to_string(),
+    );
+    let mut args = vec![
+        "http",
+        &target,
+        "--server",
+        &control,
+        "--ca",
+        ca,
+        "--inspect",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    Droid::start(&args, &state)
 }
 
 /// `postfix`, the binary Debian installs (outside a user's PATH).

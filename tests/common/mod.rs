@@ -899,6 +899,39 @@ pub fn droid_command(args: &[&str], state_dir: &std::path::Path) -> tokio::proce
 }
 
 /// The address printed after `label` in one of the binary's stdout lines,
+/// `GET url` with curl, its body as JSON.
+pub async fn curl_json(url: &str) -> serde_json::Value {
+    let out = within(
+        "curl",
+        tokio::process::Command::new("curl")
+            .args(["-s", url])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("curl is not installed (Debian: curl); run `bash .ci/test`");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs `script` (openssl commands) with `sh -c`; its stdout, trimmed.
+pub async fn sh(script: &str) -> String {
+    let out = within(
+        "openssl",
+        tokio::process::Command::new("sh")
+            .args(["-c", script])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {} (Debian: openssl; run `bash .ci/test`)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// `droid server` for [`DOMAIN`] on loopback ports, then `extra`.
 pub fn server_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![

@@ -245,10 +245,7 @@ impl Plugin for MqttPlugin {
         flags: Option<&ArgMatches>,
         file: Option<ValueDeserializer<'_>>,
     ) -> Result<Option<Box<dyn Setup>>, SetupError> {
-        let table: EmbeddedTable = match file {
-            Some(file) => read_table(file)?,
-            None => EmbeddedTable::default(),
-        };
+        let table: EmbeddedTable = file.map(read_table).transpose()?.unwrap_or_default();
         let off = flags.is_some_and(|f| f.get_flag("no_mqtt")) || table.enabled == Some(false);
         if off {
             return Ok(None);

@@ -386,6 +386,14 @@ mod tests {
         .err()
         .unwrap();
         assert!(own.message.contains("`From`"), "{own:?}");
+        let many: Vec<String> = (0..=MAX_RECIPIENTS).map(|i| format!("r{i}@y.t")).collect();
+        let crowd = build(
+            &email(json!({"From": "a@x.t", "Bcc": many.join(", ")})),
+            "x.t",
+        )
+        .err()
+        .unwrap();
+        assert!(crowd.message.contains("at most 50"), "{crowd:?}");
         let named = build(
             &email(json!({"From": "a@x.t", "To": "b@y.t", "Headers": [{"Name": "X\r\nFrom", "Value": "ceo@bank"}]})),
             "x.t",
