@@ -38,7 +38,7 @@ pub mod cluster;
 mod control;
 mod deliveries;
 mod directory;
-mod guard;
+mod http1;
 mod http_front;
 mod listener;
 mod metrics;

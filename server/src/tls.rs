@@ -201,7 +201,7 @@ pub(crate) async fn serve_https(
     else {
         return;
     };
-    http_front::serve_io(shared, tls, peer, Some(sni)).await;
+    http_front::serve_io(shared, tls, peer, sni).await;
 }
 
 #[cfg(test)]
