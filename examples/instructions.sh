@@ -45,7 +45,7 @@ case $TARGET in
       --control 127.0.0.1:7836 >"$WORK/server.log" 2>&1 & PIDS+=($!); SERVER=$!
     until_ok listening 7836
     "${client_pre[@]}" "$BIN" http 127.0.0.1:8000 --server 127.0.0.1:7836 \
-      --name bench >"$WORK/client.log" 2>&1 & PIDS+=($!); CLIENT=$!
+      --name bench ${DROID_CLIENT_ARGS:-} >"$WORK/client.log" 2>&1 & PIDS+=($!); CLIENT=$!
     URL=http://127.0.0.1:8092; HOST=(-H 'Host: bench.bench.test') ;;
   rathole)
     [ -x "$RATHOLE" ] || { echo "no $RATHOLE: run peers.sh with rathole once"; exit 2; }
@@ -70,5 +70,6 @@ requests=$(grep -o '[0-9]* requests' "$WORK/wrk.txt" | awk '{print $1}')
 kill "$CLIENT" "$SERVER"; wait "$CLIENT" "$SERVER" 2>/dev/null
 log=$WORK/server.log; [ "$WHICH" = client ] && log=$WORK/client.log
 instructions=$(grep 'Collected' "$log" | tail -1 | tr -d , | awk '{print $4}')
+[ -n "${CALLGRIND_OUT:-}" ] && cp "$WORK/out"* "$CALLGRIND_OUT" 2>/dev/null
 [ -n "$requests" ] && [ "$requests" -gt 0 ] && [ -n "$instructions" ] || { echo "no count (see $log)"; exit 1; }
 echo "$TARGET $WHICH $TEST: $requests requests, $instructions instructions, $((instructions / requests)) per request"

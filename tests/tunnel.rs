@@ -15,6 +15,7 @@ use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[tokio::test]
@@ -80,6 +81,50 @@ async fn a_keep_alive_connection_carries_many_requests() {
         assert_eq!(body, format!("origin app /n/{i}"));
         sender.ready().await.unwrap();
     }
+}
+
+/// Requests sent back to back before any answer (pipelining) are answered
+/// in order; a HEAD's answer ends at its head; a request and an answer
+/// framed by chunks or by the app closing reach the other side whole.
+#[tokio::test]
+async fn pipelined_requests_head_and_every_answer_framing_pass_in_order() {
+    let app = origin("app").await;
+    let srv = server().await;
+    let c = client(client_config(srv.control, vec![spec(None, &app.target)])).await;
+    let host = c.host();
+    let pipelined = format!(
+        "GET /p/1 HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         HEAD /bytes/5000 HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         POST /echo HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n\
+         3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n\
+         GET /p/2 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = raw(srv.http, pipelined.as_bytes()).await;
+    let statuses: Vec<&str> = answer.matches("HTTP/1.1 200 OK").collect();
+    assert_eq!(statuses.len(), 4, "{answer}");
+    let first = answer.find("origin app /p/1").expect("first answer");
+    let echoed = answer.find("abc\r\n").expect("echoed body");
+    let last = answer.find("origin app /p/2").expect("last answer");
+    assert!(first < echoed && echoed < last, "{answer}");
+    // The HEAD's answer is a head alone: the next answer follows it.
+    let head_answer = &answer[answer.find("HTTP/1.1 200 OK").unwrap() + 1..];
+    let head_answer = &head_answer[head_answer.find("HTTP/1.1 200 OK").unwrap()..];
+    let (_, after) = head_answer.split_once("\r\n\r\n").unwrap();
+    assert!(after.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    // An HTTP/1.0 visitor gets an answer it can read (no chunks), and the
+    // connection closes after it.
+    let mut stream = TcpStream::connect(srv.http).await.unwrap();
+    let request = format!("GET /bytes/3000 HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    within("the 1.0 answer", stream.read_to_end(&mut out))
+        .await
+        .unwrap();
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.0 200"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert_eq!(out[end..], (0..3000).map(pattern).collect::<Vec<u8>>()[..]);
 }
 
 #[tokio::test]
