@@ -16,10 +16,11 @@ use std::collections::BTreeMap;
 use std::io;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
+use tokio_util::codec::{Decoder, FramedRead};
 
 /// The protocol version spoken by this build. Sent in `hello` and `welcome`.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -529,10 +530,7 @@ where
 /// [`read_message`], [`MessageReader::next`] is cancel-safe (a message is
 /// never half consumed), so it can wait in a `select!` beside timers.
 pub struct MessageReader<R> {
-    // Lines as bytes, not `LinesCodec`: that one reports a line that is
-    // not UTF-8 as an I/O error, and a peer's bad bytes are malformed
-    // input (found by the `control_message` fuzz target).
-    frames: FramedRead<R, AnyDelimiterCodec>,
+    frames: FramedRead<R, Lines>,
 }
 
 impl<R: AsyncRead + Unpin> MessageReader<R> {
@@ -542,11 +540,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             // Control lines are short and a session waits on one for its
             // whole life: a small first buffer (it grows for a long line)
             // halves what an idle tunnel costs the server.
-            frames: FramedRead::with_capacity(
-                reader,
-                AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), max),
-                512,
-            ),
+            frames: FramedRead::with_capacity(reader, Lines { max, searched: 0 }, 512),
         }
     }
 
@@ -556,10 +550,52 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         match self.frames.next().await {
             None => Err(ProtocolError::Closed),
             Some(Ok(line)) => decode_control(line.strip_suffix(b"\r").unwrap_or(&line)),
-            Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
-                Err(ProtocolError::TooLong(self.frames.decoder().max_length()))
+            Some(Err(e)) => Err(e),
+        }
+    }
+}
+
+/// Newline-delimited lines as bytes (not `LinesCodec`: that one reports a
+/// line that is not UTF-8 as an I/O error, and a peer's bad bytes are
+/// malformed input, found by the `control_message` fuzz target), found
+/// with `memchr` and never searched twice.
+struct Lines {
+    max: usize,
+    /// How much of the buffer is known to hold no newline.
+    searched: usize,
+}
+
+impl Decoder for Lines {
+    type Item = BytesMut;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, ProtocolError> {
+        let window = &buf[self.searched..buf.len().min(self.max + 1)];
+        match memchr::memchr(b'\n', window) {
+            Some(i) => {
+                let end = self.searched + i;
+                self.searched = 0;
+                let mut line = buf.split_to(end + 1);
+                line.truncate(end);
+                Ok(Some(line))
             }
-            Some(Err(AnyDelimiterCodecError::Io(e))) => Err(ProtocolError::Io(e)),
+            None if buf.len() > self.max => Err(ProtocolError::TooLong(self.max)),
+            None => {
+                self.searched = buf.len();
+                Ok(None)
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, ProtocolError> {
+        match self.decode(buf)? {
+            Some(line) => Ok(Some(line)),
+            // A last line without its newline is still read.
+            None if buf.is_empty() => Ok(None),
+            None => {
+                self.searched = 0;
+                Ok(Some(buf.split()))
+            }
         }
     }
 }
@@ -711,6 +747,27 @@ mod tests {
         assert_eq!(reader.next().await.unwrap(), ControlMessage::Pong);
         drop(a);
         assert!(matches!(reader.next().await, Err(ProtocolError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn message_reader_reads_lines_in_any_pieces_and_refuses_long_ones() {
+        let (mut a, b) = tokio::io::duplex(8);
+        let mut reader = MessageReader::new(b, 20);
+        use tokio::io::AsyncWriteExt;
+        let writer = tokio::spawn(async move {
+            for byte in b"{\"type\":\"ping\"}\n{\"type\":\"pong\"}\r\n" {
+                a.write_all(&[*byte]).await.unwrap();
+            }
+            a.write_all(&[b'x'; 30]).await.unwrap();
+            a
+        });
+        assert_eq!(reader.next().await.unwrap(), ControlMessage::Ping);
+        assert_eq!(reader.next().await.unwrap(), ControlMessage::Pong);
+        assert!(matches!(
+            reader.next().await,
+            Err(ProtocolError::TooLong(20))
+        ));
+        drop(writer.await.unwrap());
     }
 
     /// Regression: the `control_message` fuzz target's first crash, bytes

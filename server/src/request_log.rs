@@ -17,6 +17,11 @@ use tokio::sync::Notify;
 /// never worth unbounded memory.
 pub(crate) const MAX_PENDING: usize = 128 * 1024;
 
+/// How long a batch gathers lines after its first before it is sent:
+/// nobody reads a line 10 ms late, and under load one frame (and one
+/// wakeup each side) carries many lines instead of one a request.
+const GATHER: Duration = Duration::from_millis(10);
+
 /// Where one session's request lines go. Cheap to clone; the default goes
 /// nowhere.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +40,7 @@ impl Pending {
     pub(crate) async fn take(&self) -> Vec<u8> {
         loop {
             self.arrived.notified().await;
+            tokio::time::sleep(GATHER).await;
             let lines = std::mem::take(&mut *self.lock());
             if !lines.is_empty() {
                 return lines;

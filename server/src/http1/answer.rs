@@ -45,9 +45,15 @@ pub(crate) enum BadAnswer {
 /// Parses the answer head at the start of `buf`; `None` while incomplete.
 /// `to_head` is whether the request was a HEAD.
 pub(crate) fn parse(buf: &[u8], to_head: bool) -> Result<Option<AnswerHead>, BadAnswer> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
-    let mut answer = httparse::Response::new(&mut headers);
-    let len = match answer.parse(buf) {
+    // Uninitialised room for the header lines: nothing to fill per answer.
+    let mut headers = [std::mem::MaybeUninit::<httparse::Header>::uninit(); MAX_ANSWER_HEADERS];
+    let mut answer = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut answer,
+        buf,
+        &mut headers,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_ANSWER_HEAD => {
             return Err(BadAnswer::TooLarge);
