@@ -65,6 +65,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{AuthPolicy, TokenRule};
+pub use http1::read_as_visitor_and_app;
 pub use name_budget::NameLimits;
 pub use name_store::{NameStore, RedbNames, StoreError};
 pub use peer_tls::{MIN_SECRET_LEN, check_secret};

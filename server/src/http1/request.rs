@@ -263,7 +263,11 @@ impl RequestHead {
         }
         let uri: Option<http::Uri> = target.parse().ok();
         let path = uri.as_ref().and_then(|u| u.path_and_query());
-        Cow::Owned(path.map_or("/", |p| p.as_str()).to_string())
+        match path.map_or("", |p| p.as_str()) {
+            path if path.starts_with('/') => Cow::Owned(path.to_string()),
+            // `http://host?q` has an empty path: origin form needs its `/`.
+            query => Cow::Owned(format!("/{query}")),
+        }
     }
 
     fn named_by_connection(&self, name: &[u8]) -> bool {
@@ -518,6 +522,9 @@ mod tests {
         assert!(out.contains("host: a.t.example\r\n"), "{out}");
         let out = forwarded("GET http://a.t.example HTTP/1.1\r\n\r\n", false);
         assert!(out.starts_with("GET / HTTP/1.1\r\n"), "{out}");
+        // Found by the fuzz target: an empty path before a query.
+        let out = forwarded("GET http://a.t.example?q/y HTTP/1.1\r\n\r\n", false);
+        assert!(out.starts_with("GET /?q/y HTTP/1.1\r\n"), "{out}");
     }
 
     #[test]
