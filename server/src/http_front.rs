@@ -263,7 +263,7 @@ where
                 )),
             };
             if let Some(page) = page {
-                self.answer(page.closing(), false, None).await;
+                self.answer(page.closing(), None, None).await;
                 return None;
             }
             match tokio::time::timeout_at(deadline, self.from.fill()).await {
@@ -277,19 +277,28 @@ where
                         "the request's headers took too long to arrive",
                         false,
                     );
-                    self.answer(page.closing(), false, None).await;
+                    self.answer(page.closing(), None, None).await;
                     return None;
                 }
             }
         }
     }
 
-    /// Sends a page the server answers itself and counts it (`through`:
-    /// how long it took, for a request routed to a tunnel).
-    async fn answer(&mut self, page: Page, http10: bool, through: Option<Duration>) -> Next {
+    /// Sends a page the server answers itself, in the version of the
+    /// request it answers (`None` before one was read), and counts it
+    /// (`through`: how long it took, for a request routed to a tunnel).
+    async fn answer(
+        &mut self,
+        page: Page,
+        head: Option<&RequestHead>,
+        through: Option<Duration>,
+    ) -> Next {
         let metrics = &self.visitor.shared.metrics;
         metrics.answered(page.status.as_u16(), Some(page.why), through);
-        let sent = self.to.write_all(&page.bytes(http10)).await;
+        let http10 = head.is_some_and(|h| h.http10);
+        // An answer to HEAD is its head alone (RFC 9110 §9.3.2).
+        let to_head = head.is_some_and(|h| h.method == Method::HEAD);
+        let sent = self.to.write_all(&page.bytes(http10, to_head)).await;
         if sent.is_err() || self.to.flush().await.is_err() || page.close {
             return Next::Close;
         }
@@ -304,7 +313,7 @@ where
         } else {
             page
         };
-        self.answer(page, head.http10, through).await
+        self.answer(page, Some(head), through).await
     }
 
     /// Answers one request: with a page, or through a tunnel (here or on

@@ -63,6 +63,9 @@ pub(crate) fn parse(buf: &[u8], to_head: bool) -> Result<Option<AnswerHead>, Bad
         Err(_) => return Err(BadAnswer::Malformed),
     };
     let status = answer.code.unwrap_or(0);
+    if status < 100 {
+        return Err(BadAnswer::Malformed);
+    }
     let http10 = answer.version == Some(0);
     let (mut length, mut chunked, mut coded, mut close, mut keep_alive) =
         (None, false, false, false, false);
@@ -167,6 +170,10 @@ mod tests {
     fn bad_heads_are_told_apart_from_incomplete_ones() {
         assert_eq!(parse(b"HTTP/1.1 200 OK\r\ncontent-le", false), Ok(None));
         assert_eq!(parse(b"garbage\r\n\r\n", false), Err(BadAnswer::Malformed));
+        assert_eq!(
+            parse(b"HTTP/1.1 099 X\r\n\r\n", false),
+            Err(BadAnswer::Malformed)
+        );
         assert_eq!(
             parse(b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", false),
             Err(BadAnswer::BadLength)

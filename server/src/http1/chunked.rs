@@ -26,6 +26,8 @@ enum State {
     Size {
         digits: u8,
     },
+    /// After the digits, white space before `;` or the line's end.
+    SizeSpace,
     /// In a chunk-size line after the digits: extensions, up to its CR.
     Extension,
     /// After the chunk-size line's CR.
@@ -117,11 +119,16 @@ impl Chunked {
                 State::Size { digits: digits + 1 }
             }
             (State::Size { digits: 0 }, _) => return Err(ChunkError::BadSize),
-            (State::Size { .. }, b';' | b' ' | b'\t') => State::Extension,
-            (State::Size { .. } | State::Extension, b'\r') => State::SizeLf,
+            (State::Size { .. } | State::SizeSpace, b' ' | b'\t') => State::SizeSpace,
+            (State::Size { .. } | State::SizeSpace, b';') => State::Extension,
+            (State::Size { .. } | State::SizeSpace | State::Extension, b'\r') => State::SizeLf,
+            (State::SizeSpace, _) => return Err(ChunkError::BadSize),
             (State::Size { .. }, b'\n') => return Err(ChunkError::BadLineEnd),
             (State::Size { .. }, _) => return Err(ChunkError::BadSize),
             (State::Extension, b'\n') => return Err(ChunkError::BadLineEnd),
+            (State::Extension | State::LineStart | State::Trailer, b) if is_control(b) => {
+                return Err(ChunkError::BadLineEnd);
+            }
             (State::Extension, _) => {
                 self.count_extra()?;
                 State::Extension
@@ -145,6 +152,8 @@ impl Chunked {
 
     fn chunk_begins(&mut self) -> Result<State, ChunkError> {
         let size = std::mem::take(&mut self.size);
+        // The bound is per chunk-size line; the trailers share one.
+        self.extra = 0;
         self.announced = self
             .announced
             .checked_add(size)
@@ -165,6 +174,11 @@ impl Chunked {
     }
 }
 
+/// A control character other than HTAB (and CR, which ends a line).
+fn is_control(b: u8) -> bool {
+    (b < 0x20 && b != b'\t' && b != b'\r') || b == 0x7f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +196,7 @@ mod tests {
         let end = body.len() - b"GET / HTTP/1.1".len();
         assert_eq!(scan_all(body), Ok((end, 6)));
         assert_eq!(scan_all(b"0\r\n\r\n"), Ok((5, 0)));
+        assert_eq!(scan_all(b"1 \t;x\r\n!\r\n0 \r\n\r\n"), Ok((16, 1)));
         assert_eq!(scan_all(b"A\r\n0123456789\r\n0\r\n\r\n"), Ok((20, 10)));
     }
 
@@ -208,10 +223,21 @@ mod tests {
             (b"5\r\nhelloX\r\n", ChunkError::BadLineEnd),
             (b"0\r\n\n", ChunkError::BadLineEnd),
             (b"11111111111111111\r\n", ChunkError::TooLarge),
+            // Found in review: only white space, then `;`, may follow
+            // the digits (else an app reads `2f /admin HTTP/1.1`).
+            (b"2f /admin HTTP/1.1\r\n", ChunkError::BadSize),
+            (b"1;a\x00b\r\n", ChunkError::BadLineEnd),
+            (b"0\r\nX: \x01\r\n\r\n", ChunkError::BadLineEnd),
         ] {
             let mut c = Chunked::default();
             assert_eq!(c.scan(body), Err(error), "{body:?}");
         }
+        // Each chunk's line has its own bound.
+        let mut many = Vec::new();
+        for _ in 0..100 {
+            many.extend_from_slice(format!("1;{}\r\nx\r\n", "e".repeat(200)).as_bytes());
+        }
+        assert_eq!(Chunked::default().scan(&many), Ok(many.len()));
         let mut c = Chunked::default();
         let mut long = b"1;".to_vec();
         long.resize(MAX_LINE_EXTRA + 10, b'a');

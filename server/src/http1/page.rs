@@ -44,8 +44,9 @@ impl Page {
         self
     }
 
-    /// The page as bytes, in the visitor's version.
-    pub(crate) fn bytes(&self, http10: bool) -> Vec<u8> {
+    /// The page as bytes, in the visitor's version; its head alone for a
+    /// HEAD request (`to_head`).
+    pub(crate) fn bytes(&self, http10: bool, to_head: bool) -> Vec<u8> {
         use std::fmt::Write;
         let mut head = String::with_capacity(160 + self.body.len());
         let _ = write!(
@@ -66,7 +67,31 @@ impl Page {
             head.push_str("connection: keep-alive\r\n");
         }
         head.push_str("\r\n");
-        head.push_str(&self.body);
+        if !to_head {
+            head.push_str(&self.body);
+        }
         head.into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_says_its_length_and_carries_no_body_to_head() {
+        let page = Page::new(
+            StatusCode::NOT_FOUND,
+            OwnAnswer::NoTunnel,
+            "no tunnel",
+            false,
+        );
+        let full = String::from_utf8(page.bytes(false, false)).unwrap();
+        assert!(full.starts_with("HTTP/1.1 404 Not Found\r\n"), "{full}");
+        assert!(full.contains("content-length: 10\r\n"), "{full}");
+        assert!(full.ends_with("\r\n\r\nno tunnel\n"), "{full}");
+        let head = String::from_utf8(page.closing().bytes(true, true)).unwrap();
+        assert!(head.starts_with("HTTP/1.0 404"), "{head}");
+        assert!(head.ends_with("connection: close\r\n\r\n"), "{head}");
     }
 }

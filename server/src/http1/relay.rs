@@ -185,14 +185,16 @@ pub(crate) enum AnswerError {
     Visitor,
 }
 
-/// Relays the app's answer to the visitor: interim (1xx) heads, then the
-/// final head and its body, as the app wrote them. `started` is set to a
+/// Relays the app's answer to the visitor: interim (1xx) heads (unless
+/// `interim_ok` is false: an HTTP/1.0 visitor would take one for the answer),
+/// then the final head and its body, as the app wrote them. `started` is set to a
 /// head's status once its bytes go to the visitor (after that, no page can
 /// replace the answer).
 pub(crate) async fn relay_answer<R, W>(
     from: &mut Reader<R>,
     to: &mut W,
     to_head: bool,
+    interim_ok: bool,
     started: &AtomicU16,
 ) -> Result<Answered, AnswerError>
 where
@@ -210,6 +212,10 @@ where
         };
         let interim = head.status < 200 && head.status != 101;
         let head_at = Instant::now();
+        if interim && !interim_ok {
+            from.buf.advance(head.len);
+            continue;
+        }
         started.store(head.status, Ordering::Relaxed);
         if interim || head.status == 101 {
             send(to, &from.buf[..head.len])
@@ -349,7 +355,7 @@ mod tests {
             let mut from = Reader::new(&wire[..]);
             let mut to = Vec::new();
             let started = AtomicU16::new(0);
-            let done = relay_answer(&mut from, &mut to, false, &started)
+            let done = relay_answer(&mut from, &mut to, false, true, &started)
                 .await
                 .unwrap();
             assert!(done.keep_alive && !done.upgraded);
@@ -358,11 +364,11 @@ mod tests {
         }
         let mut from = Reader::new(&b"HTTP/1.1 200 OK\r\n\r\nuntil the end"[..]);
         let mut to = Vec::new();
-        let done = relay_answer(&mut from, &mut to, false, &AtomicU16::new(0)).await;
+        let done = relay_answer(&mut from, &mut to, false, true, &AtomicU16::new(0)).await;
         assert!(!done.unwrap().keep_alive);
         assert!(to.ends_with(b"until the end"));
         let mut from = Reader::new(&b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort"[..]);
-        let done = relay_answer(&mut from, &mut Vec::new(), false, &AtomicU16::new(0)).await;
+        let done = relay_answer(&mut from, &mut Vec::new(), false, true, &AtomicU16::new(0)).await;
         assert!(matches!(done, Err(AnswerError::Closed)));
     }
 }

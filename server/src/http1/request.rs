@@ -93,13 +93,16 @@ const NOT_FORWARDED: [&str; 9] = [
 ];
 
 /// Headers a `Connection` list may not remove: a visitor naming them would
-/// hide its address or host from the app.
-const NEVER_HOP_BY_HOP: [&str; 5] = [
+/// hide its address or host from the app, or take the framing off a body
+/// the server relays (the app would read the body as a request of its own).
+const NEVER_HOP_BY_HOP: [&str; 7] = [
     "host",
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
     "forwarded",
+    "content-length",
+    "transfer-encoding",
 ];
 
 /// The header lines httparse is given room for when the cap allows.
@@ -214,14 +217,14 @@ impl RequestHead {
         } else {
             b" HTTP/1.1\r\n"
         });
-        for (i, field) in self.fields.iter().enumerate() {
+        for field in &self.fields {
             let name = &self.raw[field.name.clone()];
             let skip = NOT_FORWARDED
                 .iter()
                 .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
                 || (name.eq_ignore_ascii_case(b"upgrade") && !self.upgrade)
                 || (name.eq_ignore_ascii_case(b"expect") && self.expect_continue)
-                || (how.strip_authorization && Some(i) == self.authorization)
+                || (how.strip_authorization && name.eq_ignore_ascii_case(b"authorization"))
                 || (self.connection_names && self.named_by_connection(name));
             if !skip {
                 push_field(out, name, &self.raw[field.value.clone()]);
@@ -401,11 +404,7 @@ impl Facts {
         } else {
             Framing::None
         };
-        head.close = if head.http10 {
-            !self.keep_alive
-        } else {
-            self.close
-        };
+        head.close = self.close || (head.http10 && !self.keep_alive);
         head.upgrade = self.upgrade_token && self.upgrade_header && !head.http10;
         head.expect_continue &= !head.http10 && head.framing != Framing::None;
         let target = head.target();
@@ -498,6 +497,29 @@ mod tests {
     }
 
     #[test]
+    fn connection_cannot_take_the_framing_off_a_body() {
+        // Found in review: without its Content-Length the app would read
+        // the body as a request of its own, past every check.
+        for framing in ["Content-Length: 5", "Transfer-Encoding: chunked"] {
+            let name = framing.split(':').next().unwrap();
+            let out = forwarded(
+                &format!("POST / HTTP/1.1\r\nHost: a\r\nConnection: {name}\r\n{framing}\r\n\r\n"),
+                false,
+            );
+            assert!(out.contains(&format!("{framing}\r\n")), "{out}");
+        }
+    }
+
+    #[test]
+    fn every_authorization_header_stops_at_droid() {
+        let out = forwarded(
+            "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Basic eA==\r\nauthorization: Bearer t\r\n\r\n",
+            true,
+        );
+        assert!(!out.to_ascii_lowercase().contains("authorization"), "{out}");
+    }
+
+    #[test]
     fn an_upgrade_keeps_what_the_next_hop_needs() {
         let text = "GET /ws HTTP/1.1\r\nHost: a.t.example\r\nConnection: Upgrade, X-Other\r\n\
                     Upgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n";
@@ -533,6 +555,7 @@ mod tests {
         assert!(!head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").close);
         assert!(!head("GET / HTTP/1.1\r\n\r\n").close);
         assert!(head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").close);
+        assert!(head("GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n").close);
     }
 
     #[test]

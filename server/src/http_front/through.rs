@@ -209,7 +209,14 @@ where
             Relayed::Answered { answer, body_done } => {
                 metrics.answered(answer.status, None, took(answer.head_at));
                 if answer.upgraded {
-                    return (Next::Upgraded(upstream), answer.status);
+                    // An upgrade answered before the request's body was all
+                    // sent cannot be spliced: where the body ends is lost.
+                    let next = if body_done {
+                        Next::Upgraded(upstream)
+                    } else {
+                        Next::Close
+                    };
+                    return (next, answer.status);
                 }
                 let reusable = answer.keep_alive && body_done && !head.close;
                 if keep && reusable && upstream.from.buf.is_empty() {
@@ -225,7 +232,7 @@ where
             Relayed::Refused(page) => {
                 let status = page.status.as_u16();
                 (
-                    self.answer(page.closing(), head.http10, took(Instant::now()))
+                    self.answer(page.closing(), Some(head), took(Instant::now()))
                         .await,
                     status,
                 )
@@ -279,7 +286,7 @@ where
             ..
         } = upstream;
         let (from, to) = (&mut self.from, &mut self.to);
-        let recv = relay::relay_answer(app, to, to_head, &started);
+        let recv = relay::relay_answer(app, to, to_head, !head.http10, &started);
         tokio::pin!(recv);
         let gone = || Relayed::Broken(started.load(Ordering::Relaxed));
         // The body goes while the answer may already be coming...
