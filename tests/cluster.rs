@@ -783,3 +783,92 @@ async fn with_redis_gone_mail_and_requests_for_other_nodes_are_deferred_never_re
     assert_eq!(post.json()["subject"], "Again");
     assert!(signed(&post));
 }
+
+/// Redis away for a while, then back empty: visitors sent round-robin to
+/// three nodes are all answered, and mail to each node is delivered once.
+/// The two that do not hold the tunnel send its requests and mail where
+/// Redis last said it was live (issue 35, first part); once Redis is back
+/// empty, until the holder has claimed it again.
+#[tokio::test]
+async fn with_redis_away_and_back_empty_every_node_serves_the_names_it_knew() {
+    let redis = Redis::start().await.unwrap();
+    let port = redis.port;
+    let mut app = origin("app").await;
+    let (one, _) = node_of(&redis, "one", mail_server(None).await).await;
+    let (two, _) = node_of(&redis, "two", mail_server(None).await).await;
+    let (three, _) = node_of(&redis, "three", mail_server(None).await).await;
+    let mut tunnel = spec(Some("steady"), &app.target);
+    set_mail(
+        &mut tunnel,
+        MailSettings {
+            path: Some("/inbound".into()),
+            ..MailSettings::default()
+        },
+    );
+    tunnel.secret = Some(APP_SECRET.into());
+    let c = client(client_config(one.control, vec![tunnel])).await;
+    let host = c.host();
+    let nodes = [one.http, two.http, three.http];
+    let smtp = [one.smtp.unwrap(), two.smtp.unwrap(), three.smtp.unwrap()];
+    for http in nodes {
+        assert_eq!(get(http, &host, "/before").await.0, 200);
+    }
+    // Round-robin for `for_how_long` (and at most 3,000 requests): what
+    // each node answered that was not a 200.
+    let round_robin = |phase: &'static str, for_how_long: Duration| {
+        let host = host.clone();
+        async move {
+            let (started, mut failed, mut served) = (std::time::Instant::now(), Vec::new(), 0);
+            for i in 0..3_000 {
+                if started.elapsed() > for_how_long {
+                    break;
+                }
+                let (status, body) = get(nodes[i % 3], &host, &format!("/{phase}/{i}")).await;
+                if status == 200 {
+                    assert_eq!(body, format!("origin app /{phase}/{i}"));
+                    served += 1;
+                } else {
+                    failed.push((i % 3, status.as_u16(), body));
+                }
+            }
+            (served, failed)
+        }
+    };
+    redis.kill().await;
+    let (served, failed) = round_robin("away", Duration::from_secs(3)).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(served >= 30, "{served}");
+    let rcpt = format!("orders@{host}");
+    for (i, addr) in smtp.iter().enumerate() {
+        let sent = smtplib_send(
+            *addr,
+            "shop@example.com",
+            &[&rcpt],
+            &format!("away {i}"),
+            "x",
+        )
+        .await;
+        assert_eq!(sent, "SENT", "node {i}");
+    }
+    let redis = Redis::on(port, None).await.unwrap();
+    let (served, failed) = round_robin("back", Duration::from_secs(3)).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(served >= 30, "{served}");
+    // Each mail arrived once: the three, then the one sent after them.
+    let sent = smtplib_send(smtp[0], "shop@example.com", &[&rcpt], "last", "x").await;
+    assert_eq!(sent, "SENT");
+    let mut subjects = Vec::new();
+    while subjects.last().map(String::as_str) != Some("last") {
+        let post = app.next_mail().await;
+        assert!(signed(&post));
+        subjects.push(
+            post.json()["subject"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    subjects.sort();
+    assert_eq!(subjects, ["away 0", "away 1", "away 2", "last"]);
+    redis.kill().await;
+}

@@ -296,6 +296,9 @@ pub(crate) struct Lookups {
     pub kept: prometheus_client::metrics::counter::Counter,
     /// By asking Redis.
     pub asked: prometheus_client::metrics::counter::Counter,
+    /// From where the name was last live, while Redis did not answer or
+    /// had just come back empty.
+    pub remembered: prometheus_client::metrics::counter::Counter,
 }
 
 /// One session's release, as the script takes it.
@@ -473,7 +476,14 @@ impl Cluster {
             Ok(answer) => answer,
             Err(e) => {
                 debug!(error = %e, %name, "no answer from the cluster registry");
-                return Err(RegistryAway);
+                self.directory.failed();
+                // Where it was live last: that node serves it only while
+                // it still holds it.
+                let last = self.directory.last_live(name, true, self.config.lease);
+                if last.is_some() {
+                    self.lookups.remembered.inc();
+                }
+                return last.map(Some).ok_or(RegistryAway);
             }
         };
         let (located, lasts) = match answer.as_deref() {
@@ -493,6 +503,16 @@ impl Cluster {
             _ => (None, crate::directory::MAX_AGE),
         };
         self.directory.keep(name, located.clone(), lasts, epoch);
+        self.directory
+            .learned(name, located.as_ref(), self.config.lease);
+        if located.is_none()
+            && let Some(last) = self.directory.last_live(name, false, self.config.lease)
+        {
+            // Redis came back empty: the name's node claims it again
+            // within a lease; until then it is where it was.
+            self.lookups.remembered.inc();
+            return Ok(Some(last));
+        }
         Ok(located)
     }
 

@@ -17,6 +17,14 @@
 //!   the events), so a late reply never brings back a name just changed.
 //! - At most [`MAX_ENTRIES`] answers: past that, expired ones go, and if
 //!   none has, all do.
+//!
+//! Apart from those answers, the node remembers the last node Redis said
+//! each name was live on ([`Directory::last_live`]) for when Redis does
+//! not answer, or comes back empty and its nodes have not claimed their
+//! names again yet (within a lease of its last failure). That is safe to
+//! act on: the node a request is sent to serves it only while it holds
+//! the tunnel itself. Only events (a claim or release elsewhere), a
+//! healthy Redis's answer, or that node's refusal change it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -60,6 +68,16 @@ struct State {
     following: bool,
     /// Counts events; an answer read in an older epoch is not kept.
     epoch: u64,
+    /// The last node each name was live on, as Redis said.
+    last_live: HashMap<String, Located>,
+    /// When Redis last did not answer.
+    failed_at: Option<Instant>,
+}
+
+impl State {
+    fn recently_failed(&self, window: Duration) -> bool {
+        self.failed_at.is_some_and(|at| at.elapsed() < window)
+    }
 }
 
 impl Directory {
@@ -99,13 +117,47 @@ impl Directory {
         state.answers.insert(name.to_string(), (answer, until));
     }
 
-    /// An event changed `names`: their answers go.
+    /// An event changed `names`: their answers go, and where they were.
     pub(crate) fn changed<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         let mut state = self.lock();
         state.epoch += 1;
         for name in names {
             state.answers.remove(name);
+            state.last_live.remove(name);
         }
+    }
+
+    /// Redis answered `answer` for `name`: where it is live is remembered;
+    /// "not live" forgets it, except "nowhere" within `window` of Redis's
+    /// last failure (a Redis that came back empty, before the names'
+    /// nodes claimed them again).
+    pub(crate) fn learned(&self, name: &str, answer: Option<&Located>, window: Duration) {
+        let mut state = self.lock();
+        match answer {
+            Some(found) if found.live => {
+                if state.last_live.len() < MAX_ENTRIES || state.last_live.contains_key(name) {
+                    state.last_live.insert(name.to_string(), found.clone());
+                }
+            }
+            None if state.recently_failed(window) => {}
+            _ => {
+                state.last_live.remove(name);
+            }
+        }
+    }
+
+    /// Redis did not answer.
+    pub(crate) fn failed(&self) {
+        self.lock().failed_at = Some(Instant::now());
+    }
+
+    /// Where `name` was last live, for when Redis cannot say: always while
+    /// it does not answer (`away`), and for `window` after its last failure
+    /// when it says "nowhere".
+    pub(crate) fn last_live(&self, name: &str, away: bool, window: Duration) -> Option<Located> {
+        let state = self.lock();
+        let found = state.last_live.get(name)?;
+        (away || state.recently_failed(window)).then(|| found.clone())
     }
 
     /// The channel is followed from now on, or no longer: either way every
@@ -180,5 +232,34 @@ mod tests {
         assert_eq!(directory.len(), 0);
         directory.keep("shop", located("a"), long, directory.epoch());
         assert_eq!(directory.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn where_a_name_was_live_outlasts_redis_but_not_an_event() {
+        let directory = Directory::default();
+        let lease = Duration::from_secs(30);
+        directory.learned("shop", located("a").as_ref(), lease);
+        // Redis away: the last place serves.
+        assert_eq!(directory.last_live("shop", true, lease).unwrap().node, "a");
+        assert!(directory.last_live("other", true, lease).is_none());
+        // Redis answering, and never failed: "nowhere" is believed.
+        assert!(directory.last_live("shop", false, lease).is_none());
+        directory.learned("shop", None, lease);
+        assert!(directory.last_live("shop", true, lease).is_none());
+
+        // Redis back empty: "nowhere" does not forget, for a lease.
+        directory.learned("shop", located("a").as_ref(), lease);
+        directory.failed();
+        directory.learned("shop", None, lease);
+        assert_eq!(directory.last_live("shop", false, lease).unwrap().node, "a");
+        tokio::time::advance(lease).await;
+        assert!(directory.last_live("shop", false, lease).is_none());
+        directory.learned("shop", None, lease);
+        assert!(directory.last_live("shop", true, lease).is_none());
+
+        // A claim or release elsewhere is an event: forgotten at once.
+        directory.learned("shop", located("a").as_ref(), lease);
+        directory.changed(["shop"]);
+        assert!(directory.last_live("shop", true, lease).is_none());
     }
 }

@@ -349,6 +349,11 @@ impl Metrics {
             "Names looked up in the cluster by asking Redis",
             lookups.asked.clone(),
         );
+        registry.register(
+            "droid_cluster_lookups_remembered",
+            "Names looked up in the cluster and answered from where they were last live, Redis being away or just back empty",
+            lookups.remembered.clone(),
+        );
     }
 
     /// The text `/metrics` answers with, the gauges read now.
