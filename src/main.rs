@@ -5,6 +5,7 @@
 //! `droid-core`, the server in `droid-server`, the client in `droid-client`.
 
 mod adapters;
+mod cluster_status;
 mod config;
 mod embedded;
 mod inspect;
@@ -70,6 +71,16 @@ enum ClusterCommand {
     /// Print a fresh cluster secret (256 random bits), to give every node
     /// as --cluster-secret or DROID_CLUSTER_SECRET.
     Secret,
+    /// Print the cluster's nodes (id, peer address, when each last renewed
+    /// its lease, tunnels held, version) as Redis knows them; changes nothing.
+    Status {
+        /// The cluster's Redis, as the nodes were given it.
+        #[arg(long, env = "DROID_CLUSTER", value_name = "URL")]
+        cluster: String,
+        /// Also list every name: its state, and the node that holds it.
+        #[arg(long)]
+        names: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -499,6 +510,12 @@ fn main() -> std::process::ExitCode {
         Command::Cluster(ClusterCommand::Secret) => {
             println!("{}", settings::new_cluster_secret());
             return std::process::ExitCode::SUCCESS;
+        }
+        Command::Cluster(ClusterCommand::Status { cluster, names }) => {
+            return match cluster_status::print(&cluster, names) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            };
         }
         command => match prepare(command, &flags) {
             Ok(ready) => ready,

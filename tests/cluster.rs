@@ -872,3 +872,89 @@ async fn with_redis_away_and_back_empty_every_node_serves_the_names_it_knew() {
     assert_eq!(subjects, ["away 0", "away 1", "away 2", "last"]);
     redis.kill().await;
 }
+
+/// `droid cluster status` (the binary, against the cluster's Redis) lists
+/// each node with its peer address, lease, tunnels and version, and with
+/// `--names` where each name is; the server metrics say which node they
+/// are; a Redis that does not answer is a clear error, its password not
+/// shown.
+#[tokio::test]
+async fn droid_cluster_status_shows_the_nodes_and_where_each_name_is() {
+    let redis = Redis::start().await.unwrap();
+    let app = origin("app").await;
+    let (one, _) = node(&redis, "one").await;
+    let (two, _) = node(&redis, "two").await;
+    let _shop = client(client_config(
+        one.control,
+        vec![spec(Some("shop"), &app.target)],
+    ))
+    .await;
+    let _cart = client(client_config(
+        two.control,
+        vec![spec(Some("cart"), &app.target)],
+    ))
+    .await;
+    let _blog = client(client_config(
+        two.control,
+        vec![spec(Some("blog"), &app.target)],
+    ))
+    .await;
+    let status = |args: Vec<String>| async move {
+        let out = within(
+            "droid cluster status",
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_droid"))
+                .arg("cluster")
+                .arg("status")
+                .args(args)
+                .output(),
+        )
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let errors = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), text, errors)
+    };
+    let (ok, text, errors) = status(vec!["--cluster".into(), redis.url()]).await;
+    assert!(ok, "{errors}");
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no node {id} in\n{text}"))
+            .to_string()
+    };
+    for (id, tunnels) in [("one", 1), ("two", 2)] {
+        let line = line(id);
+        assert!(line.contains("127.0.0.1:"), "{line}");
+        assert!(line.contains("s ago") && line.contains("live, "), "{line}");
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(line.ends_with(&format!("{tunnels}  {version}")), "{line}");
+    }
+    assert!(!text.contains("shop"), "{text}");
+
+    let (ok, text, errors) = status(vec!["--cluster".into(), redis.url(), "--names".into()]).await;
+    assert!(ok, "{errors}");
+    for (name, node) in [("shop", "one"), ("cart", "two"), ("blog", "two")] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[1..3], ["live", node], "{line}");
+    }
+    assert!(
+        one.server
+            .metrics_text()
+            .contains("droid_cluster_node_info{node=\"one\"} 1")
+    );
+
+    let dead = dead_port().await;
+    let url = format!("redis://admin:hunter2@127.0.0.1:{dead}");
+    let (ok, _, errors) = status(vec!["--cluster".into(), url]).await;
+    assert!(!ok);
+    assert!(
+        errors.contains("cannot reach the cluster registry at redis://admin:***@127.0.0.1:"),
+        "{errors}"
+    );
+    assert!(!errors.contains("hunter2"), "{errors}");
+    redis.kill().await;
+}

@@ -81,6 +81,23 @@ pub struct ClusterError {
     reason: String,
 }
 
+impl ClusterError {
+    /// An error about the Redis at `url`, its password never shown.
+    pub(crate) fn new(url: &str, reason: String) -> ClusterError {
+        let redis = match url.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((login, host)) if !login.contains('/') => {
+                    let user = login.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:***@{host}")
+                }
+                _ => url.to_string(),
+            },
+            None => url.to_string(),
+        };
+        ClusterError { redis, reason }
+    }
+}
+
 /// What the script's `now` is, in milliseconds, from Redis's clock.
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)";
 
@@ -160,11 +177,15 @@ end
 return 1
 ";
 
-/// ARGV: node, lease ms, peer address ('' for none). Returns 1 when
-/// Redis did not know the node (its first lease, or Redis lost its data).
+/// ARGV: node, lease ms, peer address ('' for none), version. Returns 1
+/// when Redis did not know the node (its first lease, or Redis lost its
+/// data). `droid:node:ID` says when it renewed and its version, for
+/// `droid cluster status`; it goes a day after the node's last renewal.
 const RENEW: &str = r"
 local added = redis.call('ZADD', 'droid:nodes', now + tonumber(ARGV[2]), ARGV[1])
 if ARGV[3] ~= '' then redis.call('HSET', 'droid:peers', ARGV[1], ARGV[3]) end
+redis.call('HSET', 'droid:node:' .. ARGV[1], 'version', ARGV[4], 'renewed', now)
+redis.call('PEXPIRE', 'droid:node:' .. ARGV[1], 86400000)
 return added
 ";
 
@@ -346,10 +367,7 @@ impl Cluster {
     /// Connects to Redis and takes this node's first lease.
     pub async fn join(config: ClusterConfig, policy: NamePolicy) -> Result<Cluster, ClusterError> {
         let redis = config.redis.clone();
-        let failed = |reason: String| ClusterError {
-            redis: redis.clone(),
-            reason,
-        };
+        let failed = |reason: String| ClusterError::new(&redis, reason);
         let client =
             redis::Client::open(config.redis.as_str()).map_err(|e| failed(e.to_string()))?;
         let peer_tls = PeerTls::from_secret(&config.secret).map_err(|e| failed(e.to_string()))?;
@@ -394,6 +412,7 @@ impl Cluster {
             .arg(&self.config.node_id)
             .arg(ms(self.config.lease))
             .arg(self.config.peer.as_deref().unwrap_or(""))
+            .arg(env!("CARGO_PKG_VERSION"))
             .invoke_async::<i64>(&mut conn)
             .await
             .map(|added| added == 1)
@@ -514,6 +533,11 @@ impl Cluster {
             return Ok(Some(last));
         }
         Ok(located)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
     }
 
     /// Forgets what this node kept of `name`: the node it pointed to no

@@ -35,6 +35,7 @@ pub mod access;
 pub mod auth;
 mod calls;
 pub mod cluster;
+pub mod cluster_status;
 mod control;
 mod deliveries;
 mod directory;
@@ -291,7 +292,9 @@ impl Server {
     /// be granted by the cluster's registry too. Call it before the server
     /// takes clients, and run [`Server::keep_cluster_lease`] while it runs.
     pub fn join_cluster(&self, cluster: Arc<cluster::Cluster>) {
-        self.shared.metrics.count_lookups(&cluster.lookups);
+        self.shared
+            .metrics
+            .count_lookups(&cluster.lookups, cluster.node_id());
         let _ = self.shared.cluster.set(cluster);
     }
 

@@ -334,11 +334,17 @@ impl Metrics {
         }
     }
 
-    /// Counts how a cluster node found the names other nodes may serve.
-    pub fn count_lookups(&self, lookups: &crate::cluster::Lookups) {
+    /// Counts how a cluster node found the names other nodes may serve,
+    /// and says which node this is (`droid_cluster_node_info{node=...}`).
+    pub fn count_lookups(&self, lookups: &crate::cluster::Lookups, node: &str) {
         let Ok(mut registry) = self.registry.lock() else {
             return;
         };
+        registry.register(
+            "droid_cluster_node",
+            "This server's node id in its cluster",
+            prometheus_client::metrics::info::Info::new(vec![("node", node.to_string())]),
+        );
         registry.register(
             "droid_cluster_lookups_kept",
             "Names looked up in the cluster and answered from what this node kept",
