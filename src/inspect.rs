@@ -38,7 +38,7 @@ pub struct InspectArgs {
     #[arg(long, value_name = "BYTES")]
     inspect_body_cap: Option<usize>,
     /// The memory all captures may take together; the oldest go first
-    /// [default: 12000000].
+    /// [default: 10000000].
     #[arg(long, value_name = "BYTES")]
     inspect_budget: Option<usize>,
 }

@@ -49,7 +49,7 @@ pub struct InspectorOptions {
     /// The most bytes kept of each request or response body (default 1 MiB);
     /// the exchange says when more was seen.
     pub body_cap: usize,
-    /// The memory all captures may take together (default 12 MB): up to
+    /// The memory all captures may take together (default 10 MB): up to
     /// three quarters for the kept exchanges (the oldest go first), the rest
     /// for bodies being captured.
     pub budget: usize,
@@ -59,7 +59,7 @@ impl Default for InspectorOptions {
     fn default() -> InspectorOptions {
         InspectorOptions {
             body_cap: 1024 * 1024,
-            budget: 12_000_000,
+            budget: 10_000_000,
         }
     }
 }
