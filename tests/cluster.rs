@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::redis_server::Redis;
 use common::*;
 use droid_adapters::{MailSettings, MqttSettings};
-use droid_client::ClientEvent;
+use droid_client::{ClientEvent, Target, TunnelSpec};
 use droid_core::protocol::ErrorCode;
 use droid_server::cluster::{Cluster, ClusterConfig, LiveClaim};
 use droid_server::registry::Lookup;
@@ -446,6 +446,21 @@ async fn with_appendonly_a_quarantined_name_survives_a_redis_restart() {
 
 const APP_SECRET: &str = "the app's secret";
 
+/// A tunnel to `target` whose mail arrives as POST /inbound, signed with
+/// [`APP_SECRET`].
+fn inbox(name: Option<&str>, target: &Target) -> TunnelSpec {
+    let mut tunnel = spec(name, target);
+    set_mail(
+        &mut tunnel,
+        MailSettings {
+            path: Some("/inbound".into()),
+            ..MailSettings::default()
+        },
+    );
+    tunnel.secret = Some(APP_SECRET.into());
+    tunnel
+}
+
 /// Whether a delivery carries a good signature by [`APP_SECRET`].
 fn signed(post: &Received) -> bool {
     signed_with(post, APP_SECRET)
@@ -465,15 +480,7 @@ async fn any_nodes_smtp_takes_mail_for_a_tunnel_on_another_node_and_spools_it_un
     let state = tempfile::tempdir().unwrap();
     let target = app.target.clone();
     let owner = |control: SocketAddr| {
-        let mut tunnel = spec(Some("inbox"), &target);
-        set_mail(
-            &mut tunnel,
-            MailSettings {
-                path: Some("/inbound".into()),
-                ..MailSettings::default()
-            },
-        );
-        tunnel.secret = Some(APP_SECRET.into());
+        let tunnel = inbox(Some("inbox"), &target);
         let mut config = client_config(control, vec![tunnel]);
         config.state_dir = Some(state.path().to_path_buf());
         config.state_key = "the owner".into();
@@ -733,15 +740,7 @@ async fn with_redis_gone_mail_and_requests_for_other_nodes_are_deferred_never_re
     let mut app = origin("app").await;
     let (one, _) = node_of(&redis, "one", mail_server(None).await).await;
     let (two, _) = node_of(&redis, "two", mail_server(None).await).await;
-    let mut tunnel = spec(Some("inbox"), &app.target);
-    set_mail(
-        &mut tunnel,
-        MailSettings {
-            path: Some("/inbound".into()),
-            ..MailSettings::default()
-        },
-    );
-    tunnel.secret = Some(APP_SECRET.into());
+    let tunnel = inbox(Some("inbox"), &app.target);
     let _live = client(client_config(two.control, vec![tunnel])).await;
     let rcpt = format!("orders@inbox.{DOMAIN}");
     let (smtp_one, smtp_two) = (one.smtp.unwrap(), two.smtp.unwrap());
@@ -797,15 +796,7 @@ async fn with_redis_away_and_back_empty_every_node_serves_the_names_it_knew() {
     let (one, _) = node_of(&redis, "one", mail_server(None).await).await;
     let (two, _) = node_of(&redis, "two", mail_server(None).await).await;
     let (three, _) = node_of(&redis, "three", mail_server(None).await).await;
-    let mut tunnel = spec(Some("steady"), &app.target);
-    set_mail(
-        &mut tunnel,
-        MailSettings {
-            path: Some("/inbound".into()),
-            ..MailSettings::default()
-        },
-    );
-    tunnel.secret = Some(APP_SECRET.into());
+    let tunnel = inbox(Some("steady"), &app.target);
     let c = client(client_config(one.control, vec![tunnel])).await;
     let host = c.host();
     let nodes = [one.http, two.http, three.http];
