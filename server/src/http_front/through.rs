@@ -9,35 +9,54 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    /// Checks a request for a tunnel this node holds, then relays it.
+    /// Checks a request for a tunnel this node holds, then relays it; every
+    /// outcome, refusals included, makes the tunnel's request line.
     pub(super) async fn through_tunnel(
         &mut self,
         tunnel: Arc<Tunnel>,
         head: RequestHead,
         host: String,
     ) -> Next {
-        let shared = self.visitor.shared.clone();
-        let config = &shared.config;
-        let name = &tunnel.name;
         let started = Instant::now();
-        if let Err(page) = self.check(&tunnel, &head) {
-            let status = page.status.as_u16();
-            tunnel.log.record(
-                name,
-                head.method.as_str(),
-                head.target(),
-                status,
-                started.elapsed(),
-            );
-            return self.refuse(page, &head, Some(started.elapsed())).await;
-        }
+        let (next, status) = match self.check(&tunnel, &head) {
+            Err(page) => {
+                let status = page.status.as_u16();
+                let through = Some(started.elapsed());
+                (self.refuse(page, &head, through).await, status)
+            }
+            Ok(()) => self.relay_checked(&tunnel, &head, &host, started).await,
+        };
+        let elapsed = started.elapsed();
+        let (name, method) = (&tunnel.name, head.method.as_str());
+        debug!(tunnel = %name, %method, path = head.target(), status, ?elapsed, "forwarded");
+        tunnel
+            .log
+            .record(name, method, head.target(), status, elapsed);
+        next
+    }
+
+    /// Relays a checked request through `tunnel`: over this connection's
+    /// stream to it, or a new one. Returns what the connection does next
+    /// and the status the visitor got.
+    async fn relay_checked(
+        &mut self,
+        tunnel: &Arc<Tunnel>,
+        head: &RequestHead,
+        host: &str,
+        started: Instant,
+    ) -> (Next, u16) {
+        let name = &tunnel.name;
         let mut first = Vec::new();
-        let kept = self.take_upstream(|d| matches!(d, Dest::Tunnel(t) if Arc::ptr_eq(t, &tunnel)));
+        let kept = self.take_upstream(|d| matches!(d, Dest::Tunnel(t) if Arc::ptr_eq(t, tunnel)));
         let mut upstream = match kept {
             Some(upstream) => upstream,
-            None => match self.visitor.open_stream(&tunnel, &head, &mut first).await {
+            None => match self.visitor.open_stream(tunnel, head, &mut first).await {
                 Ok(upstream) => upstream,
-                Err(page) => return self.refuse(page, &head, Some(started.elapsed())).await,
+                Err(page) => {
+                    let status = page.status.as_u16();
+                    let through = Some(started.elapsed());
+                    return (self.refuse(page, head, through).await, status);
+                }
             },
         };
         let app_host = tunnel.host_header.as_ref().map(|h| h.as_bytes());
@@ -46,15 +65,14 @@ where
             &Forwarding {
                 visitor_ip: &self.visitor.peer_ip,
                 https: self.visitor.https,
-                host: &host,
+                host,
                 app_host,
                 strip_authorization: tunnel.access.has_auth(),
             },
         );
-        let relayed = self
-            .relay(&mut upstream, first, &head, config.max_body_size, true)
-            .await;
-        let failed = |e: &AnswerError| {
+        let max_body = self.visitor.shared.config.max_body_size;
+        let relayed = self.relay(&mut upstream, first, head, max_body, true).await;
+        let failed = |_: &Visitor, e: &AnswerError| {
             if tunnel.opener.is_ended() {
                 info!(tunnel = %name, error = %e, "request failed inside the tunnel");
                 Page::new(
@@ -77,16 +95,8 @@ where
                 )
             }
         };
-        let (next, status) = self
-            .finish(relayed, upstream, &head, started, true, failed)
-            .await;
-        let elapsed = started.elapsed();
-        let method = head.method.as_str();
-        debug!(tunnel = %name, %method, path = head.target(), status, ?elapsed, "forwarded");
-        tunnel
-            .log
-            .record(name, method, head.target(), status, elapsed);
-        next
+        self.finish(relayed, upstream, head, started, true, failed)
+            .await
     }
 
     /// The tunnel's own checks (who may reach it, body size, rate), in
@@ -182,9 +192,10 @@ where
         if let Relayed::Failed(e) = &relayed {
             info!(tunnel = %name, node = %addr, error = %e, "a request forwarded to another node failed");
         }
-        let page = self.visitor.unreachable(&name, head.html);
+        let html = head.html;
+        let failed = |visitor: &Visitor, _: &AnswerError| visitor.unreachable(&name, html);
         let (next, _) = self
-            .finish(relayed, upstream, &head, started, !moved, |_| page)
+            .finish(relayed, upstream, &head, started, !moved, failed)
             .await;
         next
     }
@@ -200,7 +211,7 @@ where
         head: &RequestHead,
         started: Instant,
         keep: bool,
-        failed: impl FnOnce(&AnswerError) -> Page,
+        failed: impl FnOnce(&Visitor, &AnswerError) -> Page,
     ) -> (Next, u16) {
         let metrics = &self.visitor.shared.metrics;
         let tunnel = matches!(upstream.dest, Dest::Tunnel(_));
@@ -238,7 +249,7 @@ where
                 )
             }
             Relayed::Failed(e) => {
-                let page = failed(&e);
+                let page = failed(&self.visitor, &e);
                 let status = page.status.as_u16();
                 (self.refuse(page, head, took(Instant::now())).await, status)
             }
