@@ -148,6 +148,10 @@ struct HttpArgs {
     /// Keep the public Host header, or rewrite it to the target's host:port.
     #[arg(long, value_enum, default_value_t = HostHeaderArg::Preserve)]
     host_header: HostHeaderArg,
+    /// What the app speaks: http1, or h2c (HTTP/2 on a plain port, as gRPC
+    /// servers do). Visitors may use either HTTP version with either.
+    #[arg(long, value_enum, default_value_t = AppProtocolArg::Http1)]
+    app_protocol: AppProtocolArg,
     /// An auth token, if the server requires one.
     #[arg(long, env = "DROID_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -240,6 +244,14 @@ struct SmtpStandaloneArgs {
     options: droid_adapters::SmtpOptions,
     #[command(flatten)]
     spool: mail::SpoolArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AppProtocolArg {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge, no TLS (gRPC servers).
+    H2c,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use droid_adapters::{ConnLimits, Format, Setup, SmtpConfig};
-use droid_client::{HostHeader, TunnelSpec};
+use droid_client::{AppProtocol, HostHeader, TunnelSpec};
 use droid_server::{AuthPolicy, NamePolicy, ServerConfig, TokenRule};
 
-use crate::config::client::HostHeaderFile;
+use crate::config::client::{AppProtocolFile, HostHeaderFile};
 use crate::config::{ClientFile, ServerFile, StandaloneFile};
 use crate::mail::SpoolSetup;
-use crate::{HostHeaderArg, HttpArgs, ServerArgs, SmtpStandaloneArgs, StartArgs, TcpArgs};
+use crate::{
+    AppProtocolArg, HostHeaderArg, HttpArgs, ServerArgs, SmtpStandaloneArgs, StartArgs, TcpArgs,
+};
 
 /// The default HTTP address of the embedded server.
 const EMBEDDED_HTTP: &str = "127.0.0.1:8080";
@@ -417,6 +419,10 @@ pub fn http(args: &HttpArgs, flags: &clap::ArgMatches) -> Result<TunnelSettings>
         allow_ip: args.allow_ip.clone(),
         kind: droid_client::TunnelKind::Http,
         port: None,
+        app_protocol: match args.app_protocol {
+            AppProtocolArg::Http1 => AppProtocol::Http1,
+            AppProtocolArg::H2c => AppProtocol::H2c,
+        },
     };
     if let Some(auth) = &args.auth {
         crate::config::values::check_credentials(auth)
@@ -554,6 +560,10 @@ fn tunnel_spec(t: &crate::config::client::TunnelFile) -> TunnelSpec {
             _ => droid_client::TunnelKind::Http,
         },
         port: t.port.as_ref().map(|p| *p.get_ref()),
+        app_protocol: match t.app_protocol {
+            AppProtocolFile::Http1 => AppProtocol::Http1,
+            AppProtocolFile::H2c => AppProtocol::H2c,
+        },
     }
 }
 

@@ -13,9 +13,11 @@
 //! release the names at once.
 #![warn(missing_docs)]
 
+mod app;
 pub mod inspect;
 mod local;
 mod probe;
+mod served;
 pub mod state;
 pub mod target;
 
@@ -38,6 +40,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
+pub use app::AppProtocol;
 pub use inspect::{Inspector, InspectorOptions};
 pub use target::Target;
 
@@ -77,6 +80,8 @@ pub struct TunnelSpec {
     /// The public port a TCP tunnel asks for; `None`: the one it held
     /// last (remembered between runs), else any.
     pub port: Option<u16>,
+    /// What the app speaks: HTTP/1.1, or HTTP/2 with prior knowledge.
+    pub app_protocol: AppProtocol,
 }
 
 impl TunnelSpec {
@@ -92,6 +97,7 @@ impl TunnelSpec {
             allow_ip: Vec::new(),
             kind: TunnelKind::Http,
             port: None,
+            app_protocol: AppProtocol::Http1,
         }
     }
 
@@ -117,6 +123,7 @@ impl std::fmt::Debug for TunnelSpec {
             .field("allow_ip", &self.allow_ip)
             .field("kind", &self.kind)
             .field("port", &self.port)
+            .field("app_protocol", &self.app_protocol)
             .finish()
     }
 }
@@ -290,6 +297,7 @@ pub async fn run(
         return Err(ClientError::Config("no tunnel to open".into()));
     }
     let events = Events(events);
+    let apps = Arc::new(app::Apps::default());
     let (state_file, mut remembered) = open_state(&config);
     // A secret remembered from before deliveries were signed the Standard
     // Webhooks way (hex, not whsec_) is replaced.
@@ -366,7 +374,7 @@ pub async fn run(
                         .zip(config.tunnels.iter().cloned())
                         .collect(),
                 );
-                let end = live.serve(&config, routes, &events, &shutdown).await;
+                let end = live.serve(&config, routes, &apps, &events, &shutdown).await;
                 match end {
                     SessionEnd::Shutdown => return Ok(()),
                     SessionEnd::Lost(reason) => reason,
@@ -644,6 +652,7 @@ impl Live {
         &mut self,
         config: &ClientConfig,
         routes: Arc<Vec<(String, TunnelSpec)>>,
+        apps: &Arc<app::Apps>,
         events: &Events,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
@@ -663,6 +672,7 @@ impl Live {
                             events.clone(),
                             config.inspector.clone(),
                             probes.clone(),
+                            apps.clone(),
                         ));
                     }
                     None => break SessionEnd::Lost("the server closed the connection".into()),

@@ -24,8 +24,10 @@ use tokio::io::{
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::app::{AppProtocol, Apps};
 use crate::inspect::{Inspector, StreamTap};
 use crate::probe::Probes;
+use crate::served::{self, Served};
 use crate::{ClientEvent, Events, TunnelSpec};
 
 /// The buffer for the app's answers starts this small: most answers fit,
@@ -48,6 +50,7 @@ pub(crate) async fn serve_stream(
     events: Events,
     inspector: Option<Inspector>,
     probes: Probes,
+    apps: Arc<Apps>,
 ) {
     if let Err(e) = stream.acknowledge().await {
         debug!(error = %e, "the stream closed before it was acknowledged");
@@ -83,6 +86,30 @@ pub(crate) async fn serve_stream(
         return;
     };
     let target = &spec.target;
+    let h2 = matches!(header, StreamHeader::H2 { .. });
+    let by_http = match header {
+        StreamHeader::Http { .. } | StreamHeader::Delivery { .. } => {
+            spec.app_protocol == AppProtocol::H2c
+        }
+        _ => h2,
+    };
+    if by_http {
+        // Served as HTTP here: the client's own HTTP client sends each
+        // request to the app.
+        let served = Served {
+            tunnel: name.clone(),
+            app: apps.get(name, target, spec.app_protocol),
+            events,
+            probes,
+            inspector: inspector.clone(),
+        };
+        let stream = tokio::io::join(from_tunnel, to_tunnel);
+        match inspector.as_ref().and_then(|i| i.tap(&header)) {
+            Some(tap) => served::serve(Watched::new(stream, Shown(tap)), h2, served).await,
+            None => served::serve(stream, h2, served).await,
+        }
+        return;
+    }
     let app = match TcpStream::connect((target.host.as_str(), target.port)).await {
         Ok(app) => app,
         Err(e) => {

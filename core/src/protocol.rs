@@ -353,6 +353,15 @@ pub enum StreamHeader {
         /// The visitor's address, `ip:port`.
         remote: String,
     },
+    /// A visitor's HTTP/2 connection: the stream carries HTTP/2 with prior
+    /// knowledge (h2c), one HTTP/2 stream per visitor request, each already
+    /// routed, checked and given its forwarding headers by the server.
+    H2 {
+        /// The tunnel the visitor asked for.
+        tunnel: String,
+        /// The visitor's address, `ip:port`.
+        remote: String,
+    },
     /// A request built by an adapter (for example a mail turned into a POST).
     Delivery {
         /// The tunnel it is for.
@@ -393,6 +402,7 @@ impl StreamHeader {
     pub fn tunnel(&self) -> Option<&str> {
         match self {
             StreamHeader::Http { tunnel, .. }
+            | StreamHeader::H2 { tunnel, .. }
             | StreamHeader::Delivery { tunnel, .. }
             | StreamHeader::Tcp { tunnel, .. }
             | StreamHeader::Call { tunnel, .. } => Some(tunnel),

@@ -35,7 +35,7 @@ use crate::registry::{Lookup, Tunnel};
 /// Serves one visitor connection until it closes.
 pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    serve_visitor(shared, stream, peer, None, false, false).await;
+    serve_visitor(shared, stream, peer, None, false, false, false).await;
 }
 
 /// Refuses a visitor connection past the caps with a 503 saying why.
@@ -51,12 +51,17 @@ pub(crate) async fn refuse(
 }
 
 /// Serves one visitor connection over HTTPS (with the host its TLS
-/// handshake named, `sni`) until it closes.
-pub(crate) async fn serve_io<IO>(shared: Arc<Shared>, stream: IO, peer: SocketAddr, sni: String)
-where
+/// handshake named, `sni`; `h2`: it chose HTTP/2 by ALPN) until it closes.
+pub(crate) async fn serve_io<IO>(
+    shared: Arc<Shared>,
+    stream: IO,
+    peer: SocketAddr,
+    sni: String,
+    h2: bool,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve_visitor(shared, stream, peer, Some(sni), true, false).await;
+    serve_visitor(shared, stream, peer, Some(sni), true, false, h2).await;
 }
 
 /// Serves a visitor's connection that another node of the cluster
@@ -69,9 +74,11 @@ pub(crate) async fn serve_forwarded<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve_visitor(shared, stream, visitor, None, https, true).await;
+    serve_visitor(shared, stream, visitor, None, https, true, false).await;
 }
 
+/// Serves a visitor's connection in HTTP/1, or in HTTP/2 when ALPN chose
+/// it (`h2`) or the connection opens with HTTP/2's preface.
 async fn serve_visitor<IO>(
     shared: Arc<Shared>,
     stream: IO,
@@ -79,12 +86,13 @@ async fn serve_visitor<IO>(
     sni: Option<String>,
     https: bool,
     forwarded: bool,
+    h2: bool,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let stream = Watched::new(stream, VisitorBytes(shared.clone()));
     let (read, write) = tokio::io::split(stream);
-    let conn = Conn {
+    let mut conn = Conn {
         visitor: Visitor {
             shared,
             peer,
@@ -97,8 +105,35 @@ async fn serve_visitor<IO>(
         to: write,
         upstream: None,
     };
-    conn.run().await;
+    let opening = if h2 {
+        Opening::Http2
+    } else {
+        conn.opening().await
+    };
+    match opening {
+        Opening::Http1 => conn.run().await,
+        Opening::Http2 => {
+            let Conn {
+                visitor, from, to, ..
+            } = conn;
+            let io = h2::Rewound::new(from.buf.freeze(), from.io.unsplit(to));
+            h2::serve(visitor, io).await;
+        }
+        Opening::Gone => {}
+    }
 }
+
+/// How a visitor's connection opens.
+enum Opening {
+    Http1,
+    /// With HTTP/2's preface: prior knowledge (RFC 9113 §3.3).
+    Http2,
+    /// Closed, or silent for the header time.
+    Gone,
+}
+
+/// The client preface of HTTP/2 (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Counts a visitor's bytes each way.
 struct VisitorBytes(Arc<Shared>);
@@ -153,6 +188,7 @@ impl Upstream {
 }
 
 /// What an upstream was opened for.
+#[derive(Clone)]
 enum Dest {
     /// A tunnel this node holds.
     Tunnel(Arc<Tunnel>),
@@ -237,6 +273,25 @@ where
             }
         }
         let _ = self.to.shutdown().await;
+    }
+
+    /// Whether the connection opens with HTTP/2's preface, read within the
+    /// header time (only as far as it matches).
+    async fn opening(&mut self) -> Opening {
+        let deadline = tokio::time::Instant::now() + self.visitor.shared.config.header_read_timeout;
+        loop {
+            let n = self.from.buf.len().min(H2_PREFACE.len());
+            if self.from.buf[..n] != H2_PREFACE[..n] {
+                return Opening::Http1;
+            }
+            if n == H2_PREFACE.len() {
+                return Opening::Http2;
+            }
+            match tokio::time::timeout_at(deadline, self.from.fill()).await {
+                Ok(Ok(0) | Err(_)) | Err(_) => return Opening::Gone,
+                Ok(Ok(_)) => {}
+            }
+        }
     }
 
     /// The next request's head, within the header time; `None` when the
@@ -328,28 +383,37 @@ where
 
     /// Where a request goes, or the page that says why it goes nowhere.
     async fn route(&mut self, head: &RequestHead) -> Result<Target, Page> {
-        let page = |status, why, reason: &str| Page::new(status, why, reason, head.html);
-        let Some(host) = head.authority().and_then(normal_host) else {
+        let kept = self.upstream.as_ref().map(|u| &u.dest);
+        self.visitor.route(head.authority(), head.html, kept).await
+    }
+}
+
+impl Visitor {
+    /// Where a request for `authority` goes, or the page that says why it
+    /// goes nowhere (`html`: the visitor reads HTML). `kept`: where this
+    /// connection's last request went.
+    async fn route(
+        &self,
+        authority: Option<&[u8]>,
+        html: bool,
+        kept: Option<&Dest>,
+    ) -> Result<Target, Page> {
+        let page = |status, why, reason: &str| Page::new(status, why, reason, html);
+        let Some(host) = authority.and_then(normal_host) else {
             return Err(page(
                 StatusCode::BAD_REQUEST,
                 OwnAnswer::BadRequest,
                 "the request has no Host header, so it cannot be routed to a tunnel",
             ));
         };
-        if let Some(sni) = &self.visitor.sni
+        if let Some(sni) = &self.sni
             && *sni != host
         {
             // RFC 9110 §15.5.20: the certificate and the tunnel were chosen
             // for the SNI name; another host needs a connection of its own.
-            return Err(page(
-                StatusCode::MISDIRECTED_REQUEST,
-                OwnAnswer::Misdirected,
-                &format!(
-                    "this connection was opened for {sni}; send requests for {host} on a connection of their own"
-                ),
-            ));
+            return Err(misdirected(sni, &host, html));
         }
-        let shared = self.visitor.shared.clone();
+        let shared = self.shared.clone();
         let domain = &shared.config.domain;
         let name = match route(&host, domain) {
             Route::Tunnel(name) => name,
@@ -381,7 +445,7 @@ where
         };
         // Its owner may have come back on another node; or another node
         // may hold it.
-        let (status, message, why) = match self.node_of(name).await {
+        let (status, message, why) = match self.node_of(name, kept).await {
             Elsewhere::Node(addr) => {
                 let name = name.to_string();
                 return Ok(Target::Node { name, addr });
@@ -408,19 +472,16 @@ where
     }
 
     /// Where the cluster says `name` is, for a request this node cannot
-    /// serve: the node this connection's last request for it went to, else
-    /// Redis's answer (as kept). Nowhere for a connection another node
-    /// forwarded, and outside a cluster.
-    async fn node_of(&mut self, name: &str) -> Elsewhere {
-        if let Some(Upstream {
-            dest: Dest::Node { name: kept, addr },
-            ..
-        }) = &self.upstream
+    /// serve: the node this connection's last request for it went to
+    /// (`kept`), else Redis's answer (as kept). Nowhere for a connection
+    /// another node forwarded, and outside a cluster.
+    async fn node_of(&self, name: &str, kept: Option<&Dest>) -> Elsewhere {
+        if let Some(Dest::Node { name: kept, addr }) = kept
             && kept == name
         {
             return Elsewhere::Node(addr.clone());
         }
-        self.visitor.locate(name).await
+        self.locate(name).await
     }
 }
 
@@ -442,7 +503,20 @@ impl Visitor {
     }
 }
 
+mod h2;
 mod through;
+
+/// The 421 for a request on a connection opened for another host.
+fn misdirected(opened_for: &str, host: &str, html: bool) -> Page {
+    Page::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        OwnAnswer::Misdirected,
+        &format!(
+            "this connection was opened for {opened_for}; send requests for {host} on a connection of their own"
+        ),
+        html,
+    )
+}
 
 /// The host a request is for, lowercased, without port or trailing dot;
 /// `None` when it is empty or not printable ASCII.

@@ -151,7 +151,7 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The acceptor of the HTTPS listener (HTTP/1.1 by ALPN), or `None`, with
+/// The acceptor of the HTTPS listener (HTTP/2 or HTTP/1.1 by ALPN), or `None`, with
 /// an error logged, when the server has no certificate.
 pub(crate) fn https_acceptor(config: &ServerConfig) -> Option<TlsAcceptor> {
     let Some(tls) = config.tls.as_ref() else {
@@ -162,7 +162,7 @@ pub(crate) fn https_acceptor(config: &ServerConfig) -> Option<TlsAcceptor> {
         domain: config.domain.clone(),
         key: tls.certified_key(),
     });
-    match ServerTls::config_for(resolver, vec![b"http/1.1".to_vec()]) {
+    match ServerTls::config_for(resolver, vec![b"h2".to_vec(), b"http/1.1".to_vec()]) {
         Ok(config) => Some(TlsAcceptor::from(config)),
         Err(e) => {
             error!(error = %e, "cannot serve HTTPS");
@@ -201,7 +201,8 @@ pub(crate) async fn serve_https(
     else {
         return;
     };
-    http_front::serve_io(shared, tls, peer, sni).await;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    http_front::serve_io(shared, tls, peer, sni, h2).await;
 }
 
 #[cfg(test)]

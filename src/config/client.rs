@@ -62,6 +62,9 @@ pub struct TunnelFile {
     /// `preserve` (the app sees the public Host) or `rewrite`.
     #[serde(default)]
     pub host_header: HostHeaderFile,
+    /// `http1` (the default) or `h2c`: what the app speaks (`--app-protocol`).
+    #[serde(default)]
+    pub app_protocol: AppProtocolFile,
     /// HTTP basic auth the server asks of every visitor (`--auth`).
     pub auth: Option<Credentials>,
     /// Visitor addresses let through, IPs or CIDR blocks (`--allow-ip`).
@@ -81,6 +84,17 @@ pub enum KindFile {
     Http,
     /// Raw TCP on a public port of its own.
     Tcp,
+}
+
+/// `app_protocol`.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocolFile {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, no TLS.
+    H2c,
 }
 
 /// `host_header`.

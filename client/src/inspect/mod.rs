@@ -261,7 +261,10 @@ impl Inspector {
                 kind: Kind::Tcp,
                 delivery_id: None,
             },
-            StreamHeader::Call { .. } | StreamHeader::Unknown => return None,
+            // An HTTP/2 stream carries binary frames, not HTTP/1 bytes.
+            StreamHeader::H2 { .. } | StreamHeader::Call { .. } | StreamHeader::Unknown => {
+                return None;
+            }
         };
         Some(StreamTap::new(self.0.clone(), info))
     }

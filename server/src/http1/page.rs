@@ -72,6 +72,30 @@ impl Page {
         }
         head.into_bytes()
     }
+
+    /// The page as an HTTP/2 answer, which has no connection headers; its
+    /// head alone for a HEAD request (`to_head`).
+    pub(crate) fn response(&self, to_head: bool) -> http::Response<bytes::Bytes> {
+        let body = if to_head {
+            bytes::Bytes::new()
+        } else {
+            bytes::Bytes::from(self.body.clone())
+        };
+        let mut response = http::Response::new(body);
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        let fields = [
+            ("content-type", self.content_type.to_string()),
+            ("cache-control", "no-store".to_string()),
+            ("content-length", self.body.len().to_string()),
+        ];
+        for (name, value) in fields.into_iter().chain(self.extra.iter().cloned()) {
+            if let Ok(value) = http::HeaderValue::try_from(value) {
+                headers.append(name, value);
+            }
+        }
+        response
+    }
 }
 
 #[cfg(test)]

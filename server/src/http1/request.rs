@@ -105,6 +105,13 @@ const NEVER_HOP_BY_HOP: [&str; 7] = [
     "transfer-encoding",
 ];
 
+/// Whether a field is `TE: trailers`: the one `TE` that crosses, as the
+/// visitor's word that it takes trailers, which Droid relays as they come
+/// (gRPC servers ask for it).
+fn trailers_accepted(name: &[u8], value: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"te") && value.trim_ascii().eq_ignore_ascii_case(b"trailers")
+}
+
 /// The header lines httparse is given room for when the cap allows.
 const INLINE_HEADERS: usize = 100;
 
@@ -222,6 +229,7 @@ impl RequestHead {
             let skip = NOT_FORWARDED
                 .iter()
                 .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+                && !trailers_accepted(name, &self.raw[field.value.clone()])
                 || (name.eq_ignore_ascii_case(b"upgrade") && !self.upgrade)
                 || (name.eq_ignore_ascii_case(b"expect") && self.expect_continue)
                 || (how.strip_authorization && name.eq_ignore_ascii_case(b"authorization"))
@@ -471,7 +479,7 @@ mod tests {
     fn hop_by_hop_headers_go_and_droid_writes_the_forwarding_ones() {
         let out = forwarded(
             "GET /a?b HTTP/1.1\r\nHost: App.t.example\r\nConnection: keep-alive, X-Hop\r\n\
-             Keep-Alive: 5\r\nTE: trailers\r\nX-Hop: 1\r\nX-Forwarded-For: 10.0.0.1\r\n\
+             Keep-Alive: 5\r\nTE: deflate\r\nX-Hop: 1\r\nX-Forwarded-For: 10.0.0.1\r\n\
              X-Forwarded-Proto: gopher\r\nAuthorization: Basic eA==\r\nAccept: */*\r\n\r\n",
             true,
         );
@@ -482,6 +490,15 @@ mod tests {
              x-forwarded-host: app.t.example\r\n\r\n"
                 .replace("accept: */*", "Accept: */*")
         );
+    }
+
+    #[test]
+    fn te_trailers_crosses_for_grpc_servers_that_ask_for_it() {
+        let out = forwarded(
+            "POST /s/M HTTP/1.1\r\nHost: a.t.example\r\nTE: trailers\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert!(out.contains("TE: trailers\r\n"), "{out}");
     }
 
     #[test]

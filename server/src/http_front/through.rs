@@ -18,7 +18,12 @@ where
         host: String,
     ) -> Next {
         let started = Instant::now();
-        let (next, status) = match self.check(&tunnel, &head) {
+        let declared = match head.framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        };
+        let checked = (self.visitor).check(&tunnel, head.authorization(), declared, head.html);
+        let (next, status) = match checked {
             Err(page) => {
                 let status = page.status.as_u16();
                 let through = Some(started.elapsed());
@@ -97,51 +102,6 @@ where
         };
         self.finish(relayed, upstream, head, started, true, failed)
             .await
-    }
-
-    /// The tunnel's own checks (who may reach it, body size, rate), in
-    /// that order: a request refused for another reason does not use up
-    /// the tunnel's rate.
-    fn check(&self, tunnel: &Tunnel, head: &RequestHead) -> Result<(), Page> {
-        let name = &tunnel.name;
-        let ip = self.visitor.peer.ip();
-        let page = |status, why, reason: &str| Page::new(status, why, reason, head.html);
-        match tunnel.access.check(ip, head.authorization()) {
-            Verdict::Pass => {}
-            Verdict::Forbidden => {
-                return Err(page(
-                    StatusCode::FORBIDDEN,
-                    OwnAnswer::Forbidden,
-                    &format!("the tunnel {name} does not accept visitors from {ip}"),
-                ));
-            }
-            Verdict::Unauthorized => {
-                let page = page(
-                    StatusCode::UNAUTHORIZED,
-                    OwnAnswer::Unauthorized,
-                    &format!("the tunnel {name} asks for a user name and password"),
-                );
-                let realm = format!("Basic realm=\"{name}\", charset=\"UTF-8\"");
-                return Err(page.with("www-authenticate", realm));
-            }
-        }
-        if let Some(max) = self.visitor.shared.config.max_body_size
-            && matches!(head.framing, Framing::Length(n) if n > max)
-        {
-            return Err(too_large(max, head.html));
-        }
-        if let Some(rate) = &tunnel.rate
-            && let Err(wait) = rate.check()
-        {
-            debug!(tunnel = %name, ?wait, "request rate limit reached");
-            let page = page(
-                StatusCode::TOO_MANY_REQUESTS,
-                OwnAnswer::RateLimited,
-                &format!("the tunnel {name} gets more requests than this server allows; slow down"),
-            );
-            return Err(page.with("retry-after", rate::retry_after_secs(wait).to_string()));
-        }
-        Ok(())
     }
 
     /// Relays a request for a tunnel another node holds to that node, at
@@ -355,8 +315,60 @@ where
 }
 
 impl Visitor {
+    /// The tunnel's own checks (who may reach it, body size, rate), in
+    /// that order: a request refused for another reason does not use up
+    /// the tunnel's rate. `declared`: the body's length, when the request
+    /// says it.
+    pub(super) fn check(
+        &self,
+        tunnel: &Tunnel,
+        authorization: Option<&[u8]>,
+        declared: Option<u64>,
+        html: bool,
+    ) -> Result<(), Page> {
+        let name = &tunnel.name;
+        let ip = self.peer.ip();
+        let page = |status, why, reason: &str| Page::new(status, why, reason, html);
+        match tunnel.access.check(ip, authorization) {
+            Verdict::Pass => {}
+            Verdict::Forbidden => {
+                return Err(page(
+                    StatusCode::FORBIDDEN,
+                    OwnAnswer::Forbidden,
+                    &format!("the tunnel {name} does not accept visitors from {ip}"),
+                ));
+            }
+            Verdict::Unauthorized => {
+                let page = page(
+                    StatusCode::UNAUTHORIZED,
+                    OwnAnswer::Unauthorized,
+                    &format!("the tunnel {name} asks for a user name and password"),
+                );
+                let realm = format!("Basic realm=\"{name}\", charset=\"UTF-8\"");
+                return Err(page.with("www-authenticate", realm));
+            }
+        }
+        if let Some(max) = self.shared.config.max_body_size
+            && declared.is_some_and(|n| n > max)
+        {
+            return Err(too_large(max, html));
+        }
+        if let Some(rate) = &tunnel.rate
+            && let Err(wait) = rate.check()
+        {
+            debug!(tunnel = %name, ?wait, "request rate limit reached");
+            let page = page(
+                StatusCode::TOO_MANY_REQUESTS,
+                OwnAnswer::RateLimited,
+                &format!("the tunnel {name} gets more requests than this server allows; slow down"),
+            );
+            return Err(page.with("retry-after", rate::retry_after_secs(wait).to_string()));
+        }
+        Ok(())
+    }
+
     /// The page for a request the node holding its tunnel did not answer.
-    fn unreachable(&self, name: &str, html: bool) -> Page {
+    pub(super) fn unreachable(&self, name: &str, html: bool) -> Page {
         Page::new(
             StatusCode::BAD_GATEWAY,
             OwnAnswer::TunnelGone,
@@ -372,29 +384,9 @@ impl Visitor {
         head: &RequestHead,
         first: &mut Vec<u8>,
     ) -> Result<Upstream, Page> {
-        let name = &tunnel.name;
-        let timeout = self.shared.config.stream_open_timeout;
-        let stream = match tokio::time::timeout(timeout, tunnel.opener.open()).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(_)) => {
-                return Err(Page::new(
-                    StatusCode::BAD_GATEWAY,
-                    OwnAnswer::TunnelGone,
-                    &format!("the tunnel {name} disconnected"),
-                    head.html,
-                ));
-            }
-            Err(_) => {
-                return Err(Page::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    OwnAnswer::StreamLimit,
-                    &format!("the tunnel {name} has too many requests in flight; try again"),
-                    head.html,
-                ));
-            }
-        };
+        let stream = self.open_tunnel_stream(tunnel, head.html).await?;
         let header = StreamHeader::Http {
-            tunnel: name.clone(),
+            tunnel: tunnel.name.clone(),
             remote: self.peer.to_string(),
         };
         first.extend_from_slice(&protocol::encode_line(&header));
@@ -404,8 +396,34 @@ impl Visitor {
         ))
     }
 
+    /// A new stream through `tunnel`, within the stream-open time, or the
+    /// page that says why there is none.
+    pub(super) async fn open_tunnel_stream(
+        &self,
+        tunnel: &Tunnel,
+        html: bool,
+    ) -> Result<droid_core::session::Stream, Page> {
+        let name = &tunnel.name;
+        let timeout = self.shared.config.stream_open_timeout;
+        match tokio::time::timeout(timeout, tunnel.opener.open()).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(_)) => Err(Page::new(
+                StatusCode::BAD_GATEWAY,
+                OwnAnswer::TunnelGone,
+                &format!("the tunnel {name} disconnected"),
+                html,
+            )),
+            Err(_) => Err(Page::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                OwnAnswer::StreamLimit,
+                &format!("the tunnel {name} has too many requests in flight; try again"),
+                html,
+            )),
+        }
+    }
+
     /// A connection to another node's peer port, for this visitor.
-    async fn open_node(&self, node: &str) -> Option<impl Link + 'static> {
+    pub(super) async fn open_node(&self, node: &str) -> Option<impl Link + 'static> {
         let shared = &self.shared;
         let cluster = shared.cluster.get()?;
         let mode = if self.https {

@@ -1,0 +1,318 @@
+//! Requests the client sends to the app itself, as an HTTP client: those
+//! of HTTP/2 visitors (their tunnel stream speaks HTTP/2), and every
+//! request to an app that speaks HTTP/2 (`--app-protocol h2c`).
+//!
+//! Each tunnel has a pool of connections to its app, shared by all its
+//! streams: HTTP/1.1 connections kept alive, or HTTP/2 connections that
+//! carry many requests each. A request keeps its authority, path, headers
+//! and trailers; only hop-by-hop headers are dropped. Bodies stream both
+//! ways, and a request the visitor gives up is dropped here, which resets
+//! it at the app.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::target::Target;
+
+/// A body on its way to or from the app.
+pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long an idle pooled connection to the app is kept.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Headers that describe one hop, dropped before the app's hop.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// What the app speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// HTTP/1.1 (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS, with prior knowledge: gRPC servers, and apps
+    /// that serve HTTP/2 on a plain port.
+    H2c,
+}
+
+impl FromStr for AppProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<AppProtocol, String> {
+        match s {
+            "http1" => Ok(AppProtocol::Http1),
+            "h2c" => Ok(AppProtocol::H2c),
+            other => Err(format!("{other} is not an app protocol; use http1 or h2c")),
+        }
+    }
+}
+
+impl fmt::Display for AppProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AppProtocol::Http1 => "http1",
+            AppProtocol::H2c => "h2c",
+        })
+    }
+}
+
+/// The pools of connections to the apps, one per tunnel, kept across
+/// sessions.
+#[derive(Default)]
+pub(crate) struct Apps(Mutex<HashMap<String, App>>);
+
+impl Apps {
+    /// The app of the tunnel `name`, at `target`, speaking `protocol`.
+    pub(crate) fn get(&self, name: &str, target: &Target, protocol: AppProtocol) -> App {
+        let Ok(mut apps) = self.0.lock() else {
+            return App::new(target, protocol);
+        };
+        match apps.get(name) {
+            Some(app) if app.target == *target && app.protocol == protocol => app.clone(),
+            _ => {
+                let app = App::new(target, protocol);
+                apps.insert(name.to_string(), app.clone());
+                app
+            }
+        }
+    }
+}
+
+/// One tunnel's app, and the pool of connections to it.
+#[derive(Clone)]
+pub(crate) struct App {
+    pub(crate) target: Target,
+    pub(crate) protocol: AppProtocol,
+    client: Client<Dialer, Body>,
+}
+
+/// Why a request did not reach the app.
+pub(crate) enum Failed {
+    /// Nothing answers at the target.
+    Unreachable(String),
+    /// The app took the connection but did not answer.
+    NoAnswer(String),
+}
+
+impl App {
+    fn new(target: &Target, protocol: AppProtocol) -> App {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(IDLE)
+            .http2_only(protocol == AppProtocol::H2c);
+        App {
+            target: target.clone(),
+            protocol,
+            client: builder.build(Dialer(target.clone())),
+        }
+    }
+
+    /// Sends `request` to the app and returns its answer, whose body
+    /// streams on.
+    pub(crate) async fn send(&self, request: Request<Incoming>) -> Result<Response<Body>, Failed> {
+        let request = self.for_app(request);
+        match self.client.request(request).await {
+            Ok(answer) => Ok(answer.map(|b| b.map_err(BoxError::from).boxed())),
+            Err(e) if e.is_connect() => Err(Failed::Unreachable(source_of(&e))),
+            Err(e) => Err(Failed::NoAnswer(source_of(&e))),
+        }
+    }
+
+    /// The request as the app gets it: in the app's version, with the
+    /// visitor's authority (as the server set it) in the URI, which the
+    /// pool turns into `Host` or `:authority`.
+    fn for_app(&self, request: Request<Incoming>) -> Request<Body> {
+        let (mut parts, body) = request.into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .cloned()
+            .or_else(|| {
+                let host = parts.headers.get(HOST)?.to_str().ok()?;
+                Authority::from_str(host).ok()
+            })
+            .or_else(|| Authority::from_str(&self.target.host_header()).ok());
+        let headers = &mut parts.headers;
+        for name in HOP_BY_HOP {
+            headers.remove(name);
+        }
+        if headers.get("te").is_some_and(|te| te != "trailers") {
+            headers.remove("te");
+        }
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut uri = Uri::builder().scheme("http").path_and_query(path);
+        if let Some(authority) = authority {
+            uri = uri.authority(authority);
+        }
+        if let Ok(uri) = uri.build() {
+            parts.uri = uri;
+        }
+        parts.version = match self.protocol {
+            AppProtocol::Http1 => Version::HTTP_11,
+            AppProtocol::H2c => Version::HTTP_2,
+        };
+        Request::from_parts(parts, body.map_err(BoxError::from).boxed())
+    }
+}
+
+/// Whether a request is a gRPC call (not gRPC-Web, which is HTTP/1-able).
+pub(crate) fn is_grpc(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.strip_prefix("application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+        })
+}
+
+/// The gRPC answer to a call the app cannot take because it speaks
+/// HTTP/1.1: status 14 (UNAVAILABLE), trailers only (gRPC over HTTP/2).
+pub(crate) fn grpc_needs_h2c(name: &str) -> Response<Body> {
+    let message = format!(
+        "the tunnel {name} forwards to an HTTP/1.1 app, and gRPC needs HTTP/2: run droid http with --app-protocol h2c"
+    );
+    let mut answer = Response::new(empty());
+    let headers = answer.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static("14"));
+    if let Ok(message) = HeaderValue::from_str(&percent_encode(&message)) {
+        headers.insert("grpc-message", message);
+    }
+    answer
+}
+
+/// An answer going out in HTTP/1.1, with gRPC's trailers declared in a
+/// `Trailer` header: HTTP/1.1 carries only the trailers an answer declares
+/// (HTTP/2 needs no declaration).
+pub(crate) fn trailers_declared(mut answer: Response<Body>) -> Response<Body> {
+    let grpc = answer
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+    if grpc && !answer.headers().contains_key(http::header::TRAILER) {
+        answer.headers_mut().insert(
+            http::header::TRAILER,
+            HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+        );
+    }
+    answer
+}
+
+/// A short page the client answers itself.
+pub(crate) fn page(status: StatusCode, reason: &str, html: bool) -> Response<Body> {
+    let (body, content_type) = droid_core::proxy::error_body(status, reason, html);
+    let mut answer = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *answer.status_mut() = status;
+    answer.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    answer
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2, "Responses").
+fn percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The innermost cause of an error, in words.
+fn source_of(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Dials the tunnel's target, whatever the URI says: the URI carries the
+/// visitor's authority for the app to read, not where the app is.
+#[derive(Clone)]
+struct Dialer(Target);
+
+impl tower_service::Service<Uri> for Dialer {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let target = self.0.clone();
+        Box::pin(async move {
+            let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+            let _ = stream.set_nodelay(true);
+            debug!(%target, "a new connection to the app");
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_protocols_parse_and_say_what_is_allowed() {
+        assert_eq!("h2c".parse::<AppProtocol>(), Ok(AppProtocol::H2c));
+        assert_eq!("http1".parse::<AppProtocol>(), Ok(AppProtocol::Http1));
+        let e = "h2".parse::<AppProtocol>().unwrap_err();
+        assert!(e.contains("use http1 or h2c"), "{e}");
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert_eq!(percent_encode("a b%c\u{e9}"), "a b%25c%C3%A9");
+    }
+}

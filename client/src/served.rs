@@ -1,0 +1,99 @@
+//! Tunnel streams the client serves as HTTP itself, sending each request
+//! to the app with its own HTTP client (`crate::app`): an HTTP/2 visitor's
+//! stream, and any stream for an app that speaks HTTP/2 (`h2c`).
+
+use std::sync::Arc;
+
+use droid_core::proxy;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use crate::app::{self, App, AppProtocol, Body, Failed};
+use crate::inspect::Inspector;
+use crate::probe::Probes;
+use crate::{ClientEvent, Events};
+
+/// The HTTP/2 streams one tunnel stream may carry at once; the server
+/// lets a visitor connection have 256.
+const MAX_STREAMS: u32 = 512;
+
+/// What answering a stream's requests needs.
+#[derive(Clone)]
+pub(crate) struct Served {
+    pub(crate) tunnel: String,
+    pub(crate) app: App,
+    pub(crate) events: Events,
+    pub(crate) probes: Probes,
+    pub(crate) inspector: Option<Inspector>,
+}
+
+/// Serves a stream whose requests come in HTTP/2 (`h2`) or HTTP/1.1 until
+/// the server closes it.
+pub(crate) async fn serve<IO>(io: IO, h2: bool, served: Served)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let served = Arc::new(served);
+    let service = service_fn(move |request| {
+        let served = served.clone();
+        async move { Ok::<_, std::convert::Infallible>(served.answer(request).await) }
+    });
+    let io = TokioIo::new(io);
+    let ended = if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS)
+            .serve_connection(io, service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(io, service)
+            .await
+    };
+    if let Err(e) = ended {
+        debug!(error = %e, "a stream served as HTTP ended with an error");
+    }
+}
+
+impl Served {
+    /// The app's answer to one request, or the page that says why there
+    /// is none.
+    async fn answer(&self, request: Request<Incoming>) -> Response<Body> {
+        let name = &self.tunnel;
+        if self.app.protocol == AppProtocol::Http1 && app::is_grpc(&request) {
+            debug!(tunnel = %name, "a gRPC call for an HTTP/1.1 app; answered UNAVAILABLE");
+            return app::grpc_needs_h2c(name);
+        }
+        let html = proxy::wants_html(request.headers());
+        let http1 = request.version() != http::Version::HTTP_2;
+        let target = &self.app.target;
+        match self.app.send(request).await {
+            Ok(answer) if http1 => app::trailers_declared(answer),
+            Ok(answer) => answer,
+            Err(Failed::Unreachable(error)) => {
+                let reason = format!("the tunnel is up but nothing answers at {target}");
+                debug!(tunnel = %name, %error, "{reason}");
+                if let Some(inspector) = &self.inspector {
+                    inspector.target_unreachable();
+                }
+                self.probes.target_down(name, target);
+                self.events.send(ClientEvent::TargetDown {
+                    tunnel: name.clone(),
+                    target: target.to_string(),
+                    error,
+                });
+                app::page(StatusCode::BAD_GATEWAY, &reason, html)
+            }
+            Err(Failed::NoAnswer(error)) => {
+                debug!(tunnel = %name, %error, "the app did not answer");
+                let reason = format!("the app at {target} closed the connection without an answer");
+                app::page(StatusCode::BAD_GATEWAY, &reason, html)
+            }
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! HTTP/2 visitors: chosen by ALPN on the HTTPS front, or by prior
+//! knowledge (a connection that opens with HTTP/2's preface) on the plain
+//! one and on links from other nodes.
+//!
+//! Every request is routed by its own `:authority` and checked as an
+//! HTTP/1 request is (`Visitor::route`, `Visitor::check`). A connection
+//! serves one name: the one its TLS handshake named, or the first its
+//! requests named; a request for another gets 421. Its requests cross the
+//! tunnel as HTTP/2 too, on one tunnel stream per visitor connection
+//! opened at its first request (`StreamHeader::H2`), so trailers,
+//! streaming both ways, resets and flow control pass end to end; a
+//! request for a tunnel another node holds goes there over a peer link
+//! speaking HTTP/2 the same way.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use droid_core::protocol::{self, StreamHeader};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::Mutex;
+use tracing::{debug, info};
+
+use super::{Dest, Target, Visitor, misdirected, normal_host};
+use crate::http1::page::Page;
+use crate::metrics::OwnAnswer;
+use crate::registry::Tunnel;
+
+/// What an HTTP/2 answer's body may be: the app's, relayed, or a page.
+type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The streams one visitor connection may have open at once.
+const MAX_STREAMS: u32 = 256;
+
+/// How often an idle connection is pinged, and how long an answer may
+/// take before the connection is taken for dead.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Headers that describe one hop and never cross (RFC 9113 §8.2.2), and
+/// those Droid sets itself.
+const NOT_FORWARDED: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// Serves an HTTP/2 visitor connection until it closes.
+pub(super) async fn serve<IO>(visitor: Visitor, io: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &visitor.shared.config;
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(config.max_header_size).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
+    let pinned = OnceLock::new();
+    if let Some(sni) = &visitor.sni {
+        let _ = pinned.set(sni.clone());
+    }
+    let conn = Arc::new(H2Conn {
+        visitor,
+        pinned,
+        upstream: Mutex::new(None),
+    });
+    let service = service_fn(move |request| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(conn.exchange(request).await) }
+    });
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        debug!(error = %e, "an HTTP/2 visitor connection ended with an error");
+    }
+}
+
+/// One visitor's HTTP/2 connection.
+struct H2Conn {
+    visitor: Visitor,
+    /// The host this connection serves: its SNI, else its first request's.
+    pinned: OnceLock<String>,
+    /// Where its requests went last: a tunnel stream, or another node.
+    upstream: Mutex<Option<H2Upstream>>,
+}
+
+/// An HTTP/2 connection to the app's side, shared by the visitor
+/// connection's requests.
+struct H2Upstream {
+    dest: Dest,
+    send: SendRequest<Body>,
+}
+
+/// What a request is, kept for its line and its pages.
+struct Asked {
+    method: http::Method,
+    path: String,
+    html: bool,
+    to_head: bool,
+}
+
+impl H2Conn {
+    /// Answers one request: with a page, or through a tunnel (here or on
+    /// another node).
+    async fn exchange(&self, request: Request<Incoming>) -> Response<Body> {
+        let asked = Asked {
+            method: request.method().clone(),
+            path: request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            html: droid_core::proxy::wants_html(request.headers()),
+            to_head: request.method() == http::Method::HEAD,
+        };
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().as_bytes())
+            .or_else(|| request.headers().get(HOST).map(|h| h.as_bytes()));
+        if let Some(host) = authority.and_then(normal_host) {
+            let pinned = self.pinned.get_or_init(|| host.clone());
+            if *pinned != host {
+                return self.page(misdirected(pinned, &host, asked.html), &asked, None);
+            }
+        }
+        let kept = self.upstream.lock().await.as_ref().map(|u| u.dest.clone());
+        let routed = self
+            .visitor
+            .route(authority, asked.html, kept.as_ref())
+            .await;
+        match routed {
+            Ok(Target::Tunnel(tunnel, host)) => {
+                self.through_tunnel(tunnel, host, request, asked).await
+            }
+            Ok(Target::Node { name, addr }) => self.through_node(name, addr, request, asked).await,
+            Err(page) => self.page(page, &asked, None),
+        }
+    }
+
+    /// Checks a request for a tunnel this node holds, then sends it on;
+    /// every outcome makes the tunnel's request line.
+    async fn through_tunnel(
+        &self,
+        tunnel: Arc<Tunnel>,
+        host: String,
+        request: Request<Incoming>,
+        asked: Asked,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let headers = request.headers();
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let authorization = headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+        let checked = self
+            .visitor
+            .check(&tunnel, authorization, declared, asked.html);
+        let response = match checked {
+            Err(page) => self.page(page, &asked, Some(started.elapsed())),
+            Ok(()) => self.send_to_tunnel(&tunnel, &host, request, &asked).await,
+        };
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        let name = &tunnel.name;
+        let method = asked.method.as_str();
+        debug!(tunnel = %name, %method, path = %asked.path, status, ?elapsed, "forwarded (HTTP/2)");
+        tunnel
+            .log
+            .record(name, method, &asked.path, status, elapsed);
+        response
+    }
+
+    /// Sends a checked request through `tunnel`, on this connection's
+    /// tunnel stream (opened at its first request).
+    async fn send_to_tunnel(
+        &self,
+        tunnel: &Arc<Tunnel>,
+        host: &str,
+        request: Request<Incoming>,
+        asked: &Asked,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let dest = Dest::Tunnel(tunnel.clone());
+        let send = self.upstream(dest, || self.open_tunnel(tunnel, asked.html));
+        let mut send = match send.await {
+            Ok(send) => send,
+            Err(page) => return self.page(page, asked, Some(started.elapsed())),
+        };
+        let request = self.forwarded(request, tunnel, host);
+        match send.send_request(request).await {
+            Ok(answer) => self.relayed(answer, Some(started)),
+            Err(e) => {
+                let name = &tunnel.name;
+                let page = if tunnel.opener.is_ended() {
+                    info!(tunnel = %name, error = %e, "request failed inside the tunnel");
+                    Page::new(
+                        http::StatusCode::BAD_GATEWAY,
+                        OwnAnswer::TunnelGone,
+                        &format!("the tunnel {name} went away while forwarding the request"),
+                        asked.html,
+                    )
+                } else {
+                    debug!(tunnel = %name, error = %e, "the request failed on the client's side");
+                    Page::new(
+                        http::StatusCode::BAD_GATEWAY,
+                        OwnAnswer::AppClosed,
+                        &format!("the local app of the tunnel {name} did not answer the request"),
+                        asked.html,
+                    )
+                };
+                self.page(page, asked, Some(started.elapsed()))
+            }
+        }
+    }
+
+    /// Relays a request for a tunnel another node holds to that node, as
+    /// the visitor sent it: that node checks and rewrites it.
+    async fn through_node(
+        &self,
+        name: String,
+        addr: String,
+        mut request: Request<Incoming>,
+        asked: Asked,
+    ) -> Response<Body> {
+        let dest = Dest::Node {
+            name: name.clone(),
+            addr: addr.clone(),
+        };
+        let send = self.upstream(dest, || async {
+            let link = self.visitor.open_node(&addr).await;
+            let page = || self.visitor.unreachable(&name, asked.html);
+            handshake(link.ok_or_else(page)?).await.map_err(|e| {
+                info!(node = %addr, error = %e, "no HTTP/2 link to another node");
+                page()
+            })
+        });
+        let sent = match send.await {
+            Ok(mut send) => {
+                // The peer link is HTTP/2 with the visitor's own authority.
+                request.headers_mut().remove(HOST);
+                send.send_request(request.map(boxed)).await.ok()
+            }
+            Err(_) => None,
+        };
+        let cluster = self.visitor.shared.cluster.get();
+        match sent {
+            Some(answer) => {
+                // A node that no longer holds the tunnel (it moved) is not
+                // asked again: the next request asks Redis.
+                if matches!(answer.status().as_u16(), 404 | 502)
+                    && let Some(cluster) = cluster
+                {
+                    cluster.forget(&name);
+                }
+                self.relayed(answer, None)
+            }
+            None => {
+                if let Some(cluster) = cluster {
+                    cluster.forget(&name);
+                }
+                *self.upstream.lock().await = None;
+                let page = self.visitor.unreachable(&name, asked.html);
+                self.page(page, &asked, None)
+            }
+        }
+    }
+
+    /// The connection's upstream for `dest`: the one kept while it is
+    /// open, else a new one from `open`.
+    async fn upstream<F, Fut>(&self, dest: Dest, open: F) -> Result<SendRequest<Body>, Page>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<SendRequest<Body>, Page>>,
+    {
+        let mut kept = self.upstream.lock().await;
+        if let Some(upstream) = kept.as_ref()
+            && same(&upstream.dest, &dest)
+            && !upstream.send.is_closed()
+        {
+            return Ok(upstream.send.clone());
+        }
+        let send = open().await?;
+        *kept = Some(H2Upstream {
+            dest,
+            send: send.clone(),
+        });
+        Ok(send)
+    }
+
+    /// A new tunnel stream speaking HTTP/2 to the client.
+    async fn open_tunnel(&self, tunnel: &Tunnel, html: bool) -> Result<SendRequest<Body>, Page> {
+        let mut stream = self.visitor.open_tunnel_stream(tunnel, html).await?;
+        let header = StreamHeader::H2 {
+            tunnel: tunnel.name.clone(),
+            remote: self.visitor.peer.to_string(),
+        };
+        let name = &tunnel.name;
+        let gone = |e: &dyn std::fmt::Display| {
+            debug!(tunnel = %name, error = %e, "no HTTP/2 on a new tunnel stream");
+            Page::new(
+                http::StatusCode::BAD_GATEWAY,
+                OwnAnswer::TunnelGone,
+                &format!("the tunnel {name} disconnected"),
+                html,
+            )
+        };
+        stream
+            .write_all(&protocol::encode_line(&header))
+            .await
+            .map_err(|e| gone(&e))?;
+        handshake(stream).await.map_err(|e| gone(&e))
+    }
+
+    /// The request as it goes to the app: hop-by-hop headers gone, the
+    /// authority the app's (`--host-header`) or the visitor's, and the
+    /// forwarding headers set, as the HTTP/1 front writes them.
+    fn forwarded(&self, request: Request<Incoming>, tunnel: &Tunnel, host: &str) -> Request<Body> {
+        let (mut parts, body) = request.into_parts();
+        let headers = &mut parts.headers;
+        for name in NOT_FORWARDED {
+            headers.remove(name);
+        }
+        if headers.get("te").is_some_and(|te| te != "trailers") {
+            headers.remove("te");
+        }
+        if tunnel.access.has_auth() {
+            headers.remove(AUTHORIZATION);
+        }
+        let ip = &self.visitor.peer_ip;
+        let forwarded_for = match headers.get("x-forwarded-for").map(|v| v.to_str()) {
+            Some(Ok(earlier)) if !earlier.trim().is_empty() => format!("{}, {ip}", earlier.trim()),
+            _ => ip.clone(),
+        };
+        let proto = if self.visitor.https { "https" } else { "http" };
+        for (name, value) in [
+            ("x-forwarded-for", forwarded_for.as_str()),
+            ("x-forwarded-proto", proto),
+            ("x-forwarded-host", host),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        }
+        let authority = match &tunnel.host_header {
+            Some(app_host) => app_host.to_str().unwrap_or(host),
+            None => host,
+        };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(uri) = Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+        {
+            parts.uri = uri;
+        }
+        let body = match self.visitor.shared.config.max_body_size {
+            Some(max) => Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed(),
+            None => boxed(body),
+        };
+        Request::from_parts(parts, body)
+    }
+
+    /// The answer of the app (or of another node), relayed and counted;
+    /// `started`: when a request through a tunnel here began.
+    fn relayed(&self, answer: Response<Incoming>, started: Option<Instant>) -> Response<Body> {
+        let through = started.map(|at| at.elapsed());
+        let metrics = &self.visitor.shared.metrics;
+        metrics.answered(answer.status().as_u16(), None, through);
+        answer.map(boxed)
+    }
+
+    /// A page the server answers itself, counted.
+    fn page(&self, page: Page, asked: &Asked, through: Option<Duration>) -> Response<Body> {
+        let metrics = &self.visitor.shared.metrics;
+        metrics.answered(page.status.as_u16(), Some(page.why), through);
+        page.response(asked.to_head)
+            .map(|b| Full::new(b).map_err(|never| match never {}).boxed())
+    }
+}
+
+/// Whether two upstreams go to the same place.
+fn same(a: &Dest, b: &Dest) -> bool {
+    match (a, b) {
+        (Dest::Tunnel(a), Dest::Tunnel(b)) => Arc::ptr_eq(a, b),
+        (Dest::Node { addr: a, .. }, Dest::Node { addr: b, .. }) => a == b,
+        _ => false,
+    }
+}
+
+/// An HTTP/2 client connection (prior knowledge) over `io`, its task spawned.
+async fn handshake<IO>(io: IO) -> Result<SendRequest<Body>, hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .handshake(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(error = %e, "an HTTP/2 upstream connection ended with an error");
+        }
+    });
+    Ok(send)
+}
+
+fn boxed(body: Incoming) -> Body {
+    body.map_err(BoxError::from).boxed()
+}
+
+/// A connection with bytes already read from it put back in front.
+pub(super) struct Rewound<IO> {
+    first: Bytes,
+    io: IO,
+}
+
+impl<IO> Rewound<IO> {
+    pub(super) fn new(first: Bytes, io: IO) -> Rewound<IO> {
+        Rewound { first, io }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewound<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.first.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.first.len().min(buf.remaining());
+        buf.put_slice(&self.first[..n]);
+        self.first.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewound<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
