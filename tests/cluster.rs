@@ -7,6 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -948,4 +949,42 @@ async fn droid_cluster_status_shows_the_nodes_and_where_each_name_is() {
     );
     assert!(!errors.contains("hunter2"), "{errors}");
     redis.kill().await;
+}
+
+#[tokio::test]
+async fn grpc_reaches_an_h2c_app_through_a_node_that_does_not_hold_its_tunnel() {
+    use common::grpc::{GrpcApp, grpc_call};
+    let redis = Redis::start().await.unwrap();
+    let mut app = GrpcApp::start().await;
+    let (one, _) = node(&redis, "one").await;
+    let (two, _) = node(&redis, "two").await;
+    let mut tunnel = spec(None, &Target::from_str(&app.port.to_string()).unwrap());
+    tunnel.app_protocol = droid_client::AppProtocol::H2c;
+    let c = client(client_config(one.control, vec![tunnel])).await;
+    let authority = format!("{}:{}", c.host(), two.http.port());
+    let cases = [
+        "unary",
+        "server_stream",
+        "bidi",
+        "fail",
+        "cancel",
+        "concurrent",
+        "big",
+    ];
+    grpc_call(&two.http.to_string(), &authority, &cases, None).await;
+    // The cancel crossed both nodes and the tunnel to the app.
+    app.ended("cancel").await;
+    // Each call's status is counted once, by the node holding the tunnel.
+    let calls = |srv: &TestServer, status: &str| {
+        let name = format!("droid_server_grpc_calls_total{{grpc_status=\"{status}\"}}");
+        srv.server
+            .metrics_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(&name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // unary, server_stream, bidi, 100 concurrent, big.
+    assert_eq!(calls(&one, "OK"), 104);
+    assert_eq!(calls(&one, "INVALID_ARGUMENT"), 1);
+    assert_eq!(calls(&two, "OK"), 0);
 }

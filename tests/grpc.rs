@@ -5,79 +5,10 @@
 
 mod common;
 
-use std::process::Stdio;
-
+use common::grpc::{GrpcApp, grpc_call};
 use common::pki::Pki;
 use common::*;
-use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
-
-/// The Python peer: `serve`, or `call TARGET AUTHORITY CASE...`.
-const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_peer.py");
-
-/// A gRPC server from grpcio on a port of its own, until dropped.
-struct GrpcApp {
-    child: tokio::process::Child,
-    port: u16,
-    lines: StdoutLines,
-}
-
-impl GrpcApp {
-    async fn start() -> GrpcApp {
-        let mut child = Command::new("python3")
-            .args([PEER, "serve"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let port = within("the gRPC app's port", lines.next_line())
-            .await
-            .unwrap()
-            .and_then(|l| l.strip_prefix("port ")?.parse().ok())
-            .expect("grpcio is not installed (pip install grpcio); run `bash .ci/test`");
-        GrpcApp { child, port, lines }
-    }
-
-    /// Waits until the app says its handler for the call `name` ended.
-    async fn ended(&mut self, name: &str) {
-        let wanted = format!("ended {name}");
-        next_line(&mut self.lines, &wanted, |l| (l == wanted).then_some(())).await;
-    }
-}
-
-impl Drop for GrpcApp {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-/// Runs the Python client's `cases` against `target` for `authority`;
-/// fails the test with what it printed unless every case passed.
-async fn grpc_call(target: &str, authority: &str, cases: &[&str], ca: Option<&str>) {
-    let mut args = vec![PEER, "call", target, authority];
-    args.extend_from_slice(cases);
-    if let Some(ca) = ca {
-        args.extend_from_slice(&["--ca", ca]);
-    }
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(120),
-        Command::new("python3")
-            .args(&args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the gRPC calls took over 2 minutes")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{cases:?}: {stdout}{stderr}");
-    for case in cases {
-        assert!(stdout.contains(&format!("ok {case}\n")), "{case}: {stdout}");
-    }
-}
 
 /// `droid http ARGS` with its embedded server: the process and its URL's
 /// authority (`NAME.localhost:PORT`).
@@ -308,4 +239,152 @@ async fn a_second_name_on_one_http2_connection_gets_421() {
     // The connection still serves its own name.
     let again = send.send_request(get(&client.host())).await.unwrap();
     assert_eq!(again.status(), 200);
+}
+
+/// curl over HTTP/2 with prior knowledge: `ARGS`, then the status code
+/// and the body.
+async fn curl_h2(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl is not installed (Debian: curl); run `bash .ci/test`");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.to_string(), body.to_string())
+}
+
+#[tokio::test]
+async fn http2_requests_meet_the_tunnels_login_addresses_body_limit_and_rate() {
+    let app = origin("app").await;
+    let srv = server_with(|c| {
+        c.max_body_size = Some(1000);
+        c.request_rate = droid_server::RequestRate::new(5, Some(5));
+    })
+    .await;
+    let mut locked = spec(Some("locked"), &app.target);
+    locked.auth = Some("ann:s3cret".into());
+    let mut fenced = spec(Some("fenced"), &app.target);
+    fenced.allow_ip = vec!["192.0.2.0/24".into()];
+    let c = client(client_config(srv.control, vec![locked, fenced])).await;
+    assert_eq!(c.grants.len(), 2);
+    let url = |name: &str, path: &str| format!("http://{name}.{DOMAIN}:{}{path}", srv.http.port());
+    let resolve = |name: &str| format!("{name}.{DOMAIN}:{}:127.0.0.1", srv.http.port());
+    let locked_resolve = resolve("locked");
+    let with = |extra: &'static [&'static str]| {
+        let mut args = vec!["--resolve", locked_resolve.as_str()];
+        args.extend_from_slice(extra);
+        args
+    };
+
+    // A login is asked for, checked, and kept from the app.
+    let headers = url("locked", "/headers");
+    let (status, _) = curl_h2(&[with(&[]).as_slice(), &[headers.as_str()]].concat()).await;
+    assert_eq!(status, "401");
+    let (status, body) =
+        curl_h2(&[with(&["-u", "ann:s3cret"]).as_slice(), &[headers.as_str()]].concat()).await;
+    assert_eq!(status, "200", "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(seen["headers"].get("authorization").is_none(), "{body}");
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1", "{body}");
+    assert_eq!(
+        seen["headers"]["host"],
+        format!("locked.{DOMAIN}:{}", srv.http.port())
+    );
+
+    // An address outside the allow-list is refused.
+    let fenced = url("fenced", "/x");
+    let (status, _) = curl_h2(&["--resolve", &resolve("fenced"), &fenced]).await;
+    assert_eq!(status, "403");
+
+    // A body over the limit, declared or streamed, never reaches the app whole.
+    let echo = url("locked", "/echo");
+    let big = "x".repeat(2000);
+    let login = with(&["-u", "ann:s3cret"]);
+    let (status, _) = curl_h2(&[login.as_slice(), &["--data-binary", &big, &echo]].concat()).await;
+    assert_eq!(status, "413");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &big).unwrap();
+    let path = file.path().display().to_string();
+    // `-T` from a pipe: no Content-Length, the limit is found as it streams.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cat {path} | curl -s --http2-prior-knowledge -u ann:s3cret --resolve {locked_resolve} -T - -w '\\n%{{http_code}}' {echo}"
+        ))
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.ends_with("\n413"), "{said}");
+
+    // Past the tunnel's rate, on one connection: the burst passes, the
+    // rest get 429.
+    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ann:s3cret");
+    let login = format!("authorization: Basic {basic}");
+    let out = Command::new("h2load")
+        .args(["-n", "20", "-c", "1", "-m", "1", "-H", &login, "-H"])
+        .arg(format!(":authority: locked.{DOMAIN}"))
+        .arg(format!("http://{}/n", srv.http))
+        .output()
+        .await
+        .expect("h2load is not installed (Debian: nghttp2-client); run `bash .ci/test`");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let line = said
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .unwrap();
+    let count = |class: &str| -> u32 {
+        let before = line.split(class).next().unwrap();
+        before
+            .rsplit([' ', ','])
+            .find(|w| !w.is_empty())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(count(" 2xx") >= 1 && count(" 4xx") >= 10, "{said}");
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_but_a_long_answer_is_not_cut() {
+    use http_body_util::BodyExt;
+    let app = origin("app").await;
+    let idle = std::time::Duration::from_millis(300);
+    let srv = server_with(|c| c.header_read_timeout = idle).await;
+    let c = client(client_config(srv.control, vec![spec(None, &app.target)])).await;
+    let stream = tokio::net::TcpStream::connect(srv.http).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, TestBody>(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        http::Request::get(format!("http://{}{path}", c.host()))
+            .body(empty())
+            .unwrap()
+    };
+    // An event stream open for longer than the idle time goes on.
+    let events = send.send_request(get("/sse")).await.unwrap();
+    let mut body = events.into_body();
+    let first = within("the first event", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.data_ref().is_some());
+    tokio::time::sleep(idle * 3).await;
+    app.sse_next.notify_one();
+    let second = within("the second event", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second.data_ref().is_some());
+    drop(body);
+    // Once nothing is open, the server closes the connection.
+    within("the idle connection closed", conn)
+        .await
+        .unwrap()
+        .unwrap();
 }

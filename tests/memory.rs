@@ -180,3 +180,48 @@ async fn visitor_connections_from_one_address_are_capped_and_others_served() {
     })
     .await;
 }
+
+/// An HTTP/2 visitor that asks for 400 MiB on 50 streams and reads none of
+/// it: flow control holds from the app to the visitor, so the server
+/// holds a few windows, not the 400 MiB; then it reads every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_visitor_that_does_not_read_makes_the_server_hold_little() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Droid::start(&server_args(&[]), dir.path());
+    let (http, control) = server.line("the server's addresses", server_addrs).await;
+    let pid = server.child.id().unwrap();
+    let app = origin("app").await;
+    let c = client(client_config(control, vec![spec(None, &app.target)])).await;
+    let stream = TcpStream::connect(http).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, TestBody>(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let before = rss_of(pid);
+    const SIZE: usize = 8 << 20;
+    let mut answers = Vec::new();
+    for _ in 0..50 {
+        let request = http::Request::get(format!("http://{}/bytes/{SIZE}", c.host()))
+            .body(empty())
+            .unwrap();
+        let answer = within("an answer's head", send.send_request(request)).await;
+        answers.push(answer.unwrap());
+    }
+    // For 1.5 s the answers are not read; the server's memory is sampled.
+    let mut peak = before;
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        peak = peak.max(rss_of(pid));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grew = peak.saturating_sub(before) >> 20;
+    eprintln!("the server grew by {grew} MiB with 400 MiB unread");
+    assert!(grew < 64, "the server grew by {grew} MiB");
+    let reads = answers.into_iter().map(|a| drain_checked(a.into_body()));
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read, SIZE);
+    }
+    assert!(server.interrupt().await.success());
+}

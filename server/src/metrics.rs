@@ -98,6 +98,32 @@ struct Answer {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcStatus {
+    grpc_status: &'static str,
+}
+
+/// gRPC's status codes by number (gRPC's `statuscodes.md`).
+const GRPC_STATUSES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Direction {
     direction: &'static str,
 }
@@ -115,6 +141,7 @@ pub(crate) struct Metrics {
     registry: Mutex<Registry>,
     requests: [Counter; 5],
     own: Family<Answer, Counter>,
+    grpc: Family<GrpcStatus, Counter>,
     duration: Histogram,
     /// Bytes from visitors.
     pub bytes_in: Counter,
@@ -147,6 +174,12 @@ impl Metrics {
             "droid_server_own_answers",
             "Requests the server answered itself instead of the app, by status and reason",
             own.clone(),
+        );
+        let grpc = Family::<GrpcStatus, Counter>::default();
+        registry.register(
+            "droid_server_grpc_calls",
+            "gRPC calls answered through tunnels, by the grpc-status they ended with",
+            grpc.clone(),
         );
         let duration = Histogram::new([
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -243,6 +276,7 @@ impl Metrics {
             registry: Mutex::new(registry),
             requests: by_class,
             own,
+            grpc,
             duration,
             bytes_in,
             bytes_out,
@@ -288,6 +322,19 @@ impl Metrics {
         if let Some(elapsed) = through {
             self.duration.observe(elapsed.as_secs_f64());
         }
+    }
+
+    /// A gRPC call ended with this `grpc-status` (a number; anything else
+    /// is counted as UNKNOWN).
+    pub(crate) fn grpc_answered(&self, status: &[u8]) {
+        let code = std::str::from_utf8(status)
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .and_then(|n| GRPC_STATUSES.get(n))
+            .unwrap_or(&"UNKNOWN");
+        self.grpc
+            .get_or_create(&GrpcStatus { grpc_status: code })
+            .inc();
     }
 
     /// Reports an adapter's own `counter` as `name`.

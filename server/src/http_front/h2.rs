@@ -15,21 +15,22 @@
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use droid_core::protocol::{self, StreamHeader};
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Request, Response, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 use tracing::{debug, info};
 
 use super::{Dest, Target, Visitor, misdirected, normal_host};
@@ -79,17 +80,103 @@ where
     if let Some(sni) = &visitor.sni {
         let _ = pinned.set(sni.clone());
     }
+    let idle = config.header_read_timeout;
+    let (busy, mut open) = watch::channel(0);
     let conn = Arc::new(H2Conn {
         visitor,
         pinned,
         upstream: Mutex::new(None),
+        busy,
     });
     let service = service_fn(move |request| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(conn.exchange(request).await) }
+        async move {
+            let busy = Busy::new(conn.clone());
+            let answer = conn.exchange(request).await;
+            Ok::<_, Infallible>(conn.answering(answer, busy))
+        }
     });
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+    let served = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(served);
+    // A connection with no request open for the header time is closed, as
+    // an idle HTTP/1 one is: it holds a connection slot for nothing.
+    let ended = tokio::select! {
+        ended = served.as_mut() => ended,
+        () = idle_for(&mut open, idle) => {
+            debug!("an HTTP/2 visitor connection was idle; going away");
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = ended {
         debug!(error = %e, "an HTTP/2 visitor connection ended with an error");
+    }
+}
+
+/// Returns once no request has been open on the connection for `limit`.
+async fn idle_for(open: &mut watch::Receiver<usize>, limit: Duration) {
+    loop {
+        if open.wait_for(|n| *n == 0).await.is_err() {
+            return;
+        }
+        match tokio::time::timeout(limit, open.changed()).await {
+            Err(_) | Ok(Err(_)) => return,
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// One request open on a connection, from its head to its answer's end.
+struct Busy(Arc<H2Conn>);
+
+impl Busy {
+    fn new(conn: Arc<H2Conn>) -> Busy {
+        conn.busy.send_modify(|n| *n += 1);
+        Busy(conn)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.send_modify(|n| *n -= 1);
+    }
+}
+
+/// An answer's body on its way to the visitor: its request stays open
+/// while it lasts, and a gRPC call's status is counted when its trailers
+/// pass.
+struct Answering {
+    body: Body,
+    _busy: Busy,
+    /// Counts the status of a gRPC call, once.
+    grpc: Option<Arc<crate::Shared>>,
+}
+
+impl hyper::body::Body for Answering {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(trailers) = frame.trailers_ref()
+            && let Some(status) = trailers.get("grpc-status")
+            && let Some(shared) = self.grpc.take()
+        {
+            shared.metrics.grpc_answered(status.as_bytes());
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -100,6 +187,8 @@ struct H2Conn {
     pinned: OnceLock<String>,
     /// Where its requests went last: a tunnel stream, or another node.
     upstream: Mutex<Option<H2Upstream>>,
+    /// How many of its requests are open.
+    busy: watch::Sender<usize>,
 }
 
 /// An HTTP/2 connection to the app's side, shared by the visitor
@@ -205,12 +294,16 @@ impl H2Conn {
             Ok(send) => send,
             Err(page) => return self.page(page, asked, Some(started.elapsed())),
         };
-        let request = self.forwarded(request, tunnel, host);
+        let over = Arc::new(AtomicBool::new(false));
+        let request = self.forwarded(request, tunnel, host, &over);
         match send.send_request(request).await {
             Ok(answer) => self.relayed(answer, Some(started)),
             Err(e) => {
                 let name = &tunnel.name;
-                let page = if tunnel.opener.is_ended() {
+                let max = self.visitor.shared.config.max_body_size;
+                let page = if let Some(max) = max.filter(|_| over.load(Ordering::Relaxed)) {
+                    super::through::too_large(max, asked.html)
+                } else if tunnel.opener.is_ended() {
                     info!(tunnel = %name, error = %e, "request failed inside the tunnel");
                     Page::new(
                         http::StatusCode::BAD_GATEWAY,
@@ -271,7 +364,9 @@ impl H2Conn {
                 {
                     cluster.forget(&name);
                 }
-                self.relayed(answer, None)
+                let mut answer = self.relayed(answer, None);
+                answer.extensions_mut().insert(FromNode);
+                answer
             }
             None => {
                 if let Some(cluster) = cluster {
@@ -333,8 +428,21 @@ impl H2Conn {
     /// The request as it goes to the app: hop-by-hop headers gone, the
     /// authority the app's (`--host-header`) or the visitor's, and the
     /// forwarding headers set, as the HTTP/1 front writes them.
-    fn forwarded(&self, request: Request<Incoming>, tunnel: &Tunnel, host: &str) -> Request<Body> {
+    /// `over` is set when the body turns out larger than the server takes.
+    fn forwarded(
+        &self,
+        request: Request<Incoming>,
+        tunnel: &Tunnel,
+        host: &str,
+        over: &Arc<AtomicBool>,
+    ) -> Request<Body> {
         let (mut parts, body) = request.into_parts();
+        // The app sees the authority as the visitor sent it (with its port).
+        let asked = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| Some(parts.headers.get(HOST)?.to_str().ok()?.to_string()));
         let headers = &mut parts.headers;
         for name in NOT_FORWARDED {
             headers.remove(name);
@@ -360,9 +468,10 @@ impl H2Conn {
                 headers.insert(name, value);
             }
         }
-        let authority = match &tunnel.host_header {
-            Some(app_host) => app_host.to_str().unwrap_or(host),
-            None => host,
+        let authority = match (&tunnel.host_header, &asked) {
+            (Some(app_host), _) => app_host.to_str().unwrap_or(host),
+            (None, Some(asked)) => asked,
+            (None, None) => host,
         };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         if let Ok(uri) = Uri::builder()
@@ -374,7 +483,12 @@ impl H2Conn {
             parts.uri = uri;
         }
         let body = match self.visitor.shared.config.max_body_size {
-            Some(max) => Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed(),
+            Some(max) => Capped {
+                body,
+                left: max,
+                over: over.clone(),
+            }
+            .boxed(),
             None => boxed(body),
         };
         Request::from_parts(parts, body)
@@ -389,6 +503,32 @@ impl H2Conn {
         answer.map(boxed)
     }
 
+    /// The answer as it goes to the visitor, keeping `busy` until its end.
+    /// A gRPC call's status is counted (at once for a trailers-only
+    /// answer) unless another node relayed it, which counts it itself.
+    fn answering(&self, answer: Response<Body>, busy: Busy) -> Response<Body> {
+        let shared = &self.visitor.shared;
+        let grpc = answer
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+        let mut counted = None;
+        if grpc && answer.extensions().get::<FromNode>().is_none() {
+            match answer.headers().get("grpc-status") {
+                Some(status) => shared.metrics.grpc_answered(status.as_bytes()),
+                None => counted = Some(shared.clone()),
+            }
+        }
+        answer.map(|body| {
+            Answering {
+                body,
+                _busy: busy,
+                grpc: counted,
+            }
+            .boxed()
+        })
+    }
+
     /// A page the server answers itself, counted.
     fn page(&self, page: Page, asked: &Asked, through: Option<Duration>) -> Response<Body> {
         let metrics = &self.visitor.shared.metrics;
@@ -397,6 +537,54 @@ impl H2Conn {
             .map(|b| Full::new(b).map_err(|never| match never {}).boxed())
     }
 }
+
+/// A request body that ends in an error past `left` bytes, setting `over`:
+/// the stream to the app is reset, and the visitor gets 413.
+struct Capped {
+    body: Incoming,
+    left: u64,
+    over: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for Capped {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        let Some(Ok(frame)) = frame else {
+            return Poll::Ready(frame.map(|f| f.map_err(BoxError::from)));
+        };
+        let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+        match self.left.checked_sub(len) {
+            Some(left) => {
+                self.left = left;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            None => {
+                self.over.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(
+                    "the request body is over the server's limit".into()
+                )))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Marks an answer another node relayed (and counted).
+#[derive(Clone, Copy)]
+struct FromNode;
 
 /// Whether two upstreams go to the same place.
 fn same(a: &Dest, b: &Dest) -> bool {

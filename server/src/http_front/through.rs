@@ -466,7 +466,7 @@ fn body_page(error: &BodyError, html: bool) -> Page {
 }
 
 /// A 413 that closes the connection: the rest of the body is not read.
-fn too_large(max: u64, html: bool) -> Page {
+pub(super) fn too_large(max: u64, html: bool) -> Page {
     Page::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         OwnAnswer::TooLarge,
