@@ -388,3 +388,104 @@ async fn an_idle_http2_connection_is_closed_but_a_long_answer_is_not_cut() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_inspector_shows_grpc_calls_with_service_method_status_and_messages() {
+    let app = GrpcApp::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let port = app.port.to_string();
+    let args = [
+        "http",
+        &port,
+        "--app-protocol",
+        "h2c",
+        "--http",
+        "127.0.0.1:0",
+        "--inspect",
+        "127.0.0.1:0",
+    ];
+    let mut droid = Droid::start(&args, state.path());
+    let url = droid
+        .line("the URL", |l| {
+            l.starts_with("http://").then(|| l.to_string())
+        })
+        .await;
+    let inspect = droid
+        .line("the inspector's address", |l| {
+            Some(
+                l.strip_prefix("inspect ")?
+                    .split([' ', ','])
+                    .next()?
+                    .to_string(),
+            )
+        })
+        .await;
+    let authority = url.trim_start_matches("http://");
+    grpc_call(&loopback(authority), authority, &["unary", "fail"], None).await;
+    let calls = within("both calls listed", async {
+        loop {
+            let list = curl_json(&format!("{inspect}/api/requests")).await;
+            let calls: Vec<serde_json::Value> = list["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["grpc"].is_object() && r["progress"] == "complete")
+                .cloned()
+                .collect();
+            if calls.len() == 2 {
+                return calls;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let unary = calls
+        .iter()
+        .find(|c| c["grpc"]["method"] == "Unary")
+        .unwrap();
+    assert_eq!(unary["protocol"], "HTTP/2");
+    assert_eq!(unary["grpc"]["service"], "droid.test.Echo");
+    assert_eq!(unary["grpc"]["status"], "OK");
+    let fail = calls
+        .iter()
+        .find(|c| c["grpc"]["method"] == "Fail")
+        .unwrap();
+    assert_eq!(fail["grpc"]["status"], "INVALID_ARGUMENT");
+    // Each body as its length-prefixed messages, in hex; trailers shown.
+    let detail = curl_json(&format!("{inspect}/api/requests/{}", unary["id"])).await;
+    let sent = &detail["request"]["grpc_messages"][0];
+    assert_eq!(sent["hex"], "68656c6c6f", "{detail}");
+    assert_eq!(sent["length"], 5);
+    assert_eq!(detail["response"]["grpc_messages"][0]["hex"], "68656c6c6f");
+    let trailers = detail["response"]["trailers"].as_array().unwrap();
+    assert!(
+        trailers
+            .iter()
+            .any(|t| t[0] == "x-trailer" && t[1] == "t-m1"),
+        "{detail}"
+    );
+    // A replay speaks HTTP/2 to the h2c app, and the call succeeds again.
+    let replayed = Command::new("curl")
+        .args(["-s", "-X", "POST", "-H", "content-type: application/json"])
+        .arg(format!("{inspect}/api/requests/{}/replay", unary["id"]))
+        .output()
+        .await
+        .unwrap();
+    let replayed: serde_json::Value = serde_json::from_slice(&replayed.stdout).unwrap();
+    assert_eq!(replayed["status"], 200, "{replayed}");
+    assert_eq!(replayed["grpc"]["status"], "OK", "{replayed}");
+    // The client's metrics count the calls by status.
+    let metrics = Command::new("curl")
+        .args(["-s", &format!("{inspect}/metrics")])
+        .output()
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for line in [
+        "droid_client_grpc_calls_total{grpc_status=\"OK\"} 1",
+        "droid_client_grpc_calls_total{grpc_status=\"INVALID_ARGUMENT\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    assert!(droid.interrupt().await.success());
+}

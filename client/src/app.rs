@@ -24,7 +24,6 @@ use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -136,7 +135,7 @@ impl App {
 
     /// Sends `request` to the app and returns its answer, whose body
     /// streams on.
-    pub(crate) async fn send(&self, request: Request<Incoming>) -> Result<Response<Body>, Failed> {
+    pub(crate) async fn send(&self, request: Request<Body>) -> Result<Response<Body>, Failed> {
         let request = self.for_app(request);
         match self.client.request(request).await {
             Ok(answer) => Ok(answer.map(|b| b.map_err(BoxError::from).boxed())),
@@ -148,7 +147,7 @@ impl App {
     /// The request as the app gets it: in the app's version, with the
     /// visitor's authority (as the server set it) in the URI, which the
     /// pool turns into `Host` or `:authority`.
-    fn for_app(&self, request: Request<Incoming>) -> Request<Body> {
+    fn for_app(&self, request: Request<Body>) -> Request<Body> {
         let (mut parts, body) = request.into_parts();
         let authority = parts
             .uri
@@ -178,14 +177,13 @@ impl App {
             AppProtocol::Http1 => Version::HTTP_11,
             AppProtocol::H2c => Version::HTTP_2,
         };
-        Request::from_parts(parts, body.map_err(BoxError::from).boxed())
+        Request::from_parts(parts, body)
     }
 }
 
 /// Whether a request is a gRPC call (not gRPC-Web, which is HTTP/1-able).
-pub(crate) fn is_grpc(request: &Request<Incoming>) -> bool {
-    request
-        .headers()
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| {
@@ -228,6 +226,15 @@ pub(crate) fn trailers_declared(mut answer: Response<Body>) -> Response<Body> {
         );
     }
     answer
+}
+
+/// A body from hyper, boxed as the app's side takes it.
+pub(crate) fn boxed<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
 }
 
 /// A short page the client answers itself.

@@ -96,15 +96,25 @@ pub(crate) async fn serve_stream(
     if by_http {
         // Served as HTTP here: the client's own HTTP client sends each
         // request to the app.
+        let remote = match &header {
+            StreamHeader::Http { remote, .. } | StreamHeader::H2 { remote, .. } => remote.clone(),
+            _ => String::new(),
+        };
         let served = Served {
             tunnel: name.clone(),
+            remote,
+            capture: h2,
             app: apps.get(name, target, spec.app_protocol),
             events,
             probes,
             inspector: inspector.clone(),
         };
         let stream = tokio::io::join(from_tunnel, to_tunnel);
-        match inspector.as_ref().and_then(|i| i.tap(&header)) {
+        match inspector
+            .as_ref()
+            .filter(|_| !h2)
+            .and_then(|i| i.tap(&header))
+        {
             Some(tap) => served::serve(Watched::new(stream, Shown(tap)), h2, served).await,
             None => served::serve(stream, h2, served).await,
         }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use crate::app::{self, App, AppProtocol, Body, Failed};
-use crate::inspect::Inspector;
+use crate::inspect::{Inspector, Tapped};
 use crate::probe::Probes;
 use crate::{ClientEvent, Events};
 
@@ -25,6 +25,11 @@ const MAX_STREAMS: u32 = 512;
 #[derive(Clone)]
 pub(crate) struct Served {
     pub(crate) tunnel: String,
+    /// The visitor's address, as the stream's header says.
+    pub(crate) remote: String,
+    /// Whether the inspector captures each request here (an HTTP/2
+    /// stream's; an HTTP/1 stream's bytes are tapped as they cross).
+    pub(crate) capture: bool,
     pub(crate) app: App,
     pub(crate) events: Events,
     pub(crate) probes: Probes,
@@ -61,11 +66,33 @@ where
 }
 
 impl Served {
+    /// The app's answer to one request, captured for the inspector when
+    /// it is on and this stream's bytes are not tapped.
+    async fn answer(&self, request: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let Some(capture) = self
+            .inspector
+            .as_ref()
+            .filter(|_| self.capture)
+            .map(|i| i.capture(&self.tunnel, &self.remote, &parts))
+        else {
+            let request = Request::from_parts(parts, app::boxed(body));
+            return self.answer_uncaptured(request).await;
+        };
+        let body = app::boxed(Tapped::new(body, capture.clone(), true));
+        let answer = self
+            .answer_uncaptured(Request::from_parts(parts, body))
+            .await;
+        let (parts, body) = answer.into_parts();
+        capture.answered(&parts);
+        Response::from_parts(parts, app::boxed(Tapped::new(body, capture, false)))
+    }
+
     /// The app's answer to one request, or the page that says why there
     /// is none.
-    async fn answer(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn answer_uncaptured(&self, request: Request<Body>) -> Response<Body> {
         let name = &self.tunnel;
-        if self.app.protocol == AppProtocol::Http1 && app::is_grpc(&request) {
+        if self.app.protocol == AppProtocol::Http1 && app::is_grpc(request.headers()) {
             debug!(tunnel = %name, "a gRPC call for an HTTP/1.1 app; answered UNAVAILABLE");
             return app::grpc_needs_h2c(name);
         }

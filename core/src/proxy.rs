@@ -98,6 +98,37 @@ pub fn infallible<T>(value: T) -> Result<T, Infallible> {
     Ok(value)
 }
 
+/// gRPC's status codes by number (gRPC's `statuscodes.md`).
+const GRPC_STATUSES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The name of a `grpc-status` value (`"14"` is `UNAVAILABLE`); anything
+/// that is not a known code is `UNKNOWN`, as gRPC reads it.
+pub fn grpc_status_name(value: &[u8]) -> &'static str {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .and_then(|n| GRPC_STATUSES.get(n).copied())
+        .unwrap_or("UNKNOWN")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +140,13 @@ mod tests {
         assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
         let r = error_page(StatusCode::BAD_GATEWAY, "a <b>", true);
         assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    }
+
+    #[test]
+    fn grpc_statuses_have_their_names() {
+        assert_eq!(super::grpc_status_name(b"0"), "OK");
+        assert_eq!(super::grpc_status_name(b"14"), "UNAVAILABLE");
+        assert_eq!(super::grpc_status_name(b"99"), "UNKNOWN");
+        assert_eq!(super::grpc_status_name(b"x"), "UNKNOWN");
     }
 }

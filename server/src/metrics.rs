@@ -102,27 +102,6 @@ struct GrpcStatus {
     grpc_status: &'static str,
 }
 
-/// gRPC's status codes by number (gRPC's `statuscodes.md`).
-const GRPC_STATUSES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Direction {
     direction: &'static str,
@@ -327,14 +306,8 @@ impl Metrics {
     /// A gRPC call ended with this `grpc-status` (a number; anything else
     /// is counted as UNKNOWN).
     pub(crate) fn grpc_answered(&self, status: &[u8]) {
-        let code = std::str::from_utf8(status)
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .and_then(|n| GRPC_STATUSES.get(n))
-            .unwrap_or(&"UNKNOWN");
-        self.grpc
-            .get_or_create(&GrpcStatus { grpc_status: code })
-            .inc();
+        let grpc_status = droid_core::proxy::grpc_status_name(status);
+        self.grpc.get_or_create(&GrpcStatus { grpc_status }).inc();
     }
 
     /// Reports an adapter's own `counter` as `name`.

@@ -54,14 +54,27 @@ struct TapState {
 }
 
 /// An exchange in progress.
-struct Open {
-    exchange: Exchange,
-    started: Instant,
+pub(super) struct Open {
+    pub(super) exchange: Exchange,
+    pub(super) started: Instant,
     /// Bytes reserved from the in-flight budget for its bodies.
     reserved: usize,
     /// The body lengths the heads declared (0: not declared).
     request_length: u64,
     response_length: u64,
+}
+
+impl Open {
+    /// An exchange that begins now, its bodies' lengths not declared.
+    pub(super) fn new(exchange: Exchange) -> Open {
+        Open {
+            exchange,
+            started: Instant::now(),
+            reserved: 0,
+            request_length: 0,
+            response_length: 0,
+        }
+    }
 }
 
 impl StreamTap {
@@ -296,53 +309,12 @@ impl StreamTap {
         self.finish(open);
     }
 
-    /// Keeps `bytes` of a body, within the cap and the in-flight budget.
     fn keep(&self, open: &mut Open, request: bool, bytes: &[u8], shared: Option<&Bytes>) {
-        let streaming = open.exchange.progress == Progress::Streaming;
-        let (message, declared) = if request {
-            (&mut open.exchange.request, open.request_length)
-        } else {
-            match &mut open.exchange.response {
-                Some(response) => (response, open.response_length),
-                None => return,
-            }
-        };
-        message.size += bytes.len() as u64;
-        if message.truncated {
-            return;
-        }
-        let room = if streaming {
-            0
-        } else {
-            self.shared.body_cap.saturating_sub(message.body.len())
-        };
-        let wanted = bytes.len().min(room);
-        if wanted > 0 && self.shared.budget.reserve(wanted) {
-            open.reserved += wanted;
-            let kept = &bytes[..wanted];
-            match shared {
-                // A share holds its whole read buffer alive: worth it only
-                // for a large part of one.
-                Some(shared) if kept.len() >= SHARE_FROM => {
-                    message.body.push_shared(shared.slice_ref(kept));
-                }
-                _ => {
-                    let left = declared.saturating_sub(message.size - bytes.len() as u64);
-                    let left = usize::try_from(left).unwrap_or(usize::MAX);
-                    message.body.push(kept, left.min(room).max(wanted));
-                }
-            }
-        }
-        if message.body.len() as u64 != message.size {
-            message.truncated = true;
-        }
+        keep(&self.shared, open, request, bytes, shared);
     }
 
-    /// Hands a finished exchange to the store and gives its in-flight
-    /// reservation back (the store counts what it keeps).
     fn finish(&self, open: Open) {
-        self.shared.budget.release(open.reserved);
-        self.shared.publish(open.exchange);
+        finish(&self.shared, open);
     }
 
     fn lose(&self, state: &mut TapState, why: &str) {
@@ -396,6 +368,61 @@ impl Drop for StreamTap {
             self.finish(open);
         }
     }
+}
+
+/// Keeps `bytes` of a body, within the cap and the in-flight budget.
+pub(super) fn keep(
+    shared: &Shared,
+    open: &mut Open,
+    request: bool,
+    bytes: &[u8],
+    from: Option<&Bytes>,
+) {
+    let streaming = open.exchange.progress == Progress::Streaming;
+    let (message, declared) = if request {
+        (&mut open.exchange.request, open.request_length)
+    } else {
+        match &mut open.exchange.response {
+            Some(response) => (response, open.response_length),
+            None => return,
+        }
+    };
+    message.size += bytes.len() as u64;
+    if message.truncated {
+        return;
+    }
+    let room = if streaming {
+        0
+    } else {
+        shared.body_cap.saturating_sub(message.body.len())
+    };
+    let wanted = bytes.len().min(room);
+    if wanted > 0 && shared.budget.reserve(wanted) {
+        open.reserved += wanted;
+        let kept = &bytes[..wanted];
+        match from {
+            // A share holds its whole read buffer alive: worth it only
+            // for a large part of one.
+            Some(from) if kept.len() >= SHARE_FROM => {
+                message.body.push_shared(from.slice_ref(kept));
+            }
+            _ => {
+                let left = declared.saturating_sub(message.size - bytes.len() as u64);
+                let left = usize::try_from(left).unwrap_or(usize::MAX);
+                message.body.push(kept, left.min(room).max(wanted));
+            }
+        }
+    }
+    if message.body.len() as u64 != message.size {
+        message.truncated = true;
+    }
+}
+
+/// Hands a finished exchange to the store and gives its in-flight
+/// reservation back (the store counts what it keeps).
+pub(super) fn finish(shared: &Shared, open: Open) {
+    shared.budget.release(open.reserved);
+    shared.publish(open.exchange);
 }
 
 /// The body length a framing declares; 0 when it declares none.

@@ -13,18 +13,21 @@ const LEFT_TO_CURL: [&str; 4] = ["host", "content-length", "connection", "transf
 /// The command that sends `exchange`'s request again to its public URL.
 pub(crate) fn command(exchange: &Exchange) -> String {
     let request = &exchange.request;
-    let url = match request.header("host") {
+    let host = request
+        .header("host")
+        .or_else(|| request.header(":authority"));
+    let url = match host {
         Some(host) => format!("http://{host}{}", request.path),
         None => format!("http://localhost{}", request.path),
     };
-    let mut parts = vec![
-        "curl".to_string(),
-        "-X".into(),
-        quote(&request.method),
-        quote(&url),
-    ];
+    let mut parts = vec!["curl".to_string()];
+    if exchange.http2 {
+        parts.push("--http2-prior-knowledge".into());
+    }
+    parts.extend(["-X".into(), quote(&request.method), quote(&url)]);
     for (name, value) in request.headers() {
-        if LEFT_TO_CURL.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        // HTTP/2's pseudo-fields are curl's to write, from the URL.
+        if name.starts_with(':') || LEFT_TO_CURL.iter().any(|h| name.eq_ignore_ascii_case(h)) {
             continue;
         }
         let line = format!("{name}: {}", String::from_utf8_lossy(value));

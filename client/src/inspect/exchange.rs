@@ -172,6 +172,8 @@ pub struct Message {
     pub truncated: bool,
     /// Whether the message ended.
     pub complete: bool,
+    /// Trailer fields, for a message that had them (HTTP/2 captures).
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Message {
@@ -218,7 +220,8 @@ impl Message {
             .split(|&b| b == b'\n')
             .filter_map(|line| {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
-                let colon = line.iter().position(|&b| b == b':')?;
+                // From the second byte: HTTP/2's `:authority` is a name.
+                let colon = line.iter().skip(1).position(|&b| b == b':')? + 1;
                 let name = std::str::from_utf8(&line[..colon]).ok()?.trim();
                 Some((name, line[colon + 1..].trim_ascii()))
             })
@@ -253,6 +256,9 @@ impl Message {
             "truncated": self.truncated,
             "complete": self.complete,
         });
+        if !self.trailers.is_empty() {
+            out["trailers"] = json!(self.trailers);
+        }
         let body = self.body.to_vec();
         match String::from_utf8(body) {
             Ok(text) => out["body"] = Value::from(text),
@@ -298,6 +304,56 @@ pub struct Exchange {
     pub mail: Option<MailSummary>,
     /// A mail the app sent (`POST /email`), not one it received.
     pub outgoing: bool,
+    /// Whether the visitor spoke HTTP/2.
+    pub http2: bool,
+    /// A gRPC call's service, method and status.
+    pub grpc: Option<GrpcCall>,
+}
+
+/// What a gRPC call is, read from its path, and how it ended.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GrpcCall {
+    pub service: String,
+    pub method: String,
+    /// `grpc-status`, by name (`OK`, `UNAVAILABLE`...), once it came.
+    pub status: Option<&'static str>,
+    /// `grpc-message`, as sent (percent-encoded).
+    pub message: Option<String>,
+}
+
+impl GrpcCall {
+    /// The call a request for `path` (`/package.Service/Method`) makes.
+    pub(crate) fn from_path(path: &str) -> GrpcCall {
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        GrpcCall {
+            service: parts.next().unwrap_or_default().to_string(),
+            method: parts.next().unwrap_or_default().to_string(),
+            ..GrpcCall::default()
+        }
+    }
+}
+
+/// A gRPC body as its length-prefixed messages (gRPC over HTTP/2,
+/// "Length-Prefixed-Message"), each in hex: what can be shown of them
+/// with no schema. A message cut by the body cap says so.
+fn grpc_messages(body: &[u8]) -> Value {
+    let mut messages = Vec::new();
+    let mut rest = body;
+    while rest.len() >= 5 {
+        let compressed = rest[0] == 1;
+        let length = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let kept = &rest[5..];
+        let shown = &kept[..length.min(kept.len())];
+        let hex: String = shown.iter().map(|b| format!("{b:02x}")).collect();
+        messages.push(json!({
+            "compressed": compressed,
+            "length": length,
+            "hex": hex,
+            "cut": shown.len() < length,
+        }));
+        rest = &kept[shown.len()..];
+    }
+    Value::from(messages)
 }
 
 impl Exchange {
@@ -318,6 +374,8 @@ impl Exchange {
             delivery_id: None,
             mail: None,
             outgoing: false,
+            http2: false,
+            grpc: None,
         }
     }
 
@@ -371,6 +429,12 @@ impl Exchange {
         if self.kind.is_mail() {
             out["direction"] = Value::from(if self.outgoing { "out" } else { "in" });
         }
+        if self.kind == Kind::Http {
+            out["protocol"] = Value::from(if self.http2 { "HTTP/2" } else { "HTTP/1.1" });
+        }
+        if let Some(grpc) = &self.grpc {
+            out["grpc"] = json!(grpc);
+        }
         out
     }
 
@@ -379,6 +443,12 @@ impl Exchange {
         let mut out = self.summary();
         out["request"] = self.request.to_json();
         out["response"] = self.response.as_ref().map_or(Value::Null, Message::to_json);
+        if self.grpc.is_some() {
+            out["request"]["grpc_messages"] = grpc_messages(&self.request.body.to_vec());
+            if let Some(response) = &self.response {
+                out["response"]["grpc_messages"] = grpc_messages(&response.body.to_vec());
+            }
+        }
         out
     }
 }

@@ -13,6 +13,11 @@ struct StatusClass {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcStatus {
+    grpc_status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Direction {
     direction: &'static str,
 }
@@ -24,6 +29,7 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub(crate) struct Metrics {
     registry: Registry,
     requests: [Counter; 5],
+    grpc: Family<GrpcStatus, Counter>,
     to_app: Counter,
     from_app: Counter,
     reconnects: Counter,
@@ -43,6 +49,12 @@ impl Metrics {
             "droid_client_requests",
             "Requests through this client's tunnels, by the status the visitor got",
             requests.clone(),
+        );
+        let grpc = Family::<GrpcStatus, Counter>::default();
+        registry.register(
+            "droid_client_grpc_calls",
+            "gRPC calls of HTTP/2 visitors answered by the local app, by grpc-status",
+            grpc.clone(),
         );
         let bytes = Family::<Direction, Counter>::default();
         registry.register(
@@ -110,6 +122,7 @@ impl Metrics {
             .clone();
         Metrics {
             requests: by_class,
+            grpc,
             to_app,
             from_app,
             registry,
@@ -128,6 +141,11 @@ impl Metrics {
         if let Some(counter) = self.requests.get(usize::from(status / 100).wrapping_sub(1)) {
             counter.inc();
         }
+    }
+
+    /// A gRPC call ended with this status (by name).
+    pub fn grpc(&self, grpc_status: &'static str) {
+        self.grpc.get_or_create(&GrpcStatus { grpc_status }).inc();
     }
 
     pub fn bytes_to_app(&self, n: usize) {

@@ -4,6 +4,7 @@
 //!
 //! - `http1`: follows the HTTP/1 messages of a stream as its bytes pass.
 //! - `capture`: one stream's exchanges, handed to the store without waiting.
+//! - `h2`: the exchanges the client sends to the app itself (HTTP/2 visitors').
 //! - `exchange`: an exchange, and its JSON.
 //! - `mail`: a mail delivery's POST read back as a mail.
 //! - `store`: the kept exchanges, oldest forgotten first.
@@ -19,6 +20,7 @@ mod call;
 mod capture;
 mod curl;
 mod exchange;
+mod h2;
 mod http1;
 mod mail;
 mod metrics;
@@ -37,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use capture::StreamInfo;
 pub(crate) use capture::StreamTap;
 use exchange::{Exchange, Kind};
+pub(crate) use h2::Tapped;
 pub use http1::messages_in;
 use metrics::Metrics;
 use store::Store;

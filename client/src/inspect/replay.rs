@@ -14,12 +14,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use droid_core::sign;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use super::Shared;
 use super::exchange::{Exchange, Kind, Message, Progress};
+use crate::app::AppProtocol;
 
 /// How long a replay may take, connect to last byte.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -56,18 +57,20 @@ pub(crate) enum ReplayError {
 /// Headers the client sets itself (the body's length) or that belong to
 /// one connection only.
 fn dropped(name: &str) -> bool {
-    [
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-connection",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+    // HTTP/2's pseudo-fields (`:authority`) are not headers.
+    name.starts_with(':')
+        || [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "upgrade",
+            "proxy-connection",
+        ]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 pub(crate) async fn replay(
@@ -105,6 +108,13 @@ pub(crate) async fn replay(
             .map(|(n, v)| (n.to_string(), v.to_vec()))
             .collect(),
     };
+    // An HTTP/2 request's authority is its Host.
+    let authority = headers.iter().find(|(n, _)| n == ":authority").cloned();
+    if let Some((_, authority)) = authority
+        && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host"))
+    {
+        headers.push(("host".into(), authority));
+    }
     headers.retain(|(name, _)| !dropped(name));
     let signed = original.kind.is_mail()
         || headers
@@ -147,6 +157,12 @@ pub(crate) async fn replay(
         SystemTime::now(),
     );
     exchange.replay_of = Some(original.id);
+    exchange.http2 = original.http2;
+    exchange.grpc = original.grpc.clone().map(|mut grpc| {
+        grpc.status = None;
+        grpc.message = None;
+        grpc
+    });
     exchange.delivery_id = original.delivery_id.clone();
     exchange.request = Message::with_fields(method, path, 0, &headers);
     exchange.request.size = body.len() as u64;
@@ -156,7 +172,7 @@ pub(crate) async fn replay(
     let target = tunnel.spec.target.to_string();
     let sent = tokio::time::timeout(
         REPLAY_TIMEOUT,
-        send(shared, &tunnel.spec.target, request, &mut exchange, started),
+        send(shared, &tunnel.spec, request, &mut exchange, started),
     )
     .await;
     match sent {
@@ -179,6 +195,29 @@ pub(crate) async fn replay(
     Ok(exchange)
 }
 
+/// A replay in HTTP/2: its Host becomes the authority, and gRPC servers
+/// get the `TE: trailers` they ask for.
+fn for_h2(
+    request: http::Request<Full<Bytes>>,
+    target_host: &str,
+) -> Result<http::Request<Full<Bytes>>, SendError> {
+    let (mut parts, body) = request.into_parts();
+    let host = parts.headers.remove(http::header::HOST);
+    let authority = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or(target_host);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = format!("http://{authority}{path}")
+        .parse()
+        .map_err(|e| SendError::Exchange(format!("the request's authority: {e}")))?;
+    parts.version = http::Version::HTTP_2;
+    parts
+        .headers
+        .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    Ok(http::Request::from_parts(parts, body))
+}
+
 enum SendError {
     Connect(String),
     Exchange(String),
@@ -186,22 +225,35 @@ enum SendError {
 
 async fn send(
     shared: &Shared,
-    target: &crate::Target,
+    spec: &crate::TunnelSpec,
     request: http::Request<Full<Bytes>>,
     exchange: &mut Exchange,
     started: Instant,
 ) -> Result<(), SendError> {
+    let target = &spec.target;
     let stream = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|e| SendError::Connect(e.to_string()))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| SendError::Exchange(e.to_string()))?;
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| SendError::Exchange(e.to_string()))?;
+    let failed = |e: hyper::Error| SendError::Exchange(e.to_string());
+    let response = match spec.app_protocol {
+        AppProtocol::Http1 => {
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(failed)?;
+            tokio::spawn(connection);
+            sender.send_request(request).await.map_err(failed)?
+        }
+        AppProtocol::H2c => {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .map_err(failed)?;
+            tokio::spawn(connection);
+            let request = for_h2(request, &target.host_header())?;
+            sender.send_request(request).await.map_err(failed)?
+        }
+    };
     exchange.time_to_head = Some(started.elapsed());
     let (parts, mut body) = response.into_parts();
     let fields: Vec<(String, Vec<u8>)> = parts
@@ -217,11 +269,26 @@ async fn send(
     );
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| SendError::Exchange(e.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            message.size += data.len() as u64;
-            let room = shared.body_cap.saturating_sub(message.body.len());
-            let kept = &data[..data.len().min(room)];
-            message.body.push(kept, kept.len());
+        match frame.into_data() {
+            Ok(data) => {
+                message.size += data.len() as u64;
+                let room = shared.body_cap.saturating_sub(message.body.len());
+                let kept = &data[..data.len().min(room)];
+                message.body.push(kept, kept.len());
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    if let Some(grpc) = &mut exchange.grpc {
+                        grpc.status = trailers
+                            .get("grpc-status")
+                            .map(|s| droid_core::proxy::grpc_status_name(s.as_bytes()));
+                    }
+                    message.trailers = trailers
+                        .iter()
+                        .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                        .collect();
+                }
+            }
         }
     }
     message.truncated = message.body.len() as u64 != message.size;
