@@ -165,6 +165,11 @@ async fn each_kind_of_bad_input_gives_one_error_naming_file_line_column_and_key(
             "droid.toml:4:15: `tunnels[0].host_header`: unknown value `rewrit`; expected one of `preserve`, `rewrite`; did you mean `rewrite`?",
         ),
         (
+            "an app protocol HTTP cannot be, with a hint",
+            "[[tunnels]]\nname = \"api\"\nlocal = 50051\napp_protocol = \"h2\"\n",
+            "droid.toml:4:16: `tunnels[0].app_protocol`: unknown value `h2`; expected one of `http1`, `h2c`; did you mean `h2c`?",
+        ),
+        (
             "an unset environment variable",
             "server = \"127.0.0.1:7835\"\ntoken = \"${DROID_TEST_SURELY_UNSET}\"\n[[tunnels]]\nname = \"a\"\nlocal = 1\n",
             "droid.toml:2:9: `token`: environment variable DROID_TEST_SURELY_UNSET is not set",

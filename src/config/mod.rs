@@ -411,11 +411,12 @@ impl Validate for ClientFile {
                 .into_iter()
                 .find(|key| parts::present(source, &parts::tunnel(i, key)));
             let misplaced = if tcp {
-                adapter_key.or(t.auth.as_ref().map(|_| "auth")).or(matches!(
-                    t.host_header,
-                    client::HostHeaderFile::Rewrite
-                )
-                .then_some("host_header"))
+                adapter_key
+                    .or(t.auth.as_ref().map(|_| "auth"))
+                    .or(matches!(t.host_header, client::HostHeaderFile::Rewrite)
+                        .then_some("host_header"))
+                    .or(matches!(t.app_protocol, client::AppProtocolFile::H2c)
+                        .then_some("app_protocol"))
             } else {
                 t.port.as_ref().map(|_| "port")
             };
