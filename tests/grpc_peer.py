@@ -2,13 +2,17 @@
 
 Generic handlers on raw bytes, so no code is generated:
 
-    python3 tests/grpc_peer.py serve
+    python3 tests/grpc_peer.py serve [--until-killed]
         prints "port N", then "ended NAME" each time a Wait call ends
-        (cancelled by its caller or past its deadline).
+        (cancelled by its caller or past its deadline); serves until
+        stdin closes, or with --until-killed until it is killed.
     python3 tests/grpc_peer.py call TARGET AUTHORITY CASE... [--ca FILE]
         runs each case against TARGET (host:port) with AUTHORITY as the
         HTTP/2 :authority (the tunnel's name), prints "ok CASE" for each,
         and exits non-zero at the first that fails.
+    python3 tests/grpc_peer.py bench TARGET AUTHORITY SECONDS THREADS
+        unary calls of 100 bytes for SECONDS on one channel from THREADS
+        threads; prints "calls N per_second X" (examples/h2_bench.sh).
 """
 
 import queue
@@ -64,7 +68,7 @@ def wait(request, context):
     return b""
 
 
-def serve():
+def serve(until_killed=False):
     raw = dict(request_deserializer=None, response_serializer=None)
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary, **raw),
@@ -79,6 +83,9 @@ def serve():
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print("port %d" % port, flush=True)
+    if until_killed:
+        server.wait_for_termination()
+        return
     # Until the test closes stdin (or kills this process by its pid).
     sys.stdin.read()
     server.stop(0)
@@ -199,10 +206,37 @@ def call(target, authority, cases, ca):
             print("ok " + case, flush=True)
 
 
+def bench(target, authority, seconds, threads):
+    options = [("grpc.default_authority", authority)]
+    with grpc.insecure_channel(target, options=options) as channel:
+        call = method(channel, "unary_unary", "Unary")
+        call(b"warm", timeout=10)
+        message = b"x" * 100
+        until = time.monotonic() + seconds
+        counts = [0] * threads
+
+        def run(i):
+            while time.monotonic() < until:
+                call(message, timeout=10)
+                counts[i] += 1
+
+        started = time.monotonic()
+        workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        took = time.monotonic() - started
+        print("calls %d per_second %.0f" % (sum(counts), sum(counts) / took), flush=True)
+
+
 def main():
     args = sys.argv[1:]
     if args[0] == "serve":
-        serve()
+        serve(until_killed="--until-killed" in args)
+        return
+    if args[0] == "bench":
+        bench(args[1], args[2], float(args[3]), int(args[4]))
         return
     ca = None
     if "--ca" in args:

@@ -3,8 +3,9 @@
 //! request to an app that speaks HTTP/2 (`--app-protocol h2c`).
 //!
 //! Each tunnel has a pool of connections to its app, shared by all its
-//! streams: HTTP/1.1 connections kept alive, or HTTP/2 connections that
-//! carry many requests each. A request keeps its authority, path, headers
+//! streams: HTTP/1.1 connections kept alive (under one key, whatever
+//! authority visitors send), or a few HTTP/2 connections that carry many
+//! requests each. A request keeps its authority, path, headers
 //! and trailers; only hop-by-hop headers are dropped. Bodies stream both
 //! ways, and a request the visitor gives up is dropped here, which resets
 //! it at the app.
@@ -15,7 +16,8 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -35,8 +38,13 @@ use crate::target::Target;
 pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How long an idle pooled connection to the app is kept.
+/// How long an idle pooled HTTP/1.1 connection to the app is kept, and
+/// how many are kept idle.
 const IDLE: Duration = Duration::from_secs(60);
+const MAX_IDLE: usize = 32;
+
+/// The HTTP/2 connections to an app, each carrying many requests.
+const H2_CONNECTIONS: usize = 4;
 
 /// Headers that describe one hop, dropped before the app's hop.
 const HOP_BY_HOP: [&str; 6] = [
@@ -107,7 +115,13 @@ impl Apps {
 pub(crate) struct App {
     pub(crate) target: Target,
     pub(crate) protocol: AppProtocol,
-    client: Client<Dialer, Body>,
+    /// HTTP/1.1 connections kept alive, all under one key (the target):
+    /// what visitors send never opens a pool of its own.
+    http1: Client<Dialer, Body>,
+    /// HTTP/2 connections, each opened at its first use and again when it
+    /// closes; requests take them in turn.
+    h2: Arc<[tokio::sync::Mutex<Option<SendRequest<Body>>>]>,
+    next: Arc<AtomicUsize>,
 }
 
 /// Why a request did not reach the app.
@@ -125,11 +139,15 @@ impl App {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(IDLE)
-            .http2_only(protocol == AppProtocol::H2c);
+            .pool_max_idle_per_host(MAX_IDLE);
         App {
             target: target.clone(),
             protocol,
-            client: builder.build(Dialer(target.clone())),
+            http1: builder.build(Dialer(target.clone())),
+            h2: (0..H2_CONNECTIONS)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: Arc::default(),
         }
     }
 
@@ -137,16 +155,53 @@ impl App {
     /// streams on.
     pub(crate) async fn send(&self, request: Request<Body>) -> Result<Response<Body>, Failed> {
         let request = self.for_app(request);
-        match self.client.request(request).await {
-            Ok(answer) => Ok(answer.map(|b| b.map_err(BoxError::from).boxed())),
-            Err(e) if e.is_connect() => Err(Failed::Unreachable(source_of(&e))),
-            Err(e) => Err(Failed::NoAnswer(source_of(&e))),
+        let answer = match self.protocol {
+            AppProtocol::Http1 => self.http1.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    Failed::Unreachable(source_of(&e))
+                } else {
+                    Failed::NoAnswer(source_of(&e))
+                }
+            })?,
+            AppProtocol::H2c => {
+                let mut send = self.h2_connection().await?;
+                let sent = send.send_request(request).await;
+                sent.map_err(|e| Failed::NoAnswer(source_of(&e)))?
+            }
+        };
+        Ok(answer.map(|b| b.map_err(BoxError::from).boxed()))
+    }
+
+    /// The next HTTP/2 connection of the pool, opened if it is not open.
+    async fn h2_connection(&self) -> Result<SendRequest<Body>, Failed> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.h2.len();
+        let mut slot = self.h2[i].lock().await;
+        if let Some(send) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(send.clone());
         }
+        let target = &self.target;
+        let stream = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| Failed::Unreachable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Failed::NoAnswer(source_of(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "an HTTP/2 connection to the app ended with an error");
+            }
+        });
+        debug!(%target, "a new HTTP/2 connection to the app");
+        *slot = Some(send.clone());
+        Ok(send)
     }
 
     /// The request as the app gets it: in the app's version, with the
-    /// visitor's authority (as the server set it) in the URI, which the
-    /// pool turns into `Host` or `:authority`.
+    /// visitor's authority (as the server set it) as its `Host` (HTTP/1.1)
+    /// or `:authority` (HTTP/2), and no hop-by-hop headers.
     fn for_app(&self, request: Request<Body>) -> Request<Body> {
         let (mut parts, body) = request.into_parts();
         let authority = parts
@@ -167,16 +222,25 @@ impl App {
         }
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut uri = Uri::builder().scheme("http").path_and_query(path);
-        if let Some(authority) = authority {
-            uri = uri.authority(authority);
+        match self.protocol {
+            AppProtocol::Http1 => {
+                // The pool's key is the target; the app reads `Host`.
+                uri = uri.authority(self.target.to_string());
+                if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                    headers.insert(HOST, host);
+                }
+                parts.version = Version::HTTP_11;
+            }
+            AppProtocol::H2c => {
+                if let Some(authority) = authority {
+                    uri = uri.authority(authority);
+                }
+                parts.version = Version::HTTP_2;
+            }
         }
         if let Ok(uri) = uri.build() {
             parts.uri = uri;
         }
-        parts.version = match self.protocol {
-            AppProtocol::Http1 => Version::HTTP_11,
-            AppProtocol::H2c => Version::HTTP_2,
-        };
         Request::from_parts(parts, body)
     }
 }

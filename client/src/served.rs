@@ -21,6 +21,11 @@ use crate::{ClientEvent, Events};
 /// lets a visitor connection have 256.
 const MAX_STREAMS: u32 = 512;
 
+/// The largest header list taken from the server, which checked the
+/// visitor's against its own limit (64 KiB by default) and added its
+/// forwarding headers.
+const MAX_HEADER_LIST: u32 = 1024 * 1024;
+
 /// What answering a stream's requests needs.
 #[derive(Clone)]
 pub(crate) struct Served {
@@ -52,6 +57,7 @@ where
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_concurrent_streams(MAX_STREAMS)
+            .max_header_list_size(MAX_HEADER_LIST)
             .serve_connection(io, service)
             .await
     } else {

@@ -189,18 +189,40 @@ impl Opener {
     /// Opens a new outbound stream, waiting while the concurrent-stream limit
     /// is reached.
     pub async fn open(&self) -> Result<Stream, SessionError> {
-        let permit = tokio::select! {
-            permit = self.limit.clone().acquire_owned() => permit.map_err(|_| SessionError::Closed)?,
-            () = self.ended.cancelled() => return Err(SessionError::Closed),
-        };
+        let permit = self.reserve().await?;
+        self.open_holding(Some(permit)).await
+    }
+
+    /// Opens a stream that carries requests which each take a place of
+    /// their own under the limit ([`Opener::reserve`]): the stream itself
+    /// takes none.
+    pub async fn open_carrier(&self) -> Result<Stream, SessionError> {
+        self.open_holding(None).await
+    }
+
+    async fn open_holding(
+        &self,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Stream, SessionError> {
         let (tx, rx) = oneshot::channel();
         self.open_tx.send(tx).map_err(|_| SessionError::Closed)?;
         let stream = rx.await.map_err(|_| SessionError::Closed)??;
         Ok(Stream {
             inner: stream,
             unread: None,
-            _permit: Some(permit),
+            _permit: permit,
         })
+    }
+
+    /// A place under the concurrent-stream limit for a request that
+    /// crosses on a stream already open (an HTTP/2 visitor's request, one
+    /// of many on its connection's stream): it counts as a stream until
+    /// the permit is dropped. Waits while the limit is reached.
+    pub async fn reserve(&self) -> Result<OwnedSemaphorePermit, SessionError> {
+        tokio::select! {
+            permit = self.limit.clone().acquire_owned() => permit.map_err(|_| SessionError::Closed),
+            () = self.ended.cancelled() => Err(SessionError::Closed),
+        }
     }
 
     /// Streams that may still be opened before [`Opener::open`] waits.

@@ -104,6 +104,7 @@ async fn serve_visitor<IO>(
         from: Reader::new(read),
         to: write,
         upstream: None,
+        first_deadline: None,
     };
     let opening = if h2 {
         Opening::Http2
@@ -254,6 +255,9 @@ struct Conn<R, W> {
     from: Reader<R>,
     to: W,
     upstream: Option<Upstream>,
+    /// When the first request's head must have come: the header time
+    /// counts from the connection's start, its opening read included.
+    first_deadline: Option<tokio::time::Instant>,
 }
 
 impl<R, W> Conn<R, W>
@@ -279,6 +283,7 @@ where
     /// header time (only as far as it matches).
     async fn opening(&mut self) -> Opening {
         let deadline = tokio::time::Instant::now() + self.visitor.shared.config.header_read_timeout;
+        self.first_deadline = Some(deadline);
         loop {
             let n = self.from.buf.len().min(H2_PREFACE.len());
             if self.from.buf[..n] != H2_PREFACE[..n] {
@@ -298,7 +303,10 @@ where
     /// connection is done (closed, timed out, or refused with a page).
     async fn read_head(&mut self) -> Option<RequestHead> {
         let config = &self.visitor.shared.config;
-        let deadline = tokio::time::Instant::now() + config.header_read_timeout;
+        let deadline = self
+            .first_deadline
+            .take()
+            .unwrap_or_else(|| tokio::time::Instant::now() + config.header_read_timeout);
         let (max_size, max_headers) = (config.max_header_size, config.max_headers);
         loop {
             let page = match RequestHead::parse(&mut self.from.buf, max_size, max_headers) {

@@ -13,9 +13,10 @@
 //! speaking HTTP/2 the same way.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, watch};
 use tracing::{debug, info};
 
 use super::{Dest, Target, Visitor, misdirected, normal_host};
@@ -50,10 +51,17 @@ const MAX_STREAMS: u32 = 256;
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// What the server takes from the app's side before the visitor reads it,
+/// per stream and per visitor connection (HTTP/2 flow control): what a
+/// visitor that stops reading makes the server hold.
+const UPSTREAM_STREAM_WINDOW: u32 = 256 * 1024;
+const UPSTREAM_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 /// Headers that describe one hop and never cross (RFC 9113 §8.2.2), and
 /// those Droid sets itself.
-const NOT_FORWARDED: [&str; 8] = [
+const NOT_FORWARDED: [&str; 9] = [
     "connection",
+    "trailer",
     "keep-alive",
     "proxy-connection",
     "transfer-encoding",
@@ -148,6 +156,7 @@ impl Drop for Busy {
 struct Answering {
     body: Body,
     _busy: Busy,
+    _slot: Option<Slot>,
     /// Counts the status of a gRPC call, once.
     grpc: Option<Arc<crate::Shared>>,
 }
@@ -220,6 +229,16 @@ impl H2Conn {
             html: droid_core::proxy::wants_html(request.headers()),
             to_head: request.method() == http::Method::HEAD,
         };
+        if request.method() == http::Method::CONNECT {
+            // As the HTTP/1 front refuses authority-form targets.
+            let page = Page::new(
+                http::StatusCode::BAD_REQUEST,
+                OwnAnswer::BadRequest,
+                "CONNECT does not go through a tunnel",
+                asked.html,
+            );
+            return self.page(page, &asked, None);
+        }
         let authority = request
             .uri()
             .authority()
@@ -255,6 +274,13 @@ impl H2Conn {
         asked: Asked,
     ) -> Response<Body> {
         let started = Instant::now();
+        let mut line = Line {
+            tunnel: tunnel.clone(),
+            method: asked.method.clone(),
+            path: asked.path.clone(),
+            started,
+            status: 0,
+        };
         let headers = request.headers();
         let declared = headers
             .get(CONTENT_LENGTH)
@@ -267,14 +293,7 @@ impl H2Conn {
             Err(page) => self.page(page, &asked, Some(started.elapsed())),
             Ok(()) => self.send_to_tunnel(&tunnel, &host, request, &asked).await,
         };
-        let elapsed = started.elapsed();
-        let status = response.status().as_u16();
-        let name = &tunnel.name;
-        let method = asked.method.as_str();
-        debug!(tunnel = %name, %method, path = %asked.path, status, ?elapsed, "forwarded (HTTP/2)");
-        tunnel
-            .log
-            .record(name, method, &asked.path, status, elapsed);
+        line.status = response.status().as_u16();
         response
     }
 
@@ -288,21 +307,38 @@ impl H2Conn {
         asked: &Asked,
     ) -> Response<Body> {
         let started = Instant::now();
+        let slot = match self.slot(tunnel, asked.html).await {
+            Ok(slot) => slot,
+            Err(page) => return self.page(page, asked, Some(started.elapsed())),
+        };
         let dest = Dest::Tunnel(tunnel.clone());
         let send = self.upstream(dest, || self.open_tunnel(tunnel, asked.html));
         let mut send = match send.await {
             Ok(send) => send,
             Err(page) => return self.page(page, asked, Some(started.elapsed())),
         };
-        let over = Arc::new(AtomicBool::new(false));
-        let request = self.forwarded(request, tunnel, host, &over);
+        let body_state = Arc::new(AtomicU8::new(BODY_OK));
+        let request = self.forwarded(request, tunnel, host, &body_state);
         match send.send_request(request).await {
-            Ok(answer) => self.relayed(answer, Some(started)),
+            Ok(answer) => {
+                let mut answer = self.relayed(answer, Some(started));
+                answer.extensions_mut().insert(Slot {
+                    _permit: Arc::new(slot),
+                });
+                answer
+            }
             Err(e) => {
                 let name = &tunnel.name;
-                let max = self.visitor.shared.config.max_body_size;
-                let page = if let Some(max) = max.filter(|_| over.load(Ordering::Relaxed)) {
+                let max = self.visitor.shared.config.max_body_size.unwrap_or(u64::MAX);
+                let page = if body_state.load(Ordering::Relaxed) == BODY_OVER {
                     super::through::too_large(max, asked.html)
+                } else if body_state.load(Ordering::Relaxed) == BODY_SLOW {
+                    Page::new(
+                        http::StatusCode::REQUEST_TIMEOUT,
+                        OwnAnswer::BodyTimeout,
+                        "the request body stopped arriving",
+                        asked.html,
+                    )
                 } else if tunnel.opener.is_ended() {
                     info!(tunnel = %name, error = %e, "request failed inside the tunnel");
                     Page::new(
@@ -322,6 +358,30 @@ impl H2Conn {
                 };
                 self.page(page, asked, Some(started.elapsed()))
             }
+        }
+    }
+
+    /// A place for one more request under the tunnel session's stream
+    /// limit (an HTTP/1 visitor's request takes a stream of its own; one
+    /// of an HTTP/2 connection's many requests takes a place the same
+    /// way), within the stream-open time.
+    async fn slot(&self, tunnel: &Tunnel, html: bool) -> Result<OwnedSemaphorePermit, Page> {
+        let name = &tunnel.name;
+        let timeout = self.visitor.shared.config.stream_open_timeout;
+        match tokio::time::timeout(timeout, tunnel.opener.reserve()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(_)) => Err(Page::new(
+                http::StatusCode::BAD_GATEWAY,
+                OwnAnswer::TunnelGone,
+                &format!("the tunnel {name} disconnected"),
+                html,
+            )),
+            Err(_) => Err(Page::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                OwnAnswer::StreamLimit,
+                &format!("the tunnel {name} has too many requests in flight; try again"),
+                html,
+            )),
         }
     }
 
@@ -348,8 +408,21 @@ impl H2Conn {
         });
         let sent = match send.await {
             Ok(mut send) => {
-                // The peer link is HTTP/2 with the visitor's own authority.
-                request.headers_mut().remove(HOST);
+                // The peer link is HTTP/2 with the visitor's own authority
+                // (from `Host` when the request had no `:authority`).
+                if let Some(host) = request.headers_mut().remove(HOST)
+                    && request.uri().authority().is_none()
+                {
+                    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                    if let Ok(uri) = Uri::builder()
+                        .scheme("http")
+                        .authority(host.as_bytes())
+                        .path_and_query(path)
+                        .build()
+                    {
+                        *request.uri_mut() = uri;
+                    }
+                }
                 send.send_request(request.map(boxed)).await.ok()
             }
             Err(_) => None,
@@ -403,7 +476,7 @@ impl H2Conn {
 
     /// A new tunnel stream speaking HTTP/2 to the client.
     async fn open_tunnel(&self, tunnel: &Tunnel, html: bool) -> Result<SendRequest<Body>, Page> {
-        let mut stream = self.visitor.open_tunnel_stream(tunnel, html).await?;
+        let mut stream = self.visitor.open_tunnel_stream(tunnel, html, true).await?;
         let header = StreamHeader::H2 {
             tunnel: tunnel.name.clone(),
             remote: self.visitor.peer.to_string(),
@@ -428,13 +501,14 @@ impl H2Conn {
     /// The request as it goes to the app: hop-by-hop headers gone, the
     /// authority the app's (`--host-header`) or the visitor's, and the
     /// forwarding headers set, as the HTTP/1 front writes them.
-    /// `over` is set when the body turns out larger than the server takes.
+    /// `body_state` says when the body turns out larger than the server
+    /// takes, or stops arriving.
     fn forwarded(
         &self,
         request: Request<Incoming>,
         tunnel: &Tunnel,
         host: &str,
-        over: &Arc<AtomicBool>,
+        body_state: &Arc<AtomicU8>,
     ) -> Request<Body> {
         let (mut parts, body) = request.into_parts();
         // The app sees the authority as the visitor sent it (with its port).
@@ -482,16 +556,15 @@ impl H2Conn {
         {
             parts.uri = uri;
         }
-        let body = match self.visitor.shared.config.max_body_size {
-            Some(max) => Capped {
-                body,
-                left: max,
-                over: over.clone(),
-            }
-            .boxed(),
-            None => boxed(body),
+        let config = &self.visitor.shared.config;
+        let body = Capped {
+            body,
+            left: config.max_body_size.unwrap_or(u64::MAX),
+            idle: config.body_read_timeout,
+            timer: Box::pin(tokio::time::sleep(config.body_read_timeout)),
+            state: body_state.clone(),
         };
-        Request::from_parts(parts, body)
+        Request::from_parts(parts, body.boxed())
     }
 
     /// The answer of the app (or of another node), relayed and counted;
@@ -506,7 +579,8 @@ impl H2Conn {
     /// The answer as it goes to the visitor, keeping `busy` until its end.
     /// A gRPC call's status is counted (at once for a trailers-only
     /// answer) unless another node relayed it, which counts it itself.
-    fn answering(&self, answer: Response<Body>, busy: Busy) -> Response<Body> {
+    fn answering(&self, mut answer: Response<Body>, busy: Busy) -> Response<Body> {
+        let slot = answer.extensions_mut().remove::<Slot>();
         let shared = &self.visitor.shared;
         let grpc = answer
             .headers()
@@ -523,6 +597,7 @@ impl H2Conn {
             Answering {
                 body,
                 _busy: busy,
+                _slot: slot,
                 grpc: counted,
             }
             .boxed()
@@ -538,12 +613,22 @@ impl H2Conn {
     }
 }
 
-/// A request body that ends in an error past `left` bytes, setting `over`:
-/// the stream to the app is reset, and the visitor gets 413.
+/// A request body's state, as [`Capped`] found it.
+const BODY_OK: u8 = 0;
+/// More than the server takes.
+const BODY_OVER: u8 = 1;
+/// Nothing for the body's idle time.
+const BODY_SLOW: u8 = 2;
+
+/// A request body that ends in an error past `left` bytes, or when
+/// nothing of it arrives for `idle`, saying which in `state`: the stream
+/// to the app is reset, and the visitor gets 413 or 408.
 struct Capped {
     body: Incoming,
     left: u64,
-    over: Arc<AtomicBool>,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    state: Arc<AtomicU8>,
 }
 
 impl hyper::body::Body for Capped {
@@ -554,7 +639,16 @@ impl hyper::body::Body for Capped {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                std::task::ready!(self.timer.as_mut().poll(cx));
+                self.state.store(BODY_SLOW, Ordering::Relaxed);
+                return Poll::Ready(Some(Err("the request body stopped arriving".into())));
+            }
+        };
+        let deadline = tokio::time::Instant::now() + self.idle;
+        self.timer.as_mut().reset(deadline);
         let Some(Ok(frame)) = frame else {
             return Poll::Ready(frame.map(|f| f.map_err(BoxError::from)));
         };
@@ -565,7 +659,7 @@ impl hyper::body::Body for Capped {
                 Poll::Ready(Some(Ok(frame)))
             }
             None => {
-                self.over.store(true, Ordering::Relaxed);
+                self.state.store(BODY_OVER, Ordering::Relaxed);
                 Poll::Ready(Some(Err(
                     "the request body is over the server's limit".into()
                 )))
@@ -580,6 +674,35 @@ impl hyper::body::Body for Capped {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// A tunnel's request line, recorded once: with the status the visitor
+/// got, or 0 when the visitor gave up before an answer (the exchange was
+/// dropped).
+struct Line {
+    tunnel: Arc<Tunnel>,
+    method: http::Method,
+    path: String,
+    started: Instant,
+    status: u16,
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let (name, method, status) = (&self.tunnel.name, self.method.as_str(), self.status);
+        debug!(tunnel = %name, %method, path = %self.path, status, ?elapsed, "forwarded (HTTP/2)");
+        self.tunnel
+            .log
+            .record(name, method, &self.path, status, elapsed);
+    }
+}
+
+/// A request's place under its tunnel session's stream limit, kept with
+/// its answer until the answer ends.
+#[derive(Clone)]
+struct Slot {
+    _permit: Arc<OwnedSemaphorePermit>,
 }
 
 /// Marks an answer another node relayed (and counted).
@@ -604,6 +727,8 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(KEEP_ALIVE))
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .initial_stream_window_size(UPSTREAM_STREAM_WINDOW)
+        .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
         .handshake(TokioIo::new(io))
         .await?;
     tokio::spawn(async move {

@@ -384,7 +384,7 @@ impl Visitor {
         head: &RequestHead,
         first: &mut Vec<u8>,
     ) -> Result<Upstream, Page> {
-        let stream = self.open_tunnel_stream(tunnel, head.html).await?;
+        let stream = self.open_tunnel_stream(tunnel, head.html, false).await?;
         let header = StreamHeader::Http {
             tunnel: tunnel.name.clone(),
             remote: self.peer.to_string(),
@@ -397,15 +397,24 @@ impl Visitor {
     }
 
     /// A new stream through `tunnel`, within the stream-open time, or the
-    /// page that says why there is none.
+    /// page that says why there is none. A `carrier` stream takes no place
+    /// under the session's stream limit: its requests each take one.
     pub(super) async fn open_tunnel_stream(
         &self,
         tunnel: &Tunnel,
         html: bool,
+        carrier: bool,
     ) -> Result<droid_core::session::Stream, Page> {
         let name = &tunnel.name;
         let timeout = self.shared.config.stream_open_timeout;
-        match tokio::time::timeout(timeout, tunnel.opener.open()).await {
+        let opening = async {
+            if carrier {
+                tunnel.opener.open_carrier().await
+            } else {
+                tunnel.opener.open().await
+            }
+        };
+        match tokio::time::timeout(timeout, opening).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(_)) => Err(Page::new(
                 StatusCode::BAD_GATEWAY,

@@ -1,4 +1,5 @@
-//! HTTP/2 and gRPC through the `droid` binary: a gRPC server and client
+//! HTTP/2 and gRPC through the `droid` binary (and a server and client in
+//! the test process where a limit is lowered): a gRPC server and client
 //! from Python's grpcio (`tests/grpc_peer.py`), curl, nghttp2's h2load,
 //! and the HTTPS front's ALPN.
 #![allow(clippy::unwrap_used)]
@@ -488,4 +489,76 @@ async fn the_inspector_shows_grpc_calls_with_service_method_status_and_messages(
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
     assert!(droid.interrupt().await.success());
+}
+
+/// An HTTP/2 client connection to `addr`.
+async fn h2_connection(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<TestBody> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, TestBody>(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+#[tokio::test]
+async fn http2_requests_in_flight_count_against_the_tunnels_stream_limit() {
+    let app = origin("app").await;
+    let srv = server_with(|c| {
+        c.max_streams_per_tunnel = 3;
+        c.stream_open_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let c = client(client_config(srv.control, vec![spec(None, &app.target)])).await;
+    let mut send = h2_connection(srv.http).await;
+    let get = |path: &str| {
+        http::Request::get(format!("http://{}{path}", c.host()))
+            .body(empty())
+            .unwrap()
+    };
+    // Three requests the app never answers hold the three places...
+    let mut hanging = Vec::new();
+    for _ in 0..3 {
+        hanging.push(tokio::spawn(send.send_request(get("/hang"))));
+        within("the app has the request", app.hang_started.notified()).await;
+    }
+    // ...so a fourth on the same connection waits, then gets 503.
+    let refused = within("a refusal", send.send_request(get("/x")))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    // A visitor that gives up frees its place: the next request passes.
+    hanging.pop().unwrap().abort();
+    let answered = within("an answer", send.send_request(get("/x")))
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+}
+
+#[tokio::test]
+async fn an_http2_body_that_stops_arriving_gets_408_and_connect_gets_400() {
+    let app = origin("app").await;
+    let srv = server_with(|c| c.body_read_timeout = std::time::Duration::from_millis(300)).await;
+    let c = client(client_config(srv.control, vec![spec(None, &app.target)])).await;
+    let mut send = h2_connection(srv.http).await;
+    // A body that never sends a byte, nor ends.
+    let body: TestBody = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
+        futures::stream::pending::<
+            Result<hyper::body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+        >(),
+    ));
+    let request = http::Request::post(format!("http://{}/inbound/slow", c.host()))
+        .body(body)
+        .unwrap();
+    let answer = within("the 408", send.send_request(request)).await.unwrap();
+    assert_eq!(answer.status(), 408);
+    let connect = http::Request::connect(format!("{}:443", c.host()))
+        .body(empty())
+        .unwrap();
+    let answer = within("the 400", send.send_request(connect)).await.unwrap();
+    assert_eq!(answer.status(), 400);
 }
