@@ -249,10 +249,8 @@ async fn self_test() -> Result<(), String> {
     let (posts_tx, mut posts) = mpsc::unbounded_channel();
     let app = app(posts_tx).await;
     let secret = "whsec_bGluZS1hZGFwdGVyLXNlbGYtdGVzdC1zZWNyZXQ=";
-    let mut spec = droid_client::TunnelSpec::http(droid_client::Target {
-        host: "127.0.0.1".into(),
-        port: app.port(),
-    });
+    let mut spec =
+        droid_client::TunnelSpec::http(droid_client::Target::new("127.0.0.1", app.port()));
     spec.name = Some("demo".into());
     spec.secret = Some(secret.into());
     spec.adapters

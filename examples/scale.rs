@@ -245,10 +245,7 @@ impl App {
     }
 
     fn target(&self) -> Target {
-        Target {
-            host: "127.0.0.1".into(),
-            port: self.addr.port(),
-        }
+        Target::new("127.0.0.1", self.addr.port())
     }
 }
 

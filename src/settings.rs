@@ -459,6 +459,11 @@ pub fn tcp(args: &TcpArgs) -> Result<TunnelSettings> {
     if args.port == Some(0) {
         bail!("--port must be a port (1-65535); leave it out for any free one");
     }
+    if args.target.tls {
+        bail!(
+            "droid tcp passes bytes as they are: give a port or HOST:PORT, not an https:// URL (TLS between your client and the service still works)"
+        );
+    }
     let mut spec = TunnelSpec::tcp(args.target.clone(), args.port);
     spec.name = args.name.clone();
     spec.allow_ip = args.allow_ip.clone();

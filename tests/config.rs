@@ -211,8 +211,8 @@ async fn each_kind_of_bad_input_gives_one_error_naming_file_line_column_and_key(
         ),
         (
             "a bad target",
-            "[[tunnels]]\nname = \"api\"\nlocal = \"https://x\"\n",
-            "droid.toml:3:9: `tunnels[0].local`: https://x: https targets are not supported",
+            "[[tunnels]]\nname = \"api\"\nlocal = \"ftp://x\"\n",
+            "droid.toml:3:9: `tunnels[0].local`: ftp://x: only http:// and https:// URLs can be targets",
         ),
         ("TOML syntax", "domain = \"t.example\n", "droid.toml:1:20: "),
         (

@@ -175,10 +175,7 @@ impl Flaky {
         let addr = listener.local_addr().unwrap();
         let mut app = Flaky {
             addr,
-            target: Target {
-                host: "127.0.0.1".into(),
-                port: addr.port(),
-            },
+            target: Target::new("127.0.0.1", addr.port()),
             slow_started: Arc::new(Notify::new()),
             release: Arc::new(Notify::new()),
             alive: CancellationToken::new(),

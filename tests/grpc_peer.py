@@ -2,7 +2,7 @@
 
 Generic handlers on raw bytes, so no code is generated:
 
-    python3 tests/grpc_peer.py serve [--until-killed]
+    python3 tests/grpc_peer.py serve [--until-killed] [--tls CERT KEY]
         prints "port N", then "ended NAME" each time a Wait call ends
         (cancelled by its caller or past its deadline); serves until
         stdin closes, or with --until-killed until it is killed.
@@ -68,7 +68,7 @@ def wait(request, context):
     return b""
 
 
-def serve(until_killed=False):
+def serve(until_killed=False, tls=None):
     raw = dict(request_deserializer=None, response_serializer=None)
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary, **raw),
@@ -80,7 +80,12 @@ def serve(until_killed=False):
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=LIMITS)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls:
+        with open(tls[0], "rb") as c, open(tls[1], "rb") as k:
+            credentials = grpc.ssl_server_credentials(((k.read(), c.read()),))
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print("port %d" % port, flush=True)
     if until_killed:
@@ -233,7 +238,11 @@ def bench(target, authority, seconds, threads):
 def main():
     args = sys.argv[1:]
     if args[0] == "serve":
-        serve(until_killed="--until-killed" in args)
+        tls = None
+        if "--tls" in args:
+            i = args.index("--tls")
+            tls = (args[i + 1], args[i + 2])
+        serve(until_killed="--until-killed" in args, tls=tls)
         return
     if args[0] == "bench":
         bench(args[1], args[2], float(args[3]), int(args[4]))

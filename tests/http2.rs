@@ -562,3 +562,96 @@ async fn an_http2_body_that_stops_arriving_gets_408_and_connect_gets_400() {
     let answer = within("the 400", send.send_request(connect)).await.unwrap();
     assert_eq!(answer.status(), 400);
 }
+
+/// An HTTPS app in HTTP/1.1 from Python's `http.server` and `ssl`: prints
+/// its port, answers `https app PATH`.
+const HTTPS_APP: &str = r#"
+import http.server, ssl, sys
+class App(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = ("https app " + self.path).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), App)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+context.set_alpn_protocols(["http/1.1"])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print("port %d" % server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+#[tokio::test]
+async fn https_targets_speak_http2_or_http11_as_the_apps_alpn_chooses() {
+    use tokio::io::AsyncBufReadExt;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = pki.write(dir.path());
+    // gRPC over TLS: the app's ALPN says h2.
+    let app = GrpcApp::start_with(&["--tls", &cert, &key]).await;
+    let target = format!("https://localhost:{}", app.port);
+    let (grpc, authority) = droid_http(&[&target], &dir.path().join("grpc")).await;
+    let cases = ["unary", "server_stream", "bidi", "fail"];
+    grpc_call(&loopback(&authority), &authority, &cases, None).await;
+
+    // An HTTP/1.1 app over TLS: its ALPN says http/1.1.
+    let mut web = Command::new("python3")
+        .args(["-c", HTTPS_APP, &cert, &key])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(web.stdout.take().unwrap()).lines();
+    let port = within("the https app's port", lines.next_line())
+        .await
+        .unwrap()
+        .and_then(|l| l.strip_prefix("port ")?.parse::<u16>().ok())
+        .unwrap();
+    let target = format!("https://localhost:{port}");
+    let (droid, authority) = droid_http(&[&target], &dir.path().join("web")).await;
+    for prior_knowledge in [false, true] {
+        let mut curl = Command::new("curl");
+        curl.arg("-s");
+        if prior_knowledge {
+            curl.arg("--http2-prior-knowledge");
+        }
+        let out = curl
+            .arg(format!("http://{authority}/hello"))
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "https app /hello");
+    }
+    assert!(grpc.interrupt().await.success());
+    assert!(droid.interrupt().await.success());
+    let _ = web.start_kill();
+}
+
+#[tokio::test]
+async fn a_websocket_and_requests_reach_an_https_app() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let pki = Pki::new();
+    let app = origin("app").await;
+    let port = pki.terminator(app.addr).await;
+    let srv = server().await;
+    let target: droid_client::Target = format!("https://localhost:{port}").parse().unwrap();
+    let c = client(client_config(srv.control, vec![spec(None, &target)])).await;
+    assert_eq!(get(srv.http, &c.host(), "/x").await.1, "origin app /x");
+    let tcp = tokio::net::TcpStream::connect(srv.http).await.unwrap();
+    let url = format!("ws://{}/ws", c.host());
+    let (mut ws, answer) = within("ws handshake", tokio_tungstenite::client_async(url, tcp))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 101);
+    for i in 0..20 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let back = within("ws echo", ws.next()).await.unwrap().unwrap();
+        assert_eq!(back, Message::text(format!("hello {i}")));
+    }
+}

@@ -637,10 +637,7 @@ async fn metrics_move_by_exactly_what_was_sent_and_parse() {
 async fn the_502_for_an_app_that_is_not_running_is_shown_too() {
     let srv = server().await;
     let port = dead_port().await;
-    let target = droid_client::Target {
-        host: "127.0.0.1".into(),
-        port,
-    };
+    let target = droid_client::Target::new("127.0.0.1", port);
     let (c, inspector) = inspected(&srv, spec(None, &target), InspectorOptions::default()).await;
     let (status, body) = get(srv.http, &c.host(), "/down").await;
     assert_eq!(status, 502);
@@ -662,10 +659,7 @@ async fn the_502_for_an_app_that_is_not_running_is_shown_too() {
 async fn a_tcp_connection_shows_with_its_byte_counts() {
     // An echo service behind a TCP tunnel.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = droid_client::Target {
-        host: "127.0.0.1".into(),
-        port: listener.local_addr().unwrap().port(),
-    };
+    let target = droid_client::Target::new("127.0.0.1", listener.local_addr().unwrap().port());
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             tokio::spawn(async move {

@@ -383,10 +383,7 @@ async fn app_that_drops_kept_connections() -> (
             });
         }
     });
-    let target = droid_client::Target {
-        host: "127.0.0.1".into(),
-        port,
-    };
+    let target = droid_client::Target::new("127.0.0.1", port);
     (target, rx)
 }
 

@@ -457,10 +457,7 @@ async fn a_message_spooled_while_the_app_is_stopped_arrives_within_3_s_of_its_st
     let spool = tempfile::tempdir().unwrap();
     let srv = mqtt_server_retrying(Some(spool.path()), Duration::from_secs(60)).await;
     let port = dead_port().await;
-    let target = droid_client::Target {
-        host: "127.0.0.1".into(),
-        port,
-    };
+    let target = droid_client::Target::new("127.0.0.1", port);
     let mut spec = spec(None, &target);
     spec.secret = Some(SECRET.into());
     let c = client(client_config(srv.control, vec![spec])).await;

@@ -121,10 +121,7 @@ fn app(gather: usize) -> App {
         }
     });
     App {
-        target: Target {
-            host: "127.0.0.1".into(),
-            port: addr.port(),
-        },
+        target: Target::new("127.0.0.1", addr.port()),
         arrived,
         most,
         gate,

@@ -41,10 +41,7 @@ async fn echo() -> Target {
             });
         }
     });
-    Target {
-        host: "127.0.0.1".into(),
-        port,
-    }
+    Target::new("127.0.0.1", port)
 }
 
 /// The public address a TCP tunnel got.
@@ -127,10 +124,7 @@ async fn redis_server() -> (tokio::process::Child, u16) {
 async fn redis_works_through_a_tcp_tunnel() {
     let (_redis, redis_port) = redis_server().await;
     let srv = tcp_server(TcpPorts::Any).await;
-    let target = Target {
-        host: "127.0.0.1".into(),
-        port: redis_port,
-    };
+    let target = Target::new("127.0.0.1", redis_port);
     let c = client(client_config(
         srv.control,
         vec![TunnelSpec::tcp(target, None)],
@@ -412,10 +406,7 @@ async fn the_allow_list_refuses_other_addresses() {
 async fn a_client_killed_mid_transfer_ends_the_visitors_connection() {
     // A service that sends forever.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = Target {
-        host: "127.0.0.1".into(),
-        port: listener.local_addr().unwrap().port(),
-    };
+    let target = Target::new("127.0.0.1", listener.local_addr().unwrap().port());
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             tokio::spawn(async move {

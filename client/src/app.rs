@@ -13,12 +13,9 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,8 +26,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
-use tracing::debug;
+use tokio_rustls::TlsConnector;
+use tracing::{debug, warn};
+
+use dial::{Dialer, dial};
+
+mod dial;
 
 use crate::target::Target;
 
@@ -45,6 +46,11 @@ const MAX_IDLE: usize = 32;
 
 /// The HTTP/2 connections to an app, each carrying many requests.
 const H2_CONNECTIONS: usize = 4;
+
+/// What an `https://` target's ALPN chose.
+const UNKNOWN: u8 = 0;
+const HTTP1: u8 = 1;
+const H2: u8 = 2;
 
 /// Headers that describe one hop, dropped before the app's hop.
 const HOP_BY_HOP: [&str; 6] = [
@@ -115,6 +121,10 @@ impl Apps {
 pub(crate) struct App {
     pub(crate) target: Target,
     pub(crate) protocol: AppProtocol,
+    /// TLS for an `https://` target, whose ALPN decides the protocol.
+    tls: Option<TlsConnector>,
+    /// What an `https://` target's ALPN chose ([`UNKNOWN`] until asked).
+    negotiated: Arc<AtomicU8>,
     /// HTTP/1.1 connections kept alive, all under one key (the target):
     /// what visitors send never opens a pool of its own.
     http1: Client<Dialer, Body>,
@@ -133,17 +143,29 @@ pub(crate) enum Failed {
 }
 
 impl App {
-    fn new(target: &Target, protocol: AppProtocol) -> App {
+    pub(crate) fn new(target: &Target, protocol: AppProtocol) -> App {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(IDLE)
             .pool_max_idle_per_host(MAX_IDLE);
+        let tls = target
+            .tls
+            .then(droid_core::transport::app_connector)
+            .and_then(|made| {
+                made.map_err(|e| warn!(error = %e, "no TLS for an https target"))
+                    .ok()
+            });
         App {
             target: target.clone(),
             protocol,
-            http1: builder.build(Dialer(target.clone())),
+            tls: tls.clone(),
+            negotiated: Arc::new(AtomicU8::new(UNKNOWN)),
+            http1: builder.build(Dialer {
+                target: target.clone(),
+                tls,
+            }),
             h2: (0..H2_CONNECTIONS)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
@@ -154,8 +176,9 @@ impl App {
     /// Sends `request` to the app and returns its answer, whose body
     /// streams on.
     pub(crate) async fn send(&self, request: Request<Body>) -> Result<Response<Body>, Failed> {
-        let request = self.for_app(request);
-        let answer = match self.protocol {
+        let protocol = self.protocol().await?;
+        let request = self.for_app(request, protocol);
+        let answer = match protocol {
             AppProtocol::Http1 => self.http1.request(request).await.map_err(|e| {
                 if e.is_connect() {
                     Failed::Unreachable(source_of(&e))
@@ -172,6 +195,29 @@ impl App {
         Ok(answer.map(|b| b.map_err(BoxError::from).boxed()))
     }
 
+    /// What the app speaks: as configured, or for an `https://` target
+    /// what its ALPN chose, asked on a first connection and remembered.
+    async fn protocol(&self) -> Result<AppProtocol, Failed> {
+        if self.tls.is_none() {
+            return Ok(self.protocol);
+        }
+        match self.negotiated.load(Ordering::Relaxed) {
+            HTTP1 => return Ok(AppProtocol::Http1),
+            H2 => return Ok(AppProtocol::H2c),
+            _ => {}
+        }
+        let stream = dial(&self.target, self.tls.as_ref())
+            .await
+            .map_err(|e| Failed::Unreachable(e.to_string()))?;
+        let (protocol, said) = if stream.h2() {
+            (AppProtocol::H2c, H2)
+        } else {
+            (AppProtocol::Http1, HTTP1)
+        };
+        self.negotiated.store(said, Ordering::Relaxed);
+        Ok(protocol)
+    }
+
     /// The next HTTP/2 connection of the pool, opened if it is not open.
     async fn h2_connection(&self) -> Result<SendRequest<Body>, Failed> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.h2.len();
@@ -180,15 +226,18 @@ impl App {
             return Ok(send.clone());
         }
         let target = &self.target;
-        let stream = TcpStream::connect((target.host.as_str(), target.port))
+        let stream = dial(target, self.tls.as_ref())
             .await
             .map_err(|e| Failed::Unreachable(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| Failed::NoAnswer(source_of(&e)))?;
+            .await;
+        let (send, connection) = handshake.map_err(|e| {
+            // An https app may have stopped speaking HTTP/2: ask again.
+            self.negotiated.store(UNKNOWN, Ordering::Relaxed);
+            Failed::NoAnswer(source_of(&e))
+        })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!(error = %e, "an HTTP/2 connection to the app ended with an error");
@@ -202,7 +251,7 @@ impl App {
     /// The request as the app gets it: in the app's version, with the
     /// visitor's authority (as the server set it) as its `Host` (HTTP/1.1)
     /// or `:authority` (HTTP/2), and no hop-by-hop headers.
-    fn for_app(&self, request: Request<Body>) -> Request<Body> {
+    fn for_app(&self, request: Request<Body>, protocol: AppProtocol) -> Request<Body> {
         let (mut parts, body) = request.into_parts();
         let authority = parts
             .uri
@@ -213,19 +262,27 @@ impl App {
                 Authority::from_str(host).ok()
             })
             .or_else(|| Authority::from_str(&self.target.host_header()).ok());
+        // An HTTP/1.1 upgrade (a websocket) keeps what asks for it.
+        let upgrade = protocol == AppProtocol::Http1
+            && parts.version != Version::HTTP_2
+            && parts.headers.contains_key(http::header::UPGRADE);
         let headers = &mut parts.headers;
         for name in HOP_BY_HOP {
-            headers.remove(name);
+            if !(upgrade && matches!(name, "connection" | "upgrade")) {
+                headers.remove(name);
+            }
         }
         if headers.get("te").is_some_and(|te| te != "trailers") {
             headers.remove("te");
         }
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut uri = Uri::builder().scheme("http").path_and_query(path);
-        match self.protocol {
+        let scheme = if self.target.tls { "https" } else { "http" };
+        let mut uri = Uri::builder().scheme(scheme).path_and_query(path);
+        match protocol {
             AppProtocol::Http1 => {
                 // The pool's key is the target; the app reads `Host`.
-                uri = uri.authority(self.target.to_string());
+                let target = Target::new(self.target.host.clone(), self.target.port);
+                uri = uri.authority(target.to_string());
                 if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
                     headers.insert(HOST, host);
                 }
@@ -343,31 +400,6 @@ fn source_of(e: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
-}
-
-/// Dials the tunnel's target, whatever the URI says: the URI carries the
-/// visitor's authority for the app to read, not where the app is.
-#[derive(Clone)]
-struct Dialer(Target);
-
-impl tower_service::Service<Uri> for Dialer {
-    type Response = TokioIo<TcpStream>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let target = self.0.clone();
-        Box::pin(async move {
-            let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
-            let _ = stream.set_nodelay(true);
-            debug!(%target, "a new connection to the app");
-            Ok(TokioIo::new(stream))
-        })
-    }
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ pub(crate) async fn serve_stream(
     let h2 = matches!(header, StreamHeader::H2 { .. });
     let by_http = match header {
         StreamHeader::Http { .. } | StreamHeader::Delivery { .. } => {
-            spec.app_protocol == AppProtocol::H2c
+            spec.app_protocol == AppProtocol::H2c || target.tls
         }
         _ => h2,
     };

@@ -64,6 +64,7 @@ where
         hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .serve_connection(io, service)
+            .with_upgrades()
             .await
     };
     if let Err(e) = ended {
@@ -98,14 +99,25 @@ impl Served {
     /// is none.
     async fn answer_uncaptured(&self, request: Request<Body>) -> Response<Body> {
         let name = &self.tunnel;
-        if self.app.protocol == AppProtocol::Http1 && app::is_grpc(request.headers()) {
+        // (An https app's own ALPN decides; it answers gRPC itself.)
+        let http1 = self.app.protocol == AppProtocol::Http1 && !self.app.target.tls;
+        if http1 && app::is_grpc(request.headers()) {
             debug!(tunnel = %name, "a gRPC call for an HTTP/1.1 app; answered UNAVAILABLE");
             return app::grpc_needs_h2c(name);
         }
         let html = proxy::wants_html(request.headers());
         let http1 = request.version() != http::Version::HTTP_2;
+        let mut request = request;
+        let upgrade = (http1 && request.headers().contains_key(http::header::UPGRADE))
+            .then(|| hyper::upgrade::on(&mut request));
         let target = &self.app.target;
         match self.app.send(request).await {
+            Ok(mut answer) if answer.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                if let Some(visitor) = upgrade {
+                    splice(visitor, hyper::upgrade::on(&mut answer));
+                }
+                answer
+            }
             Ok(answer) if http1 => app::trailers_declared(answer),
             Ok(answer) => answer,
             Err(Failed::Unreachable(error)) => {
@@ -129,4 +141,20 @@ impl Served {
             }
         }
     }
+}
+
+/// Joins the visitor's side and the app's of an upgraded connection (a
+/// websocket) once both have switched, copying bytes both ways until both
+/// are done.
+fn splice(visitor: hyper::upgrade::OnUpgrade, app: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (Ok(visitor), Ok(app)) = tokio::join!(visitor, app) else {
+            debug!("an upgrade did not complete");
+            return;
+        };
+        let (mut visitor, mut app) = (TokioIo::new(visitor), TokioIo::new(app));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut visitor, &mut app).await {
+            debug!(error = %e, "an upgraded connection ended with an error");
+        }
+    });
 }

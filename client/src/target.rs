@@ -10,17 +10,29 @@ pub struct Target {
     pub host: String,
     /// The TCP port.
     pub port: u16,
+    /// Whether the app speaks TLS there (an `https://` target).
+    pub tls: bool,
 }
 
 impl Target {
-    /// The `Host` header value that names this target (port omitted when 80).
+    /// The app at `host:port`, in plain TCP.
+    pub fn new(host: impl Into<String>, port: u16) -> Target {
+        Target {
+            host: host.into(),
+            port,
+            tls: false,
+        }
+    }
+
+    /// The `Host` header value that names this target (port omitted when
+    /// it is the scheme's: 80, or 443 for TLS).
     pub fn host_header(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
             self.host.clone()
         };
-        if self.port == 80 {
+        if self.port == if self.tls { 443 } else { 80 } {
             host
         } else {
             format!("{host}:{}", self.port)
@@ -30,6 +42,9 @@ impl Target {
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tls {
+            f.write_str("https://")?;
+        }
         if self.host.contains(':') {
             write!(f, "[{}]:{}", self.host, self.port)
         } else {
@@ -41,26 +56,23 @@ impl fmt::Display for Target {
 impl FromStr for Target {
     type Err = String;
 
-    /// `3000` is `127.0.0.1:3000`; `HOST:PORT` and `http://HOST[:PORT][/]`
-    /// name another host.
+    /// `3000` is `127.0.0.1:3000`; `HOST:PORT`, `http://HOST[:PORT][/]` and
+    /// `https://HOST[:PORT][/]` (an app that speaks TLS) name another host.
     fn from_str(s: &str) -> Result<Target, String> {
         let s = s.trim();
         if let Ok(port) = s.parse::<u16>() {
-            return check(Target {
-                host: "127.0.0.1".into(),
-                port,
-            });
+            return check(Target::new("127.0.0.1", port));
         }
-        let (rest, default_port) = if let Some(rest) = s.strip_prefix("http://") {
-            (rest, Some(80))
-        } else if s.starts_with("https://") {
-            return Err(format!(
-                "{s}: https targets are not supported; point droid at the app's plain http port"
-            ));
+        let (rest, default_port, tls) = if let Some(rest) = s.strip_prefix("http://") {
+            (rest, Some(80), false)
+        } else if let Some(rest) = s.strip_prefix("https://") {
+            (rest, Some(443), true)
         } else if s.contains("://") {
-            return Err(format!("{s}: only http:// URLs can be targets"));
+            return Err(format!(
+                "{s}: only http:// and https:// URLs can be targets"
+            ));
         } else {
-            (s, None)
+            (s, None, false)
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         let (host, port) = split_host_port(authority)
@@ -75,6 +87,7 @@ impl FromStr for Target {
         check(Target {
             host: host.to_string(),
             port,
+            tls,
         })
     }
 }
@@ -119,13 +132,17 @@ mod tests {
         assert_eq!(t("[::1]:8000").host, "::1");
         assert_eq!(t("http://localhost").host_header(), "localhost");
         assert_eq!(t("localhost:5173").host_header(), "localhost:5173");
+        let tls = t("https://localhost:5001/");
+        assert!(tls.tls);
+        assert_eq!(tls.to_string(), "https://localhost:5001");
+        assert_eq!(t("https://app.test").host_header(), "app.test");
+        assert_eq!(t("https://app.test").port, 443);
     }
 
     #[test]
     fn bad_targets_say_why() {
         for (bad, why) in [
-            ("https://x:443", "https targets are not supported"),
-            ("ftp://x", "only http://"),
+            ("ftp://x", "only http:// and https://"),
             ("localhost", "give a port"),
             ("x:99999", "not a port number"),
             ("0", "must not be 0"),

@@ -375,6 +375,22 @@ impl ClientTls {
     }
 }
 
+/// The TLS a client speaks to a local app reached at an `https://`
+/// target: ALPN offers HTTP/2 and HTTP/1.1, and the app's certificate is
+/// not checked, as other tunnels' agents do (a development server's is
+/// usually made for it alone; the app is on the developer's side of the
+/// tunnel, on a connection from the client).
+pub fn app_connector() -> Result<TlsConnector, TlsError> {
+    let provider = crypto_provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
 /// `--insecure`: every certificate passes, but the handshake's signatures
 /// are still checked, so the session is at least encrypted end to end with
 /// whoever answered.

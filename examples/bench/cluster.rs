@@ -105,10 +105,7 @@ pub(crate) async fn cluster_bench(args: &Args, app: &App) -> anyhow::Result<()> 
             serde_json::to_value(mail)?,
         )]
         .into(),
-        ..TunnelSpec::http(Target {
-            host: "127.0.0.1".into(),
-            port: app.addr.port(),
-        })
+        ..TunnelSpec::http(Target::new("127.0.0.1", app.addr.port()))
     };
     let mut config = ClientConfig::new(one.control.to_string(), vec![spec]);
     config.state_dir = None;

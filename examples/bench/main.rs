@@ -482,10 +482,7 @@ impl Tunnel {
                 ),
             ]
             .into(),
-            ..TunnelSpec::http(Target {
-                host: "127.0.0.1".into(),
-                port: app.addr.port(),
-            })
+            ..TunnelSpec::http(Target::new("127.0.0.1", app.addr.port()))
         };
         let mut config = ClientConfig::new(control_addr.to_string(), vec![spec]);
         config.state_dir = None;

@@ -19,8 +19,14 @@ pub struct GrpcApp {
 
 impl GrpcApp {
     pub async fn start() -> GrpcApp {
+        GrpcApp::start_with(&[]).await
+    }
+
+    /// The same with more arguments (`--tls CERT KEY`).
+    pub async fn start_with(args: &[&str]) -> GrpcApp {
         let mut child = Command::new("python3")
             .args([PEER, "serve"])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)

@@ -168,10 +168,7 @@ pub async fn origin_with(label: &str, gather: Option<usize>) -> Origin {
         addr,
         sse_next: state.sse_next.clone(),
         hang_started: state.hang_started.clone(),
-        target: Target {
-            host: "127.0.0.1".into(),
-            port: addr.port(),
-        },
+        target: Target::new("127.0.0.1", addr.port()),
         inbox,
         inbox_status,
         connections,

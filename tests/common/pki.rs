@@ -88,4 +88,39 @@ impl Pki {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
+
+    /// A TLS terminator in front of `upstream`: a loopback port that
+    /// speaks TLS with this server certificate (ALPN http/1.1) and passes
+    /// the bytes inside to `upstream`; the port.
+    pub async fn terminator(&self, upstream: std::net::SocketAddr) -> u16 {
+        use rustls::pki_types::PrivateKeyDer;
+        let certs = vec![CertificateDer::from_pem_slice(self.cert.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(self.key.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        port
+    }
 }

@@ -14,13 +14,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use droid_core::sign;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
-use tokio::net::TcpStream;
 
 use super::Shared;
 use super::exchange::{Exchange, Kind, Message, Progress};
-use crate::app::AppProtocol;
+use crate::app::{self, App, Failed};
 
 /// How long a replay may take, connect to last byte.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,7 +53,8 @@ pub(crate) enum ReplayError {
 }
 
 /// Headers the client sets itself (the body's length) or that belong to
-/// one connection only.
+/// one connection only (`TE: trailers` stays: gRPC servers ask for it,
+/// and the app's client drops any other `TE`).
 fn dropped(name: &str) -> bool {
     // HTTP/2's pseudo-fields (`:authority`) are not headers.
     name.starts_with(':')
@@ -64,7 +63,6 @@ fn dropped(name: &str) -> bool {
             "transfer-encoding",
             "connection",
             "keep-alive",
-            "te",
             "trailer",
             "upgrade",
             "proxy-connection",
@@ -195,29 +193,6 @@ pub(crate) async fn replay(
     Ok(exchange)
 }
 
-/// A replay in HTTP/2: its Host becomes the authority, and gRPC servers
-/// get the `TE: trailers` they ask for.
-fn for_h2(
-    request: http::Request<Full<Bytes>>,
-    target_host: &str,
-) -> Result<http::Request<Full<Bytes>>, SendError> {
-    let (mut parts, body) = request.into_parts();
-    let host = parts.headers.remove(http::header::HOST);
-    let authority = host
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or(target_host);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = format!("http://{authority}{path}")
-        .parse()
-        .map_err(|e| SendError::Exchange(format!("the request's authority: {e}")))?;
-    parts.version = http::Version::HTTP_2;
-    parts
-        .headers
-        .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-    Ok(http::Request::from_parts(parts, body))
-}
-
 enum SendError {
     Connect(String),
     Exchange(String),
@@ -230,30 +205,16 @@ async fn send(
     exchange: &mut Exchange,
     started: Instant,
 ) -> Result<(), SendError> {
-    let target = &spec.target;
-    let stream = TcpStream::connect((target.host.as_str(), target.port))
+    // The tunnel's own way to its app: HTTP/2 to an h2c app, TLS to an
+    // https one.
+    let app = App::new(&spec.target, spec.app_protocol);
+    let response = app
+        .send(request.map(app::boxed))
         .await
-        .map_err(|e| SendError::Connect(e.to_string()))?;
-    let failed = |e: hyper::Error| SendError::Exchange(e.to_string());
-    let response = match spec.app_protocol {
-        AppProtocol::Http1 => {
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(failed)?;
-            tokio::spawn(connection);
-            sender.send_request(request).await.map_err(failed)?
-        }
-        AppProtocol::H2c => {
-            let (mut sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                    .await
-                    .map_err(failed)?;
-            tokio::spawn(connection);
-            let request = for_h2(request, &target.host_header())?;
-            sender.send_request(request).await.map_err(failed)?
-        }
-    };
+        .map_err(|e| match e {
+            Failed::Unreachable(e) => SendError::Connect(e),
+            Failed::NoAnswer(e) => SendError::Exchange(e),
+        })?;
     exchange.time_to_head = Some(started.elapsed());
     let (parts, mut body) = response.into_parts();
     let fields: Vec<(String, Vec<u8>)> = parts
