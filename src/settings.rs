@@ -424,6 +424,11 @@ pub fn http(args: &HttpArgs, flags: &clap::ArgMatches) -> Result<TunnelSettings>
             AppProtocolArg::H2c => AppProtocol::H2c,
         },
     };
+    if args.target.tls && matches!(args.app_protocol, AppProtocolArg::H2c) {
+        bail!(
+            "an https:// target speaks HTTP/2 or HTTP/1.1 as its ALPN chooses: leave out --app-protocol"
+        );
+    }
     if let Some(auth) = &args.auth {
         crate::config::values::check_credentials(auth)
             .map_err(|why| anyhow::anyhow!("--auth: {why}"))?;

@@ -170,6 +170,11 @@ async fn each_kind_of_bad_input_gives_one_error_naming_file_line_column_and_key(
             "droid.toml:4:16: `tunnels[0].app_protocol`: unknown value `h2`; expected one of `http1`, `h2c`; did you mean `h2c`?",
         ),
         (
+            "an https target on a TCP tunnel",
+            "[[tunnels]]\nname = \"db\"\nkind = \"tcp\"\nlocal = \"https://localhost:5432\"\n",
+            "droid.toml:2:8: a `kind = \"tcp\"` tunnel passes bytes as they are: give `local` as a port or \"HOST:PORT\", not an https:// URL",
+        ),
+        (
             "an unset environment variable",
             "server = \"127.0.0.1:7835\"\ntoken = \"${DROID_TEST_SURELY_UNSET}\"\n[[tunnels]]\nname = \"a\"\nlocal = 1\n",
             "droid.toml:2:9: `token`: environment variable DROID_TEST_SURELY_UNSET is not set",

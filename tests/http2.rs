@@ -638,20 +638,42 @@ async fn a_websocket_and_requests_reach_an_https_app() {
     use tokio_tungstenite::tungstenite::Message;
     let pki = Pki::new();
     let app = origin("app").await;
-    let port = pki.terminator(app.addr).await;
-    let srv = server().await;
-    let target: droid_client::Target = format!("https://localhost:{port}").parse().unwrap();
-    let c = client(client_config(srv.control, vec![spec(None, &target)])).await;
-    assert_eq!(get(srv.http, &c.host(), "/x").await.1, "origin app /x");
-    let tcp = tokio::net::TcpStream::connect(srv.http).await.unwrap();
-    let url = format!("ws://{}/ws", c.host());
-    let (mut ws, answer) = within("ws handshake", tokio_tungstenite::client_async(url, tcp))
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 101);
-    for i in 0..20 {
-        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
-        let back = within("ws echo", ws.next()).await.unwrap().unwrap();
-        assert_eq!(back, Message::text(format!("hello {i}")));
+    // An app that speaks HTTP/1.1 only, and one that offers HTTP/2 too (a
+    // websocket goes in HTTP/1.1 to both: it is asked for by ALPN).
+    for alpn in [&[&b"http/1.1"[..]][..], &[b"h2", b"http/1.1"]] {
+        let port = pki.terminator(app.addr, alpn).await;
+        let srv = server().await;
+        let target: droid_client::Target = format!("https://localhost:{port}").parse().unwrap();
+        let c = client(client_config(srv.control, vec![spec(None, &target)])).await;
+        if alpn.len() == 1 {
+            assert_eq!(get(srv.http, &c.host(), "/x").await.1, "origin app /x");
+        }
+        let tcp = tokio::net::TcpStream::connect(srv.http).await.unwrap();
+        let url = format!("ws://{}/ws", c.host());
+        let (mut ws, answer) = within("ws handshake", tokio_tungstenite::client_async(url, tcp))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 101);
+        for i in 0..20 {
+            ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+            let back = within("ws echo", ws.next()).await.unwrap().unwrap();
+            assert_eq!(back, Message::text(format!("hello {i}")));
+        }
     }
+}
+
+#[tokio::test]
+async fn an_https_target_that_speaks_plain_http_gets_a_502_saying_so() {
+    let app = origin("app").await;
+    let srv = server().await;
+    let port = app.addr.port();
+    let target: droid_client::Target = format!("https://127.0.0.1:{port}").parse().unwrap();
+    let c = client(client_config(srv.control, vec![spec(None, &target)])).await;
+    let (status, body) = get(srv.http, &c.host(), "/x").await;
+    assert_eq!(status, 502);
+    assert!(body.contains("did not complete a TLS handshake"), "{body}");
+    assert!(
+        body.contains(&format!("use http://127.0.0.1:{port}")),
+        "{body}"
+    );
 }

@@ -26,10 +26,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
-use dial::{Dialer, dial};
+use dial::{AppTls, Dialer, dial};
 
 mod dial;
 
@@ -122,8 +121,9 @@ pub(crate) struct App {
     pub(crate) target: Target,
     pub(crate) protocol: AppProtocol,
     /// TLS for an `https://` target, whose ALPN decides the protocol.
-    tls: Option<TlsConnector>,
-    /// What an `https://` target's ALPN chose ([`UNKNOWN`] until asked).
+    tls: Option<AppTls>,
+    /// What an `https://` target's ALPN chose ([`UNKNOWN`] until a first
+    /// HTTP/2 connection is tried; then [`H2`] or, for good, [`HTTP1`]).
     negotiated: Arc<AtomicU8>,
     /// HTTP/1.1 connections kept alive, all under one key (the target):
     /// what visitors send never opens a pool of its own.
@@ -138,6 +138,8 @@ pub(crate) struct App {
 pub(crate) enum Failed {
     /// Nothing answers at the target.
     Unreachable(String),
+    /// The app took the connection but did not complete a TLS handshake.
+    Tls(String),
     /// The app took the connection but did not answer.
     NoAnswer(String),
 }
@@ -150,22 +152,19 @@ impl App {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(IDLE)
             .pool_max_idle_per_host(MAX_IDLE);
-        let tls = target
-            .tls
-            .then(droid_core::transport::app_connector)
-            .and_then(|made| {
-                made.map_err(|e| warn!(error = %e, "no TLS for an https target"))
-                    .ok()
-            });
+        let tls = target.tls.then(AppTls::new).and_then(|made| {
+            made.map_err(|e| warn!(error = %e, "no TLS for an https target"))
+                .ok()
+        });
         App {
             target: target.clone(),
             protocol,
-            tls: tls.clone(),
             negotiated: Arc::new(AtomicU8::new(UNKNOWN)),
             http1: builder.build(Dialer {
                 target: target.clone(),
-                tls,
+                tls: tls.as_ref().map(|t| t.http1.clone()),
             }),
+            tls,
             h2: (0..H2_CONNECTIONS)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
@@ -174,70 +173,65 @@ impl App {
     }
 
     /// Sends `request` to the app and returns its answer, whose body
-    /// streams on.
+    /// streams on. An `https://` app gets HTTP/2 while its ALPN chooses
+    /// it, else HTTP/1.1; an HTTP/1.1 upgrade (a websocket) always goes in
+    /// HTTP/1.1.
     pub(crate) async fn send(&self, request: Request<Body>) -> Result<Response<Body>, Failed> {
-        let protocol = self.protocol().await?;
-        let request = self.for_app(request, protocol);
-        let answer = match protocol {
-            AppProtocol::Http1 => self.http1.request(request).await.map_err(|e| {
-                if e.is_connect() {
-                    Failed::Unreachable(source_of(&e))
-                } else {
-                    Failed::NoAnswer(source_of(&e))
-                }
-            })?,
-            AppProtocol::H2c => {
-                let mut send = self.h2_connection().await?;
-                let sent = send.send_request(request).await;
-                sent.map_err(|e| Failed::NoAnswer(source_of(&e)))?
-            }
+        let upgrade = request.version() != Version::HTTP_2
+            && request.headers().contains_key(http::header::UPGRADE);
+        let h2 = match (self.target.tls, self.protocol) {
+            (true, _) => self.negotiated.load(Ordering::Relaxed) != HTTP1,
+            (false, protocol) => protocol == AppProtocol::H2c,
         };
+        if h2 && !upgrade {
+            if let Some(mut send) = self.h2_connection().await? {
+                let request = self.for_app(request, AppProtocol::H2c);
+                let answer = send.send_request(request).await;
+                let answer = answer.map_err(|e| Failed::NoAnswer(source_of(&e)))?;
+                return Ok(answer.map(|b| b.map_err(BoxError::from).boxed()));
+            }
+            // The https app chose HTTP/1.1.
+            self.negotiated.store(HTTP1, Ordering::Relaxed);
+        }
+        let request = self.for_app(request, AppProtocol::Http1);
+        let answer =
+            self.http1
+                .request(request)
+                .await
+                .map_err(|e| match dial::tls_failure(&e) {
+                    Some(why) => Failed::Tls(why),
+                    None if e.is_connect() => Failed::Unreachable(source_of(&e)),
+                    None => Failed::NoAnswer(source_of(&e)),
+                })?;
         Ok(answer.map(|b| b.map_err(BoxError::from).boxed()))
     }
 
-    /// What the app speaks: as configured, or for an `https://` target
-    /// what its ALPN chose, asked on a first connection and remembered.
-    async fn protocol(&self) -> Result<AppProtocol, Failed> {
-        if self.tls.is_none() {
-            return Ok(self.protocol);
-        }
-        match self.negotiated.load(Ordering::Relaxed) {
-            HTTP1 => return Ok(AppProtocol::Http1),
-            H2 => return Ok(AppProtocol::H2c),
-            _ => {}
-        }
-        let stream = dial(&self.target, self.tls.as_ref())
-            .await
-            .map_err(|e| Failed::Unreachable(e.to_string()))?;
-        let (protocol, said) = if stream.h2() {
-            (AppProtocol::H2c, H2)
-        } else {
-            (AppProtocol::Http1, HTTP1)
-        };
-        self.negotiated.store(said, Ordering::Relaxed);
-        Ok(protocol)
-    }
-
-    /// The next HTTP/2 connection of the pool, opened if it is not open.
-    async fn h2_connection(&self) -> Result<SendRequest<Body>, Failed> {
+    /// The next HTTP/2 connection of the pool, opened if it is not open;
+    /// `None` when the app, asked in TLS, chose HTTP/1.1.
+    async fn h2_connection(&self) -> Result<Option<SendRequest<Body>>, Failed> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.h2.len();
         let mut slot = self.h2[i].lock().await;
         if let Some(send) = slot.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(send.clone());
+            return Ok(Some(send.clone()));
         }
         let target = &self.target;
-        let stream = dial(target, self.tls.as_ref())
+        let stream = dial(target, self.tls.as_ref().map(|t| &t.any))
             .await
-            .map_err(|e| Failed::Unreachable(e.to_string()))?;
-        let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .map_err(|e| match dial::tls_failure(&e) {
+                Some(why) => Failed::Tls(why),
+                None => Failed::Unreachable(e.to_string()),
+            })?;
+        if target.tls {
+            if !dial::chose_h2(&stream) {
+                return Ok(None);
+            }
+            self.negotiated.store(H2, Ordering::Relaxed);
+        }
+        let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
-            .await;
-        let (send, connection) = handshake.map_err(|e| {
-            // An https app may have stopped speaking HTTP/2: ask again.
-            self.negotiated.store(UNKNOWN, Ordering::Relaxed);
-            Failed::NoAnswer(source_of(&e))
-        })?;
+            .await
+            .map_err(|e| Failed::NoAnswer(source_of(&e)))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!(error = %e, "an HTTP/2 connection to the app ended with an error");
@@ -245,7 +239,7 @@ impl App {
         });
         debug!(%target, "a new HTTP/2 connection to the app");
         *slot = Some(send.clone());
-        Ok(send)
+        Ok(Some(send))
     }
 
     /// The request as the app gets it: in the app's version, with the

@@ -41,7 +41,7 @@ const FROM_APP_MAX: usize = 32 * 1024;
 /// How long the app may keep sending once the server has closed its side
 /// (the visitor is gone): then both are closed, so an app that never closes
 /// its half of a connection does not hold a stream forever.
-const LINGER: Duration = Duration::from_secs(10);
+pub(crate) const LINGER: Duration = Duration::from_secs(10);
 
 /// Serves one stream the server opened.
 pub(crate) async fn serve_stream(

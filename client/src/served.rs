@@ -9,12 +9,15 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::app::{self, App, AppProtocol, Body, Failed};
 use crate::inspect::{Inspector, Tapped};
+use crate::local::LINGER;
 use crate::probe::Probes;
+use crate::target::Target;
 use crate::{ClientEvent, Events};
 
 /// The HTTP/2 streams one tunnel stream may carry at once; the server
@@ -110,7 +113,6 @@ impl Served {
         let mut request = request;
         let upgrade = (http1 && request.headers().contains_key(http::header::UPGRADE))
             .then(|| hyper::upgrade::on(&mut request));
-        let target = &self.app.target;
         match self.app.send(request).await {
             Ok(mut answer) if answer.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 if let Some(visitor) = upgrade {
@@ -120,7 +122,16 @@ impl Served {
             }
             Ok(answer) if http1 => app::trailers_declared(answer),
             Ok(answer) => answer,
-            Err(Failed::Unreachable(error)) => {
+            Err(failed) => self.failed(failed, html),
+        }
+    }
+
+    /// The page for a request that did not reach the app, said where the
+    /// user looks too.
+    fn failed(&self, failed: Failed, html: bool) -> Response<Body> {
+        let (name, target) = (&self.tunnel, &self.app.target);
+        let reason = match failed {
+            Failed::Unreachable(error) => {
                 let reason = format!("the tunnel is up but nothing answers at {target}");
                 debug!(tunnel = %name, %error, "{reason}");
                 if let Some(inspector) = &self.inspector {
@@ -132,29 +143,52 @@ impl Served {
                     target: target.to_string(),
                     error,
                 });
-                app::page(StatusCode::BAD_GATEWAY, &reason, html)
+                reason
             }
-            Err(Failed::NoAnswer(error)) => {
+            Failed::Tls(error) => {
+                let plain = Target::new(target.host.clone(), target.port);
+                let reason = format!(
+                    "the app at {target} did not complete a TLS handshake ({error}); if it serves plain HTTP, use http://{plain}"
+                );
+                warn!(tunnel = %name, "{reason}");
+                reason
+            }
+            Failed::NoAnswer(error) => {
                 debug!(tunnel = %name, %error, "the app did not answer");
-                let reason = format!("the app at {target} closed the connection without an answer");
-                app::page(StatusCode::BAD_GATEWAY, &reason, html)
+                format!("the app at {target} closed the connection without an answer")
             }
-        }
+        };
+        app::page(StatusCode::BAD_GATEWAY, &reason, html)
     }
 }
 
 /// Joins the visitor's side and the app's of an upgraded connection (a
 /// websocket) once both have switched, copying bytes both ways until both
-/// are done.
+/// are done, or until [`LINGER`] after the visitor's side ended.
 fn splice(visitor: hyper::upgrade::OnUpgrade, app: hyper::upgrade::OnUpgrade) {
     tokio::spawn(async move {
         let (Ok(visitor), Ok(app)) = tokio::join!(visitor, app) else {
             debug!("an upgrade did not complete");
             return;
         };
-        let (mut visitor, mut app) = (TokioIo::new(visitor), TokioIo::new(app));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut visitor, &mut app).await {
-            debug!(error = %e, "an upgraded connection ended with an error");
+        let (mut from_visitor, mut to_visitor) = tokio::io::split(TokioIo::new(visitor));
+        let (mut from_app, mut to_app) = tokio::io::split(TokioIo::new(app));
+        let up = async {
+            let _ = tokio::io::copy(&mut from_visitor, &mut to_app).await;
+            let _ = to_app.shutdown().await;
+        };
+        let down = async {
+            let _ = tokio::io::copy(&mut from_app, &mut to_visitor).await;
+            let _ = to_visitor.shutdown().await;
+        };
+        tokio::pin!(up, down);
+        tokio::select! {
+            () = &mut up => {
+                if tokio::time::timeout(LINGER, down).await.is_err() {
+                    debug!("the app kept an upgraded connection open after the visitor left");
+                }
+            }
+            () = &mut down => up.await,
         }
     });
 }

@@ -376,18 +376,19 @@ impl ClientTls {
 }
 
 /// The TLS a client speaks to a local app reached at an `https://`
-/// target: ALPN offers HTTP/2 and HTTP/1.1, and the app's certificate is
+/// target: ALPN offers what the client can speak there, and the app's certificate is
 /// not checked, as other tunnels' agents do (a development server's is
 /// usually made for it alone; the app is on the developer's side of the
 /// tunnel, on a connection from the client).
-pub fn app_connector() -> Result<TlsConnector, TlsError> {
+/// `alpn`: the protocols offered, most wanted first.
+pub fn app_connector(alpn: &[&[u8]]) -> Result<TlsConnector, TlsError> {
     let provider = crypto_provider();
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
@@ -612,6 +613,23 @@ impl Connection {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         !matches!(self, Connection::Plain(_))
+    }
+
+    /// The protocol the TLS handshake chose by ALPN (`h2`), if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Connection::Plain(_) => None,
+            Connection::ClientTls(s) => s.get_ref().1.alpn_protocol(),
+            Connection::ServerTls(s) => s.get_ref().1.alpn_protocol(),
+        }
+    }
+}
+
+/// So an HTTP client's pool can hold connections to a local app (the
+/// client's `https://` targets).
+impl hyper_util::client::legacy::connect::Connection for Connection {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
     }
 }
 

@@ -420,6 +420,15 @@ impl Validate for ClientFile {
             } else {
                 t.port.as_ref().map(|_| "port")
             };
+            if let Some((key, why)) = https_conflict(t, tcp) {
+                return Err(ConfigError::at(
+                    file,
+                    source,
+                    Some(t.name.span()),
+                    Some(format!("tunnels[{i}].{key}")),
+                    why,
+                ));
+            }
             if let Some(key) = misplaced {
                 let name = &t.name.get_ref().0;
                 let why = if tcp {
@@ -534,4 +543,19 @@ impl Validate for StandaloneFile {
         }
         Ok(())
     }
+}
+
+/// What an `https://` local target cannot go with (the key), and why.
+fn https_conflict(t: &client::TunnelFile, tcp: bool) -> Option<(&'static str, String)> {
+    if !t.local.0.tls {
+        return None;
+    }
+    if tcp {
+        let why = "a `kind = \"tcp\"` tunnel passes bytes as they are: give `local` as a port or \"HOST:PORT\", not an https:// URL";
+        return Some(("local", why.into()));
+    }
+    matches!(t.app_protocol, client::AppProtocolFile::H2c).then(|| {
+        let why = "an https:// target speaks HTTP/2 or HTTP/1.1 as its ALPN chooses: remove `app_protocol`";
+        ("app_protocol", why.to_string())
+    })
 }

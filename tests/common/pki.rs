@@ -90,9 +90,9 @@ impl Pki {
     }
 
     /// A TLS terminator in front of `upstream`: a loopback port that
-    /// speaks TLS with this server certificate (ALPN http/1.1) and passes
-    /// the bytes inside to `upstream`; the port.
-    pub async fn terminator(&self, upstream: std::net::SocketAddr) -> u16 {
+    /// speaks TLS with this server certificate (offering `alpn` by ALPN)
+    /// and passes the bytes inside to `upstream`; the port.
+    pub async fn terminator(&self, upstream: std::net::SocketAddr, alpn: &[&[u8]]) -> u16 {
         use rustls::pki_types::PrivateKeyDer;
         let certs = vec![CertificateDer::from_pem_slice(self.cert.as_bytes()).unwrap()];
         let key = PrivateKeyDer::from_pem_slice(self.key.as_bytes()).unwrap();
@@ -103,7 +103,7 @@ impl Pki {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

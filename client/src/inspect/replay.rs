@@ -213,7 +213,7 @@ async fn send(
         .await
         .map_err(|e| match e {
             Failed::Unreachable(e) => SendError::Connect(e),
-            Failed::NoAnswer(e) => SendError::Exchange(e),
+            Failed::Tls(e) | Failed::NoAnswer(e) => SendError::Exchange(e),
         })?;
     exchange.time_to_head = Some(started.elapsed());
     let (parts, mut body) = response.into_parts();
