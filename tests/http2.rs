@@ -677,3 +677,78 @@ async fn an_https_target_that_speaks_plain_http_gets_a_502_saying_so() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_speaks_http2_through_the_https_front() {
+    use serde_json::json;
+    let pki = Pki::new();
+    let web = origin("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = pki.write(dir.path());
+    let mut server = Droid::start(
+        &server_args(&[
+            "--https",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ]),
+        dir.path(),
+    );
+    let (_, control) = server.line("the addresses", server_addrs).await;
+    let https = server
+        .line("the https address", |l| addr_after(l, "https on "))
+        .await;
+    let state = dir.path().join("client");
+    std::fs::create_dir(&state).unwrap();
+    let (control, port) = (
+        format!("localhost:{}", control.port()),
+        web.addr.port().to_string(),
+    );
+    let args = [
+        "http",
+        &port,
+        "--server",
+        &control,
+        "--ca",
+        &ca,
+        "--name",
+        "web",
+        "--no-inspect",
+    ];
+    let mut client = Droid::start(&args, &state);
+    client
+        .line("the URL", |l| l.starts_with("https://").then_some(()))
+        .await;
+    let rules = format!("--host-resolver-rules=MAP *.{DOMAIN} 127.0.0.1");
+    let mut browser =
+        common::browser::Browser::start_with(&["--ignore-certificate-errors", &rules]).await;
+    let url = format!("https://web.{DOMAIN}:{}/page", https.port());
+    browser.call("Page.navigate", json!({ "url": url })).await;
+    browser
+        .until(
+            "the app's page",
+            "document.body != null && document.body.innerText.includes('origin web /page')",
+        )
+        .await;
+    let protocol = "performance.getEntriesByType('navigation')[0].nextHopProtocol";
+    assert_eq!(browser.eval(protocol).await, json!("h2"));
+    // Five requests at once, on the page's one connection.
+    let texts = browser
+        .eval("Promise.all([1, 2, 3, 4, 5].map(i => fetch('/n/' + i).then(r => r.text())))")
+        .await;
+    let expected: Vec<String> = (1..=5).map(|i| format!("origin web /n/{i}")).collect();
+    assert_eq!(texts, json!(expected));
+    let protocols = browser
+        .eval("performance.getEntriesByType('resource').map(e => e.nextHopProtocol)")
+        .await;
+    let protocols = protocols.as_array().unwrap();
+    assert!(
+        protocols.len() >= 5 && protocols.iter().all(|p| p == "h2"),
+        "{protocols:?}"
+    );
+    drop(browser);
+    assert!(client.interrupt().await.success());
+    assert!(server.interrupt().await.success());
+}

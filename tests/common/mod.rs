@@ -4,6 +4,7 @@
 //! every wait is for an event, with a deadline.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod browser;
 pub mod grpc;
 pub mod pki;
 pub mod redis_server;
