@@ -988,3 +988,70 @@ async fn grpc_reaches_an_h2c_app_through_a_node_that_does_not_hold_its_tunnel() 
     assert_eq!(calls(&one, "INVALID_ARGUMENT"), 1);
     assert_eq!(calls(&two, "OK"), 0);
 }
+
+#[tokio::test]
+async fn a_retained_mqtt_message_reaches_a_subscriber_on_a_node_that_started_after_it() {
+    let redis = Redis::start().await.unwrap();
+    let app = origin("app").await;
+    let (one, _) = node_of(&redis, "one", mqtt_server(None).await).await;
+    let mut tunnel = spec(Some("sensors"), &app.target);
+    set_mqtt(
+        &mut tunnel,
+        MqttSettings {
+            path: Some("/inbound/mqtt".into()),
+            auth: Some("dev:pw".into()),
+            ..MqttSettings::default()
+        },
+    );
+    let inspector = droid_client::Inspector::new(droid_client::InspectorOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let mut config = client_config(one.control, vec![tunnel]);
+    config.inspector = Some(inspector.clone());
+    let c = client(config).await;
+    let shutdown = c.shutdown.clone();
+    tokio::spawn(async move { inspector.serve(listener, None, shutdown).await });
+    // Retained on node one, with no device anywhere yet; then replaced,
+    // and another topic retained and cleared.
+    for (topic, payload) in [
+        ("cmd/fan", "on"),
+        ("cmd/fan", "off"),
+        ("cmd/led", "red"),
+        ("cmd/led", ""),
+    ] {
+        let body =
+            serde_json::json!({"topic": topic, "payload": payload, "qos": 1, "retain": true});
+        let (status, answer) = app_publish(api, body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // Node three starts only now, and a device subscribes there.
+    let (three, _) = node_of(&redis, "three", mqtt_server(None).await).await;
+    let mut late = Subscriber::start(
+        three.mqtt.unwrap(),
+        "mqttv5",
+        &["sensors/cmd/+"],
+        Some(("dev", "pw")),
+    )
+    .await;
+    let line = late
+        .line("the retained command", |l| l.starts_with("sensors/cmd/"))
+        .await;
+    assert_eq!(line, "sensors/cmd/fan off");
+    // Kept in Redis under the tunnel's owner, the cleared topic gone.
+    let keys = redis
+        .command("KEYS droid:map:mqtt-retained/*")
+        .await
+        .unwrap();
+    let maps: Vec<&str> = keys
+        .lines()
+        .filter(|l| l.starts_with("droid:map:"))
+        .collect();
+    assert!(maps.len() == 1 && maps[0].ends_with("/sensors"), "{keys}");
+    let fields = redis.command(&format!("HKEYS {}", maps[0])).await.unwrap();
+    let fields: Vec<&str> = fields
+        .lines()
+        .filter(|l| !l.starts_with(['*', '$']))
+        .collect();
+    assert_eq!(fields, ["sensors/cmd/fan"]);
+    drop(c);
+}

@@ -37,6 +37,27 @@ impl Broadcast for Alone {
     }
 }
 
+/// Small maps the nodes of a cluster keep together (in Redis), for what
+/// an adapter must hand to a node that joins later; a server alone keeps
+/// nothing here.
+pub trait SharedMaps: Send + Sync {
+    /// Sets `field` of the map `map` to `value`, or removes it (`None`).
+    /// Best effort: a cluster whose registry is away keeps nothing.
+    fn set(&self, map: String, field: String, value: Option<Bytes>) -> Answer<'_, ()>;
+    /// Every field of `map`; `None` when it cannot be read now.
+    fn all(&self, map: String) -> Answer<'_, Option<Vec<(String, Bytes)>>>;
+}
+
+impl SharedMaps for Alone {
+    fn set(&self, _map: String, _field: String, _value: Option<Bytes>) -> Answer<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    fn all(&self, _map: String) -> Answer<'_, Option<Vec<(String, Bytes)>>> {
+        Box::pin(std::future::ready(Some(Vec::new())))
+    }
+}
+
 /// What a server gives the adapters it runs.
 #[derive(Clone)]
 pub struct Host {
@@ -51,6 +72,8 @@ pub struct Host {
     pub tls: Option<TlsAcceptor>,
     /// The other nodes, if any.
     pub broadcast: Arc<dyn Broadcast>,
+    /// What the nodes keep together, if there are others.
+    pub maps: Arc<dyn SharedMaps>,
     /// Cancelled when the server stops.
     pub shutdown: CancellationToken,
 }

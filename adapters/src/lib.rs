@@ -56,7 +56,7 @@ pub mod url_sink;
 
 pub use adapter::{Adapter, Conn, ConnLimits, Io, Listener, Refusal, bind_listener, run_adapter};
 pub use delivery::{Attempt, Content, Delivery, PostOptions};
-pub use host::{Alone, Broadcast, Call, Grantee, Host, ServerAdapter};
+pub use host::{Alone, Broadcast, Call, Grantee, Host, ServerAdapter, SharedMaps};
 pub use mail::{Envelope, Format};
 pub use mqtt::{
     MqttAdapter, MqttConfig, MqttService, MqttSettings, Tenancy, TopicRefusal, TopicRoute,

@@ -107,6 +107,9 @@ const NAMES_CHANNEL: &str = "droid:names";
 /// The channel adapters send bytes to themselves on the other nodes on.
 const ADAPTERS_CHANNEL: &str = "droid:adapters";
 
+/// How long an adapters' shared map lives after its last change.
+const MAP_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// KEYS: name records. ARGV: owner, node, grace ms, quarantine ms,
 /// session, then for each key its settings (JSON, or '') and its index
 /// entries (`ADAPTER:KEY`, space-separated, or ''). Returns {'ok'} or
@@ -579,6 +582,45 @@ impl Cluster {
             .await
         {
             warn!(error = %e, %adapter, "could not send an adapter's bytes to the other nodes");
+        }
+    }
+
+    /// Sets (or with `None` removes) `field` of the adapters' shared map
+    /// `map` (`droid:map:MAP`, a hash), best effort.
+    pub(crate) async fn map_set(&self, map: &str, field: &str, value: Option<&[u8]>) {
+        let mut conn = self.conn.clone();
+        let key = format!("droid:map:{map}");
+        let mut pipe = redis::pipe();
+        match value {
+            Some(value) => pipe.cmd("HSET").arg(&key).arg(field).arg(value).ignore(),
+            None => pipe.cmd("HDEL").arg(&key).arg(field).ignore(),
+        };
+        // A map nobody writes to for a month goes (a name's owner may have
+        // changed, and the new one has a map of its own).
+        pipe.cmd("EXPIRE")
+            .arg(&key)
+            .arg(MAP_LIFETIME.as_secs())
+            .ignore();
+        let done = pipe.query_async::<()>(&mut conn).await;
+        if let Err(e) = done {
+            warn!(error = %e, %map, "could not keep an adapter's state in Redis");
+        }
+    }
+
+    /// Every field of the shared map `map`; `None` while Redis is away.
+    pub(crate) async fn map_all(&self, map: &str) -> Option<Vec<(String, Vec<u8>)>> {
+        let mut conn = self.conn.clone();
+        let key = format!("droid:map:{map}");
+        match redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async::<Vec<(String, Vec<u8>)>>(&mut conn)
+            .await
+        {
+            Ok(fields) => Some(fields),
+            Err(e) => {
+                warn!(error = %e, %map, "could not read an adapter's state from Redis");
+                None
+            }
         }
     }
 

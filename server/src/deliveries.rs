@@ -220,6 +220,30 @@ impl droid_adapters::Broadcast for ClusterBroadcast {
     }
 }
 
+/// What adapters keep together with the other nodes: in Redis when the
+/// server is a node of a cluster, nowhere otherwise.
+pub(crate) struct ClusterMaps(pub(crate) Arc<Shared>);
+
+impl droid_adapters::SharedMaps for ClusterMaps {
+    fn set(&self, map: String, field: String, value: Option<bytes::Bytes>) -> Answer<'_, ()> {
+        Box::pin(async move {
+            if let Some(cluster) = self.0.cluster.get() {
+                cluster.map_set(&map, &field, value.as_deref()).await;
+            }
+        })
+    }
+
+    fn all(&self, map: String) -> Answer<'_, Option<Vec<(String, bytes::Bytes)>>> {
+        Box::pin(async move {
+            let Some(cluster) = self.0.cluster.get() else {
+                return Some(Vec::new());
+            };
+            let fields = cluster.map_all(&map).await?;
+            Some(fields.into_iter().map(|(k, v)| (k, v.into())).collect())
+        })
+    }
+}
+
 /// The spool key of the messages for `owner_id`'s tunnel `name`
 /// ([`RegistryTunnels::owner_sink`] reads it back).
 pub(crate) fn owner_key(owner_id: &str, name: &str) -> String {

@@ -434,6 +434,7 @@ impl Server {
             spool,
             tls: self.shared.config.tls.as_ref().map(|tls| tls.acceptor()),
             broadcast: Arc::new(deliveries::ClusterBroadcast(self.shared.clone())),
+            maps: Arc::new(deliveries::ClusterMaps(self.shared.clone())),
             shutdown,
         };
         let running: Vec<_> = self

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adapter::{Adapter, Conn, ServeFuture};
 use crate::delivery::PostOptions;
+use crate::host::SharedMaps;
 use crate::route::{Answer, Unavailable};
 use crate::spool::Spool;
 use crate::stats::DeliveryStats;
@@ -130,6 +131,12 @@ pub trait TopicRouter: Send + Sync {
     ) -> Answer<'a, Result<(String, Tenancy), TopicRefusal>>;
 }
 
+/// The shared map of `tunnel`'s retained messages under `tenancy`: each
+/// owner's are its own.
+fn retained_map(tunnel: &str, tenancy: &Tenancy) -> String {
+    format!("mqtt-retained/{}/{tunnel}", tenancy.owner)
+}
+
 /// The key a device's client id is known by: MQTT says a second
 /// connection with the same id takes the first over, and the id is the
 /// device's to choose, so it is scoped to what a stranger cannot give: the
@@ -174,7 +181,16 @@ pub struct MqttAdapter {
     subscriptions: subscriptions::Subscriptions,
     /// QoS 0 messages being delivered, from every device.
     at_most_once: Arc<tokio::sync::Semaphore>,
+    /// Where retained messages outlive this node: the maps the nodes of a
+    /// cluster keep together (none for an adapter on its own).
+    maps: std::sync::OnceLock<Arc<dyn SharedMaps>>,
+    /// The maps of retained messages read from there since this node
+    /// started (at most [`MAX_READ`], then read again as needed).
+    read: Mutex<std::collections::HashSet<String>>,
 }
+
+/// The maps of retained messages a node remembers having read.
+const MAX_READ: usize = 100_000;
 
 impl MqttAdapter {
     /// An adapter that routes with `router` and keeps what the app cannot
@@ -197,7 +213,84 @@ impl MqttAdapter {
             next: std::sync::atomic::AtomicU64::new(0),
             subscriptions: subscriptions::Subscriptions::default(),
             at_most_once,
+            maps: std::sync::OnceLock::new(),
+            read: Mutex::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// Keeps retained messages in `maps` too, so a node that joins later
+    /// has them.
+    pub fn keep_in(&self, maps: Arc<dyn SharedMaps>) {
+        let _ = self.maps.set(maps);
+    }
+
+    /// Reads what the cluster kept of `tunnel`'s retained messages (under
+    /// `tenancy`), once per node: those this node missed (it joined
+    /// later, or restarted) join its own.
+    pub(crate) async fn read_retained(&self, tunnel: &str, tenancy: &Tenancy) {
+        let Some(maps) = self.maps.get() else {
+            return;
+        };
+        let map = retained_map(tunnel, tenancy);
+        if self.read_lock().contains(&map) {
+            return;
+        }
+        // Redis away: asked again at the next subscription.
+        let Some(fields) = maps.all(map.clone()).await else {
+            return;
+        };
+        let messages = fields
+            .into_iter()
+            .filter(|(_, value)| value.len() > 1)
+            .map(|(topic, value)| (topic, value.slice(1..), value[0].min(1)))
+            .collect();
+        self.subscriptions.seed(tunnel, tenancy, messages);
+        let mut read = self.read_lock();
+        if read.len() >= MAX_READ {
+            read.clear();
+        }
+        read.insert(map);
+    }
+
+    fn read_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`MqttAdapter::publish`] for the app's own message on the node that
+    /// took its call: a retained one is also kept in the cluster's maps
+    /// (with the topics its bounds forgot removed there too).
+    pub(crate) async fn publish_kept(
+        &self,
+        tunnel: &str,
+        tenancy: &Tenancy,
+        topic: &str,
+        payload: bytes::Bytes,
+        qos: u8,
+        retain: bool,
+    ) -> usize {
+        if retain {
+            // This node's view first becomes the cluster's, so what the
+            // bounds forget here is what they forget there.
+            self.read_retained(tunnel, tenancy).await;
+        }
+        let qos = qos.min(1);
+        let value = (retain && !payload.is_empty()).then(|| {
+            let mut value = Vec::with_capacity(payload.len() + 1);
+            value.push(qos);
+            value.extend_from_slice(&payload);
+            bytes::Bytes::from(value)
+        });
+        let published = self
+            .subscriptions
+            .publish(tunnel, tenancy, topic, payload, qos, retain);
+        if let (true, Some(maps)) = (retain, self.maps.get()) {
+            let map = retained_map(tunnel, tenancy);
+            maps.set(map.clone(), topic.to_string(), value).await;
+            for gone in published.forgotten {
+                maps.set(map.clone(), gone, None).await;
+            }
+        }
+        published.delivered
     }
 
     /// Publishes for `tunnel` (the app's message, under the tunnel's
@@ -216,6 +309,7 @@ impl MqttAdapter {
     ) -> usize {
         self.subscriptions
             .publish(tunnel, tenancy, topic, payload, qos.min(1), retain)
+            .delivered
     }
 
     /// What its messages came to.

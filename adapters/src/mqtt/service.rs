@@ -105,6 +105,7 @@ impl ServerAdapter for MqttService {
             router,
             host.spool.clone(),
         ));
+        adapter.keep_in(host.maps.clone());
         let _ = self.running.set((adapter.clone(), host.clone()));
         let take = |list: &Mutex<Vec<TcpListener>>| {
             std::mem::take(&mut *list.lock().unwrap_or_else(|p| p.into_inner()))
@@ -248,14 +249,16 @@ impl MqttService {
         message.push(b'\n');
         message.extend_from_slice(&payload);
         host.broadcast.send(NAME, Bytes::from(message)).await;
-        let delivered = adapter.publish(
-            &tunnel.name,
-            &tenancy,
-            &topic,
-            payload,
-            wanted.qos,
-            wanted.retain,
-        );
+        let delivered = adapter
+            .publish_kept(
+                &tunnel.name,
+                &tenancy,
+                &topic,
+                payload,
+                wanted.qos,
+                wanted.retain,
+            )
+            .await;
         tracing::debug!(%topic, delivered, "the app published");
         CallAnswer {
             status: 200,

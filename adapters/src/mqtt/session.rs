@@ -264,6 +264,7 @@ async fn handle(
                 {
                     Ok((tunnel, tenancy)) => {
                         let qos = qos.min(1);
+                        adapter.read_retained(&tunnel, &tenancy).await;
                         retained.extend(adapter.subscriptions.subscribe(
                             &tunnel,
                             &tenancy,

@@ -190,8 +190,9 @@ impl Subscriptions {
 
     /// Sends a message for `tunnel` (under `tenancy`) to every matching
     /// subscriber (and keeps it when `retain`: an empty payload forgets the
-    /// topic's). Returns how many subscribers it was handed to; a device
-    /// too far behind misses it.
+    /// topic's). Returns how many subscribers it was handed to (a device
+    /// too far behind misses it), and the retained topics the bounds made
+    /// room by forgetting.
     pub fn publish(
         &self,
         tunnel: &str,
@@ -200,32 +201,19 @@ impl Subscriptions {
         payload: Bytes,
         qos: u8,
         retain: bool,
-    ) -> usize {
+    ) -> Published {
         let mut state = self.lock();
         state.settle(tunnel, tenancy);
+        let mut forgotten = Vec::new();
         if retain {
             let kept = state.retained.entry(tunnel.to_string()).or_default();
-            if let Some((old, _)) = kept.messages.remove(topic) {
-                kept.bytes -= old.len();
-                kept.order.retain(|t| t != topic);
-            }
-            if !payload.is_empty() {
-                kept.bytes += payload.len();
-                kept.messages
-                    .insert(topic.to_string(), (payload.clone(), qos));
-                kept.order.push_back(topic.to_string());
-                while kept.order.len() > MAX_RETAINED || kept.bytes > MAX_RETAINED_BYTES {
-                    let Some(oldest) = kept.order.pop_front() else {
-                        break;
-                    };
-                    if let Some((old, _)) = kept.messages.remove(&oldest) {
-                        kept.bytes -= old.len();
-                    }
-                }
-            }
+            forgotten = kept.keep(topic, payload.clone(), qos);
         }
         let Some(list) = state.subscribers.get(tunnel) else {
-            return 0;
+            return Published {
+                delivered: 0,
+                forgotten,
+            };
         };
         let mut sent = 0;
         for subscriber in list.iter().filter(|s| topic_matches(&s.filter, topic)) {
@@ -239,7 +227,62 @@ impl Subscriptions {
                 sent += 1;
             }
         }
-        sent
+        Published {
+            delivered: sent,
+            forgotten,
+        }
+    }
+
+    /// Adds retained messages of `tunnel` (under `tenancy`) that another
+    /// node kept (topic, payload, QoS), where none is kept here for their
+    /// topic, within the bounds.
+    pub fn seed(&self, tunnel: &str, tenancy: &Tenancy, messages: Vec<(String, Bytes, u8)>) {
+        let mut state = self.lock();
+        state.settle(tunnel, tenancy);
+        let kept = state.retained.entry(tunnel.to_string()).or_default();
+        for (topic, payload, qos) in messages {
+            if !kept.messages.contains_key(&topic) {
+                kept.keep(&topic, payload, qos);
+            }
+        }
+        state.tidy(tunnel);
+    }
+}
+
+/// What a publish did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// The subscribers it was handed to.
+    pub delivered: usize,
+    /// Retained topics forgotten to keep within the bounds.
+    pub forgotten: Vec<String>,
+}
+
+impl Retained {
+    /// Keeps `payload` as `topic`'s retained message (an empty one forgets
+    /// it), the oldest topics going past the bounds; returns those.
+    fn keep(&mut self, topic: &str, payload: Bytes, qos: u8) -> Vec<String> {
+        if let Some((old, _)) = self.messages.remove(topic) {
+            self.bytes -= old.len();
+            self.order.retain(|t| t != topic);
+        }
+        let mut forgotten = Vec::new();
+        if payload.is_empty() {
+            return forgotten;
+        }
+        self.bytes += payload.len();
+        self.messages.insert(topic.to_string(), (payload, qos));
+        self.order.push_back(topic.to_string());
+        while self.order.len() > MAX_RETAINED || self.bytes > MAX_RETAINED_BYTES {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((old, _)) = self.messages.remove(&oldest) {
+                self.bytes -= old.len();
+            }
+            forgotten.push(oldest);
+        }
+        forgotten
     }
 }
 
@@ -269,7 +312,7 @@ mod tests {
             1,
             true,
         );
-        assert_eq!(n, 2);
+        assert_eq!(n.delivered, 2);
         assert_eq!(a_rx.try_recv().unwrap().qos, 1);
         assert_eq!(
             b_rx.try_recv().unwrap().qos,
@@ -277,7 +320,8 @@ mod tests {
             "at most the subscription's QoS"
         );
         assert_eq!(
-            subs.publish("web", &t, "web/x", Bytes::from_static(b"x"), 0, false),
+            subs.publish("web", &t, "web/x", Bytes::from_static(b"x"), 0, false)
+                .delivered,
             0
         );
         // A late subscriber gets the retained message.
@@ -286,7 +330,8 @@ mod tests {
         assert!(late[0].retain);
         subs.forget(1);
         assert_eq!(
-            subs.publish("api", &t, "api/sensors/1/cmd", Bytes::new(), 0, true),
+            subs.publish("api", &t, "api/sensors/1/cmd", Bytes::new(), 0, true)
+                .delivered,
             2
         );
         assert!(
@@ -300,8 +345,9 @@ mod tests {
     fn retained_messages_are_bounded_per_tunnel() {
         let subs = Subscriptions::default();
         let t = Tenancy::default();
+        let mut forgotten = Vec::new();
         for i in 0..MAX_RETAINED + 10 {
-            subs.publish(
+            let published = subs.publish(
                 "api",
                 &t,
                 &format!("api/t/{i}"),
@@ -309,10 +355,27 @@ mod tests {
                 0,
                 true,
             );
+            forgotten.extend(published.forgotten);
         }
         let kept = subs.subscribe("api", &t, 1, "api/#", 0, mpsc::channel(1).0);
         assert_eq!(kept.len(), MAX_RETAINED);
         assert_eq!(kept[0].topic, "api/t/10", "the oldest went first");
+        let expected: Vec<String> = (0..10).map(|i| format!("api/t/{i}")).collect();
+        assert_eq!(forgotten, expected, "and each publish says which");
+        // What another node kept joins within the same bounds, never over
+        // a newer message of the same topic.
+        subs.seed(
+            "api",
+            &t,
+            vec![
+                ("api/t/0".into(), Bytes::from_static(b"old"), 0),
+                ("api/t/500".into(), Bytes::from_static(b"stale"), 0),
+            ],
+        );
+        let kept = subs.subscribe("api", &t, 2, "api/t/+", 0, mpsc::channel(1).0);
+        assert_eq!(kept.len(), MAX_RETAINED);
+        let t500 = kept.iter().find(|m| m.topic == "api/t/500").unwrap();
+        assert_eq!(t500.payload, Bytes::from_static(b"x"));
     }
 
     #[test]
@@ -340,7 +403,8 @@ mod tests {
                 Bytes::from_static(b"x"),
                 1,
                 false
-            ),
+            )
+            .delivered,
             0
         );
         assert!(old_rx.try_recv().is_err());
@@ -362,7 +426,8 @@ mod tests {
                 Bytes::from_static(b"x"),
                 0,
                 false
-            ),
+            )
+            .delivered,
             1
         );
     }
