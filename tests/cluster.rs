@@ -462,6 +462,31 @@ fn inbox(name: Option<&str>, target: &Target) -> TunnelSpec {
     tunnel
 }
 
+/// The tunnel `sensors` to `target` with MQTT (login `dev:pw`, POSTs to
+/// `/inbound/mqtt`, signed with [`APP_SECRET`]) on the node at `control`,
+/// and its client's API, where the app publishes.
+async fn sensors(control: SocketAddr, target: &Target) -> (TestClient, SocketAddr) {
+    let mut tunnel = spec(Some("sensors"), target);
+    tunnel.secret = Some(APP_SECRET.into());
+    set_mqtt(
+        &mut tunnel,
+        MqttSettings {
+            path: Some("/inbound/mqtt".into()),
+            auth: Some("dev:pw".into()),
+            ..MqttSettings::default()
+        },
+    );
+    let inspector = droid_client::Inspector::new(droid_client::InspectorOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let mut config = client_config(control, vec![tunnel]);
+    config.inspector = Some(inspector.clone());
+    let c = client(config).await;
+    let shutdown = c.shutdown.clone();
+    tokio::spawn(async move { inspector.serve(listener, None, shutdown).await });
+    (c, api)
+}
+
 /// Whether a delivery carries a good signature by [`APP_SECRET`].
 fn signed(post: &Received) -> bool {
     signed_with(post, APP_SECRET)
@@ -542,24 +567,7 @@ async fn any_nodes_mqtt_takes_devices_and_their_subscriptions_for_a_tunnel_on_an
     let mut app = origin("app").await;
     let (one, _) = node_of(&redis, "one", mqtt_server(None).await).await;
     let (two, _) = node_of(&redis, "two", mqtt_server(None).await).await;
-    let mut tunnel = spec(Some("sensors"), &app.target);
-    tunnel.secret = Some(APP_SECRET.into());
-    set_mqtt(
-        &mut tunnel,
-        MqttSettings {
-            path: Some("/inbound/mqtt".into()),
-            auth: Some("dev:pw".into()),
-            ..MqttSettings::default()
-        },
-    );
-    let inspector = droid_client::Inspector::new(droid_client::InspectorOptions::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = listener.local_addr().unwrap();
-    let mut config = client_config(two.control, vec![tunnel]);
-    config.inspector = Some(inspector.clone());
-    let c = client(config).await;
-    let shutdown = c.shutdown.clone();
-    tokio::spawn(async move { inspector.serve(listener, None, shutdown).await });
+    let (c, api) = sensors(two.control, &app.target).await;
     let mqtt_one = one.mqtt.unwrap();
 
     // A device on node one publishes to the tunnel on node two, with the
@@ -994,23 +1002,7 @@ async fn a_retained_mqtt_message_reaches_a_subscriber_on_a_node_that_started_aft
     let redis = Redis::start().await.unwrap();
     let app = origin("app").await;
     let (one, _) = node_of(&redis, "one", mqtt_server(None).await).await;
-    let mut tunnel = spec(Some("sensors"), &app.target);
-    set_mqtt(
-        &mut tunnel,
-        MqttSettings {
-            path: Some("/inbound/mqtt".into()),
-            auth: Some("dev:pw".into()),
-            ..MqttSettings::default()
-        },
-    );
-    let inspector = droid_client::Inspector::new(droid_client::InspectorOptions::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = listener.local_addr().unwrap();
-    let mut config = client_config(one.control, vec![tunnel]);
-    config.inspector = Some(inspector.clone());
-    let c = client(config).await;
-    let shutdown = c.shutdown.clone();
-    tokio::spawn(async move { inspector.serve(listener, None, shutdown).await });
+    let (c, api) = sensors(one.control, &app.target).await;
     // Retained on node one, with no device anywhere yet; then replaced,
     // and another topic retained and cleared.
     for (topic, payload) in [

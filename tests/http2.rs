@@ -11,6 +11,29 @@ use common::pki::Pki;
 use common::*;
 use tokio::process::Command;
 
+/// `droid server` with HTTPS (`cert`, `key`): the process, its control
+/// address and its HTTPS address.
+async fn https_server(
+    cert: &str,
+    key: &str,
+    state: &std::path::Path,
+) -> (Droid, std::net::SocketAddr, std::net::SocketAddr) {
+    let args = [
+        "--https",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ];
+    let mut server = Droid::start(&server_args(&args), state);
+    let (_, control) = server.line("the addresses", server_addrs).await;
+    let https = server
+        .line("the https address", |l| addr_after(l, "https on "))
+        .await;
+    (server, control, https)
+}
+
 /// `droid http ARGS` with its embedded server: the process and its URL's
 /// authority (`NAME.localhost:PORT`).
 async fn droid_http(args: &[&str], state: &std::path::Path) -> (Droid, String) {
@@ -79,21 +102,7 @@ async fn grpc_and_curl_use_http2_by_alpn_on_the_https_front() {
     let web = origin("web").await;
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, ca) = pki.write(dir.path());
-    let mut server = Droid::start(
-        &server_args(&[
-            "--https",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-        ]),
-        dir.path(),
-    );
-    let (_, control) = server.line("the addresses", server_addrs).await;
-    let https = server
-        .line("the https address", |l| addr_after(l, "https on "))
-        .await;
+    let (server, control, https) = https_server(&cert, &key, dir.path()).await;
     let control = format!("localhost:{}", control.port());
     let mut tunnels = Vec::new();
     for (name, port, extra) in [
@@ -214,13 +223,7 @@ async fn a_second_name_on_one_http2_connection_gets_421() {
     let a = origin("a").await;
     let server = server().await;
     let client = client(client_config(server.control, vec![spec(None, &a.target)])).await;
-    let stream = tokio::net::TcpStream::connect(server.http).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake::<_, TestBody>(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_connection(server.http).await;
     let get = |host: &str| {
         http::Request::get(format!("http://{host}/x"))
             .body(empty())
@@ -491,20 +494,6 @@ async fn the_inspector_shows_grpc_calls_with_service_method_status_and_messages(
     assert!(droid.interrupt().await.success());
 }
 
-/// An HTTP/2 client connection to `addr`.
-async fn h2_connection(
-    addr: std::net::SocketAddr,
-) -> hyper::client::conn::http2::SendRequest<TestBody> {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake::<_, TestBody>(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    send
-}
-
 #[tokio::test]
 async fn http2_requests_in_flight_count_against_the_tunnels_stream_limit() {
     let app = origin("app").await;
@@ -685,21 +674,7 @@ async fn a_browser_speaks_http2_through_the_https_front() {
     let web = origin("web").await;
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, ca) = pki.write(dir.path());
-    let mut server = Droid::start(
-        &server_args(&[
-            "--https",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-        ]),
-        dir.path(),
-    );
-    let (_, control) = server.line("the addresses", server_addrs).await;
-    let https = server
-        .line("the https address", |l| addr_after(l, "https on "))
-        .await;
+    let (server, control, https) = https_server(&cert, &key, dir.path()).await;
     let state = dir.path().join("client");
     std::fs::create_dir(&state).unwrap();
     let (control, port) = (

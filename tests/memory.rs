@@ -192,13 +192,7 @@ async fn an_http2_visitor_that_does_not_read_makes_the_server_hold_little() {
     let pid = server.child.id().unwrap();
     let app = origin("app").await;
     let c = client(client_config(control, vec![spec(None, &app.target)])).await;
-    let stream = TcpStream::connect(http).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake::<_, TestBody>(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_connection(http).await;
     let before = rss_of(pid);
     const SIZE: usize = 8 << 20;
     let mut answers = Vec::new();

@@ -876,6 +876,20 @@ pub async fn dead_port() -> u16 {
 
 // ---------------------------------------------------------------- the binary
 
+/// An HTTP/2 client connection to `addr`.
+pub async fn h2_connection(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<TestBody> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, TestBody>(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 /// The `droid` binary under test.
 pub const DROID: &str = env!("CARGO_BIN_EXE_droid");
 
