@@ -1047,3 +1047,45 @@ async fn a_retained_mqtt_message_reaches_a_subscriber_on_a_node_that_started_aft
     assert_eq!(fields, ["sensors/cmd/fan"]);
     drop(c);
 }
+
+#[tokio::test]
+async fn nodes_log_in_to_redis_as_an_acl_user_and_a_wrong_password_says_so_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("redis.conf");
+    std::fs::write(
+        &config,
+        "user default off\nuser droid on >s3cret-pw ~* &* +@all\n",
+    )
+    .unwrap();
+    let redis = Redis::configured(&config, "droid:s3cret-pw").await.unwrap();
+    let app = origin("app").await;
+    let (one, _) = node(&redis, "one").await;
+    let (two, _) = node(&redis, "two").await;
+    let c = client(client_config(one.control, vec![spec(None, &app.target)])).await;
+    assert_eq!(get(two.http, &c.host(), "/x").await.1, "origin app /x");
+    // A wrong password: joining fails at once, saying why, the password
+    // never shown.
+    let wrong = format!("redis://droid:not-it@127.0.0.1:{}", redis.port);
+    let joined = Cluster::join(
+        ClusterConfig {
+            redis: wrong,
+            node_id: "three".into(),
+            lease: Duration::from_secs(1),
+            peer: None,
+            secret: SECRET.into(),
+        },
+        one.server.config().names.clone(),
+    )
+    .await;
+    let Err(error) = joined else {
+        panic!("a wrong password joined the cluster");
+    };
+    let error = error.to_string();
+    assert!(error.contains("redis://droid:***@127.0.0.1"), "{error}");
+    assert!(!error.contains("not-it"), "{error}");
+    let said = error.to_lowercase();
+    assert!(
+        said.contains("wrongpass") || said.contains("password"),
+        "{error}"
+    );
+}

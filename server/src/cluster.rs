@@ -84,17 +84,24 @@ pub struct ClusterError {
 impl ClusterError {
     /// An error about the Redis at `url`, its password never shown.
     pub(crate) fn new(url: &str, reason: String) -> ClusterError {
-        let redis = match url.split_once("://") {
-            Some((scheme, rest)) => match rest.split_once('@') {
-                Some((login, host)) if !login.contains('/') => {
-                    let user = login.split(':').next().unwrap_or_default();
-                    format!("{scheme}://{user}:***@{host}")
-                }
-                _ => url.to_string(),
-            },
-            None => url.to_string(),
-        };
-        ClusterError { redis, reason }
+        ClusterError {
+            redis: masked(url),
+            reason,
+        }
+    }
+}
+
+/// A Redis URL as it may be shown: its password, if any, as `***`.
+fn masked(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((login, host)) if !login.contains('/') => {
+                let user = login.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}")
+            }
+            _ => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -404,7 +411,8 @@ impl Cluster {
             .renew_once()
             .await
             .map_err(|e| failed(e.to_string()))?;
-        info!(node = %cluster.config.node_id, redis = %cluster.config.redis, "joined the cluster");
+        let redis = masked(&cluster.config.redis);
+        info!(node = %cluster.config.node_id, %redis, "joined the cluster");
         Ok(cluster)
     }
 

@@ -16,6 +16,8 @@ pub struct Redis {
     child: tokio::process::Child,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// The `user:password` its URL logs in with, if it wants one.
+    login: Option<String>,
 }
 
 impl Redis {
@@ -31,9 +33,31 @@ impl Redis {
     /// `appendonly`, it keeps its data in that directory, fsynced always.
     /// Ready once it answers PING, within 10 s.
     pub async fn on(port: u16, appendonly: Option<&Path>) -> io::Result<Redis> {
-        let mut args: Vec<String> = ["--port", &port.to_string(), "--bind", "127.0.0.1"]
-            .map(String::from)
-            .to_vec();
+        Redis::with(port, appendonly, None).await
+    }
+
+    /// On a free loopback port, with the directives of the config file
+    /// `config` (ACL users, say); its URL logs in as `login`
+    /// (`user:password`).
+    pub async fn configured(config: &Path, login: &str) -> io::Result<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut redis = Redis::with(port, None, Some(config)).await?;
+        redis.login = Some(login.to_string());
+        Ok(redis)
+    }
+
+    async fn with(
+        port: u16,
+        appendonly: Option<&Path>,
+        config: Option<&Path>,
+    ) -> io::Result<Redis> {
+        let mut args: Vec<String> = config
+            .map(|c| c.to_string_lossy().into_owned())
+            .into_iter()
+            .collect();
+        args.extend(["--port", &port.to_string(), "--bind", "127.0.0.1"].map(String::from));
         args.extend(["--save", ""].map(String::from));
         match appendonly {
             Some(dir) => args.extend([
@@ -57,12 +81,16 @@ impl Redis {
                     format!("redis-server is missing ({e}): install Debian's redis-server (bash .ci/test does)"),
                 )
             })?;
-        let redis = Redis { child, port };
+        let redis = Redis {
+            child,
+            port,
+            login: None,
+        };
         for _ in 0..500 {
             if redis
                 .command("PING")
                 .await
-                .is_ok_and(|r| r.starts_with("+PONG"))
+                .is_ok_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
             {
                 return Ok(redis);
             }
@@ -76,7 +104,10 @@ impl Redis {
 
     /// Its URL for `--cluster`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.login {
+            Some(login) => format!("redis://{login}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// One inline command and its reply (its first 64 KiB, within 5 s).
