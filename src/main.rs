@@ -290,9 +290,14 @@ struct ServerArgs {
     #[arg(long, value_name = "DIR")]
     state: Option<std::path::PathBuf>,
     /// Be one node of several sharing their names in this Redis
-    /// (redis://HOST:PORT); needs --node-id.
+    /// (redis://[USER:PASSWORD@]HOST:PORT, or rediss:// for TLS); needs
+    /// --node-id.
     #[arg(long, value_name = "URL", requires = "node_id")]
     cluster: Option<String>,
+    /// The CA certificates (PEM) a rediss:// Redis's certificate must
+    /// chain to [default: the system's].
+    #[arg(long, value_name = "FILE")]
+    cluster_ca: Option<std::path::PathBuf>,
     /// This node's id in the cluster, unique among its nodes.
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,

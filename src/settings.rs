@@ -343,6 +343,7 @@ pub fn server(
                     // Filled in once the peer port is bound (port 0).
                     peer: advertise,
                     secret: secret.unwrap_or_default(),
+                    ca: cluster_ca(args, file)?,
                 }),
                 (None, Some(_)) => bail!("--node-id needs --cluster redis://HOST:PORT"),
                 _ => None,
@@ -659,4 +660,22 @@ fn server_list(given: &[String]) -> Option<String> {
 pub fn new_cluster_secret() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The CA certificates a `rediss://` cluster Redis's must chain to, from
+/// `--cluster-ca` or `ca` in `[cluster]`, read now.
+fn cluster_ca(
+    args: &ServerArgs,
+    file: Option<&crate::config::server::ClusterFile>,
+) -> Result<Option<Vec<u8>>> {
+    let path = args
+        .cluster_ca
+        .clone()
+        .or_else(|| file.and_then(|c| c.ca.as_ref().map(|p| p.0.clone().into())));
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(&path)
+        .with_context(|| format!("--cluster-ca: cannot read {}", path.display()))?;
+    Ok(Some(pem))
 }

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::pki::Pki;
 use common::redis_server::Redis;
 use common::*;
 use droid_adapters::{MailSettings, MqttSettings};
@@ -50,6 +51,7 @@ async fn node_leased(
                 lease,
                 peer: Some(peer.local_addr().unwrap().to_string()),
                 secret: SECRET.into(),
+                ca: redis.ca(),
             },
             srv.server.config().names.clone(),
         )
@@ -363,6 +365,7 @@ async fn the_peer_port_refuses_a_wrong_secret() {
                 lease: Duration::from_secs(1),
                 peer: None,
                 secret: "another secret, long enough 7c0b9a1e".into(),
+                ca: None,
             },
             rogue_srv.server.config().names.clone(),
         )
@@ -1073,6 +1076,7 @@ async fn nodes_log_in_to_redis_as_an_acl_user_and_a_wrong_password_says_so_at_st
             lease: Duration::from_secs(1),
             peer: None,
             secret: SECRET.into(),
+            ca: None,
         },
         one.server.config().names.clone(),
     )
@@ -1088,4 +1092,48 @@ async fn nodes_log_in_to_redis_as_an_acl_user_and_a_wrong_password_says_so_at_st
         said.contains("wrongpass") || said.contains("password"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn nodes_reach_a_redis_over_tls_and_one_that_trusts_another_ca_is_refused() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = pki.write(dir.path());
+    let config = dir.path().join("redis.conf");
+    std::fs::write(
+        &config,
+        "user default off\nuser droid on >s3cret-pw ~* &* +@all\n",
+    )
+    .unwrap();
+    let certs = (cert.as_str(), key.as_str(), pki.ca.as_bytes());
+    let redis = Redis::tls(&config, "droid:s3cret-pw", certs).await.unwrap();
+    assert!(
+        redis
+            .url()
+            .starts_with("rediss://droid:s3cret-pw@localhost:")
+    );
+    let app = origin("app").await;
+    let (one, _) = node(&redis, "one").await;
+    let (two, _) = node(&redis, "two").await;
+    let c = client(client_config(one.control, vec![spec(None, &app.target)])).await;
+    assert_eq!(get(two.http, &c.host(), "/x").await.1, "origin app /x");
+    // A node that trusts another CA does not join, and says why.
+    let joined = Cluster::join(
+        ClusterConfig {
+            redis: redis.url(),
+            node_id: "three".into(),
+            lease: Duration::from_secs(1),
+            peer: None,
+            secret: SECRET.into(),
+            ca: Some(Pki::new().ca.into_bytes()),
+        },
+        one.server.config().names.clone(),
+    )
+    .await;
+    let Err(error) = joined else {
+        panic!("a node that trusts another CA joined");
+    };
+    let error = error.to_string();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    assert!(!error.contains("s3cret-pw"), "{error}");
 }

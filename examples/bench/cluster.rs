@@ -66,6 +66,7 @@ async fn node(redis: &Redis, id: &str, stop: &CancellationToken) -> anyhow::Resu
                 lease: Duration::from_secs(10),
                 peer: Some(peer.local_addr()?.to_string()),
                 secret: NODES_SECRET.into(),
+                ca: None,
             },
             server.config().names.clone(),
         )
@@ -222,6 +223,7 @@ async fn claims_bench(redis: &Redis) -> anyhow::Result<()> {
                 lease: Duration::from_secs(10),
                 peer: None,
                 secret: NODES_SECRET.into(),
+                ca: None,
             },
             droid_server::NamePolicy::default(),
         )

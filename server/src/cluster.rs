@@ -48,7 +48,7 @@ use crate::registry::Tunnel;
 /// How a node joins a cluster. Its `Debug` masks the secret.
 #[derive(Clone)]
 pub struct ClusterConfig {
-    /// Redis, `redis://HOST:PORT`.
+    /// Redis, `redis://[USER:PASSWORD@]HOST:PORT`, or `rediss://` for TLS.
     pub redis: String,
     /// This node's id, unique in the cluster.
     pub node_id: String,
@@ -59,12 +59,15 @@ pub struct ClusterConfig {
     pub peer: Option<String>,
     /// What every node knows: the key of the TLS between the nodes.
     pub secret: String,
+    /// For a `rediss://` Redis: the CA certificates (PEM) its certificate
+    /// must chain to; `None` trusts the system's.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ClusterConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterConfig")
-            .field("redis", &self.redis)
+            .field("redis", &masked(&self.redis))
             .field("node_id", &self.node_id)
             .field("lease", &self.lease)
             .field("peer", &self.peer)
@@ -378,8 +381,22 @@ impl Cluster {
     pub async fn join(config: ClusterConfig, policy: NamePolicy) -> Result<Cluster, ClusterError> {
         let redis = config.redis.clone();
         let failed = |reason: String| ClusterError::new(&redis, reason);
-        let client =
-            redis::Client::open(config.redis.as_str()).map_err(|e| failed(e.to_string()))?;
+        let client = match &config.ca {
+            Some(_) if !redis.starts_with("rediss://") => {
+                return Err(failed(
+                    "a CA for Redis (--cluster-ca) is for a rediss:// URL (TLS)".into(),
+                ));
+            }
+            Some(ca) => {
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                };
+                redis::Client::build_with_tls(redis.as_str(), certificates)
+            }
+            None => redis::Client::open(redis.as_str()),
+        }
+        .map_err(|e| failed(e.to_string()))?;
         let peer_tls = PeerTls::from_secret(&config.secret).map_err(|e| failed(e.to_string()))?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))

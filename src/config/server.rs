@@ -82,6 +82,9 @@ pub struct ClusterFile {
     pub peer_advertise: Option<NonEmpty>,
     /// The key of the TLS between the nodes (`--cluster-secret`).
     pub secret: Option<NonEmpty>,
+    /// The CA certificates (PEM) a `rediss://` Redis's must chain to
+    /// (`--cluster-ca`).
+    pub ca: Option<NonEmpty>,
 }
 
 /// `[names]`.

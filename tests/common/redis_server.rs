@@ -18,6 +18,10 @@ pub struct Redis {
     pub port: u16,
     /// The `user:password` its URL logs in with, if it wants one.
     login: Option<String>,
+    /// Its TLS port, which its URL then names (`rediss://`), and the CA
+    /// its certificate chains to.
+    tls_port: Option<u16>,
+    ca: Option<Vec<u8>>,
 }
 
 impl Redis {
@@ -33,30 +37,52 @@ impl Redis {
     /// `appendonly`, it keeps its data in that directory, fsynced always.
     /// Ready once it answers PING, within 10 s.
     pub async fn on(port: u16, appendonly: Option<&Path>) -> io::Result<Redis> {
-        Redis::with(port, appendonly, None).await
+        Redis::with(port, appendonly, Vec::new()).await
     }
 
     /// On a free loopback port, with the directives of the config file
     /// `config` (ACL users, say); its URL logs in as `login`
     /// (`user:password`).
     pub async fn configured(config: &Path, login: &str) -> io::Result<Redis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut redis = Redis::with(port, None, Some(config)).await?;
+        let extra = vec![config.to_string_lossy().into_owned()];
+        let mut redis = Redis::with(free_port()?, None, extra).await?;
         redis.login = Some(login.to_string());
         Ok(redis)
     }
 
-    async fn with(
-        port: u16,
-        appendonly: Option<&Path>,
-        config: Option<&Path>,
+    /// [`Redis::configured`], also speaking TLS on a port of its own with
+    /// `cert` and `key` (for `localhost`, from the CA `ca`), which its URL
+    /// names.
+    pub async fn tls(
+        config: &Path,
+        login: &str,
+        (cert, key, ca): (&str, &str, &[u8]),
     ) -> io::Result<Redis> {
-        let mut args: Vec<String> = config
-            .map(|c| c.to_string_lossy().into_owned())
-            .into_iter()
-            .collect();
+        let tls_port = free_port()?;
+        let extra = [
+            &config.to_string_lossy(),
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            cert,
+            "--tls-auth-clients",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut redis = Redis::with(free_port()?, None, extra).await?;
+        redis.login = Some(login.to_string());
+        redis.tls_port = Some(tls_port);
+        redis.ca = Some(ca.to_vec());
+        Ok(redis)
+    }
+
+    async fn with(port: u16, appendonly: Option<&Path>, extra: Vec<String>) -> io::Result<Redis> {
+        let mut args = extra;
         args.extend(["--port", &port.to_string(), "--bind", "127.0.0.1"].map(String::from));
         args.extend(["--save", ""].map(String::from));
         match appendonly {
@@ -85,6 +111,8 @@ impl Redis {
             child,
             port,
             login: None,
+            tls_port: None,
+            ca: None,
         };
         for _ in 0..500 {
             if redis
@@ -102,11 +130,21 @@ impl Redis {
         ))
     }
 
+    /// The CA a node must trust to reach it, when it speaks TLS.
+    pub fn ca(&self) -> Option<Vec<u8>> {
+        self.ca.clone()
+    }
+
     /// Its URL for `--cluster`.
     pub fn url(&self) -> String {
-        match &self.login {
-            Some(login) => format!("redis://{login}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+        let login = self
+            .login
+            .as_ref()
+            .map(|l| format!("{l}@"))
+            .unwrap_or_default();
+        match self.tls_port {
+            Some(port) => format!("rediss://{login}localhost:{port}"),
+            None => format!("redis://{login}127.0.0.1:{}", self.port),
         }
     }
 
@@ -129,4 +167,11 @@ impl Redis {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
+}
+
+/// A free loopback port.
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
