@@ -306,29 +306,40 @@ async fn http2_requests_meet_the_tunnels_login_addresses_body_limit_and_rate() {
     let echo = url("locked", "/echo");
     let big = "x".repeat(2000);
     let login = with(&["-u", "ann:s3cret"]);
+    // The 413 goes before the body ends, then the stream is reset (RFC
+    // 9113 §8.1); curl 7.88, still uploading, sometimes fails on the reset
+    // and shows no status ("000"). A hyper client always reads the 413
+    // (`an_http2_body_that_stops_arriving_gets_408_one_too_large_413_and_connect_400`).
+    let refused = |status: &str| status == "413" || status == "000";
     let (status, _) = curl_h2(&[login.as_slice(), &["--data-binary", &big, &echo]].concat()).await;
-    assert_eq!(status, "413");
+    assert!(refused(&status), "{status}");
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &big).unwrap();
     let path = file.path().display().to_string();
-    // `-T` from a pipe: no Content-Length, the limit is found as it streams.
+    // `-T` from a pipe: no Content-Length, the limit is found as it streams
+    // (to a path where the app reads the whole body before it answers: an
+    // app that answers first gets its answer through, then the reset).
+    let inbound = url("locked", "/inbound/big");
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "cat {path} | curl -s --http2-prior-knowledge -u ann:s3cret --resolve {locked_resolve} -T - -w '\\n%{{http_code}}' {echo}"
+            "cat {path} | curl -s --http2-prior-knowledge -u ann:s3cret --resolve {locked_resolve} -T - -w '\\n%{{http_code}}' {inbound}"
         ))
         .output()
         .await
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.ends_with("\n413"), "{said}");
+    assert!(
+        refused(said.rsplit('\n').next().unwrap_or_default()),
+        "{said}"
+    );
 
     // Past the tunnel's rate, on one connection: the burst passes, the
     // rest get 429.
     let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ann:s3cret");
     let login = format!("authorization: Basic {basic}");
     let out = Command::new("h2load")
-        .args(["-n", "20", "-c", "1", "-m", "1", "-H", &login, "-H"])
+        .args(["-n", "40", "-c", "1", "-m", "1", "-H", &login, "-H"])
         .arg(format!(":authority: locked.{DOMAIN}"))
         .arg(format!("http://{}/n", srv.http))
         .output()
@@ -348,7 +359,7 @@ async fn http2_requests_meet_the_tunnels_login_addresses_body_limit_and_rate() {
             .parse()
             .unwrap()
     };
-    assert!(count(" 2xx") >= 1 && count(" 4xx") >= 10, "{said}");
+    assert!(count(" 2xx") >= 1 && count(" 4xx") >= 5, "{said}");
 }
 
 #[tokio::test]
@@ -529,9 +540,13 @@ async fn http2_requests_in_flight_count_against_the_tunnels_stream_limit() {
 }
 
 #[tokio::test]
-async fn an_http2_body_that_stops_arriving_gets_408_and_connect_gets_400() {
+async fn an_http2_body_that_stops_arriving_gets_408_one_too_large_413_and_connect_400() {
     let app = origin("app").await;
-    let srv = server_with(|c| c.body_read_timeout = std::time::Duration::from_millis(300)).await;
+    let srv = server_with(|c| {
+        c.body_read_timeout = std::time::Duration::from_millis(300);
+        c.max_body_size = Some(1000);
+    })
+    .await;
     let c = client(client_config(srv.control, vec![spec(None, &app.target)])).await;
     let mut send = h2_connection(srv.http).await;
     // A body that never sends a byte, nor ends.
@@ -545,6 +560,25 @@ async fn an_http2_body_that_stops_arriving_gets_408_and_connect_gets_400() {
         .unwrap();
     let answer = within("the 408", send.send_request(request)).await.unwrap();
     assert_eq!(answer.status(), 408);
+    // A body over the limit, streamed with no length: 413, read whole.
+    let over: Vec<
+        Result<hyper::body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+    > = (0..4)
+        .map(|_| {
+            Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![
+                b'x';
+                600
+            ])))
+        })
+        .collect();
+    let body: TestBody = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
+        futures::stream::iter(over),
+    ));
+    let request = http::Request::post(format!("http://{}/inbound/big", c.host()))
+        .body(body)
+        .unwrap();
+    let answer = within("the 413", send.send_request(request)).await.unwrap();
+    assert_eq!(answer.status(), 413);
     let connect = http::Request::connect(format!("{}:443", c.host()))
         .body(empty())
         .unwrap();

@@ -96,12 +96,14 @@ where
         upstream: Mutex::new(None),
         busy,
     });
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: Request<Incoming>| {
         let conn = conn.clone();
         async move {
             let busy = Busy::new(conn.clone());
+            let slot = Arc::new(std::sync::Mutex::new(None));
+            let request = request.map(|body| Lent::new(body, &slot));
             let answer = conn.exchange(request).await;
-            Ok::<_, Infallible>(conn.answering(answer, busy))
+            Ok::<_, Infallible>(conn.answering(answer, busy, slot))
         }
     });
     let served = builder.serve_connection(TokioIo::new(io), service);
@@ -157,6 +159,9 @@ struct Answering {
     body: Body,
     _busy: Busy,
     _slot: Option<Slot>,
+    /// The request's body if nobody took it (a refused request): kept
+    /// until the answer has gone, as dropping it resets the stream.
+    _held: Held,
     /// Counts the status of a gRPC call, once.
     grpc: Option<Arc<crate::Shared>>,
 }
@@ -218,7 +223,7 @@ struct Asked {
 impl H2Conn {
     /// Answers one request: with a page, or through a tunnel (here or on
     /// another node).
-    async fn exchange(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn exchange(&self, request: Request<Lent>) -> Response<Body> {
         let asked = Asked {
             method: request.method().clone(),
             path: request
@@ -270,7 +275,7 @@ impl H2Conn {
         &self,
         tunnel: Arc<Tunnel>,
         host: String,
-        request: Request<Incoming>,
+        request: Request<Lent>,
         asked: Asked,
     ) -> Response<Body> {
         let started = Instant::now();
@@ -303,7 +308,7 @@ impl H2Conn {
         &self,
         tunnel: &Arc<Tunnel>,
         host: &str,
-        request: Request<Incoming>,
+        request: Request<Lent>,
         asked: &Asked,
     ) -> Response<Body> {
         let started = Instant::now();
@@ -391,7 +396,7 @@ impl H2Conn {
         &self,
         name: String,
         addr: String,
-        mut request: Request<Incoming>,
+        mut request: Request<Lent>,
         asked: Asked,
     ) -> Response<Body> {
         let dest = Dest::Node {
@@ -423,7 +428,8 @@ impl H2Conn {
                         *request.uri_mut() = uri;
                     }
                 }
-                send.send_request(request.map(boxed)).await.ok()
+                let request = request.map(|b| b.map_err(BoxError::from).boxed());
+                send.send_request(request).await.ok()
             }
             Err(_) => None,
         };
@@ -505,7 +511,7 @@ impl H2Conn {
     /// takes, or stops arriving.
     fn forwarded(
         &self,
-        request: Request<Incoming>,
+        request: Request<Lent>,
         tunnel: &Tunnel,
         host: &str,
         body_state: &Arc<AtomicU8>,
@@ -579,7 +585,7 @@ impl H2Conn {
     /// The answer as it goes to the visitor, keeping `busy` until its end.
     /// A gRPC call's status is counted (at once for a trailers-only
     /// answer) unless another node relayed it, which counts it itself.
-    fn answering(&self, mut answer: Response<Body>, busy: Busy) -> Response<Body> {
+    fn answering(&self, mut answer: Response<Body>, busy: Busy, held: Held) -> Response<Body> {
         let slot = answer.extensions_mut().remove::<Slot>();
         let shared = &self.visitor.shared;
         let grpc = answer
@@ -598,6 +604,7 @@ impl H2Conn {
                 body,
                 _busy: busy,
                 _slot: slot,
+                _held: held,
                 grpc: counted,
             }
             .boxed()
@@ -613,6 +620,88 @@ impl H2Conn {
     }
 }
 
+/// Where a request's body waits until whoever forwards it takes it.
+type Held = Arc<std::sync::Mutex<Option<Incoming>>>;
+
+/// A visitor's request body, lent to whoever forwards it: it stays in its
+/// [`Held`] slot, which the answer keeps, until it is first polled, and
+/// goes back there when the borrower drops it. So a request refused
+/// before its body was read, or cut short, keeps its stream until its
+/// answer has gone (a body dropped first resets the stream, and the
+/// visitor never sees the answer).
+struct Lent {
+    slot: Held,
+    body: Option<Incoming>,
+}
+
+impl Lent {
+    fn new(body: Incoming, slot: &Held) -> Lent {
+        if let Ok(mut held) = slot.lock() {
+            *held = Some(body);
+        }
+        Lent {
+            slot: slot.clone(),
+            body: None,
+        }
+    }
+
+    fn body(&mut self) -> Option<&mut Incoming> {
+        if self.body.is_none() {
+            self.body = self.slot.lock().ok().and_then(|mut held| held.take());
+        }
+        self.body.as_mut()
+    }
+}
+
+impl Drop for Lent {
+    /// Given back: a body cut short (over the limit) is kept, like one
+    /// never taken, until the answer that says so has gone.
+    fn drop(&mut self) {
+        if let Some(body) = self.body.take()
+            && let Ok(mut held) = self.slot.lock()
+        {
+            *held = Some(body);
+        }
+    }
+}
+
+impl hyper::body::Body for Lent {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.body() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.body {
+            Some(body) => body.is_end_stream(),
+            None => self
+                .slot
+                .lock()
+                .map_or(true, |held| held.as_ref().is_none_or(|b| b.is_end_stream())),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.body {
+            Some(body) => body.size_hint(),
+            None => self
+                .slot
+                .lock()
+                .ok()
+                .and_then(|held| held.as_ref().map(|b| b.size_hint()))
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// A request body's state, as [`Capped`] found it.
 const BODY_OK: u8 = 0;
 /// More than the server takes.
@@ -624,7 +713,7 @@ const BODY_SLOW: u8 = 2;
 /// nothing of it arrives for `idle`, saying which in `state`: the stream
 /// to the app is reset, and the visitor gets 413 or 408.
 struct Capped {
-    body: Incoming,
+    body: Lent,
     left: u64,
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
