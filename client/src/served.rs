@@ -103,8 +103,8 @@ impl Served {
     async fn answer_uncaptured(&self, request: Request<Body>) -> Response<Body> {
         let name = &self.tunnel;
         // (An https app's own ALPN decides; it answers gRPC itself.)
-        let http1 = self.app.protocol == AppProtocol::Http1 && !self.app.target.tls;
-        if http1 && app::is_grpc(request.headers()) {
+        let app_http1 = self.app.protocol == AppProtocol::Http1 && !self.app.target.tls;
+        if app_http1 && app::is_grpc(request.headers()) {
             debug!(tunnel = %name, "a gRPC call for an HTTP/1.1 app; answered UNAVAILABLE");
             return app::grpc_needs_h2c(name);
         }

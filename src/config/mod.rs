@@ -420,17 +420,9 @@ impl Validate for ClientFile {
             } else {
                 t.port.as_ref().map(|_| "port")
             };
-            if let Some((key, why)) = https_conflict(t, tcp) {
-                return Err(ConfigError::at(
-                    file,
-                    source,
-                    Some(t.name.span()),
-                    Some(format!("tunnels[{i}].{key}")),
-                    why,
-                ));
-            }
-            if let Some(key) = misplaced {
-                let name = &t.name.get_ref().0;
+            let name = &t.name.get_ref().0;
+            let conflict = https_conflict(t, tcp).or_else(|| {
+                let key = misplaced?;
                 let why = if tcp {
                     format!(
                         "`{key}` is for HTTP tunnels, and the tunnel `{name}` is `kind = \"tcp\"` (raw bytes): remove it"
@@ -440,6 +432,9 @@ impl Validate for ClientFile {
                         "`port` is for TCP tunnels: add `kind = \"tcp\"` to the tunnel `{name}`, or remove it"
                     )
                 };
+                Some((key, why))
+            });
+            if let Some((key, why)) = conflict {
                 return Err(ConfigError::at(
                     file,
                     source,
