@@ -290,8 +290,9 @@ struct ServerArgs {
     #[arg(long, value_name = "DIR")]
     state: Option<std::path::PathBuf>,
     /// Be one node of several sharing their names in this Redis
-    /// (redis://[USER:PASSWORD@]HOST:PORT, or rediss:// for TLS); needs
-    /// --node-id.
+    /// (redis://[USER:PASSWORD@]HOST:PORT, rediss:// for TLS, or the
+    /// master Redis Sentinel names:
+    /// redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER); needs --node-id.
     #[arg(long, value_name = "URL", requires = "node_id")]
     cluster: Option<String>,
     /// The CA certificates (PEM) a rediss:// Redis's certificate must

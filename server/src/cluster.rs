@@ -35,7 +35,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use droid_core::protocol::{ErrorCode, ErrorMessage};
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -43,12 +42,14 @@ use tracing::{debug, info, warn};
 use crate::NamePolicy;
 use crate::directory::{Directory, Located};
 use crate::peer_tls::PeerTls;
+use crate::redis_link::RedisLink;
 use crate::registry::Tunnel;
 
 /// How a node joins a cluster. Its `Debug` masks the secret.
 #[derive(Clone)]
 pub struct ClusterConfig {
-    /// Redis, `redis://[USER:PASSWORD@]HOST:PORT`, or `rediss://` for TLS.
+    /// Redis, `redis://[USER:PASSWORD@]HOST:PORT`, `rediss://` for TLS,
+    /// or `redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER`.
     pub redis: String,
     /// This node's id, unique in the cluster.
     pub node_id: String,
@@ -121,15 +122,29 @@ const ADAPTERS_CHANNEL: &str = "droid:adapters";
 const MAP_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// KEYS: name records. ARGV: owner, node, grace ms, quarantine ms,
-/// session, then for each key its settings (JSON, or '') and its index
+/// session, '1' when the node claims again names it serves (else '0'),
+/// lease ms, then for each key its settings (JSON, or '') and its index
 /// entries (`ADAPTER:KEY`, space-separated, or ''). Returns {'ok'} or
 /// {index, why, ms left}.
+///
+/// While Redis settles (`droid:settling`, after it lost its data or failed
+/// over and may have lost the last claims), a name it has no record of is
+/// given to no one but a node claiming again what it serves. A Redis that
+/// does not know the claiming node has lost its data: it settles from then.
 const CLAIM: &str = r"
 local owner, node = ARGV[1], ARGV[2]
 local grace, quarantine = tonumber(ARGV[3]), tonumber(ARGV[4])
-local session = ARGV[5]
+local session, reasserting, lease = ARGV[5], ARGV[6] == '1', tonumber(ARGV[7])
+local settling = 0
+if not reasserting then
+  if not redis.call('ZSCORE', 'droid:nodes', node) then
+    redis.call('SET', 'droid:settling', now + lease, 'PX', lease, 'NX')
+  end
+  settling = tonumber(redis.call('GET', 'droid:settling')) or 0
+end
 for i, key in ipairs(KEYS) do
   local r = redis.call('HMGET', key, 'owner', 'node', 'state', 'resume_until', 'until')
+  if not r[1] and now < settling then return {tostring(i), 'settling', tostring(settling - now)} end
   if r[1] then
     local state, resume_until, until_ = r[3], tonumber(r[4]) or 0, tonumber(r[5]) or 0
     if state == 'live' then
@@ -149,7 +164,7 @@ for i, key in ipairs(KEYS) do
   end
 end
 for i, key in ipairs(KEYS) do
-  local settings, index = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  local settings, index = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
   redis.call('HSET', key, 'owner', owner, 'node', node, 'session', session, 'state', 'live', 'resume_until', 0, 'until', 0, 'index', index)
   redis.call('PERSIST', key)
   if settings ~= '' then
@@ -216,6 +231,15 @@ if r[3] == 'live' then
 end
 if left <= 0 then return false end
 return {state, r[2], redis.call('HGET', 'droid:peers', r[2]) or '', r[1], redis.call('GET', KEYS[2]) or '', tostring(left)}
+";
+
+/// ARGV: lease ms. Redis settles for a lease from now: see [`CLAIM`].
+const SETTLE: &str = r"
+local until_ = now + tonumber(ARGV[1])
+if until_ > (tonumber(redis.call('GET', 'droid:settling')) or 0) then
+  redis.call('SET', 'droid:settling', until_, 'PX', ARGV[1])
+end
+return 1
 ";
 
 /// KEYS: an index entry's set of names. ARGV: the entry (`ADAPTER:KEY`).
@@ -303,7 +327,8 @@ pub(crate) trait Events: Send + Sync {
 
 /// A node's handle on the cluster registry. Cheap to share behind an `Arc`.
 pub struct Cluster {
-    conn: ConnectionManager,
+    /// Redis, or the master its sentinels name.
+    link: RedisLink,
     config: ClusterConfig,
     policy: NamePolicy,
     claim: redis::Script,
@@ -311,14 +336,13 @@ pub struct Cluster {
     renew: redis::Script,
     locate: redis::Script,
     indexed: redis::Script,
+    settle: redis::Script,
     /// Releases Redis did not take, retried with each lease renewal.
     pending: Mutex<Vec<Release>>,
     /// Redis's answers to [`Cluster::locate`], kept.
     directory: Directory,
     /// How lookups were answered.
     pub(crate) lookups: Lookups,
-    /// For the subscription that [`Cluster::follow`] holds.
-    client: redis::Client,
     /// The links between the nodes, keyed by the cluster secret.
     peer_tls: PeerTls,
 }
@@ -381,34 +405,12 @@ impl Cluster {
     pub async fn join(config: ClusterConfig, policy: NamePolicy) -> Result<Cluster, ClusterError> {
         let redis = config.redis.clone();
         let failed = |reason: String| ClusterError::new(&redis, reason);
-        let client = match &config.ca {
-            Some(_) if !redis.starts_with("rediss://") => {
-                return Err(failed(
-                    "a CA for Redis (--cluster-ca) is for a rediss:// URL (TLS)".into(),
-                ));
-            }
-            Some(ca) => {
-                let certificates = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                };
-                redis::Client::build_with_tls(redis.as_str(), certificates)
-            }
-            None => redis::Client::open(redis.as_str()),
-        }
-        .map_err(|e| failed(e.to_string()))?;
         let peer_tls = PeerTls::from_secret(&config.secret).map_err(|e| failed(e.to_string()))?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = client
-            .get_connection_manager_with_config(manager)
+        let link = RedisLink::connect(&redis, config.ca.clone())
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(failed)?;
         let cluster = Cluster {
-            conn,
+            link,
             config,
             policy,
             claim: script(CLAIM),
@@ -416,10 +418,10 @@ impl Cluster {
             renew: script(RENEW),
             locate: script(LOCATE),
             indexed: script(INDEXED),
+            settle: script(SETTLE),
             pending: Mutex::new(Vec::new()),
             directory: Directory::default(),
             lookups: Lookups::default(),
-            client,
             peer_tls,
         };
         // A node back within its old lease may find itself known: its old
@@ -435,7 +437,7 @@ impl Cluster {
 
     /// Renews the lease; true when Redis did not know this node.
     async fn renew_once(&self) -> redis::RedisResult<bool> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         self.renew
             .arg(&self.config.node_id)
             .arg(ms(self.config.lease))
@@ -461,7 +463,12 @@ impl Cluster {
             match self.renew_once().await {
                 Ok(forgotten) => {
                     if forgotten {
-                        self.reassert(live()).await;
+                        let names: usize = live().iter().map(|c| c.keys.len()).sum();
+                        warn!(
+                            names,
+                            "Redis no longer knew this node (restarted without its data?); claiming its names again"
+                        );
+                        self.settle_and_reassert(self.link.conn(), &live).await;
                     }
                     self.retry_releases().await;
                 }
@@ -472,17 +479,70 @@ impl Cluster {
         }
     }
 
-    /// Claims again the names this node serves, into a Redis that lost them.
-    async fn reassert(&self, live: Vec<LiveClaim>) {
-        let names: usize = live.iter().map(|c| c.keys.len()).sum();
-        warn!(
-            names,
-            "Redis no longer knew this node (restarted without its data?); claiming its names again"
-        );
-        for claim in live {
-            if let Err(e) = self.claim(&claim).await {
+    /// Claims again the names this node serves, into a Redis that lost
+    /// them (all, or the last ones, in a failover); strangers' claims of
+    /// names Redis does not know wait a lease meanwhile.
+    async fn settle_and_reassert(
+        &self,
+        mut conn: redis::aio::ConnectionManager,
+        live: &impl Fn() -> Vec<LiveClaim>,
+    ) {
+        let settled = self
+            .settle
+            .arg(ms(self.config.lease))
+            .invoke_async::<i64>(&mut conn)
+            .await;
+        if let Err(e) = settled {
+            warn!(error = %e, "could not hold new names back while this node claims its own again");
+        }
+        for claim in live() {
+            if let Err(e) = self.claim_as(&claim, true).await {
                 warn!(keys = ?claim.keys, reason = %e.message, "a name this node serves could not be claimed again");
             }
+        }
+    }
+
+    /// With Sentinel, until `shutdown`: asks the sentinels once a second
+    /// which server is the master, and when they name another one (a
+    /// failover), holds new names back there for a lease, moves every
+    /// command there and claims again every name `live` says this node
+    /// serves (replication is asynchronous: the last claims may be lost).
+    pub async fn follow_failovers(
+        &self,
+        live: impl Fn() -> Vec<LiveClaim>,
+        shutdown: CancellationToken,
+    ) {
+        if !self.link.follows_sentinels() {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let Some(master) = self.link.new_master().await else {
+                continue;
+            };
+            let at = master.at.clone();
+            let conn = master.conn();
+            // Strangers wait before any claim reaches the new master.
+            let settled = self
+                .settle
+                .arg(ms(self.config.lease))
+                .invoke_async::<i64>(&mut conn.clone())
+                .await;
+            if let Err(e) = settled {
+                debug!(%at, error = %e, "the new master did not take the settling mark yet");
+                continue;
+            }
+            self.link.install(master);
+            if let Err(e) = self.renew_once().await {
+                warn!(%at, error = %e, "could not renew this node's lease on the new master");
+            }
+            self.settle_and_reassert(conn, &live).await;
+            warn!(%at, "Redis failed over: following the new master; this node's names claimed again");
         }
     }
 
@@ -511,7 +571,7 @@ impl Cluster {
         }
         self.lookups.asked.inc();
         let epoch = self.directory.epoch();
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let answer = self
             .locate
             .key(key(name))
@@ -577,7 +637,7 @@ impl Cluster {
     /// Whether a tunnel live on some node has the index entry `entry`
     /// (`ADAPTER:KEY`).
     pub(crate) async fn indexed(&self, entry: &str) -> Result<bool, RegistryAway> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let found = self
             .indexed
             .key(format!("droid:index:{entry}"))
@@ -599,7 +659,7 @@ impl Cluster {
         let mut message = serde_json::to_vec(&head).unwrap_or_default();
         message.push(b'\n');
         message.extend_from_slice(bytes);
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         if let Err(e) = redis::cmd("PUBLISH")
             .arg(ADAPTERS_CHANNEL)
             .arg(message)
@@ -613,7 +673,7 @@ impl Cluster {
     /// Sets (or with `None` removes) `field` of the adapters' shared map
     /// `map` (`droid:map:MAP`, a hash), best effort.
     pub(crate) async fn map_set(&self, map: &str, field: &str, value: Option<&[u8]>) {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let key = format!("droid:map:{map}");
         let mut pipe = redis::pipe();
         match value {
@@ -634,7 +694,7 @@ impl Cluster {
 
     /// Every field of the shared map `map`; `None` while Redis is away.
     pub(crate) async fn map_all(&self, map: &str) -> Option<Vec<(String, Vec<u8>)>> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let key = format!("droid:map:{map}");
         match redis::cmd("HGETALL")
             .arg(&key)
@@ -652,9 +712,11 @@ impl Cluster {
     /// Follows the cluster's channels until `shutdown`: names claimed and
     /// released (forgotten from [`crate::directory`]; `events` hears of
     /// claims) and apps' publishes on other nodes. Subscribes again when
-    /// the subscription is lost, once a second.
+    /// the subscription is lost, once a second, or at once on a new master.
     pub(crate) async fn follow(&self, events: &dyn Events, shutdown: CancellationToken) {
+        let mut installed = self.link.installed();
         loop {
+            installed.borrow_and_update();
             let subscribed = tokio::select! {
                 s = self.subscribe() => s,
                 () = shutdown.cancelled() => return,
@@ -667,6 +729,7 @@ impl Cluster {
                     loop {
                         let message = tokio::select! {
                             m = messages.next() => m,
+                            _ = installed.changed() => None,
                             () = shutdown.cancelled() => return,
                         };
                         let Some(message) = message else { break };
@@ -691,7 +754,8 @@ impl Cluster {
     }
 
     async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
-        let connect = self.client.get_async_pubsub();
+        let client = self.link.client();
+        let connect = client.get_async_pubsub();
         let mut pubsub = tokio::time::timeout(Duration::from_secs(2), connect)
             .await
             .map_err(|_| {
@@ -738,6 +802,12 @@ impl Cluster {
 
     /// Claims a session's names on this node, all or none.
     pub async fn claim(&self, claim: &LiveClaim) -> Result<(), ErrorMessage> {
+        self.claim_as(claim, false).await
+    }
+
+    /// [`Cluster::claim`]; `reasserting` for names this node serves live,
+    /// claimed again into a Redis that lost them.
+    async fn claim_as(&self, claim: &LiveClaim, reasserting: bool) -> Result<(), ErrorMessage> {
         let keys = &claim.keys;
         let mut invocation = self.claim.prepare_invoke();
         for k in keys {
@@ -748,11 +818,13 @@ impl Cluster {
             .arg(&self.config.node_id)
             .arg(ms(self.policy.grace))
             .arg(ms(self.policy.quarantine))
-            .arg(claim.session);
+            .arg(claim.session)
+            .arg(if reasserting { "1" } else { "0" })
+            .arg(ms(self.config.lease));
         for (settings, index) in claim.settings.iter().zip(&claim.index) {
             invocation.arg(settings).arg(index);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let answer: Vec<String> = invocation.invoke_async(&mut conn).await.map_err(|e| {
             warn!(error = %e, "the cluster registry did not answer a claim");
             unavailable()
@@ -781,6 +853,13 @@ impl Cluster {
                 "{what} belongs to a client that is reconnecting; it is held for it for {} more",
                 crate::registry::human(left)
             )),
+            Some("settling") => ErrorMessage {
+                code: ErrorCode::Unavailable,
+                message: format!(
+                    "this service's registry is taking back the names in use after a fault; new names wait {}",
+                    crate::registry::human(left)
+                ),
+            },
             Some("elsewhere") => ErrorMessage {
                 code: ErrorCode::Unavailable,
                 message: format!(
@@ -817,7 +896,7 @@ impl Cluster {
             .arg(ms(grace))
             .arg(ms(self.policy.quarantine))
             .arg(release.claim.session);
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         if let Err(e) = invocation.invoke_async::<i64>(&mut conn).await {
             warn!(error = %e, "could not release names in the cluster registry; retrying with the next lease renewal");
             self.pending
@@ -825,5 +904,20 @@ impl Cluster {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked;
+
+    #[test]
+    fn passwords_are_masked_in_every_kind_of_url() {
+        assert_eq!(masked("redis://u:pw@h:6379"), "redis://u:***@h:6379");
+        assert_eq!(
+            masked("redis+sentinel://u:pw@h1:26379,h2:26379/m"),
+            "redis+sentinel://u:***@h1:26379,h2:26379/m"
+        );
+        assert_eq!(masked("redis://h:6379"), "redis://h:6379");
     }
 }

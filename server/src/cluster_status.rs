@@ -58,9 +58,12 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads the cluster's state from the Redis at `url`.
 pub async fn status(url: &str, with_names: bool) -> Result<ClusterStatus, ClusterError> {
     let failed = |reason: String| ClusterError::new(url, reason);
+    let link = tokio::time::timeout(TIMEOUT, crate::redis_link::RedisLink::connect(url, None))
+        .await
+        .map_err(|_| failed("Redis did not answer in time".into()))?
+        .map_err(failed)?;
     let read = async {
-        let client = redis::Client::open(url)?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = link.conn();
         let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
         let now = secs * 1000 + micros / 1000;
         let leases: Vec<(String, f64)> = conn.zrange_withscores("droid:nodes", 0, -1).await?;
@@ -99,7 +102,7 @@ pub async fn status(url: &str, with_names: bool) -> Result<ClusterStatus, Cluste
 
 /// Every name record, with its state as the nodes would see it now.
 async fn read_names(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut redis::aio::ConnectionManager,
     now: i64,
     leases: &[(String, f64)],
 ) -> redis::RedisResult<Vec<NameStatus>> {

@@ -49,6 +49,7 @@ pub mod names;
 mod peer;
 mod peer_tls;
 pub mod rate;
+mod redis_link;
 pub mod registry;
 pub mod request_log;
 mod tcp_front;
@@ -300,15 +301,16 @@ impl Server {
 
     /// Keeps this node's lease in the cluster until `shutdown`, and claims
     /// its live names again if Redis lost them; follows the cluster's
-    /// events meanwhile.
+    /// events, and with Sentinel its failovers, meanwhile.
     pub async fn keep_cluster_lease(&self, shutdown: CancellationToken) {
         let Some(cluster) = self.shared.cluster.get() else {
             return;
         };
-        let shared = self.shared.clone();
-        let lease = cluster.keep_lease(move || shared.registry.live_sessions(), shutdown.clone());
+        let live = || self.shared.registry.live_sessions();
+        let lease = cluster.keep_lease(live, shutdown.clone());
+        let failovers = cluster.follow_failovers(live, shutdown.clone());
         let events = cluster.follow(&*self.shared, shutdown);
-        tokio::join!(lease, events);
+        tokio::join!(lease, failovers, events);
     }
 
     /// The registry of names.

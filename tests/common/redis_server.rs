@@ -85,6 +85,18 @@ impl Redis {
         let mut args = extra;
         args.extend(["--port", &port.to_string(), "--bind", "127.0.0.1"].map(String::from));
         args.extend(["--save", ""].map(String::from));
+        // A replica's synchronization never writes to the working directory.
+        args.extend(
+            [
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                "0",
+                "--repl-diskless-load",
+                "on-empty-db",
+            ]
+            .map(String::from),
+        );
         match appendonly {
             Some(dir) => args.extend([
                 "--appendonly".into(),
@@ -114,20 +126,87 @@ impl Redis {
             tls_port: None,
             ca: None,
         };
+        redis
+            .until("redis-server answers PING", "PING", |r| {
+                r.starts_with("+PONG") || r.starts_with("-NOAUTH")
+            })
+            .await?;
+        Ok(redis)
+    }
+
+    /// A replica of `master` on a free loopback port, once it has
+    /// synchronized (within 10 s).
+    pub async fn replica_of(master: &Redis) -> io::Result<Redis> {
+        let extra = ["--replicaof", "127.0.0.1", &master.port.to_string()]
+            .map(String::from)
+            .to_vec();
+        let replica = Redis::with(free_port()?, None, extra).await?;
+        replica
+            .until("the replica synchronized", "INFO replication", |r| {
+                r.contains("master_link_status:up")
+            })
+            .await?;
+        Ok(replica)
+    }
+
+    /// Asks `command` every 20 ms until `done` accepts its reply, for at
+    /// most 10 s.
+    pub async fn until(
+        &self,
+        what: &str,
+        command: &str,
+        done: impl Fn(&str) -> bool,
+    ) -> io::Result<()> {
         for _ in 0..500 {
-            if redis
-                .command("PING")
-                .await
-                .is_ok_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
-            {
-                return Ok(redis);
+            if self.command(command).await.is_ok_and(|r| done(&r)) {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            format!("redis-server on port {port} did not answer PING within 10 s"),
+            format!("{what}: not within 10 s (port {})", self.port),
         ))
+    }
+
+    /// A Redis Sentinel (`redis-sentinel`, Debian's package of that name)
+    /// on a free loopback port, its config file in `dir`, watching the
+    /// master on `master_port` as `name` with quorum 2 and taking it for
+    /// down after 1 s of silence.
+    pub async fn sentinel(dir: &Path, master_port: u16, name: &str) -> io::Result<Redis> {
+        let port = free_port()?;
+        let config = dir.join(format!("sentinel-{port}.conf"));
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\n\
+                 sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 5000\n"
+            ),
+        )?;
+        let child = tokio::process::Command::new("redis-sentinel")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("redis-sentinel is missing ({e}): install Debian's redis-sentinel (bash .ci/test does)"),
+                )
+            })?;
+        let sentinel = Redis {
+            child,
+            port,
+            login: None,
+            tls_port: None,
+            ca: None,
+        };
+        sentinel
+            .until("the sentinel answers", "PING", |r| r.starts_with("+PONG"))
+            .await?;
+        Ok(sentinel)
     }
 
     /// The CA a node must trust to reach it, when it speaks TLS.
