@@ -384,6 +384,11 @@ struct LimitArgs {
     /// connection idle this long is closed [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
     header_read_timeout: Option<Duration>,
+    /// On SIGTERM or Ctrl-C the server drains: it takes no new visitors,
+    /// clients or mail, tells its clients to move to their next server, and
+    /// waits for what is in flight at most this long [default: 20s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    drain_timeout: Option<Duration>,
     /// The longest pause while a visitor sends a request body; then 408
     /// [default: 60s].
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -588,29 +593,36 @@ fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
+        signalled().await;
         cancel.cancel();
     });
     token
 }
 
-async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Result<()> {
+/// Returns on the next Ctrl-C or SIGTERM.
+async fn signalled() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn server(s: settings::ServerSettings, signal: CancellationToken) -> Result<()> {
+    // A signal drains the server first (below); then everything stops.
+    let shutdown = CancellationToken::new();
     // The name store first: a second server on the same directory stops
     // here, before it takes any port.
     let names = match &s.state {
@@ -734,7 +746,25 @@ async fn server(s: settings::ServerSettings, shutdown: CancellationToken) -> Res
         }
         server.add_adapter(started.adapter);
     }
-    let adapters = tokio::spawn(server.serve_adapters(spool, shutdown.clone()));
+    {
+        let (server, shutdown) = (server.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            signal.cancelled().await;
+            println!(
+                "droid server: draining (at most {})",
+                humantime::format_duration(server.config().drain_timeout)
+            );
+            // A second signal stops at once.
+            tokio::select! {
+                () = server.drain() => {}
+                () = signalled() => println!("droid server: stopping now"),
+            }
+            shutdown.cancel();
+        });
+    }
+    // The adapters stop taking connections when the drain starts, and
+    // finish those they have.
+    let adapters = tokio::spawn(server.serve_adapters(spool, server.draining()));
     server.run(http, control, shutdown).await;
     let _ = adapters.await;
     if let Some(metrics) = metrics {

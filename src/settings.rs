@@ -164,6 +164,12 @@ pub fn server(
         config.header_read_timeout = d;
     }
     if let Some(d) = a
+        .drain_timeout
+        .or(limits.and_then(|l| l.drain_timeout.map(|d| d.0)))
+    {
+        config.drain_timeout = d;
+    }
+    if let Some(d) = a
         .body_read_timeout
         .or(limits.and_then(|l| l.body_read_timeout.map(|d| d.0)))
     {

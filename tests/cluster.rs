@@ -1241,3 +1241,277 @@ async fn nodes_follow_a_sentinel_failover_and_owners_keep_their_names() {
     }
     replica.kill().await;
 }
+
+/// The ports of one `droid server` node, chosen before it starts so it
+/// comes back where visitors, mail, clients and the other nodes look.
+#[derive(Clone, Copy)]
+struct NodePorts {
+    http: u16,
+    control: u16,
+    smtp: u16,
+    peer: u16,
+}
+
+impl NodePorts {
+    async fn free() -> NodePorts {
+        NodePorts {
+            http: dead_port().await,
+            control: dead_port().await,
+            smtp: dead_port().await,
+            peer: dead_port().await,
+        }
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `droid server`, node `id` of the cluster in `redis` on `ports`, once
+/// it has joined.
+async fn node_binary(redis: &Redis, id: &str, ports: NodePorts, dir: &std::path::Path) -> Droid {
+    let at = |port: u16| loopback(port).to_string();
+    let (http, control, smtp, peer) = (
+        at(ports.http),
+        at(ports.control),
+        at(ports.smtp),
+        at(ports.peer),
+    );
+    let url = redis.url();
+    let args = [
+        "server",
+        "--domain",
+        DOMAIN,
+        "--http",
+        &http,
+        "--control",
+        &control,
+        "--smtp",
+        &smtp,
+        "--no-spool",
+        "--cluster",
+        &url,
+        "--node-id",
+        id,
+        "--peer",
+        &peer,
+        "--cluster-secret",
+        SECRET,
+        "--cluster-lease",
+        "2s",
+        "--drain-timeout",
+        "10s",
+    ];
+    let mut node = Droid::start(&args, &dir.join(id));
+    let joined = format!("node {id} of the cluster");
+    node.line("the node joined", |l| l.contains(&joined).then_some(()))
+        .await;
+    node
+}
+
+/// A GET to the first of `nodes` (from `first` on) that takes it: a
+/// refused connection, or one closed before any answer, is tried on the
+/// next, as a browser tries a name's next address. The status and body
+/// (`None` when no node took it), and how many connections were refused
+/// and closed before any answer on the way.
+async fn get_any(
+    nodes: &[SocketAddr],
+    first: usize,
+    host: &str,
+    path: &str,
+) -> (Option<(u16, String)>, usize, usize) {
+    let (mut refused, mut closed) = (0, 0);
+    for tries in 1..=nodes.len() {
+        let addr = nodes[(first + tries - 1) % nodes.len()];
+        let Ok(mut stream) = TcpStream::connect(addr).await else {
+            refused += 1;
+            continue;
+        };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        if stream.write_all(request.as_bytes()).await.is_ok() {
+            let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+        }
+        if answer.is_empty() {
+            closed += 1;
+            continue;
+        }
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+        return (Some((status, body.unwrap_or_default())), refused, closed);
+    }
+    (None, refused, closed)
+}
+
+/// Three nodes (the binary) restarted one after another (SIGTERM, then
+/// started again on the same ports) while requests go round-robin to the
+/// nodes that are up and mail arrives on them. Each node drains: its
+/// client is told to move and takes its name to the next node within a
+/// second. Not one request fails, every mail arrives once, and the name
+/// is the same throughout.
+#[tokio::test]
+async fn a_rolling_restart_of_three_nodes_loses_no_request_and_no_mail() {
+    let redis = Redis::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = origin("app").await;
+    let ids = ["one", "two", "three"];
+    let (mut ports, mut nodes) = (Vec::new(), Vec::new());
+    for id in ids {
+        let at = NodePorts::free().await;
+        nodes.push(Some(node_binary(&redis, id, at, dir.path()).await));
+        ports.push(at);
+    }
+    let controls: Vec<String> = ports
+        .iter()
+        .map(|p| loopback(p.control).to_string())
+        .collect();
+    let mut config = client_config(
+        loopback(ports[0].control),
+        vec![inbox(Some("steady"), &app.target)],
+    );
+    config.server = controls.join(",");
+    let mut c = client(config).await;
+    let host = c.host();
+    let https: Vec<SocketAddr> = ports.iter().map(|p| loopback(p.http)).collect();
+    let smtps: Vec<SocketAddr> = ports.iter().map(|p| loopback(p.smtp)).collect();
+    let up = get_any(&https, 1, &host, "/up").await.0;
+    assert_eq!(up, Some((200, "origin app /up".into())));
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    // The client's events, timed.
+    let mut events = std::mem::replace(&mut c.events, tokio::sync::mpsc::channel(1).1);
+    let watch = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                tokio::select! {
+                    Some(event) = events.recv() => seen.push((std::time::Instant::now(), event)),
+                    () = stop.cancelled() => return seen,
+                }
+            }
+        })
+    };
+    // Requests, round-robin, until told to stop (at most 20,000).
+    let load = {
+        let (https, host, stop) = (https.clone(), host.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut served, mut failed, mut retried) = (0, Vec::new(), (0, 0));
+            for i in 0..20_000 {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let path = format!("/r/{i}");
+                match get_any(&https, i % 3, &host, &path).await {
+                    (Some((200, body)), refused, closed)
+                        if body == format!("origin app {path}") =>
+                    {
+                        served += 1;
+                        retried.0 += refused;
+                        retried.1 += closed;
+                    }
+                    (answer, ..) => failed.push((i, answer)),
+                }
+            }
+            (served, failed, retried)
+        })
+    };
+    // Mail, one after another, each to the next node that takes it.
+    let rcpt = format!("orders@{host}");
+    let mail = {
+        let (smtps, stop) = (smtps.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for i in 0..500 {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let subject = format!("mail {i}");
+                let mut taken = false;
+                for k in 0..smtps.len() * 3 {
+                    let to = [rcpt.as_str()];
+                    let node = smtps[(i + k) % smtps.len()];
+                    if smtplib_send(node, "shop@example.com", &to, &subject, "x").await == "SENT" {
+                        taken = true;
+                        break;
+                    }
+                }
+                assert!(taken, "no node took {subject}");
+                sent.push(subject);
+            }
+            sent
+        })
+    };
+
+    let mut drains = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let node = nodes[i].take().unwrap();
+        let asked = std::time::Instant::now();
+        let status = node.terminate().await;
+        assert!(status.success(), "node {id} exited with {status}");
+        drains.push(asked.elapsed());
+        nodes[i] = Some(node_binary(&redis, id, ports[i], dir.path()).await);
+    }
+    stop.cancel();
+    let (served, failed, retried) = load.await.unwrap();
+    let sent = mail.await.unwrap();
+    let seen = watch.await.unwrap();
+    let shown = &failed[..failed.len().min(5)];
+    assert!(failed.is_empty(), "{} failed: {shown:?}", failed.len());
+    assert!(served >= 100, "{served}");
+    // Told to move three times (once by each node it was on), back
+    // within a second each time, with its one name.
+    let mut moves = Vec::new();
+    let mut told: Option<std::time::Instant> = None;
+    for (at, event) in &seen {
+        match event {
+            ClientEvent::Disconnected { retry_in, .. } if retry_in.is_zero() => told = Some(*at),
+            ClientEvent::Disconnected { reason, .. } => panic!("lost its server: {reason}"),
+            ClientEvent::Connected { tunnels, .. } => {
+                let names: Vec<&str> = tunnels.iter().map(|t| t.name.as_str()).collect();
+                assert_eq!(names, ["steady"]);
+                moves.push(at.duration_since(told.take().expect("connected without a move")));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(moves.len(), 3, "{moves:?}");
+    assert!(
+        moves.iter().all(|m| *m < Duration::from_secs(1)),
+        "{moves:?}"
+    );
+    let mut arrived = Vec::new();
+    while arrived.len() < sent.len() {
+        let Ok(Some(post)) = tokio::time::timeout(WAIT, app.inbox.recv()).await else {
+            panic!(
+                "{} of {} mails arrived: {arrived:?}",
+                arrived.len(),
+                sent.len()
+            );
+        };
+        arrived.push(
+            post.json()["subject"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    arrived.sort();
+    let mut expected = sent.clone();
+    expected.sort();
+    assert_eq!(arrived, expected, "every mail once");
+    let (refused, closed) = retried;
+    println!(
+        "{served} requests served ({refused} connections refused and {closed} closed before an answer, \
+         each tried on the next node), {} mails, drains {drains:?}, moves {moves:?}",
+        sent.len()
+    );
+    // The client first: else the last node waits for it to move.
+    c.shutdown.cancel();
+    let _ = within("the client stops", &mut c.task).await;
+    for node in nodes.into_iter().flatten() {
+        node.terminate().await;
+    }
+    redis.kill().await;
+}

@@ -380,3 +380,52 @@ async fn an_app_that_crashes_and_restarts_is_reached_again() {
     still_serving(&srv, &watcher).await;
     assert_eq!(srv.server.registry().live_count(), 2);
 }
+
+/// SIGTERM on a lone `droid server`: it takes no new visitor, lets the
+/// request in flight go on (an event stream gets its last event), tells
+/// its client to move (it has nowhere else to go, so it tries again), and
+/// exits cleanly as soon as that request is done, within
+/// `--drain-timeout`.
+#[tokio::test]
+async fn sigterm_drains_a_lone_server_the_request_in_flight_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = server_args(&["--drain-timeout", "2s"]);
+    let mut server = Droid::start(&args, dir.path());
+    let (http, control) = server.line("the server's addresses", server_addrs).await;
+    let app = origin("app").await;
+    let mut c = client(client_config(control, vec![spec(None, &app.target)])).await;
+    let stream = TcpStream::connect(http).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let request = format!("GET /sse HTTP/1.1\r\nHost: {}\r\n\r\n", c.host());
+    write.write_all(request.as_bytes()).await.unwrap();
+    let mut lines = BufReader::new(read).lines();
+    let mut until = async |want: &str| {
+        within(want, async {
+            while !lines.next_line().await.unwrap().unwrap().contains(want) {}
+        })
+        .await;
+    };
+    until("data: one").await;
+    let started = Instant::now();
+    let stopped = tokio::spawn(server.terminate());
+    // Told to move, the client looks for another server at once.
+    c.wait_for("told to move", |e| match e {
+        ClientEvent::Disconnected { retry_in, .. } => retry_in.is_zero().then_some(()),
+        _ => None,
+    })
+    .await;
+    // The listener is closed: a new visitor goes elsewhere.
+    within("the listener closed", async {
+        while TcpStream::connect(http).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    app.sse_next.notify_one();
+    until("data: two").await;
+    let status = within("the server stops", stopped).await.unwrap();
+    assert!(status.success(), "{status}");
+    // It stopped once that request was done, before the drain time.
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1900), "{took:?}");
+}

@@ -374,10 +374,34 @@ pub async fn run(
                         .zip(config.tunnels.iter().cloned())
                         .collect(),
                 );
-                let end = live.serve(&config, routes, &apps, &events, &shutdown).await;
+                let end = live
+                    .serve(&config, routes.clone(), &apps, &events, &shutdown)
+                    .await;
                 match end {
                     SessionEnd::Shutdown => return Ok(()),
                     SessionEnd::Lost(reason) => reason,
+                    SessionEnd::Moved => {
+                        // The old session serves what it has in flight
+                        // until that server closes it; the names go to the
+                        // next server now, without back-off.
+                        let old = (
+                            config.clone(),
+                            apps.clone(),
+                            events.clone(),
+                            shutdown.clone(),
+                        );
+                        tokio::spawn(async move {
+                            let (config, apps, events, shutdown) = old;
+                            live.serve(&config, routes, &apps, &events, &shutdown).await
+                        });
+                        servers.skip();
+                        info!("the server asked this client to move; connecting to the next one");
+                        events.send(ClientEvent::Disconnected {
+                            reason: "the server is going away; moving to the next".into(),
+                            retry_in: Duration::ZERO,
+                        });
+                        continue;
+                    }
                 }
             }
             Err(Failure::Refused(e))
@@ -506,6 +530,8 @@ enum Failure {
 enum SessionEnd {
     Shutdown,
     Lost(String),
+    /// The server asked the client to move to its next server.
+    Moved,
 }
 
 struct Live {
@@ -514,6 +540,8 @@ struct Live {
     inbound: mpsc::UnboundedReceiver<Stream>,
     reader: protocol::MessageReader<ReadHalf<Stream>>,
     writer: WriteHalf<Stream>,
+    /// Told to move ([`ControlMessage::Move`]).
+    moved: bool,
 }
 
 /// The session lives exactly as long as the client holds it: streams still
@@ -546,6 +574,11 @@ impl Servers {
             },
             first: 0,
         }
+    }
+
+    /// The next attempt starts with the server after the current one.
+    fn skip(&mut self) {
+        self.first = (self.first + 1) % self.addrs.len();
     }
 }
 
@@ -632,6 +665,7 @@ where
             inbound: session.inbound,
             reader,
             writer,
+            moved: false,
         }),
         Ok(Err(failure)) => {
             session.opener.close();
@@ -662,6 +696,9 @@ impl Live {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut deadline = Instant::now() + quiet_limit;
         let (probes, mut back) = probe::Probes::new();
+        // A session that was told to move already serves only what is in
+        // flight, and leaves without a goodbye: its names live elsewhere.
+        let moved = self.moved;
         let end = loop {
             tokio::select! {
                 stream = self.inbound.recv() => match stream {
@@ -681,6 +718,11 @@ impl Live {
                     deadline = Instant::now() + quiet_limit;
                     match message {
                         Ok(ControlMessage::Error(e)) => break SessionEnd::Lost(format!("the server closed the session: {}", e.message)),
+                        Ok(ControlMessage::Move) if !moved => {
+                            self.moved = true;
+                            // Returns without closing: the caller keeps it.
+                            return SessionEnd::Moved;
+                        }
                         Ok(ControlMessage::Request(line)) => {
                             if let Some(inspector) = &config.inspector {
                                 inspector.request_answered(line.status);
@@ -712,6 +754,7 @@ impl Live {
                 () = sleep_until(deadline) => {
                     break SessionEnd::Lost(format!("no heartbeat from the server for {}s", quiet_limit.as_secs_f32()));
                 }
+                () = shutdown.cancelled(), if moved => break SessionEnd::Shutdown,
                 () = shutdown.cancelled() => {
                     // Say goodbye so the server releases the names at once.
                     let _ = timeout(Duration::from_secs(2), async {

@@ -116,6 +116,11 @@ impl ConnCaps {
         self.limits
     }
 
+    /// Connections admitted and still open.
+    pub fn open(&self) -> usize {
+        self.limits.max_connections.max(1) - self.total.available_permits()
+    }
+
     /// Admits a connection from `peer`, or says how to refuse it.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Admission {
         let ip = address_of(peer);

@@ -63,6 +63,12 @@ pub enum ControlMessage {
     /// Client → server: a tunnel's local target answers again after it did
     /// not; the server retries that tunnel's spooled deliveries now.
     TargetUp(TargetUp),
+    /// Server → client: this server is going away (it drains before a
+    /// restart). Connect to your next server now, without back-off, and
+    /// resume your names there; keep serving this session's streams until
+    /// the server closes it. A client that ignores it is closed at the end
+    /// of the drain and reconnects as after any loss.
+    Move,
     /// A message type this build does not know. It is ignored.
     #[serde(other)]
     Unknown,

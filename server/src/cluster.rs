@@ -143,7 +143,7 @@ if not reasserting then
   settling = tonumber(redis.call('GET', 'droid:settling')) or 0
 end
 for i, key in ipairs(KEYS) do
-  local r = redis.call('HMGET', key, 'owner', 'node', 'state', 'resume_until', 'until')
+  local r = redis.call('HMGET', key, 'owner', 'node', 'state', 'resume_until', 'until', 'moving')
   if not r[1] and now < settling then return {tostring(i), 'settling', tostring(settling - now)} end
   if r[1] then
     local state, resume_until, until_ = r[3], tonumber(r[4]) or 0, tonumber(r[5]) or 0
@@ -151,7 +151,7 @@ for i, key in ipairs(KEYS) do
       local lease = tonumber(redis.call('ZSCORE', 'droid:nodes', r[2])) or 0
       if lease >= now then
         if r[1] ~= owner then return {tostring(i), 'live', '0'} end
-        if r[2] ~= node then return {tostring(i), 'elsewhere', tostring(lease - now)} end
+        if r[2] ~= node and r[6] ~= '1' then return {tostring(i), 'elsewhere', tostring(lease - now)} end
       else
         resume_until = lease + grace
         until_ = resume_until + quarantine
@@ -165,7 +165,7 @@ for i, key in ipairs(KEYS) do
 end
 for i, key in ipairs(KEYS) do
   local settings, index = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
-  redis.call('HSET', key, 'owner', owner, 'node', node, 'session', session, 'state', 'live', 'resume_until', 0, 'until', 0, 'index', index)
+  redis.call('HSET', key, 'owner', owner, 'node', node, 'session', session, 'state', 'live', 'resume_until', 0, 'until', 0, 'index', index, 'moving', 0)
   redis.call('PERSIST', key)
   if settings ~= '' then
     redis.call('SET', 'droid:settings:' .. string.sub(key, 12), settings)
@@ -231,6 +231,19 @@ if r[3] == 'live' then
 end
 if left <= 0 then return false end
 return {state, r[2], redis.call('HGET', 'droid:peers', r[2]) or '', r[1], redis.call('GET', KEYS[2]) or '', tostring(left)}
+";
+
+/// KEYS: name records. ARGV: owner, node, session. The names this very
+/// session holds live may be claimed by their owner on another node while
+/// this one still serves them (it drains).
+const LET_MOVE: &str = r"
+for _, key in ipairs(KEYS) do
+  local r = redis.call('HMGET', key, 'owner', 'node', 'state', 'session')
+  if r[1] == ARGV[1] and r[2] == ARGV[2] and r[3] == 'live' and r[4] == ARGV[3] then
+    redis.call('HSET', key, 'moving', 1)
+  end
+end
+return 1
 ";
 
 /// ARGV: lease ms. Redis settles for a lease from now: see [`CLAIM`].
@@ -337,6 +350,7 @@ pub struct Cluster {
     locate: redis::Script,
     indexed: redis::Script,
     settle: redis::Script,
+    let_move: redis::Script,
     /// Releases Redis did not take, retried with each lease renewal.
     pending: Mutex<Vec<Release>>,
     /// Redis's answers to [`Cluster::locate`], kept.
@@ -419,6 +433,7 @@ impl Cluster {
             locate: script(LOCATE),
             indexed: script(INDEXED),
             settle: script(SETTLE),
+            let_move: script(LET_MOVE),
             pending: Mutex::new(Vec::new()),
             directory: Directory::default(),
             lookups: Lookups::default(),
@@ -871,6 +886,25 @@ impl Cluster {
                 "{what} was in use recently and is kept for its previous owner"
             )),
         })
+    }
+
+    /// Lets a session's names be claimed by their owner on another node
+    /// while this one still serves them: this node drains and has told the
+    /// client to move. Best effort: while Redis is away the client's claim
+    /// elsewhere waits as it would anyway.
+    pub(crate) async fn let_move(&self, claim: &LiveClaim) {
+        let mut invocation = self.let_move.prepare_invoke();
+        for k in &claim.keys {
+            invocation.key(key(k));
+        }
+        invocation
+            .arg(&claim.owner)
+            .arg(&self.config.node_id)
+            .arg(claim.session);
+        let mut conn = self.link.conn();
+        if let Err(e) = invocation.invoke_async::<i64>(&mut conn).await {
+            warn!(error = %e, "could not let a client's names move; they move when this node's session ends");
+        }
     }
 
     /// Releases the names a session held live here: held for its owner

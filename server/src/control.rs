@@ -135,10 +135,19 @@ pub(crate) async fn serve<IO>(
         tunnels.clone(),
     ));
 
-    let clean = heartbeat(&shared, &mut control, &lines, &opener, &tunnels, &shutdown).await;
+    let session = SessionRef {
+        opener: &opener,
+        tunnels: &tunnels,
+    };
+    let ended = heartbeat(&shared, &mut control, &lines, session, &shutdown).await;
     calls.abort();
-    release(&shared, &tunnels, clean).await;
-    info!(%peer, session = session_id, ?names, clean, "tunnels down");
+    match ended {
+        // Its names are another node's now: forgotten here, not released.
+        Ended::Moved => shared.registry.forget(&tunnels),
+        Ended::Goodbye => release(&shared, &tunnels, true).await,
+        Ended::Lost => release(&shared, &tunnels, false).await,
+    }
+    info!(%peer, session = session_id, ?names, ?ended, "tunnels down");
     let _ = control.writer.shutdown().await;
     opener.close();
 }
@@ -158,25 +167,56 @@ async fn release(shared: &Shared, tunnels: &[Arc<Tunnel>], clean: bool) {
 /// of this task, a frame and often a thread switch.
 const LINE_GATHER: Duration = Duration::from_millis(5);
 
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The client said goodbye: its names are released at once.
+    Goodbye,
+    /// The client went away, or the server stopped: its names are held
+    /// for it for the grace period.
+    Lost,
+    /// Told to move (the server drains), the client took its names to
+    /// another node of the cluster, and nothing was left in flight here.
+    Moved,
+}
+
+/// One session, as its heartbeat sees it.
+#[derive(Clone, Copy)]
+struct SessionRef<'a> {
+    opener: &'a droid_core::session::Opener,
+    tunnels: &'a [Arc<Tunnel>],
+}
+
+/// How often a session told to move checks whether its names went.
+const MOVE_CHECK: Duration = Duration::from_millis(20);
+
+/// How long a session whose names went to another node goes on serving
+/// them here: requests the other nodes routed here before they heard of
+/// the move (they hear within milliseconds) still find the tunnel.
+const MOVE_SETTLE: Duration = Duration::from_millis(500);
+
 /// Answers pings and sends request lines until the client leaves, goes
-/// quiet or the server stops. Returns whether the client said goodbye (a
-/// clean release). Lines go out in batches at most [`LINE_GATHER`] apart.
+/// quiet, moves or the server stops. Lines go out in batches at most
+/// [`LINE_GATHER`] apart. When the server drains, the client is told to
+/// move ([`ControlMessage::Move`]).
 async fn heartbeat<R, W>(
     shared: &Shared,
     control: &mut Control<R, W>,
     lines: &Pending,
-    opener: &droid_core::session::Opener,
-    tunnels: &[Arc<Tunnel>],
+    session: SessionRef<'_>,
     shutdown: &CancellationToken,
-) -> bool
+) -> Ended
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let SessionRef { opener, tunnels } = session;
     let quiet_limit = shared.config.heartbeat_timeout;
     let mut deadline = Instant::now() + quiet_limit;
     // Set while lines gather after a batch: until then none is taken.
     let mut gather_until: Option<Instant> = None;
+    let mut moving = Moving::Not;
+    let mut check = tokio::time::interval(MOVE_CHECK);
     loop {
         tokio::select! {
             message = control.read() => {
@@ -184,10 +224,10 @@ where
                 match message {
                     Ok(ControlMessage::Ping) => {
                         if control.write(&ControlMessage::Pong).await.is_err() {
-                            return false;
+                            return Ended::Lost;
                         }
                     }
-                    Ok(ControlMessage::Release) => return true,
+                    Ok(ControlMessage::Release) => return Ended::Goodbye,
                     Ok(ControlMessage::TargetUp(up)) => {
                         // The app is back: its waiting deliveries need not
                         // wait for their next back-off step.
@@ -199,17 +239,17 @@ where
                     Ok(other) => debug!(message = ?other, "ignored a control message"),
                     Err(ProtocolError::Malformed(e)) => {
                         warn!(error = %e, "malformed control message; closing the session");
-                        return false;
+                        return Ended::Lost;
                     }
                     Err(e) => {
                         debug!(error = %e, "control stream ended");
-                        return false;
+                        return Ended::Lost;
                     }
                 }
             }
             batch = lines.take(), if gather_until.is_none() => {
                 if control.write_lines(&batch).await.is_err() {
-                    return false;
+                    return Ended::Lost;
                 }
                 gather_until = Some(Instant::now() + LINE_GATHER);
             }
@@ -218,12 +258,61 @@ where
             }
             () = sleep_until(deadline) => {
                 warn!(quiet = ?quiet_limit, "client sent no heartbeat; closing its session");
-                return false;
+                return Ended::Lost;
             }
-            () = opener.ended() => return false,
-            () = shutdown.cancelled() => return false,
+            () = shared.draining.cancelled(), if moving == Moving::Not => {
+                moving = Moving::Told;
+                if let Some(cluster) = shared.cluster.get()
+                    && let Some(claim) = LiveClaim::of(tunnels)
+                {
+                    // Its names may go to another node while this one holds them.
+                    cluster.let_move(&claim).await;
+                }
+                if control.write(&ControlMessage::Move).await.is_err() {
+                    return Ended::Lost;
+                }
+                debug!("told the client to move");
+            }
+            _ = check.tick(), if moving != Moving::Not && shared.cluster.get().is_some() => {
+                if moving == Moving::Told && moved_away(shared, tunnels).await {
+                    moving = Moving::Gone(Instant::now());
+                }
+                let in_flight = shared.config.max_streams_per_tunnel - opener.available_streams();
+                if let Moving::Gone(at) = moving
+                    && at.elapsed() >= MOVE_SETTLE
+                    && in_flight == 0
+                {
+                    return Ended::Moved;
+                }
+            }
+            () = opener.ended() => return Ended::Lost,
+            () = shutdown.cancelled() => return Ended::Lost,
         }
     }
+}
+
+/// Where a session told to move is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moving {
+    Not,
+    /// Told; its names are still here.
+    Told,
+    /// Its names are live on another node, since then.
+    Gone(Instant),
+}
+
+/// Whether every name of `tunnels` is live on another node of the cluster.
+async fn moved_away(shared: &Shared, tunnels: &[Arc<Tunnel>]) -> bool {
+    let Some(cluster) = shared.cluster.get() else {
+        return false;
+    };
+    for key in tunnels.iter().flat_map(|t| t.keys()) {
+        match cluster.locate(&key).await {
+            Ok(Some(found)) if found.live && found.node != cluster.node_id() => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn grant(

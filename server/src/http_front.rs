@@ -303,6 +303,8 @@ where
     /// connection is done (closed, timed out, or refused with a page).
     async fn read_head(&mut self) -> Option<RequestHead> {
         let config = &self.visitor.shared.config;
+        // A connection's first request is awaited even while draining.
+        let first = self.first_deadline.is_some();
         let deadline = self
             .first_deadline
             .take()
@@ -329,7 +331,14 @@ where
                 self.answer(page.closing(), None, None).await;
                 return None;
             }
-            match tokio::time::timeout_at(deadline, self.from.fill()).await {
+            // Between requests, a draining server closes the connection.
+            let idle = self.from.buf.is_empty() && !first;
+            let draining = self.visitor.shared.draining.clone();
+            let filled = tokio::select! {
+                filled = tokio::time::timeout_at(deadline, self.from.fill()) => filled,
+                () = draining.cancelled(), if idle => return None,
+            };
+            match filled {
                 Ok(Ok(0) | Err(_)) => return None,
                 Ok(Ok(_)) => {}
                 Err(_) if self.from.buf.is_empty() => return None,
@@ -391,6 +400,15 @@ where
 
     /// Where a request goes, or the page that says why it goes nowhere.
     async fn route(&mut self, head: &RequestHead) -> Result<Target, Page> {
+        // A node that closed this connection's link (it stopped, or
+        // drains) is asked about no more: Redis says where the name is.
+        if self
+            .upstream
+            .as_mut()
+            .is_some_and(|u| !u.from.idle_and_open())
+        {
+            self.upstream = None;
+        }
         let kept = self.upstream.as_ref().map(|u| &u.dest);
         self.visitor.route(head.authority(), head.html, kept).await
     }

@@ -125,6 +125,9 @@ pub struct ServerConfig {
     /// Visitor connections open at once on the HTTP and HTTPS fronts
     /// together, in total and from one address; more get a 503.
     pub visitors: ConnLimits,
+    /// The longest a drain ([`Server::drain`]) waits for what is in
+    /// flight before the server stops.
+    pub drain_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -139,6 +142,7 @@ impl ServerConfig {
             max_streams_per_tunnel: DEFAULT_CONCURRENT_STREAMS,
             stream_open_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(20),
             max_header_size: 64 * 1024,
             max_headers: 100,
             max_body_size: None,
@@ -197,6 +201,8 @@ pub(crate) struct Shared {
     session_caps: Arc<ConnCaps>,
     /// The caps on visitors' connections, HTTP and HTTPS together.
     visitor_caps: Arc<ConnCaps>,
+    /// Cancelled when the server starts to drain ([`Server::drain`]).
+    draining: CancellationToken,
 }
 
 impl Shared {
@@ -277,6 +283,7 @@ impl Server {
             shared: Arc::new(Shared {
                 session_caps: ConnCaps::new(config.sessions),
                 visitor_caps: ConnCaps::new(config.visitors),
+                draining: CancellationToken::new(),
                 config,
                 registry,
                 auth,
@@ -353,7 +360,7 @@ impl Server {
             listener,
             "control",
             self.shared.session_caps.clone(),
-            shutdown,
+            self.accepting(&shutdown),
             move |stream, peer| tls::serve_control(shared.clone(), stream, peer, token.clone()),
             move |stream, peer, why| tls::refuse_control(refusing.clone(), stream, peer, why),
         )
@@ -375,7 +382,7 @@ impl Server {
             listener,
             "https",
             self.shared.visitor_caps.clone(),
-            shutdown,
+            self.accepting(&shutdown),
             move |stream, peer| tls::serve_https(shared.clone(), acceptor.clone(), stream, peer),
             move |stream, _, why| {
                 tls::refuse_https(refusing.0.clone(), refusing.1.clone(), stream, why)
@@ -392,11 +399,76 @@ impl Server {
             listener,
             "http",
             self.shared.visitor_caps.clone(),
-            shutdown,
+            self.accepting(&shutdown),
             move |stream, peer| http_front::serve(shared.clone(), stream, peer),
             move |stream, _, why| http_front::refuse(refusing.clone(), stream, why),
         )
         .await;
+    }
+
+    /// A token for a public listener: cancelled at `shutdown`, or as soon
+    /// as the server starts to drain.
+    fn accepting(&self, shutdown: &CancellationToken) -> CancellationToken {
+        let token = shutdown.child_token();
+        let (draining, stop) = (self.shared.draining.clone(), token.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = draining.cancelled() => stop.cancel(),
+                () = stop.cancelled() => {}
+            }
+        });
+        token
+    }
+
+    /// A token cancelled when the server starts to drain: what the
+    /// adapters stop taking new connections on.
+    pub fn draining(&self) -> CancellationToken {
+        self.shared.draining.clone()
+    }
+
+    /// Drains the server before it stops (a rolling restart): its public
+    /// listeners stop taking visitors and clients, idle visitor
+    /// connections close, and each client is told to move to its next
+    /// server (in a cluster its names go with it). Returns once no visitor
+    /// connection is open and, in a cluster, every client has moved; or
+    /// after [`ServerConfig::drain_timeout`]. Then cancel the server's
+    /// shutdown token: names still here are released for their owners.
+    pub async fn drain(&self) {
+        let shared = &self.shared;
+        shared.draining.cancel();
+        let started = tokio::time::Instant::now();
+        let in_flight = || {
+            let sessions = match shared.cluster.get() {
+                Some(_) => shared.session_caps.open(),
+                // Alone, a server's clients have nowhere to go but back
+                // here once it restarts.
+                None => 0,
+            };
+            (shared.visitor_caps.open(), sessions)
+        };
+        tracing::info!(
+            visitors = in_flight().0,
+            sessions = shared.session_caps.open(),
+            "draining"
+        );
+        let settled = async {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            while in_flight() != (0, 0) {
+                tick.tick().await;
+            }
+        };
+        let within = shared.config.drain_timeout;
+        if tokio::time::timeout(within, settled).await.is_err() {
+            let (visitors, sessions) = in_flight();
+            tracing::warn!(
+                visitors,
+                sessions,
+                ?within,
+                "drain time is up; stopping with these still open"
+            );
+        } else {
+            tracing::info!(took = ?started.elapsed(), "drained");
+        }
     }
 
     /// The tunnels as the adapters see them: by name, and by spool owner.

@@ -120,6 +120,9 @@ pub struct LimitsFile {
     pub header_read_timeout: Option<Dur>,
     /// How long a visitor may pause while sending a request body.
     pub body_read_timeout: Option<Dur>,
+    /// How long a draining server waits for what is in flight
+    /// (`--drain-timeout`).
+    pub drain_timeout: Option<Dur>,
     /// Bytes of a request line and headers; more gets a 431.
     pub max_header_size: Option<Spanned<usize>>,
     /// Header fields per request; more gets a 431.

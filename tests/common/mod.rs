@@ -729,6 +729,8 @@ except smtplib.SMTPRecipientsRefused as e:
         print('REFUSED', r, code)
 except smtplib.SMTPResponseException as e:
     print('ERROR', e.smtp_code, e.smtp_error.decode())
+except OSError as e:
+    print('UNREACHABLE', e)
 "#;
     let port = smtp.port().to_string();
     let ip = smtp.ip().to_string();
@@ -1068,10 +1070,19 @@ impl Droid {
     }
 
     /// Ctrl-C, and the exit status.
-    pub async fn interrupt(mut self) -> std::process::ExitStatus {
+    pub async fn interrupt(self) -> std::process::ExitStatus {
+        self.signal("-INT").await
+    }
+
+    /// SIGTERM (a service manager's stop), and the exit status.
+    pub async fn terminate(self) -> std::process::ExitStatus {
+        self.signal("-TERM").await
+    }
+
+    async fn signal(mut self, signal: &str) -> std::process::ExitStatus {
         let pid = self.child.id().unwrap().to_string();
         tokio::process::Command::new("kill")
-            .args(["-INT", &pid])
+            .args([signal, &pid])
             .status()
             .await
             .unwrap();

@@ -89,6 +89,7 @@ where
         let _ = pinned.set(sni.clone());
     }
     let idle = config.header_read_timeout;
+    let draining = visitor.shared.draining.clone();
     let (busy, mut open) = watch::channel(0);
     let conn = Arc::new(H2Conn {
         visitor,
@@ -114,6 +115,11 @@ where
         ended = served.as_mut() => ended,
         () = idle_for(&mut open, idle) => {
             debug!("an HTTP/2 visitor connection was idle; going away");
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+        // Requests open finish; the visitor sends the next ones elsewhere.
+        () = draining.cancelled() => {
             served.as_mut().graceful_shutdown();
             served.await
         }
