@@ -205,24 +205,40 @@ end
 return 1
 ";
 
-/// ARGV: node, lease ms, peer address ('' for none), version. Returns 1
-/// when Redis did not know the node (its first lease, or Redis lost its
-/// data). `droid:node:ID` says when it renewed and its version, for
+/// ARGV: node, lease ms, peer address ('' for none), version, '1' for a
+/// running node's renewal ('0' when it joins). Returns 1 when Redis did
+/// not know the node (its first lease, or Redis lost its data: a running
+/// node unknown to Redis makes it settle, see [`CLAIM`], in the same
+/// step). `droid:node:ID` says when it renewed and its version, for
 /// `droid cluster status`; it goes a day after the node's last renewal.
 const RENEW: &str = r"
 local added = redis.call('ZADD', 'droid:nodes', now + tonumber(ARGV[2]), ARGV[1])
+if added == 1 and ARGV[5] == '1' then
+  local until_ = now + tonumber(ARGV[2])
+  if until_ > (tonumber(redis.call('GET', 'droid:settling')) or 0) then
+    redis.call('SET', 'droid:settling', until_, 'PX', ARGV[2])
+  end
+end
 if ARGV[3] ~= '' then redis.call('HSET', 'droid:peers', ARGV[1], ARGV[3]) end
 redis.call('HSET', 'droid:node:' .. ARGV[1], 'version', ARGV[4], 'renewed', now)
 redis.call('PEXPIRE', 'droid:node:' .. ARGV[1], 86400000)
 return added
 ";
 
-/// KEYS: a name record, its settings. ARGV: grace ms. Where the name is
-/// while it is live or resuming: {'live' or 'resuming', node, its peer
-/// address or '', owner, settings, ms the state lasts}; nil otherwise.
+/// KEYS: a name record, its settings. ARGV: grace ms, the node the asking
+/// node last knew it live on ('' for none). Where the name is while it is
+/// live or resuming: {'live' or 'resuming', node, its peer address or '',
+/// owner, settings, ms the state lasts}; nil otherwise; {'unsure'} when
+/// Redis has no record but may have lost it (it settles, or does not know
+/// that node yet: it lost its data and the node has not renewed).
 const LOCATE: &str = r"
 local r = redis.call('HMGET', KEYS[1], 'owner', 'node', 'state', 'resume_until')
-if not r[1] then return false end
+if not r[1] then
+  if ARGV[2] == '' then return false end
+  local settling = tonumber(redis.call('GET', 'droid:settling')) or 0
+  if now < settling or not redis.call('ZSCORE', 'droid:nodes', ARGV[2]) then return {'unsure'} end
+  return false
+end
 local state, left = 'resuming', (tonumber(r[4]) or 0) - now
 if r[3] == 'live' then
   local lease = tonumber(redis.call('ZSCORE', 'droid:nodes', r[2])) or 0
@@ -442,7 +458,7 @@ impl Cluster {
         // A node back within its old lease may find itself known: its old
         // names are then released by the lease's end, as for a dead node.
         cluster
-            .renew_once()
+            .renew_once(false)
             .await
             .map_err(|e| failed(e.to_string()))?;
         let redis = masked(&cluster.config.redis);
@@ -450,14 +466,16 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Renews the lease; true when Redis did not know this node.
-    async fn renew_once(&self) -> redis::RedisResult<bool> {
+    /// Renews the lease (`running`: not this node's first); true when
+    /// Redis did not know this node.
+    async fn renew_once(&self, running: bool) -> redis::RedisResult<bool> {
         let mut conn = self.link.conn();
         self.renew
             .arg(&self.config.node_id)
             .arg(ms(self.config.lease))
             .arg(self.config.peer.as_deref().unwrap_or(""))
             .arg(env!("CARGO_PKG_VERSION"))
+            .arg(if running { "1" } else { "0" })
             .invoke_async::<i64>(&mut conn)
             .await
             .map(|added| added == 1)
@@ -475,7 +493,7 @@ impl Cluster {
                 _ = tick.tick() => {}
                 () = shutdown.cancelled() => return,
             }
-            match self.renew_once().await {
+            match self.renew_once(true).await {
                 Ok(forgotten) => {
                     if forgotten {
                         let names: usize = live().iter().map(|c| c.keys.len()).sum();
@@ -483,7 +501,7 @@ impl Cluster {
                             names,
                             "Redis no longer knew this node (restarted without its data?); claiming its names again"
                         );
-                        self.settle_and_reassert(self.link.conn(), &live).await;
+                        self.reassert(live()).await;
                     }
                     self.retry_releases().await;
                 }
@@ -495,22 +513,9 @@ impl Cluster {
     }
 
     /// Claims again the names this node serves, into a Redis that lost
-    /// them (all, or the last ones, in a failover); strangers' claims of
-    /// names Redis does not know wait a lease meanwhile.
-    async fn settle_and_reassert(
-        &self,
-        mut conn: redis::aio::ConnectionManager,
-        live: &impl Fn() -> Vec<LiveClaim>,
-    ) {
-        let settled = self
-            .settle
-            .arg(ms(self.config.lease))
-            .invoke_async::<i64>(&mut conn)
-            .await;
-        if let Err(e) = settled {
-            warn!(error = %e, "could not hold new names back while this node claims its own again");
-        }
-        for claim in live() {
+    /// them (all, or the last ones, in a failover) and settles meanwhile.
+    async fn reassert(&self, live: Vec<LiveClaim>) {
+        for claim in live {
             if let Err(e) = self.claim_as(&claim, true).await {
                 warn!(keys = ?claim.keys, reason = %e.message, "a name this node serves could not be claimed again");
             }
@@ -541,22 +546,21 @@ impl Cluster {
                 continue;
             };
             let at = master.at.clone();
-            let conn = master.conn();
             // Strangers wait before any claim reaches the new master.
             let settled = self
                 .settle
                 .arg(ms(self.config.lease))
-                .invoke_async::<i64>(&mut conn.clone())
+                .invoke_async::<i64>(&mut master.conn())
                 .await;
             if let Err(e) = settled {
                 debug!(%at, error = %e, "the new master did not take the settling mark yet");
                 continue;
             }
             self.link.install(master);
-            if let Err(e) = self.renew_once().await {
+            if let Err(e) = self.renew_once(true).await {
                 warn!(%at, error = %e, "could not renew this node's lease on the new master");
             }
-            self.settle_and_reassert(conn, &live).await;
+            self.reassert(live()).await;
             warn!(%at, "Redis failed over: following the new master; this node's names claimed again");
         }
     }
@@ -587,11 +591,13 @@ impl Cluster {
         self.lookups.asked.inc();
         let epoch = self.directory.epoch();
         let mut conn = self.link.conn();
+        let remembered = self.directory.last_live(name, true, self.config.lease);
         let answer = self
             .locate
             .key(key(name))
             .key(format!("droid:settings:{name}"))
             .arg(ms(self.policy.grace))
+            .arg(remembered.as_ref().map_or("", |r| r.node.as_str()))
             .invoke_async::<Option<Vec<String>>>(&mut conn)
             .await;
         let answer = match answer {
@@ -608,6 +614,14 @@ impl Cluster {
                 return last.map(Some).ok_or(RegistryAway);
             }
         };
+        if let (Some([unsure]), Some(last)) = (answer.as_deref(), remembered)
+            && unsure == "unsure"
+        {
+            // Redis lost its data: the name's node claims it again (within
+            // a lease of its next renewal); until then it is where it was.
+            self.lookups.remembered.inc();
+            return Ok(Some(last));
+        }
         let (located, lasts) = match answer.as_deref() {
             Some([state, node, peer, owner, settings, left]) => {
                 let located = Located {
