@@ -1515,3 +1515,97 @@ async fn a_rolling_restart_of_three_nodes_loses_no_request_and_no_mail() {
     }
     redis.kill().await;
 }
+
+/// A TCP tunnel held by node one answers on every node (each on a
+/// loopback address of its own, the same port): `redis-cli` reaches the
+/// Redis behind it through each, 100 MiB go each way through a node that
+/// does not hold it, half-close passes, and once the tunnel is released
+/// the port is given back on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_tunnels_port_answers_on_every_node() {
+    use common::tcp::{echo, redis_cli, round_trip};
+    use droid_server::TcpPorts;
+    let redis = Redis::start().await.unwrap();
+    let app = Redis::start().await.unwrap();
+    let port = dead_port().await;
+    let ips = [[127, 0, 0, 1], [127, 0, 0, 2], [127, 0, 0, 3]];
+    let mut nodes = Vec::new();
+    for (id, ip) in ["one", "two", "three"].into_iter().zip(ips) {
+        let srv = server_with(|c| {
+            c.tcp_ports = Some(TcpPorts::Range(port, port + 1));
+            c.tcp_bind = ip.into();
+        })
+        .await;
+        nodes.push(node_of(&redis, id, srv).await.0);
+    }
+    let tunnels = vec![
+        TunnelSpec::tcp(Target::new("127.0.0.1", app.port), Some(port)),
+        TunnelSpec::tcp(echo().await, Some(port + 1)),
+    ];
+    let mut config = client_config(nodes[0].control, tunnels);
+    let controls: Vec<String> = nodes.iter().map(|n| n.control.to_string()).collect();
+    config.server = controls.join(",");
+    let mut c = client(config).await;
+    assert_eq!(c.grants[0].tcp, Some(port));
+    let host = |ip: [u8; 4]| std::net::Ipv4Addr::from(ip).to_string();
+    for ip in ips {
+        within("the port open on every node", async {
+            while TcpStream::connect((host(ip).as_str(), port)).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let pong = redis_cli(&host(ip), port, &["PING"], None).await;
+        assert_eq!(pong.trim(), "PONG", "through {ip:?}");
+    }
+    // 100 MiB each way through node two.
+    let big: Vec<u8> = (0..100 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    let two = host(ips[1]);
+    let set = redis_cli(&two, port, &["-x", "SET", "big"], Some(&big)).await;
+    assert_eq!(set.trim(), "OK");
+    let got = redis_cli(&two, port, &["GET", "big"], None).await;
+    assert!(
+        got.trim_end().as_bytes() == &big[..],
+        "100 MiB back through node two"
+    );
+    // Half-close through node three: the echo answers after the visitor's FIN.
+    let three = SocketAddr::from((ips[2], port + 1));
+    assert_eq!(round_trip(three, b"half-closed").await, b"half-closed");
+    // Node one drains: the client moves to node two with its ports, which
+    // node two takes back from the ones it opened for node one.
+    let draining = nodes[0].server.clone();
+    tokio::spawn(async move { draining.drain().await });
+    let ports = c
+        .wait_for("the client moved", |e| match e {
+            ClientEvent::Connected { tunnels, .. } => Some(tunnels.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(ports[0].tcp, Some(port));
+    within("through node three to node two", async {
+        while redis_cli(&host(ips[2]), port, &["GET", "moved"], None)
+            .await
+            .trim()
+            != ""
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for ip in &ips[1..] {
+        let set = redis_cli(&host(*ip), port, &["SET", "moved", "yes"], None).await;
+        assert_eq!(set.trim(), "OK", "through {ip:?} after the move");
+    }
+    // Released: the port is given back on every node still up.
+    c.stop().await;
+    for ip in &ips[1..] {
+        within("the port given back", async {
+            while TcpStream::connect((host(*ip).as_str(), port)).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+    app.kill().await;
+    redis.kill().await;
+}

@@ -10,6 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::tcp::{echo, redis_cli, round_trip};
 use common::*;
 use droid_client::{ClientError, Target, TunnelSpec};
 use droid_server::TcpPorts;
@@ -27,62 +28,11 @@ async fn tcp_server(ports: TcpPorts) -> TestServer {
     .await
 }
 
-/// An echo service: what comes in goes back as it comes; its FIN after
-/// the peer's.
-async fn echo() -> Target {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut read, mut write) = socket.split();
-                let _ = tokio::io::copy(&mut read, &mut write).await;
-                let _ = write.shutdown().await;
-            });
-        }
-    });
-    Target::new("127.0.0.1", port)
-}
-
 /// The public address a TCP tunnel got.
 fn public(c: &TestClient) -> SocketAddr {
     let port = c.grants[0].tcp.expect("a TCP port in the grant");
     assert_eq!(c.grants[0].url, format!("tcp://127.0.0.1:{port}"));
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Sends `data`, half-closes, and reads everything that comes back.
-async fn round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let mut socket = TcpStream::connect(addr).await.unwrap();
-    socket.write_all(data).await.unwrap();
-    socket.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    within("the echo", socket.read_to_end(&mut back))
-        .await
-        .unwrap();
-    back
-}
-
-/// Runs `redis-cli -p PORT ARGS...` with `stdin`; its stdout.
-async fn redis_cli(port: u16, args: &[&str], stdin: Option<&[u8]>) -> String {
-    let mut command = Command::new("redis-cli");
-    command
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn().unwrap_or_else(|e| {
-        panic!("redis-cli is missing ({e}): install Debian's redis-tools (bash .ci/test does)")
-    });
-    let mut input = child.stdin.take().unwrap();
-    if let Some(data) = stdin {
-        input.write_all(data).await.unwrap();
-    }
-    drop(input);
-    let out = within("redis-cli", child.wait_with_output()).await.unwrap();
-    assert!(out.status.success(), "redis-cli {args:?} failed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A `redis-server` of its own on a free loopback port, stopped with the
@@ -132,15 +82,18 @@ async fn redis_works_through_a_tcp_tunnel() {
     .await;
     let port = public(&c).port();
 
-    assert_eq!(redis_cli(port, &["PING"], None).await.trim(), "PONG");
+    assert_eq!(
+        redis_cli("127.0.0.1", port, &["PING"], None).await.trim(),
+        "PONG"
+    );
     let big: Vec<u8> = (0..1024 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
     assert_eq!(
-        redis_cli(port, &["-x", "SET", "big"], Some(&big))
+        redis_cli("127.0.0.1", port, &["-x", "SET", "big"], Some(&big))
             .await
             .trim(),
         "OK"
     );
-    let got = redis_cli(port, &["GET", "big"], None).await;
+    let got = redis_cli("127.0.0.1", port, &["GET", "big"], None).await;
     assert_eq!(
         got.trim_end().as_bytes(),
         &big[..],
@@ -163,7 +116,7 @@ async fn redis_works_through_a_tcp_tunnel() {
     .await;
     assert_eq!(ok.trim(), "OK");
     assert_eq!(
-        redis_cli(port, &["SET", "seen", "by-monitor"], None)
+        redis_cli("127.0.0.1", port, &["SET", "seen", "by-monitor"], None)
             .await
             .trim(),
         "OK"

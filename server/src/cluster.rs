@@ -271,6 +271,19 @@ end
 return 1
 ";
 
+/// KEYS: TCP ports' records. ARGV: this node. The keys live on another
+/// node whose lease runs.
+const LIVE_ELSEWHERE: &str = r"
+local found = {}
+for _, key in ipairs(KEYS) do
+  local r = redis.call('HMGET', key, 'node', 'state')
+  if r[2] == 'live' and r[1] ~= ARGV[1] and (tonumber(redis.call('ZSCORE', 'droid:nodes', r[1])) or 0) >= now then
+    table.insert(found, key)
+  end
+end
+return found
+";
+
 /// KEYS: an index entry's set of names. ARGV: the entry (`ADAPTER:KEY`).
 /// 1 when a name that has it is live under a running lease; names that no
 /// longer have it leave the set.
@@ -350,6 +363,8 @@ pub(crate) trait Events: Send + Sync {
     /// `owner`'s tunnel `name` (or a TCP port's key) came up, on this node
     /// or another.
     fn claimed(&self, owner: &str, name: &str);
+    /// `name` (or a TCP port's key) was released, on this node or another.
+    fn released(&self, name: &str);
     /// `adapter` on another node sent `bytes` to itself here.
     fn received(&self, adapter: &str, bytes: Bytes);
 }
@@ -367,6 +382,7 @@ pub struct Cluster {
     indexed: redis::Script,
     settle: redis::Script,
     let_move: redis::Script,
+    live_elsewhere: redis::Script,
     /// Releases Redis did not take, retried with each lease renewal.
     pending: Mutex<Vec<Release>>,
     /// Redis's answers to [`Cluster::locate`], kept.
@@ -450,6 +466,7 @@ impl Cluster {
             indexed: script(INDEXED),
             settle: script(SETTLE),
             let_move: script(LET_MOVE),
+            live_elsewhere: script(LIVE_ELSEWHERE),
             pending: Mutex::new(Vec::new()),
             directory: Directory::default(),
             lookups: Lookups::default(),
@@ -817,9 +834,11 @@ impl Cluster {
             .filter_map(|k| k.strip_prefix("droid:name:"))
             .collect();
         self.directory.changed(names.iter().copied());
-        if kind == "claim" {
-            for name in names {
-                events.claimed(owner, name);
+        for name in names {
+            match kind {
+                "claim" => events.claimed(owner, name),
+                "release" => events.released(name),
+                _ => {}
             }
         }
     }
@@ -900,6 +919,45 @@ impl Cluster {
                 "{what} was in use recently and is kept for its previous owner"
             )),
         })
+    }
+
+    /// The TCP ports live on other nodes; `None` while Redis is away.
+    pub(crate) async fn ports_elsewhere(&self) -> Option<Vec<u16>> {
+        let mut conn = self.link.conn();
+        let mut ports = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("droid:name:tcp:*")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            if !keys.is_empty() {
+                let mut invocation = self.live_elsewhere.prepare_invoke();
+                for k in &keys {
+                    invocation.key(k);
+                }
+                invocation.arg(&self.config.node_id);
+                let live: Vec<String> = invocation.invoke_async(&mut conn).await.ok()?;
+                ports.extend(
+                    live.iter()
+                        .filter_map(|k| k.strip_prefix("droid:name:tcp:")?.parse::<u16>().ok()),
+                );
+            }
+            if next == 0 {
+                return Some(ports);
+            }
+            cursor = next;
+        }
+    }
+
+    /// The lease's length.
+    pub(crate) fn lease(&self) -> Duration {
+        self.config.lease
     }
 
     /// Lets a session's names be claimed by their owner on another node

@@ -91,6 +91,7 @@ pub(crate) async fn serve<IO>(
             return;
         }
     };
+    take_back_ports(&shared, &hello).await;
     let session_id = shared.registry.next_session_id();
     let (log, lines) = RequestLog::channel();
     let tunnels = match grant(&shared, &hello, session_id, &opener, peer, log) {
@@ -150,6 +151,27 @@ pub(crate) async fn serve<IO>(
     info!(%peer, session = session_id, ?names, ?ended, "tunnels down");
     let _ = control.writer.shutdown().await;
     opener.close();
+}
+
+/// Gives up the ports this node opened for another node's TCP tunnels
+/// that their owner now asks for here (it moves here), so the tunnels'
+/// own listeners can take them. A stranger asking closes nothing.
+async fn take_back_ports(shared: &Shared, hello: &Hello) {
+    let (Some(cluster), Some(secret)) = (shared.cluster.get(), &hello.resume) else {
+        return;
+    };
+    let owner = crate::registry::owner_id(secret);
+    for port in hello.tunnels.iter().filter_map(|t| t.port) {
+        if !shared.mirrors.is_open(port) {
+            continue;
+        }
+        let key = crate::registry::port_key(port);
+        if let Ok(Some(found)) = cluster.locate(&key).await
+            && found.owner == owner
+        {
+            shared.mirrors.give_up(port).await;
+        }
+    }
 }
 
 /// Releases a session's names, here and in the cluster.

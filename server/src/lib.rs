@@ -53,6 +53,7 @@ mod redis_link;
 pub mod registry;
 pub mod request_log;
 mod tcp_front;
+mod tcp_mirror;
 mod tls;
 
 use std::sync::{Arc, OnceLock, RwLock};
@@ -203,6 +204,8 @@ pub(crate) struct Shared {
     visitor_caps: Arc<ConnCaps>,
     /// Cancelled when the server starts to drain ([`Server::drain`]).
     draining: CancellationToken,
+    /// The TCP ports of tunnels other nodes hold, open here too.
+    mirrors: tcp_mirror::Mirrors,
 }
 
 impl Shared {
@@ -235,13 +238,23 @@ impl Shared {
     }
 }
 
-impl cluster::Events for Shared {
+impl cluster::Events for Arc<Shared> {
     fn claimed(&self, owner: &str, name: &str) {
         // Claimed on another node (here, the name is live): what this node
         // remembers of its release is stale.
         self.registry.moved_away(name);
+        if let Some(port) = registry::key_port(name) {
+            // Live on another node (or here: then it stays closed).
+            self.mirrors.open(self, port);
+        }
         if let Some(spool) = self.spool.get() {
             spool.wake(&deliveries::owner_key(owner, name));
+        }
+    }
+
+    fn released(&self, name: &str) {
+        if let Some(port) = registry::key_port(name) {
+            self.mirrors.close(port);
         }
     }
 
@@ -284,6 +297,7 @@ impl Server {
                 session_caps: ConnCaps::new(config.sessions),
                 visitor_caps: ConnCaps::new(config.visitors),
                 draining: CancellationToken::new(),
+                mirrors: tcp_mirror::Mirrors::default(),
                 config,
                 registry,
                 auth,
@@ -316,8 +330,28 @@ impl Server {
         let live = || self.shared.registry.live_sessions();
         let lease = cluster.keep_lease(live, shutdown.clone());
         let failovers = cluster.follow_failovers(live, shutdown.clone());
-        let events = cluster.follow(&*self.shared, shutdown);
-        tokio::join!(lease, failovers, events);
+        let events = cluster.follow(&self.shared, shutdown.clone());
+        let mirrors = self.keep_mirrors(cluster, shutdown);
+        tokio::join!(lease, failovers, events, mirrors);
+    }
+
+    /// Every lease, opens here the TCP ports other nodes hold and closes
+    /// those they gave back (their events may have been missed).
+    async fn keep_mirrors(&self, cluster: &cluster::Cluster, shutdown: CancellationToken) {
+        if self.shared.config.tcp_ports.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(cluster.lease().max(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            if let Some(live) = cluster.ports_elsewhere().await {
+                self.shared.mirrors.match_live(&self.shared, &live);
+            }
+        }
     }
 
     /// The registry of names.

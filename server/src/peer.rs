@@ -9,7 +9,7 @@
 //! inside it, one line, then plain HTTP/1.1:
 //!
 //! ```text
-//! DROID-PEER/2 FROM_ADDR http|https|deliver
+//! DROID-PEER/2 FROM_ADDR http|https|deliver|tcp:PORT
 //! ```
 //!
 //! - `http`, `https`: FROM_ADDR is the visitor's address, and the HTTP is
@@ -21,6 +21,10 @@
 //! - `deliver`: FROM_ADDR is the sending node's, and each request is an
 //!   adapter's POST for the tunnel and owner its `Droid-Node-Tunnel` and
 //!   `Droid-Node-Owner` headers name (`crate::deliveries`).
+//! - `tcp:PORT`: FROM_ADDR is the visitor's address, and the bytes that
+//!   follow are its connection to the TCP tunnel on PORT, each way, until
+//!   each side's end (`crate::tcp_mirror`). A node that does not hold the
+//!   tunnel closes the connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,14 +54,17 @@ pub(crate) enum Mode {
     Https,
     /// Adapters' deliveries.
     Deliver,
+    /// A visitor's connection to the TCP tunnel on this port.
+    Tcp(u16),
 }
 
 impl Mode {
-    fn word(self) -> &'static str {
+    fn word(self) -> String {
         match self {
-            Mode::Http => "http",
-            Mode::Https => "https",
-            Mode::Deliver => "deliver",
+            Mode::Http => "http".into(),
+            Mode::Https => "https".into(),
+            Mode::Deliver => "deliver".into(),
+            Mode::Tcp(port) => format!("tcp:{port}"),
         }
     }
 }
@@ -134,6 +141,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, from: SocketAd
             crate::http_front::serve_forwarded(shared, reader, visitor, proto == "https").await;
         }
         "deliver" => crate::deliveries::serve_node_deliveries(shared, reader).await,
-        _ => info!(%from, %proto, "a peer connection of an unknown kind; closed"),
+        _ => match proto.strip_prefix("tcp:").and_then(|p| p.parse().ok()) {
+            Some(port) => crate::tcp_front::serve_forwarded(shared, port, reader, visitor).await,
+            None => info!(%from, %proto, "a peer connection of an unknown kind; closed"),
+        },
     }
 }

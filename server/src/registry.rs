@@ -124,6 +124,11 @@ fn is_port_key(key: &str) -> bool {
     key.starts_with("tcp:")
 }
 
+/// The port of a TCP port's key (`tcp:PORT`); `None` for a name.
+pub(crate) fn key_port(key: &str) -> Option<u16> {
+    key.strip_prefix("tcp:")?.parse().ok()
+}
+
 /// A TCP tunnel's public port. Its listener stays open while a record of
 /// the tunnel does (live, or resuming for its owner); when the last one
 /// goes, [`TcpPort::closed`] fires and the port is closed.
@@ -168,7 +173,7 @@ pub enum TcpPorts {
 }
 
 impl TcpPorts {
-    fn contains(&self, port: u16) -> bool {
+    pub(crate) fn contains(&self, port: u16) -> bool {
         match self {
             TcpPorts::Range(low, high) => (*low..=*high).contains(&port),
             TcpPorts::Any => true,

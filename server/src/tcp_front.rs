@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use droid_core::protocol::{self, StreamHeader};
-use tokio::io::AsyncWriteExt;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
@@ -58,29 +60,58 @@ fn refuse(socket: TcpStream) {
     let _ = socket.set_zero_linger();
 }
 
-async fn connection(shared: Arc<Shared>, port: u16, socket: TcpStream, peer: std::net::SocketAddr) {
+async fn connection(shared: Arc<Shared>, port: u16, socket: TcpStream, peer: SocketAddr) {
+    let Some(tunnel) = admit(&shared, port, peer) else {
+        return refuse(socket);
+    };
+    let _ = socket.set_nodelay(true);
+    relay(&shared, &tunnel, socket, peer).await;
+}
+
+/// Serves a visitor's connection to `port` that another node of the
+/// cluster took (`crate::tcp_mirror`), as if it came here; closes it when
+/// this node does not hold the tunnel or the tunnel refuses the visitor.
+pub(crate) async fn serve_forwarded<IO>(shared: Arc<Shared>, port: u16, io: IO, visitor: SocketAddr)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(tunnel) = admit(&shared, port, visitor) {
+        relay(&shared, &tunnel, io, visitor).await;
+    }
+}
+
+/// The tunnel on `port`, when this node holds it live and it takes a
+/// connection from `peer` now (its allow-list and its rate).
+fn admit(shared: &Shared, port: u16, peer: SocketAddr) -> Option<Arc<Tunnel>> {
     let tunnel = match shared.registry.lookup(&port_key(port)) {
         Lookup::Live(tunnel) => tunnel,
         _ => {
             debug!(port, %peer, "TCP port of a tunnel that is not connected");
-            return refuse(socket);
+            return None;
         }
     };
     if tunnel.access.check(peer.ip(), None) == Verdict::Forbidden {
         debug!(tunnel = %tunnel.name, %peer, "address not allowed");
-        return refuse(socket);
+        return None;
     }
     if let Some(rate) = &tunnel.rate
         && rate.check().is_err()
     {
         debug!(tunnel = %tunnel.name, %peer, "connection rate reached");
-        return refuse(socket);
+        return None;
     }
-    let _ = socket.set_nodelay(true);
+    Some(tunnel)
+}
+
+/// Carries one visitor connection through the tunnel, counted.
+async fn relay<IO>(shared: &Shared, tunnel: &Arc<Tunnel>, io: IO, peer: SocketAddr)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let started = Instant::now();
     let metrics = &shared.metrics;
     metrics.tcp_opened();
-    let (to_app, from_app) = match forward(&shared, &tunnel, socket, peer).await {
+    let (to_app, from_app) = match forward(shared, tunnel, io, peer).await {
         Ok(counts) => counts,
         Err(e) => {
             debug!(tunnel = %tunnel.name, %peer, error = %e, "TCP connection ended with an error");
@@ -92,21 +123,21 @@ async fn connection(shared: Arc<Shared>, port: u16, socket: TcpStream, peer: std
 
 /// Opens a stream for the connection and copies both ways until both
 /// sides are done. Returns the bytes each way.
-async fn forward(
+async fn forward<IO>(
     shared: &Shared,
     tunnel: &Arc<Tunnel>,
-    mut socket: TcpStream,
-    peer: std::net::SocketAddr,
-) -> std::io::Result<(u64, u64)> {
+    mut socket: IO,
+    peer: SocketAddr,
+) -> std::io::Result<(u64, u64)>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let opened =
         tokio::time::timeout(shared.config.stream_open_timeout, tunnel.opener.open()).await;
     let mut stream = match opened {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(std::io::Error::other(e.to_string())),
-        Err(_) => {
-            refuse(socket);
-            return Err(std::io::Error::other("no free stream in time"));
-        }
+        Err(_) => return Err(std::io::Error::other("no free stream in time")),
     };
     let header = StreamHeader::Tcp {
         tunnel: tunnel.name.clone(),

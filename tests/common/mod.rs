@@ -8,6 +8,7 @@ pub mod browser;
 pub mod grpc;
 pub mod pki;
 pub mod redis_server;
+pub mod tcp;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
