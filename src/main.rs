@@ -766,7 +766,14 @@ async fn server(s: settings::ServerSettings, signal: CancellationToken) -> Resul
     // finish those they have.
     let adapters = tokio::spawn(server.serve_adapters(spool, server.draining()));
     server.run(http, control, shutdown).await;
-    let _ = adapters.await;
+    // The adapters finish their sessions within the drain time, or a
+    // second signal.
+    let drain_timeout = server.config().drain_timeout;
+    tokio::select! {
+        _ = adapters => {}
+        () = tokio::time::sleep(drain_timeout) => {}
+        () = signalled() => {}
+    }
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }

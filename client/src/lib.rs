@@ -319,6 +319,7 @@ pub async fn run(
     let mut backoff = config.min_backoff;
     let mut connected_before = false;
     let mut servers = Servers::new(&config.server);
+    let mut moves = Moves::default();
     loop {
         let hello = hello_for(&config, &remembered);
         let attempt = tokio::select! {
@@ -327,6 +328,7 @@ pub async fn run(
         };
         let reason = match attempt {
             Ok(mut live) => {
+                let began = Instant::now();
                 backoff = config.min_backoff;
                 remembered.secret = Some(live.welcome.resume.clone());
                 if let Some(old) = config
@@ -381,25 +383,29 @@ pub async fn run(
                     SessionEnd::Shutdown => return Ok(()),
                     SessionEnd::Lost(reason) => reason,
                     SessionEnd::Moved => {
-                        // The old session serves what it has in flight
-                        // until that server closes it; the names go to the
-                        // next server now, without back-off.
                         let old = (
                             config.clone(),
                             apps.clone(),
                             events.clone(),
                             shutdown.clone(),
                         );
-                        tokio::spawn(async move {
-                            let (config, apps, events, shutdown) = old;
-                            live.serve(&config, routes, &apps, &events, &shutdown).await
-                        });
+                        let wait = moves.moved((live, began), routes, old, backoff);
                         servers.skip();
-                        info!("the server asked this client to move; connecting to the next one");
+                        info!(
+                            ?wait,
+                            "the server asked this client to move; connecting to the next one"
+                        );
                         events.send(ClientEvent::Disconnected {
                             reason: "the server is going away; moving to the next".into(),
-                            retry_in: Duration::ZERO,
+                            retry_in: wait,
                         });
+                        if !wait.is_zero() {
+                            tokio::select! {
+                                () = sleep(wait) => {}
+                                () = shutdown.cancelled() => return Ok(()),
+                            }
+                            backoff = (backoff * 2).min(config.max_backoff);
+                        }
                         continue;
                     }
                 }
@@ -525,6 +531,52 @@ enum Failure {
     /// TLS or address trouble that retrying will not fix.
     Connect(ConnectError),
     Transient(String),
+}
+
+/// A session told to move sooner than this after it began is a quick
+/// move: from the second quick move in a row, the client waits its
+/// back-off first, so servers that say move right after every welcome do
+/// not make it spin.
+const SHORTEST_STAY: Duration = Duration::from_millis(250);
+
+/// What a client told to move keeps: the old session, serving what it
+/// has in flight until its server closes it (one at most), and how many
+/// quick moves in a row it made.
+#[derive(Default)]
+struct Moves {
+    old: Option<tokio::task::JoinHandle<SessionEnd>>,
+    quick: u32,
+}
+
+impl Moves {
+    /// Keeps `live` (which began at `began`) serving in the background;
+    /// how long to wait before the next server: nothing, unless the
+    /// session was told to move a moment after it began.
+    fn moved(
+        &mut self,
+        (mut live, began): (Live, Instant),
+        routes: Arc<Vec<(String, TunnelSpec)>>,
+        (config, apps, events, shutdown): (ClientConfig, Arc<app::Apps>, Events, CancellationToken),
+        backoff: Duration,
+    ) -> Duration {
+        let serving =
+            tokio::spawn(
+                async move { live.serve(&config, routes, &apps, &events, &shutdown).await },
+            );
+        if let Some(before) = self.old.replace(serving) {
+            before.abort();
+        }
+        self.quick = if began.elapsed() < SHORTEST_STAY {
+            self.quick + 1
+        } else {
+            0
+        };
+        if self.quick >= 2 {
+            jitter(backoff)
+        } else {
+            Duration::ZERO
+        }
+    }
 }
 
 enum SessionEnd {

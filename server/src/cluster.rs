@@ -118,6 +118,10 @@ const NAMES_CHANNEL: &str = "droid:names";
 /// The channel adapters send bytes to themselves on the other nodes on.
 const ADAPTERS_CHANNEL: &str = "droid:adapters";
 
+/// After Redis fails to answer, how long lookups of names remembered live
+/// do not ask it.
+const AWAY_PAUSE: Duration = Duration::from_secs(1);
+
 /// How long an adapters' shared map lives after its last change.
 const MAP_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -518,7 +522,7 @@ impl Cluster {
                             names,
                             "Redis no longer knew this node (restarted without its data?); claiming its names again"
                         );
-                        self.reassert(live()).await;
+                        self.reassert(&live).await;
                     }
                     self.retry_releases().await;
                 }
@@ -531,10 +535,20 @@ impl Cluster {
 
     /// Claims again the names this node serves, into a Redis that lost
     /// them (all, or the last ones, in a failover) and settles meanwhile.
-    async fn reassert(&self, live: Vec<LiveClaim>) {
-        for claim in live {
-            if let Err(e) = self.claim_as(&claim, true).await {
+    async fn reassert(&self, live: &impl Fn() -> Vec<LiveClaim>) {
+        let claims = live();
+        for claim in &claims {
+            if let Err(e) = self.claim_as(claim, true).await {
                 warn!(keys = ?claim.keys, reason = %e.message, "a name this node serves could not be claimed again");
+            }
+        }
+        // A session that ended meanwhile released its names before they
+        // were claimed again: they are released again, else they would
+        // stay live here for good.
+        let still: Vec<u64> = live().iter().map(|c| c.session).collect();
+        for claim in claims {
+            if !still.contains(&claim.session) {
+                self.release(claim, false).await;
             }
         }
     }
@@ -577,7 +591,7 @@ impl Cluster {
             if let Err(e) = self.renew_once(true).await {
                 warn!(%at, error = %e, "could not renew this node's lease on the new master");
             }
-            self.reassert(live()).await;
+            self.reassert(&live).await;
             warn!(%at, "Redis failed over: following the new master; this node's names claimed again");
         }
     }
@@ -604,6 +618,15 @@ impl Cluster {
         if let Some(answer) = self.directory.get(name) {
             self.lookups.kept.inc();
             return Ok(answer);
+        }
+        // Redis just failed: a name remembered live goes where it was
+        // without waiting for Redis to fail again (one lookup a second
+        // finds out whether it is back).
+        if self.directory.failed_within(AWAY_PAUSE)
+            && let Some(last) = self.directory.last_live(name, true, self.config.lease)
+        {
+            self.lookups.remembered.inc();
+            return Ok(Some(last));
         }
         self.lookups.asked.inc();
         let epoch = self.directory.epoch();

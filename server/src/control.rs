@@ -91,7 +91,7 @@ pub(crate) async fn serve<IO>(
             return;
         }
     };
-    take_back_ports(&shared, &hello).await;
+    let taken_back = take_back_ports(&shared, &hello).await;
     let session_id = shared.registry.next_session_id();
     let (log, lines) = RequestLog::channel();
     let tunnels = match grant(&shared, &hello, session_id, &opener, peer, log) {
@@ -102,10 +102,16 @@ pub(crate) async fn serve<IO>(
                 && let Err(e) = cluster.claim(&claim).await
             {
                 shared.registry.forget(&tunnels);
+                reopen_ports(&shared, &taken_back);
                 info!(%peer, code = ?e.code, reason = %e.message, "the cluster refused a client");
                 control.fail(e).await;
                 opener.close();
                 return;
+            }
+            for tunnel in &tunnels {
+                tunnel
+                    .agreed
+                    .store(true, std::sync::atomic::Ordering::Release);
             }
             if let Err(e) = control.write(&ControlMessage::Welcome(welcome)).await {
                 debug!(error = %e, "could not send welcome");
@@ -116,6 +122,7 @@ pub(crate) async fn serve<IO>(
             tunnels
         }
         Err(e) => {
+            reopen_ports(&shared, &taken_back);
             info!(%peer, code = ?e.code, reason = %e.message, "refused a client");
             control.fail(e).await;
             opener.close();
@@ -155,10 +162,12 @@ pub(crate) async fn serve<IO>(
 
 /// Gives up the ports this node opened for another node's TCP tunnels
 /// that their owner now asks for here (it moves here), so the tunnels'
-/// own listeners can take them. A stranger asking closes nothing.
-async fn take_back_ports(shared: &Shared, hello: &Hello) {
+/// own listeners can take them (returned, to open again if the claim
+/// fails). A stranger asking closes nothing.
+async fn take_back_ports(shared: &Shared, hello: &Hello) -> Vec<u16> {
+    let mut taken = Vec::new();
     let (Some(cluster), Some(secret)) = (shared.cluster.get(), &hello.resume) else {
-        return;
+        return taken;
     };
     let owner = crate::registry::owner_id(secret);
     for port in hello.tunnels.iter().filter_map(|t| t.port) {
@@ -170,7 +179,17 @@ async fn take_back_ports(shared: &Shared, hello: &Hello) {
             && found.owner == owner
         {
             shared.mirrors.give_up(port).await;
+            taken.push(port);
         }
+    }
+    taken
+}
+
+/// Opens again the ports [`take_back_ports`] gave up for a claim that
+/// failed: their tunnels are still another node's.
+fn reopen_ports(shared: &Arc<Shared>, ports: &[u16]) {
+    for &port in ports {
+        shared.mirrors.open(shared, port);
     }
 }
 

@@ -160,6 +160,11 @@ impl Directory {
         (away || state.recently_failed(window)).then(|| found.clone())
     }
 
+    /// Whether Redis failed to answer within the last `window`.
+    pub(crate) fn failed_within(&self, window: Duration) -> bool {
+        self.lock().recently_failed(window)
+    }
+
     /// The channel is followed from now on, or no longer: either way every
     /// answer goes.
     pub(crate) fn following(&self, following: bool) {

@@ -228,6 +228,9 @@ enum Route<'a> {
     Foreign,
 }
 
+/// How long a draining server waits for a new connection's first request.
+const FIRST_REQUEST_WHILE_DRAINING: Duration = Duration::from_secs(1);
+
 /// What a connection does after an exchange.
 enum Next {
     Continue,
@@ -331,12 +334,20 @@ where
                 self.answer(page.closing(), None, None).await;
                 return None;
             }
-            // Between requests, a draining server closes the connection.
-            let idle = self.from.buf.is_empty() && !first;
+            // Between requests, a draining server closes the connection; a
+            // new one gets a moment for its first request (it may be on
+            // its way), not the whole header time.
             let draining = self.visitor.shared.draining.clone();
+            let closing = async {
+                draining.cancelled().await;
+                if first {
+                    tokio::time::sleep(FIRST_REQUEST_WHILE_DRAINING).await;
+                }
+            };
+            let idle = self.from.buf.is_empty();
             let filled = tokio::select! {
                 filled = tokio::time::timeout_at(deadline, self.from.fill()) => filled,
-                () = draining.cancelled(), if idle => return None,
+                () = closing, if idle => return None,
             };
             match filled {
                 Ok(Ok(0) | Err(_)) => return None,

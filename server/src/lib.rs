@@ -333,6 +333,7 @@ impl Server {
         let events = cluster.follow(&self.shared, shutdown.clone());
         let mirrors = self.keep_mirrors(cluster, shutdown);
         tokio::join!(lease, failovers, events, mirrors);
+        self.shared.mirrors.close_all();
     }
 
     /// Every lease, opens here the TCP ports other nodes hold and closes
@@ -470,6 +471,7 @@ impl Server {
     pub async fn drain(&self) {
         let shared = &self.shared;
         shared.draining.cancel();
+        shared.mirrors.close_all();
         let started = tokio::time::Instant::now();
         let in_flight = || {
             let sessions = match shared.cluster.get() {

@@ -97,6 +97,10 @@ pub struct Tunnel {
     pub log: RequestLog,
     /// A TCP tunnel's public port.
     pub tcp: Option<Arc<TcpPort>>,
+    /// In a cluster: Redis granted it too. Until then this node does not
+    /// claim it again on its own (a stranger's claim still in flight is
+    /// not this node's to assert).
+    pub agreed: std::sync::atomic::AtomicBool,
 }
 
 impl Tunnel {
@@ -530,12 +534,14 @@ impl Registry {
         })
     }
 
-    /// Each session's live keys (names and TCP ports') and their owner.
+    /// Each session's live keys (names and TCP ports') and their owner,
+    /// for the sessions the cluster granted.
     pub fn live_sessions(&self) -> Vec<crate::cluster::LiveClaim> {
         let mut by_session: HashMap<u64, Vec<Arc<Tunnel>>> = HashMap::new();
         for (key, claim) in &self.lock().claims {
             if let Claim::Live { tunnel, .. } = claim
                 && *key == tunnel.name
+                && tunnel.agreed.load(std::sync::atomic::Ordering::Acquire)
             {
                 by_session
                     .entry(tunnel.session)
@@ -858,6 +864,7 @@ impl Registry {
                     rate: rules.rate.map(Limiter::new),
                     host_header: host_headers.next().flatten(),
                     log: rules.log.clone(),
+                    agreed: std::sync::atomic::AtomicBool::new(false),
                 });
                 for key in &keys {
                     *state.live_by_key.entry(key.clone()).or_insert(0) += 1;
@@ -1101,15 +1108,30 @@ fn check_claim(
 }
 
 /// Opens a TCP tunnel's listener on `port` (0: any).
+/// A listener on `ip:port`, non-blocking, that takes a port whose last
+/// connections are still in TIME_WAIT (`SO_REUSEADDR`, as servers' own
+/// listeners do): a port another node's tunnel used here is free at once.
+pub(crate) fn bind_port(ip: std::net::IpAddr, port: u16) -> std::io::Result<std::net::TcpListener> {
+    let addr = std::net::SocketAddr::new(ip, port);
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 fn open_port(tcp: &TcpRules, port: u16) -> Result<TcpPort, ErrorMessage> {
-    let listener = std::net::TcpListener::bind((tcp.bind, port))
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| {
-            error(
-                ErrorCode::Unavailable,
-                format!("port {port} cannot be opened on the server: {e}"),
-            )
-        })?;
+    let listener = bind_port(tcp.bind, port).map_err(|e| {
+        error(
+            ErrorCode::Unavailable,
+            format!("port {port} cannot be opened on the server: {e}"),
+        )
+    })?;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
     Ok(TcpPort::new(listener, port))
 }

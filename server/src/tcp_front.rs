@@ -4,7 +4,9 @@
 //!
 //! The port is served while the tunnel is held (live, or resuming for its
 //! owner); while resuming, connections are refused at once. When the name
-//! is released for good the listener closes.
+//! is released for good, or the server drains, the listener closes. In a
+//! cluster, other nodes' connections to it come over the peer link
+//! ([`serve_forwarded`]) and are served the same way.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,12 +35,15 @@ pub(crate) fn serve_port(shared: Arc<Shared>, port: &TcpPort) {
         }
     };
     let (number, closed) = (port.port, port.closed.clone());
+    let draining = shared.draining.clone();
     tokio::spawn(async move {
         info!(port = number, "TCP port open");
         loop {
+            // A draining server takes no new visitor here either.
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = closed.cancelled() => break,
+                () = draining.cancelled() => break,
             };
             match accepted {
                 Ok((socket, peer)) => {

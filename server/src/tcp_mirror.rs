@@ -27,11 +27,18 @@ use crate::peer::{self, Mode};
 use crate::registry::{Lookup, port_key};
 use crate::tcp_front::COPY_BUFFER;
 
-/// Connections through other nodes' ports at once, in total and from one
-/// address: each holds a link to another node, whose peer port takes at
-/// most 1,024 from this node, for HTTP visitors and deliveries too.
-const LIMITS: ConnLimits = ConnLimits {
-    max_connections: 512,
+/// Connections through one port at once, in total and from one address:
+/// one tunnel's visitors do not crowd out another's.
+const PER_PORT: ConnLimits = ConnLimits {
+    max_connections: 128,
+    max_per_ip: 16,
+};
+
+/// Connections through all of them at once: each holds a link to another
+/// node, whose peer port takes at most 4,096 from this node, for HTTP
+/// visitors and deliveries too.
+const ALL_PORTS: ConnLimits = ConnLimits {
+    max_connections: 2048,
     max_per_ip: 64,
 };
 
@@ -48,7 +55,7 @@ impl Default for Mirrors {
     fn default() -> Mirrors {
         Mirrors {
             open: Mutex::new(HashMap::new()),
-            caps: ConnCaps::new(LIMITS),
+            caps: ConnCaps::new(ALL_PORTS),
         }
     }
 }
@@ -65,10 +72,11 @@ impl Mirrors {
     /// node's TCP range or not free here.
     pub(crate) fn open(&self, shared: &Arc<Shared>, port: u16) {
         let config = &shared.config;
-        if !config
-            .tcp_ports
-            .as_ref()
-            .is_some_and(|ports| ports.contains(port))
+        if shared.draining.is_cancelled()
+            || !config
+                .tcp_ports
+                .as_ref()
+                .is_some_and(|ports| ports.contains(port))
             || matches!(
                 shared.registry.lookup(&port_key(port)),
                 Lookup::Live(_) | Lookup::Resuming
@@ -80,9 +88,8 @@ impl Mirrors {
         if open.contains_key(&port) {
             return;
         }
-        let listener = std::net::TcpListener::bind((config.tcp_bind, port))
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .and_then(TcpListener::from_std);
+        let listener =
+            crate::registry::bind_port(config.tcp_bind, port).and_then(TcpListener::from_std);
         let listener = match listener {
             Ok(listener) => listener,
             Err(e) => {
@@ -96,7 +103,8 @@ impl Mirrors {
         };
         let (stop, closed) = (mirror.stop.clone(), mirror.closed.clone());
         open.insert(port, mirror);
-        let (shared, caps) = (shared.clone(), self.caps.clone());
+        let caps = [self.caps.clone(), ConnCaps::new(PER_PORT)];
+        let shared = shared.clone();
         tokio::spawn(async move {
             info!(port, "TCP port open for a tunnel another node holds");
             accept(&shared, port, listener, &caps, &stop).await;
@@ -127,6 +135,13 @@ impl Mirrors {
         }
     }
 
+    /// Closes every port opened here (the node drains, or stops).
+    pub(crate) fn close_all(&self) {
+        for (_, mirror) in self.lock().drain() {
+            mirror.stop.cancel();
+        }
+    }
+
     /// Makes the ports open here those of `live` (the TCP ports other
     /// nodes hold, as Redis says).
     pub(crate) fn match_live(&self, shared: &Arc<Shared>, live: &[u16]) {
@@ -153,7 +168,7 @@ async fn accept(
     shared: &Arc<Shared>,
     port: u16,
     listener: TcpListener,
-    caps: &Arc<ConnCaps>,
+    caps: &[Arc<ConnCaps>; 2],
     stop: &CancellationToken,
 ) {
     loop {
@@ -162,19 +177,22 @@ async fn accept(
             () = stop.cancelled() => return,
         };
         match accepted {
-            Ok((socket, visitor)) => match caps.admit(visitor.ip()) {
-                Admission::Admitted(slot) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        forward(&shared, port, socket, visitor).await;
-                        drop(slot);
-                    });
+            Ok((socket, visitor)) => {
+                let ip = visitor.ip();
+                match (caps[0].admit(ip), caps[1].admit(ip)) {
+                    (Admission::Admitted(all), Admission::Admitted(this)) => {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            forward(&shared, port, socket, visitor).await;
+                            drop((all, this));
+                        });
+                    }
+                    _ => {
+                        debug!(port, %visitor, "too many connections through other nodes' ports");
+                        let _ = socket.set_zero_linger();
+                    }
                 }
-                Admission::Refuse(..) | Admission::Close(_) => {
-                    debug!(port, %visitor, "too many connections through other nodes' ports");
-                    let _ = socket.set_zero_linger();
-                }
-            },
+            }
             Err(e) => {
                 debug!(port, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;

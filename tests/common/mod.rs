@@ -699,7 +699,8 @@ pub async fn python(script: &str, args: &[&str]) -> (bool, String, String) {
 
 /// Sends one mail with Python's smtplib to `smtp`; prints each recipient's
 /// refusal as `REFUSED rcpt code`, or `SENT` when all were accepted, or
-/// `ERROR code message` when the whole mail was refused.
+/// `ERROR code message` when the whole mail was refused, or `UNREACHABLE`
+/// when the connection failed before that.
 pub async fn smtplib_send(
     smtp: SocketAddr,
     from: &str,
@@ -718,13 +719,14 @@ m['To'] = ', '.join(rcpts)
 m['Subject'] = subject
 m.set_content(body)
 m.add_attachment(b'%PDF-1.4 binary \x00\x01\x02', maintype='application', subtype='pdf', filename='report.pdf')
+s = None
 try:
-    with smtplib.SMTP(host, port, timeout=30) as s:
-        refused = s.send_message(m, from_addr=sender, to_addrs=rcpts)
-        for r, (code, msg) in refused.items():
-            print('REFUSED', r, code)
-        if not refused:
-            print('SENT')
+    s = smtplib.SMTP(host, port, timeout=30)
+    refused = s.send_message(m, from_addr=sender, to_addrs=rcpts)
+    for r, (code, msg) in refused.items():
+        print('REFUSED', r, code)
+    if not refused:
+        print('SENT')
 except smtplib.SMTPRecipientsRefused as e:
     for r, (code, msg) in e.recipients.items():
         print('REFUSED', r, code)
@@ -732,6 +734,13 @@ except smtplib.SMTPResponseException as e:
     print('ERROR', e.smtp_code, e.smtp_error.decode())
 except OSError as e:
     print('UNREACHABLE', e)
+finally:
+    # What QUIT gets does not matter: the mail was taken or not by then.
+    if s is not None:
+        try:
+            s.quit()
+        except Exception:
+            s.close()
 "#;
     let port = smtp.port().to_string();
     let ip = smtp.ip().to_string();
