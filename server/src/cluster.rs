@@ -169,7 +169,11 @@ for i, key in ipairs(KEYS) do
 end
 for i, key in ipairs(KEYS) do
   local settings, index = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
-  redis.call('HSET', key, 'owner', owner, 'node', node, 'session', session, 'state', 'live', 'resume_until', 0, 'until', 0, 'index', index, 'moving', 0)
+  -- Claimed again by the session that holds it, a draining node's mark stays.
+  local was = redis.call('HMGET', key, 'node', 'session', 'moving')
+  local moving = 0
+  if reasserting and was[1] == node and was[2] == session then moving = was[3] or 0 end
+  redis.call('HSET', key, 'owner', owner, 'node', node, 'session', session, 'state', 'live', 'resume_until', 0, 'until', 0, 'index', index, 'moving', moving)
   redis.call('PERSIST', key)
   if settings ~= '' then
     redis.call('SET', 'droid:settings:' .. string.sub(key, 12), settings)
