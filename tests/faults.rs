@@ -389,7 +389,7 @@ async fn an_app_that_crashes_and_restarts_is_reached_again() {
 #[tokio::test]
 async fn sigterm_drains_a_lone_server_the_request_in_flight_finishes() {
     let dir = tempfile::tempdir().unwrap();
-    let args = server_args(&["--drain-timeout", "2s"]);
+    let args = server_args(&["--drain-timeout", "15s"]);
     let mut server = Droid::start(&args, dir.path());
     let (http, control) = server.line("the server's addresses", server_addrs).await;
     let app = origin("app").await;
@@ -425,7 +425,7 @@ async fn sigterm_drains_a_lone_server_the_request_in_flight_finishes() {
     until("data: two").await;
     let status = within("the server stops", stopped).await.unwrap();
     assert!(status.success(), "{status}");
-    // It stopped once that request was done, before the drain time.
+    // It stopped once that request was done, well before the drain time.
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(1900), "{took:?}");
+    assert!(took < Duration::from_secs(12), "{took:?}");
 }

@@ -83,10 +83,15 @@ fn syslog_port(line: &str) -> u16 {
 
 /// Runs util-linux `logger` against 127.0.0.1:`port`.
 async fn logger(port: u16, args: &[&str]) {
+    logger_at("127.0.0.1", port, args).await;
+}
+
+/// `logger --server HOST --port PORT ARGS...`.
+async fn logger_at(host: &str, port: u16, args: &[&str]) {
     let out = within(
         "logger",
         tokio::process::Command::new("logger")
-            .args(["--server", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--server", host, "--port", &port.to_string()])
             .args(args)
             .output(),
     )
@@ -654,4 +659,98 @@ async fn the_clients_of_one_address_get_only_so_many_syslog_ports() {
         client.interrupt().await;
     }
     server.interrupt().await;
+}
+
+/// In a cluster, a tunnel's syslog port answers on every node: node two
+/// opens, on its own address, the port node one gave the tunnel, and
+/// what `logger` sends there over UDP and TCP reaches the app, signed.
+#[tokio::test]
+async fn in_a_cluster_a_tunnels_syslog_port_answers_on_every_node() {
+    use common::redis_server::Redis;
+    let redis = Redis::start().await.unwrap();
+    let mut app = origin("app").await;
+    let state = tempfile::tempdir().unwrap();
+    let ips = [
+        std::net::Ipv4Addr::new(127, 0, 0, 1),
+        std::net::Ipv4Addr::new(127, 0, 0, 2),
+    ];
+    // A port free on both nodes' addresses, TCP and UDP.
+    let free = |port: u16| {
+        ips.iter().all(|ip| {
+            std::net::TcpListener::bind((*ip, port)).is_ok()
+                && std::net::UdpSocket::bind((*ip, port)).is_ok()
+        })
+    };
+    let mut port = dead_port().await;
+    while !free(port) {
+        port = dead_port().await;
+    }
+    let range = format!("{port}-{port}");
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for (id, ip) in ["one", "two"].into_iter().zip(ips) {
+        let ip = ip.to_string();
+        let args = [
+            "--syslog-ports",
+            &range,
+            "--syslog-bind",
+            &ip,
+            "--cluster",
+            &url,
+            "--node-id",
+            id,
+            "--peer",
+            "127.0.0.1:0",
+            "--cluster-secret",
+            "the nodes' secret, long enough 7c0b9a1e",
+        ];
+        let mut node = Droid::start(&server_args(&args), &state.path().join(id));
+        let (_, control) = node.line("the addresses", server_addrs).await;
+        node.line("the syslog line", |l| {
+            l.contains("syslog on ports").then_some(())
+        })
+        .await;
+        nodes.push((node, control));
+    }
+    let control = nodes[0].1.to_string();
+    let target = app.addr.port().to_string();
+    let wish = ["--syslog", "--syslog-path", "/inbound/syslog"];
+    let (mut client, line) = client_of(&control, &target, "logs", &wish, state.path()).await;
+    assert!(line.contains(&format!(":{port} ")), "{line}");
+    let secret = client
+        .line("the secret", |l| {
+            l.split("with the secret ").nth(1).map(str::to_string)
+        })
+        .await;
+    within("node two opened the port", async {
+        while tokio::net::TcpStream::connect((ips[1], port))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let two = ips[1].to_string();
+    logger_at(
+        &two,
+        port,
+        &["--udp", "-t", "app", "through node two over udp"],
+    )
+    .await;
+    let json = next_message(&mut app, &secret).await;
+    assert_eq!(json["message"], "through node two over udp", "{json}");
+    logger_at(
+        &two,
+        port,
+        &["--tcp", "-t", "app", "through node two over tcp"],
+    )
+    .await;
+    let json = next_message(&mut app, &secret).await;
+    assert_eq!(json["message"], "through node two over tcp", "{json}");
+    client.interrupt().await;
+    for (node, _) in nodes {
+        node.interrupt().await;
+    }
+    redis.kill().await;
 }

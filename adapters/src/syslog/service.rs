@@ -5,14 +5,22 @@
 //! reconnects; a sweep closes it once the name is no longer live for that
 //! owner, and remembers whose it was: the owner's next connect gets it
 //! again, while ports nobody remembers are left.
+//!
+//! In a cluster, the node that opens a port tells the others ([`Opened`],
+//! sent to them and kept in the shared map [`PORTS_MAP`] for nodes that
+//! start later), and each opens it too, on its own address: the messages
+//! it takes go to the tunnel through the cluster, as its mail does. When
+//! the tunnel moves to a node, that node already has its port.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use droid_core::sign::Secret;
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -25,6 +33,7 @@ use crate::delivery::PostOptions;
 use crate::host::{Grantee, Host, ServerAdapter, refused};
 use crate::route::Answer;
 use crate::stats::DeliveryStats;
+use droid_core::protocol::AdapterSettings;
 
 /// How often ports are checked for names no longer held.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -35,6 +44,22 @@ const BIND_TRIES: usize = 64;
 /// How many closed ports are remembered for their owners.
 const REMEMBERED: usize = 10_000;
 
+/// How often, and how far apart, a port another node told of is tried
+/// before the next sweep tries it again.
+const FOLLOW_TRIES: usize = 10;
+const FOLLOW_PAUSE: Duration = Duration::from_millis(200);
+
+/// The shared map of the ports nodes opened: `PORT` to [`Opened`].
+const PORTS_MAP: &str = "syslog-ports";
+
+/// A port a node opened for a tunnel, as it tells the other nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Opened {
+    port: u16,
+    name: String,
+    owner: String,
+}
+
 /// Syslog for the tunnels that ask for it.
 pub struct SyslogService {
     config: Arc<SyslogConfig>,
@@ -42,6 +67,10 @@ pub struct SyslogService {
     ports: Mutex<Ports>,
     host: OnceLock<Host>,
     tasks: TaskTracker,
+    /// Ports other nodes opened, as they tell, until [`ServerAdapter::run`]
+    /// takes the receiver.
+    told: mpsc::UnboundedSender<Opened>,
+    told_rx: Mutex<Option<mpsc::UnboundedReceiver<Opened>>>,
 }
 
 /// The open ports, and the closed ones remembered for their owners.
@@ -87,12 +116,15 @@ struct Port {
 impl SyslogService {
     /// Syslog with `config`; it opens no port until a tunnel asks.
     pub fn new(config: SyslogConfig) -> SyslogService {
+        let (told, told_rx) = mpsc::unbounded_channel();
         SyslogService {
             config: Arc::new(config),
             stats: DeliveryStats::default(),
             ports: Mutex::new(Ports::default()),
             host: OnceLock::new(),
             tasks: TaskTracker::new(),
+            told,
+            told_rx: Mutex::new(Some(told_rx)),
         }
     }
 
@@ -107,12 +139,7 @@ impl SyslogService {
             .host
             .get()
             .ok_or("syslog is starting; connect again in a moment")?;
-        let post = PostOptions {
-            adapter: NAME.into(),
-            path: settings.path().to_string(),
-            content_type: "application/json".into(),
-            secret: Secret::key_of(tunnel.settings.secret.as_deref().unwrap_or_default()),
-        };
+        let post = post_options(settings, tunnel.settings);
         let mut ports = self.ports();
         let held = ports
             .open
@@ -156,6 +183,23 @@ impl SyslogService {
             host: host.clone(),
             stats: self.stats.clone(),
         });
+        let stop = self.serve_port(host, tcp, udp_socket, target.clone());
+        info!(tunnel = %tunnel.name, port, "syslog port opened");
+        ports.remember(tunnel.owner, tunnel.name, port);
+        ports.open.insert(port, Port { target, stop });
+        self.tell_nodes(host, port, tunnel);
+        Ok(port)
+    }
+
+    /// Serves `target` on a port's TCP and UDP sockets until the token
+    /// returned is cancelled.
+    fn serve_port(
+        &self,
+        host: &Host,
+        tcp: TcpListener,
+        udp_socket: UdpSocket,
+        target: Arc<PortTarget>,
+    ) -> CancellationToken {
         let stop = host.shutdown.child_token();
         self.tasks
             .spawn(udp(udp_socket, target.clone(), stop.clone()));
@@ -167,14 +211,90 @@ impl SyslogService {
         };
         self.tasks.spawn(run_adapter(
             [listener],
-            Arc::new(TcpSide(target.clone())),
+            Arc::new(TcpSide(target)),
             self.config.limits,
             stop.clone(),
         ));
-        info!(tunnel = %tunnel.name, port, "syslog port opened");
-        ports.remember(tunnel.owner, tunnel.name, port);
+        stop
+    }
+
+    /// Tells the other nodes, if any, that `port` is open for `tunnel`.
+    fn tell_nodes(&self, host: &Host, port: u16, tunnel: &Grantee<'_>) {
+        let opened = Opened {
+            port,
+            name: tunnel.name.to_string(),
+            owner: tunnel.owner.to_string(),
+        };
+        let Ok(bytes) = serde_json::to_vec(&opened) else {
+            return;
+        };
+        let host = host.clone();
+        self.tasks.spawn(async move {
+            let field = port.to_string();
+            host.maps
+                .set(PORTS_MAP.into(), field, Some(bytes.clone().into()))
+                .await;
+            host.broadcast.send(NAME, bytes.into()).await;
+        });
+    }
+
+    /// Follows every port the shared map says a node opened.
+    async fn follow_known(&self, host: &Host) {
+        for (_, bytes) in host.maps.all(PORTS_MAP.into()).await.unwrap_or_default() {
+            if let Ok(opened) = serde_json::from_slice::<Opened>(&bytes) {
+                self.follow(host, opened).await;
+            }
+        }
+    }
+
+    /// Opens here the port another node opened for a tunnel: what it takes
+    /// goes to the tunnel through the cluster. Not when the port is open
+    /// here already (then `true`), is outside this node's range or not free
+    /// here, or the tunnel is not live for that owner (`false`).
+    async fn follow(&self, host: &Host, opened: Opened) -> bool {
+        let port = opened.port;
+        let outside = self
+            .config
+            .ports
+            .is_some_and(|(low, high)| !(low..=high).contains(&port));
+        if outside {
+            return false;
+        }
+        if self.ports().open.contains_key(&port) {
+            return true;
+        }
+        let tunnel = match host.tunnels.find(&opened.name).await {
+            Ok(Some(tunnel)) if tunnel.owner == opened.owner => tunnel,
+            _ => return false,
+        };
+        let Some(settings) = SyslogSettings::of(&tunnel.settings) else {
+            return false;
+        };
+        let (tcp, udp_socket) = match bind_both(SocketAddr::new(self.config.bind, port)) {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(tunnel = %opened.name, port, error = %e, "cannot open here a syslog port another node opened");
+                return false;
+            }
+        };
+        let target = Arc::new(PortTarget {
+            name: opened.name,
+            owner: opened.owner,
+            // Counts against no client of this node.
+            client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            post: Mutex::new(post_options(&settings, &tunnel.settings)),
+            config: self.config.clone(),
+            host: host.clone(),
+            stats: self.stats.clone(),
+        });
+        let mut ports = self.ports();
+        if ports.open.contains_key(&port) {
+            return true;
+        }
+        let stop = self.serve_port(host, tcp, udp_socket, target.clone());
+        info!(tunnel = %target.name, port, "syslog port opened for a tunnel another node holds");
         ports.open.insert(port, Port { target, stop });
-        Ok(port)
+        true
     }
 
     fn check_wanted(&self, ports: &Ports, wanted: u16, tunnel: &Grantee<'_>) -> Result<(), String> {
@@ -262,19 +382,41 @@ impl SyslogService {
                 Ok(None) => true,
                 Err(_) => false,
             };
-            if gone {
-                let mut ports = self.ports();
-                if ports
-                    .open
-                    .get(&port)
-                    .is_some_and(|p| Arc::ptr_eq(&p.target, &target))
-                    && let Some(p) = ports.open.remove(&port)
-                {
-                    p.stop.cancel();
-                    info!(tunnel = %target.name, port, "syslog port closed; kept for its owner while free");
-                }
+            if gone && self.close(port, &target) {
+                host.maps
+                    .set(PORTS_MAP.into(), port.to_string(), None)
+                    .await;
             }
         }
+    }
+}
+
+impl SyslogService {
+    /// Closes `port` if it still serves `target`; whether it did.
+    fn close(&self, port: u16, target: &Arc<PortTarget>) -> bool {
+        let mut ports = self.ports();
+        let serves = ports
+            .open
+            .get(&port)
+            .is_some_and(|p| Arc::ptr_eq(&p.target, target));
+        if !serves {
+            return false;
+        }
+        if let Some(p) = ports.open.remove(&port) {
+            p.stop.cancel();
+            info!(tunnel = %target.name, port, "syslog port closed; kept for its owner while free");
+        }
+        true
+    }
+}
+
+/// How a tunnel's messages are POSTed, from what its client asked.
+fn post_options(settings: &SyslogSettings, adapters: &AdapterSettings) -> PostOptions {
+    PostOptions {
+        adapter: NAME.into(),
+        path: settings.path().to_string(),
+        content_type: "application/json".into(),
+        secret: Secret::key_of(adapters.secret.as_deref().unwrap_or_default()),
     }
 }
 
@@ -306,16 +448,58 @@ impl ServerAdapter for SyslogService {
 
     fn run(self: Arc<Self>, host: Host) -> Answer<'static, ()> {
         let _ = self.host.set(host.clone());
+        let told = self
+            .told_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         Box::pin(async move {
+            // The ports other nodes opened before this one started.
+            self.follow_known(&host).await;
+            let mut told = told;
+            let mut sweep = tokio::time::interval(SWEEP_EVERY);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            sweep.tick().await;
             loop {
+                let next_told = async {
+                    match &mut told {
+                        Some(told) => told.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = host.shutdown.cancelled() => break,
-                    () = tokio::time::sleep(SWEEP_EVERY) => self.sweep(&host).await,
+                    _ = sweep.tick() => {
+                        self.sweep(&host).await;
+                        self.follow_known(&host).await;
+                    }
+                    Some(opened) = next_told => {
+                        // Told as the port opens, maybe before the
+                        // tunnel's claim reached Redis: tried a few times.
+                        let (service, host) = (self.clone(), host.clone());
+                        self.tasks.spawn(async move {
+                            for _ in 0..FOLLOW_TRIES {
+                                if service.follow(&host, opened.clone()).await {
+                                    return;
+                                }
+                                tokio::time::sleep(FOLLOW_PAUSE).await;
+                            }
+                        });
+                    }
                 }
             }
             self.tasks.close();
             self.tasks.wait().await;
         })
+    }
+
+    fn received(&self, bytes: bytes::Bytes) {
+        match serde_json::from_slice::<Opened>(&bytes) {
+            Ok(opened) => {
+                let _ = self.told.send(opened);
+            }
+            Err(e) => tracing::debug!(error = %e, "syslog: a malformed message from another node"),
+        }
     }
 
     fn grant(&self, tunnel: &Grantee<'_>) -> Option<serde_json::Value> {
