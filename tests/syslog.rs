@@ -732,22 +732,14 @@ async fn in_a_cluster_a_tunnels_syslog_port_answers_on_every_node() {
     })
     .await;
     let two = ips[1].to_string();
-    logger_at(
-        &two,
-        port,
-        &["--udp", "-t", "app", "through node two over udp"],
-    )
-    .await;
-    let json = next_message(&mut app, &secret).await;
-    assert_eq!(json["message"], "through node two over udp", "{json}");
-    logger_at(
-        &two,
-        port,
-        &["--tcp", "-t", "app", "through node two over tcp"],
-    )
-    .await;
-    let json = next_message(&mut app, &secret).await;
-    assert_eq!(json["message"], "through node two over tcp", "{json}");
+    for transport in ["udp", "tcp"] {
+        let message = format!("through node two over {transport}");
+        let flag = format!("--{transport}");
+        let args = [flag.as_str(), "-t", "app", message.as_str()];
+        logger_at(&two, port, &args).await;
+        let json = next_message(&mut app, &secret).await;
+        assert_eq!(json["message"], message.as_str(), "{json}");
+    }
     client.interrupt().await;
     for (node, _) in nodes {
         node.interrupt().await;

@@ -108,24 +108,7 @@ impl Redis {
             ]),
             None => args.extend(["--appendonly", "no"].map(String::from)),
         }
-        let child = tokio::process::Command::new("redis-server")
-            .args(&args)
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("redis-server is missing ({e}): install Debian's redis-server (bash .ci/test does)"),
-                )
-            })?;
-        let redis = Redis {
-            child,
-            port,
-            login: None,
-            tls_port: None,
-            ca: None,
-        };
+        let redis = Redis::spawned(spawn("redis-server", &args)?, port);
         redis
             .until("redis-server answers PING", "PING", |r| {
                 r.starts_with("+PONG") || r.starts_with("-NOAUTH")
@@ -185,24 +168,8 @@ impl Redis {
                  sentinel failover-timeout {name} 5000\n"
             ),
         )?;
-        let child = tokio::process::Command::new("redis-sentinel")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("redis-sentinel is missing ({e}): install Debian's redis-sentinel (bash .ci/test does)"),
-                )
-            })?;
-        let sentinel = Redis {
-            child,
-            port,
-            login: None,
-            tls_port: None,
-            ca: None,
-        };
+        let args = [config.to_string_lossy().into_owned()];
+        let sentinel = Redis::spawned(spawn("redis-sentinel", &args)?, port);
         sentinel
             .until("the sentinel answers", "PING", |r| r.starts_with("+PONG"))
             .await?;
@@ -246,6 +213,36 @@ impl Redis {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
+}
+
+impl Redis {
+    fn spawned(child: tokio::process::Child, port: u16) -> Redis {
+        Redis {
+            child,
+            port,
+            login: None,
+            tls_port: None,
+            ca: None,
+        }
+    }
+}
+
+/// Starts `program` (Debian's package of that name) with `args`, its
+/// stdout discarded, killed when dropped.
+fn spawn(program: &str, args: &[String]) -> io::Result<tokio::process::Child> {
+    tokio::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{program} is missing ({e}): install Debian's {program} (bash .ci/test does)"
+                ),
+            )
+        })
 }
 
 /// A free loopback port.
