@@ -620,6 +620,21 @@ async fn signalled() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// On `signal`, drains `server`, then cancels `shutdown`; a second signal
+/// cuts the drain short.
+async fn drain_on(signal: CancellationToken, server: Server, shutdown: CancellationToken) {
+    signal.cancelled().await;
+    println!(
+        "droid server: draining (at most {})",
+        humantime::format_duration(server.config().drain_timeout)
+    );
+    tokio::select! {
+        () = server.drain() => {}
+        () = signalled() => println!("droid server: stopping now"),
+    }
+    shutdown.cancel();
+}
+
 async fn server(s: settings::ServerSettings, signal: CancellationToken) -> Result<()> {
     // A signal drains the server first (below); then everything stops.
     let shutdown = CancellationToken::new();
@@ -746,22 +761,7 @@ async fn server(s: settings::ServerSettings, signal: CancellationToken) -> Resul
         }
         server.add_adapter(started.adapter);
     }
-    {
-        let (server, shutdown) = (server.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            signal.cancelled().await;
-            println!(
-                "droid server: draining (at most {})",
-                humantime::format_duration(server.config().drain_timeout)
-            );
-            // A second signal stops at once.
-            tokio::select! {
-                () = server.drain() => {}
-                () = signalled() => println!("droid server: stopping now"),
-            }
-            shutdown.cancel();
-        });
-    }
+    tokio::spawn(drain_on(signal, server.clone(), shutdown.clone()));
     // The adapters stop taking connections when the drain starts, and
     // finish those they have.
     let adapters = tokio::spawn(server.serve_adapters(spool, server.draining()));

@@ -389,24 +389,21 @@ pub async fn run(
                             events.clone(),
                             shutdown.clone(),
                         );
-                        let wait = moves.moved((live, began), routes, old, backoff);
                         servers.skip();
-                        info!(
-                            ?wait,
-                            "the server asked this client to move; connecting to the next one"
-                        );
-                        events.send(ClientEvent::Disconnected {
-                            reason: "the server is going away; moving to the next".into(),
-                            retry_in: wait,
-                        });
-                        if !wait.is_zero() {
-                            tokio::select! {
-                                () = sleep(wait) => {}
-                                () = shutdown.cancelled() => return Ok(()),
-                            }
-                            backoff = (backoff * 2).min(config.max_backoff);
+                        let reason = "the server is going away; moving to the next";
+                        if moves.moved((live, began), routes, old) {
+                            info!(
+                                "the server asked this client to move; connecting to the next one"
+                            );
+                            events.send(ClientEvent::Disconnected {
+                                reason: reason.into(),
+                                retry_in: Duration::ZERO,
+                            });
+                            continue;
                         }
-                        continue;
+                        // Told to move again a moment after the last
+                        // move: the back-off, as after any loss.
+                        reason.into()
                     }
                 }
             }
@@ -550,15 +547,14 @@ struct Moves {
 
 impl Moves {
     /// Keeps `live` (which began at `began`) serving in the background;
-    /// how long to wait before the next server: nothing, unless the
-    /// session was told to move a moment after it began.
+    /// whether to go to the next server at once (not on the second quick
+    /// move in a row).
     fn moved(
         &mut self,
         (mut live, began): (Live, Instant),
         routes: Arc<Vec<(String, TunnelSpec)>>,
         (config, apps, events, shutdown): (ClientConfig, Arc<app::Apps>, Events, CancellationToken),
-        backoff: Duration,
-    ) -> Duration {
+    ) -> bool {
         let serving =
             tokio::spawn(
                 async move { live.serve(&config, routes, &apps, &events, &shutdown).await },
@@ -571,11 +567,7 @@ impl Moves {
         } else {
             0
         };
-        if self.quick >= 2 {
-            jitter(backoff)
-        } else {
-            Duration::ZERO
-        }
+        self.quick < 2
     }
 }
 

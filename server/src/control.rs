@@ -94,25 +94,9 @@ pub(crate) async fn serve<IO>(
     let taken_back = take_back_ports(&shared, &hello).await;
     let session_id = shared.registry.next_session_id();
     let (log, lines) = RequestLog::channel();
-    let tunnels = match grant(&shared, &hello, session_id, &opener, peer, log) {
+    let granted = grant(&shared, &hello, session_id, &opener, peer, log);
+    let tunnels = match agreed(&shared, granted, &taken_back).await {
         Ok((welcome, tunnels)) => {
-            // In a cluster, the other servers must agree too.
-            if let Some(cluster) = shared.cluster.get()
-                && let Some(claim) = LiveClaim::of(&tunnels)
-                && let Err(e) = cluster.claim(&claim).await
-            {
-                shared.registry.forget(&tunnels);
-                reopen_ports(&shared, &taken_back);
-                info!(%peer, code = ?e.code, reason = %e.message, "the cluster refused a client");
-                control.fail(e).await;
-                opener.close();
-                return;
-            }
-            for tunnel in &tunnels {
-                tunnel
-                    .agreed
-                    .store(true, std::sync::atomic::Ordering::Release);
-            }
             if let Err(e) = control.write(&ControlMessage::Welcome(welcome)).await {
                 debug!(error = %e, "could not send welcome");
                 release(&shared, &tunnels, false).await;
@@ -122,7 +106,6 @@ pub(crate) async fn serve<IO>(
             tunnels
         }
         Err(e) => {
-            reopen_ports(&shared, &taken_back);
             info!(%peer, code = ?e.code, reason = %e.message, "refused a client");
             control.fail(e).await;
             opener.close();
@@ -158,6 +141,38 @@ pub(crate) async fn serve<IO>(
     info!(%peer, session = session_id, ?names, ?ended, "tunnels down");
     let _ = control.writer.shutdown().await;
     opener.close();
+}
+
+/// A grant, once the cluster (if any) agreed to it too: its tunnels are
+/// then [`Tunnel::agreed`]. A refusal undoes the claim here, and opens
+/// again the ports `taken_back` for it.
+async fn agreed(
+    shared: &Arc<Shared>,
+    granted: Result<(Welcome, Vec<Arc<Tunnel>>), ErrorMessage>,
+    taken_back: &[u16],
+) -> Result<(Welcome, Vec<Arc<Tunnel>>), ErrorMessage> {
+    let refused = |e: ErrorMessage| {
+        reopen_ports(shared, taken_back);
+        Err(e)
+    };
+    let (welcome, tunnels) = match granted {
+        Ok(granted) => granted,
+        Err(e) => return refused(e),
+    };
+    if let Some(cluster) = shared.cluster.get()
+        && let Some(claim) = LiveClaim::of(&tunnels)
+        && let Err(e) = cluster.claim(&claim).await
+    {
+        shared.registry.forget(&tunnels);
+        debug!(code = ?e.code, reason = %e.message, "the cluster refused a client");
+        return refused(e);
+    }
+    for tunnel in &tunnels {
+        tunnel
+            .agreed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+    Ok((welcome, tunnels))
 }
 
 /// Gives up the ports this node opened for another node's TCP tunnels
