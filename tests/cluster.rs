@@ -1626,3 +1626,68 @@ async fn a_tcp_tunnels_port_answers_on_every_node() {
     app.kill().await;
     redis.kill().await;
 }
+
+/// Through a node that does not hold it, one address gets at most 16
+/// connections to a TCP tunnel's port at once: the 17th is reset, while a
+/// visitor from another address is still served.
+#[tokio::test]
+async fn one_address_cannot_take_every_connection_through_another_nodes_port() {
+    use common::tcp::echo;
+    use droid_server::TcpPorts;
+    let redis = Redis::start().await.unwrap();
+    let ips = [[127, 0, 0, 1], [127, 0, 0, 2]];
+    let free = |port: u16| {
+        ips.iter()
+            .all(|ip| std::net::TcpListener::bind((std::net::Ipv4Addr::from(*ip), port)).is_ok())
+    };
+    let mut port = dead_port().await;
+    while !free(port) {
+        port = dead_port().await;
+    }
+    let mut nodes = Vec::new();
+    for (id, ip) in ["one", "two"].into_iter().zip(ips) {
+        let srv = server_with(|c| {
+            c.tcp_ports = Some(TcpPorts::Range(port, port));
+            c.tcp_bind = ip.into();
+        })
+        .await;
+        nodes.push(node_of(&redis, id, srv).await.0);
+    }
+    let tunnel = TunnelSpec::tcp(echo().await, Some(port));
+    let _c = client(client_config(nodes[0].control, vec![tunnel])).await;
+    let two = SocketAddr::from((ips[1], port));
+    // An echo through node two, from `from`: what came back.
+    let echo_from = |from: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        let mut stream = socket.connect(two).await.unwrap();
+        stream.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        let read = tokio::time::timeout(WAIT, stream.read_exact(&mut back)).await;
+        (stream, matches!(read, Ok(Ok(_))).then_some(back))
+    };
+    // Waited for from the other address, which the count below spares.
+    within("node two opened the port", async {
+        loop {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::from(([127, 0, 0, 9], 0))).unwrap();
+            if socket.connect(two).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let (stream, back) = echo_from([127, 0, 0, 1]).await;
+        assert_eq!(back.as_ref(), Some(b"ping"));
+        held.push(stream);
+    }
+    let (_, seventeenth) = echo_from([127, 0, 0, 1]).await;
+    assert_eq!(seventeenth, None, "the 17th from one address is refused");
+    let (_, other) = echo_from([127, 0, 0, 9]).await;
+    assert_eq!(other.as_ref(), Some(b"ping"), "another address is served");
+    drop(held);
+    redis.kill().await;
+}
