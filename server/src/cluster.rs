@@ -213,15 +213,17 @@ end
 return 1
 ";
 
-/// ARGV: node, lease ms, peer address ('' for none), version, '1' for a
-/// running node's renewal ('0' when it joins). Returns 1 when Redis did
-/// not know the node (its first lease, or Redis lost its data: a running
-/// node unknown to Redis makes it settle, see [`CLAIM`], in the same
-/// step). `droid:node:ID` says when it renewed and its version, for
-/// `droid cluster status`; it goes a day after the node's last renewal.
+/// ARGV: node, lease ms, peer address ('' for none), version, and the
+/// [`Renewal`]: '0' when the node joins, '1' for a running node, '2' on a
+/// master the node just found after a failover. Returns 1 when Redis did
+/// not know the node (its first lease, or Redis lost its data). Redis
+/// settles for a lease (see [`CLAIM`]), in the same step, on a failover
+/// and when a running node is unknown to it. `droid:node:ID` says when it
+/// renewed and its version, for `droid cluster status`; it goes a day
+/// after the node's last renewal.
 const RENEW: &str = r"
 local added = redis.call('ZADD', 'droid:nodes', now + tonumber(ARGV[2]), ARGV[1])
-if added == 1 and ARGV[5] == '1' then
+if (added == 1 and ARGV[5] == '1') or ARGV[5] == '2' then
   local until_ = now + tonumber(ARGV[2])
   if until_ > (tonumber(redis.call('GET', 'droid:settling')) or 0) then
     redis.call('SET', 'droid:settling', until_, 'PX', ARGV[2])
@@ -270,14 +272,16 @@ end
 return 1
 ";
 
-/// ARGV: lease ms. Redis settles for a lease from now: see [`CLAIM`].
-const SETTLE: &str = r"
-local until_ = now + tonumber(ARGV[1])
-if until_ > (tonumber(redis.call('GET', 'droid:settling')) or 0) then
-  redis.call('SET', 'droid:settling', until_, 'PX', ARGV[1])
-end
-return 1
-";
+/// Which renewal of a node's lease [`RENEW`] makes.
+#[derive(Debug, Clone, Copy)]
+enum Renewal {
+    /// The node's first, as it joins.
+    Join,
+    /// A running node's, every third of its lease.
+    Running,
+    /// On the master the sentinels named after a failover.
+    FailedOver,
+}
 
 /// KEYS: TCP ports' records. ARGV: this node. The keys live on another
 /// node whose lease runs.
@@ -388,7 +392,6 @@ pub struct Cluster {
     renew: redis::Script,
     locate: redis::Script,
     indexed: redis::Script,
-    settle: redis::Script,
     let_move: redis::Script,
     live_elsewhere: redis::Script,
     /// Releases Redis did not take, retried with each lease renewal.
@@ -472,7 +475,6 @@ impl Cluster {
             renew: script(RENEW),
             locate: script(LOCATE),
             indexed: script(INDEXED),
-            settle: script(SETTLE),
             let_move: script(LET_MOVE),
             live_elsewhere: script(LIVE_ELSEWHERE),
             pending: Mutex::new(Vec::new()),
@@ -483,7 +485,7 @@ impl Cluster {
         // A node back within its old lease may find itself known: its old
         // names are then released by the lease's end, as for a dead node.
         cluster
-            .renew_once(false)
+            .renew_on(cluster.link.conn(), Renewal::Join)
             .await
             .map_err(|e| failed(e.to_string()))?;
         let redis = masked(&cluster.config.redis);
@@ -491,16 +493,24 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Renews the lease (`running`: not this node's first); true when
-    /// Redis did not know this node.
-    async fn renew_once(&self, running: bool) -> redis::RedisResult<bool> {
-        let mut conn = self.link.conn();
+    /// Renews the lease through `conn`; true when Redis did not know this
+    /// node.
+    async fn renew_on(
+        &self,
+        mut conn: redis::aio::ConnectionManager,
+        renewal: Renewal,
+    ) -> redis::RedisResult<bool> {
+        let renewal = match renewal {
+            Renewal::Join => "0",
+            Renewal::Running => "1",
+            Renewal::FailedOver => "2",
+        };
         self.renew
             .arg(&self.config.node_id)
             .arg(ms(self.config.lease))
             .arg(self.config.peer.as_deref().unwrap_or(""))
             .arg(env!("CARGO_PKG_VERSION"))
-            .arg(if running { "1" } else { "0" })
+            .arg(renewal)
             .invoke_async::<i64>(&mut conn)
             .await
             .map(|added| added == 1)
@@ -518,7 +528,7 @@ impl Cluster {
                 _ = tick.tick() => {}
                 () = shutdown.cancelled() => return,
             }
-            match self.renew_once(true).await {
+            match self.renew_on(self.link.conn(), Renewal::Running).await {
                 Ok(forgotten) => {
                     if forgotten {
                         let names: usize = live().iter().map(|c| c.keys.len()).sum();
@@ -581,20 +591,14 @@ impl Cluster {
                 continue;
             };
             let at = master.at.clone();
-            // Strangers wait before any claim reaches the new master.
-            let settled = self
-                .settle
-                .arg(ms(self.config.lease))
-                .invoke_async::<i64>(&mut master.conn())
-                .await;
-            if let Err(e) = settled {
-                debug!(%at, error = %e, "the new master did not take the settling mark yet");
+            // The lease, and strangers waiting, before any claim reaches
+            // the new master.
+            let renewed = self.renew_on(master.conn(), Renewal::FailedOver).await;
+            if let Err(e) = renewed {
+                debug!(%at, error = %e, "the new master did not take this node's lease yet");
                 continue;
             }
             self.link.install(master);
-            if let Err(e) = self.renew_once(true).await {
-                warn!(%at, error = %e, "could not renew this node's lease on the new master");
-            }
             self.reassert(&live).await;
             warn!(%at, "Redis failed over: following the new master; this node's names claimed again");
         }
